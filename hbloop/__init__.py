@@ -1,0 +1,31 @@
+"""hbloop: a TCP heartbeat server and client on a hand-rolled epoll loop."""
+
+from hbloop.channel import Disconnect, Reason
+from hbloop.client import Backoff, Client
+from hbloop.loop import EventLoop, Timer
+from hbloop.policy import ServerPolicy, TcpKeepalive
+from hbloop.protocol import LocalProtocolError, ProtocolError, RemoteProtocolError
+from hbloop.server import Peer, Server
+from hbloop.wire import Code, FrameType, Scheme, Welcome
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "Code",
+    "Disconnect",
+    "EventLoop",
+    "FrameType",
+    "LocalProtocolError",
+    "Peer",
+    "ProtocolError",
+    "Reason",
+    "RemoteProtocolError",
+    "Scheme",
+    "Server",
+    "ServerPolicy",
+    "TcpKeepalive",
+    "Timer",
+    "Welcome",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from hbloop.cli import main
+
+sys.exit(main())

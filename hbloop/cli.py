@@ -1,0 +1,425 @@
+"""The ``hbloop`` command: ``serve`` and ``client``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from hbloop.channel import Disconnect
+from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, Backoff, Client
+from hbloop.loop import EventLoop
+from hbloop.netutil import default_max_connections, raise_open_files_limit
+from hbloop.policy import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_INTERVAL,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MIN_INTERVAL,
+    DEFAULT_PING_STRIKES,
+    DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_TIMEOUT,
+    ServerPolicy,
+    TcpKeepalive,
+)
+from hbloop.protocol import ProtocolError
+from hbloop.server import Peer, Server
+from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme, Welcome
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7878
+
+# Lines typed before the connection is up are queued, up to this many.
+MAX_QUEUED_LINES = 1000
+
+# Bytes read from stdin at a time.
+STDIN_CHUNK = 65536
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _seconds(text: str, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {'>= 0' if allow_zero else '> 0'}")
+    return value
+
+
+def _positive(text: str) -> float:
+    return _seconds(text, allow_zero=False)
+
+
+def _non_negative(text: str) -> float:
+    return _seconds(text, allow_zero=True)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range 0-65535")
+    return value
+
+
+def _keepalive(text: str) -> TcpKeepalive:
+    try:
+        idle, interval, count = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected IDLE,INTERVAL,COUNT, e.g. 60,10,5") from None
+    if min(idle, interval, count) < 1:
+        raise argparse.ArgumentTypeError("keepalive values must be at least 1")
+    return TcpKeepalive(idle, interval, count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hbloop", description="TCP heartbeat server and client.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run a heartbeat server that echoes DATA",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help="TCP port (0: any free)")
+    serve.add_argument(
+        "--interval",
+        type=_positive,
+        default=DEFAULT_INTERVAL,
+        help="heartbeat interval granted to clients that ask for the default, s",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TIMEOUT,
+        help="silence after which a peer is closed, s; must be >= 2x --interval; "
+        "clients granted another interval get the same timeout/interval ratio",
+    )
+    serve.add_argument(
+        "--scheme",
+        choices=[s.name.lower() for s in Scheme],
+        default="client",
+        help="who sends PINGs: the client (server answers) or the server",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_count,
+        default=None,
+        help="handshaken connections allowed (default: from the open-files limit)",
+    )
+    serve.add_argument(
+        "--min-interval",
+        type=_positive,
+        default=DEFAULT_MIN_INTERVAL,
+        help="smallest interval granted, s",
+    )
+    serve.add_argument(
+        "--max-interval",
+        type=_positive,
+        default=DEFAULT_MAX_INTERVAL,
+        help="largest interval granted, s",
+    )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=_positive,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        help="time a new connection has to send HELLO, s",
+    )
+    serve.add_argument(
+        "--max-frame",
+        type=_count,
+        default=DEFAULT_MAX_PAYLOAD,
+        help="largest frame payload accepted, bytes",
+    )
+    serve.add_argument(
+        "--max-pending",
+        type=_count,
+        default=DEFAULT_MAX_PENDING,
+        help="unsent output per connection before it is closed as a slow consumer, bytes",
+    )
+    serve.add_argument(
+        "--ping-strikes",
+        type=_count,
+        default=DEFAULT_PING_STRIKES,
+        help="PINGs in a row sooner than half the interval before TOO_MANY_PINGS",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=_non_negative,
+        default=DEFAULT_SHUTDOWN_GRACE,
+        help="time to flush output on SIGTERM/SIGINT, s",
+    )
+    serve.add_argument(
+        "--tcp-keepalive",
+        type=_keepalive,
+        default=None,
+        metavar="IDLE,INTVL,CNT",
+        help="enable TCP keepalive probes (a supplement to heartbeats)",
+    )
+    serve.add_argument(
+        "--tcp-user-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="TCP_USER_TIMEOUT: close when sent data stays unacknowledged this long",
+    )
+    serve.add_argument("--backlog", type=_count, default=DEFAULT_BACKLOG, help="listen backlog")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
+    serve.set_defaults(run=run_serve)
+
+    client = commands.add_parser(
+        "client",
+        help="connect, heartbeat, send stdin lines as DATA and print what comes back",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    client.add_argument("--host", default=DEFAULT_HOST, help="server address")
+    client.add_argument("--port", type=_port, default=DEFAULT_PORT, help="server port")
+    client.add_argument(
+        "-n",
+        "--name",
+        default=f"client-{os.getpid()}",
+        help="this client's name (1-64 UTF-8 bytes)",
+    )
+    client.add_argument(
+        "--interval",
+        type=_non_negative,
+        default=0.0,
+        help="heartbeat interval to ask for, s (0: the server's default)",
+    )
+    client.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="exit when the connection ends instead of reconnecting",
+    )
+    client.add_argument(
+        "--backoff-base",
+        type=_positive,
+        default=DEFAULT_BACKOFF_BASE,
+        help="reconnect back-off base, s (delays are drawn from 0..base*2^n)",
+    )
+    client.add_argument(
+        "--backoff-max",
+        type=_positive,
+        default=DEFAULT_BACKOFF_CAP,
+        help="reconnect back-off cap, s",
+    )
+    client.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
+    client.set_defaults(run=run_client)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"hbloop: error: {message}", file=sys.stderr)
+    return 1
+
+
+def policy_from_args(args: argparse.Namespace, fd_limit: int) -> ServerPolicy:
+    max_connections = args.max_connections or default_max_connections(fd_limit)
+    return ServerPolicy(
+        interval=args.interval,
+        timeout=args.timeout,
+        scheme=Scheme[args.scheme.upper()],
+        min_interval=min(args.min_interval, args.interval),
+        max_interval=max(args.max_interval, args.interval),
+        handshake_timeout=args.handshake_timeout,
+        max_connections=max_connections,
+        max_payload=args.max_frame,
+        max_pending=max(args.max_pending, args.max_frame),
+        ping_strikes=args.ping_strikes,
+        shutdown_grace=args.shutdown_grace,
+        tcp_keepalive=args.tcp_keepalive,
+        tcp_user_timeout=args.tcp_user_timeout,
+    )
+
+
+def echo(peer: Peer, data: bytes) -> None:
+    """The bundled application: send every DATA frame back to its sender."""
+    peer.send(data)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    fd_limit = raise_open_files_limit()
+    try:
+        policy = policy_from_args(args, fd_limit)
+    except ValueError as exc:
+        return _fail(str(exc))
+    server = Server(args.host, args.port, policy, on_message=echo, backlog=args.backlog)
+    try:
+        host, port = server.start()
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    log = logging.getLogger("hbloop.server")
+    log.info(
+        "listening on %s:%d scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
+        host,
+        port,
+        policy.scheme.name.lower(),
+        policy.interval,
+        policy.timeout,
+        policy.max_connections,
+        fd_limit,
+    )
+    server.serve_forever()
+    log.info("stopped")
+    return 0
+
+
+class _ClientApp:
+    """``hbloop client``: stdin lines out as DATA, DATA in to stdout, status to stderr."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.loop = EventLoop()
+        self.queued: list[bytes] = []
+        self._partial = b""
+        self.client = Client(
+            args.host,
+            args.port,
+            args.name,
+            interval=args.interval,
+            loop=self.loop,
+            on_welcome=self.on_welcome,
+            on_message=self.on_message,
+            on_disconnect=self.on_disconnect,
+            reconnect=not args.no_reconnect,
+            backoff=Backoff(args.backoff_base, max(args.backoff_max, args.backoff_base)),
+        )
+        self.target = f"{args.host}:{args.port}"
+
+    def status(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def on_welcome(self, welcome: Welcome) -> None:
+        self.status(
+            f"connected to {self.target} as {self.client.name}: "
+            f"interval {welcome.interval_ms / 1000:g}s, timeout {welcome.timeout_ms / 1000:g}s, "
+            f"{welcome.scheme.name.lower()} pings"
+        )
+        queued, self.queued = self.queued, []
+        for line in queued:
+            self.client.send(line)
+
+    def on_message(self, data: bytes) -> None:
+        sys.stdout.write(data.decode("utf-8", "replace") + "\n")
+        sys.stdout.flush()
+
+    def on_disconnect(self, disconnect: Disconnect, retry_in: float | None) -> None:
+        if retry_in is None:
+            self.status(f"disconnected: {disconnect}")
+        else:
+            self.status(f"disconnected: {disconnect}; reconnecting in {retry_in:.2f}s")
+
+    def on_stdin(self) -> None:
+        try:
+            chunk = os.read(0, STDIN_CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.loop.remove_reader(0)  # EOF: stay connected as a presence client
+            if self._partial:
+                self.submit(self._partial)
+                self._partial = b""
+            return
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for line in lines:
+            self.submit(line)
+
+    def submit(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if self.client.send(line):
+            return
+        if len(self.queued) < MAX_QUEUED_LINES:
+            self.queued.append(line)
+        else:
+            self.status("not connected and the queue is full: line dropped")
+
+    def watch_stdin(self) -> None:
+        try:
+            self.loop.add_reader(0, self.on_stdin)
+        except PermissionError:
+            # A regular file cannot be polled: it is always readable, so take it whole.
+            self.loop.forget_fd(0)
+            data = sys.stdin.buffer.read()
+            for line in data.splitlines():
+                self.submit(line)
+        except (OSError, ValueError):
+            pass  # no usable stdin (closed): run as a presence client
+
+    def run(self) -> int:
+        def stop() -> None:
+            if self.client.stopped is None:
+                self.client.close()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(signum, stop)
+        self.watch_stdin()
+        self.client.start()
+        try:
+            while not self.client.done:
+                self.loop.run_once()
+        finally:
+            self.loop.close()
+        stopped = self.client.stopped
+        return 0 if stopped is not None and stopped.reason.value == "closed_locally" else 1
+
+
+def run_client(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    try:
+        app = _ClientApp(args)
+    except ProtocolError as exc:
+        return _fail(exc.message)
+    return app.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""A single-threaded event loop: epoll for sockets, a min-heap for deadlines.
+
+Why hand-roll this instead of using asyncio?
+--------------------------------------------
+A heartbeat server spends nearly all its time doing something trivial many times:
+a 6-byte PING arrives, a 6-byte PONG goes back, a timestamp is written. asyncio
+wraps each of those in Handles, futures, transports and protocol callbacks; every
+layer costs Python function calls, and with tens of thousands of peers those calls
+*are* the CPU bill. This loop offers exactly what the server needs and nothing more:
+
+* **Readiness, not completion.** ``add_reader(fd, cb)`` / ``add_writer(fd, cb)``, as
+  in Redis' ``ae.c``. The callback does the recv or send itself, so the hot path is
+  one dict lookup and one call per ready socket.
+* **Level-triggered epoll.** A callback may read once and return; if more bytes are
+  waiting, epoll reports the socket again. That keeps one chatty peer from starving
+  the others, at the price of one extra wake-up when a read drains a socket exactly.
+* **Writers only while needed.** Callers send at once and register for writability
+  only while output is pending (asyncio's selector transport does the same), so an
+  idle connection costs no epoll traffic at all.
+* **Deadlines in a heap with lazy cancellation.** ``cancel()`` only marks a timer;
+  the heap is rebuilt when cancelled entries dominate it (asyncio's rule). Users of
+  the loop are expected to *re-arm lazily*: record the time of an event and check it
+  when the deadline comes due, so that a heartbeat costs no heap operation at all.
+* **Sleep exactly until the next deadline.** The poll timeout is the time to the
+  heap's head; epoll rounds it up to the millisecond, never down, so a timer is never
+  run early. How late one runs is measured (``max_lag``) and reported.
+* **Signals become events.** ``signal.set_wakeup_fd`` writes the signal number to a
+  socketpair that the loop watches, so handlers run as ordinary callbacks between
+  iterations, never in the middle of a send.
+
+What it gives up: portability (epoll is Linux-only, and isolated in ``_Epoll`` so that
+another backend is a small class), and fairness guarantees beyond one read per socket
+per iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+# The heap is rebuilt when it holds more than this many timers and more than half of
+# them are cancelled: below it, skipping dead entries is cheaper than rebuilding.
+# Same figures as asyncio's base_events.
+MIN_CANCELLED_FOR_PURGE = 100
+CANCELLED_FRACTION_FOR_PURGE = 0.5
+
+# Upper bound on events fetched per epoll_wait. Large enough that a wake-up serves a
+# whole burst of heartbeats; the kernel hands out the rest on the next call.
+MAX_EVENTS_PER_POLL = 4096
+
+_READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+_WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+
+Callback = Callable[..., Any]
+
+
+class Timer:
+    """A scheduled callback; ``cancel()`` is O(1) and leaves the entry in the heap."""
+
+    __slots__ = ("when", "callback", "args", "cancelled", "_loop")
+
+    def __init__(self, loop: EventLoop, when: float, callback: Callback, args: tuple[Any, ...]):
+        self._loop = loop
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._loop._cancelled_count += 1
+
+
+class _Epoll:
+    """The OS backend: the only code that knows about epoll."""
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._masks: dict[int, int] = {}
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def set_interest(self, fd: int, mask: int) -> None:
+        old = self._masks.get(fd, 0)
+        if mask == old:
+            return
+        if not mask:
+            del self._masks[fd]
+            self._ep.unregister(fd)
+        elif not old:
+            self._ep.register(fd, mask)
+            self._masks[fd] = mask
+        else:
+            self._ep.modify(fd, mask)
+            self._masks[fd] = mask
+
+    def forget(self, fd: int) -> None:
+        """Drop an fd that is about to be closed (closing it unregisters it anyway)."""
+        if self._masks.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self._ep.unregister(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        return self._ep.poll(-1 if timeout is None else timeout, MAX_EVENTS_PER_POLL)
+
+    def close(self) -> None:
+        self._ep.close()
+
+
+class EventLoop:
+    """Readiness callbacks on file descriptors, timers, and signal callbacks."""
+
+    def __init__(self) -> None:
+        self._backend = _Epoll()
+        self._readers: dict[int, Callback] = {}
+        self._writers: dict[int, Callback] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._sequence = itertools.count()
+        self._cancelled_count = 0
+        self._running = False
+        self._signal_handlers: dict[int, Callback] = {}
+        self._signal_socks: tuple[socket.socket, socket.socket] | None = None
+        self._old_wakeup_fd = -1
+        #: The loop's clock (``time.monotonic``), refreshed once per iteration.
+        self.now = time.monotonic()
+        #: Iterations run so far.
+        self.iterations = 0
+        #: Worst lateness of a timer since the last ``take_max_lag()``.
+        self.max_lag = 0.0
+
+    # --- file events ------------------------------------------------------------
+
+    def _update(self, fd: int) -> None:
+        mask = (_READ_EVENTS if fd in self._readers else 0) | (
+            _WRITE_EVENTS if fd in self._writers else 0
+        )
+        self._backend.set_interest(fd, mask)
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._readers[fd] = callback
+        self._update(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        self._writers[fd] = callback
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def forget_fd(self, fd: int) -> None:
+        """Remove every callback of an fd the caller is about to close."""
+        self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
+        self._backend.forget(fd)
+
+    # --- timers -----------------------------------------------------------------
+
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
+        timer = Timer(self, when, callback, args)
+        heapq.heappush(self._timers, (when, next(self._sequence), timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callback, *args: Any) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback, *args)
+
+    @property
+    def timer_count(self) -> int:
+        """Live (not cancelled) timers."""
+        return len(self._timers) - self._cancelled_count
+
+    def take_max_lag(self) -> float:
+        """Return the worst timer lateness since the previous call, and reset it."""
+        lag, self.max_lag = self.max_lag, 0.0
+        return lag
+
+    def _purge_cancelled(self) -> None:
+        self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+        heapq.heapify(self._timers)
+        self._cancelled_count = 0
+
+    # --- signals ----------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callback) -> None:
+        """Run ``callback()`` from the loop when ``signum`` arrives."""
+        if self._signal_socks is None:
+            rsock, wsock = socket.socketpair()
+            rsock.setblocking(False)
+            wsock.setblocking(False)
+            self._signal_socks = (rsock, wsock)
+            self._old_wakeup_fd = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+            self.add_reader(rsock.fileno(), self._read_signals)
+        self._signal_handlers[signum] = callback
+        # A Python-level handler must exist for the C handler to write the wakeup byte;
+        # it does nothing itself because the work happens in _read_signals.
+        signal.signal(signum, _ignore_signal)
+
+    def _read_signals(self) -> None:
+        assert self._signal_socks is not None
+        try:
+            data = self._signal_socks[0].recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler()
+
+    # --- running ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Make ``run_forever`` return after the current iteration."""
+        self._running = False
+
+    def run_forever(self) -> None:
+        self._running = True
+        while self._running:
+            self.run_once()
+
+    def run_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Iterate until ``condition()`` is true or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        guard = self.call_at(deadline, _nothing)  # bounds the poll's sleep
+        try:
+            while not condition():
+                if time.monotonic() >= deadline:
+                    return False
+                self.run_once()
+            return True
+        finally:
+            guard.cancel()
+
+    def run_once(self) -> None:
+        timers = self._timers
+        if self._cancelled_count > MIN_CANCELLED_FOR_PURGE and (
+            self._cancelled_count > CANCELLED_FRACTION_FOR_PURGE * len(timers)
+        ):
+            self._purge_cancelled()
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+            self._cancelled_count -= 1
+        if timers:
+            timeout: float | None = max(0.0, timers[0][0] - time.monotonic())
+        else:
+            timeout = None
+
+        events = self._backend.poll(timeout)
+        self.now = time.monotonic()
+        self.iterations += 1
+
+        readers = self._readers
+        writers = self._writers
+        for fd, mask in events:
+            if mask & _READ_EVENTS:
+                callback = readers.get(fd)
+                if callback is not None:
+                    callback()
+            if mask & _WRITE_EVENTS:
+                callback = writers.get(fd)
+                if callback is not None:
+                    callback()
+
+        if timers and timers[0][0] <= self.now:
+            self._run_due_timers()
+
+    def _run_due_timers(self) -> None:
+        # Take the due timers out first so that a callback scheduling another timer
+        # for "now" waits for the next iteration instead of starving I/O.
+        now = self.now = time.monotonic()
+        timers = self._timers
+        due: list[Timer] = []
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            if timer.cancelled:
+                self._cancelled_count -= 1
+            else:
+                due.append(timer)
+        for timer in due:
+            if timer.cancelled:  # cancelled by an earlier callback in this batch
+                self._cancelled_count -= 1
+                continue
+            lag = now - timer.when
+            if lag > self.max_lag:
+                self.max_lag = lag
+            timer.cancelled = True  # a fired timer is spent; cancel() becomes a no-op
+            timer.callback(*timer.args)
+
+    def close(self) -> None:
+        if self._signal_socks is not None:
+            for signum in self._signal_handlers:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            for sock in self._signal_socks:
+                sock.close()
+            self._signal_socks = None
+        self._backend.close()
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Placeholder Python handler; see ``EventLoop.add_signal_handler``."""
+
+
+def _nothing() -> None:
+    """Timer body used only to bound a poll's sleep."""

@@ -1,0 +1,201 @@
+"""The sans-IO protocol core: bytes in, frames out, typed errors. No sockets here.
+
+Two kinds of error, as in h11: ``RemoteProtocolError`` means the *peer* broke the
+protocol (it carries the code to put in the ERROR frame before closing), while
+``LocalProtocolError`` means *our* caller misused the API (sending a payload that is
+too large, say). Handling code can then blame the right party.
+
+The decoder checks each header as soon as its six bytes are in: reserved bits, type
+and length are all refused before a single payload byte is buffered, so a hostile
+length field costs nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from hbloop.wire import (
+    CODE_STRUCT,
+    HEADER_ONLY_TYPES,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    HELLO_FIXED,
+    KNOWN_TYPES,
+    MAX_NAME_BYTES,
+    PROTOCOL_VERSION,
+    WELCOME_STRUCT,
+    Code,
+    FrameType,
+    Hello,
+    Scheme,
+    Welcome,
+)
+
+Frame = tuple[int, bytes]
+
+
+class ProtocolError(Exception):
+    """Base of hbloop's protocol errors."""
+
+    def __init__(self, code: Code, message: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" if message else code.name)
+        self.code = code
+        self.message = message
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer violated the protocol; ``code`` goes into the ERROR frame we send."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own caller misused the protocol API (a bug on this side, not the peer's)."""
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+# Who may send each frame type. PING and PONG flow both ways in either scheme: any
+# PING is answered, and an unsolicited PONG is a one-way heartbeat (as in RFC 6455).
+SENDERS: dict[FrameType, frozenset[Role]] = {
+    FrameType.HELLO: frozenset({Role.CLIENT}),
+    FrameType.WELCOME: frozenset({Role.SERVER}),
+    FrameType.PING: frozenset({Role.CLIENT, Role.SERVER}),
+    FrameType.PONG: frozenset({Role.CLIENT, Role.SERVER}),
+    FrameType.DATA: frozenset({Role.CLIENT, Role.SERVER}),
+    FrameType.CLOSE: frozenset({Role.CLIENT, Role.SERVER}),
+    FrameType.ERROR: frozenset({Role.CLIENT, Role.SERVER}),
+}
+
+_EMPTY = b""
+
+
+class FrameDecoder:
+    """Incremental frame decoder: feed it any split of the byte stream.
+
+    ``feed`` returns the complete frames as ``(type, payload)`` tuples and keeps any
+    partial frame for the next call. It raises ``RemoteProtocolError`` on the first
+    invalid header; the stream is unusable after that.
+    """
+
+    __slots__ = ("max_payload", "_pending")
+
+    def __init__(self, max_payload: int) -> None:
+        self.max_payload = max_payload
+        self._pending = _EMPTY
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return len(self._pending)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        if self._pending:
+            data = self._pending + bytes(data)
+        end = len(data)
+        pos = 0
+        frames: list[Frame] = []
+        unpack = HEADER_STRUCT.unpack_from
+        max_payload = self.max_payload
+        while end - pos >= HEADER_SIZE:
+            length, ftype, flags = unpack(data, pos)
+            if flags:
+                raise RemoteProtocolError(Code.RESERVED_BITS, f"flags 0x{flags:02x} must be zero")
+            if ftype not in KNOWN_TYPES:
+                raise RemoteProtocolError(Code.UNKNOWN_TYPE, f"frame type 0x{ftype:02x}")
+            if length > max_payload:
+                raise RemoteProtocolError(
+                    Code.FRAME_TOO_LARGE, f"payload of {length} bytes exceeds {max_payload}"
+                )
+            if length and ftype in HEADER_ONLY_TYPES:
+                raise RemoteProtocolError(
+                    Code.MALFORMED, f"{FrameType(ftype).name} must have an empty payload"
+                )
+            stop = pos + HEADER_SIZE + length
+            if stop > end:
+                break
+            frames.append((ftype, bytes(data[pos + HEADER_SIZE : stop]) if length else _EMPTY))
+            pos = stop
+        self._pending = bytes(data[pos:]) if pos < end else _EMPTY
+        return frames
+
+
+def _is_printable_name(name: str) -> bool:
+    # Names end up in log lines: refuse control characters so a peer cannot forge
+    # or split log records.
+    return all(ch >= " " and ch != "\x7f" for ch in name)
+
+
+def parse_hello(payload: bytes) -> Hello:
+    """Decode a HELLO payload; the version is checked before anything else."""
+    if not payload:
+        raise RemoteProtocolError(Code.MALFORMED, "empty HELLO")
+    if payload[0] != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            Code.UNSUPPORTED_VERSION,
+            f"version {payload[0]} is not supported; this server speaks {PROTOCOL_VERSION}",
+        )
+    if len(payload) < HELLO_FIXED.size:
+        raise RemoteProtocolError(Code.MALFORMED, "HELLO too short")
+    version, interval_ms, name_len = HELLO_FIXED.unpack_from(payload)
+    if len(payload) != HELLO_FIXED.size + name_len:
+        raise RemoteProtocolError(Code.MALFORMED, "HELLO name length disagrees with the frame")
+    if not 1 <= name_len <= MAX_NAME_BYTES:
+        raise RemoteProtocolError(Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} bytes")
+    try:
+        name = payload[HELLO_FIXED.size :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(Code.BAD_NAME, "name is not valid UTF-8") from None
+    if not _is_printable_name(name):
+        raise RemoteProtocolError(Code.BAD_NAME, "name contains control characters")
+    return Hello(version, interval_ms, name)
+
+
+def parse_welcome(payload: bytes) -> Welcome:
+    if len(payload) != WELCOME_STRUCT.size:
+        raise RemoteProtocolError(Code.MALFORMED, "WELCOME must be 10 bytes")
+    version, scheme, interval_ms, timeout_ms = WELCOME_STRUCT.unpack(payload)
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(Code.UNSUPPORTED_VERSION, f"server answered version {version}")
+    if scheme not in (Scheme.CLIENT, Scheme.SERVER):
+        raise RemoteProtocolError(Code.MALFORMED, f"unknown scheme {scheme}")
+    if not 0 < interval_ms < timeout_ms:
+        raise RemoteProtocolError(Code.MALFORMED, "WELCOME needs 0 < interval < timeout")
+    return Welcome(version, Scheme(scheme), interval_ms, timeout_ms)
+
+
+def code_name(code: int) -> str:
+    try:
+        return Code(code).name
+    except ValueError:
+        return f"0x{code:04x}"
+
+
+def parse_close(payload: bytes) -> int:
+    """Return the reason code of a CLOSE; unknown codes are passed through."""
+    if len(payload) != CODE_STRUCT.size:
+        raise RemoteProtocolError(Code.MALFORMED, "CLOSE must carry exactly a u16 code")
+    return int(CODE_STRUCT.unpack(payload)[0])
+
+
+def parse_error(payload: bytes) -> tuple[int, str]:
+    """Return the code and message of an ERROR; the message is for humans only."""
+    if len(payload) < CODE_STRUCT.size:
+        raise RemoteProtocolError(Code.MALFORMED, "ERROR must start with a u16 code")
+    (code,) = CODE_STRUCT.unpack_from(payload)
+    return int(code), payload[CODE_STRUCT.size :].decode("utf-8", "replace")
+
+
+def check_sender(ftype: int, sender: Role) -> None:
+    """Refuse a frame type the sending role may not send (a server never sends HELLO)."""
+    if sender not in SENDERS[FrameType(ftype)]:
+        raise RemoteProtocolError(
+            Code.UNEXPECTED_FRAME, f"a {sender.value} may not send {FrameType(ftype).name}"
+        )
+
+
+def check_before_hello(ftype: int) -> None:
+    """Server side, handshake pending: only HELLO may come first."""
+    if ftype != FrameType.HELLO:
+        raise RemoteProtocolError(Code.HELLO_REQUIRED, f"{FrameType(ftype).name} before HELLO")

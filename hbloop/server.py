@@ -1,0 +1,516 @@
+"""The heartbeat server: accepts peers, runs the handshake, tracks liveness.
+
+Liveness costs no timer operation per heartbeat. Each peer owns one timer; a frame
+only overwrites ``last_recv``. When the timer comes due it compares the clock with
+``last_recv + timeout`` and either closes the peer or re-arms itself for the new
+deadline, so a peer that heartbeats every interval costs about one heap push per
+timeout period. In the server-pings scheme the same timer also sends the PINGs,
+which traffic in both directions postpones (``policy.next_ping_at``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from hbloop.channel import Channel, Disconnect, Reason
+from hbloop.loop import EventLoop
+from hbloop.netutil import apply_tcp_options, make_listener
+from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy, next_ping_at
+from hbloop.protocol import (
+    Frame,
+    RemoteProtocolError,
+    Role,
+    check_before_hello,
+    check_sender,
+    parse_close,
+    parse_error,
+    parse_hello,
+)
+from hbloop.stats import ServerStats
+from hbloop.wire import (
+    PING_FRAME,
+    PONG_FRAME,
+    PROTOCOL_VERSION,
+    Code,
+    FrameType,
+    Scheme,
+    Welcome,
+    encode_close,
+    encode_data,
+    encode_error,
+    encode_welcome,
+)
+
+log = logging.getLogger("hbloop.server")
+
+# Accept at most this many connections per wake-up (Redis uses the same figure), so
+# that a connection storm cannot starve heartbeats of already connected peers.
+MAX_ACCEPTS_PER_WAKEUP = 1000
+
+# When accept() fails for lack of descriptors and the spare one cannot be reopened,
+# stop accepting for this long rather than spin on a listener that stays readable.
+EMFILE_PAUSE = 1.0
+
+# Errors from accept() that concern only the connection being accepted.
+_TRANSIENT_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+_PING = int(FrameType.PING)
+_PONG = int(FrameType.PONG)
+_DATA = int(FrameType.DATA)
+_HELLO = int(FrameType.HELLO)
+_CLOSE = int(FrameType.CLOSE)
+_ERROR = int(FrameType.ERROR)
+
+ConnectCallback = Callable[["Peer"], None]
+MessageCallback = Callable[["Peer", bytes], None]
+DisconnectCallback = Callable[["Peer", Disconnect], None]
+
+
+class Peer(Channel):
+    """One accepted connection, as the application sees it.
+
+    Public, read-only: ``name`` (None until HELLO), ``address``, ``connected_at``
+    (wall clock), ``interval`` and ``timeout`` (granted, seconds), ``idle`` and
+    ``last_heard``. Methods: ``send(data)`` and ``close(code)``.
+    """
+
+    __slots__ = (
+        "server",
+        "address",
+        "name",
+        "open",
+        "interval",
+        "timeout",
+        "connected_at",
+        "_last_ping_in",
+        "_last_ping_out",
+        "_strikes",
+    )
+
+    def __init__(self, server: Server, sock: socket.socket, address: tuple[str, int]) -> None:
+        policy = server.policy
+        super().__init__(server.loop, sock, server.stats, policy.max_payload, policy.max_pending)
+        self.server = server
+        self.address = address
+        self.name: str | None = None
+        self.open = False
+        self.interval = 0.0
+        self.timeout = 0.0
+        self.connected_at = time.time()
+        self._last_ping_in = float("-inf")
+        self._last_ping_out = float("-inf")
+        self._strikes = 0
+
+    # --- the application's view ----------------------------------------------
+
+    @property
+    def idle(self) -> float:
+        """Seconds since the last complete frame from this peer."""
+        return self.loop.now - self.last_recv
+
+    @property
+    def last_heard(self) -> float:
+        """Wall-clock time of the last complete frame from this peer."""
+        return time.time() - (time.monotonic() - self.last_recv)
+
+    @property
+    def label(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def send(self, data: bytes) -> bool:
+        """Send application DATA; False if the peer is gone or closing."""
+        if not self.open or self.closing:
+            return False
+        return self.write(encode_data(data))
+
+    def close(self, code: Code = Code.NORMAL) -> None:
+        """Send CLOSE with ``code`` and end the connection."""
+        self.server.end(self, Disconnect(Reason.CLOSED_LOCALLY, code), encode_close(code))
+
+    # --- frames ---------------------------------------------------------------
+
+    def frames_received(self, frames: list[Frame]) -> None:
+        try:
+            for ftype, payload in frames:
+                if self.closing:
+                    return
+                if not self.open:
+                    self._handshake(ftype, payload)
+                elif ftype == _PING:
+                    self._on_ping()
+                elif ftype == _PONG:
+                    self.server.stats.heartbeats += 1
+                elif ftype == _DATA:
+                    self.server.deliver(self, payload)
+                else:
+                    self._on_control(ftype, payload)
+        except RemoteProtocolError as exc:
+            self.protocol_violated(exc)
+
+    def _on_ping(self) -> None:
+        server = self.server
+        server.stats.heartbeats += 1
+        now = self.loop.now
+        if server.policy.is_ping_too_soon(now - self._last_ping_in, self.interval):
+            self._strikes += 1
+            if self._strikes >= server.policy.ping_strikes:
+                raise RemoteProtocolError(
+                    Code.TOO_MANY_PINGS,
+                    f"{self._strikes} PINGs closer than half the {self.interval:g}s interval",
+                )
+        else:
+            self._strikes = 0
+        self._last_ping_in = now
+        self.write(PONG_FRAME)
+
+    def _on_control(self, ftype: int, payload: bytes) -> None:
+        if ftype == _CLOSE:
+            self.lose(Disconnect(Reason.PEER_CLOSED, parse_close(payload)))
+        elif ftype == _ERROR:
+            code, message = parse_error(payload)
+            self.lose(Disconnect(Reason.PEER_ERROR, code, message))
+        elif ftype == _HELLO:
+            raise RemoteProtocolError(Code.DUPLICATE_HELLO, "HELLO after the handshake")
+        else:
+            check_sender(ftype, Role.CLIENT)
+
+    def _handshake(self, ftype: int, payload: bytes) -> None:
+        check_before_hello(ftype)
+        hello = parse_hello(payload)
+        server = self.server
+        if server.stats.connections >= server.policy.max_connections:
+            server.refuse(self, Code.SERVER_FULL, f"{server.policy.max_connections} connections")
+            return
+        interval_ms, timeout_ms = server.policy.grant(hello.interval_ms)
+        self.name = hello.name
+        self.interval = interval_ms / 1000
+        self.timeout = timeout_ms / 1000
+        self.write(
+            encode_welcome(Welcome(PROTOCOL_VERSION, server.policy.scheme, interval_ms, timeout_ms))
+        )
+        if self.released:
+            return
+        self.open = True
+        if self.timer is not None:
+            self.timer.cancel()  # the handshake deadline
+        self.timer = self.loop.call_at(self.loop.now + self.interval, self.on_deadline)
+        server.admit(self)
+
+    def protocol_violated(self, error: RemoteProtocolError) -> None:
+        self.server.end(
+            self,
+            Disconnect(Reason.PROTOCOL_ERROR, error.code, error.message),
+            encode_error(error.code, error.message),
+        )
+
+    def connection_lost(self, disconnect: Disconnect) -> None:
+        self.server.report(self, disconnect)
+
+    def release(self) -> None:
+        super().release()
+        self.server.forget(self)
+
+    # --- the one timer -------------------------------------------------------
+
+    def on_deadline(self) -> None:
+        self.timer = None
+        now = self.loop.now
+        server = self.server
+        if not self.open:
+            server.end(
+                self,
+                Disconnect(Reason.HANDSHAKE_TIMEOUT, Code.HANDSHAKE_TIMEOUT),
+                encode_close(Code.HANDSHAKE_TIMEOUT),
+            )
+            return
+        due = self.last_recv + self.timeout
+        if now >= due:
+            server.end(
+                self,
+                Disconnect(Reason.TIMEOUT, Code.TIMEOUT, f"silent for {now - self.last_recv:.3f}s"),
+                encode_close(Code.TIMEOUT),
+            )
+            return
+        if server.policy.scheme is Scheme.SERVER:
+            ping_at = next_ping_at(
+                self.last_sent, self.last_recv, self._last_ping_out, self.interval
+            )
+            if now >= ping_at:
+                if not self.write(PING_FRAME):
+                    return
+                self._last_ping_out = now
+                ping_at = now + self.interval
+            due = min(due, ping_at)
+        self.timer = self.loop.call_at(due, self.on_deadline)
+
+
+class Server:
+    """An hbloop server on an EventLoop.
+
+    Callbacks (all optional) run on the loop; an exception in one is logged and the
+    server carries on:
+
+    * ``on_connect(peer)`` after a successful handshake;
+    * ``on_message(peer, data)`` for each DATA frame;
+    * ``on_disconnect(peer, disconnect)`` once for each peer that had connected.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        policy: ServerPolicy,
+        *,
+        on_connect: ConnectCallback | None = None,
+        on_message: MessageCallback | None = None,
+        on_disconnect: DisconnectCallback | None = None,
+        loop: EventLoop | None = None,
+        backlog: int = DEFAULT_BACKLOG,
+        reuse_port: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.policy = policy
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.on_disconnect = on_disconnect
+        self.loop = loop or EventLoop()
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.stats = ServerStats()
+        self.started_at = time.time()
+        self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
+        self._listener: socket.socket | None = None
+        self._spare_fd: int | None = None
+        self._stopping = False
+        self._last_shed_log = float("-inf")
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        """Bind and listen; return the bound address (useful with port 0)."""
+        self._listener = make_listener(self.host, self.port, self.backlog, self.reuse_port)
+        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+        self.loop.add_reader(self._listener.fileno(), self._accept_connections)
+        address = self._listener.getsockname()
+        self.port = address[1]
+        return address[0], address[1]
+
+    def serve_forever(self, install_signal_handlers: bool = True) -> None:
+        """Run until ``shutdown()`` completes; SIGINT/SIGTERM call it."""
+        if self._listener is None:
+            self.start()
+        if install_signal_handlers:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(signum, self.shutdown)
+        try:
+            self.loop.run_forever()
+        finally:
+            self._close_listener()
+            if self._spare_fd is not None:
+                os.close(self._spare_fd)
+                self._spare_fd = None
+
+    def shutdown(self) -> None:
+        """Stop gracefully: CLOSE(GOING_AWAY) to every peer, flush, then stop the loop.
+
+        A second call gives up on flushing and stops at once.
+        """
+        if self._stopping:
+            log.warning("second stop request: closing %d connections now", len(self._live))
+            for peer in list(self._live):
+                peer.release()
+            self.loop.stop()
+            return
+        self._stopping = True
+        self._close_listener()
+        grace = self.policy.shutdown_grace
+        log.info("shutting down: closing %d connections (grace %.1fs)", len(self._live), grace)
+        for peer in list(self._live):
+            self.end(
+                peer,
+                Disconnect(Reason.SHUTDOWN, Code.GOING_AWAY),
+                encode_close(Code.GOING_AWAY),
+                grace,
+            )
+        self.loop.call_later(grace, self._grace_expired)
+        self._stop_if_drained()
+
+    def _grace_expired(self) -> None:
+        if self._live:
+            log.warning("grace period over: dropping %d connections", len(self._live))
+            for peer in list(self._live):
+                peer.release()
+        self.loop.stop()
+
+    def _stop_if_drained(self) -> None:
+        if self._stopping and not self._live:
+            self.loop.stop()
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self.loop.forget_fd(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+    # --- the application's view ------------------------------------------------
+
+    @property
+    def peers(self) -> list[Peer]:
+        """Peers past the handshake and not closing."""
+        return [peer for peer in self._live if peer.open and not peer.closing]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    # --- accepting -------------------------------------------------------------
+
+    def _accept_connections(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+            try:
+                sock, address = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_DESCRIPTORS:
+                    self._shed_connections(exc)
+                    return
+                if exc.errno in _TRANSIENT_ACCEPT_ERRNOS:
+                    continue
+                raise
+            self._adopt(sock, address)
+
+    def _adopt(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        try:
+            sock.setblocking(False)
+            apply_tcp_options(sock, self.policy.tcp_keepalive, self.policy.tcp_user_timeout)
+        except OSError:  # reset before we got to it
+            sock.close()
+            return
+        self.stats.accepted += 1
+        peer = Peer(self, sock, address)
+        self._live.add(peer)
+        peer.start_reading()
+        peer.timer = self.loop.call_at(
+            self.loop.now + self.policy.handshake_timeout, peer.on_deadline
+        )
+
+    def _shed_connections(self, exc: OSError) -> None:
+        """Out of descriptors: accept-and-close what is queued, as libev/libuv do.
+
+        Linux keeps a connection we cannot accept in the queue and the listener stays
+        readable, so doing nothing would spin the loop at 100% CPU. The spare
+        descriptor is given up to make room for each accept.
+        """
+        shed = 0
+        listener = self._listener
+        assert listener is not None
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            refusal = encode_error(Code.SERVER_FULL, "out of file descriptors")
+            for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+                try:
+                    sock, _address = listener.accept()
+                except OSError:
+                    break
+                try:
+                    sock.setblocking(False)
+                    sock.send(refusal)
+                except OSError:
+                    pass
+                sock.close()
+                shed += 1
+            with contextlib.suppress(OSError):
+                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+        self.stats.shed += shed
+        if self._spare_fd is None:
+            # Still no descriptor to spare: stop watching the listener for a while.
+            self.loop.remove_reader(listener.fileno())
+            self.loop.call_later(EMFILE_PAUSE, self._resume_accepting)
+        now = self.loop.now
+        if now - self._last_shed_log >= 1.0:
+            self._last_shed_log = now
+            log.warning("%s: shed %d connections (%d open)", exc.strerror, shed, len(self._live))
+
+    def _resume_accepting(self) -> None:
+        if self._listener is None:
+            return
+        if self._spare_fd is None:
+            try:
+                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                self.loop.call_later(EMFILE_PAUSE, self._resume_accepting)
+                return
+        self.loop.add_reader(self._listener.fileno(), self._accept_connections)
+
+    # --- peer lifecycle (called by Peer) ---------------------------------------
+
+    def admit(self, peer: Peer) -> None:
+        stats = self.stats
+        stats.connections += 1
+        if stats.connections > stats.peak:
+            stats.peak = stats.connections
+        log.info(
+            "connect %s name=%s interval=%gs timeout=%gs",
+            peer.label,
+            peer.name,
+            peer.interval,
+            peer.timeout,
+        )
+        if self.on_connect is not None:
+            self._call_app("on_connect", self.on_connect, peer)
+
+    def deliver(self, peer: Peer, payload: bytes) -> None:
+        if self.on_message is not None:
+            self._call_app("on_message", self.on_message, peer, payload)
+
+    def refuse(self, peer: Peer, code: Code, message: str) -> None:
+        self.end(peer, Disconnect(Reason.REFUSED, code, message), encode_error(code, message))
+
+    def end(
+        self, peer: Peer, disconnect: Disconnect, last_frame: bytes, linger: float | None = None
+    ) -> None:
+        """Report ``disconnect`` and close ``peer`` after sending ``last_frame``."""
+        if peer.closing:
+            return
+        self.report(peer, disconnect)
+        peer.finish(last_frame, self.policy.linger if linger is None else linger)
+
+    def report(self, peer: Peer, disconnect: Disconnect) -> None:
+        self.stats.closed[disconnect.reason.value] += 1
+        age = time.time() - peer.connected_at
+        log.info(
+            "disconnect %s name=%s age=%.1fs reason=%s",
+            peer.label,
+            peer.name or "-",
+            age,
+            disconnect,
+        )
+        if peer.open:
+            peer.open = False
+            self.stats.connections -= 1
+            if self.on_disconnect is not None:
+                self._call_app("on_disconnect", self.on_disconnect, peer, disconnect)
+
+    def forget(self, peer: Peer) -> None:
+        self._live.discard(peer)
+        if self._stopping:
+            self._stop_if_drained()
+
+    def _call_app(self, what: str, callback: Callable[..., None], *args: object) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("application callback %s raised; the server carries on", what)

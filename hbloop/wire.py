@@ -1,0 +1,219 @@
+"""The hbloop wire format: the schema of record, and the fast path derived from it.
+
+Every frame is a 6-byte header followed by ``length`` payload bytes::
+
+    +--------+--------+--------+--------+--------+--------+-----------------+
+    |            length (u32, big-endian)        |  type  | flags  | payload  |
+    +--------+--------+--------+--------+--------+--------+-----------------+
+
+The ``construct`` declarations below (``HEADER``, the payload structs and ``FRAME``)
+are the contract: protocol.md, tests/vectors.json and the tests all agree with them.
+construct parses a frame in tens of microseconds, far too slow for a server that
+answers tens of thousands of heartbeats a second, so the per-frame path uses the
+``struct`` formats derived here; tests/test_wire.py proves both agree on every vector.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from construct import (
+    Bytes,
+    Enum,
+    FixedSized,
+    GreedyBytes,
+    GreedyString,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    PascalString,
+    Pass,
+    Rebuild,
+    Struct,
+    Switch,
+    Terminated,
+    len_,
+    this,
+)
+
+PROTOCOL_VERSION = 1
+
+HEADER_SIZE = 6
+
+# Names travel in a u8-prefixed field; 64 bytes is room for a device id, a UUID or a
+# user@host label while keeping a hostile HELLO small.
+MAX_NAME_BYTES = 64
+
+# An ERROR message is for a human reading a log, not a payload channel.
+MAX_ERROR_MESSAGE_BYTES = 200
+
+# Default cap on a frame's payload. Heartbeat traffic is tiny; 64 KiB leaves room for
+# application DATA while a peer cannot make us buffer more than this per connection.
+DEFAULT_MAX_PAYLOAD = 65536
+
+# The length field is a u32, so no configuration may exceed this.
+ABSOLUTE_MAX_PAYLOAD = 0xFFFFFFFF
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 0x01
+    WELCOME = 0x02
+    PING = 0x03
+    PONG = 0x04
+    DATA = 0x05
+    CLOSE = 0x06
+    ERROR = 0x07
+
+
+class Scheme(enum.IntEnum):
+    """Which side sends PINGs once the handshake is done."""
+
+    CLIENT = 0  # the client pings, the server answers PONG
+    SERVER = 1  # the server pings, the client must answer PONG
+
+
+class Code(enum.IntEnum):
+    """The one registry of reason codes carried by CLOSE and ERROR frames."""
+
+    # 0x00xx: orderly ends, carried by CLOSE.
+    NORMAL = 0x0000  # the sender is done with the connection
+    GOING_AWAY = 0x0001  # the server is shutting down; reconnect later
+    TIMEOUT = 0x0002  # nothing was heard from the receiver within the timeout
+    HANDSHAKE_TIMEOUT = 0x0003  # no HELLO arrived within the handshake deadline
+    # 0x01xx: handshake refusals, carried by ERROR.
+    UNSUPPORTED_VERSION = 0x0101
+    BAD_NAME = 0x0102
+    SERVER_FULL = 0x0103
+    # 0x02xx: protocol violations, carried by ERROR.
+    FRAME_TOO_LARGE = 0x0201
+    UNKNOWN_TYPE = 0x0202
+    RESERVED_BITS = 0x0203
+    MALFORMED = 0x0204
+    HELLO_REQUIRED = 0x0205
+    DUPLICATE_HELLO = 0x0206
+    UNEXPECTED_FRAME = 0x0207
+    TOO_MANY_PINGS = 0x0208
+
+
+# --- the schema of record ---------------------------------------------------------
+
+FrameTypeField = Enum(Int8ub, FrameType)
+
+HEADER = Struct(
+    "length" / Int32ub,
+    "type" / FrameTypeField,
+    "flags" / Int8ub,  # reserved: MUST be zero in version 1
+)
+
+HELLO = Struct(
+    "version" / Int8ub,
+    "interval_ms" / Int32ub,  # 0 asks for the server's default
+    "name" / PascalString(Int8ub, "utf8"),
+    Terminated,
+)
+
+WELCOME = Struct(
+    "version" / Int8ub,
+    "scheme" / Enum(Int8ub, Scheme),
+    "interval_ms" / Int32ub,
+    "timeout_ms" / Int32ub,
+    Terminated,
+)
+
+CLOSE = Struct("code" / Int16ub, Terminated)
+
+ERROR = Struct("code" / Int16ub, "message" / GreedyString("utf8"))
+
+EMPTY = Struct(Terminated)
+
+FRAME = Struct(
+    "length" / Rebuild(Int32ub, len_(this.payload_bytes)),
+    "type" / FrameTypeField,
+    "flags" / Int8ub,
+    "payload_bytes" / Bytes(this.length),
+)
+
+PAYLOADS = {
+    FrameType.HELLO: HELLO,
+    FrameType.WELCOME: WELCOME,
+    FrameType.PING: EMPTY,
+    FrameType.PONG: EMPTY,
+    FrameType.DATA: GreedyBytes,
+    FrameType.CLOSE: CLOSE,
+    FrameType.ERROR: ERROR,
+}
+
+# A whole frame with its payload decoded by type: what protocol.md documents.
+TYPED_FRAME = Struct(
+    "length" / Int32ub,
+    "type" / FrameTypeField,
+    "flags" / Int8ub,
+    "payload" / FixedSized(this.length, Switch(this.type, PAYLOADS, default=Pass)),
+)
+
+# --- the fast path, derived from the schema ----------------------------------------
+
+HEADER_STRUCT = struct.Struct(">IBB")
+HELLO_FIXED = struct.Struct(">BIB")  # version, interval_ms, name length
+WELCOME_STRUCT = struct.Struct(">BBII")
+CODE_STRUCT = struct.Struct(">H")
+
+assert HEADER_STRUCT.size == HEADER.sizeof() == HEADER_SIZE
+assert WELCOME_STRUCT.size == 10
+
+HEADER_ONLY_TYPES = frozenset({FrameType.PING, FrameType.PONG})
+KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
+    return HEADER_STRUCT.pack(len(payload), ftype, 0) + payload
+
+
+PING_FRAME = encode_frame(FrameType.PING)
+PONG_FRAME = encode_frame(FrameType.PONG)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    interval_ms: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    version: int
+    scheme: Scheme
+    interval_ms: int
+    timeout_ms: int
+
+
+def encode_hello(name: str, interval_ms: int, version: int = PROTOCOL_VERSION) -> bytes:
+    raw = name.encode("utf-8")
+    return encode_frame(FrameType.HELLO, HELLO_FIXED.pack(version, interval_ms, len(raw)) + raw)
+
+
+def encode_welcome(welcome: Welcome) -> bytes:
+    return encode_frame(
+        FrameType.WELCOME,
+        WELCOME_STRUCT.pack(
+            welcome.version, welcome.scheme, welcome.interval_ms, welcome.timeout_ms
+        ),
+    )
+
+
+def encode_close(code: int) -> bytes:
+    return encode_frame(FrameType.CLOSE, CODE_STRUCT.pack(code))
+
+
+def encode_error(code: int, message: str = "") -> bytes:
+    raw = message.encode("utf-8")[:MAX_ERROR_MESSAGE_BYTES]
+    # Cutting at a byte bound may split a character; drop the partial tail.
+    raw = raw.decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(FrameType.ERROR, CODE_STRUCT.pack(code) + raw)
+
+
+def encode_data(payload: bytes) -> bytes:
+    return encode_frame(FrameType.DATA, payload)
