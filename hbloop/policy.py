@@ -106,8 +106,8 @@ class ServerPolicy:
             problems.append("the handshake timeout must be positive")
         if self.max_connections < 1:
             problems.append("max connections must be at least 1")
-        if not 16 <= self.max_payload <= 0xFFFFFFFF:
-            problems.append("max frame payload must be between 16 bytes and 4 GiB")
+        if not 1024 <= self.max_payload <= 0xFFFFFFFF:
+            problems.append("max frame payload must be between 1 KiB and 4 GiB")
         if self.max_pending < self.max_payload:
             problems.append("max pending output must hold at least one maximum-size frame")
         if self.ping_strikes < 1:

@@ -150,7 +150,11 @@ TYPED_FRAME = Struct(
     "length" / Int32ub,
     "type" / FrameTypeField,
     "flags" / Int8ub,
-    "payload" / FixedSized(this.length, Switch(this.type, PAYLOADS, default=Pass)),
+    # construct's Enum yields names, so the switch is keyed by name.
+    "payload"
+    / FixedSized(
+        this.length, Switch(this.type, {t.name: sub for t, sub in PAYLOADS.items()}, default=Pass)
+    ),
 )
 
 # --- the fast path, derived from the schema ----------------------------------------
