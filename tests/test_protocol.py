@@ -1,0 +1,194 @@
+"""The sans-IO core: incremental decoding, payload parsing, role rules."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from hbloop.protocol import (
+    FrameDecoder,
+    RemoteProtocolError,
+    Role,
+    check_before_hello,
+    check_sender,
+    parse_close,
+    parse_error,
+    parse_hello,
+    parse_welcome,
+)
+from hbloop.wire import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    PING_FRAME,
+    PONG_FRAME,
+    Code,
+    FrameType,
+    Scheme,
+    Welcome,
+    encode_close,
+    encode_data,
+    encode_error,
+    encode_frame,
+    encode_hello,
+    encode_welcome,
+)
+
+STREAM = [
+    encode_hello("alice", 5000),
+    encode_welcome(Welcome(1, Scheme.SERVER, 5000, 15000)),
+    PING_FRAME,
+    PONG_FRAME,
+    encode_data(b"payload"),
+    encode_data(b""),
+    encode_close(Code.GOING_AWAY),
+    encode_error(Code.SERVER_FULL, "full"),
+]
+STREAM_BYTES = b"".join(STREAM)
+EXPECTED = [(frame[4], frame[HEADER_SIZE:]) for frame in STREAM]
+
+
+def decoder() -> FrameDecoder:
+    return FrameDecoder(DEFAULT_MAX_PAYLOAD)
+
+
+def test_every_frame_type_round_trips() -> None:
+    assert {ftype for ftype, _ in EXPECTED} == set(FrameType)
+    assert decoder().feed(STREAM_BYTES) == EXPECTED
+
+
+def test_coalesced_input_yields_every_frame_in_one_feed() -> None:
+    frames = decoder().feed(PING_FRAME * 100)
+    assert frames == [(FrameType.PING, b"")] * 100
+
+
+@pytest.mark.parametrize("split", range(1, len(STREAM_BYTES)))
+def test_a_split_at_any_byte_changes_nothing(split: int) -> None:
+    dec = decoder()
+    frames = dec.feed(STREAM_BYTES[:split]) + dec.feed(STREAM_BYTES[split:])
+    assert frames == EXPECTED
+    assert dec.buffered == 0
+
+
+def test_byte_at_a_time() -> None:
+    dec = decoder()
+    frames = [frame for byte in STREAM_BYTES for frame in dec.feed(bytes([byte]))]
+    assert frames == EXPECTED
+
+
+def test_memoryview_input_is_copied_out() -> None:
+    buf = bytearray(encode_data(b"abc"))
+    frames = decoder().feed(memoryview(buf))
+    buf[:] = b"\0" * len(buf)
+    assert frames == [(FrameType.DATA, b"abc")]
+
+
+def header(length: int, ftype: int, flags: int = 0) -> bytes:
+    return struct.pack(">IBB", length, ftype, flags)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (header(0, FrameType.PING, 0x01), Code.RESERVED_BITS),
+        (header(0, FrameType.PING, 0x80), Code.RESERVED_BITS),
+        (header(0, 0x00), Code.UNKNOWN_TYPE),
+        (header(0, 0x08), Code.UNKNOWN_TYPE),
+        (header(0, 0xFF), Code.UNKNOWN_TYPE),
+        (header(DEFAULT_MAX_PAYLOAD + 1, FrameType.DATA), Code.FRAME_TOO_LARGE),
+        (header(0xFFFFFFFF, FrameType.DATA), Code.FRAME_TOO_LARGE),
+        (header(1, FrameType.PING) + b"x", Code.MALFORMED),
+        (header(1, FrameType.PONG), Code.MALFORMED),
+    ],
+)
+def test_bad_headers_are_refused_with_their_code(data: bytes, code: Code) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder().feed(data)
+    assert info.value.code == code
+
+
+def test_oversized_length_is_refused_before_any_payload_arrives() -> None:
+    dec = decoder()
+    with pytest.raises(RemoteProtocolError) as info:
+        dec.feed(header(10 * DEFAULT_MAX_PAYLOAD, FrameType.DATA))
+    assert info.value.code == Code.FRAME_TOO_LARGE
+    assert dec.buffered == 0
+
+
+def test_max_payload_is_inclusive() -> None:
+    frame = encode_frame(FrameType.DATA, b"x" * 1024)
+    assert FrameDecoder(1024).feed(frame) == [(FrameType.DATA, b"x" * 1024)]
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder(1023).feed(frame)
+
+
+def hello_payload(version: int = 1, interval_ms: int = 0, name: bytes = b"n") -> bytes:
+    return struct.pack(">BIB", version, interval_ms, len(name)) + name
+
+
+def test_parse_hello() -> None:
+    hello = parse_hello(hello_payload(1, 2500, "zoë".encode()))
+    assert (hello.version, hello.interval_ms, hello.name) == (1, 2500, "zoë")
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"", Code.MALFORMED),
+        (hello_payload(version=2), Code.UNSUPPORTED_VERSION),
+        (hello_payload(version=0), Code.UNSUPPORTED_VERSION),
+        (b"\x02", Code.UNSUPPORTED_VERSION),  # the version is judged before the shape
+        (b"\x01\x00\x00", Code.MALFORMED),
+        (hello_payload(name=b"abc")[:-1], Code.MALFORMED),
+        (hello_payload(name=b"abc") + b"x", Code.MALFORMED),
+        (hello_payload(name=b""), Code.BAD_NAME),
+        (hello_payload(name=b"x" * 65), Code.BAD_NAME),
+        (hello_payload(name=b"\xff\xfe"), Code.BAD_NAME),
+        (hello_payload(name=b"evil\nINFO forged"), Code.BAD_NAME),
+        (hello_payload(name=b"del\x7f"), Code.BAD_NAME),
+    ],
+)
+def test_bad_hellos(payload: bytes, code: Code) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_hello(payload)
+    assert info.value.code == code
+
+
+def test_parse_welcome_and_its_checks() -> None:
+    payload = encode_welcome(Welcome(1, Scheme.CLIENT, 100, 300))[HEADER_SIZE:]
+    assert parse_welcome(payload) == Welcome(1, Scheme.CLIENT, 100, 300)
+    for bad, code in [
+        (payload[:-1], Code.MALFORMED),
+        (struct.pack(">BBII", 2, 0, 100, 300), Code.UNSUPPORTED_VERSION),
+        (struct.pack(">BBII", 1, 7, 100, 300), Code.MALFORMED),
+        (struct.pack(">BBII", 1, 0, 300, 300), Code.MALFORMED),
+        (struct.pack(">BBII", 1, 0, 0, 300), Code.MALFORMED),
+    ]:
+        with pytest.raises(RemoteProtocolError) as info:
+            parse_welcome(bad)
+        assert info.value.code == code
+
+
+def test_parse_close_and_error() -> None:
+    assert parse_close(b"\x00\x01") == Code.GOING_AWAY
+    assert parse_close(b"\x12\x34") == 0x1234  # unknown codes pass through
+    assert parse_error(b"\x01\x03full") == (Code.SERVER_FULL, "full")
+    assert parse_error(b"\x01\x03\xff") == (Code.SERVER_FULL, "\ufffd")
+    for bad in (b"", b"\x00", b"\x00\x00\x00"):
+        with pytest.raises(RemoteProtocolError):
+            parse_close(bad)
+    with pytest.raises(RemoteProtocolError):
+        parse_error(b"\x01")
+
+
+def test_role_rules() -> None:
+    check_sender(FrameType.PING, Role.SERVER)
+    check_sender(FrameType.HELLO, Role.CLIENT)
+    for ftype, role in [(FrameType.WELCOME, Role.CLIENT), (FrameType.HELLO, Role.SERVER)]:
+        with pytest.raises(RemoteProtocolError) as info:
+            check_sender(ftype, role)
+        assert info.value.code == Code.UNEXPECTED_FRAME
+    check_before_hello(FrameType.HELLO)
+    with pytest.raises(RemoteProtocolError) as info:
+        check_before_hello(FrameType.PING)
+    assert info.value.code == Code.HELLO_REQUIRED

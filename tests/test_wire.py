@@ -1,0 +1,98 @@
+"""The construct schema of record and the struct fast path agree."""
+
+from __future__ import annotations
+
+import pytest
+
+from hbloop.wire import (
+    CLOSE,
+    ERROR,
+    FRAME,
+    HEADER,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    HELLO,
+    PING_FRAME,
+    PONG_FRAME,
+    TYPED_FRAME,
+    WELCOME,
+    Code,
+    FrameType,
+    Scheme,
+    Welcome,
+    encode_close,
+    encode_data,
+    encode_error,
+    encode_frame,
+    encode_hello,
+    encode_welcome,
+)
+
+FRAMES = [
+    encode_hello("alice", 10_000),
+    encode_hello("ünïcødé-名前", 0),
+    encode_hello("x" * 64, 0xFFFFFFFF),
+    encode_welcome(Welcome(1, Scheme.CLIENT, 10_000, 30_000)),
+    encode_welcome(Welcome(1, Scheme.SERVER, 2_000, 6_000)),
+    PING_FRAME,
+    PONG_FRAME,
+    encode_data(b""),
+    encode_data(b"hello"),
+    encode_data(bytes(range(256)) * 4),
+    encode_close(Code.NORMAL),
+    encode_close(Code.GOING_AWAY),
+    encode_error(Code.SERVER_FULL, "full"),
+    encode_error(Code.BAD_NAME, ""),
+]
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=lambda f: FrameType(f[4]).name)
+def test_header_struct_agrees_with_construct(frame: bytes) -> None:
+    parsed = HEADER.parse(frame)
+    assert HEADER_STRUCT.unpack_from(frame) == (parsed.length, int(parsed.type), parsed.flags)
+    assert parsed.length == len(frame) - HEADER_SIZE
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=lambda f: FrameType(f[4]).name)
+def test_construct_rebuilds_the_fast_path_bytes(frame: bytes) -> None:
+    generic = FRAME.parse(frame)
+    assert (
+        FRAME.build({"type": generic.type, "flags": 0, "payload_bytes": generic.payload_bytes})
+        == frame
+    )
+    typed = TYPED_FRAME.parse(frame)
+    assert typed.type == FrameType(frame[4]).name
+
+
+def test_hello_payload_matches_schema() -> None:
+    frame = encode_hello("alice", 1234)
+    assert HELLO.parse(frame[HEADER_SIZE:]) == {"version": 1, "interval_ms": 1234, "name": "alice"}
+    assert HELLO.build({"version": 1, "interval_ms": 1234, "name": "alice"}) == frame[HEADER_SIZE:]
+
+
+def test_welcome_payload_matches_schema() -> None:
+    frame = encode_welcome(Welcome(1, Scheme.SERVER, 500, 1500))
+    parsed = WELCOME.parse(frame[HEADER_SIZE:])
+    assert (parsed.version, parsed.scheme, parsed.interval_ms, parsed.timeout_ms) == (
+        1,
+        "SERVER",
+        500,
+        1500,
+    )
+
+
+def test_close_and_error_payloads_match_schema() -> None:
+    assert CLOSE.parse(encode_close(Code.TIMEOUT)[HEADER_SIZE:]).code == Code.TIMEOUT
+    error = ERROR.parse(encode_error(Code.MALFORMED, "bad")[HEADER_SIZE:])
+    assert (error.code, error.message) == (Code.MALFORMED, "bad")
+
+
+def test_error_message_is_capped_without_splitting_a_character() -> None:
+    frame = encode_error(Code.MALFORMED, "é" * 500)
+    message = ERROR.parse(frame[HEADER_SIZE:]).message
+    assert message == "é" * 100  # 200 bytes of two-byte characters
+
+
+def test_heartbeats_are_header_only() -> None:
+    assert PING_FRAME == encode_frame(FrameType.PING) == bytes.fromhex("000000000300")
+    assert bytes.fromhex("000000000400") == PONG_FRAME
