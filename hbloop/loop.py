@@ -128,6 +128,7 @@ class EventLoop:
         self._cancelled_count = 0
         self._running = False
         self._signal_handlers: dict[int, Callback] = {}
+        self._previous_handlers: dict[int, object] = {}
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
         self._old_wakeup_fd = -1
         #: The loop's clock (``time.monotonic``), refreshed once per iteration.
@@ -209,7 +210,8 @@ class EventLoop:
         self._signal_handlers[signum] = callback
         # A Python-level handler must exist for the C handler to write the wakeup byte;
         # it does nothing itself because the work happens in _read_signals.
-        signal.signal(signum, _ignore_signal)
+        previous = signal.signal(signum, _ignore_signal)
+        self._previous_handlers.setdefault(signum, previous)
 
     def _read_signals(self) -> None:
         assert self._signal_socks is not None
@@ -303,8 +305,8 @@ class EventLoop:
 
     def close(self) -> None:
         if self._signal_socks is not None:
-            for signum in self._signal_handlers:
-                signal.signal(signum, signal.SIG_DFL)
+            for signum, previous in self._previous_handlers.items():
+                signal.signal(signum, previous)  # type: ignore[arg-type]
             signal.set_wakeup_fd(self._old_wakeup_fd)
             for sock in self._signal_socks:
                 sock.close()

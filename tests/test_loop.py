@@ -1,0 +1,153 @@
+"""The event loop: timer heap ordering, re-arming, lazy cancellation, I/O, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+
+from hbloop.loop import MIN_CANCELLED_FOR_PURGE, EventLoop
+
+
+@pytest.fixture
+def loop():
+    ev = EventLoop()
+    yield ev
+    ev.close()
+
+
+def test_timers_fire_in_deadline_order(loop: EventLoop) -> None:
+    fired: list[int] = []
+    base = loop.time()
+    for i in (5, 1, 4, 2, 3):
+        loop.call_at(base + i * 0.01, fired.append, i)
+    assert loop.run_until(lambda: len(fired) == 5, timeout=5)
+    assert fired == [1, 2, 3, 4, 5]
+
+
+def test_equal_deadlines_fire_in_scheduling_order(loop: EventLoop) -> None:
+    fired: list[str] = []
+    when = loop.time()
+    for name in "abcde":
+        loop.call_at(when, fired.append, name)
+    loop.run_once()
+    assert fired == list("abcde")
+
+
+def test_a_timer_never_fires_early(loop: EventLoop) -> None:
+    fired: list[float] = []
+    due = loop.time() + 0.05
+    loop.call_at(due, lambda: fired.append(loop.time()))
+    assert loop.run_until(lambda: fired, timeout=5)
+    assert fired[0] >= due
+
+
+def test_cancelled_timers_do_not_fire(loop: EventLoop) -> None:
+    fired: list[int] = []
+    keep = loop.call_later(0.01, fired.append, 1)
+    drop = loop.call_later(0.005, fired.append, 2)
+    drop.cancel()
+    drop.cancel()  # idempotent
+    assert loop.timer_count == 1
+    assert loop.run_until(lambda: fired, timeout=5)
+    assert fired == [1]
+    keep.cancel()  # cancelling a fired timer is a no-op
+    assert loop.timer_count == 0
+
+
+def test_rearming_from_the_callback_reschedules(loop: EventLoop) -> None:
+    """The server's pattern: a timer that checks a timestamp and re-arms itself."""
+    state = {"last_seen": loop.time(), "checks": 0, "expired": False}
+    timeout = 0.03
+
+    def check() -> None:
+        state["checks"] += 1
+        due = state["last_seen"] + timeout
+        if loop.now >= due:
+            state["expired"] = True
+        else:
+            loop.call_at(due, check)
+
+    loop.call_at(loop.time() + timeout, check)
+    # Activity postpones expiry without touching the heap.
+    loop.call_later(0.02, lambda: state.update(last_seen=loop.time()))
+    assert loop.run_until(lambda: state["expired"], timeout=5)
+    assert state["checks"] == 2
+
+
+def test_heap_is_purged_when_cancelled_entries_dominate(loop: EventLoop) -> None:
+    timers = [loop.call_later(100, lambda: None) for _ in range(3 * MIN_CANCELLED_FOR_PURGE)]
+    for timer in timers[: 2 * MIN_CANCELLED_FOR_PURGE + 10]:
+        timer.cancel()
+    loop.call_later(0, lambda: None)
+    loop.run_once()
+    assert len(loop._timers) == loop.timer_count == MIN_CANCELLED_FOR_PURGE - 10
+
+
+def test_timer_scheduled_for_now_by_a_timer_waits_for_the_next_iteration(loop: EventLoop) -> None:
+    fired: list[str] = []
+
+    def first() -> None:
+        fired.append("first")
+        loop.call_at(loop.now, fired.append, "second")
+
+    loop.call_at(loop.time(), first)
+    loop.run_once()
+    assert fired == ["first"]
+    loop.run_once()
+    assert fired == ["first", "second"]
+
+
+def test_lag_is_measured_and_reset(loop: EventLoop) -> None:
+    loop.call_at(loop.time() - 0.5, lambda: None)  # already half a second late
+    loop.run_once()
+    assert loop.take_max_lag() >= 0.5
+    assert loop.take_max_lag() == 0.0
+
+
+def test_reader_and_writer_callbacks(loop: EventLoop) -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    got: list[bytes] = []
+    writable: list[bool] = []
+    loop.add_reader(b.fileno(), lambda: got.append(b.recv(100)))
+    loop.add_writer(a.fileno(), lambda: writable.append(True))
+    assert loop.run_until(lambda: writable, timeout=5)
+    loop.remove_writer(a.fileno())
+    a.send(b"ping")
+    assert loop.run_until(lambda: got, timeout=5)
+    assert got == [b"ping"]
+    loop.remove_reader(b.fileno())
+    a.send(b"again")
+    loop.call_later(0.05, lambda: None)
+    loop.run_once()
+    assert got == [b"ping"]  # no reader any more
+    loop.forget_fd(a.fileno())
+    a.close()
+    b.close()
+
+
+def test_poll_sleeps_until_the_next_deadline(loop: EventLoop) -> None:
+    start = loop.time()
+    loop.call_later(0.1, lambda: None)
+    loop.run_once()  # nothing but the timer: one iteration sleeps, then runs it
+    elapsed = loop.time() - start
+    assert 0.1 <= elapsed < 2.0
+    assert loop.iterations == 1
+
+
+def test_signals_become_callbacks(loop: EventLoop) -> None:
+    seen: list[str] = []
+    loop.add_signal_handler(signal.SIGUSR1, lambda: seen.append("usr1"))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert loop.run_until(lambda: seen, timeout=5)
+    assert seen == ["usr1"]
+
+
+def test_stop_ends_run_forever(loop: EventLoop) -> None:
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert loop.iterations >= 1
