@@ -1,0 +1,139 @@
+"""The `hbloop` command line: help, errors, the quick start, clean stops."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from conftest import HBLOOP, ROOT
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HBLOOP, *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
+def test_console_script_is_installed():
+    script = shutil.which("hbloop")
+    assert script, "pip install puts `hbloop` on PATH"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "client" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["serve", "client"])
+def test_help_lists_defaults(command):
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert "--port" in result.stdout and "(default:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["serve", "--interval", "-1"], "must be > 0"),
+        (["serve", "--port", "70000"], "out of range"),
+        (["serve", "--scheme", "both"], "invalid choice"),
+        (["serve", "--tcp-keepalive", "60"], "IDLE,INTERVAL,COUNT"),
+        (["client", "--interval", "soon"], "is not a number"),
+        (["serve", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(args, expected):
+    result = run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_inconsistent_timing_is_a_one_line_error():
+    result = run("serve", "--port", "0", "--interval", "10", "--timeout", "15")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("hbloop: error: timeout 15s")
+
+
+def test_port_in_use_is_a_one_line_error():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run("serve", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "in use" in result.stderr
+
+
+def test_a_bad_name_is_refused_locally():
+    result = run("client", "--port", "1", "-n", "x" * 65)
+    assert result.returncode == 1
+    assert "name must be 1 to 64" in result.stderr
+
+
+def test_quick_start_two_named_clients(serve, spawn):
+    server = serve("--interval", "0.5", "--timeout", "1.5")
+    port = str(server.port)
+    alice = spawn("client", "--port", port, "-n", "alice", stdin=subprocess.PIPE)
+    bob = spawn(
+        "client", "--port", port, "--name", "bob", "--interval", "0.25", stdin=subprocess.PIPE
+    )
+    alice.wait_line(
+        r"connected to 127\.0\.0\.1:\d+ as alice: interval 0\.5s, timeout 1\.5s, client pings"
+    )
+    bob.wait_line(r"as bob: interval 0\.25s, timeout 0\.75s")
+    server.wait_line(r"connect .* name=alice")
+    server.wait_line(r"connect .* name=bob")
+    assert alice.proc.stdin is not None
+    alice.proc.stdin.write("hello from alice\nsecond line\n")
+    alice.proc.stdin.flush()
+    alice.wait_line(r"^second line$", which="stdout")
+    assert alice.lines("stdout") == ["hello from alice", "second line"]
+    assert bob.lines("stdout") == []
+
+
+def test_client_keeps_heartbeating_after_stdin_ends(serve, spawn):
+    server = serve("--interval", "0.2", "--timeout", "0.6")
+    client = spawn("client", "--port", str(server.port), "-n", "presence", stdin=subprocess.PIPE)
+    assert client.proc.stdin is not None
+    client.proc.stdin.write("last words\n")
+    client.proc.stdin.close()  # EOF
+    client.wait_line("^last words$", which="stdout")
+    # Three timeouts with nothing on stdin: only heartbeats keep it connected.
+    assert client.proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        client.proc.wait(timeout=1.8)
+    assert not server.find("name=presence.*reason")
+
+
+def test_ctrl_c_closes_the_client_cleanly(serve, spawn):
+    server = serve()
+    client = spawn("client", "--port", str(server.port), "-n", "leaving")
+    client.wait_line("connected to")
+    client.signal(signal.SIGINT)
+    assert client.wait() == 0
+    server.wait_line(r"name=leaving .*reason=peer_closed NORMAL")
+
+
+def test_client_reports_reconnects(serve, spawn):
+    first = serve("--interval", "0.5", "--timeout", "1.5")
+    client = spawn("client", "--port", str(first.port), "-n", "again", "--backoff-base", "0.2")
+    client.wait_line("connected to")
+    assert first.terminate() == 0
+    client.wait_line(r"disconnected: peer_closed GOING_AWAY; reconnecting in [\d.]+s")
+    serve("--interval", "0.5", "--timeout", "1.5", "--port", str(first.port))
+    client.wait_line("connected to", count=2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_the_server_cleanly(serve, raw_peer, signum):
+    server = serve()
+    peer = raw_peer(server.address)
+    peer.hello("bystander")
+    server.signal(signum)
+    frames = peer.recv_until_eof()
+    assert frames == [(6, b"\x00\x01")]  # CLOSE GOING_AWAY
+    assert server.wait() == 0
+    server.wait_line(r"name=bystander .*reason=shutdown GOING_AWAY")
+    server.wait_line("stopped")
