@@ -1,0 +1,284 @@
+"""Write tests/vectors.json: the protocol's test vectors, built from protocol.md by hand.
+
+The bytes are packed here with ``struct`` straight from the tables in protocol.md, not
+with hbloop's encoders, so that tests/test_vectors.py checks the codec against an
+independent statement of the format. Run ``python tests/gen_vectors.py`` after
+changing a vector and commit the JSON; the tests read the JSON, they never
+regenerate it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+OUT = Path(__file__).with_name("vectors.json")
+
+# The receiver limit the FRAME_TOO_LARGE vectors are stated against: the reference
+# server's default maximum payload (protocol.md, F2).
+MAX_PAYLOAD = 65536
+
+# Every receiver must accept payloads of this size (F2), so a DATA frame of exactly
+# this length is valid everywhere.
+MIN_MAX_PAYLOAD = 1024
+
+TYPES = {"HELLO": 1, "WELCOME": 2, "PING": 3, "PONG": 4, "DATA": 5, "CLOSE": 6, "ERROR": 7}
+CODES = {
+    "NORMAL": 0x0000,
+    "GOING_AWAY": 0x0001,
+    "TIMEOUT": 0x0002,
+    "HANDSHAKE_TIMEOUT": 0x0003,
+    "UNSUPPORTED_VERSION": 0x0101,
+    "BAD_NAME": 0x0102,
+    "SERVER_FULL": 0x0103,
+    "FRAME_TOO_LARGE": 0x0201,
+    "UNKNOWN_TYPE": 0x0202,
+    "RESERVED_BITS": 0x0203,
+    "MALFORMED": 0x0204,
+    "HELLO_REQUIRED": 0x0205,
+    "DUPLICATE_HELLO": 0x0206,
+    "UNEXPECTED_FRAME": 0x0207,
+    "TOO_MANY_PINGS": 0x0208,
+}
+CODE_NAMES = {value: name for name, value in CODES.items()}
+
+
+def frame(ftype: int, payload: bytes = b"", flags: int = 0, length: int | None = None) -> bytes:
+    return struct.pack(">IBB", len(payload) if length is None else length, ftype, flags) + payload
+
+
+def hello_payload(name: bytes, interval_ms: int = 10000, version: int = 1) -> bytes:
+    return struct.pack(">BIB", version, interval_ms, len(name)) + name
+
+
+def spaced(data: bytes) -> str:
+    return data.hex(" ")
+
+
+def valid_vectors() -> list[dict[str, object]]:
+    vectors: list[dict[str, object]] = []
+
+    def add(name: str, ftype: str, payload: bytes, fields: dict[str, object]) -> None:
+        data = frame(TYPES[ftype], payload)
+        vectors.append({"name": name, "hex": spaced(data), "type": ftype, "fields": fields})
+
+    for label, name, interval in (
+        ("alice", "alice", 10000),
+        ("default interval, non-ASCII name", "dévice-7", 0),
+        ("64-byte name (the longest)", "n" * 64, 500),
+        ("1-byte name, largest interval", "x", 0xFFFFFFFF),
+    ):
+        add(
+            f"HELLO {label}",
+            "HELLO",
+            hello_payload(name.encode(), interval),
+            {"version": 1, "interval_ms": interval, "name": name},
+        )
+    for scheme, interval, timeout in ((0, 10000, 30000), (1, 2000, 6000), (1, 100, 300)):
+        add(
+            f"WELCOME scheme {scheme} interval {interval} timeout {timeout}",
+            "WELCOME",
+            struct.pack(">BBII", 1, scheme, interval, timeout),
+            {"version": 1, "scheme": scheme, "interval_ms": interval, "timeout_ms": timeout},
+        )
+    add("PING", "PING", b"", {})
+    add("PONG", "PONG", b"", {})
+    for data in (b"hi", b"", bytes(range(256)), b"x" * MIN_MAX_PAYLOAD):
+        add(f"DATA of {len(data)} bytes", "DATA", data, {"data_hex": data.hex()})
+    for code in (0x0000, 0x0001, 0x0002, 0x0003, 0x7ABC):
+        add(
+            f"CLOSE {CODE_NAMES.get(code, 'unknown code (accepted as a generic close)')}",
+            "CLOSE",
+            struct.pack(">H", code),
+            {"code": code, "code_name": CODE_NAMES.get(code)},
+        )
+    for code, message in (
+        (0x0103, "full"),
+        (0x0204, ""),
+        (0x0102, "name contains control characters"),
+        (0x0999, "unknown code, accepted as a generic error"),
+        (0x0201, "é" * 100),
+    ):
+        add(
+            f"ERROR {CODE_NAMES.get(code, hex(code))} with a {len(message.encode())}-byte message",
+            "ERROR",
+            struct.pack(">H", code) + message.encode(),
+            {"code": code, "code_name": CODE_NAMES.get(code), "message": message},
+        )
+    return vectors
+
+
+def malformed_vectors() -> list[dict[str, object]]:
+    vectors: list[dict[str, object]] = []
+
+    def add(name: str, data: bytes, error: str, stage: str) -> None:
+        vectors.append({"name": name, "hex": spaced(data), "error": error, "stage": stage})
+
+    # Header errors: detectable from the 6 header bytes alone (F1, F3), in the order
+    # flags, type, length, empty-payload types.
+    add("PING with flag bit 0x01", frame(3, flags=0x01), "RESERVED_BITS", "header")
+    add("DATA with flag bit 0x80", frame(5, b"hi", flags=0x80), "RESERVED_BITS", "header")
+    add("flags and type both wrong: flags win", frame(0x09, flags=1), "RESERVED_BITS", "header")
+    add("type 0x00", frame(0x00), "UNKNOWN_TYPE", "header")
+    add("type 0x08", frame(0x08), "UNKNOWN_TYPE", "header")
+    add("type 0x09", frame(0x09), "UNKNOWN_TYPE", "header")
+    add("type 0xff with a payload", frame(0xFF, b"abc"), "UNKNOWN_TYPE", "header")
+    add(
+        "unknown type and huge length: type wins",
+        frame(0x09, length=0xFFFFFFFF),
+        "UNKNOWN_TYPE",
+        "header",
+    )
+    add(
+        f"DATA of {MAX_PAYLOAD + 1} bytes, header only",
+        frame(5, length=MAX_PAYLOAD + 1),
+        "FRAME_TOO_LARGE",
+        "header",
+    )
+    add("DATA of 1 MiB + 1, header only", frame(5, length=0x100001), "FRAME_TOO_LARGE", "header")
+    add(
+        "HELLO of 2^32-1 bytes, header only",
+        frame(1, length=0xFFFFFFFF),
+        "FRAME_TOO_LARGE",
+        "header",
+    )
+    add("PING with a 1-byte payload", frame(3, b"\x00"), "MALFORMED", "header")
+    add("PONG with a payload, header only", frame(4, length=4), "MALFORMED", "header")
+
+    # HELLO: version first, then shape, then the name (H2).
+    add(
+        "HELLO version 2",
+        frame(1, hello_payload(b"alice", version=2)),
+        "UNSUPPORTED_VERSION",
+        "content",
+    )
+    add(
+        "HELLO version 0",
+        frame(1, hello_payload(b"alice", version=0)),
+        "UNSUPPORTED_VERSION",
+        "content",
+    )
+    add(
+        "HELLO version 2, 1-byte payload: version first",
+        frame(1, b"\x02"),
+        "UNSUPPORTED_VERSION",
+        "content",
+    )
+    add("HELLO with an empty payload", frame(1), "MALFORMED", "shape")
+    add(
+        "HELLO of 5 bytes (no name length)", frame(1, b"\x01\x00\x00\x27\x10"), "MALFORMED", "shape"
+    )
+    add(
+        "HELLO name length 5, 4 name bytes",
+        frame(1, struct.pack(">BIB", 1, 10000, 5) + b"alic"),
+        "MALFORMED",
+        "shape",
+    )
+    add(
+        "HELLO name length 3, 5 name bytes",
+        frame(1, struct.pack(">BIB", 1, 10000, 3) + b"alice"),
+        "MALFORMED",
+        "shape",
+    )
+    add("HELLO with an empty name", frame(1, hello_payload(b"")), "BAD_NAME", "content")
+    add("HELLO with a 65-byte name", frame(1, hello_payload(b"n" * 65)), "BAD_NAME", "content")
+    add("HELLO name not UTF-8", frame(1, hello_payload(b"\xff\xfe")), "BAD_NAME", "content")
+    add(
+        "HELLO name with a truncated UTF-8 sequence",
+        frame(1, hello_payload(b"d\xc3")),
+        "BAD_NAME",
+        "content",
+    )
+    add("HELLO name with a newline", frame(1, hello_payload(b"a\nb")), "BAD_NAME", "content")
+    add("HELLO name with NUL", frame(1, hello_payload(b"a\x00")), "BAD_NAME", "content")
+    add("HELLO name with DEL (0x7f)", frame(1, hello_payload(b"a\x7f")), "BAD_NAME", "content")
+
+    # WELCOME, checked by the client (H3).
+    welcome = struct.pack(">BBII", 1, 0, 10000, 30000)
+    add("WELCOME of 9 bytes", frame(2, welcome[:-1]), "MALFORMED", "shape")
+    add("WELCOME of 11 bytes", frame(2, welcome + b"\x00"), "MALFORMED", "shape")
+    add(
+        "WELCOME version 2",
+        frame(2, struct.pack(">BBII", 2, 0, 10000, 30000)),
+        "UNSUPPORTED_VERSION",
+        "content",
+    )
+    add(
+        "WELCOME scheme 2",
+        frame(2, struct.pack(">BBII", 1, 2, 10000, 30000)),
+        "MALFORMED",
+        "content",
+    )
+    add(
+        "WELCOME interval 0", frame(2, struct.pack(">BBII", 1, 0, 0, 30000)), "MALFORMED", "content"
+    )
+    add(
+        "WELCOME timeout not above the interval",
+        frame(2, struct.pack(">BBII", 1, 1, 5000, 5000)),
+        "MALFORMED",
+        "content",
+    )
+
+    # CLOSE and ERROR shapes (F3).
+    add("CLOSE with an empty payload", frame(6), "MALFORMED", "shape")
+    add("CLOSE with 1 byte", frame(6, b"\x00"), "MALFORMED", "shape")
+    add("CLOSE with 3 bytes", frame(6, b"\x00\x00\x00"), "MALFORMED", "shape")
+    add("ERROR with an empty payload", frame(7), "MALFORMED", "shape")
+    add("ERROR with 1 byte", frame(7, b"\x01"), "MALFORMED", "shape")
+    return vectors
+
+
+def stream_vectors() -> list[dict[str, object]]:
+    hello = frame(1, hello_payload(b"alice"))
+    ping = frame(3)
+    data = frame(5, b"hi")
+    close = frame(6, b"\x00\x00")
+    four = [hello, ping, data, close]
+    whole = b"".join(four)
+    streams = [
+        ("every byte in its own segment", [whole[i : i + 1] for i in range(len(whole))], four, 0),
+        ("four frames coalesced in one segment", [whole], four, 0),
+        (
+            "split inside the header, then inside the payload",
+            [hello[:3], hello[3:9], hello[9:] + ping],
+            [hello, ping],
+            0,
+        ),
+        ("a frame and a partial header left pending", [data + ping[:4]], [data], 4),
+    ]
+    return [
+        {
+            "name": name,
+            "chunks": [chunk.hex() for chunk in chunks],
+            "frames": [f.hex() for f in frames],
+            "pending": pending,
+        }
+        for name, chunks, frames, pending in streams
+    ]
+
+
+def main() -> None:
+    document = {
+        "description": (
+            "Test vectors for the hbloop protocol, version 1 (protocol.md). Hex strings "
+            "may contain spaces. 'valid': one frame each, its type and decoded fields "
+            "(DATA as data_hex; code_name is null for unknown codes, which receivers "
+            "accept). 'malformed': bytes and the error code a receiver with "
+            "max_payload must raise; stage 'header' errors are raised from the 6 "
+            "header bytes alone, before any payload arrives. 'streams': chunks fed in "
+            "order to one decoder, the frames that come out and the bytes left pending."
+        ),
+        "protocol_version": 1,
+        "max_payload": MAX_PAYLOAD,
+        "types": TYPES,
+        "codes": CODES,
+        "valid": valid_vectors(),
+        "malformed": malformed_vectors(),
+        "streams": stream_vectors(),
+    }
+    OUT.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
