@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from hbloop.loop import EventLoop, Timer
 from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError, code_name
+from hbloop.wire import Code
 
 # One recv() takes at most this much. Enough for hundreds of coalesced frames or a
 # large DATA frame, yet small enough to stay in cache.
@@ -135,6 +136,14 @@ class Channel:
         if not n:
             if self.closing:
                 self.release()  # the FIN we waited for while lingering
+            elif self.decoder.buffered:
+                # EOF inside a frame: a truncation, not a split (F4). The peer may only
+                # have half-closed, so it can still read why.
+                self.protocol_violated(
+                    RemoteProtocolError(
+                        Code.MALFORMED, f"EOF inside a frame, {self.decoder.buffered} bytes in"
+                    )
+                )
             else:
                 self.lose(Disconnect(Reason.PEER_CLOSED, detail="EOF"))
             return

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -15,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from hbloop.protocol import Frame, FrameDecoder
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, encode_hello
+from hbloop.protocol import Frame, FrameDecoder, parse_welcome
+from hbloop.wire import (
+    CODE_STRUCT,
+    DEFAULT_MAX_PAYLOAD,
+    PING_FRAME,
+    Code,
+    FrameType,
+    encode_hello,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HBLOOP = [sys.executable, "-m", "hbloop"]
@@ -155,8 +163,17 @@ def spawn() -> Iterator[Callable[..., LoggedProcess]]:
 class RawPeer:
     """A blocking, frame-level peer for driving a server by hand."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = WAIT_TIMEOUT) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self, address: tuple[str, int], timeout: float = WAIT_TIMEOUT, rcvbuf: int | None = None
+    ) -> None:
+        if rcvbuf is None:
+            self.sock = socket.create_connection(address, timeout=timeout)
+        else:
+            # A receive buffer must be set before connect to limit the advertised window.
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
         self.frames: list[Frame] = []
@@ -217,3 +234,117 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# --- hostile-peer helpers -------------------------------------------------------------
+
+
+def frame_code(frame: Frame) -> int:
+    """The u16 code at the start of a CLOSE or ERROR payload."""
+    return int(CODE_STRUCT.unpack_from(frame[1])[0])
+
+
+def expect_last_word(peer: RawPeer, ftype: FrameType, code: Code, before: int = 0) -> list[Frame]:
+    """Read to EOF and check that the server's last frame was ``ftype`` with ``code``,
+    preceded by exactly ``before`` other frames; return those."""
+    frames = peer.recv_until_eof()
+    assert len(frames) == before + 1, f"expected {before} frames then {ftype.name}: {frames}"
+    last = frames[-1]
+    assert last[0] == ftype, f"last frame {last} is not {ftype.name}"
+    assert frame_code(last) == code, f"{ftype.name} code {frame_code(last):#06x}, not {code.name}"
+    return frames[:-1]
+
+
+def rst_close(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0, so that the kernel sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# Good peers ask for this interval; servers under test grant it (their bounds allow it).
+GOOD_INTERVAL_MS = 500
+
+
+class GoodPeers:
+    """Well-behaved peers that PING every granted interval and expect each PONG within
+    the granted timeout, in a background thread. Hostile-peer tests run them alongside
+    the abuse to prove that nobody else's service is affected."""
+
+    def __init__(self, address: tuple[str, int], count: int = 3, prefix: str = "good") -> None:
+        self.names = [f"{prefix}-{i}" for i in range(count)]
+        self.peers = [RawPeer(address) for _ in range(count)]
+        self.interval = self.timeout = 0.0
+        for peer, name in zip(self.peers, self.names, strict=True):
+            ftype, payload = peer.hello(name, GOOD_INTERVAL_MS)
+            assert ftype == FrameType.WELCOME, f"{name} was refused: {payload!r}"
+            welcome = parse_welcome(payload)
+            self.interval = welcome.interval_ms / 1000
+            self.timeout = welcome.timeout_ms / 1000
+        self.pongs = [0] * count
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # Sequential ping-pong: a PING goes out once per interval per peer, never closer
+        # than half an interval (rule T8), so the server has no reason to strike.
+        while not self._stop.wait(self.interval):
+            for i, peer in enumerate(self.peers):
+                try:
+                    peer.send(PING_FRAME)
+                    ftype, _ = peer.recv(timeout=self.timeout)
+                except (OSError, EOFError) as exc:
+                    self._fail(f"{self.names[i]}: {exc!r}")
+                    return
+                if ftype != FrameType.PONG:
+                    self._fail(f"{self.names[i]}: got frame type {ftype} instead of PONG")
+                    return
+                with self._lock:
+                    self.pongs[i] += 1
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.failures.append(message)
+
+    def pong_counts(self) -> list[int]:
+        with self._lock:
+            return list(self.pongs)
+
+    def assert_served(self, server: LoggedProcess | None = None, rounds: int = 2) -> None:
+        """Every good peer gets ``rounds`` more PONGs from now on, none has failed, and
+        the server's log (if given) shows no disconnect of any of them."""
+        before = self.pong_counts()
+
+        def answered() -> bool:
+            now = self.pong_counts()
+            return all(n >= b + rounds for n, b in zip(now, before, strict=True))
+
+        fresh = wait_for(lambda: self.failures or answered())
+        assert not self.failures, f"good peers were hurt: {self.failures}"
+        assert fresh, f"good peers stopped being answered: {before} -> {self.pong_counts()}"
+        if server is not None:
+            names = "|".join(self.names)
+            assert not server.find(rf"disconnect .* name=({names}) "), "a good peer was dropped"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(WAIT_TIMEOUT)
+        for peer in self.peers:
+            peer.close()
+
+
+@pytest.fixture
+def good_peers() -> Iterator[Callable[..., GoodPeers]]:
+    """Factory: ``good_peers(server.address)`` starts heartbeating peers, stopped after."""
+    started: list[GoodPeers] = []
+
+    def start(address: tuple[str, int], count: int = 3, prefix: str = "good") -> GoodPeers:
+        peers = GoodPeers(address, count, prefix)
+        started.append(peers)
+        return peers
+
+    yield start
+    for peers in started:
+        peers.close()
