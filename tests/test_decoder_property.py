@@ -33,7 +33,7 @@ def frames_bytes(draw: st.DrawFn, valid_only: bool = False) -> bytes:
     if not valid_only:
         flags = draw(st.sampled_from([0, 0, 0, 1, 0x80]))
         ftype = draw(st.sampled_from([ftype, ftype, ftype, 0, 9, 0xFF]))
-        length = draw(st.sampled_from([size, size, size, MAX_PAYLOAD + 1, 0xFFFFFFFF]))
+        length = draw(st.sampled_from([size, size, size, size + 1, MAX_PAYLOAD + 1, 0xFFFFFFFF]))
     return HEADER_STRUCT.pack(length, ftype, flags) + payload
 
 
