@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import select
 import signal
 import socket
@@ -62,7 +61,13 @@ Callback = Callable[..., Any]
 
 
 class Timer:
-    """A scheduled callback; ``cancel()`` is O(1) and leaves the entry in the heap."""
+    """A scheduled callback; ``cancel()`` is O(1) and leaves the entry in the heap.
+
+    Timers are their own heap entries (ordered by ``when``) rather than wrapped in
+    ``(when, seq, timer)`` tuples: with one timer per connection, the tuple and its
+    sequence number would cost about 90 bytes per connection. Timers due at the same
+    instant therefore run in no guaranteed order, as in asyncio.
+    """
 
     __slots__ = ("when", "callback", "args", "cancelled", "_loop")
 
@@ -73,6 +78,9 @@ class Timer:
         self.args = args
         self.cancelled = False
 
+    def __lt__(self, other: Timer) -> bool:
+        return self.when < other.when
+
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
@@ -80,34 +88,29 @@ class Timer:
 
 
 class _Epoll:
-    """The OS backend: the only code that knows about epoll."""
+    """The OS backend: the only code that knows about epoll. The loop tells it the
+    old and new interest of an fd, so it keeps no table of its own."""
 
     def __init__(self) -> None:
         self._ep = select.epoll()
-        self._masks: dict[int, int] = {}
 
     def fileno(self) -> int:
         return self._ep.fileno()
 
-    def set_interest(self, fd: int, mask: int) -> None:
-        old = self._masks.get(fd, 0)
-        if mask == old:
+    def set_interest(self, fd: int, old: int, new: int) -> None:
+        if new == old:
             return
-        if not mask:
-            del self._masks[fd]
+        if not new:
             self._ep.unregister(fd)
         elif not old:
-            self._ep.register(fd, mask)
-            self._masks[fd] = mask
+            self._ep.register(fd, new)
         else:
-            self._ep.modify(fd, mask)
-            self._masks[fd] = mask
+            self._ep.modify(fd, new)
 
     def forget(self, fd: int) -> None:
         """Drop an fd that is about to be closed (closing it unregisters it anyway)."""
-        if self._masks.pop(fd, None) is not None:
-            with contextlib.suppress(OSError):
-                self._ep.unregister(fd)
+        with contextlib.suppress(OSError):
+            self._ep.unregister(fd)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         return self._ep.poll(-1 if timeout is None else timeout, MAX_EVENTS_PER_POLL)
@@ -123,8 +126,7 @@ class EventLoop:
         self._backend = _Epoll()
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
-        self._timers: list[tuple[float, int, Timer]] = []
-        self._sequence = itertools.count()
+        self._timers: list[Timer] = []
         self._cancelled_count = 0
         self._running = False
         self._signal_handlers: dict[int, Callback] = {}
@@ -140,33 +142,38 @@ class EventLoop:
 
     # --- file events ------------------------------------------------------------
 
-    def _update(self, fd: int) -> None:
-        mask = (_READ_EVENTS if fd in self._readers else 0) | (
+    def _interest(self, fd: int) -> int:
+        return (_READ_EVENTS if fd in self._readers else 0) | (
             _WRITE_EVENTS if fd in self._writers else 0
         )
-        self._backend.set_interest(fd, mask)
+
+    def _change(self, fd: int, table: dict[int, Callback], callback: Callback | None) -> None:
+        old = self._interest(fd)
+        if callback is None:
+            if table.pop(fd, None) is None:
+                return
+        else:
+            table[fd] = callback
+        self._backend.set_interest(fd, old, self._interest(fd))
 
     def add_reader(self, fd: int, callback: Callback) -> None:
-        self._readers[fd] = callback
-        self._update(fd)
+        self._change(fd, self._readers, callback)
 
     def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._update(fd)
+        self._change(fd, self._readers, None)
 
     def add_writer(self, fd: int, callback: Callback) -> None:
-        self._writers[fd] = callback
-        self._update(fd)
+        self._change(fd, self._writers, callback)
 
     def remove_writer(self, fd: int) -> None:
-        if self._writers.pop(fd, None) is not None:
-            self._update(fd)
+        self._change(fd, self._writers, None)
 
     def forget_fd(self, fd: int) -> None:
         """Remove every callback of an fd the caller is about to close."""
-        self._readers.pop(fd, None)
-        self._writers.pop(fd, None)
-        self._backend.forget(fd)
+        if self._interest(fd):
+            self._readers.pop(fd, None)
+            self._writers.pop(fd, None)
+            self._backend.forget(fd)
 
     # --- timers -----------------------------------------------------------------
 
@@ -175,7 +182,7 @@ class EventLoop:
 
     def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
         timer = Timer(self, when, callback, args)
-        heapq.heappush(self._timers, (when, next(self._sequence), timer))
+        heapq.heappush(self._timers, timer)
         return timer
 
     def call_later(self, delay: float, callback: Callback, *args: Any) -> Timer:
@@ -192,7 +199,7 @@ class EventLoop:
         return lag
 
     def _purge_cancelled(self) -> None:
-        self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+        self._timers = [timer for timer in self._timers if not timer.cancelled]
         heapq.heapify(self._timers)
         self._cancelled_count = 0
 
@@ -254,11 +261,11 @@ class EventLoop:
             self._cancelled_count > CANCELLED_FRACTION_FOR_PURGE * len(timers)
         ):
             self._purge_cancelled()
-        while timers and timers[0][2].cancelled:
+        while timers and timers[0].cancelled:
             heapq.heappop(timers)
             self._cancelled_count -= 1
         if timers:
-            timeout: float | None = max(0.0, timers[0][0] - time.monotonic())
+            timeout: float | None = max(0.0, timers[0].when - time.monotonic())
         else:
             timeout = None
 
@@ -278,7 +285,7 @@ class EventLoop:
                 if callback is not None:
                     callback()
 
-        if timers and timers[0][0] <= self.now:
+        if timers and timers[0].when <= self.now:
             self._run_due_timers()
 
     def _run_due_timers(self) -> None:
@@ -287,8 +294,8 @@ class EventLoop:
         now = self.now = time.monotonic()
         timers = self._timers
         due: list[Timer] = []
-        while timers and timers[0][0] <= now:
-            timer = heapq.heappop(timers)[2]
+        while timers and timers[0].when <= now:
+            timer = heapq.heappop(timers)
             if timer.cancelled:
                 self._cancelled_count -= 1
             else:

@@ -62,6 +62,16 @@ EMFILE_PAUSE = 1.0
 _TRANSIENT_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+# Shared "long ago" timestamp: one float object for every peer instead of one each.
+_NEVER = float("-inf")
+
+# Distinct interval requests whose grants are cached. Clients of one fleet ask for
+# a handful of intervals; the cap keeps hostile requests from growing the cache.
+MAX_CACHED_GRANTS = 256
+
+# Distinct peer addresses whose strings are shared; bounded for the same reason.
+MAX_INTERNED_HOSTS = 4096
+
 _PING = int(FrameType.PING)
 _PONG = int(FrameType.PONG)
 _DATA = int(FrameType.DATA)
@@ -105,8 +115,8 @@ class Peer(Channel):
         self.interval = 0.0
         self.timeout = 0.0
         self.connected_at = time.time()
-        self._last_ping_in = float("-inf")
-        self._last_ping_out = float("-inf")
+        self._last_ping_in = _NEVER
+        self._last_ping_out = _NEVER
         self._strikes = 0
 
     # --- the application's view ----------------------------------------------
@@ -189,19 +199,19 @@ class Peer(Channel):
         if server.stats.connections >= server.policy.max_connections:
             server.refuse(self, Code.SERVER_FULL, f"{server.policy.max_connections} connections")
             return
-        interval_ms, timeout_ms = server.policy.grant(hello.interval_ms)
+        self.interval, self.timeout, welcome = server.grant(hello.interval_ms)
         self.name = hello.name
-        self.interval = interval_ms / 1000
-        self.timeout = timeout_ms / 1000
-        self.write(
-            encode_welcome(Welcome(PROTOCOL_VERSION, server.policy.scheme, interval_ms, timeout_ms))
-        )
-        if self.released:
+        if not self.write(welcome):
             return
         self.open = True
-        if self.timer is not None:
-            self.timer.cancel()  # the handshake deadline
-        self.timer = self.loop.call_at(self.loop.now + self.interval, self.on_deadline)
+        # The first check: the timeout, or the first PING when the server pings.
+        first = self.interval if server.policy.scheme is Scheme.SERVER else self.timeout
+        due = self.loop.now + first
+        timer = self.timer
+        if timer is None or timer.when > due:  # else the handshake timer comes first anyway
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(due, self.on_deadline)
         server.admit(self)
 
     def protocol_violated(self, error: RemoteProtocolError) -> None:
@@ -288,6 +298,11 @@ class Server:
         self.stats = ServerStats()
         self.started_at = time.time()
         self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
+        # requested interval_ms -> (interval s, timeout s, WELCOME frame), shared by
+        # every peer that asked the same, so that each needs no floats of its own.
+        self._grants: dict[int, tuple[float, float, bytes]] = {}
+        # Peer host strings are interned: thousands of peers share a few addresses.
+        self._hosts: dict[str, str] = {}
         self._listener: socket.socket | None = None
         self._spare_fd: int | None = None
         self._stopping = False
@@ -399,7 +414,10 @@ class Server:
             sock.close()
             return
         self.stats.accepted += 1
-        peer = Peer(self, sock, address)
+        host = self._hosts.get(address[0], address[0])
+        if len(self._hosts) < MAX_INTERNED_HOSTS:
+            self._hosts.setdefault(host, host)
+        peer = Peer(self, sock, (host, address[1]))
         self._live.add(peer)
         peer.start_reading()
         peer.timer = self.loop.call_at(
@@ -456,6 +474,17 @@ class Server:
         self.loop.add_reader(self._listener.fileno(), self._accept_connections)
 
     # --- peer lifecycle (called by Peer) ---------------------------------------
+
+    def grant(self, requested_ms: int) -> tuple[float, float, bytes]:
+        """The interval and timeout granted for a request, and the WELCOME saying so."""
+        grant = self._grants.get(requested_ms)
+        if grant is None:
+            interval_ms, timeout_ms = self.policy.grant(requested_ms)
+            welcome = Welcome(PROTOCOL_VERSION, self.policy.scheme, interval_ms, timeout_ms)
+            grant = (interval_ms / 1000, timeout_ms / 1000, encode_welcome(welcome))
+            if len(self._grants) < MAX_CACHED_GRANTS:
+                self._grants[requested_ms] = grant
+        return grant
 
     def admit(self, peer: Peer) -> None:
         stats = self.stats
