@@ -1,0 +1,8 @@
+"""hbloop's load benchmark: ``python -m bench`` (see ``python -m bench --help``).
+
+Modules, one job each: ``sizing`` splits clients over processes and source
+addresses; ``loadgen`` is a worker process full of open-loop clients; ``servers``
+starts the server under test (hbloop or ``reference_server``) and samples it;
+``orchestrator`` runs one workload against one server; ``report`` and ``plot`` show
+the results; ``cli`` ties them together.
+"""

@@ -1,0 +1,41 @@
+"""The benchmark's settings and their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CLIENTS = 10_000
+
+# One heartbeat a second per client, with hbloop's 3x timeout ratio: 10,000 clients
+# then make 10,000 heartbeats a second, the figure REFERENCE.md's servers were
+# measured at.
+DEFAULT_INTERVAL = 1.0
+DEFAULT_TIMEOUT = 3.0
+
+# Seconds of steady state measured after the ramp.
+DEFAULT_DURATION = 30.0
+
+# Connects per second over all workers. Linux caps the accept queue at 4096
+# (net.core.somaxconn); 2,000 a second keeps it short even if the server stalls.
+DEFAULT_CONNECT_RATE = 2000.0
+
+# Connects not yet answered by WELCOME, over all workers: a quarter of the accept
+# queue, so a slow server never sees its queue overflow (which would look like
+# connect timeouts, not like the server's fault).
+DEFAULT_MAX_IN_FLIGHT = 1024
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    clients: int = DEFAULT_CLIENTS
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    duration: float = DEFAULT_DURATION
+    connect_rate: float = DEFAULT_CONNECT_RATE
+    zombies: float = 0.0  # fraction of the clients that go silent after the ramp
+    workers: int | None = None  # None: as few as the descriptor limit allows
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+
+    @property
+    def zombie_count(self) -> int:
+        return round(self.clients * self.zombies)

@@ -1,0 +1,343 @@
+"""A load-generator worker process: many open-loop heartbeat clients on one EventLoop.
+
+Each client connects (bound to its loopback source address), sends HELLO asking for
+the interval, and from WELCOME on sends a PING at every slot of a fixed schedule:
+client ``g`` of ``N`` owns the slots ``epoch + g/N x I + k x I``, so the load is
+smooth. A PONG's round trip is timed from the slot's *scheduled* time, not from when
+the PING left, so a stall anywhere (server, kernel or this worker) shows up in the
+figures instead of silently delaying the next PING (coordinated omission). If the
+worker falls whole intervals behind, the skipped slots are recorded as if their
+PINGs had waited for the one sent late, as wrk2 does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import signal
+import socket
+import time
+from multiprocessing.connection import Connection
+
+from hdrh.histogram import HdrHistogram
+
+from bench.histograms import new_histogram, record_seconds
+from bench.messages import Command, Counts, Final, Tick, WorkerPlan
+from hbloop.channel import Channel, Disconnect, IoCounters, Reason
+from hbloop.client import MAX_PENDING
+from hbloop.loop import EventLoop
+from hbloop.netutil import raise_open_files_limit
+from hbloop.protocol import Frame, RemoteProtocolError, parse_close, parse_error, parse_welcome
+from hbloop.wire import (
+    DEFAULT_MAX_PAYLOAD,
+    PING_FRAME,
+    PONG_FRAME,
+    Code,
+    FrameType,
+    encode_close,
+    encode_error,
+    encode_hello,
+)
+
+# How often the ramp starts the connects that the rate allows: fine enough that
+# connects are not bunched, coarse enough to cost nothing.
+RAMP_STEP = 0.01
+
+# A connect must be answered by WELCOME within this long, or it counts as failed.
+# Generous: under a ramp of thousands of connects a second the accept queue is long.
+WELCOME_DEADLINE = 20.0
+
+# Error messages kept verbatim for the report; the rest are only counted.
+MAX_ERROR_SAMPLES = 5
+
+# Linux lets a bound socket defer choosing its port to connect(), where the port
+# only has to be unique per 4-tuple rather than per source address (Linux 4.2+).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+_PING = int(FrameType.PING)
+_PONG = int(FrameType.PONG)
+_WELCOME = int(FrameType.WELCOME)
+_CLOSE = int(FrameType.CLOSE)
+_ERROR = int(FrameType.ERROR)
+_CLOSE_NORMAL = encode_close(Code.NORMAL)
+
+
+class BenchClient(Channel):
+    """One heartbeat client; the worker does the bookkeeping."""
+
+    __slots__ = (
+        "worker",
+        "index",
+        "interval",
+        "timeout",
+        "next_slot",
+        "outstanding",
+        "last_frame_at",
+        "welcomed",
+        "zombie",
+    )
+
+    def __init__(self, worker: Worker, sock: socket.socket, index: int) -> None:
+        super().__init__(worker.loop, sock, worker.counters, DEFAULT_MAX_PAYLOAD, MAX_PENDING)
+        self.worker = worker
+        self.index = index
+        self.interval = 0.0
+        self.timeout = 0.0
+        self.next_slot = 0.0
+        self.outstanding: list[tuple[float, int]] = []  # (first slot, slots it stands for)
+        self.last_frame_at = 0.0
+        self.welcomed = False
+        self.zombie = False
+
+    def on_connected(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.lose(Disconnect(Reason.PEER_RESET, detail=f"connect: {errno.errorcode[err]}"))
+            return
+        self.loop.remove_writer(self.fd)
+        self.start_reading()
+        self.last_frame_at = time.monotonic()
+        self.write(encode_hello(f"bench-{self.index}", round(self.worker.plan.interval * 1000)))
+
+    def on_welcome_deadline(self) -> None:
+        self.timer = None
+        self.lose(Disconnect(Reason.HANDSHAKE_TIMEOUT, detail="no WELCOME in time"))
+
+    def frames_received(self, frames: list[Frame]) -> None:
+        now = time.monotonic()
+        try:
+            for ftype, payload in frames:
+                if self.released:
+                    return
+                if ftype == _PONG:
+                    self._on_pong(now)
+                elif ftype == _PING:
+                    self.write(PONG_FRAME)
+                elif ftype == _WELCOME and not self.welcomed:
+                    self._on_welcome(payload, now)
+                elif ftype == _CLOSE:
+                    self.lose(Disconnect(Reason.PEER_CLOSED, parse_close(payload)))
+                elif ftype == _ERROR:
+                    code, message = parse_error(payload)
+                    self.lose(Disconnect(Reason.PEER_ERROR, code, message))
+                else:
+                    raise RemoteProtocolError(
+                        Code.UNEXPECTED_FRAME, f"{FrameType(ftype).name} from the server"
+                    )
+        except RemoteProtocolError as exc:
+            self.protocol_violated(exc)
+
+    def _on_welcome(self, payload: bytes, now: float) -> None:
+        welcome = parse_welcome(payload)
+        self.welcomed = True
+        self.interval = welcome.interval_ms / 1000
+        self.timeout = welcome.timeout_ms / 1000
+        if self.timer is not None:
+            self.timer.cancel()
+        # This client's phase, then the first slot of the schedule not yet past.
+        plan = self.worker.plan
+        first = plan.epoch + self.index / plan.clients * self.interval
+        self.next_slot = first + max(0, -int((first - now) // self.interval)) * self.interval
+        self.timer = self.loop.call_at(self.next_slot, self.on_slot)
+        self.worker.welcomed(self)
+
+    def on_slot(self) -> None:
+        now = time.monotonic()
+        slot = self.next_slot
+        slots = 1 + int((now - slot) // self.interval)  # more than 1: the worker fell behind
+        if not self.write(PING_FRAME):
+            return
+        self.last_frame_at = now
+        self.outstanding.append((slot, slots))
+        self.next_slot = slot + slots * self.interval
+        self.worker.skipped_slots += slots - 1
+        self.timer = self.loop.call_at(self.next_slot, self.on_slot)
+
+    def _on_pong(self, now: float) -> None:
+        if not self.outstanding:
+            return  # an unsolicited PONG is a legal one-way heartbeat
+        slot, slots = self.outstanding.pop(0)
+        for k in range(slots):
+            self.worker.record_rtt(now - (slot + k * self.interval))
+
+    def silence(self) -> None:
+        """Become a zombie: keep the socket open and reading, never send again."""
+        self.zombie = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def protocol_violated(self, error: RemoteProtocolError) -> None:
+        self.worker.ended(self, Disconnect(Reason.PROTOCOL_ERROR, error.code, error.message))
+        self.finish(encode_error(error.code, error.message), 0.0)
+
+    def connection_lost(self, disconnect: Disconnect) -> None:
+        self.worker.ended(self, disconnect)
+
+
+class Worker:
+    """Runs one ``WorkerPlan`` and reports a ``Tick`` a second to the orchestrator."""
+
+    def __init__(self, plan: WorkerPlan, pipe: Connection) -> None:
+        self.plan = plan
+        self.pipe = pipe
+        self.loop = EventLoop()
+        self.counters = IoCounters()
+        self.clients: list[BenchClient] = []
+        self.started = 0
+        self.in_flight = 0
+        self.counts = Counts()
+        self.pongs = 0
+        self.skipped_slots = 0
+        self.rtt: HdrHistogram = new_histogram()
+        self.zombie_late: list[float] = []
+        self.zombies: list[BenchClient] = []
+        self.error_samples: list[str] = []
+        self.stopping = False
+        self.done = False
+        self._ramp_start = 0.0
+
+    # --- running -----------------------------------------------------------------
+
+    def run(self) -> None:
+        self.loop.add_reader(self.pipe.fileno(), self.on_command)
+        self._ramp_start = time.monotonic()
+        self.ramp()
+        second = int(time.monotonic() - self.plan.epoch) + 1
+        self.loop.call_at(self.plan.epoch + second, self.tick, second)
+        while not self.done:
+            self.loop.run_once()
+        self.loop.close()
+
+    def on_command(self) -> None:
+        try:
+            command = self.pipe.recv()
+        except EOFError:  # the orchestrator is gone
+            command = Command.STOP
+        if command is Command.ZOMBIFY:
+            self.zombify()
+        elif command is Command.STOP:
+            self.stop()
+
+    def ramp(self) -> None:
+        indices = self.plan.indices
+        elapsed = time.monotonic() - self._ramp_start
+        allowed = min(len(indices), int(elapsed * self.plan.connect_rate) + 1)
+        while self.started < allowed and self.in_flight < self.plan.max_in_flight:
+            self.connect(indices[self.started])
+            self.started += 1
+        if self.started < len(indices):
+            self.loop.call_later(RAMP_STEP, self.ramp)
+
+    def connect(self, index: int) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sources = self.plan.sources
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sources:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((sources[index % len(sources)], 0))
+            err = sock.connect_ex(self.plan.target)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.counts.connect_failures += 1
+            self._sample_error(f"connect: {errno.errorcode.get(err, err)}")
+            return
+        client = BenchClient(self, sock, index)
+        self.clients.append(client)
+        self.in_flight += 1
+        self.loop.add_writer(client.fd, client.on_connected)
+        client.timer = self.loop.call_later(WELCOME_DEADLINE, client.on_welcome_deadline)
+
+    def tick(self, second: int) -> None:
+        self.pipe.send(
+            Tick(
+                worker=self.plan.worker,
+                second=second,
+                counts=dataclasses.replace(self.counts),
+                pongs=self.pongs,
+                rtt=self.rtt.encode() if self.pongs else b"",
+                ramp_done=self.started == len(self.plan.indices) and not self.in_flight,
+            )
+        )
+        self.pongs = 0
+        self.rtt.reset()
+        self.loop.call_at(self.plan.epoch + second + 1, self.tick, second + 1)
+
+    def zombify(self) -> None:
+        """Silence ``plan.zombies`` open clients, evenly spaced over the phases."""
+        live = [c for c in self.clients if c.welcomed and not c.closing]
+        count = min(self.plan.zombies, len(live))
+        for k in range(count):
+            client = live[k * len(live) // count]
+            client.silence()
+            self.zombies.append(client)
+
+    def stop(self) -> None:
+        self.stopping = True
+        unclosed = sum(1 for c in self.zombies if not c.closing)
+        for client in self.clients:
+            if not client.closing:
+                client.write(_CLOSE_NORMAL)
+                client.release()
+        final = Final(
+            worker=self.plan.worker,
+            counts=self.counts,
+            zombies=len(self.zombies),
+            zombie_late=self.zombie_late,
+            zombies_unclosed=unclosed,
+            skipped_slots=self.skipped_slots,
+            error_samples=self.error_samples,
+        )
+        with contextlib.suppress(OSError):  # the orchestrator may be gone already
+            self.pipe.send(final)
+        self.done = True
+
+    # --- called by clients -------------------------------------------------------------
+
+    def record_rtt(self, seconds: float) -> None:
+        self.pongs += 1
+        record_seconds(self.rtt, seconds)
+
+    def welcomed(self, client: BenchClient) -> None:
+        self.in_flight -= 1
+        self.counts.established += 1
+        self.counts.open += 1
+
+    def ended(self, client: BenchClient, disconnect: Disconnect) -> None:
+        """Classify a connection the server ended (ours, at STOP, are not reported)."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        counts = self.counts
+        if client.welcomed:
+            counts.open -= 1
+        else:
+            self.in_flight -= 1
+        if disconnect.reason in (Reason.PEER_ERROR, Reason.PROTOCOL_ERROR):
+            counts.protocol_errors += 1
+            self._sample_error(f"protocol error: {disconnect}")
+        elif not client.welcomed:
+            counts.connect_failures += 1
+            self._sample_error(f"connect failed: {disconnect}")
+        elif client.zombie:
+            self.zombie_late.append(now - client.last_frame_at - client.timeout)
+        else:
+            counts.dropped += 1
+            self._sample_error(f"dropped: {disconnect}")
+
+    def _sample_error(self, text: str) -> None:
+        if len(self.error_samples) < MAX_ERROR_SAMPLES:
+            self.error_samples.append(text)
+
+
+def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C reaches the whole process group; the orchestrator decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_open_files_limit()
+    Worker(plan, pipe).run()

@@ -1,0 +1,266 @@
+"""One workload against one server: start the workers, follow the run, gather figures.
+
+Timeline, on the ``time.monotonic()`` clock every process shares (the epoch is when
+the run starts; worker ticks fall on whole seconds after it)::
+
+    ramp: connects at --connect-rate until every client has connected or failed
+    ZOMBIFY: the zombies go silent
+    settle: one interval, so the last clients have started their schedule
+    window: --duration seconds; server CPU and memory are sampled at its two ends
+    (run on until the zombies' timeouts have passed), then STOP
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+
+import psutil
+
+from bench.config import BenchConfig
+from bench.histograms import merge_encoded, new_histogram, record_seconds, summary_ms
+from bench.loadgen import WELCOME_DEADLINE, worker_main
+from bench.messages import Command, Counts, Final, Tick, WorkerPlan
+from bench.results import RunResult, Second, ServerFigures
+from bench.servers import ServerUnderTest
+from bench.sizing import source_addresses, split, worker_count
+
+# The ramp may take this much longer than clients / rate before the run goes on
+# without the stragglers (which then count as connect failures or never connect).
+RAMP_SLACK = WELCOME_DEADLINE + 10.0
+
+# The settle period between the ramp and the window is at least this long.
+MIN_SETTLE = 1.0
+
+# After their timeout, zombies get this long for the server to close them before
+# the run stops; later ones are reported as unclosed.
+ZOMBIE_GRACE = 2.0
+
+# A zombie closed this much before its timeout (measured from its last frame) was
+# closed early: the server's clock starts when the frame arrives, a little later.
+EARLY_TOLERANCE = 0.005
+
+# How long workers get to start, and to close their clients and report at the end.
+WORKER_START_TIMEOUT = 30.0
+WORKER_STOP_TIMEOUT = 60.0
+
+KB = 1024.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+class _Worker:
+    def __init__(self, process: BaseProcess, pipe: Connection, plan: WorkerPlan) -> None:
+        self.process = process
+        self.pipe = pipe
+        self.plan = plan
+        self.ramp_done = False
+        self.final: Final | None = None
+
+
+class _Sampler:
+    """CPU time and resident memory of a spawned server (psutil)."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self.rss_before_kb = process.memory_info().rss / KB
+        self.cpu_start = 0.0
+
+    def cpu(self) -> float:
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def start_window(self) -> None:
+        self.cpu_start = self.cpu()
+
+    def end_window(self) -> tuple[float, float]:
+        """CPU seconds over the window, and resident KB now."""
+        return self.cpu() - self.cpu_start, self.process.memory_info().rss / KB
+
+
+class Run:
+    """Runs ``config``'s workload against ``server``; ``on_second`` sees each second."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        server: ServerUnderTest,
+        on_second: Callable[[RunResult, Second], None],
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.on_second = on_second
+        self.result = RunResult(server.name, config.clients)
+        self.workers: list[_Worker] = []
+        self.ticks: dict[int, list[Tick]] = {}  # seconds some workers have reported
+        self.completed: set[int] = set()  # seconds every worker has reported
+        self.counts = Counts()
+        self.window = (math.inf, math.inf)  # (first, last] second of the steady state
+        self.epoch = 0.0
+
+    # --- the run -------------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        config = self.config
+        server_process = self.server.psutil_process
+        sampler = _Sampler(server_process) if server_process is not None else None
+        self.epoch = time.monotonic()
+        self._start_workers()
+        try:
+            ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
+            self._follow_until(self.epoch + ramp_budget, self._ramp_done)
+            ramp_end = time.monotonic()
+            self.result.ramp_s = ramp_end - self.epoch
+            self._send(Command.ZOMBIFY)
+
+            settle = max(MIN_SETTLE, config.interval)
+            first = math.ceil(ramp_end + settle - self.epoch)
+            last = first + max(1, math.ceil(config.duration))
+            self.window = (first, last)
+            self.result.window_s = last - first
+            self._follow_until(self.epoch + first)
+            if sampler is not None:
+                sampler.start_window()
+            self._follow_until(self.epoch + last)
+            snapshot = sampler.end_window() if sampler is not None else None
+            self._follow_until(self.epoch + last + 1, lambda: last in self.completed)
+            if sampler is not None and snapshot is not None:
+                cpu_seconds, rss_kb = snapshot
+                self.result.figures = ServerFigures(
+                    cpu_seconds=cpu_seconds,
+                    rss_before_kb=sampler.rss_before_kb,
+                    rss_steady_kb=rss_kb,
+                    connections=self.counts.open,
+                    heartbeats=self.result.heartbeats,
+                )
+            if config.zombie_count:
+                self._follow_until(ramp_end + config.timeout + ZOMBIE_GRACE)
+            self._send(Command.STOP)
+            self._collect_finals()
+        finally:
+            self._reap_workers()
+        return self.result
+
+    def _start_workers(self) -> None:
+        config = self.config
+        host, port = self.server.address
+        count = worker_count(config.clients, config.workers)
+        sources = source_addresses(config.clients, host)
+        context = multiprocessing.get_context("spawn")
+        for share in split(config.clients, count, config.zombie_count):
+            plan = WorkerPlan(
+                worker=share.worker,
+                target=(host, port),
+                indices=share.indices,
+                clients=config.clients,
+                interval=config.interval,
+                connect_rate=config.connect_rate / count,
+                max_in_flight=max(1, config.max_in_flight // count),
+                sources=sources,
+                epoch=self.epoch,
+                zombies=share.zombies,
+            )
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=worker_main, args=(plan, child_end), name=f"bench-worker-{share.worker}"
+            )
+            process.daemon = True
+            process.start()
+            child_end.close()
+            self.workers.append(_Worker(process, parent_end, plan))
+
+    def _ramp_done(self) -> bool:
+        return all(worker.ramp_done for worker in self.workers)
+
+    def _follow_until(self, deadline: float, condition: Callable[[], bool] | None = None) -> None:
+        """Handle worker messages until ``deadline`` or until ``condition()`` holds."""
+        pipes = {worker.pipe: worker for worker in self.workers}
+        while not (condition is not None and condition()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for pipe in wait(list(pipes), remaining):
+                assert isinstance(pipe, Connection)
+                self._receive(pipes[pipe])
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.pipe.recv()
+        except EOFError:
+            raise BenchError(
+                f"load worker {worker.plan.worker} died (exit code {worker.process.exitcode})"
+            ) from None
+        if isinstance(message, Tick):
+            worker.ramp_done = message.ramp_done
+            self._add_tick(message)
+        elif isinstance(message, Final):
+            worker.final = message
+
+    def _add_tick(self, tick: Tick) -> None:
+        ticks = self.ticks.setdefault(tick.second, [])
+        ticks.append(tick)
+        if len(ticks) < len(self.workers):
+            return
+        del self.ticks[tick.second]
+        self.completed.add(tick.second)
+        counts = sum((t.counts for t in ticks), Counts())
+        histogram = new_histogram()
+        for t in ticks:
+            merge_encoded(histogram, t.rtt)
+        pongs = sum(t.pongs for t in ticks)
+        first, last = self.window
+        if first < tick.second <= last:
+            self.result.rtt.add(histogram)
+            self.result.heartbeats += pongs
+        self.counts = counts
+        self.result.counts = counts
+        second = Second(
+            second=tick.second,
+            open=counts.open,
+            heartbeats=pongs,
+            rtt_ms=summary_ms(histogram, ("p50", "p99")),
+            dropped=counts.dropped,
+            errors=counts.errors,
+        )
+        self.result.seconds.append(second)
+        self.on_second(self.result, second)
+
+    def _send(self, command: Command) -> None:
+        for worker in self.workers:
+            worker.pipe.send(command)
+
+    def _collect_finals(self) -> None:
+        self._follow_until(
+            time.monotonic() + WORKER_STOP_TIMEOUT,
+            lambda: all(worker.final is not None for worker in self.workers),
+        )
+        result = self.result
+        counts = Counts()
+        for worker in self.workers:
+            final = worker.final
+            if final is None:
+                raise BenchError(f"load worker {worker.plan.worker} did not report at the end")
+            counts = counts + final.counts
+            result.zombies += final.zombies
+            result.zombies_unclosed += final.zombies_unclosed
+            result.skipped_slots += final.skipped_slots
+            result.error_samples.extend(final.error_samples)
+            for late in final.zombie_late:
+                record_seconds(result.zombie_late, late)
+                result.zombies_early += late < -EARLY_TOLERANCE
+        result.counts = counts
+
+    def _reap_workers(self) -> None:
+        for worker in self.workers:
+            worker.pipe.close()  # a worker still running takes the EOF as STOP
+        for worker in self.workers:
+            worker.process.join(WORKER_STOP_TIMEOUT)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()

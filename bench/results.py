@@ -1,0 +1,106 @@
+"""The figures of one run against one server, as the report and the JSON see them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from bench.histograms import new_histogram, summary_ms
+from bench.messages import Counts
+
+
+@dataclass
+class Second:
+    """The whole run's figures for one second of the timeline."""
+
+    second: int  # since the run's epoch
+    open: int
+    heartbeats: int
+    rtt_ms: dict[str, float | None]  # p50, p99, max of this second's round trips
+    dropped: int
+    errors: int
+
+
+@dataclass
+class ServerFigures:
+    """psutil's view of a spawned server over the steady-state window."""
+
+    cpu_seconds: float
+    rss_before_kb: float  # before any connection
+    rss_steady_kb: float  # at the end of the window
+    connections: int  # open at the end of the window
+    heartbeats: int  # PONGs received by the clients in the window
+
+    @property
+    def cpu_us_per_heartbeat(self) -> float | None:
+        return self.cpu_seconds * 1e6 / self.heartbeats if self.heartbeats else None
+
+    @property
+    def rss_kb_per_conn(self) -> float | None:
+        if not self.connections:
+            return None
+        return (self.rss_steady_kb - self.rss_before_kb) / self.connections
+
+
+@dataclass
+class RunResult:
+    server: str
+    clients: int
+    counts: Counts = field(default_factory=Counts)
+    ramp_s: float = 0.0
+    window_s: float = 0.0
+    heartbeats: int = 0  # answered in the steady-state window
+    rtt: HdrHistogram = field(default_factory=new_histogram)  # steady state, microseconds
+    figures: ServerFigures | None = None  # None for a server the bench did not start
+    zombies: int = 0
+    zombies_unclosed: int = 0
+    zombie_late: HdrHistogram = field(default_factory=new_histogram)  # microseconds
+    zombies_early: int = 0  # closed before their timeout had passed
+    skipped_slots: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    seconds: list[Second] = field(default_factory=list)
+
+    @property
+    def heartbeats_per_s(self) -> float:
+        return self.heartbeats / self.window_s if self.window_s else 0.0
+
+    @property
+    def rtt_p99_ms(self) -> float | None:
+        return summary_ms(self.rtt)["p99"]
+
+    def to_json(self) -> dict[str, Any]:
+        figures = self.figures
+        return {
+            "server_name": self.server,
+            "clients": self.clients,
+            "connected": self.counts.established,
+            "dropped": self.counts.dropped,
+            "errors": self.counts.errors,
+            "connect_failures": self.counts.connect_failures,
+            "protocol_errors": self.counts.protocol_errors,
+            "ramp_s": self.ramp_s,
+            "window_s": self.window_s,
+            "heartbeats": self.heartbeats,
+            "heartbeats_per_s": self.heartbeats_per_s,
+            "skipped_slots": self.skipped_slots,
+            "rtt_ms": summary_ms(self.rtt),
+            "server": {
+                "cpu_us_per_heartbeat": figures and figures.cpu_us_per_heartbeat,
+                "rss_kb_per_conn": figures and figures.rss_kb_per_conn,
+                "cpu_seconds": figures and figures.cpu_seconds,
+                "rss_before_kb": figures and figures.rss_before_kb,
+                "rss_steady_kb": figures and figures.rss_steady_kb,
+                "connections_at_rss": figures and figures.connections,
+            },
+            "zombies": {
+                "count": self.zombies,
+                "closed": self.zombies - self.zombies_unclosed,
+                "unclosed": self.zombies_unclosed,
+                "early": self.zombies_early,
+                "late_ms": summary_ms(self.zombie_late, ("p50", "p99")),
+            },
+            "error_samples": self.error_samples,
+            "timeline": [vars(second) for second in self.seconds],
+        }
