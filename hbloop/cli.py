@@ -14,6 +14,7 @@ from typing import NoReturn
 from hbloop.channel import Disconnect
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, Backoff, Client
 from hbloop.loop import EventLoop
+from hbloop.metrics import MetricsEndpoint, Report
 from hbloop.netutil import default_max_connections, raise_open_files_limit
 from hbloop.policy import (
     DEFAULT_BACKLOG,
@@ -30,10 +31,16 @@ from hbloop.policy import (
 )
 from hbloop.protocol import ProtocolError
 from hbloop.server import Peer, Server
+from hbloop.stats import StatsReporter
+from hbloop.supervisor import Supervisor, WorkerLink
 from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme, Welcome
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
+
+# A stats line a minute: enough to follow a server's life in its log without
+# drowning the connect and disconnect lines.
+DEFAULT_STATS_INTERVAL = 60.0
 
 # Lines typed before the connection is up are queued, up to this many.
 MAX_QUEUED_LINES = 1000
@@ -75,6 +82,10 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def _workers(text: str) -> int:
+    return len(os.sched_getaffinity(0)) if text == "auto" else _count(text)
 
 
 def _port(text: str) -> int:
@@ -191,6 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--backlog", type=_count, default=DEFAULT_BACKLOG, help="listen backlog")
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="worker processes sharing the port with SO_REUSEPORT (auto: one per CPU)",
+    )
+    serve.add_argument(
+        "--stats-interval",
+        type=_non_negative,
+        default=DEFAULT_STATS_INTERVAL,
+        metavar="S",
+        help="log a statistics line every S seconds (0: never)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="P",
+        help="serve Prometheus metrics at http://METRICS_HOST:P/metrics (0: any free port)",
+    )
+    serve.add_argument("--metrics-host", default=DEFAULT_HOST, help="address for --metrics-port")
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -281,21 +314,34 @@ def echo(peer: Peer, data: bytes) -> None:
     peer.send(data)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int:
+    """One server process, or the supervisor of ``--workers``, which calls this again
+    in each worker process with ``worker`` set."""
     _setup_logging(args.log_level)
     fd_limit = raise_open_files_limit()
     try:
         policy = policy_from_args(args, fd_limit)
     except ValueError as exc:
         return _fail(str(exc))
-    server = Server(args.host, args.port, policy, on_message=echo, backlog=args.backlog)
+    if worker is None and args.workers > 1:
+        return Supervisor(args, args.workers).run()
+    port = args.port if worker is None else worker.port
+    server = Server(
+        args.host,
+        port,
+        policy,
+        on_message=echo,
+        backlog=args.backlog,
+        reuse_port=worker is not None,
+    )
     try:
         host, port = server.start()
     except OSError as exc:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return _fail(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
     log = logging.getLogger("hbloop.server")
     log.info(
-        "listening on %s:%d scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
+        "%s %s:%d scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
+        "listening on" if worker is None else f"worker {worker.index} serving",
         host,
         port,
         policy.scheme.name.lower(),
@@ -304,9 +350,34 @@ def run_serve(args: argparse.Namespace) -> int:
         policy.max_connections,
         fd_limit,
     )
+    try:
+        reporter = _start_reporting(server, args, worker)
+    except OSError as exc:
+        return _fail(f"cannot serve metrics on port {args.metrics_port}: {exc.strerror or exc}")
     server.serve_forever()
+    reporter.close()
     log.info("stopped")
     return 0
+
+
+def _start_reporting(
+    server: Server, args: argparse.Namespace, worker: WorkerLink | None
+) -> StatsReporter:
+    """The stats line; a worker's snapshots to its supervisor, or a lone server's
+    /metrics."""
+    if worker is not None:
+        publish = worker.publisher(orphaned=server.shutdown)
+        label = f"worker={worker.index} "
+        return StatsReporter(server.loop, server.stats, args.stats_interval, publish, label)
+    reporter = StatsReporter(server.loop, server.stats, args.stats_interval)
+    if args.metrics_port is not None:
+        MetricsEndpoint(
+            server.loop,
+            args.metrics_host,
+            args.metrics_port,
+            lambda: Report(reporter.snapshot(), {"1": reporter.snapshot()}),
+        )
+    return reporter
 
 
 class _ClientApp:

@@ -30,8 +30,9 @@ def default_max_connections(fd_limit: int) -> int:
     return max(1, fd_limit - min(RESERVED_FDS, fd_limit // 2))
 
 
-def make_listener(host: str, port: int, backlog: int, reuse_port: bool = False) -> socket.socket:
-    """A non-blocking listening TCP socket; raises OSError (EADDRINUSE, ...) as is."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to host:port, not listening; raises OSError (EADDRINUSE, ...)
+    as is."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, socktype, proto, _, address = infos[0]
     sock = socket.socket(family, socktype, proto)
@@ -40,6 +41,16 @@ def make_listener(host: str, port: int, backlog: int, reuse_port: bool = False) 
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def make_listener(host: str, port: int, backlog: int, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening TCP socket; raises OSError (EADDRINUSE, ...) as is."""
+    sock = bind_socket(host, port, reuse_port)
+    try:
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:

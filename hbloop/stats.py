@@ -1,11 +1,49 @@
-"""Server statistics: plain counters bumped on the hot path, read by reporters."""
+"""Server statistics: plain counters bumped on the hot path, and the reporter that
+samples them once a second for the log line, the supervisor and /metrics.
+
+A *snapshot* is a plain dict (it crosses a pipe as JSON): the ServerStats counters,
+``iterations`` of the event loop and ``lag_max``, the worst lateness of a due timer
+over the last stats interval, in seconds.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+import logging
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hbloop.channel import IoCounters
+from hbloop.loop import EventLoop
+
+log = logging.getLogger("hbloop.stats")
+
+Snapshot = dict[str, Any]
+
+# Figures that add up across workers, and across the lives of a restarted worker.
+SUMMED = (
+    "connections",
+    "accepted",
+    "shed",
+    "frames_in",
+    "frames_out",
+    "bytes_in",
+    "bytes_out",
+    "heartbeats",
+    "iterations",
+)
+# Figures whose total is the worst (largest) of the workers'.
+WORST = ("peak", "lag_max")
+
+# The reporter samples the loop's lag (and publishes to the supervisor) this often:
+# fine enough for the lag window and for metrics scraped every few seconds, and a
+# negligible cost (one timer and one small JSON line a second).
+SAMPLE_PERIOD = 1.0
+
+# The lag window when no stats line is logged (--stats-interval 0): a minute, as
+# Prometheus scrapes typically every 15 to 60 s.
+DEFAULT_LAG_WINDOW = 60.0
 
 
 class ServerStats(IoCounters):
@@ -20,7 +58,7 @@ class ServerStats(IoCounters):
         self.closed: Counter[str] = Counter()  # by Reason value
         self.shed = 0  # accepted and dropped at once for lack of descriptors
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         return {
             "connections": self.connections,
             "peak": self.peak,
@@ -33,3 +71,99 @@ class ServerStats(IoCounters):
             "bytes_out": self.bytes_out,
             "heartbeats": self.heartbeats,
         }
+
+
+def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """The total of several snapshots: counters and connections add up, while the
+    peak and the lag are the worst of them."""
+    total: Snapshot = dict.fromkeys(SUMMED + WORST, 0)
+    closed: Counter[str] = Counter()
+    for snapshot in snapshots:
+        for key in SUMMED:
+            total[key] += snapshot[key]
+        for key in WORST:
+            total[key] = max(total[key], snapshot[key])
+        closed.update(snapshot["closed"])
+    total["closed"] = dict(closed)
+    return total
+
+
+def summary(snapshot: Snapshot) -> str:
+    """The figures of a snapshot as one log line's worth of ``key=value``."""
+    closed = ",".join(f"{reason}:{n}" for reason, n in sorted(snapshot["closed"].items()))
+    return (
+        f"conns={snapshot['connections']} peak={snapshot['peak']} "
+        f"accepted={snapshot['accepted']} closed={{{closed}}} shed={snapshot['shed']} "
+        f"in={snapshot['frames_in']}f/{snapshot['bytes_in']}B "
+        f"out={snapshot['frames_out']}f/{snapshot['bytes_out']}B "
+        f"hb={snapshot['heartbeats']} iters={snapshot['iterations']} "
+        f"lag_max={snapshot['lag_max'] * 1000:.1f}ms"
+    )
+
+
+class Ticker:
+    """Calls ``callback()`` every ``period`` seconds on ``loop`` until cancelled."""
+
+    def __init__(self, loop: EventLoop, period: float, callback: Callable[[], None]) -> None:
+        self.loop = loop
+        self.period = period
+        self.callback = callback
+        self._timer = loop.call_later(period, self._tick)
+
+    def _tick(self) -> None:
+        self.callback()
+        self._timer = self.loop.call_later(self.period, self._tick)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class StatsReporter:
+    """Samples a server's counters and its loop's lag on the loop itself.
+
+    Every SAMPLE_PERIOD it moves the loop's worst lag into a window covering the last
+    stats interval and hands a snapshot to ``publish`` (a worker's pipe to its
+    supervisor); every ``log_interval`` seconds (0: never) it logs the summary line,
+    prefixed with ``label``.
+    """
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        stats: ServerStats,
+        log_interval: float,
+        publish: Callable[[Snapshot], None] | None = None,
+        label: str = "",
+    ) -> None:
+        self.loop = loop
+        self.stats = stats
+        self.publish = publish
+        self.label = label
+        window = log_interval or DEFAULT_LAG_WINDOW
+        self._lags: deque[float] = deque(maxlen=max(1, math.ceil(window / SAMPLE_PERIOD)))
+        self._tickers = [Ticker(loop, SAMPLE_PERIOD, self._sample)]
+        if log_interval:
+            self._tickers.append(Ticker(loop, log_interval, self._log))
+        if publish is not None:
+            publish(self.snapshot())
+
+    def snapshot(self) -> Snapshot:
+        snapshot = self.stats.snapshot()
+        snapshot["iterations"] = self.loop.iterations
+        snapshot["lag_max"] = max(self.loop.max_lag, max(self._lags, default=0.0))
+        return snapshot
+
+    def _sample(self) -> None:
+        self._lags.append(self.loop.take_max_lag())
+        if self.publish is not None:
+            self.publish(self.snapshot())
+
+    def _log(self) -> None:
+        log.info("stats %s%s", self.label, summary(self.snapshot()))
+
+    def close(self) -> None:
+        """Stop the timers, and publish the final figures."""
+        for ticker in self._tickers:
+            ticker.cancel()
+        if self.publish is not None:
+            self.publish(self.snapshot())
