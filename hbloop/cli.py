@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from hbloop import check as check_cases
 from hbloop.channel import Disconnect
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, Backoff, Client
 from hbloop.loop import EventLoop
@@ -274,6 +275,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity",
     )
     client.set_defaults(run=run_client)
+
+    check = commands.add_parser(
+        "check",
+        help="check that a server speaks protocol.md, case by case",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    check.add_argument("target", type=_target, metavar="HOST:PORT", help="server to check")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--interval",
+        type=_positive,
+        default=check_cases.DEFAULT_INTERVAL,
+        help="interval to ask for in the liveness cases, s",
+    )
+    check.add_argument(
+        "--max-wait",
+        type=_positive,
+        default=check_cases.DEFAULT_MAX_WAIT,
+        help="skip time-based cases that would take longer than this, s",
+    )
+    check.add_argument(
+        "--handshake-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="the server's handshake deadline; the H5 case is skipped without it",
+    )
+    check.set_defaults(run=run_check)
     return parser
 
 
@@ -485,6 +514,28 @@ def run_client(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         return _fail(exc.message)
     return app.run()
+
+
+def _target(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), _port(port)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    host, port = args.target
+    settings = check_cases.Settings(
+        host, port, args.interval, args.max_wait, args.handshake_timeout
+    )
+    try:
+        report = check_cases.run_checks(settings)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        print(f"hbloop: error: cannot reach {settings.target}: {reason}", file=sys.stderr)
+        return 2
+    print(report.to_json() if args.json else report.to_text())
+    return 0 if report.conforms else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,745 @@
+"""``hbloop check HOST:PORT``: does a server speak protocol.md? In the spirit of Autobahn.
+
+Each numbered case drives the server through real connections and tests one MUST or
+SHOULD statement of protocol.md (H1..H8, F1..F4, T1..T8, C1..C4), reporting what it
+saw. The server's scheme is whatever it grants; the cases of the other scheme are
+skipped. Plain blocking sockets with timeouts: a checker is a diagnostic, not a hot
+path, and each case reads best as a straight-line script.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import math
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hbloop.protocol import (
+    Frame,
+    FrameDecoder,
+    RemoteProtocolError,
+    code_name,
+    parse_close,
+    parse_error,
+    parse_welcome,
+)
+from hbloop.wire import (
+    ABSOLUTE_MAX_PAYLOAD,
+    HEADER_STRUCT,
+    HELLO_FIXED,
+    PING_FRAME,
+    Code,
+    FrameType,
+    Scheme,
+    Welcome,
+    encode_close,
+    encode_data,
+    encode_frame,
+    encode_hello,
+    encode_welcome,
+)
+
+MUST = "MUST"
+SHOULD = "SHOULD"
+
+# How long the server may take over an answer it owes at once (WELCOME, PONG, ERROR,
+# its FIN): generous, as the server may share a loaded machine with the checker.
+ANSWER_TIMEOUT = 5.0
+
+# The interval the liveness cases ask for by default: short so that a run takes
+# seconds, yet well above the reference server's 0.1 s minimum.
+DEFAULT_INTERVAL = 0.5
+
+# Time-based cases that would wait longer than this are skipped rather than run.
+DEFAULT_MAX_WAIT = 20.0
+
+# Asking for a 1 ms interval gets the server's minimum: the quickest timeout to measure.
+SHORTEST_INTERVAL_MS = 1
+
+# A close this much before T is still "at T": clock granularity, not a violation.
+EARLY_TOLERANCE = 0.02
+
+# A close counts as "within bounds" up to T + max(LATE_SLACK, LATE_RATIO x T) late.
+LATE_SLACK = 1.0
+LATE_RATIO = 0.5
+
+# Gap between the bytes of the HELLO sent one byte at a time (F4); with TCP_NODELAY
+# each byte leaves in its own segment.
+TRICKLE_GAP = 0.005
+
+# F2: every receiver accepts payloads at least this large.
+MIN_MAX_PAYLOAD = 1024
+
+# The checker's own receive limit: large enough for any DATA a server echoes back.
+PROBE_MAX_PAYLOAD = 16 * 1024 * 1024
+
+# Rounding slack when comparing a granted timeout with the configured ratio (T1), ms.
+RATIO_SLACK_MS = 2
+
+CHECK_NAME = "hbloop-check"
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+class CaseFailed(Exception):
+    """The server broke the statement under test; the message is what was seen."""
+
+
+class CaseSkipped(Exception):
+    """The case does not apply to this server (or would take too long)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    interval: float = DEFAULT_INTERVAL
+    max_wait: float = DEFAULT_MAX_WAIT
+    handshake_timeout: float | None = None  # the server's deadline; H5 is skipped without it
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Result:
+    number: int
+    statement: str
+    level: str
+    title: str
+    verdict: Verdict
+    saw: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.number,
+            "statement": self.statement,
+            "level": self.level,
+            "title": self.title,
+            "result": self.verdict.value,
+            "saw": self.saw,
+        }
+
+
+def describe_welcome(welcome: Welcome) -> str:
+    return (
+        f"WELCOME v{welcome.version} {welcome.scheme.name.lower()} pings, "
+        f"interval {welcome.interval_ms} ms, timeout {welcome.timeout_ms} ms"
+    )
+
+
+def describe(frame: Frame | None) -> str:
+    """One frame, as a human would name it."""
+    if frame is None:
+        return "the connection closed"
+    ftype, payload = frame
+    kind = FrameType(ftype)
+    try:
+        if kind is FrameType.WELCOME:
+            return describe_welcome(parse_welcome(payload))
+        if kind is FrameType.CLOSE:
+            return f"CLOSE {code_name(parse_close(payload))}"
+        if kind is FrameType.ERROR:
+            code, message = parse_error(payload)
+            return f"ERROR {code_name(code)} {message!r}"
+    except RemoteProtocolError as exc:
+        return f"invalid {kind.name} ({exc})"
+    return f"{kind.name} of {len(payload)} bytes" if payload else kind.name
+
+
+class Probe:
+    """One blocking connection to the server under test."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.sock = socket.create_connection((settings.host, settings.port), ANSWER_TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = FrameDecoder(PROBE_MAX_PAYLOAD)
+        self.frames: deque[Frame] = deque()
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise CaseFailed(f"the server closed the connection ({exc.strerror or exc})") from None
+
+    def recv(self, timeout: float = ANSWER_TIMEOUT) -> Frame | None:
+        """The next frame; None once the server has closed. TimeoutError if none came."""
+        deadline = time.monotonic() + timeout
+        while not self.frames and not self.closed:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                raise TimeoutError from None
+            except OSError:
+                data = b""  # a reset is a close, as far as the case is concerned
+            if not data:
+                self.closed = True
+                break
+            try:
+                self.frames.extend(self.decoder.feed(data))
+            except RemoteProtocolError as exc:
+                raise CaseFailed(f"the server sent an invalid frame: {exc}") from None
+        return self.frames.popleft() if self.frames else None
+
+    def recv_answer(self) -> Frame | None:
+        """The next frame that is not a heartbeat or echoed DATA; fails on silence."""
+        while True:
+            try:
+                frame = self.recv()
+            except TimeoutError:
+                raise CaseFailed(f"no answer within {ANSWER_TIMEOUT:g}s") from None
+            if frame is None or frame[0] not in HEARTBEATS_AND_DATA:
+                return frame
+
+    def hello(self, interval_ms: int) -> Welcome:
+        self.send(encode_hello(CHECK_NAME, interval_ms))
+        return self.expect_welcome()
+
+    def expect_welcome(self) -> Welcome:
+        frame = self.recv_answer()
+        if frame is None or frame[0] != FrameType.WELCOME:
+            raise CaseFailed(f"expected WELCOME, got {describe(frame)}")
+        try:
+            return parse_welcome(frame[1])
+        except RemoteProtocolError as exc:
+            raise CaseFailed(f"invalid WELCOME: {exc}") from None
+
+    def expect_pong(self) -> None:
+        """Wait for PONG, letting heartbeats and echoed DATA pass."""
+        while True:
+            try:
+                frame = self.recv()
+            except TimeoutError:
+                raise CaseFailed(f"no PONG within {ANSWER_TIMEOUT:g}s") from None
+            if frame is not None and frame[0] == FrameType.PONG:
+                return
+            if frame is None or frame[0] not in HEARTBEATS_AND_DATA:
+                raise CaseFailed(f"expected PONG, got {describe(frame)}")
+
+    def expect_close(self) -> str:
+        """Wait for the server's FIN; fail on anything it sends first but heartbeats."""
+        start = time.monotonic()
+        frame = self.recv_answer()
+        if frame is not None:
+            raise CaseFailed(f"expected the connection to close, got {describe(frame)}")
+        return f"closed after {(time.monotonic() - start) * 1000:.0f} ms"
+
+    def expect_error(self, code: Code) -> str:
+        frame = self.recv_answer()
+        if frame is None or frame[0] != FrameType.ERROR:
+            raise CaseFailed(f"expected ERROR {code.name}, got {describe(frame)}")
+        got, _ = parse_error(frame[1])
+        if got != code:
+            raise CaseFailed(f"expected ERROR {code.name}, got {describe(frame)}")
+        return f"{describe(frame)}, then {self.expect_close()}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+HEARTBEATS_AND_DATA = frozenset({FrameType.PING, FrameType.PONG, FrameType.DATA})
+
+
+@dataclass
+class Traffic:
+    """What a connection kept alive for a while saw."""
+
+    pings: list[float] = field(default_factory=list)  # arrival times of server PINGs
+    pongs: int = 0
+    data: int = 0
+
+
+@dataclass(frozen=True)
+class Silence:
+    """The timeout measurement shared by the T6 cases."""
+
+    timeout: float
+    closed_after: float
+    last_frame: Frame | None  # CLOSE, ERROR or None (plain close)
+
+
+class Checker:
+    """Runs the cases against one server and collects their results."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.interval_ms = max(1, round(settings.interval * 1000))
+        self._welcome: Welcome | None = None
+        self._silence: Silence | None = None
+        self._probes: list[Probe] = []
+
+    # --- connections ---------------------------------------------------------------
+
+    def connect(self) -> Probe:
+        try:
+            probe = Probe(self.settings)
+        except OSError as exc:
+            raise CaseFailed(f"cannot connect: {exc.strerror or exc}") from None
+        self._probes.append(probe)
+        return probe
+
+    def open(self, interval_ms: int | None = None) -> tuple[Probe, Welcome]:
+        probe = self.connect()
+        welcome = probe.hello(self.interval_ms if interval_ms is None else interval_ms)
+        return probe, welcome
+
+    @property
+    def welcome(self) -> Welcome:
+        """The grant for the interval the liveness cases ask for."""
+        if self._welcome is None:
+            probe, self._welcome = self.open()
+            probe.send(encode_close(Code.NORMAL))
+        return self._welcome
+
+    def require_scheme(self, scheme: Scheme) -> Welcome:
+        welcome = self.welcome
+        if welcome.scheme is not scheme:
+            raise CaseSkipped(
+                f"not applicable: the server grants {welcome.scheme.name.lower()} pings"
+            )
+        return welcome
+
+    def require_time(self, seconds: float) -> None:
+        if seconds > self.settings.max_wait:
+            raise CaseSkipped(
+                f"would take {seconds:.1f}s, over --max-wait {self.settings.max_wait:g}s"
+            )
+
+    def close_all(self) -> None:
+        for probe in self._probes:
+            probe.close()
+        self._probes.clear()
+
+    # --- shared measurements ---------------------------------------------------------
+
+    def keep_alive(
+        self, probe: Probe, duration: float, every: float, frame: bytes | None, answer_pings: bool
+    ) -> Traffic:
+        """Send ``frame`` every ``every`` seconds for ``duration``; fail if the server
+        closes or complains meanwhile."""
+        traffic = Traffic()
+        start = time.monotonic()
+        deadline = start + duration
+        next_send = start
+        while (now := time.monotonic()) < deadline:
+            if frame is not None and now >= next_send:
+                probe.send(frame)
+                next_send += every
+            wake = min(next_send, deadline) if frame is not None else deadline
+            try:
+                got = probe.recv(max(wake - now, 0.001))
+            except TimeoutError:
+                continue
+            if got is None or got[0] in (FrameType.CLOSE, FrameType.ERROR):
+                raise CaseFailed(f"{describe(got)} after {time.monotonic() - start:.2f}s")
+            if got[0] == FrameType.PING:
+                traffic.pings.append(time.monotonic())
+                if answer_pings:
+                    probe.send(encode_frame(FrameType.PONG))
+            elif got[0] == FrameType.PONG:
+                traffic.pongs += 1
+            elif got[0] == FrameType.DATA:
+                traffic.data += 1
+        return traffic
+
+    def silence(self) -> Silence:
+        """Handshake with the shortest interval, then say nothing; time the close."""
+        if self._silence is None:
+            probe = self.connect()
+            sent_at = time.monotonic()
+            welcome = probe.hello(SHORTEST_INTERVAL_MS)
+            timeout = welcome.timeout_ms / 1000
+            limit = late_limit(timeout)
+            self.require_time(limit)
+            give_up = sent_at + limit + ANSWER_TIMEOUT
+            while True:
+                try:
+                    frame = probe.recv(max(give_up - time.monotonic(), 0.001))
+                except TimeoutError:
+                    raise CaseFailed(f"still open {give_up - sent_at:.1f}s after HELLO") from None
+                if frame is None or frame[0] in (FrameType.CLOSE, FrameType.ERROR):
+                    break
+            self._silence = Silence(timeout, time.monotonic() - sent_at, frame)
+        return self._silence
+
+
+def late_limit(timeout: float) -> float:
+    return timeout + max(LATE_SLACK, LATE_RATIO * timeout)
+
+
+# --- the cases ---------------------------------------------------------------------
+
+CaseRun = Callable[[Checker], str]
+
+
+@dataclass(frozen=True)
+class Case:
+    statement: str
+    level: str
+    title: str
+    run: CaseRun
+
+
+CASES: list[Case] = []
+
+
+def case(statement: str, level: str, title: str) -> Callable[[CaseRun], CaseRun]:
+    def register(run: CaseRun) -> CaseRun:
+        CASES.append(Case(statement, level, title, run))
+        return run
+
+    return register
+
+
+@case("H3", MUST, "HELLO is answered with WELCOME v1, scheme 0 or 1, 0 < interval < timeout")
+def _welcome(checker: Checker) -> str:
+    return describe_welcome(checker.welcome)
+
+
+@case("T2", MUST, "the granted timeout is at least twice the granted interval")
+def _two_intervals(checker: Checker) -> str:
+    welcome = checker.welcome
+    ratio = welcome.timeout_ms / welcome.interval_ms
+    if ratio < 2:
+        raise CaseFailed(f"timeout/interval = {ratio:.2f}")
+    return f"timeout/interval = {ratio:.2f}"
+
+
+@case("T1", MUST, "every grant keeps the server's timeout/interval ratio")
+def _ratio(checker: Checker) -> str:
+    default = checker.open(0)[1]
+    shortest = checker.open(SHORTEST_INTERVAL_MS)[1]
+    ratio = default.timeout_ms / default.interval_ms
+    expected = math.ceil(shortest.interval_ms * ratio)
+    seen = (
+        f"interval/timeout {default.interval_ms}/{default.timeout_ms} ms by default, "
+        f"{shortest.interval_ms}/{shortest.timeout_ms} ms at the shortest"
+    )
+    if abs(shortest.timeout_ms - expected) > RATIO_SLACK_MS:
+        raise CaseFailed(f"{seen}: expected a timeout of about {expected} ms")
+    return seen
+
+
+@case("F4", MUST, "a HELLO sent one byte per segment is decoded")
+def _trickled_hello(checker: Checker) -> str:
+    probe = checker.connect()
+    for byte in encode_hello(CHECK_NAME, checker.interval_ms):
+        probe.send(bytes([byte]))
+        time.sleep(TRICKLE_GAP)
+    return describe_welcome(probe.expect_welcome())
+
+
+@case("F4", MUST, "HELLO, PING and DATA coalesced in one segment are all decoded")
+def _coalesced(checker: Checker) -> str:
+    probe = checker.connect()
+    probe.send(encode_hello(CHECK_NAME, checker.interval_ms) + PING_FRAME + encode_data(b"x"))
+    probe.expect_welcome()
+    probe.expect_pong()
+    return "WELCOME, then PONG"
+
+
+@case("T4", MUST, "PING is answered with PONG, whatever the scheme")
+def _pong(checker: Checker) -> str:
+    probe, _ = checker.open()
+    start = time.monotonic()
+    probe.send(PING_FRAME)
+    probe.expect_pong()
+    return f"PONG after {(time.monotonic() - start) * 1000:.1f} ms"
+
+
+@case("T3", MUST, "client scheme: client PINGs every interval keep it open past the timeout")
+def _client_pings(checker: Checker) -> str:
+    welcome = checker.require_scheme(Scheme.CLIENT)
+    interval, timeout = welcome.interval_ms / 1000, welcome.timeout_ms / 1000
+    checker.require_time(timeout + interval)
+    probe, _ = checker.open()
+    traffic = checker.keep_alive(probe, timeout + interval, interval, PING_FRAME, True)
+    if traffic.pongs == 0:
+        raise CaseFailed("no PONG for any PING")
+    return f"open after {timeout + interval:.2f}s, {traffic.pongs} PONGs"
+
+
+@case("T3", MUST, "server scheme: the server PINGs about every interval")
+def _server_pings(checker: Checker) -> str:
+    welcome = checker.require_scheme(Scheme.SERVER)
+    interval = welcome.interval_ms / 1000
+    duration = 3.5 * interval  # room for three PINGs: two gaps to measure
+    checker.require_time(duration)
+    probe, _ = checker.open()
+    pings = checker.keep_alive(probe, duration, interval, None, True).pings
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
+    seen = f"{len(pings)} PINGs, gaps " + ", ".join(f"{gap * 1000:.0f}" for gap in gaps) + " ms"
+    if len(pings) < 2:
+        raise CaseFailed(f"{len(pings)} PINGs in {duration:.2f}s")
+    if any(not interval - EARLY_TOLERANCE <= gap <= late_limit(interval) for gap in gaps):
+        raise CaseFailed(f"{seen}; expected about {welcome.interval_ms} ms")
+    return seen
+
+
+@case("T5", MUST, "DATA alone, with no PING or PONG, keeps the client alive past the timeout")
+def _data_liveness(checker: Checker) -> str:
+    welcome = checker.welcome
+    interval, timeout = welcome.interval_ms / 1000, welcome.timeout_ms / 1000
+    checker.require_time(timeout + interval)
+    probe, _ = checker.open()
+    checker.keep_alive(probe, timeout + interval, interval / 2, encode_data(b"alive"), False)
+    return f"open after {timeout + interval:.2f}s of DATA only"
+
+
+@case("F2", MUST, f"a DATA payload of {MIN_MAX_PAYLOAD} bytes is accepted")
+def _max_frame(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(encode_data(bytes(MIN_MAX_PAYLOAD)) + PING_FRAME)
+    probe.expect_pong()
+    return "accepted: the PING after it was answered"
+
+
+@dataclass(frozen=True)
+class Violation:
+    statement: str
+    title: str
+    sent: bytes
+    code: Code
+    after_handshake: bool
+
+    @property
+    def claim(self) -> str:
+        when = " after the handshake" if self.after_handshake else ""
+        return f"{self.title}{when}: ERROR {self.code.name}, then close"
+
+
+def _hello_payload(name: bytes, version: int = 1, name_len: int | None = None) -> bytes:
+    return HELLO_FIXED.pack(version, 0, len(name) if name_len is None else name_len) + name
+
+
+VIOLATIONS = [
+    Violation("H1", "PING as the first frame", PING_FRAME, Code.HELLO_REQUIRED, False),
+    Violation("H1", "DATA as the first frame (H7)", encode_data(b"x"), Code.HELLO_REQUIRED, False),
+    Violation(
+        "H2",
+        "HELLO version 2",
+        encode_frame(FrameType.HELLO, _hello_payload(b"check", version=2)),
+        Code.UNSUPPORTED_VERSION,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO version 2 of 1 byte: the version is checked first",
+        encode_frame(FrameType.HELLO, b"\x02"),
+        Code.UNSUPPORTED_VERSION,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO whose name length disagrees with the frame",
+        encode_frame(FrameType.HELLO, _hello_payload(b"check", name_len=9)),
+        Code.MALFORMED,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO with an empty name",
+        encode_frame(FrameType.HELLO, _hello_payload(b"")),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO with a 65-byte name",
+        encode_frame(FrameType.HELLO, _hello_payload(b"n" * 65)),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO with a name that is not UTF-8",
+        encode_frame(FrameType.HELLO, _hello_payload(b"\xff\xfe")),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO with a control character in the name",
+        encode_frame(FrameType.HELLO, _hello_payload(b"a\nb")),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation("H4", "a second HELLO", encode_hello(CHECK_NAME, 0), Code.DUPLICATE_HELLO, True),
+    Violation(
+        "H6",
+        "WELCOME sent by the client",
+        encode_welcome(Welcome(1, Scheme.CLIENT, 1000, 3000)),
+        Code.UNEXPECTED_FRAME,
+        True,
+    ),
+    Violation(
+        "F1",
+        "a frame with non-zero flags",
+        HEADER_STRUCT.pack(0, FrameType.PING, 1),
+        Code.RESERVED_BITS,
+        True,
+    ),
+    Violation("F1", "frame type 0x09", encode_frame(0x09), Code.UNKNOWN_TYPE, True),
+    Violation(
+        "F1",
+        "a header announcing 2^32-1 bytes, sent alone",
+        HEADER_STRUCT.pack(ABSOLUTE_MAX_PAYLOAD, FrameType.DATA, 0),
+        Code.FRAME_TOO_LARGE,
+        True,
+    ),
+    Violation(
+        "F3", "PING with a payload", encode_frame(FrameType.PING, b"\x00"), Code.MALFORMED, True
+    ),
+    Violation(
+        "F3", "CLOSE of 3 bytes", encode_frame(FrameType.CLOSE, bytes(3)), Code.MALFORMED, True
+    ),
+]
+
+
+def _violation_case(violation: Violation) -> CaseRun:
+    def run(checker: Checker) -> str:
+        probe = checker.open()[0] if violation.after_handshake else checker.connect()
+        probe.send(violation.sent)
+        return probe.expect_error(violation.code)
+
+    return run
+
+
+for _violation in VIOLATIONS:
+    case(_violation.statement, MUST, _violation.claim)(_violation_case(_violation))
+
+
+@case("T6", MUST, "a silent client is closed at the timeout, within [T, T + slack]")
+def _timeout(checker: Checker) -> str:
+    silence = checker.silence()
+    seen = (
+        f"{describe(silence.last_frame)} {silence.closed_after * 1000:.0f} ms after HELLO, "
+        f"T = {silence.timeout * 1000:.0f} ms"
+    )
+    if not silence.timeout - EARLY_TOLERANCE <= silence.closed_after <= late_limit(silence.timeout):
+        raise CaseFailed(seen)
+    return seen
+
+
+@case("T6", SHOULD, "the server sends CLOSE TIMEOUT before closing a silent client")
+def _timeout_close(checker: Checker) -> str:
+    last = checker.silence().last_frame
+    if last is None or last[0] != FrameType.CLOSE or parse_close(last[1]) != Code.TIMEOUT:
+        raise CaseFailed(describe(last))
+    return describe(last)
+
+
+@case("C2", MUST, "after the client's CLOSE NORMAL the server stops sending and closes")
+def _close(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(encode_close(Code.NORMAL))
+    return probe.expect_close()
+
+
+@case(
+    "H5", MUST, "a partial HELLO is closed at the handshake deadline with CLOSE HANDSHAKE_TIMEOUT"
+)
+def _handshake_deadline(checker: Checker) -> str:
+    deadline = checker.settings.handshake_timeout
+    if deadline is None:
+        raise CaseSkipped("needs the server's deadline: --handshake-timeout S")
+    checker.require_time(late_limit(deadline))
+    probe = checker.connect()
+    start = time.monotonic()
+    probe.send(encode_hello(CHECK_NAME, 0)[:5])  # a partial frame proves nothing (T5)
+    try:
+        frame = probe.recv(late_limit(deadline))
+    except TimeoutError:
+        raise CaseFailed(f"still open after {late_limit(deadline):.1f}s") from None
+    elapsed = time.monotonic() - start
+    seen = f"{describe(frame)} after {elapsed:.2f}s"
+    if (
+        frame is None
+        or frame[0] != FrameType.CLOSE
+        or parse_close(frame[1]) != Code.HANDSHAKE_TIMEOUT
+    ):
+        raise CaseFailed(seen)
+    if not deadline - EARLY_TOLERANCE <= elapsed <= late_limit(deadline):
+        raise CaseFailed(f"{seen}, expected about {deadline:g}s")
+    return seen
+
+
+# --- running and reporting -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    target: str
+    results: list[Result]
+
+    def count(self, level: str, verdict: Verdict) -> int:
+        return sum(1 for r in self.results if r.level == level and r.verdict is verdict)
+
+    @property
+    def conforms(self) -> bool:
+        return self.count(MUST, Verdict.FAIL) == 0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            level.lower(): {v.value: self.count(level, v) for v in Verdict}
+            for level in (MUST, SHOULD)
+        } | {"conforms": self.conforms}
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "target": self.target,
+                "cases": [r.as_dict() for r in self.results],
+                "summary": self.summary(),
+            },
+            indent=2,
+        )
+
+    def to_text(self) -> str:
+        lines = [
+            f"{r.number:>3}  {r.statement:<3} {r.level:<6} {r.verdict.value.upper():<4}  "
+            f"{r.title} -- {r.saw}"
+            for r in self.results
+        ]
+        counts = "; ".join(
+            f"{level}: {self.count(level, Verdict.PASS)} passed, "
+            f"{self.count(level, Verdict.FAIL)} failed, {self.count(level, Verdict.SKIP)} skipped"
+            for level in (MUST, SHOULD)
+        )
+        verdict = "conforms" if self.conforms else "does NOT conform"
+        lines.append(f"{self.target}: {counts}. The server {verdict} (every MUST must pass).")
+        return "\n".join(lines)
+
+
+def run_case(checker: Checker, number: int, spec: Case) -> Result:
+    try:
+        verdict, saw = Verdict.PASS, spec.run(checker)
+    except CaseSkipped as exc:
+        verdict, saw = Verdict.SKIP, str(exc)
+    except CaseFailed as exc:
+        verdict, saw = Verdict.FAIL, str(exc)
+    except OSError as exc:
+        verdict, saw = Verdict.FAIL, f"socket error: {exc.strerror or exc}"
+    finally:
+        checker.close_all()
+    return Result(number, spec.statement, spec.level, spec.title, verdict, saw)
+
+
+def run_checks(settings: Settings) -> Report:
+    """Run every case; raises OSError if the server cannot be reached at all."""
+    socket.create_connection((settings.host, settings.port), ANSWER_TIMEOUT).close()
+    checker = Checker(settings)
+    results = [run_case(checker, n, spec) for n, spec in enumerate(CASES, start=1)]
+    return Report(settings.target, results)

@@ -1,0 +1,66 @@
+"""A scripted, deliberately simple server for testing clients and the checker.
+
+It accepts connections on loopback and answers the first complete frame of each with
+a fixed WELCOME; what happens next is up to ``after_welcome``, which gets the socket,
+a decoder holding the rest of the stream, and the frames that came with the first.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+from hbloop.protocol import Frame, FrameDecoder
+from hbloop.wire import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION, Scheme, Welcome, encode_welcome
+
+AfterWelcome = Callable[[socket.socket, FrameDecoder, list[Frame]], None]
+
+
+class FakeServer:
+    def __init__(self, welcome: Welcome, after_welcome: AfterWelcome) -> None:
+        self.welcome = welcome
+        self.after_welcome = after_welcome
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self.listener.getsockname()
+        self.received: list[Frame] = []  # every frame after the first, all connections
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
+        frames: list[Frame] = []
+        with sock:
+            try:
+                while not frames:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    frames = decoder.feed(data)
+                sock.sendall(encode_welcome(self.welcome))
+                self.after_welcome(sock, decoder, frames[1:])
+            except OSError:
+                return
+
+    def record(self, frames: list[Frame]) -> None:
+        with self._lock:
+            self.received.extend(frames)
+
+    def frames(self) -> list[Frame]:
+        with self._lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def welcome(scheme: Scheme, interval_ms: int, timeout_ms: int) -> Welcome:
+    return Welcome(PROTOCOL_VERSION, scheme, interval_ms, timeout_ms)

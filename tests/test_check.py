@@ -1,0 +1,112 @@
+"""`hbloop check` against the reference server (it conforms) and a broken one (it does not)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from fakeserver import FakeServer, welcome
+
+from hbloop.protocol import Frame, FrameDecoder
+from hbloop.wire import Scheme
+
+from conftest import HBLOOP, ROOT
+
+# A fast but safe configuration: the checker asks for 0.5 s and the minimum 0.1 s
+# intervals, so a whole run takes seconds; 1 s of handshake deadline lets H5 run.
+SERVER_ARGS = ("--interval", "0.5", "--timeout", "1.5", "--handshake-timeout", "1")
+CHECK_TIMEOUT = 120.0
+
+# The broken server's grant: its silence timer closes a silent checker after T.
+BROKEN_INTERVAL_MS = 500
+BROKEN_TIMEOUT_MS = 1500
+
+
+# The titles of the scheme-specific heartbeat cases, by scheme.
+SCHEME_CASES = {
+    "client": "client PINGs every interval keep it open past the timeout",
+    "server": "the server PINGs about every interval",
+}
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HBLOOP, "check", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT,
+    )
+
+
+@pytest.mark.parametrize("scheme", ["client", "server"])
+def test_hbloop_serve_passes_every_must(serve, scheme: str) -> None:
+    server = serve(*SERVER_ARGS, "--scheme", scheme)
+    result = run_check(f"127.0.0.1:{server.port}", "--json", "--handshake-timeout", "1")
+    report = json.loads(result.stdout)
+    failed = [case for case in report["cases"] if case["result"] == "fail"]
+    assert failed == []
+    assert result.returncode == 0, result.stderr
+    assert report["summary"]["conforms"] is True
+    assert report["summary"]["must"]["pass"] >= 25
+    by_title = {case["title"]: case for case in report["cases"]}
+    granted = by_title[f"{scheme} scheme: " + SCHEME_CASES[scheme]]
+    other = next(s for s in SCHEME_CASES if s != scheme)
+    assert granted["result"] == "pass"
+    assert by_title[f"{other} scheme: " + SCHEME_CASES[other]]["result"] == "skip"
+    statements = {case["statement"] for case in report["cases"] if case["result"] == "pass"}
+    assert {"H1", "H2", "H3", "H4", "H5", "H6", "F1", "F2", "F3", "F4"} <= statements
+    assert {"T1", "T2", "T3", "T4", "T5", "T6", "C2"} <= statements
+    server.wait_line(r"reason=timeout TIMEOUT")
+
+
+def _answer_nothing(sock: socket.socket, decoder: FrameDecoder, _frames: list[Frame]) -> None:
+    """Broken: never answers PING, never sends ERROR; drops the connection on any input
+    and closes a silent one at the timeout it granted."""
+    sock.settimeout(BROKEN_TIMEOUT_MS / 1000)
+    with contextlib.suppress(TimeoutError):
+        sock.recv(65536)
+
+
+@pytest.fixture
+def broken_server() -> Iterator[FakeServer]:
+    server = FakeServer(
+        welcome(Scheme.CLIENT, BROKEN_INTERVAL_MS, BROKEN_TIMEOUT_MS), _answer_nothing
+    )
+    yield server
+    server.close()
+
+
+def test_a_server_that_never_answers_ping_fails(broken_server: FakeServer) -> None:
+    host, port = broken_server.address
+    result = run_check(f"{host}:{port}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    pong_line = next(line for line in lines if "PING is answered with PONG" in line)
+    assert " T4  MUST   FAIL " in pong_line
+    assert "expected PONG, got the connection closed" in pong_line
+    welcome_line = next(line for line in lines if "HELLO is answered with WELCOME" in line)
+    assert " H3  MUST   PASS " in welcome_line
+    assert lines[-1].endswith("The server does NOT conform (every MUST must pass).")
+    assert all(line[:3].strip().isdigit() for line in lines[:-1])
+
+
+def test_unreachable_target_is_a_one_line_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connections are refused
+        result = run_check(f"127.0.0.1:{port}")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"hbloop: error: cannot reach 127.0.0.1:{port}")
+
+
+def test_bad_target_is_a_usage_error() -> None:
+    result = run_check("no-port-here")
+    assert result.returncode == 2
+    assert "is not HOST:PORT" in result.stderr
