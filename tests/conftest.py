@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hbloop.protocol import Frame, FrameDecoder, parse_welcome
 from hbloop.wire import (
@@ -348,3 +350,52 @@ def good_peers() -> Iterator[Callable[..., GoodPeers]]:
     yield start
     for peers in started:
         peers.close()
+
+
+# --- metrics helpers --------------------------------------------------------------------
+
+
+def metrics_address(server: LoggedProcess) -> tuple[str, int]:
+    """Where a server started with ``--metrics-port 0`` serves /metrics."""
+    match = server.wait_line(r"metrics on http://([\d.]+):(\d+)/metrics")
+    return match.group(1), int(match.group(2))
+
+
+def http_get(address: tuple[str, int], path: str) -> tuple[int, str]:
+    """Status and body of a plain GET (no proxy, whatever the environment says)."""
+    connection = http.client.HTTPConnection(*address, timeout=WAIT_TIMEOUT)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def scrape(address: tuple[str, int]) -> dict[str, float]:
+    """The samples of /metrics, parsed by prometheus_client, keyed like the exposition
+    text: ``name`` or ``name{label="value",...}`` with the labels sorted."""
+    status, text = http_get(address, "/metrics")
+    assert status == 200, text
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def wait_for_metrics(
+    address: tuple[str, int], expected: dict[str, float], timeout: float = WAIT_TIMEOUT
+) -> dict[str, float]:
+    """Scrape until every sample in ``expected`` has its value; return the last scrape."""
+    last: dict[str, float] = {}
+
+    def matches() -> bool:
+        last.update(scrape(address))
+        return all(last.get(key) == value for key, value in expected.items())
+
+    if not wait_for(matches, timeout, step=0.1):
+        wrong = {key: last.get(key) for key, value in expected.items() if last.get(key) != value}
+        raise AssertionError(f"metrics never matched {expected}; last values: {wrong}")
+    return last

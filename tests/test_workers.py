@@ -1,0 +1,127 @@
+"""`hbloop serve --workers N`: workers sharing a port, restarts, signals, orphans."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+
+import psutil
+import pytest
+
+from hbloop.cli import build_parser
+from hbloop.wire import Code, FrameType
+
+from conftest import (
+    RawPeer,
+    expect_last_word,
+    metrics_address,
+    wait_for,
+    wait_for_metrics,
+)
+
+# Long enough that the peers below, which never PING, outlive every test.
+SLOW = ("--interval", "5", "--timeout", "15")
+
+# Connections per batch: with SO_REUSEPORT's hash, the chance that 40 of them all land
+# on one of two workers is 2^-39.
+BATCH = 40
+
+
+def _worker_pids(server) -> list[int]:  # type: ignore[no-untyped-def]
+    line = server.wait_line(r"listening on \S+ workers=\d+ pids=([\d ]+)")
+    return [int(pid) for pid in line.group(1).split()]
+
+
+def _connect(address: tuple[str, int], count: int, prefix: str) -> list[RawPeer]:
+    peers = [RawPeer(address) for _ in range(count)]
+    for i, peer in enumerate(peers):
+        assert peer.hello(f"{prefix}-{i}")[0] == FrameType.WELCOME
+    return peers
+
+
+def _per_worker(samples: dict[str, float], name: str) -> dict[str, float]:
+    pattern = re.compile(rf'hbloop_worker_{name}\{{worker="(\d+)"\}}')
+    return {m.group(1): n for key, n in samples.items() if (m := pattern.fullmatch(key))}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _close_all(peers: list[RawPeer]) -> None:
+    for peer in peers:
+        peer.close()
+
+
+def test_workers_share_the_port_and_a_dead_one_is_restarted(serve):
+    server = serve(*SLOW, "--workers", "2", "--metrics-port", "0")
+    metrics = metrics_address(server)
+    first, second = _worker_pids(server)
+    peers = _connect(server.address, BATCH, "a")
+    try:
+        samples = wait_for_metrics(metrics, {"hbloop_connections": BATCH, "hbloop_workers": 2})
+        before = _per_worker(samples, "connections")
+        assert sorted(before) == ["1", "2"] and min(before.values()) > 0, before
+
+        os.kill(first, signal.SIGKILL)
+        server.wait_line(rf"worker 1 \(pid {first}\) exited with signal 9")
+        # Exactly worker 1's peers see their connection end.
+        socks = [peer.sock for peer in peers]
+        assert wait_for(lambda: len(select.select(socks, [], [], 0)[0]) == before["1"]), (
+            "worker 1's peers were not all disconnected, or others were"
+        )
+        server.wait_line(r"worker 1 \(pid \d+\) is back")
+
+        peers += _connect(server.address, BATCH, "b")
+        survivors = BATCH - before["1"]
+        samples = wait_for_metrics(
+            metrics,
+            {
+                "hbloop_connections": survivors + BATCH,
+                "hbloop_accepted_total": 2 * BATCH,  # worker 1's first life still counts
+                "hbloop_worker_restarts_total": 1,
+                "hbloop_workers": 2,
+            },
+        )
+        after = _per_worker(samples, "connections")
+        assert after["1"] > 0 and after["2"] > before["2"], after
+        assert not _gone(second)
+    finally:
+        _close_all(peers)
+
+
+def test_sigterm_stops_every_worker_gracefully(serve):
+    server = serve(*SLOW, "--workers", "2")
+    pids = _worker_pids(server)
+    peers = _connect(server.address, 10, "t")
+    try:
+        server.terminate()  # SIGTERM to the supervisor only
+        for peer in peers:
+            expect_last_word(peer, FrameType.CLOSE, Code.GOING_AWAY)
+        assert server.wait() == 0
+    finally:
+        _close_all(peers)
+    assert all(_gone(pid) for pid in pids)
+    assert len(server.find(r"worker \d \(pid \d+\) exited with code 0")) == 2
+
+
+def test_workers_stop_when_the_supervisor_is_killed(serve):
+    server = serve(*SLOW, "--workers", "2")
+    pids = _worker_pids(server)
+    server.signal(signal.SIGKILL)
+    assert wait_for(lambda: all(_gone(pid) for pid in pids)), "orphaned workers kept running"
+    assert len(server.find(r"the supervisor is gone; shutting down")) == 2
+
+
+def test_workers_option():
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).workers == 1
+    auto = parser.parse_args(["serve", "--workers", "auto"]).workers
+    assert auto == len(os.sched_getaffinity(0))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--workers", "0"])
