@@ -1,0 +1,118 @@
+"""Graceful shutdown on SIGTERM/SIGINT, and the second signal that cuts it short
+(protocol.md, rule C4 and section 9)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from hbloop.wire import Code, FrameType, encode_data
+
+from conftest import RawPeer, expect_last_word, wait_for
+
+FAST_TIMERS = ("--interval", "0.5", "--timeout", "1.5")
+GRACE = 5.0
+# A drained server exits as soon as its last peer is gone; this is "soon" on a shared
+# machine, and well under the grace period.
+PROMPT_EXIT = 3.0
+
+
+def assert_refused(address: tuple[str, int]) -> None:
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=PROMPT_EXIT).close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_closes_every_peer_going_away_and_exits_0(serve, raw_peer, signum):
+    server = serve(*FAST_TIMERS, "--shutdown-grace", str(GRACE))
+    peers = [raw_peer(server.address) for _ in range(3)]
+    for i, peer in enumerate(peers):
+        assert peer.hello(f"p{i}")[0] == FrameType.WELCOME
+    mid_handshake = raw_peer(server.address)  # connected, no HELLO yet
+    server.wait_line(r"connect .* name=p2 ")
+
+    server.signal(signum)
+    for peer in [*peers, mid_handshake]:
+        expect_last_word(peer, FrameType.CLOSE, Code.GOING_AWAY)
+    # Our sockets are still open, so the server is still running, and no longer listening.
+    assert server.proc.poll() is None
+    assert_refused(server.address)
+
+    for peer in [*peers, mid_handshake]:
+        peer.close()
+    signalled_at = time.monotonic()
+    assert server.wait(PROMPT_EXIT + GRACE) == 0
+    assert time.monotonic() - signalled_at < PROMPT_EXIT, "a drained server kept waiting"
+    server.wait_line("stopped")
+    assert len(server.find(r"reason=shutdown GOING_AWAY")) == len(peers) + 1
+
+
+# --- nothing queued before the signal is lost ----------------------------------------
+
+SLOW_READER_RCVBUF = 4096  # a small window: the echo backs up into the server
+ECHO_FRAMES = 200
+ECHO_PAYLOAD = 60_000  # bytes per frame: 12 MB of echo, several times what the kernels buffer
+# Room for all of it, so that nothing is dropped as a slow consumer.
+PENDING_CAP = 32 * 1024 * 1024
+
+
+def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
+    """(send queue, receive queue) of the loopback socket local_port -> remote_port,
+    from /proc/net/tcp: bytes not yet acknowledged by the peer, and bytes not yet
+    read by the application."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queues = fields[1], fields[2], fields[4]
+        if int(local.split(":")[1], 16) == local_port and (
+            int(remote.split(":")[1], 16) == remote_port
+        ):
+            tx, rx = queues.split(":")
+            return int(tx, 16), int(rx, 16)
+    raise AssertionError(f"no socket {local_port} -> {remote_port} in /proc/net/tcp")
+
+
+def payload(i: int) -> bytes:
+    return struct.pack(">I", i) * (ECHO_PAYLOAD // 4)
+
+
+def test_output_queued_before_the_signal_is_delivered_before_close(serve):
+    server = serve(*FAST_TIMERS, "--shutdown-grace", str(GRACE), "--max-pending", str(PENDING_CAP))
+    with RawPeer(server.address, rcvbuf=SLOW_READER_RCVBUF) as peer:
+        assert peer.hello("slow-reader")[0] == FrameType.WELCOME
+        for i in range(ECHO_FRAMES):
+            peer.send(encode_data(payload(i)))
+        # Wait until the server has read every byte we sent (our send queue and its
+        # receive queue are both empty): every echo is then written to its buffers.
+        mine = peer.sock.getsockname()[1]
+        assert wait_for(
+            lambda: tcp_queues(mine, server.port)[0] == 0 and tcp_queues(server.port, mine)[1] == 0
+        )
+        echoed = ECHO_FRAMES * len(encode_data(payload(0)))
+        in_kernels = tcp_queues(server.port, mine)[0] + tcp_queues(mine, server.port)[1]
+        assert in_kernels < echoed / 2, "the echo is not backed up in the server"
+
+        server.signal(signal.SIGTERM)
+        frames = expect_last_word(peer, FrameType.CLOSE, Code.GOING_AWAY, before=ECHO_FRAMES)
+    assert frames == [(FrameType.DATA, payload(i)) for i in range(ECHO_FRAMES)]
+    assert server.wait(GRACE + PROMPT_EXIT) == 0
+
+
+def test_second_signal_exits_at_once(serve, raw_peer):
+    long_grace = 60.0  # the first signal alone would keep the server up this long
+    server = serve(*FAST_TIMERS, "--shutdown-grace", str(long_grace))
+    peer = raw_peer(server.address)
+    assert peer.hello("lingerer")[0] == FrameType.WELCOME
+    server.signal(signal.SIGTERM)
+    # The peer reads the CLOSE but never closes: the server waits on it for the grace.
+    assert peer.recv() == (FrameType.CLOSE, struct.pack(">H", Code.GOING_AWAY))
+    assert server.proc.poll() is None
+    server.signal(signal.SIGINT)
+    second_at = time.monotonic()
+    assert server.wait(PROMPT_EXIT) == 0
+    assert time.monotonic() - second_at < PROMPT_EXIT
+    server.wait_line("second stop request")
