@@ -10,6 +10,7 @@ come back in lockstep.
 from __future__ import annotations
 
 import errno
+import logging
 import random
 import socket
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from hbloop.wire import (
     encode_error,
     encode_hello,
 )
+
+log = logging.getLogger("hbloop.client")
 
 # gRPC's reconnect parameters start at 1 s; half that keeps a restart short for
 # interactive use, while the 30 s cap bounds how long a client sits out an outage.
@@ -214,7 +217,8 @@ class Connection(Channel):
 class Client:
     """A reconnecting heartbeat client.
 
-    Callbacks, all optional and run on the loop:
+    Callbacks, all optional and run on the loop; an exception in one is logged and
+    the client carries on:
 
     * ``on_welcome(welcome)`` after each successful handshake;
     * ``on_message(data)`` for each DATA frame;
@@ -323,11 +327,11 @@ class Client:
         self.connects += 1
         self.backoff.reset()
         if self.on_welcome is not None and conn.welcome is not None:
-            self.on_welcome(conn.welcome)
+            self._call_app("on_welcome", self.on_welcome, conn.welcome)
 
     def deliver(self, data: bytes) -> None:
         if self.on_message is not None:
-            self.on_message(data)
+            self._call_app("on_message", self.on_message, data)
 
     def lost(self, conn: Connection, disconnect: Disconnect) -> None:
         if conn is not self.connection or self._closing:
@@ -344,11 +348,19 @@ class Client:
         delay = self.backoff.next_delay()
         self._retry = self.loop.call_later(delay, self._connect)
         if self.on_disconnect is not None:
-            self.on_disconnect(disconnect, delay)
+            self._call_app("on_disconnect", self.on_disconnect, disconnect, delay)
 
     def _stop(self, disconnect: Disconnect) -> None:
         if self.stopped is not None:
             return
         self.stopped = disconnect
         if self.on_disconnect is not None:
-            self.on_disconnect(disconnect, None)
+            self._call_app("on_disconnect", self.on_disconnect, disconnect, None)
+
+    def _call_app(self, what: str, callback: Callable[..., None], *args: object) -> None:
+        # As on the server: a bug in the application must not stop the loop, which
+        # would silence the heartbeats of everything else on it.
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("application callback %s raised; the client carries on", what)

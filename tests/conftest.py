@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hbloop.client import Client
+from hbloop.loop import EventLoop
+from hbloop.policy import ServerPolicy
 from hbloop.protocol import Frame, FrameDecoder, parse_welcome
+from hbloop.server import Server
 from hbloop.wire import (
     CODE_STRUCT,
     DEFAULT_MAX_PAYLOAD,
@@ -399,3 +403,47 @@ def wait_for_metrics(
         wrong = {key: last.get(key) for key, value in expected.items() if last.get(key) != value}
         raise AssertionError(f"metrics never matched {expected}; last values: {wrong}")
     return last
+
+
+class InProcessServer:
+    """An ``hbloop.Server`` on an ``EventLoop`` in this process, driven by ``run_until``,
+    for tests that need the server's own objects (its sockets, its callbacks)."""
+
+    def __init__(self, policy: ServerPolicy, **callbacks: Callable[..., None]) -> None:
+        self.loop = EventLoop()
+        self.server = Server("127.0.0.1", 0, policy, loop=self.loop, **callbacks)  # type: ignore[arg-type]
+        self.address = self.server.start()
+        self.clients: list[Client] = []
+
+    def run_until(self, condition: Callable[[], object], timeout: float = WAIT_TIMEOUT) -> None:
+        assert self.loop.run_until(lambda: bool(condition()), timeout), "condition not met"
+
+    def client(self, name: str, **kwargs: object) -> Client:
+        """A non-reconnecting ``hbloop.Client`` on the same loop, started."""
+        host, port = self.address
+        client = Client(host, port, name, loop=self.loop, reconnect=False, **kwargs)  # type: ignore[arg-type]
+        self.clients.append(client)
+        client.start()
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close(linger=0)
+        self.server.shutdown()
+        self.loop.run_until(lambda: all(c.done for c in self.clients), WAIT_TIMEOUT)
+        self.loop.close()
+
+
+@pytest.fixture
+def in_process_server() -> Iterator[Callable[..., InProcessServer]]:
+    """Factory: ``in_process_server(ServerPolicy(...), on_message=...)``, closed after."""
+    made: list[InProcessServer] = []
+
+    def make(policy: ServerPolicy, **callbacks: Callable[..., None]) -> InProcessServer:
+        instance = InProcessServer(policy, **callbacks)
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in made:
+        instance.close()
