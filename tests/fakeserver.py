@@ -3,6 +3,8 @@
 It accepts connections on loopback and answers the first complete frame of each with
 a fixed WELCOME; what happens next is up to ``after_welcome``, which gets the socket,
 a decoder holding the rest of the stream, and the frames that came with the first.
+``record_silently`` is the dead server: it records what the client sends and never
+answers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from hbloop.protocol import Frame, FrameDecoder
 from hbloop.wire import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION, Scheme, Welcome, encode_welcome
 
-AfterWelcome = Callable[[socket.socket, FrameDecoder, list[Frame]], None]
+AfterWelcome = Callable[["FakeServer", socket.socket, FrameDecoder, list[Frame]], None]
 
 
 class FakeServer:
@@ -46,7 +48,7 @@ class FakeServer:
                         return
                     frames = decoder.feed(data)
                 sock.sendall(encode_welcome(self.welcome))
-                self.after_welcome(sock, decoder, frames[1:])
+                self.after_welcome(self, sock, decoder, frames[1:])
             except OSError:
                 return
 
@@ -64,3 +66,11 @@ class FakeServer:
 
 def welcome(scheme: Scheme, interval_ms: int, timeout_ms: int) -> Welcome:
     return Welcome(PROTOCOL_VERSION, scheme, interval_ms, timeout_ms)
+
+
+def record_silently(
+    server: FakeServer, sock: socket.socket, decoder: FrameDecoder, frames: list[Frame]
+) -> None:
+    server.record(frames)
+    while data := sock.recv(65536):
+        server.record(decoder.feed(data))

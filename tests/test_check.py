@@ -64,7 +64,9 @@ def test_hbloop_serve_passes_every_must(serve, scheme: str) -> None:
     server.wait_line(r"reason=timeout TIMEOUT")
 
 
-def _answer_nothing(sock: socket.socket, decoder: FrameDecoder, _frames: list[Frame]) -> None:
+def _answer_nothing(
+    _server: FakeServer, sock: socket.socket, _decoder: FrameDecoder, _frames: list[Frame]
+) -> None:
     """Broken: never answers PING, never sends ERROR; drops the connection on any input
     and closes a silent one at the timeout it granted."""
     sock.settimeout(BROKEN_TIMEOUT_MS / 1000)

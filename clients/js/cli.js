@@ -1,0 +1,65 @@
+#!/usr/bin/env node
+'use strict';
+// A small command-line client on hbloop.js: connects, heartbeats, sends --send texts
+// as DATA, prints one line per event on stdout, and exits 0 only after a clean,
+// locally requested CLOSE (on --duration, SIGINT or SIGTERM).
+
+const { parseArgs } = require('node:util');
+const { Client, Code } = require('./hbloop.js');
+
+const USAGE = 'usage: node cli.js --port PORT [--host HOST] [--name NAME] [--interval S] '
+  + '[--send TEXT]... [--duration S]';
+
+function main() {
+  let options;
+  try {
+    ({ values: options } = parseArgs({
+      options: {
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'string' },
+        name: { type: 'string', default: `js-${process.pid}` },
+        interval: { type: 'string', default: '0' },
+        send: { type: 'string', multiple: true, default: [] },
+        duration: { type: 'string' },
+      },
+    }));
+  } catch (err) {
+    return usage(err.message);
+  }
+  const port = Number(options.port);
+  const interval = Number(options.interval);
+  const duration = options.duration === undefined ? null : Number(options.duration);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return usage('--port must be 1-65535');
+  if (!(interval >= 0)) return usage('--interval must be a number >= 0');
+  if (duration !== null && !(duration > 0)) return usage('--duration must be a number > 0');
+
+  let client;
+  try {
+    client = new Client({ host: options.host, port, name: options.name, interval });
+  } catch (err) {
+    return usage(err.message);
+  }
+  client.on('welcome', (w) => {
+    const scheme = w.scheme === 0 ? 'client' : 'server';
+    console.log(`welcome scheme=${scheme} interval_ms=${w.intervalMs} timeout_ms=${w.timeoutMs}`);
+    for (const text of options.send) client.send(Buffer.from(text, 'utf8'));
+    if (duration !== null) setTimeout(() => client.close(Code.NORMAL), duration * 1000);
+  });
+  client.on('message', (data) => console.log(`data ${data.toString('utf8')}`));
+  client.on('heartbeat', ({ direction, type }) => console.log(`${direction === 'in' ? 'got' : 'sent'} ${type}`));
+  client.on('close', ({ reason, code, codeName, message }) => {
+    const name = code === null ? '-' : (codeName ?? code);
+    console.log(`close reason=${reason} code=${name}${message ? ` message=${message}` : ''}`);
+    process.exitCode = reason === 'closed_locally' ? 0 : 1;
+  });
+  for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => client.close(Code.NORMAL));
+  client.connect();
+  return undefined;
+}
+
+function usage(problem) {
+  console.error(`hbloop-js: error: ${problem}\n${USAGE}`);
+  process.exitCode = 2;
+}
+
+main();

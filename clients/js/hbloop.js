@@ -1,0 +1,454 @@
+'use strict';
+// An hbloop protocol v1 client for Node.js, written from protocol.md alone.
+// Standard library only. The codec (FrameDecoder, parse*, encode*) is sans-IO; Client
+// puts it on a TCP socket. Statement ids (H3, T6, ...) refer to protocol.md.
+
+const net = require('node:net');
+const { EventEmitter } = require('node:events');
+
+const PROTOCOL_VERSION = 1;
+const HEADER_SIZE = 6;
+const MAX_NAME_BYTES = 64;
+const MAX_ERROR_MESSAGE_BYTES = 200;
+// The reference server's default receive limit; F2 requires at least 1024.
+const DEFAULT_MAX_PAYLOAD = 65536;
+const MIN_MAX_PAYLOAD = 1024;
+// How long the TCP connect plus the WELCOME may take before the attempt fails.
+const HANDSHAKE_TIMEOUT_MS = 10000;
+// After sending CLOSE or ERROR, wait this long for the server's FIN (C1, C3).
+const LINGER_MS = 2000;
+
+const FrameType = Object.freeze({
+  HELLO: 0x01, WELCOME: 0x02, PING: 0x03, PONG: 0x04, DATA: 0x05, CLOSE: 0x06, ERROR: 0x07,
+});
+const Scheme = Object.freeze({ CLIENT: 0, SERVER: 1 });
+const Code = Object.freeze({
+  NORMAL: 0x0000,
+  GOING_AWAY: 0x0001,
+  TIMEOUT: 0x0002,
+  HANDSHAKE_TIMEOUT: 0x0003,
+  UNSUPPORTED_VERSION: 0x0101,
+  BAD_NAME: 0x0102,
+  SERVER_FULL: 0x0103,
+  FRAME_TOO_LARGE: 0x0201,
+  UNKNOWN_TYPE: 0x0202,
+  RESERVED_BITS: 0x0203,
+  MALFORMED: 0x0204,
+  HELLO_REQUIRED: 0x0205,
+  DUPLICATE_HELLO: 0x0206,
+  UNEXPECTED_FRAME: 0x0207,
+  TOO_MANY_PINGS: 0x0208,
+});
+
+const invert = (table) => Object.fromEntries(Object.entries(table).map(([k, v]) => [v, k]));
+const TYPE_NAMES = invert(FrameType);
+const CODE_NAMES = invert(Code);
+const EMPTY = Buffer.alloc(0);
+
+/** The registered name of a code, or null: unknown codes are accepted (section 6). */
+function codeName(code) {
+  return CODE_NAMES[code] ?? null;
+}
+
+function describeCode(code) {
+  return codeName(code) ?? `0x${code.toString(16).padStart(4, '0')}`;
+}
+
+/** The peer broke the protocol; `code` goes into the ERROR frame sent before closing. */
+class ProtocolError extends Error {
+  constructor(code, message) {
+    super(`${describeCode(code)}: ${message}`);
+    this.code = code;
+    this.codeName = codeName(code);
+  }
+}
+
+// --- encoding -------------------------------------------------------------------
+
+function encodeFrame(type, payload = EMPTY) {
+  const header = Buffer.alloc(HEADER_SIZE);
+  header.writeUInt32BE(payload.length, 0);
+  header.writeUInt8(type, 4); // offset 5, flags, stays zero (F1)
+  return Buffer.concat([header, payload]);
+}
+
+function hasControlCharacter(text) {
+  return /[\u0000-\u001f\u007f]/.test(text);
+}
+
+function encodeHello(name, intervalMs, version = PROTOCOL_VERSION) {
+  const raw = Buffer.from(name, 'utf8');
+  if (raw.length < 1 || raw.length > MAX_NAME_BYTES || hasControlCharacter(name)) {
+    throw new RangeError(`a name is 1 to ${MAX_NAME_BYTES} UTF-8 bytes without control characters`);
+  }
+  const fixed = Buffer.alloc(6);
+  fixed.writeUInt8(version, 0);
+  fixed.writeUInt32BE(intervalMs, 1);
+  fixed.writeUInt8(raw.length, 5);
+  return encodeFrame(FrameType.HELLO, Buffer.concat([fixed, raw]));
+}
+
+function encodeWelcome({ version = PROTOCOL_VERSION, scheme, intervalMs, timeoutMs }) {
+  const payload = Buffer.alloc(10);
+  payload.writeUInt8(version, 0);
+  payload.writeUInt8(scheme, 1);
+  payload.writeUInt32BE(intervalMs, 2);
+  payload.writeUInt32BE(timeoutMs, 6);
+  return encodeFrame(FrameType.WELCOME, payload);
+}
+
+function codePayload(code) {
+  const payload = Buffer.alloc(2);
+  payload.writeUInt16BE(code, 0);
+  return payload;
+}
+
+function encodeClose(code) {
+  return encodeFrame(FrameType.CLOSE, codePayload(code));
+}
+
+function encodeError(code, message = '') {
+  let raw = Buffer.from(message, 'utf8');
+  if (raw.length > MAX_ERROR_MESSAGE_BYTES) {
+    // Cut at a byte bound, then drop a character the cut may have split.
+    raw = Buffer.from(new TextDecoder().decode(raw.subarray(0, MAX_ERROR_MESSAGE_BYTES)).replace(/\ufffd$/, ''));
+  }
+  return encodeFrame(FrameType.ERROR, Buffer.concat([codePayload(code), raw]));
+}
+
+function encodeData(data) {
+  return encodeFrame(FrameType.DATA, Buffer.from(data));
+}
+
+const PING_FRAME = encodeFrame(FrameType.PING);
+const PONG_FRAME = encodeFrame(FrameType.PONG);
+
+// --- decoding -------------------------------------------------------------------
+
+/**
+ * Incremental decoder (F4): feed it any split of the stream; it returns the complete
+ * frames as {type, payload} and keeps the rest. Each header is checked as soon as its
+ * six bytes are in (F1, F3), before any payload is buffered. It throws ProtocolError
+ * on the first bad header; the stream is unusable after that.
+ */
+class FrameDecoder {
+  constructor(maxPayload = DEFAULT_MAX_PAYLOAD) {
+    if (maxPayload < MIN_MAX_PAYLOAD) throw new RangeError(`maxPayload must be >= ${MIN_MAX_PAYLOAD} (F2)`);
+    this.maxPayload = maxPayload;
+    this.pending = EMPTY;
+  }
+
+  get buffered() {
+    return this.pending.length;
+  }
+
+  feed(chunk) {
+    const data = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    const frames = [];
+    let pos = 0;
+    while (data.length - pos >= HEADER_SIZE) {
+      const length = data.readUInt32BE(pos);
+      const type = data.readUInt8(pos + 4);
+      const flags = data.readUInt8(pos + 5);
+      if (flags !== 0) throw new ProtocolError(Code.RESERVED_BITS, `flags 0x${flags.toString(16)} must be zero`);
+      if (!(type in TYPE_NAMES)) throw new ProtocolError(Code.UNKNOWN_TYPE, `frame type 0x${type.toString(16)}`);
+      if (length > this.maxPayload) {
+        throw new ProtocolError(Code.FRAME_TOO_LARGE, `payload of ${length} bytes exceeds ${this.maxPayload}`);
+      }
+      if (length !== 0 && (type === FrameType.PING || type === FrameType.PONG)) {
+        throw new ProtocolError(Code.MALFORMED, `${TYPE_NAMES[type]} must have an empty payload`);
+      }
+      const end = pos + HEADER_SIZE + length;
+      if (end > data.length) break;
+      frames.push({ type, payload: Buffer.from(data.subarray(pos + HEADER_SIZE, end)) });
+      pos = end;
+    }
+    this.pending = Buffer.from(data.subarray(pos));
+    return frames;
+  }
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+const lenientUtf8 = new TextDecoder('utf-8');
+
+/** A HELLO payload, checked in the order of H2: version, shape, name. */
+function parseHello(payload) {
+  if (payload.length === 0) throw new ProtocolError(Code.MALFORMED, 'empty HELLO');
+  const version = payload.readUInt8(0);
+  if (version !== PROTOCOL_VERSION) throw new ProtocolError(Code.UNSUPPORTED_VERSION, `version ${version}`);
+  if (payload.length < 6) throw new ProtocolError(Code.MALFORMED, 'HELLO too short');
+  const nameLength = payload.readUInt8(5);
+  if (payload.length !== 6 + nameLength) {
+    throw new ProtocolError(Code.MALFORMED, 'HELLO name length disagrees with the frame');
+  }
+  if (nameLength < 1 || nameLength > MAX_NAME_BYTES) {
+    throw new ProtocolError(Code.BAD_NAME, `name must be 1 to ${MAX_NAME_BYTES} bytes`);
+  }
+  let name;
+  try {
+    name = strictUtf8.decode(payload.subarray(6));
+  } catch {
+    throw new ProtocolError(Code.BAD_NAME, 'name is not valid UTF-8');
+  }
+  if (hasControlCharacter(name)) throw new ProtocolError(Code.BAD_NAME, 'name contains control characters');
+  return { version, intervalMs: payload.readUInt32BE(1), name };
+}
+
+/** A WELCOME payload, as a client must check it (H3). */
+function parseWelcome(payload) {
+  if (payload.length !== 10) throw new ProtocolError(Code.MALFORMED, 'WELCOME must be 10 bytes');
+  const welcome = {
+    version: payload.readUInt8(0),
+    scheme: payload.readUInt8(1),
+    intervalMs: payload.readUInt32BE(2),
+    timeoutMs: payload.readUInt32BE(6),
+  };
+  if (welcome.version !== PROTOCOL_VERSION) {
+    throw new ProtocolError(Code.UNSUPPORTED_VERSION, `server answered version ${welcome.version}`);
+  }
+  if (welcome.scheme !== Scheme.CLIENT && welcome.scheme !== Scheme.SERVER) {
+    throw new ProtocolError(Code.MALFORMED, `unknown scheme ${welcome.scheme}`);
+  }
+  if (!(welcome.intervalMs > 0 && welcome.intervalMs < welcome.timeoutMs)) {
+    throw new ProtocolError(Code.MALFORMED, 'WELCOME needs 0 < interval < timeout');
+  }
+  return welcome;
+}
+
+function parseClose(payload) {
+  if (payload.length !== 2) throw new ProtocolError(Code.MALFORMED, 'CLOSE must carry exactly a u16 code');
+  return payload.readUInt16BE(0);
+}
+
+/** An ERROR's code and message; the message is for humans, so bad UTF-8 is replaced. */
+function parseError(payload) {
+  if (payload.length < 2) throw new ProtocolError(Code.MALFORMED, 'ERROR must start with a u16 code');
+  return { code: payload.readUInt16BE(0), message: lenientUtf8.decode(payload.subarray(2)) };
+}
+
+// --- the client -----------------------------------------------------------------
+
+const State = Object.freeze({
+  CONNECTING: 'connecting', AWAIT_WELCOME: 'await_welcome', OPEN: 'open', CLOSED: 'closed',
+});
+
+/**
+ * One connection to an hbloop server. Events:
+ *   'welcome' {version, scheme, intervalMs, timeoutMs}  the handshake is done
+ *   'message' Buffer                                    a DATA frame
+ *   'heartbeat' {direction: 'in'|'out', type: 'PING'|'PONG'}
+ *   'close' {reason, code, codeName, message}           once, when the connection ends
+ * reason is one of: closed_locally, peer_closed, peer_error, timeout,
+ * handshake_timeout, protocol_error, socket_error.
+ * No reconnection here: a caller that wants it follows rule R1.
+ */
+class Client extends EventEmitter {
+  constructor({ host = '127.0.0.1', port, name, interval = 0, maxPayload = DEFAULT_MAX_PAYLOAD }) {
+    super();
+    this.host = host;
+    this.port = port;
+    this.hello = encodeHello(name, Math.round(interval * 1000)); // checks the name early
+    this.decoder = new FrameDecoder(maxPayload);
+    this.state = State.CONNECTING;
+    this.welcome = null;
+    this.socket = null;
+    this.timer = null;
+    this.lastSent = 0;
+    this.lastRecv = 0;
+    this.lastPing = -Infinity;
+  }
+
+  connect() {
+    const socket = net.connect({ host: this.host, port: this.port });
+    this.socket = socket;
+    socket.setNoDelay(true); // heartbeats must not wait for Nagle (section 8)
+    this.arm(HANDSHAKE_TIMEOUT_MS);
+    socket.on('connect', () => {
+      this.state = State.AWAIT_WELCOME;
+      this.lastRecv = now();
+      this.write(this.hello);
+    });
+    socket.on('data', (chunk) => this.received(chunk));
+    socket.on('end', () => this.finished({ reason: 'peer_closed', detail: 'EOF' }));
+    socket.on('error', (err) => this.finished({ reason: 'socket_error', detail: err.message }));
+    socket.on('close', () => this.finished({ reason: 'socket_error', detail: 'socket closed' }));
+    return this;
+  }
+
+  /** Send DATA; false when not open. */
+  send(data) {
+    if (this.state !== State.OPEN) return false;
+    this.write(encodeData(data));
+    return true;
+  }
+
+  /** C1: send CLOSE, half-close, and wait a bounded time for the server's FIN. */
+  close(code = Code.NORMAL) {
+    this.end(encodeClose(code), { reason: 'closed_locally', code });
+  }
+
+  // --- internals ----------------------------------------------------------------
+
+  write(frame) {
+    this.lastSent = now();
+    this.socket.write(frame);
+  }
+
+  received(chunk) {
+    if (this.state === State.CLOSED) return; // draining until the FIN
+    let frames;
+    try {
+      frames = this.decoder.feed(chunk);
+      if (frames.length) this.lastRecv = now(); // T5: complete frames only
+      for (const frame of frames) {
+        this.handle(frame);
+        if (this.state === State.CLOSED) return;
+      }
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      this.end(encodeError(err.code, err.message), { reason: 'protocol_error', code: err.code, detail: err.message });
+    }
+  }
+
+  handle({ type, payload }) {
+    switch (type) {
+      case FrameType.WELCOME:
+        if (this.state !== State.AWAIT_WELCOME) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'second WELCOME');
+        this.opened(parseWelcome(payload));
+        break;
+      case FrameType.PING:
+        this.emit('heartbeat', { direction: 'in', type: 'PING' });
+        this.write(PONG_FRAME); // T4, in either scheme
+        this.emit('heartbeat', { direction: 'out', type: 'PONG' });
+        break;
+      case FrameType.PONG:
+        this.emit('heartbeat', { direction: 'in', type: 'PONG' });
+        break;
+      case FrameType.DATA:
+        if (this.state !== State.OPEN) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'DATA before WELCOME');
+        this.emit('message', payload);
+        break;
+      case FrameType.CLOSE: // C2: stop sending and close
+        this.stop({ reason: 'peer_closed', code: parseClose(payload) });
+        break;
+      case FrameType.ERROR: {
+        const { code, message } = parseError(payload);
+        this.stop({ reason: 'peer_error', code, detail: message });
+        break;
+      }
+      default: // HELLO: a server never sends it (H6)
+        throw new ProtocolError(Code.UNEXPECTED_FRAME, `a server may not send ${TYPE_NAMES[type]}`);
+    }
+  }
+
+  opened(welcome) {
+    this.welcome = welcome;
+    this.state = State.OPEN;
+    this.emit('welcome', welcome);
+    this.onDeadline();
+  }
+
+  /** The one timer: dead-server detection (T6) and, in client scheme, PINGs (T3). */
+  onDeadline() {
+    clearTimeout(this.timer); // when called directly, the handshake deadline is still armed
+    this.timer = null;
+    if (this.state === State.CLOSED) return;
+    const t = now();
+    if (this.state !== State.OPEN) {
+      this.stop({ reason: 'handshake_timeout', detail: 'no WELCOME in time' });
+      return;
+    }
+    const { intervalMs, timeoutMs, scheme } = this.welcome;
+    const dueDead = this.lastRecv + timeoutMs;
+    if (t >= dueDead) {
+      // The server is presumed dead; CLOSE TIMEOUT tells it why if it is only slow.
+      this.end(encodeClose(Code.TIMEOUT), {
+        reason: 'timeout', code: Code.TIMEOUT, detail: `server silent for ${Math.round(t - this.lastRecv)} ms`,
+      });
+      return;
+    }
+    let due = dueDead;
+    if (scheme === Scheme.CLIENT) {
+      let pingAt = Math.max(Math.min(this.lastSent, this.lastRecv), this.lastPing) + intervalMs;
+      if (t >= pingAt) {
+        this.write(PING_FRAME);
+        this.emit('heartbeat', { direction: 'out', type: 'PING' });
+        this.lastPing = t;
+        pingAt = t + intervalMs;
+      }
+      due = Math.min(due, pingAt);
+    }
+    this.arm(due - t);
+  }
+
+  arm(delayMs) {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.onDeadline(), Math.max(delayMs, 0));
+  }
+
+  /** Send a last frame, half-close, and release the socket on the FIN or after LINGER_MS. */
+  end(lastFrame, outcome) {
+    if (this.state === State.CLOSED) return;
+    this.write(lastFrame);
+    this.socket.end();
+    this.report(outcome);
+    this.timer = setTimeout(() => this.socket.destroy(), LINGER_MS);
+  }
+
+  /** The server ended the connection (CLOSE, ERROR) or we gave up: close at once. */
+  stop(outcome) {
+    if (this.state === State.CLOSED) return;
+    this.socket.destroy();
+    this.report(outcome);
+  }
+
+  /** The socket ended under us: a FIN after our CLOSE is expected, anything else is reported. */
+  finished(outcome) {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.state === State.CLOSED) {
+      this.socket.destroy();
+      return;
+    }
+    this.stop(outcome);
+  }
+
+  report({ reason, code = null, detail = '' }) {
+    this.state = State.CLOSED;
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.emit('close', { reason, code, codeName: code === null ? null : codeName(code), message: detail });
+  }
+}
+
+function now() {
+  return performance.now();
+}
+
+module.exports = {
+  PROTOCOL_VERSION,
+  HEADER_SIZE,
+  MAX_NAME_BYTES,
+  DEFAULT_MAX_PAYLOAD,
+  FrameType,
+  TYPE_NAMES,
+  Scheme,
+  Code,
+  codeName,
+  describeCode,
+  ProtocolError,
+  encodeFrame,
+  encodeHello,
+  encodeWelcome,
+  encodeClose,
+  encodeError,
+  encodeData,
+  PING_FRAME,
+  PONG_FRAME,
+  FrameDecoder,
+  parseHello,
+  parseWelcome,
+  parseClose,
+  parseError,
+  Client,
+};

@@ -1,0 +1,109 @@
+"""The Node.js client (clients/js), written from protocol.md, against the Python side."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+from fakeserver import FakeServer, record_silently, welcome
+
+from hbloop.protocol import parse_close
+from hbloop.wire import Code, FrameType, Scheme
+
+from conftest import ROOT, LoggedProcess, wait_for
+
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+JS = ROOT / "clients" / "js"
+
+# The server grants 0.5 s / 1.5 s; the client stays for more than a timeout, so it is
+# only still there if its heartbeats work.
+SERVER_ARGS = ("--interval", "0.5", "--timeout", "1.5")
+STAY_SECONDS = "2.5"
+MIN_HEARTBEATS = 2
+
+# The dead server's grant: the client must give up 0.6 s after the server goes silent.
+DEAD_INTERVAL_MS = 200
+DEAD_TIMEOUT_MS = 600
+
+NODE_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def node() -> Iterator[Callable[..., LoggedProcess]]:
+    started: list[LoggedProcess] = []
+
+    def start(*args: str) -> LoggedProcess:
+        assert NODE is not None
+        process = LoggedProcess([NODE, *args])
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def test_node_decoder_passes_every_vector() -> None:
+    assert NODE is not None
+    result = subprocess.run(
+        [NODE, str(JS / "test_vectors.js")], capture_output=True, text=True, timeout=NODE_TIMEOUT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("vectors passed, 0 failed")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "pinger", "ponger"),
+    [("client", "sent PING", "got PONG"), ("server", "got PING", "sent PONG")],
+)
+def test_session_with_hbloop_serve(serve, node, scheme: str, pinger: str, ponger: str) -> None:
+    server = serve(*SERVER_ARGS, "--scheme", scheme)
+    name = f"js-{scheme}"
+    client = node(
+        str(JS / "cli.js"),
+        *("--port", str(server.port), "--name", name, "--interval", "0.5"),
+        *("--send", "hello", "--send", "wörld", "--duration", STAY_SECONDS),
+    )
+    assert client.wait(NODE_TIMEOUT) == 0, client.lines("stdout") + client.lines("stderr")
+    out = client.lines("stdout")
+    assert out[0] == f"welcome scheme={scheme} interval_ms=500 timeout_ms=1500"
+    assert out[1:3] == ["data hello", "data wörld"]  # echoed by the server
+    assert out.count(pinger) >= MIN_HEARTBEATS
+    assert out.count(ponger) >= MIN_HEARTBEATS
+    assert out[-1] == "close reason=closed_locally code=NORMAL"
+    server.wait_line(rf"connect \S+ name={name} interval=0.5s timeout=1.5s")
+    server.wait_line(rf"disconnect \S+ name={name} .*reason=peer_closed NORMAL")
+
+
+def test_server_shutdown_reaches_the_client_as_going_away(serve, node) -> None:
+    server = serve(*SERVER_ARGS)
+    client = node(str(JS / "cli.js"), "--port", str(server.port), "--name", "js-away")
+    client.wait_line(r"^welcome ", which="stdout")
+    server.signal(signal.SIGTERM)
+    assert client.wait(NODE_TIMEOUT) == 1
+    assert client.lines("stdout")[-1] == "close reason=peer_closed code=GOING_AWAY"
+
+
+def test_dead_server_is_detected(node) -> None:
+    fake = FakeServer(welcome(Scheme.CLIENT, DEAD_INTERVAL_MS, DEAD_TIMEOUT_MS), record_silently)
+    try:
+        port = str(fake.address[1])
+        client = node(str(JS / "cli.js"), "--port", port, "--name", "js-dead")
+        assert client.wait(NODE_TIMEOUT) == 1
+        last = client.lines("stdout")[-1]
+        assert last.startswith("close reason=timeout code=TIMEOUT message=server silent for ")
+        silent_ms = int(last.rsplit(" ", 2)[-2])
+        assert DEAD_TIMEOUT_MS <= silent_ms < DEAD_TIMEOUT_MS + 1000
+        # It kept pinging while it waited, and told the server why it left.
+        assert wait_for(lambda: any(t == FrameType.CLOSE for t, _ in fake.frames()))
+        frames = fake.frames()
+        assert (FrameType.PING, b"") in frames
+        assert frames[-1][0] == FrameType.CLOSE
+        assert parse_close(frames[-1][1]) == Code.TIMEOUT
+    finally:
+        fake.close()
