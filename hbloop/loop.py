@@ -59,6 +59,8 @@ _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 Callback = Callable[..., Any]
 
+_monotonic = time.monotonic
+
 
 class Timer:
     """A scheduled callback; ``cancel()`` is O(1) and leaves the entry in the heap.
@@ -93,6 +95,9 @@ class _Epoll:
 
     def __init__(self) -> None:
         self._ep = select.epoll()
+        #: ``wait(timeout_s, maxevents)``: epoll_wait, bound straight to the C method
+        #: because it is called once per loop iteration; a timeout of -1 blocks.
+        self.wait = self._ep.poll
 
     def fileno(self) -> int:
         return self._ep.fileno()
@@ -112,9 +117,6 @@ class _Epoll:
         with contextlib.suppress(OSError):
             self._ep.unregister(fd)
 
-    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        return self._ep.poll(-1 if timeout is None else timeout, MAX_EVENTS_PER_POLL)
-
     def close(self) -> None:
         self._ep.close()
 
@@ -124,6 +126,7 @@ class EventLoop:
 
     def __init__(self) -> None:
         self._backend = _Epoll()
+        self._wait = self._backend.wait
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self._timers: list[Timer] = []
@@ -256,36 +259,43 @@ class EventLoop:
             guard.cancel()
 
     def run_once(self) -> None:
+        # This runs once per wake-up, often for a single heartbeat: locals over
+        # attribute and global look-ups, and no call that can be avoided.
         timers = self._timers
-        if self._cancelled_count > MIN_CANCELLED_FOR_PURGE and (
-            self._cancelled_count > CANCELLED_FRACTION_FOR_PURGE * len(timers)
+        cancelled = self._cancelled_count
+        if cancelled > MIN_CANCELLED_FOR_PURGE and cancelled > CANCELLED_FRACTION_FOR_PURGE * len(
+            timers
         ):
             self._purge_cancelled()
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
             self._cancelled_count -= 1
         if timers:
-            timeout: float | None = max(0.0, timers[0].when - time.monotonic())
+            timeout = timers[0].when - _monotonic()
+            if timeout < 0.0:
+                timeout = 0.0
         else:
-            timeout = None
+            timeout = -1.0
 
-        events = self._backend.poll(timeout)
-        self.now = time.monotonic()
+        events = self._wait(timeout, MAX_EVENTS_PER_POLL)
+        now = self.now = _monotonic()
         self.iterations += 1
 
         readers = self._readers
         writers = self._writers
+        read_events = _READ_EVENTS
+        write_events = _WRITE_EVENTS
         for fd, mask in events:
-            if mask & _READ_EVENTS:
+            if mask & read_events:
                 callback = readers.get(fd)
                 if callback is not None:
                     callback()
-            if mask & _WRITE_EVENTS:
+            if mask & write_events:
                 callback = writers.get(fd)
                 if callback is not None:
                     callback()
 
-        if timers and timers[0].when <= self.now:
+        if timers and timers[0].when <= now:
             self._run_due_timers()
 
     def _run_due_timers(self) -> None:

@@ -136,8 +136,9 @@ class ServerPolicy:
         timeout_ms = math.ceil(interval_ms * self.timeout_ratio)
         return interval_ms, timeout_ms
 
-    def is_ping_too_soon(self, since_last_ping: float, interval: float) -> bool:
-        return since_last_ping < MIN_PING_SPACING * interval
+    def ping_floor(self, interval: float) -> float:
+        """PINGs arriving sooner than this after the previous one are strikes."""
+        return MIN_PING_SPACING * interval
 
 
 def next_ping_at(last_sent: float, last_recv: float, last_ping: float, interval: float) -> float:

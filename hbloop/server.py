@@ -18,6 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from hbloop.channel import Channel, Disconnect, Reason
 from hbloop.loop import EventLoop
@@ -84,6 +85,19 @@ MessageCallback = Callable[["Peer", bytes], None]
 DisconnectCallback = Callable[["Peer", Disconnect], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The outcome of a handshake; one object shared by every peer granted the same."""
+
+    interval: float  # s
+    timeout: float  # s
+    ping_floor: float  # s; a PING sooner than this after the previous one is a strike
+    welcome: bytes  # the WELCOME frame announcing it
+
+
+_NO_GRANT = Grant(0.0, 0.0, 0.0, b"")
+
+
 class Peer(Channel):
     """One accepted connection, as the application sees it.
 
@@ -97,8 +111,7 @@ class Peer(Channel):
         "address",
         "name",
         "open",
-        "interval",
-        "timeout",
+        "grant",
         "connected_at",
         "_last_ping_in",
         "_last_ping_out",
@@ -112,14 +125,23 @@ class Peer(Channel):
         self.address = address
         self.name: str | None = None
         self.open = False
-        self.interval = 0.0
-        self.timeout = 0.0
+        self.grant = _NO_GRANT
         self.connected_at = time.time()
         self._last_ping_in = _NEVER
         self._last_ping_out = _NEVER
         self._strikes = 0
 
     # --- the application's view ----------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        """The granted heartbeat interval, s (0 before the handshake)."""
+        return self.grant.interval
+
+    @property
+    def timeout(self) -> float:
+        """The granted timeout, s (0 before the handshake)."""
+        return self.grant.timeout
 
     @property
     def idle(self) -> float:
@@ -169,7 +191,7 @@ class Peer(Channel):
         server = self.server
         server.stats.heartbeats += 1
         now = self.loop.now
-        if server.policy.is_ping_too_soon(now - self._last_ping_in, self.interval):
+        if now - self._last_ping_in < self.grant.ping_floor:
             self._strikes += 1
             if self._strikes >= server.policy.ping_strikes:
                 raise RemoteProtocolError(
@@ -199,13 +221,13 @@ class Peer(Channel):
         if server.stats.connections >= server.policy.max_connections:
             server.refuse(self, Code.SERVER_FULL, f"{server.policy.max_connections} connections")
             return
-        self.interval, self.timeout, welcome = server.grant(hello.interval_ms)
+        self.grant = grant = server.grant_for(hello.interval_ms)
         self.name = hello.name
-        if not self.write(welcome):
+        if not self.write(grant.welcome):
             return
         self.open = True
         # The first check: the timeout, or the first PING when the server pings.
-        first = self.interval if server.policy.scheme is Scheme.SERVER else self.timeout
+        first = grant.interval if server.policy.scheme is Scheme.SERVER else grant.timeout
         due = self.loop.now + first
         timer = self.timer
         if timer is None or timer.when > due:  # else the handshake timer comes first anyway
@@ -241,7 +263,8 @@ class Peer(Channel):
                 encode_close(Code.HANDSHAKE_TIMEOUT),
             )
             return
-        due = self.last_recv + self.timeout
+        grant = self.grant
+        due = self.last_recv + grant.timeout
         if now >= due:
             server.end(
                 self,
@@ -250,14 +273,13 @@ class Peer(Channel):
             )
             return
         if server.policy.scheme is Scheme.SERVER:
-            ping_at = next_ping_at(
-                self.last_sent, self.last_recv, self._last_ping_out, self.interval
-            )
+            interval = grant.interval
+            ping_at = next_ping_at(self.last_sent, self.last_recv, self._last_ping_out, interval)
             if now >= ping_at:
                 if not self.write(PING_FRAME):
                     return
                 self._last_ping_out = now
-                ping_at = now + self.interval
+                ping_at = now + interval
             due = min(due, ping_at)
         self.timer = self.loop.call_at(due, self.on_deadline)
 
@@ -298,9 +320,8 @@ class Server:
         self.stats = ServerStats()
         self.started_at = time.time()
         self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
-        # requested interval_ms -> (interval s, timeout s, WELCOME frame), shared by
-        # every peer that asked the same, so that each needs no floats of its own.
-        self._grants: dict[int, tuple[float, float, bytes]] = {}
+        # requested interval_ms -> its Grant, shared by every peer that asked the same.
+        self._grants: dict[int, Grant] = {}
         # Peer host strings are interned: thousands of peers share a few addresses.
         self._hosts: dict[str, str] = {}
         self._listener: socket.socket | None = None
@@ -475,13 +496,19 @@ class Server:
 
     # --- peer lifecycle (called by Peer) ---------------------------------------
 
-    def grant(self, requested_ms: int) -> tuple[float, float, bytes]:
-        """The interval and timeout granted for a request, and the WELCOME saying so."""
+    def grant_for(self, requested_ms: int) -> Grant:
+        """What a client asking for ``requested_ms`` gets; shared by all who asked so."""
         grant = self._grants.get(requested_ms)
         if grant is None:
             interval_ms, timeout_ms = self.policy.grant(requested_ms)
             welcome = Welcome(PROTOCOL_VERSION, self.policy.scheme, interval_ms, timeout_ms)
-            grant = (interval_ms / 1000, timeout_ms / 1000, encode_welcome(welcome))
+            interval = interval_ms / 1000
+            grant = Grant(
+                interval,
+                timeout_ms / 1000,
+                self.policy.ping_floor(interval),
+                encode_welcome(welcome),
+            )
             if len(self._grants) < MAX_CACHED_GRANTS:
                 self._grants[requested_ms] = grant
         return grant
