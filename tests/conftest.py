@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -447,3 +448,33 @@ def in_process_server() -> Iterator[Callable[..., InProcessServer]]:
     yield make
     for instance in made:
         instance.close()
+
+
+# /proc/net/tcp's timer kinds (the "tr" column).
+TCP_TIMER_KEEPALIVE = 2
+
+
+@dataclass(frozen=True)
+class TcpSocketState:
+    """One IPv4 TCP socket as /proc/net/tcp shows it."""
+
+    send_queue: int  # bytes sent but not yet acknowledged by the peer
+    recv_queue: int  # bytes received but not yet read by the application
+    timer: int  # which timer is armed (0: none, TCP_TIMER_KEEPALIVE, ...)
+    timer_left: float  # seconds until it fires
+
+
+def tcp_socket(local_port: int, remote_port: int) -> TcpSocketState:
+    """The loopback socket local_port -> remote_port, seen from the kernel, so that a
+    test can check another process's socket (its queues, its keepalive timer)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == local_port and (
+            int(remote.split(":")[1], 16) == remote_port
+        ):
+            tx, rx = (int(q, 16) for q in fields[4].split(":"))
+            timer, left = (int(t, 16) for t in fields[5].split(":"))
+            return TcpSocketState(tx, rx, timer, left / ticks)
+    raise AssertionError(f"no socket {local_port} -> {remote_port} in /proc/net/tcp")

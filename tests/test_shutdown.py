@@ -7,13 +7,12 @@ import signal
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
 from hbloop.wire import Code, FrameType, encode_data
 
-from conftest import RawPeer, expect_last_word, wait_for
+from conftest import RawPeer, expect_last_word, tcp_socket, wait_for
 
 FAST_TIMERS = ("--interval", "0.5", "--timeout", "1.5")
 GRACE = 5.0
@@ -61,21 +60,6 @@ ECHO_PAYLOAD = 60_000  # bytes per frame: 12 MB of echo, several times what the 
 PENDING_CAP = 32 * 1024 * 1024
 
 
-def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
-    """(send queue, receive queue) of the loopback socket local_port -> remote_port,
-    from /proc/net/tcp: bytes not yet acknowledged by the peer, and bytes not yet
-    read by the application."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, queues = fields[1], fields[2], fields[4]
-        if int(local.split(":")[1], 16) == local_port and (
-            int(remote.split(":")[1], 16) == remote_port
-        ):
-            tx, rx = queues.split(":")
-            return int(tx, 16), int(rx, 16)
-    raise AssertionError(f"no socket {local_port} -> {remote_port} in /proc/net/tcp")
-
-
 def payload(i: int) -> bytes:
     return struct.pack(">I", i) * (ECHO_PAYLOAD // 4)
 
@@ -90,10 +74,15 @@ def test_output_queued_before_the_signal_is_delivered_before_close(serve):
         # receive queue are both empty): every echo is then written to its buffers.
         mine = peer.sock.getsockname()[1]
         assert wait_for(
-            lambda: tcp_queues(mine, server.port)[0] == 0 and tcp_queues(server.port, mine)[1] == 0
+            lambda: (
+                tcp_socket(mine, server.port).send_queue == 0
+                and tcp_socket(server.port, mine).recv_queue == 0
+            )
         )
         echoed = ECHO_FRAMES * len(encode_data(payload(0)))
-        in_kernels = tcp_queues(server.port, mine)[0] + tcp_queues(mine, server.port)[1]
+        in_kernels = (
+            tcp_socket(server.port, mine).send_queue + tcp_socket(mine, server.port).recv_queue
+        )
         assert in_kernels < echoed / 2, "the echo is not backed up in the server"
 
         server.signal(signal.SIGTERM)
