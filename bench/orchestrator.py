@@ -70,18 +70,19 @@ class _Sampler:
     def __init__(self, process: psutil.Process) -> None:
         self.process = process
         self.rss_before_kb = process.memory_info().rss / KB
-        self.cpu_start = 0.0
+        self.cpu_start = (0.0, 0.0)
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
         times = self.process.cpu_times()
-        return float(times.user + times.system)
+        return float(times.user), float(times.system)
 
     def start_window(self) -> None:
         self.cpu_start = self.cpu()
 
-    def end_window(self) -> tuple[float, float]:
-        """CPU seconds over the window, and resident KB now."""
-        return self.cpu() - self.cpu_start, self.process.memory_info().rss / KB
+    def end_window(self) -> tuple[float, float, float]:
+        """User and system CPU seconds over the window, and resident KB now."""
+        (user, system), (user0, system0) = self.cpu(), self.cpu_start
+        return user - user0, system - system0, self.process.memory_info().rss / KB
 
 
 class Run:
@@ -131,9 +132,10 @@ class Run:
             snapshot = sampler.end_window() if sampler is not None else None
             self._follow_until(self.epoch + last + 1, lambda: last in self.completed)
             if sampler is not None and snapshot is not None:
-                cpu_seconds, rss_kb = snapshot
+                user, system, rss_kb = snapshot
                 self.result.figures = ServerFigures(
-                    cpu_seconds=cpu_seconds,
+                    cpu_user_s=user,
+                    cpu_system_s=system,
                     rss_before_kb=sampler.rss_before_kb,
                     rss_steady_kb=rss_kb,
                     connections=self.counts.open,

@@ -5,8 +5,13 @@ prints ``listening on HOST:PORT`` once ready. It shares hbloop's sans-IO decoder
 wire encoders, so a comparison with ``hbloop serve`` measures the event loop and
 transport, not the parsing. Subset: HELLO -> WELCOME (client pings), PING -> PONG,
 PONG and DATA accepted as signs of life, CLOSE ends the connection, a peer silent
-for the timeout gets CLOSE TIMEOUT, anything malformed gets ERROR. Liveness uses
-the same lazy re-arming as hbloop: one timer per peer, pushed back only when due.
+for the timeout gets CLOSE TIMEOUT, anything malformed gets ERROR.
+
+Liveness is written the way asyncio servers usually write it (uvicorn's keep-alive
+timer, for one): every frame cancels the peer's timer and ``call_later``s a new one.
+That is what a straightforward asyncio server costs; hbloop instead re-arms lazily,
+about once per timeout (see hbloop/server.py). On uvloop the same code is cheap,
+since its timers are libuv's, in C.
 """
 
 from __future__ import annotations
@@ -49,16 +54,7 @@ _CLOSE = int(FrameType.CLOSE)
 class HeartbeatProtocol(asyncio.Protocol):
     """One peer."""
 
-    __slots__ = (
-        "policy",
-        "loop",
-        "transport",
-        "decoder",
-        "open",
-        "timeout",
-        "last_recv",
-        "deadline",
-    )
+    __slots__ = ("policy", "loop", "transport", "decoder", "open", "timeout", "deadline")
 
     def __init__(self, policy: ServerPolicy, loop: asyncio.AbstractEventLoop) -> None:
         self.policy = policy
@@ -67,7 +63,6 @@ class HeartbeatProtocol(asyncio.Protocol):
         self.decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
         self.open = False
         self.timeout = policy.handshake_timeout
-        self.last_recv = loop.time()
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,7 +70,7 @@ class HeartbeatProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.deadline = self.loop.call_at(self.last_recv + self.timeout, self.on_deadline)
+        self._rearm()
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -84,7 +79,7 @@ class HeartbeatProtocol(asyncio.Protocol):
         try:
             frames = self.decoder.feed(data)
             if frames:
-                self.last_recv = self.loop.time()
+                self._rearm()
             for ftype, payload in frames:
                 if ftype == _PING and self.open:
                     transport.write(PONG_FRAME)
@@ -113,21 +108,19 @@ class HeartbeatProtocol(asyncio.Protocol):
         )
         self.open = True
         self.timeout = timeout_ms / 1000
-        assert self.deadline is not None
-        self.deadline.cancel()  # the handshake deadline
-        self.deadline = self.loop.call_at(self.last_recv + self.timeout, self.on_deadline)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = self.loop.call_later(self.timeout, self.on_deadline)
 
     def on_deadline(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        due = self.last_recv + self.timeout
-        if self.loop.time() >= due:
-            code = Code.TIMEOUT if self.open else Code.HANDSHAKE_TIMEOUT
-            transport.write(encode_close(code))
-            transport.close()
-            return
-        self.deadline = self.loop.call_at(due, self.on_deadline)
+        transport.write(encode_close(Code.TIMEOUT if self.open else Code.HANDSHAKE_TIMEOUT))
+        transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -27,11 +27,16 @@ class Second:
 class ServerFigures:
     """psutil's view of a spawned server over the steady-state window."""
 
-    cpu_seconds: float
+    cpu_user_s: float
+    cpu_system_s: float  # the kernel's share: syscalls, and on loopback the TCP path
     rss_before_kb: float  # before any connection
     rss_steady_kb: float  # at the end of the window
     connections: int  # open at the end of the window
     heartbeats: int  # PONGs received by the clients in the window
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cpu_user_s + self.cpu_system_s
 
     @property
     def cpu_us_per_heartbeat(self) -> float | None:
@@ -89,7 +94,8 @@ class RunResult:
             "server": {
                 "cpu_us_per_heartbeat": figures and figures.cpu_us_per_heartbeat,
                 "rss_kb_per_conn": figures and figures.rss_kb_per_conn,
-                "cpu_seconds": figures and figures.cpu_seconds,
+                "cpu_user_s": figures and figures.cpu_user_s,
+                "cpu_system_s": figures and figures.cpu_system_s,
                 "rss_before_kb": figures and figures.rss_before_kb,
                 "rss_steady_kb": figures and figures.rss_steady_kb,
                 "connections_at_rss": figures and figures.connections,
