@@ -258,7 +258,6 @@ class Traffic:
 
     pings: list[float] = field(default_factory=list)  # arrival times of server PINGs
     pongs: int = 0
-    data: int = 0
 
 
 @dataclass(frozen=True)
@@ -350,8 +349,6 @@ class Checker:
                     probe.send(encode_frame(FrameType.PONG))
             elif got[0] == FrameType.PONG:
                 traffic.pongs += 1
-            elif got[0] == FrameType.DATA:
-                traffic.data += 1
         return traffic
 
     def silence(self) -> Silence:
