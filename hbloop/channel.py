@@ -123,7 +123,9 @@ class Channel:
     # --- reading ---------------------------------------------------------------
 
     def start_reading(self) -> None:
-        self.loop.add_reader(self.fd, self.on_readable)
+        # The channel is its own read callback (see __call__): a bound method stored
+        # in the loop's table would cost 64 bytes per connection.
+        self.loop.add_reader(self.fd, self)
 
     def on_readable(self) -> None:
         try:
@@ -159,6 +161,8 @@ class Channel:
             self.last_recv = self.loop.now
             self.counters.frames_in += len(frames)
             self.frames_received(frames)
+
+    __call__ = on_readable
 
     # --- writing ---------------------------------------------------------------
 
