@@ -404,7 +404,7 @@ def _start_reporting(
             server.loop,
             args.metrics_host,
             args.metrics_port,
-            lambda: Report(reporter.snapshot(), {"1": reporter.snapshot()}),
+            lambda: Report.alone(reporter.snapshot()),
         )
     return reporter
 

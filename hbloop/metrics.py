@@ -67,11 +67,16 @@ class Report:
     workers: dict[str, Snapshot]
     restarts: int = 0
 
+    @classmethod
+    def alone(cls, snapshot: Snapshot) -> Report:
+        """The report of a server without a supervisor: one worker, the total."""
+        return cls(snapshot, {"1": snapshot})
 
-def _families(prefix: str, rows: dict[tuple[str, ...], Snapshot]) -> Iterator[Metric]:
-    """One family per figure; ``rows`` maps label values (none, or the worker) to
-    snapshots."""
-    labels = ["worker"] if prefix.endswith("worker_") else []
+
+def _families(
+    prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
+) -> Iterator[Metric]:
+    """One family per figure; ``rows`` maps the values of ``labels`` to snapshots."""
     for key, name, is_counter, doc in _FIGURES:
         kind = CounterMetricFamily if is_counter else GaugeMetricFamily
         family = kind(prefix + name, doc, labels=labels)
@@ -93,14 +98,15 @@ class _ReportCollector:
 
     def collect(self) -> Iterator[Metric]:
         report = self.source()
-        yield from _families("hbloop_", {(): report.total})
+        yield from _families("hbloop_", [], {(): report.total})
         workers = GaugeMetricFamily("hbloop_workers", "Worker processes running.")
         workers.add_metric([], len(report.workers))
         yield workers
-        restarts = CounterMetricFamily("hbloop_worker_restarts", "Workers restarted.")
+        restarts = CounterMetricFamily("hbloop_restarts", "Workers restarted after dying.")
         restarts.add_metric([], report.restarts)
         yield restarts
-        yield from _families("hbloop_worker_", {(w,): s for w, s in report.workers.items()})
+        per_worker = {(worker,): s for worker, s in report.workers.items()}
+        yield from _families("hbloop_worker_", ["worker"], per_worker)
 
 
 def exposition(source: Callable[[], Report]) -> Callable[[], bytes]:

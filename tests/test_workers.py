@@ -15,6 +15,7 @@ from hbloop.wire import Code, FrameType
 
 from conftest import (
     RawPeer,
+    ServerProcess,
     expect_last_word,
     metrics_address,
     wait_for,
@@ -29,7 +30,7 @@ SLOW = ("--interval", "5", "--timeout", "15")
 BATCH = 40
 
 
-def _worker_pids(server) -> list[int]:  # type: ignore[no-untyped-def]
+def _worker_pids(server: ServerProcess) -> list[int]:
     line = server.wait_line(r"listening on \S+ workers=\d+ pids=([\d ]+)")
     return [int(pid) for pid in line.group(1).split()]
 
@@ -84,7 +85,7 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(serve):
             {
                 "hbloop_connections": survivors + BATCH,
                 "hbloop_accepted_total": 2 * BATCH,  # worker 1's first life still counts
-                "hbloop_worker_restarts_total": 1,
+                "hbloop_restarts_total": 1,
                 "hbloop_workers": 2,
             },
         )
