@@ -14,12 +14,16 @@ import socket
 from dataclasses import dataclass
 
 from hbloop.loop import EventLoop, Timer
+from hbloop.policy import next_ping_at
 from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError, code_name
-from hbloop.wire import Code
+from hbloop.wire import PING_FRAME, Code
 
 # One recv() takes at most this much. Enough for hundreds of coalesced frames or a
 # large DATA frame, yet small enough to stay in cache.
 READ_CHUNK = 256 * 1024
+
+# "Long ago": one shared float for every channel's never-happened timestamps.
+NEVER = float("-inf")
 
 _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
@@ -80,6 +84,7 @@ class Channel:
         "max_pending",
         "last_recv",
         "last_sent",
+        "last_ping_out",
         "timer",
         "counters",
         "closing",
@@ -102,6 +107,7 @@ class Channel:
         self.out: bytearray | None = None
         self.max_pending = max_pending
         self.last_recv = self.last_sent = loop.now
+        self.last_ping_out = NEVER
         self.timer: Timer | None = None
         self.counters = counters
         # closing: we sent our last frame and ignore further input; released: fd closed.
@@ -214,6 +220,20 @@ class Channel:
             self.loop.remove_writer(self.fd)
             if self._shutdown_pending:
                 self._shutdown_write()
+
+    def ping_if_due(self, interval: float) -> float | None:
+        """For the pinging side (protocol.md T3): send a PING if one is due now.
+
+        Returns when the next PING is due, or None if the channel died sending it.
+        """
+        now = self.loop.now
+        ping_at = next_ping_at(self.last_sent, self.last_recv, self.last_ping_out, interval)
+        if now >= ping_at:
+            if not self.write(PING_FRAME):
+                return None
+            self.last_ping_out = now
+            ping_at = now + interval
+        return ping_at
 
     @property
     def pending_output(self) -> int:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 from hbloop.channel import Channel, Disconnect, IoCounters, Reason
 from hbloop.loop import EventLoop, Timer
-from hbloop.policy import next_ping_at
 from hbloop.protocol import (
     Frame,
     LocalProtocolError,
@@ -31,7 +30,6 @@ from hbloop.protocol import (
 from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
-    PING_FRAME,
     PONG_FRAME,
     Code,
     FrameType,
@@ -97,13 +95,12 @@ class Backoff:
 class Connection(Channel):
     """One connection attempt of a ``Client``."""
 
-    __slots__ = ("client", "welcome", "_last_ping_out", "_scheme_pings")
+    __slots__ = ("client", "welcome", "_scheme_pings")
 
     def __init__(self, client: Client, sock: socket.socket) -> None:
         super().__init__(client.loop, sock, client.counters, DEFAULT_MAX_PAYLOAD, MAX_PENDING)
         self.client = client
         self.welcome: Welcome | None = None
-        self._last_ping_out = float("-inf")
         self._scheme_pings = False
 
     # --- connecting ------------------------------------------------------------
@@ -203,13 +200,9 @@ class Connection(Channel):
             )
             return
         if self._scheme_pings:
-            interval = welcome.interval_ms / 1000
-            ping_at = next_ping_at(self.last_sent, self.last_recv, self._last_ping_out, interval)
-            if now >= ping_at:
-                if not self.write(PING_FRAME):
-                    return
-                self._last_ping_out = now
-                ping_at = now + interval
+            ping_at = self.ping_if_due(welcome.interval_ms / 1000)
+            if ping_at is None:
+                return
             due = min(due, ping_at)
         self.timer = self.loop.call_at(due, self._on_deadline)
 

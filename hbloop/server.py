@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hbloop.channel import Channel, Disconnect, Reason
+from hbloop.channel import NEVER, Channel, Disconnect, Reason
 from hbloop.loop import EventLoop
 from hbloop.netutil import apply_tcp_options, make_listener
-from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy, next_ping_at
+from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
 from hbloop.protocol import (
     Frame,
     RemoteProtocolError,
@@ -36,7 +36,6 @@ from hbloop.protocol import (
 )
 from hbloop.stats import ServerStats
 from hbloop.wire import (
-    PING_FRAME,
     PONG_FRAME,
     PROTOCOL_VERSION,
     Code,
@@ -62,9 +61,6 @@ EMFILE_PAUSE = 1.0
 # Errors from accept() that concern only the connection being accepted.
 _TRANSIENT_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-# Shared "long ago" timestamp: one float object for every peer instead of one each.
-_NEVER = float("-inf")
 
 # Distinct interval requests whose grants are cached. Clients of one fleet ask for
 # a handful of intervals; the cap keeps hostile requests from growing the cache.
@@ -115,7 +111,6 @@ class Peer(Channel):
         "grant",
         "_connected",
         "_last_ping_in",
-        "_last_ping_out",
         "_strikes",
     )
 
@@ -132,8 +127,7 @@ class Peer(Channel):
         self.open = False
         self.grant = _NO_GRANT
         self._connected = self.loop.now
-        self._last_ping_in = _NEVER
-        self._last_ping_out = _NEVER
+        self._last_ping_in = NEVER
         self._strikes = 0
 
     # --- the application's view ----------------------------------------------
@@ -292,13 +286,9 @@ class Peer(Channel):
             )
             return
         if server.policy.scheme is Scheme.SERVER:
-            interval = grant.interval
-            ping_at = next_ping_at(self.last_sent, self.last_recv, self._last_ping_out, interval)
-            if now >= ping_at:
-                if not self.write(PING_FRAME):
-                    return
-                self._last_ping_out = now
-                ping_at = now + interval
+            ping_at = self.ping_if_due(grant.interval)
+            if ping_at is None:
+                return
             due = min(due, ping_at)
         self.timer = self.loop.call_at(due, self.on_deadline)
 

@@ -67,8 +67,8 @@ def test_server_scheme_pings_and_a_ponging_client_stays(serve, raw_peer):
 def test_a_silent_client_is_closed_within_its_timeout(serve, raw_peer):
     server = serve("--interval", "0.3", "--timeout", "0.9")
     peer = raw_peer(server.address)
+    last_frame = time.monotonic()  # the server hears HELLO after this instant
     peer.hello("silent")
-    last_frame = time.monotonic()
     frames = peer.recv_until_eof()
     closed_after = time.monotonic() - last_frame
     assert [f[0] for f in frames] == [FrameType.CLOSE]
