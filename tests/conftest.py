@@ -255,7 +255,10 @@ def expect_last_word(peer: RawPeer, ftype: FrameType, code: Code, before: int = 
     """Read to EOF and check that the server's last frame was ``ftype`` with ``code``,
     preceded by exactly ``before`` other frames; return those."""
     frames = peer.recv_until_eof()
-    assert len(frames) == before + 1, f"expected {before} frames then {ftype.name}: {frames}"
+    summary = [(f, len(p)) if f == FrameType.DATA else (f, p) for f, p in frames[-5:]]
+    assert len(frames) == before + 1, (
+        f"expected {before} frames then {ftype.name}, got {len(frames)} ending {summary}"
+    )
     last = frames[-1]
     assert last[0] == ftype, f"last frame {last} is not {ftype.name}"
     assert frame_code(last) == code, f"{ftype.name} code {frame_code(last):#06x}, not {code.name}"

@@ -18,7 +18,8 @@ FAST_TIMERS = ("--interval", "0.5", "--timeout", "1.5")
 
 
 def test_at_max_connections_a_newcomer_gets_server_full(serve, raw_peer, good_peers):
-    server = serve(*FAST_TIMERS, "--max-connections", "2")
+    # Long timers: "second" stays silent throughout, and only its CLOSE may end it.
+    server = serve("--interval", "5", "--timeout", "15", "--max-connections", "2")
     good = good_peers(server.address, count=1)
     second = raw_peer(server.address)
     assert second.hello("second")[0] == FrameType.WELCOME

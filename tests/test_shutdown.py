@@ -14,8 +14,10 @@ from hbloop.wire import Code, FrameType, encode_data
 
 from conftest import RawPeer, expect_last_word, tcp_socket, wait_for
 
-FAST_TIMERS = ("--interval", "0.5", "--timeout", "1.5")
-GRACE = 5.0
+# Peers here fall silent while the server shuts down: timers long enough that only the
+# shutdown, never the heartbeat timeout, can end them on a loaded machine.
+TIMERS = ("--interval", "5", "--timeout", "15")
+GRACE = 10.0
 # A drained server exits as soon as its last peer is gone; this is "soon" on a shared
 # machine, and well under the grace period.
 PROMPT_EXIT = 3.0
@@ -28,7 +30,7 @@ def assert_refused(address: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_closes_every_peer_going_away_and_exits_0(serve, raw_peer, signum):
-    server = serve(*FAST_TIMERS, "--shutdown-grace", str(GRACE))
+    server = serve(*TIMERS, "--shutdown-grace", str(GRACE))
     peers = [raw_peer(server.address) for _ in range(3)]
     for i, peer in enumerate(peers):
         assert peer.hello(f"p{i}")[0] == FrameType.WELCOME
@@ -65,7 +67,7 @@ def payload(i: int) -> bytes:
 
 
 def test_output_queued_before_the_signal_is_delivered_before_close(serve):
-    server = serve(*FAST_TIMERS, "--shutdown-grace", str(GRACE), "--max-pending", str(PENDING_CAP))
+    server = serve(*TIMERS, "--shutdown-grace", str(GRACE), "--max-pending", str(PENDING_CAP))
     with RawPeer(server.address, rcvbuf=SLOW_READER_RCVBUF) as peer:
         assert peer.hello("slow-reader")[0] == FrameType.WELCOME
         for i in range(ECHO_FRAMES):
@@ -93,7 +95,7 @@ def test_output_queued_before_the_signal_is_delivered_before_close(serve):
 
 def test_second_signal_exits_at_once(serve, raw_peer):
     long_grace = 60.0  # the first signal alone would keep the server up this long
-    server = serve(*FAST_TIMERS, "--shutdown-grace", str(long_grace))
+    server = serve(*TIMERS, "--shutdown-grace", str(long_grace))
     peer = raw_peer(server.address)
     assert peer.hello("lingerer")[0] == FrameType.WELCOME
     server.signal(signal.SIGTERM)
