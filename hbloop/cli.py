@@ -1,4 +1,4 @@
-"""The ``hbloop`` command: ``serve`` and ``client``."""
+"""The ``hbloop`` command: ``serve``, ``client`` and ``check``."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from hbloop import check as check_cases
-from hbloop.channel import Disconnect
-from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, Backoff, Client
-from hbloop.loop import EventLoop
+from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
+from hbloop.client_app import ClientApp
 from hbloop.metrics import MetricsEndpoint, Report
 from hbloop.netutil import default_max_connections, raise_open_files_limit
 from hbloop.policy import (
@@ -34,20 +32,15 @@ from hbloop.protocol import ProtocolError
 from hbloop.server import Peer, Server
 from hbloop.stats import StatsReporter
 from hbloop.supervisor import Supervisor, WorkerLink
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme, Welcome
+from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # A stats line a minute: enough to follow a server's life in its log without
 # drowning the connect and disconnect lines.
 DEFAULT_STATS_INTERVAL = 60.0
-
-# Lines typed before the connection is up are queued, up to this many.
-MAX_QUEUED_LINES = 1000
-
-# Bytes read from stdin at a time.
-STDIN_CHUNK = 65536
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +100,10 @@ def _keepalive(text: str) -> TcpKeepalive:
     if min(idle, interval, count) < 1:
         raise argparse.ArgumentTypeError("keepalive values must be at least 1")
     return TcpKeepalive(idle, interval, count)
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS, help="log verbosity")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,12 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://METRICS_HOST:P/metrics (0: any free port)",
     )
     serve.add_argument("--metrics-host", default=DEFAULT_HOST, help="address for --metrics-port")
-    serve.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity",
-    )
+    _add_log_level(serve, "info")
     serve.set_defaults(run=run_serve)
 
     client = commands.add_parser(
@@ -268,12 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BACKOFF_CAP,
         help="reconnect back-off cap, s",
     )
-    client.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity",
-    )
+    _add_log_level(client, "warning")
     client.set_defaults(run=run_client)
 
     check = commands.add_parser(
@@ -409,108 +396,10 @@ def _start_reporting(
     return reporter
 
 
-class _ClientApp:
-    """``hbloop client``: stdin lines out as DATA, DATA in to stdout, status to stderr."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.loop = EventLoop()
-        self.queued: list[bytes] = []
-        self._partial = b""
-        self.client = Client(
-            args.host,
-            args.port,
-            args.name,
-            interval=args.interval,
-            loop=self.loop,
-            on_welcome=self.on_welcome,
-            on_message=self.on_message,
-            on_disconnect=self.on_disconnect,
-            reconnect=not args.no_reconnect,
-            backoff=Backoff(args.backoff_base, max(args.backoff_max, args.backoff_base)),
-        )
-        self.target = f"{args.host}:{args.port}"
-
-    def status(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    def on_welcome(self, welcome: Welcome) -> None:
-        self.status(
-            f"connected to {self.target} as {self.client.name}: "
-            f"interval {welcome.interval_ms / 1000:g}s, timeout {welcome.timeout_ms / 1000:g}s, "
-            f"{welcome.scheme.name.lower()} pings"
-        )
-        queued, self.queued = self.queued, []
-        for line in queued:
-            self.client.send(line)
-
-    def on_message(self, data: bytes) -> None:
-        sys.stdout.write(data.decode("utf-8", "replace") + "\n")
-        sys.stdout.flush()
-
-    def on_disconnect(self, disconnect: Disconnect, retry_in: float | None) -> None:
-        if retry_in is None:
-            self.status(f"disconnected: {disconnect}")
-        else:
-            self.status(f"disconnected: {disconnect}; reconnecting in {retry_in:.2f}s")
-
-    def on_stdin(self) -> None:
-        try:
-            chunk = os.read(0, STDIN_CHUNK)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.loop.remove_reader(0)  # EOF: stay connected as a presence client
-            if self._partial:
-                self.submit(self._partial)
-                self._partial = b""
-            return
-        *lines, self._partial = (self._partial + chunk).split(b"\n")
-        for line in lines:
-            self.submit(line)
-
-    def submit(self, line: bytes) -> None:
-        line = line.rstrip(b"\r")
-        if self.client.send(line):
-            return
-        if len(self.queued) < MAX_QUEUED_LINES:
-            self.queued.append(line)
-        else:
-            self.status("not connected and the queue is full: line dropped")
-
-    def watch_stdin(self) -> None:
-        try:
-            self.loop.add_reader(0, self.on_stdin)
-        except PermissionError:
-            # A regular file cannot be polled: it is always readable, so take it whole.
-            self.loop.forget_fd(0)
-            data = sys.stdin.buffer.read()
-            for line in data.splitlines():
-                self.submit(line)
-        except (OSError, ValueError):
-            pass  # no usable stdin (closed): run as a presence client
-
-    def run(self) -> int:
-        def stop() -> None:
-            if self.client.stopped is None:
-                self.client.close()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.loop.add_signal_handler(signum, stop)
-        self.watch_stdin()
-        self.client.start()
-        try:
-            while not self.client.done:
-                self.loop.run_once()
-        finally:
-            self.loop.close()
-        stopped = self.client.stopped
-        return 0 if stopped is not None and stopped.reason.value == "closed_locally" else 1
-
-
 def run_client(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
-        app = _ClientApp(args)
+        app = ClientApp(args)
     except ProtocolError as exc:
         return _fail(exc.message)
     return app.run()

@@ -1,0 +1,117 @@
+"""``hbloop client``: stdin lines out as DATA, DATA in on stdout, status on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from hbloop.channel import Disconnect, Reason
+from hbloop.client import Backoff, Client
+from hbloop.loop import EventLoop
+from hbloop.wire import Welcome
+
+# Lines typed before the connection is up are queued, up to this many.
+MAX_QUEUED_LINES = 1000
+
+# Bytes read from stdin at a time.
+STDIN_CHUNK = 65536
+
+
+class ClientApp:
+    """``hbloop client``: stdin lines out as DATA, DATA in to stdout, status to stderr."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.loop = EventLoop()
+        self.queued: list[bytes] = []
+        self._partial = b""
+        self.client = Client(
+            args.host,
+            args.port,
+            args.name,
+            interval=args.interval,
+            loop=self.loop,
+            on_welcome=self.on_welcome,
+            on_message=self.on_message,
+            on_disconnect=self.on_disconnect,
+            reconnect=not args.no_reconnect,
+            backoff=Backoff(args.backoff_base, max(args.backoff_max, args.backoff_base)),
+        )
+        self.target = f"{args.host}:{args.port}"
+
+    def status(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def on_welcome(self, welcome: Welcome) -> None:
+        self.status(
+            f"connected to {self.target} as {self.client.name}: "
+            f"interval {welcome.interval_ms / 1000:g}s, timeout {welcome.timeout_ms / 1000:g}s, "
+            f"{welcome.scheme.name.lower()} pings"
+        )
+        queued, self.queued = self.queued, []
+        for line in queued:
+            self.client.send(line)
+
+    def on_message(self, data: bytes) -> None:
+        sys.stdout.write(data.decode("utf-8", "replace") + "\n")
+        sys.stdout.flush()
+
+    def on_disconnect(self, disconnect: Disconnect, retry_in: float | None) -> None:
+        if retry_in is None:
+            self.status(f"disconnected: {disconnect}")
+        else:
+            self.status(f"disconnected: {disconnect}; reconnecting in {retry_in:.2f}s")
+
+    def on_stdin(self) -> None:
+        try:
+            chunk = os.read(0, STDIN_CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.loop.remove_reader(0)  # EOF: stay connected as a presence client
+            if self._partial:
+                self.submit(self._partial)
+                self._partial = b""
+            return
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for line in lines:
+            self.submit(line)
+
+    def submit(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if self.client.send(line):
+            return
+        if len(self.queued) < MAX_QUEUED_LINES:
+            self.queued.append(line)
+        else:
+            self.status("not connected and the queue is full: line dropped")
+
+    def watch_stdin(self) -> None:
+        try:
+            self.loop.add_reader(0, self.on_stdin)
+        except PermissionError:
+            # A regular file cannot be polled: it is always readable, so take it whole.
+            self.loop.forget_fd(0)
+            data = sys.stdin.buffer.read()
+            for line in data.splitlines():
+                self.submit(line)
+        except (OSError, ValueError):
+            pass  # no usable stdin (closed): run as a presence client
+
+    def run(self) -> int:
+        def stop() -> None:
+            if self.client.stopped is None:
+                self.client.close()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(signum, stop)
+        self.watch_stdin()
+        self.client.start()
+        try:
+            while not self.client.done:
+                self.loop.run_once()
+        finally:
+            self.loop.close()
+        stopped = self.client.stopped
+        return 0 if stopped is not None and stopped.reason is Reason.CLOSED_LOCALLY else 1
