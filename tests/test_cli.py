@@ -134,6 +134,7 @@ def test_signals_stop_the_server_cleanly(serve, raw_peer, signum):
     server.signal(signum)
     frames = peer.recv_until_eof()
     assert frames == [(6, b"\x00\x01")]  # CLOSE GOING_AWAY
+    peer.close()  # our FIN lets the server finish before its grace period
     assert server.wait() == 0
     server.wait_line(r"name=bystander .*reason=shutdown GOING_AWAY")
     server.wait_line("stopped")
