@@ -158,15 +158,18 @@ class Channel:
         if self.closing:
             return  # draining input until the peer's FIN, see arm_linger
         self.counters.bytes_in += n
+        violation = None
         try:
             frames = self.decoder.feed(_read_view[:n])
         except RemoteProtocolError as exc:
-            self.protocol_violated(exc)
-            return
+            frames = exc.frames  # the good frames before the bad header still count
+            violation = exc
         if frames:
             self.last_recv = self.loop.now
             self.counters.frames_in += len(frames)
             self.frames_received(frames)
+        if violation is not None and not self.closing:
+            self.protocol_violated(violation)
 
     __call__ = on_readable
 

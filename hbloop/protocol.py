@@ -44,7 +44,15 @@ class ProtocolError(Exception):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer violated the protocol; ``code`` goes into the ERROR frame we send."""
+    """The peer violated the protocol; ``code`` goes into the ERROR frame we send.
+
+    Raised by ``FrameDecoder.feed``, it carries in ``frames`` the complete frames that
+    came before the violation in the same input, so that they are still acted on.
+    """
+
+    def __init__(self, code: Code, message: str = "", frames: list[Frame] | None = None) -> None:
+        super().__init__(code, message)
+        self.frames: list[Frame] = frames or []
 
 
 class LocalProtocolError(ProtocolError):
@@ -100,18 +108,14 @@ class FrameDecoder:
         max_payload = self.max_payload
         while end - pos >= HEADER_SIZE:
             length, ftype, flags = unpack(data, pos)
-            if flags:
-                raise RemoteProtocolError(Code.RESERVED_BITS, f"flags 0x{flags:02x} must be zero")
-            if ftype not in KNOWN_TYPES:
-                raise RemoteProtocolError(Code.UNKNOWN_TYPE, f"frame type 0x{ftype:02x}")
-            if length > max_payload:
-                raise RemoteProtocolError(
-                    Code.FRAME_TOO_LARGE, f"payload of {length} bytes exceeds {max_payload}"
-                )
-            if length and ftype in HEADER_ONLY_TYPES:
-                raise RemoteProtocolError(
-                    Code.MALFORMED, f"{FrameType(ftype).name} must have an empty payload"
-                )
+            if (
+                flags
+                or ftype not in KNOWN_TYPES
+                or length > max_payload
+                or (length and ftype in HEADER_ONLY_TYPES)
+            ):
+                self._pending = _EMPTY  # the stream cannot be resynchronised
+                raise _header_error(length, ftype, flags, max_payload, frames)
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 break
@@ -119,6 +123,23 @@ class FrameDecoder:
             pos = stop
         self._pending = bytes(data[pos:]) if pos < end else _EMPTY
         return frames
+
+
+def _header_error(
+    length: int, ftype: int, flags: int, max_payload: int, frames: list[Frame]
+) -> RemoteProtocolError:
+    """The error for a header that failed a check, in protocol.md's order (F1, F3)."""
+    if flags:
+        return RemoteProtocolError(Code.RESERVED_BITS, f"flags 0x{flags:02x} must be zero", frames)
+    if ftype not in KNOWN_TYPES:
+        return RemoteProtocolError(Code.UNKNOWN_TYPE, f"frame type 0x{ftype:02x}", frames)
+    if length > max_payload:
+        return RemoteProtocolError(
+            Code.FRAME_TOO_LARGE, f"payload of {length} bytes exceeds {max_payload}", frames
+        )
+    return RemoteProtocolError(
+        Code.MALFORMED, f"{FrameType(ftype).name} must have an empty payload", frames
+    )
 
 
 def _is_printable_name(name: str) -> bool:

@@ -192,3 +192,10 @@ def test_role_rules() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         check_before_hello(FrameType.PING)
     assert info.value.code == Code.HELLO_REQUIRED
+
+
+def test_frames_before_a_bad_header_travel_with_the_error() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder().feed(PING_FRAME + encode_data(b"x") + header(0, 0x42))
+    assert info.value.code == Code.UNKNOWN_TYPE
+    assert info.value.frames == [(FrameType.PING, b""), (FrameType.DATA, b"x")]

@@ -116,3 +116,13 @@ def test_eof_without_close_is_a_disconnect_too(serve, raw_peer):
     peer.hello("vanisher")
     peer.close()
     server.wait_line(r"disconnect .* name=vanisher .*reason=peer_closed EOF")
+
+
+def test_a_ping_just_before_garbage_is_still_answered(serve, raw_peer):
+    server = serve()
+    peer = raw_peer(server.address)
+    peer.hello("sloppy")
+    peer.send(PING_FRAME + b"\x00\x00\x00\x00\x42\x00")  # one segment: PING, then type 0x42
+    frames = peer.recv_until_eof()
+    assert [f[0] for f in frames] == [FrameType.PONG, FrameType.ERROR]
+    server.wait_line(r"name=sloppy .*reason=protocol_error UNKNOWN_TYPE")
