@@ -243,7 +243,7 @@ class Peer(Channel):
         first = grant.interval if server.policy.scheme is Scheme.SERVER else grant.timeout
         due = self.loop.now + first
         timer = self.timer
-        if timer is None or timer.when > due:  # else the handshake timer comes first anyway
+        if timer is None or timer > due:  # else the handshake timer comes first anyway
             if timer is not None:
                 timer.cancel()
             self.timer = self.loop.call_at(due, self.on_deadline)
