@@ -182,11 +182,12 @@ class Run:
 
     def _follow_until(self, deadline: float, condition: Callable[[], bool] | None = None) -> None:
         """Handle worker messages until ``deadline`` or until ``condition()`` holds."""
-        pipes = {worker.pipe: worker for worker in self.workers}
         while not (condition is not None and condition()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            # A worker that sent its Final may exit at once: its EOF is no failure.
+            pipes = {worker.pipe: worker for worker in self.workers if worker.final is None}
             for pipe in wait(list(pipes), remaining):
                 assert isinstance(pipe, Connection)
                 self._receive(pipes[pipe])
