@@ -33,6 +33,11 @@ from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     PING_FRAME,
     PONG_FRAME,
+    T_CLOSE,
+    T_ERROR,
+    T_PING,
+    T_PONG,
+    T_WELCOME,
     Code,
     FrameType,
     encode_close,
@@ -55,11 +60,6 @@ MAX_ERROR_SAMPLES = 5
 # only has to be unique per 4-tuple rather than per source address (Linux 4.2+).
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
-_PING = int(FrameType.PING)
-_PONG = int(FrameType.PONG)
-_WELCOME = int(FrameType.WELCOME)
-_CLOSE = int(FrameType.CLOSE)
-_ERROR = int(FrameType.ERROR)
 _CLOSE_NORMAL = encode_close(Code.NORMAL)
 
 
@@ -110,15 +110,15 @@ class BenchClient(Channel):
             for ftype, payload in frames:
                 if self.released:
                     return
-                if ftype == _PONG:
+                if ftype == T_PONG:
                     self._on_pong(now)
-                elif ftype == _PING:
+                elif ftype == T_PING:
                     self.write(PONG_FRAME)
-                elif ftype == _WELCOME and not self.welcomed:
+                elif ftype == T_WELCOME and not self.welcomed:
                     self._on_welcome(payload, now)
-                elif ftype == _CLOSE:
+                elif ftype == T_CLOSE:
                     self.lose(Disconnect(Reason.PEER_CLOSED, parse_close(payload)))
-                elif ftype == _ERROR:
+                elif ftype == T_ERROR:
                     code, message = parse_error(payload)
                     self.lose(Disconnect(Reason.PEER_ERROR, code, message))
                 else:

@@ -34,6 +34,10 @@ from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     PONG_FRAME,
     PROTOCOL_VERSION,
+    T_CLOSE,
+    T_DATA,
+    T_PING,
+    T_PONG,
     Code,
     FrameType,
     Scheme,
@@ -44,11 +48,6 @@ from hbloop.wire import (
 )
 
 LOOPS = ("asyncio", "uvloop")
-
-_PING = int(FrameType.PING)
-_PONG = int(FrameType.PONG)
-_DATA = int(FrameType.DATA)
-_CLOSE = int(FrameType.CLOSE)
 
 
 class HeartbeatProtocol(asyncio.Protocol):
@@ -81,11 +80,11 @@ class HeartbeatProtocol(asyncio.Protocol):
             if frames:
                 self._rearm()
             for ftype, payload in frames:
-                if ftype == _PING and self.open:
+                if ftype == T_PING and self.open:
                     transport.write(PONG_FRAME)
-                elif ftype in (_PONG, _DATA) and self.open:
+                elif ftype in (T_PONG, T_DATA) and self.open:
                     pass
-                elif ftype == _CLOSE:
+                elif ftype == T_CLOSE:
                     transport.close()
                     return
                 elif not self.open:

@@ -31,8 +31,13 @@ from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
     PONG_FRAME,
+    T_CLOSE,
+    T_DATA,
+    T_ERROR,
+    T_PING,
+    T_PONG,
+    T_WELCOME,
     Code,
-    FrameType,
     Scheme,
     Welcome,
     encode_close,
@@ -58,13 +63,6 @@ MAX_PENDING = 1024 * 1024
 
 # Refusals that a retry cannot fix: the client stops instead of reconnecting.
 FATAL_CODES = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME})
-
-_PING = int(FrameType.PING)
-_PONG = int(FrameType.PONG)
-_DATA = int(FrameType.DATA)
-_WELCOME = int(FrameType.WELCOME)
-_CLOSE = int(FrameType.CLOSE)
-_ERROR = int(FrameType.ERROR)
 
 
 class Backoff:
@@ -136,20 +134,20 @@ class Connection(Channel):
             for ftype, payload in frames:
                 if self.closing:
                     return
-                if ftype == _PING:
+                if ftype == T_PING:
                     self.write(PONG_FRAME)
-                elif ftype == _PONG:
+                elif ftype == T_PONG:
                     pass
-                elif ftype == _DATA:
+                elif ftype == T_DATA:
                     if self.welcome is None:
                         raise RemoteProtocolError(Code.UNEXPECTED_FRAME, "DATA before WELCOME")
                     self.client.deliver(payload)
-                elif ftype == _WELCOME:
+                elif ftype == T_WELCOME:
                     self._on_welcome(payload)
-                elif ftype == _CLOSE:
+                elif ftype == T_CLOSE:
                     code = parse_close(payload)
                     self.lose(Disconnect(Reason.PEER_CLOSED, code))
-                elif ftype == _ERROR:
+                elif ftype == T_ERROR:
                     code, message = parse_error(payload)
                     self.lose(Disconnect(Reason.PEER_ERROR, code, message))
                 else:

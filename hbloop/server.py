@@ -38,8 +38,13 @@ from hbloop.stats import ServerStats
 from hbloop.wire import (
     PONG_FRAME,
     PROTOCOL_VERSION,
+    T_CLOSE,
+    T_DATA,
+    T_ERROR,
+    T_HELLO,
+    T_PING,
+    T_PONG,
     Code,
-    FrameType,
     Scheme,
     Welcome,
     encode_close,
@@ -69,12 +74,6 @@ MAX_CACHED_GRANTS = 256
 # Distinct peer addresses whose strings are shared; bounded for the same reason.
 MAX_INTERNED_HOSTS = 4096
 
-_PING = int(FrameType.PING)
-_PONG = int(FrameType.PONG)
-_DATA = int(FrameType.DATA)
-_HELLO = int(FrameType.HELLO)
-_CLOSE = int(FrameType.CLOSE)
-_ERROR = int(FrameType.ERROR)
 
 ConnectCallback = Callable[["Peer"], None]
 MessageCallback = Callable[["Peer", bytes], None]
@@ -189,11 +188,11 @@ class Peer(Channel):
                     return
                 if not self.open:
                     self._handshake(ftype, payload)
-                elif ftype == _PING:
+                elif ftype == T_PING:
                     self._on_ping()
-                elif ftype == _PONG:
+                elif ftype == T_PONG:
                     self.server.stats.heartbeats += 1
-                elif ftype == _DATA:
+                elif ftype == T_DATA:
                     self.server.deliver(self, payload)
                 else:
                     self._on_control(ftype, payload)
@@ -217,12 +216,12 @@ class Peer(Channel):
         self.write(PONG_FRAME)
 
     def _on_control(self, ftype: int, payload: bytes) -> None:
-        if ftype == _CLOSE:
+        if ftype == T_CLOSE:
             self.lose(Disconnect(Reason.PEER_CLOSED, parse_close(payload)))
-        elif ftype == _ERROR:
+        elif ftype == T_ERROR:
             code, message = parse_error(payload)
             self.lose(Disconnect(Reason.PEER_ERROR, code, message))
-        elif ftype == _HELLO:
+        elif ftype == T_HELLO:
             raise RemoteProtocolError(Code.DUPLICATE_HELLO, "HELLO after the handshake")
         else:
             check_sender(ftype, Role.CLIENT)

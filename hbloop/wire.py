@@ -167,6 +167,16 @@ CODE_STRUCT = struct.Struct(">H")
 assert HEADER_STRUCT.size == HEADER.sizeof() == HEADER_SIZE
 assert WELCOME_STRUCT.size == 10
 
+# Plain-int twins of FrameType for the per-frame path, where comparing with a module
+# global int is cheaper than looking up an enum member.
+T_HELLO = int(FrameType.HELLO)
+T_WELCOME = int(FrameType.WELCOME)
+T_PING = int(FrameType.PING)
+T_PONG = int(FrameType.PONG)
+T_DATA = int(FrameType.DATA)
+T_CLOSE = int(FrameType.CLOSE)
+T_ERROR = int(FrameType.ERROR)
+
 HEADER_ONLY_TYPES = frozenset({FrameType.PING, FrameType.PONG})
 KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 
