@@ -432,7 +432,10 @@ class Server:
                     return
                 if exc.errno in _TRANSIENT_ACCEPT_ERRNOS:
                     continue
-                raise
+                # Unexpected: keep serving the connected peers, retry accepting later.
+                log.error("accept failed: %s; pausing accepts for %.0fs", exc, EMFILE_PAUSE)
+                self._pause_accepting()
+                return
             self._adopt(sock, address)
 
     def _adopt(self, sock: socket.socket, address: tuple[str, int]) -> None:
@@ -484,12 +487,16 @@ class Server:
         self.stats.shed += shed
         if self._spare_fd is None:
             # Still no descriptor to spare: stop watching the listener for a while.
-            self.loop.remove_reader(listener.fileno())
-            self.loop.call_later(EMFILE_PAUSE, self._resume_accepting)
+            self._pause_accepting()
         now = self.loop.now
         if now - self._last_shed_log >= 1.0:
             self._last_shed_log = now
             log.warning("%s: shed %d connections (%d open)", exc.strerror, shed, len(self._live))
+
+    def _pause_accepting(self) -> None:
+        assert self._listener is not None
+        self.loop.remove_reader(self._listener.fileno())
+        self.loop.call_later(EMFILE_PAUSE, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         if self._listener is None:

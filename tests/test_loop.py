@@ -151,3 +151,23 @@ def test_stop_ends_run_forever(loop: EventLoop) -> None:
     loop.call_later(0.01, loop.stop)
     loop.run_forever()
     assert loop.iterations >= 1
+
+
+def test_a_raising_callback_is_logged_and_the_loop_goes_on(loop: EventLoop, caplog) -> None:
+    fired: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("bug in one handler")
+
+    loop.call_later(0, broken)
+    loop.call_later(0.01, fired.append, "after")
+    a, b = socket.socketpair()
+    loop.add_reader(b.fileno(), broken)
+    a.send(b"x")
+    assert loop.run_until(lambda: fired, timeout=5)
+    assert fired == ["after"]
+    raised = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert len(raised) >= 2 and all(isinstance(e, RuntimeError) for e in raised)
+    loop.forget_fd(b.fileno())
+    a.close()
+    b.close()
