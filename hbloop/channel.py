@@ -238,10 +238,6 @@ class Channel:
             ping_at = now + interval
         return ping_at
 
-    @property
-    def pending_output(self) -> int:
-        return len(self.out) if self.out else 0
-
     # --- ending ----------------------------------------------------------------
 
     def finish(self, last_frame: bytes, linger: float) -> None:
