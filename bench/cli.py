@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help="address for the servers the bench starts"
     )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the spawned `hbloop serve` (repeatable), e.g. "
+        "--server-arg=--coalesce=1",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write figures")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="draw a plot")
     return parser
@@ -176,12 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         zombies=args.zombies,
         workers=args.workers,
         max_in_flight=args.max_in_flight,
+        server_args=tuple(args.server_arg),
     )
     try:
         if args.target is not None:
             main_result = _run_one(config, ServerUnderTest("target", args.target))
         else:
-            main_result = _run_one(config, spawn_hbloop(args.host, args.interval, args.timeout))
+            server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
+            main_result = _run_one(config, server)
         references = [
             _run_one(config, spawn_reference(loop, args.host, args.interval, args.timeout))
             for loop in args.against

@@ -35,6 +35,7 @@ class BenchConfig:
     zombies: float = 0.0  # fraction of the clients that go silent after the ramp
     workers: int | None = None  # None: as few as the descriptor limit allows
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    server_args: tuple[str, ...] = ()  # extra arguments for a spawned `hbloop serve`
 
     @property
     def zombie_count(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -53,10 +54,12 @@ class ServerUnderTest:
             self.process.wait(STOP_TIMEOUT)
 
 
-def spawn_hbloop(host: str, interval: float, timeout: float) -> ServerUnderTest:
+def spawn_hbloop(
+    host: str, interval: float, timeout: float, extra: Sequence[str] = ()
+) -> ServerUnderTest:
     argv = [sys.executable, "-m", "hbloop", "serve", "--host", host, "--port", "0"]
     argv += ["--interval", str(interval), "--timeout", str(timeout)]
-    argv += ["--log-level", SERVER_LOG_LEVEL]
+    argv += ["--log-level", SERVER_LOG_LEVEL, *extra]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, text=True)
     try:
         port = _listening_port(process)

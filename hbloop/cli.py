@@ -13,6 +13,7 @@ from typing import NoReturn
 from hbloop import check as check_cases
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.client_app import ClientApp
+from hbloop.loop import EventLoop
 from hbloop.metrics import MetricsEndpoint, Report
 from hbloop.netutil import default_max_connections, raise_open_files_limit
 from hbloop.policy import (
@@ -198,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="TCP_USER_TIMEOUT: close when sent data stays unacknowledged this long",
     )
+    serve.add_argument(
+        "--coalesce",
+        type=_non_negative,
+        default=0.0,
+        metavar="MS",
+        help="after a quiet wake-up, let events gather this many milliseconds before "
+        "polling again: less CPU per heartbeat for up to MS more latency (0: off)",
+    )
     serve.add_argument("--backlog", type=_count, default=DEFAULT_BACKLOG, help="listen backlog")
     serve.add_argument(
         "--workers",
@@ -347,6 +356,7 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         port,
         policy,
         on_message=echo,
+        loop=EventLoop(coalesce=args.coalesce / 1000),
         backlog=args.backlog,
         reuse_port=worker is not None,
     )

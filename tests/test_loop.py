@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from hbloop.loop import MIN_CANCELLED_FOR_PURGE, EventLoop
+from hbloop.loop import COALESCE_BELOW, MIN_CANCELLED_FOR_PURGE, EventLoop
 
 
 @pytest.fixture
@@ -171,3 +171,47 @@ def test_a_raising_callback_is_logged_and_the_loop_goes_on(loop: EventLoop, capl
     loop.forget_fd(b.fileno())
     a.close()
     b.close()
+
+
+def test_coalescing_waits_after_a_quiet_wake_up_but_not_past_a_deadline() -> None:
+    loop = EventLoop(coalesce=0.2)
+    try:
+        a, b = socket.socketpair()
+        loop.add_reader(b.fileno(), lambda: b.recv(100))
+        a.send(b"x")
+        start = loop.time()
+        loop.run_once()  # one event: a quiet wake-up, so it lingers
+        assert loop.time() - start >= 0.2
+        loop.call_later(0.02, lambda: None)
+        a.send(b"y")
+        start = loop.time()
+        loop.run_once()  # lingers only until the timer is due
+        assert loop.time() - start < 0.15
+        loop.forget_fd(b.fileno())
+        a.close()
+        b.close()
+    finally:
+        loop.close()
+
+
+def test_a_busy_wake_up_polls_again_at_once() -> None:
+    loop = EventLoop(coalesce=5.0)
+    pairs = [socket.socketpair() for _ in range(COALESCE_BELOW)]
+    try:
+        for a, b in pairs:
+            loop.add_reader(b.fileno(), lambda b=b: b.recv(100))
+            a.send(b"x")
+        start = loop.time()
+        loop.run_once()
+        assert loop.time() - start < 1.0
+    finally:
+        for a, b in pairs:
+            loop.forget_fd(b.fileno())
+            a.close()
+            b.close()
+        loop.close()
+
+
+def test_negative_coalescing_is_refused() -> None:
+    with pytest.raises(ValueError):
+        EventLoop(coalesce=-1)

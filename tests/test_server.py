@@ -126,3 +126,15 @@ def test_a_ping_just_before_garbage_is_still_answered(serve, raw_peer):
     frames = peer.recv_until_eof()
     assert [f[0] for f in frames] == [FrameType.PONG, FrameType.ERROR]
     server.wait_line(r"name=sloppy .*reason=protocol_error UNKNOWN_TYPE")
+
+
+def test_coalescing_server_still_answers_and_enforces_the_timeout(serve, raw_peer):
+    server = serve("--coalesce", "2", "--interval", "0.3", "--timeout", "0.9")
+    peer = raw_peer(server.address)
+    start = time.monotonic()
+    peer.hello("batched")
+    peer.send(PING_FRAME)
+    assert peer.recv() == (FrameType.PONG, b"")
+    frames = peer.recv_until_eof()
+    assert [(f[0], parse_close(f[1])) for f in frames] == [(FrameType.CLOSE, Code.TIMEOUT)]
+    assert 0.9 <= time.monotonic() - start < 0.9 + SLACK
