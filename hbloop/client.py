@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 
 from hbloop.channel import Channel, Disconnect, IoCounters, Reason
-from hbloop.loop import EventLoop, Timer
+from hbloop.loop import EventLoop, Timer, call_guarded
 from hbloop.protocol import (
     Frame,
     LocalProtocolError,
@@ -318,11 +318,11 @@ class Client:
         self.connects += 1
         self.backoff.reset()
         if self.on_welcome is not None and conn.welcome is not None:
-            self._call_app("on_welcome", self.on_welcome, conn.welcome)
+            call_guarded(log, "on_welcome", self.on_welcome, conn.welcome)
 
     def deliver(self, data: bytes) -> None:
         if self.on_message is not None:
-            self._call_app("on_message", self.on_message, data)
+            call_guarded(log, "on_message", self.on_message, data)
 
     def lost(self, conn: Connection, disconnect: Disconnect) -> None:
         if conn is not self.connection or self._closing:
@@ -339,19 +339,11 @@ class Client:
         delay = self.backoff.next_delay()
         self._retry = self.loop.call_later(delay, self._connect)
         if self.on_disconnect is not None:
-            self._call_app("on_disconnect", self.on_disconnect, disconnect, delay)
+            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, delay)
 
     def _stop(self, disconnect: Disconnect) -> None:
         if self.stopped is not None:
             return
         self.stopped = disconnect
         if self.on_disconnect is not None:
-            self._call_app("on_disconnect", self.on_disconnect, disconnect, None)
-
-    def _call_app(self, what: str, callback: Callable[..., None], *args: object) -> None:
-        # As on the server: a bug in the application must not stop the loop, which
-        # would silence the heartbeats of everything else on it.
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("application callback %s raised; the client carries on", what)
+            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, None)

@@ -381,3 +381,12 @@ def _ignore_signal(signum: int, frame: object) -> None:
 
 def _nothing() -> None:
     """Timer body used only to bound a poll's sleep."""
+
+
+def call_guarded(logger: logging.Logger, what: str, callback: Callback, *args: Any) -> None:
+    """Run an application callback; log what it raises instead of letting it unwind
+    the caller, so that one bug stops neither the loop nor the code around the call."""
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("application callback %s raised; carrying on", what)

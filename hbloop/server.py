@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hbloop.channel import NEVER, Channel, Disconnect, Reason
-from hbloop.loop import EventLoop
+from hbloop.loop import EventLoop, call_guarded
 from hbloop.netutil import apply_tcp_options, make_listener
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
 from hbloop.protocol import (
@@ -541,11 +541,11 @@ class Server:
             peer.timeout,
         )
         if self.on_connect is not None:
-            self._call_app("on_connect", self.on_connect, peer)
+            call_guarded(log, "on_connect", self.on_connect, peer)
 
     def deliver(self, peer: Peer, payload: bytes) -> None:
         if self.on_message is not None:
-            self._call_app("on_message", self.on_message, peer, payload)
+            call_guarded(log, "on_message", self.on_message, peer, payload)
 
     def refuse(self, peer: Peer, code: Code, message: str) -> None:
         self.end(peer, Disconnect(Reason.REFUSED, code, message), encode_error(code, message))
@@ -572,15 +572,9 @@ class Server:
             peer.open = False
             self.stats.connections -= 1
             if self.on_disconnect is not None:
-                self._call_app("on_disconnect", self.on_disconnect, peer, disconnect)
+                call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
 
     def forget(self, peer: Peer) -> None:
         self._live.discard(peer)
         if self._stopping:
             self._stop_if_drained()
-
-    def _call_app(self, what: str, callback: Callable[..., None], *args: object) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("application callback %s raised; the server carries on", what)
