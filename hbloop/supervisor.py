@@ -217,6 +217,7 @@ class Supervisor:
                 if worker.snapshot is None:
                     self._listening(worker)
                 worker.snapshot = json.loads(lines[-1])
+                self._note_peak()
 
     def _listening(self, worker: _Worker) -> None:
         assert worker.process is not None
@@ -277,6 +278,13 @@ class Supervisor:
         worker.restart = self.loop.call_later(delay, self._spawn, worker)
 
     # --- statistics ----------------------------------------------------------------
+
+    def _note_peak(self) -> None:
+        """The total peak is the most connections seen at once over all workers: the
+        workers' own peaks happened at different times, so it is tracked here, at
+        each snapshot, rather than derived from theirs."""
+        now = sum(w.snapshot["connections"] for w in self.workers if w.snapshot is not None)
+        self._peak = max(self._peak, now)
 
     def report(self) -> Report:
         live = {str(w.index): w.snapshot for w in self.workers if w.snapshot is not None}

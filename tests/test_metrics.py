@@ -4,9 +4,11 @@ HTTP endpoint that bad requests do not hurt."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
+from hbloop.stats import SAMPLE_PERIOD
 from hbloop.wire import FrameType
 
 from conftest import (
@@ -104,3 +106,19 @@ def test_bad_http_requests_are_answered_and_harmless(serve, raw_peer):
         assert raw_peer(server.address).hello("after", 1000)[0] == FrameType.WELCOME
         assert scrape(metrics)["hbloop_connections"] == 1
     assert server.proc.poll() is None
+
+
+def test_total_peak_counts_connections_nobody_scraped(serve, raw_peer):
+    """The supervisor tracks the total peak from the workers' snapshots, so a crowd
+    that came and went between two scrapes still shows in it."""
+    server = serve(*FAST, "--workers", "2", "--metrics-port", "0")
+    metrics = metrics_address(server)
+    crowd = [raw_peer(server.address) for _ in range(LIVE)]
+    for i, peer in enumerate(crowd):
+        assert peer.hello(f"crowd-{i}")[0] == FrameType.WELCOME
+    # Stay connected across one worker snapshot; no scrape may observe the crowd.
+    time.sleep(SAMPLE_PERIOD * 2)
+    for peer in crowd:
+        peer.close()
+    after = wait_for_metrics(metrics, {"hbloop_accepted_total": LIVE, "hbloop_connections": 0})
+    assert after["hbloop_connections_peak"] == LIVE
