@@ -230,7 +230,8 @@ class EventLoop:
         return lag
 
     def _purge_cancelled(self) -> None:
-        self._timers = [timer for timer in self._timers if not timer.cancelled]
+        # In place: run_once holds the list in a local across this call.
+        self._timers[:] = [timer for timer in self._timers if not timer.cancelled]
         heapq.heapify(self._timers)
         self._cancelled_count = 0
 
@@ -342,7 +343,7 @@ class EventLoop:
     def _run_due_timers(self) -> None:
         # Take the due timers out first so that a callback scheduling another timer
         # for "now" waits for the next iteration instead of starving I/O.
-        now = self.now = time.monotonic()
+        now = self.now = _monotonic()
         timers = self._timers
         due: list[Timer] = []
         while timers and timers[0] <= now:

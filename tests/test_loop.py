@@ -86,6 +86,23 @@ def test_heap_is_purged_when_cancelled_entries_dominate(loop: EventLoop) -> None
     assert len(loop._timers) == loop.timer_count == MIN_CANCELLED_FOR_PURGE - 10
 
 
+def test_purging_with_a_cancelled_head_keeps_the_books_straight(loop: EventLoop) -> None:
+    # The earliest timers are the cancelled ones, so the purge happens in the same
+    # iteration that would otherwise pop them one by one.
+    now = loop.time()
+    doomed = [
+        loop.call_at(now + 0.001 * i, lambda: None) for i in range(3 * MIN_CANCELLED_FOR_PURGE)
+    ]
+    fired: list[bool] = []
+    loop.call_later(0.05, fired.append, True)
+    for timer in doomed:
+        timer.cancel()
+    assert loop.run_until(lambda: fired, timeout=5)
+    # What is left is run_until's own guard timer, cancelled; the count must agree.
+    assert loop._cancelled_count == len(loop._timers) == 1
+    assert loop.timer_count == 0
+
+
 def test_timer_scheduled_for_now_by_a_timer_waits_for_the_next_iteration(loop: EventLoop) -> None:
     fired: list[str] = []
 
