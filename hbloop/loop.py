@@ -63,12 +63,16 @@ COALESCE_BELOW = 16
 # whole burst of heartbeats; the kernel hands out the rest on the next call.
 MAX_EVENTS_PER_POLL = 4096
 
+# The longest the loop sleeps in one poll, s. epoll_wait takes a C int of
+# milliseconds, so a deadline 2^31 ms away (a peer granted a huge interval) would
+# overflow it; waking once an hour to find nothing due costs nothing.
+MAX_POLL_TIMEOUT = 3600.0
+
 _READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 Callback = Callable[..., Any]
-
-_monotonic = time.monotonic
+Clock = Callable[[], float]
 
 log = logging.getLogger("hbloop.loop")
 
@@ -149,23 +153,27 @@ class EventLoop:
     ``epoll_wait`` and of one loop iteration instead of a whole one.
     """
 
-    def __init__(self, coalesce: float = 0.0) -> None:
+    def __init__(self, coalesce: float = 0.0, clock: Clock = time.monotonic) -> None:
         if coalesce < 0:
             raise ValueError("coalesce cannot be negative")
         self.coalesce = coalesce
+        #: The loop's clock: ``time.monotonic`` unless a test injects another.
+        self.clock = clock
         self._backend = _Epoll()
         self._wait = self._backend.wait
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self._timers: list[Timer] = []
         self._cancelled_count = 0
+        # Callbacks to run at the end of this iteration (call_soon), in order.
+        self._ready: list[tuple[Callback, tuple[Any, ...]]] = []
         self._running = False
         self._signal_handlers: dict[int, Callback] = {}
         self._previous_handlers: dict[int, object] = {}
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
         self._old_wakeup_fd = -1
-        #: The loop's clock (``time.monotonic``), refreshed once per iteration.
-        self.now = time.monotonic()
+        #: The loop's clock, read once per iteration and again before due timers run.
+        self.now = clock()
         #: Iterations run so far.
         self.iterations = 0
         #: Worst lateness of a timer since the last ``take_max_lag()``.
@@ -209,7 +217,7 @@ class EventLoop:
     # --- timers -----------------------------------------------------------------
 
     def time(self) -> float:
-        return time.monotonic()
+        return self.clock()
 
     def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
         timer = Timer(self, when, callback, args)
@@ -217,7 +225,14 @@ class EventLoop:
         return timer
 
     def call_later(self, delay: float, callback: Callback, *args: Any) -> Timer:
-        return self.call_at(time.monotonic() + delay, callback, *args)
+        return self.call_at(self.clock() + delay, callback, *args)
+
+    def call_soon(self, callback: Callback, *args: Any) -> None:
+        """Run ``callback(*args)`` at the end of the current iteration (or of the next,
+        if called between iterations), after I/O and due timers: the place for work
+        that batches what this iteration produced, such as one flush of a pipeline.
+        While any is queued the poll does not sleep."""
+        self._ready.append((callback, args))
 
     @property
     def timer_count(self) -> int:
@@ -276,11 +291,11 @@ class EventLoop:
 
     def run_until(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Iterate until ``condition()`` is true or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         guard = self.call_at(deadline, _nothing)  # bounds the poll's sleep
         try:
             while not condition():
-                if time.monotonic() >= deadline:
+                if self.clock() >= deadline:
                     return False
                 self.run_once()
             return True
@@ -291,6 +306,7 @@ class EventLoop:
         # This runs once per wake-up, often for a single heartbeat: locals over
         # attribute and global look-ups, and no call that can be avoided.
         timers = self._timers
+        clock = self.clock
         cancelled = self._cancelled_count
         if cancelled > MIN_CANCELLED_FOR_PURGE and cancelled > CANCELLED_FRACTION_FOR_PURGE * len(
             timers
@@ -299,15 +315,19 @@ class EventLoop:
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
             self._cancelled_count -= 1
-        if timers:
-            timeout = timers[0] - _monotonic()
+        if self._ready:
+            timeout = 0.0
+        elif timers:
+            timeout = timers[0] - clock()
             if timeout < 0.0:
                 timeout = 0.0
+            elif timeout > MAX_POLL_TIMEOUT:
+                timeout = MAX_POLL_TIMEOUT
         else:
-            timeout = -1.0
+            timeout = MAX_POLL_TIMEOUT
 
         events = self._wait(timeout, MAX_EVENTS_PER_POLL)
-        now = self.now = _monotonic()
+        now = self.now = clock()
         self.iterations += 1
 
         readers = self._readers
@@ -329,6 +349,8 @@ class EventLoop:
 
         if timers and timers[0] <= now:
             self._run_due_timers()
+        if self._ready:
+            self._run_ready()
         if self.coalesce and len(events) < COALESCE_BELOW:
             self._linger(timers)
 
@@ -336,14 +358,14 @@ class EventLoop:
         """Let events gather for ``coalesce`` seconds, or until the next deadline."""
         delay = self.coalesce
         if timers:
-            delay = min(delay, timers[0] - _monotonic())
+            delay = min(delay, timers[0] - self.clock())
         if delay > 0:
             time.sleep(delay)
 
     def _run_due_timers(self) -> None:
         # Take the due timers out first so that a callback scheduling another timer
         # for "now" waits for the next iteration instead of starving I/O.
-        now = self.now = _monotonic()
+        now = self.now = self.clock()
         timers = self._timers
         due: list[Timer] = []
         while timers and timers[0] <= now:
@@ -364,6 +386,15 @@ class EventLoop:
                 timer.callback(*timer.args)
             except Exception:
                 log.exception("timer callback %r raised; the loop carries on", timer.callback)
+
+    def _run_ready(self) -> None:
+        # Only what was queued so far: a callback queueing another runs it next time.
+        ready, self._ready = self._ready, []
+        for callback, args in ready:
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("callback %r raised; the loop carries on", callback)
 
     def close(self) -> None:
         if self._signal_socks is not None:

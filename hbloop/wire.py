@@ -82,10 +82,13 @@ class Code(enum.IntEnum):
     GOING_AWAY = 0x0001  # the server is shutting down; reconnect later
     TIMEOUT = 0x0002  # nothing was heard from the receiver within the timeout
     HANDSHAKE_TIMEOUT = 0x0003  # no HELLO arrived within the handshake deadline
+    TAKEN_OVER = 0x0004  # a newer connection with the same name replaced this one
     # 0x01xx: handshake refusals, carried by ERROR.
     UNSUPPORTED_VERSION = 0x0101
     BAD_NAME = 0x0102
     SERVER_FULL = 0x0103
+    UNAUTHORIZED = 0x0104  # the credential in HELLO is missing, invalid or not for this name
+    NAME_TAKEN = 0x0105  # the name is online elsewhere and the server refuses duplicates
     # 0x02xx: protocol violations, carried by ERROR.
     FRAME_TOO_LARGE = 0x0201
     UNKNOWN_TYPE = 0x0202

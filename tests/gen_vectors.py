@@ -29,9 +29,12 @@ CODES = {
     "GOING_AWAY": 0x0001,
     "TIMEOUT": 0x0002,
     "HANDSHAKE_TIMEOUT": 0x0003,
+    "TAKEN_OVER": 0x0004,
     "UNSUPPORTED_VERSION": 0x0101,
     "BAD_NAME": 0x0102,
     "SERVER_FULL": 0x0103,
+    "UNAUTHORIZED": 0x0104,
+    "NAME_TAKEN": 0x0105,
     "FRAME_TOO_LARGE": 0x0201,
     "UNKNOWN_TYPE": 0x0202,
     "RESERVED_BITS": 0x0203,
@@ -86,7 +89,7 @@ def valid_vectors() -> list[dict[str, object]]:
     add("PONG", "PONG", b"", {})
     for data in (b"hi", b"", bytes(range(256)), b"x" * MIN_MAX_PAYLOAD):
         add(f"DATA of {len(data)} bytes", "DATA", data, {"data_hex": data.hex()})
-    for code in (0x0000, 0x0001, 0x0002, 0x0003, 0x7ABC):
+    for code in (0x0000, 0x0001, 0x0002, 0x0003, 0x0004, 0x7ABC):
         add(
             f"CLOSE {CODE_NAMES.get(code, 'unknown code (accepted as a generic close)')}",
             "CLOSE",
@@ -97,6 +100,8 @@ def valid_vectors() -> list[dict[str, object]]:
         (0x0103, "full"),
         (0x0204, ""),
         (0x0102, "name contains control characters"),
+        (0x0104, "token expired"),
+        (0x0105, "name online elsewhere"),
         (0x0999, "unknown code, accepted as a generic error"),
         (0x0201, "é" * 100),
     ):

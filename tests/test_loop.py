@@ -232,3 +232,47 @@ def test_a_busy_wake_up_polls_again_at_once() -> None:
 def test_negative_coalescing_is_refused() -> None:
     with pytest.raises(ValueError):
         EventLoop(coalesce=-1)
+
+
+def test_call_soon_runs_after_io_and_timers_in_order(loop: EventLoop) -> None:
+    order: list[str] = []
+    loop.call_soon(order.append, "first")
+    loop.call_soon(lambda: loop.call_soon(order.append, "queued by a callback"))
+    loop.call_at(loop.time(), order.append, "timer")
+    loop.call_soon(order.append, "second")
+    loop.run_once()
+    assert order == ["timer", "first", "second"]
+    loop.run_once()  # the poll does not sleep while callbacks are queued
+    assert order[-1] == "queued by a callback"
+
+
+def test_the_clock_is_injectable() -> None:
+    fake = [1000.0]
+    loop = EventLoop(clock=lambda: fake[0])
+    try:
+        fired: list[float] = []
+        loop.call_later(5.0, lambda: fired.append(loop.now))
+        assert loop.time() == 1000.0
+        fake[0] = 1005.0
+        loop.run_once()
+        assert fired == [1005.0]
+    finally:
+        loop.close()
+
+
+def test_a_deadline_past_epolls_range_does_not_overflow_the_poll(loop: EventLoop) -> None:
+    # A timer 2^32 ms away is the heap's head: epoll_wait's timeout used to overflow
+    # (OverflowError). A readable socket makes the poll return at once.
+    timer = loop.call_later(2**32 / 1000, lambda: None)
+    a, b = socket.socketpair()
+    seen: list[bytes] = []
+    loop.add_reader(a.fileno(), lambda: seen.append(a.recv(16)))
+    b.send(b"x")
+    try:
+        loop.run_once()
+        assert seen == [b"x"]
+    finally:
+        loop.remove_reader(a.fileno())
+        timer.cancel()
+        a.close()
+        b.close()
