@@ -24,34 +24,33 @@ from hdrh.histogram import HdrHistogram
 
 from bench.histograms import new_histogram, record_seconds
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
-from hbloop.channel import Channel, Disconnect, IoCounters, Reason
-from hbloop.client import MAX_PENDING
-from hbloop.loop import EventLoop
+from hbloop.channel import Channel, IoCounters
+from hbloop.client import HANDSHAKE_TIMEOUT, MAX_PENDING
+from hbloop.loop import EventLoop, Timer
 from hbloop.netutil import raise_open_files_limit
-from hbloop.protocol import Frame, RemoteProtocolError, parse_close, parse_error, parse_welcome
-from hbloop.wire import (
-    DEFAULT_MAX_PAYLOAD,
-    PING_FRAME,
-    PONG_FRAME,
-    T_CLOSE,
-    T_ERROR,
-    T_PING,
-    T_PONG,
-    T_WELCOME,
-    Code,
-    FrameType,
-    encode_close,
-    encode_error,
-    encode_hello,
+from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
+from hbloop.protocol import Role
+from hbloop.session import (
+    Closed,
+    Disconnect,
+    Events,
+    Opened,
+    PongReceived,
+    Reason,
+    Session,
+    SessionConfig,
+    State,
 )
+from hbloop.wire import DEFAULT_MAX_PAYLOAD, Code, encode_hello
 
 # How often the ramp starts the connects that the rate allows: fine enough that
 # connects are not bunched, coarse enough to cost nothing.
 RAMP_STEP = 0.01
 
-# A connect must be answered by WELCOME within this long, or it counts as failed.
-# Generous: under a ramp of thousands of connects a second the accept queue is long.
-WELCOME_DEADLINE = 20.0
+# A connect must be answered by WELCOME within this long, or it counts as failed:
+# twice a client's usual deadline, since under a ramp of thousands of connects a
+# second the accept queue is long.
+WELCOME_DEADLINE = 2 * HANDSHAKE_TIMEOUT
 
 # Error messages kept verbatim for the report; the rest are only counted.
 MAX_ERROR_SAMPLES = 5
@@ -60,120 +59,103 @@ MAX_ERROR_SAMPLES = 5
 # only has to be unique per 4-tuple rather than per source address (Linux 4.2+).
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
-_CLOSE_NORMAL = encode_close(Code.NORMAL)
 
+class BenchClient(Channel["Worker"]):
+    """One heartbeat client on the shared session; the worker does the bookkeeping.
 
-class BenchClient(Channel):
-    """One heartbeat client; the worker does the bookkeeping."""
+    The session answers the server's PINGs, judges WELCOME, CLOSE and ERROR; this
+    class only replaces rule T3's PINGs (``auto_ping`` off) with the open-loop
+    schedule and times each PONG (``report_pongs``).
+    """
 
-    __slots__ = (
-        "worker",
-        "index",
-        "interval",
-        "timeout",
-        "next_slot",
-        "outstanding",
-        "last_frame_at",
-        "welcomed",
-        "zombie",
-    )
+    __slots__ = ("index", "next_slot", "outstanding", "last_frame_at", "zombie", "schedule")
 
     def __init__(self, worker: Worker, sock: socket.socket, index: int) -> None:
-        super().__init__(worker.loop, sock, worker.counters, DEFAULT_MAX_PAYLOAD, MAX_PENDING)
-        self.worker = worker
+        session = Session.client(worker.session_config(index), worker.loop.now)
+        super().__init__(worker, sock, session, DEFAULT_MAX_PAYLOAD)
         self.index = index
-        self.interval = 0.0
-        self.timeout = 0.0
         self.next_slot = 0.0
         self.outstanding: list[tuple[float, int]] = []  # (first slot, slots it stands for)
         self.last_frame_at = 0.0
-        self.welcomed = False
         self.zombie = False
+        self.schedule: Timer | None = None
+
+    @property
+    def welcomed(self) -> bool:
+        return self.session.handshaken
 
     def on_connected(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.lose(Disconnect(Reason.PEER_RESET, detail=f"connect: {errno.errorcode[err]}"))
+            self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode[err]}")
             return
-        self.loop.remove_writer(self.fd)
+        loop = self.owner.loop
+        loop.remove_writer(self.fd)
         self.start_reading()
         self.last_frame_at = time.monotonic()
-        self.write(encode_hello(f"bench-{self.index}", round(self.worker.plan.interval * 1000)))
+        self._write(self.session.connected(loop.now))
 
-    def on_welcome_deadline(self) -> None:
-        self.timer = None
-        self.lose(Disconnect(Reason.HANDSHAKE_TIMEOUT, detail="no WELCOME in time"))
-
-    def frames_received(self, frames: list[Frame]) -> None:
+    def handle(self, events: Events) -> None:
         now = time.monotonic()
-        try:
-            for ftype, payload in frames:
-                if self.released:
-                    return
-                if ftype == T_PONG:
-                    self._on_pong(now)
-                elif ftype == T_PING:
-                    self.write(PONG_FRAME)
-                elif ftype == T_WELCOME and not self.welcomed:
-                    self._on_welcome(payload, now)
-                elif ftype == T_CLOSE:
-                    self.lose(Disconnect(Reason.PEER_CLOSED, parse_close(payload)))
-                elif ftype == T_ERROR:
-                    code, message = parse_error(payload)
-                    self.lose(Disconnect(Reason.PEER_ERROR, code, message))
-                else:
-                    raise RemoteProtocolError(
-                        Code.UNEXPECTED_FRAME, f"{FrameType(ftype).name} from the server"
-                    )
-        except RemoteProtocolError as exc:
-            self.protocol_violated(exc)
+        for event in events:
+            if isinstance(event, PongReceived):
+                self._on_pong(now)
+            elif isinstance(event, Opened):
+                self._on_welcome(now)
+            elif isinstance(event, Closed):
+                self._stop_schedule()
+                self.owner.ended(self, event.disconnect)
 
-    def _on_welcome(self, payload: bytes, now: float) -> None:
-        welcome = parse_welcome(payload)
-        self.welcomed = True
-        self.interval = welcome.interval_ms / 1000
-        self.timeout = welcome.timeout_ms / 1000
-        if self.timer is not None:
-            self.timer.cancel()
+    def _on_welcome(self, now: float) -> None:
         # This client's phase, then the first slot of the schedule not yet past.
-        plan = self.worker.plan
-        first = plan.epoch + self.index / plan.clients * self.interval
-        self.next_slot = first + max(0, -int((first - now) // self.interval)) * self.interval
-        self.timer = self.loop.call_at(self.next_slot, self.on_slot)
-        self.worker.welcomed(self)
+        plan = self.owner.plan
+        interval = self.session.grant.interval
+        first = plan.epoch + self.index / plan.clients * interval
+        self.next_slot = first + max(0, -int((first - now) // interval)) * interval
+        self.schedule = self.owner.loop.call_at(self.next_slot, self.on_slot)
+        self.owner.welcomed(self)
 
     def on_slot(self) -> None:
         now = time.monotonic()
         slot = self.next_slot
-        slots = 1 + int((now - slot) // self.interval)  # more than 1: the worker fell behind
-        if not self.write(PING_FRAME):
+        interval = self.session.grant.interval
+        slots = 1 + int((now - slot) // interval)  # more than 1: the worker fell behind
+        if not self._write(self.session.ping(self.owner.loop.now)):
             return
         self.last_frame_at = now
         self.outstanding.append((slot, slots))
-        self.next_slot = slot + slots * self.interval
-        self.worker.skipped_slots += slots - 1
-        self.timer = self.loop.call_at(self.next_slot, self.on_slot)
+        self.next_slot = slot + slots * interval
+        self.owner.skipped_slots += slots - 1
+        self.schedule = self.owner.loop.call_at(self.next_slot, self.on_slot)
 
     def _on_pong(self, now: float) -> None:
         if not self.outstanding:
             return  # an unsolicited PONG is a legal one-way heartbeat
         slot, slots = self.outstanding.pop(0)
+        interval = self.session.grant.interval
         for k in range(slots):
-            self.worker.record_rtt(now - (slot + k * self.interval))
+            self.owner.record_rtt(now - (slot + k * interval))
+
+    def _stop_schedule(self) -> None:
+        if self.schedule is not None:
+            self.schedule.cancel()
+            self.schedule = None
 
     def silence(self) -> None:
         """Become a zombie: keep the socket open and reading, never send again."""
         self.zombie = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_schedule()
 
-    def protocol_violated(self, error: RemoteProtocolError) -> None:
-        self.worker.ended(self, Disconnect(Reason.PROTOCOL_ERROR, error.code, error.message))
-        self.finish(encode_error(error.code, error.message), 0.0)
-
-    def connection_lost(self, disconnect: Disconnect) -> None:
-        self.worker.ended(self, disconnect)
+    def arm(self) -> None:
+        # The load generator measures the server and never judges it dead itself: on
+        # an OPEN connection the session's deadlines (the server's timeout) are
+        # ignored, so a stalled server or a zombie is closed by the server alone.
+        if self.session.state is State.OPEN:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            return
+        super().arm()
 
 
 class Worker:
@@ -184,6 +166,7 @@ class Worker:
         self.pipe = pipe
         self.loop = EventLoop()
         self.counters = IoCounters()
+        self.max_pending = MAX_PENDING
         self.clients: list[BenchClient] = []
         self.started = 0
         self.in_flight = 0
@@ -251,7 +234,7 @@ class Worker:
         self.clients.append(client)
         self.in_flight += 1
         self.loop.add_writer(client.fd, client.on_connected)
-        client.timer = self.loop.call_later(WELCOME_DEADLINE, client.on_welcome_deadline)
+        client.arm()  # the WELCOME deadline
 
     def tick(self, second: int) -> None:
         self.pipe.send(
@@ -270,7 +253,7 @@ class Worker:
 
     def zombify(self) -> None:
         """Silence ``plan.zombies`` open clients, evenly spaced over the phases."""
-        live = [c for c in self.clients if c.welcomed and not c.closing]
+        live = [c for c in self.clients if c.session.state is State.OPEN]
         count = min(self.plan.zombies, len(live))
         for k in range(count):
             client = live[k * len(live) // count]
@@ -279,11 +262,12 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping = True
-        unclosed = sum(1 for c in self.zombies if not c.closing)
+        unclosed = sum(1 for c in self.zombies if c.session.state is State.OPEN)
+        now = self.loop.now
         for client in self.clients:
-            if not client.closing:
-                client.write(_CLOSE_NORMAL)
-                client.release()
+            if not client.released:
+                client.apply(client.session.close(Code.NORMAL, now))
+                client.drop(Reason.CLOSED_LOCALLY)
         final = Final(
             worker=self.plan.worker,
             counts=self.counts,
@@ -298,6 +282,20 @@ class Worker:
         self.done = True
 
     # --- called by clients -------------------------------------------------------------
+
+    def session_config(self, index: int) -> SessionConfig:
+        """Client ``index``'s: its own name, the plan's interval, PINGs on the bench's
+        schedule rather than rule T3's, and every PONG reported for timing."""
+        return SessionConfig(
+            Role.CLIENT,
+            handshake_timeout=WELCOME_DEADLINE,
+            ping_strikes=DEFAULT_PING_STRIKES,
+            linger=LINGER_SECONDS,
+            hello=encode_hello(f"bench-{index}", round(self.plan.interval * 1000)),
+            auto_ping=False,
+            report_pongs=True,
+            counters=self.counters,
+        )
 
     def record_rtt(self, seconds: float) -> None:
         self.pongs += 1
@@ -325,7 +323,7 @@ class Worker:
             counts.connect_failures += 1
             self._sample_error(f"connect failed: {disconnect}")
         elif client.zombie:
-            self.zombie_late.append(now - client.last_frame_at - client.timeout)
+            self.zombie_late.append(now - client.last_frame_at - client.session.grant.timeout)
         else:
             counts.dropped += 1
             self._sample_error(f"dropped: {disconnect}")

@@ -1,17 +1,16 @@
-"""The reference server: the same protocol subset on asyncio Protocols, or on uvloop.
+"""The reference server: the same protocol on asyncio Protocols, or on uvloop.
 
 ``python -m bench.reference_server --loop asyncio|uvloop --interval I --timeout T``
-prints ``listening on HOST:PORT`` once ready. It shares hbloop's sans-IO decoder and
-wire encoders, so a comparison with ``hbloop serve`` measures the event loop and
-transport, not the parsing. Subset: HELLO -> WELCOME (client pings), PING -> PONG,
-PONG and DATA accepted as signs of life, CLOSE ends the connection, a peer silent
-for the timeout gets CLOSE TIMEOUT, anything malformed gets ERROR.
+prints ``listening on HOST:PORT`` once ready. It runs hbloop's sans-IO session
+(``hbloop.session``) and decoder, so a comparison with ``hbloop serve`` measures the
+event loop and transport, not the protocol code: the same handshake, PING/PONG,
+timeouts, CLOSE and ERROR, with every HELLO admitted (no connection limit).
 
 Liveness is written the way asyncio servers usually write it (uvicorn's keep-alive
-timer, for one): every frame cancels the peer's timer and ``call_later``s a new one.
-That is what a straightforward asyncio server costs; hbloop instead re-arms lazily,
-about once per timeout (see hbloop/server.py). On uvloop the same code is cheap,
-since its timers are libuv's, in C.
+timer, for one): every read cancels the peer's timer and ``call_at``s a new one for
+the session's next deadline. That is what a straightforward asyncio server costs;
+hbloop instead re-arms lazily, about once per timeout (see hbloop/channel.py). On
+uvloop the same code is cheap, since its timers are libuv's, in C.
 """
 
 from __future__ import annotations
@@ -24,44 +23,32 @@ import sys
 
 from hbloop.netutil import raise_open_files_limit
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.protocol import (
-    FrameDecoder,
-    RemoteProtocolError,
-    check_before_hello,
-    parse_hello,
+from hbloop.protocol import FrameDecoder, RemoteProtocolError, Role
+from hbloop.session import (
+    FOREVER,
+    Closed,
+    Grant,
+    HelloReceived,
+    Session,
+    SessionConfig,
+    State,
+    Step,
 )
-from hbloop.wire import (
-    DEFAULT_MAX_PAYLOAD,
-    PONG_FRAME,
-    PROTOCOL_VERSION,
-    T_CLOSE,
-    T_DATA,
-    T_PING,
-    T_PONG,
-    Code,
-    FrameType,
-    Scheme,
-    Welcome,
-    encode_close,
-    encode_error,
-    encode_welcome,
-)
+from hbloop.wire import MAX_HELLO_PAYLOAD
 
 LOOPS = ("asyncio", "uvloop")
 
 
 class HeartbeatProtocol(asyncio.Protocol):
-    """One peer."""
+    """One peer: the transport's bytes through the decoder into the session."""
 
-    __slots__ = ("policy", "loop", "transport", "decoder", "open", "timeout", "deadline")
+    __slots__ = ("server", "transport", "decoder", "session", "deadline")
 
-    def __init__(self, policy: ServerPolicy, loop: asyncio.AbstractEventLoop) -> None:
-        self.policy = policy
-        self.loop = loop
+    def __init__(self, server: ReferenceServer) -> None:
+        self.server = server
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
-        self.open = False
-        self.timeout = policy.handshake_timeout
+        self.decoder = FrameDecoder(MAX_HELLO_PAYLOAD)
+        self.session = Session.server(server.config, server.loop.time())
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,54 +59,50 @@ class HeartbeatProtocol(asyncio.Protocol):
         self._rearm()
 
     def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        now = self.server.loop.time()
         try:
             frames = self.decoder.feed(data)
-            if frames:
-                self._rearm()
-            for ftype, payload in frames:
-                if ftype == T_PING and self.open:
-                    transport.write(PONG_FRAME)
-                elif ftype in (T_PONG, T_DATA) and self.open:
-                    pass
-                elif ftype == T_CLOSE:
-                    transport.close()
-                    return
-                elif not self.open:
-                    self._handshake(ftype, payload)
-                else:
-                    raise RemoteProtocolError(
-                        Code.UNEXPECTED_FRAME, f"{FrameType(ftype).name} is not in the subset"
-                    )
         except RemoteProtocolError as exc:
-            transport.write(encode_error(exc.code, exc.message))
-            transport.close()
+            if exc.frames:  # the good frames before the bad header still count
+                self._apply(self.session.receive(exc.frames, now))
+            self._apply(self.session.protocol_error(exc, now))
+            return
+        if frames:
+            self._apply(self.session.receive(frames, now))
 
-    def _handshake(self, ftype: int, payload: bytes) -> None:
-        check_before_hello(ftype)
-        hello = parse_hello(payload)
-        interval_ms, timeout_ms = self.policy.grant(hello.interval_ms)
-        assert self.transport is not None
-        self.transport.write(
-            encode_welcome(Welcome(PROTOCOL_VERSION, Scheme.CLIENT, interval_ms, timeout_ms))
-        )
-        self.open = True
-        self.timeout = timeout_ms / 1000
+    def eof_received(self) -> bool:
+        self._apply(self.session.eof_received(self.server.loop.time(), self.decoder.buffered))
+        return False
+
+    def _apply(self, step: Step) -> None:
+        out, events = step
+        transport = self.transport
+        if transport is None:
+            return
+        if out:
+            transport.write(out)
+        for event in events:
+            if isinstance(event, HelloReceived):
+                grant = self.server.grant_for(event.hello.interval_ms)
+                self.decoder.max_payload = self.server.policy.max_payload
+                self._apply(self.session.accept(grant, self.server.loop.time()))
+            elif isinstance(event, Closed) and self.session.state is State.CLOSED:
+                transport.close()
+        if self.session.state is State.CLOSING and not transport.is_closing():
+            transport.close()  # flushes the last frame first
         self._rearm()
 
     def _rearm(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
-        self.deadline = self.loop.call_later(self.timeout, self.on_deadline)
+            self.deadline = None
+        due = self.session.next_deadline()
+        if due != FOREVER and self.transport is not None:
+            self.deadline = self.server.loop.call_at(due, self.on_deadline)
 
     def on_deadline(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(encode_close(Code.TIMEOUT if self.open else Code.HANDSHAKE_TIMEOUT))
-        transport.close()
+        self.deadline = None
+        self._apply(self.session.deadline_reached(self.server.loop.time()))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -127,10 +110,34 @@ class HeartbeatProtocol(asyncio.Protocol):
             self.deadline.cancel()
 
 
+class ReferenceServer:
+    """What the peers share: the policy, the session configuration, the grants."""
+
+    def __init__(self, policy: ServerPolicy, loop: asyncio.AbstractEventLoop) -> None:
+        self.policy = policy
+        self.loop = loop
+        self.config = SessionConfig(
+            Role.SERVER,
+            handshake_timeout=policy.handshake_timeout,
+            ping_strikes=policy.ping_strikes,
+            linger=policy.linger,
+        )
+        self._grants: dict[int, Grant] = {}
+
+    def grant_for(self, requested_ms: int) -> Grant:
+        grant = self._grants.get(requested_ms)
+        if grant is None:
+            grant = self._grants[requested_ms] = Grant(
+                self.policy.scheme, *self.policy.grant(requested_ms)
+            )
+        return grant
+
+
 async def serve(policy: ServerPolicy, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
+    shared = ReferenceServer(policy, loop)
     server = await loop.create_server(
-        lambda: HeartbeatProtocol(policy, loop), host, port, backlog=DEFAULT_BACKLOG
+        lambda: HeartbeatProtocol(shared), host, port, backlog=DEFAULT_BACKLOG
     )
     bound = server.sockets[0].getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", flush=True)

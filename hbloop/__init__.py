@@ -1,11 +1,11 @@
 """hbloop: a TCP heartbeat server and client on a hand-rolled epoll loop."""
 
-from hbloop.channel import Disconnect, Reason
 from hbloop.client import Backoff, Client
 from hbloop.loop import EventLoop, Timer
 from hbloop.policy import ServerPolicy, TcpKeepalive
 from hbloop.protocol import LocalProtocolError, ProtocolError, RemoteProtocolError
 from hbloop.server import Peer, Server
+from hbloop.session import Disconnect, Reason
 from hbloop.wire import Code, FrameType, Scheme, Welcome
 
 __version__ = "0.1.0"

@@ -1,137 +1,155 @@
-"""A framed, non-blocking socket on an EventLoop: the I/O shared by server and client.
+"""The I/O shell around a Session: one non-blocking socket on an EventLoop.
 
-The write path follows asyncio's selector transport: ``write`` sends at once when
-nothing is pending, keeps the unsent rest in a bytearray, and watches for
-writability only while that buffer is non-empty. The read path receives into one
-buffer shared by every channel of the process (single-threaded, so that is safe),
-which keeps an idle connection's memory to its object and its socket.
+A ``Channel`` moves bytes and time between the socket, the loop and its
+``hbloop.session.Session``, and hands the session's events to its subclass (the
+server's ``Peer``, the client's ``Connection``, the bench's clients). It decides
+nothing about the protocol.
+
+* **Reading.** One ``recv_into`` per readiness into a buffer shared by every channel
+  of the process (single-threaded, so that is safe), which keeps an idle
+  connection's memory to its objects and its socket. Complete frames go to
+  ``session.receive`` with the loop's clock.
+* **Writing** follows asyncio's selector transport: send at once when nothing is
+  pending, keep the unsent rest in a bytearray, watch for writability only while that
+  buffer is non-empty. While the events of one read are dispatched, output is corked:
+  the session's answers and whatever the application sends in its callbacks leave in
+  one ``send``.
+* **Time.** One loop timer per connection, armed at ``session.next_deadline()`` and
+  re-armed only when it fires or the deadline moves earlier (a state change), so a
+  heartbeat costs no timer operation.
+* **Ending.** When the session is CLOSING its last frame is flushed, then the
+  writing half is shut down (TCP FIN), and input is drained until the peer's EOF or
+  the linger deadline; CLOSED releases the socket.
 """
 
 from __future__ import annotations
 
-import enum
 import socket
-from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from hbloop.loop import EventLoop, Timer
-from hbloop.policy import next_ping_at
-from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError, code_name
-from hbloop.wire import PING_FRAME, Code
+from hbloop.protocol import FrameDecoder, RemoteProtocolError
+from hbloop.session import FOREVER, Events, Reason, Session, State, Step
 
 # One recv() takes at most this much. Enough for hundreds of coalesced frames or a
 # large DATA frame, yet small enough to stay in cache.
 READ_CHUNK = 256 * 1024
 
-# "Long ago": one shared float for every channel's never-happened timestamps.
-NEVER = float("-inf")
-
 _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
-
-
-class Reason(enum.Enum):
-    """Why a connection ended; every disconnect has exactly one."""
-
-    PEER_CLOSED = "peer_closed"  # CLOSE frame or FIN from the peer
-    PEER_RESET = "peer_reset"  # ECONNRESET, EPIPE or another socket error
-    PEER_ERROR = "peer_error"  # the peer sent ERROR
-    TIMEOUT = "timeout"  # nothing heard within the timeout
-    HANDSHAKE_TIMEOUT = "handshake_timeout"
-    PROTOCOL_ERROR = "protocol_error"  # the peer broke the protocol; we sent ERROR
-    REFUSED = "refused"  # handshake refused (server full)
-    SLOW_CONSUMER = "slow_consumer"  # pending output passed the cap
-    SHUTDOWN = "shutdown"  # this side is stopping
-    CLOSED_LOCALLY = "closed_locally"  # the application asked
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect:
-    reason: Reason
-    code: int | None = None  # the protocol code sent or received, if any
-    detail: str = ""
-
-    def __str__(self) -> str:
-        parts = [self.reason.value]
-        if self.code is not None:
-            parts.append(code_name(self.code))
-        if self.detail:
-            parts.append(self.detail)
-        return " ".join(parts)
 
 
 class IoCounters:
     """Traffic totals, shared by every channel that reports into them."""
 
-    __slots__ = ("bytes_in", "bytes_out", "frames_in", "frames_out")
+    __slots__ = ("bytes_in", "bytes_out", "frames_in", "frames_out", "heartbeats")
 
     def __init__(self) -> None:
         self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = 0
+        self.heartbeats = 0  # PING and PONG frames received (counted by the sessions)
 
 
-class Channel:
-    """Buffered frame I/O for one socket. Subclasses implement the protocol side:
+class ChannelOwner(Protocol):
+    """What a channel needs from the endpoint it belongs to (a server, a client)."""
 
-    * ``frames_received(frames)`` for each read that completed frames;
-    * ``connection_lost(disconnect)`` once, when the socket is gone or we gave up.
+    loop: EventLoop
+    counters: IoCounters
+    max_pending: int
+
+
+OwnerT = TypeVar("OwnerT", bound=ChannelOwner)
+
+
+class Channel(Generic[OwnerT]):
+    """Buffered frame I/O for one socket, driving one Session.
+
+    Subclasses implement ``handle(events)`` and may override ``on_released()``.
     """
 
-    __slots__ = (
-        "loop",
-        "sock",
-        "fd",
-        "decoder",
-        "out",
-        "max_pending",
-        "last_recv",
-        "last_sent",
-        "last_ping_out",
-        "timer",
-        "counters",
-        "closing",
-        "released",
-        "_shutdown_pending",
-    )
+    __slots__ = ("owner", "sock", "fd", "decoder", "session", "out", "timer")
 
     def __init__(
-        self,
-        loop: EventLoop,
-        sock: socket.socket,
-        counters: IoCounters,
-        max_payload: int,
-        max_pending: int,
+        self, owner: OwnerT, sock: socket.socket, session: Session, max_payload: int
     ) -> None:
-        self.loop = loop
+        self.owner = owner
         self.sock = sock
-        self.fd = sock.fileno()
+        self.fd = sock.fileno()  # -1 once released
         self.decoder = FrameDecoder(max_payload)
-        self.out: bytearray | None = None
-        self.max_pending = max_pending
-        self.last_recv = self.last_sent = loop.now
-        self.last_ping_out = NEVER
+        self.session = session
+        self.out: bytearray | None = None  # unsent output, or a cork while dispatching
         self.timer: Timer | None = None
-        self.counters = counters
-        # closing: we sent our last frame and ignore further input; released: fd closed.
-        self.closing = False
-        self.released = False
-        self._shutdown_pending = False
 
-    # --- subclass hooks --------------------------------------------------------
+    # --- subclass hooks ---------------------------------------------------------------
 
-    def frames_received(self, frames: list[Frame]) -> None:
+    def handle(self, events: Events) -> None:
+        """Act on the session's events (Opened, Message, Closed, ...)."""
         raise NotImplementedError
 
-    def connection_lost(self, disconnect: Disconnect) -> None:
-        raise NotImplementedError
+    def on_released(self) -> None:
+        """The socket is closed and every loop registration gone."""
 
-    def protocol_violated(self, error: RemoteProtocolError) -> None:
-        raise NotImplementedError
+    @property
+    def released(self) -> bool:
+        return self.fd < 0
 
-    # --- reading ---------------------------------------------------------------
+    # --- the session's steps -----------------------------------------------------------
+
+    def apply(self, step: Step) -> None:
+        """Send what the session produced, hand its events over, and follow its state:
+        re-arm the timer if its deadline moved earlier, release it once CLOSED."""
+        out, events = step
+        if events:
+            # Cork: the session's output and the application's sends from its
+            # callbacks go out together, in order, in one send.
+            if self.out is None:
+                self.out = bytearray()
+            if out:
+                self._write(out)
+            self.handle(events)
+            if self.fd >= 0:
+                self._flush()
+        elif out:
+            self._write(out)
+        if self.fd >= 0:
+            if self.session.state is State.CLOSED:
+                self._release()
+            elif events or self.timer is None:
+                # Only a state change (it comes with events) can move the deadline
+                # earlier; a heartbeat only moves it later, which the timer finds out
+                # when it fires.
+                self.arm()
+
+    def arm(self) -> None:
+        """Make the timer fire no later than the session's next deadline."""
+        due = self.session.next_deadline()
+        timer = self.timer
+        if timer is not None:
+            if timer <= due:
+                return  # it fires first, finds nothing due, and re-arms then
+            timer.cancel()
+            self.timer = None
+        if due != FOREVER:
+            self.timer = self.owner.loop.call_at(due, self.on_deadline)
+
+    def on_deadline(self) -> None:
+        self.timer = None
+        session = self.session
+        now = self.owner.loop.now
+        if session.expired(now):
+            # T6: never declare a peer dead because *we* were late. Its frames may be
+            # waiting in the socket (a long iteration, a stopped process): read them
+            # first, on the same clock the deadline is judged by.
+            self.on_readable()
+            if self.fd < 0:
+                return
+        self.apply(session.deadline_reached(now))
+
+    # --- reading -----------------------------------------------------------------------
 
     def start_reading(self) -> None:
         # The channel is its own read callback (see __call__): a bound method stored
         # in the loop's table would cost 64 bytes per connection.
-        self.loop.add_reader(self.fd, self)
+        self.owner.loop.add_reader(self.fd, self)
 
     def on_readable(self) -> None:
         try:
@@ -139,25 +157,18 @@ class Channel:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.lose(Disconnect(Reason.PEER_RESET, detail=exc.strerror or str(exc)))
+            self.apply(self.session.abort(Reason.PEER_RESET, exc.strerror or str(exc)))
             return
+        session = self.session
+        owner = self.owner
+        now = owner.loop.now
         if not n:
-            if self.closing:
-                self.release()  # the FIN we waited for while lingering
-            elif self.decoder.buffered:
-                # EOF inside a frame: a truncation, not a split (F4). The peer may only
-                # have half-closed, so it can still read why.
-                self.protocol_violated(
-                    RemoteProtocolError(
-                        Code.MALFORMED, f"EOF inside a frame, {self.decoder.buffered} bytes in"
-                    )
-                )
-            else:
-                self.lose(Disconnect(Reason.PEER_CLOSED, detail="EOF"))
+            self.apply(session.eof_received(now, self.decoder.buffered))
             return
-        if self.closing:
-            return  # draining input until the peer's FIN, see arm_linger
-        self.counters.bytes_in += n
+        if session.state is State.CLOSING:
+            return  # draining input until the peer's EOF
+        counters = owner.counters
+        counters.bytes_in += n
         violation = None
         try:
             frames = self.decoder.feed(_read_view[:n])
@@ -165,29 +176,26 @@ class Channel:
             frames = exc.frames  # the good frames before the bad header still count
             violation = exc
         if frames:
-            self.last_recv = self.loop.now
-            self.counters.frames_in += len(frames)
-            self.frames_received(frames)
-        if violation is not None and not self.closing:
-            self.protocol_violated(violation)
+            counters.frames_in += len(frames)
+            self.apply(session.receive(frames, now))
+        if violation is not None and self.fd >= 0:
+            self.apply(session.protocol_error(violation, now))
 
     __call__ = on_readable
 
-    # --- writing ---------------------------------------------------------------
+    # --- writing -----------------------------------------------------------------------
 
-    def write(self, data: bytes) -> bool:
-        """Queue ``data``; return False if the channel was closed instead."""
-        if self.released:
+    def _write(self, data: bytes) -> bool:
+        """Send ``data`` or queue it; False if the channel is gone (or just died)."""
+        if self.fd < 0:
             return False
-        self.last_sent = self.loop.now
-        counters = self.counters
-        counters.bytes_out += len(data)
-        counters.frames_out += 1
+        owner = self.owner
+        owner.counters.bytes_out += len(data)
         out = self.out
-        if out:
+        if out is not None:
             out += data
-            if len(out) > self.max_pending:
-                self.lose(Disconnect(Reason.SLOW_CONSUMER, detail=f"{len(out)} bytes pending"))
+            if len(out) > owner.max_pending:
+                self._abort(Reason.SLOW_CONSUMER, f"{len(out)} bytes pending")
                 return False
             return True
         try:
@@ -195,101 +203,69 @@ class Channel:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self.lose(Disconnect(Reason.PEER_RESET, detail=exc.strerror or str(exc)))
+            self._abort(Reason.PEER_RESET, exc.strerror or str(exc))
             return False
-        if sent < len(data):
-            if len(data) - sent > self.max_pending:
-                self.lose(Disconnect(Reason.SLOW_CONSUMER, detail="frame exceeds pending cap"))
-                return False
-            self.out = bytearray(data[sent:]) if sent else bytearray(data)
-            self.loop.add_writer(self.fd, self.on_writable)
+        if sent == len(data):
+            if self.session.state is State.CLOSING:
+                self._shutdown_write()
+            return True
+        if len(data) - sent > owner.max_pending:
+            self._abort(Reason.SLOW_CONSUMER, "frame exceeds pending cap")
+            return False
+        self.out = bytearray(data[sent:]) if sent else bytearray(data)
+        owner.loop.add_writer(self.fd, self._flush)
         return True
 
-    def on_writable(self) -> None:
+    def _flush(self) -> None:
+        """Send what is pending; the writability callback while anything is left."""
         out = self.out
-        if not out:
-            self.loop.remove_writer(self.fd)
-            return
-        try:
-            sent = self.sock.send(out)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.lose(Disconnect(Reason.PEER_RESET, detail=exc.strerror or str(exc)))
-            return
-        del out[:sent]
-        if not out:
-            self.out = None
-            self.loop.remove_writer(self.fd)
-            if self._shutdown_pending:
-                self._shutdown_write()
-
-    def ping_if_due(self, interval: float) -> float | None:
-        """For the pinging side (protocol.md T3): send a PING if one is due now.
-
-        Returns when the next PING is due, or None if the channel died sending it.
-        """
-        now = self.loop.now
-        ping_at = next_ping_at(self.last_sent, self.last_recv, self.last_ping_out, interval)
-        if now >= ping_at:
-            if not self.write(PING_FRAME):
-                return None
-            self.last_ping_out = now
-            ping_at = now + interval
-        return ping_at
-
-    # --- ending ----------------------------------------------------------------
-
-    def finish(self, last_frame: bytes, linger: float) -> None:
-        """Send ``last_frame`` (CLOSE or ERROR), half-close once it is flushed, and
-        wait up to ``linger`` seconds for the peer's FIN before releasing the socket.
-
-        Closing with unread input would make the kernel answer with RST, which can
-        destroy the frame in flight; half-closing first lets the peer read it.
-        """
-        if self.closing or self.released:
-            return
-        self.closing = True  # first, so that a failing write does not report twice
-        if not self.write(last_frame):
-            return
-        if self.out:
-            self._shutdown_pending = True
-        else:
+        loop = self.owner.loop
+        if out:
+            try:
+                sent = self.sock.send(out)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._abort(Reason.PEER_RESET, exc.strerror or str(exc))
+                return
+            del out[:sent]
+            if out:
+                loop.add_writer(self.fd, self._flush)  # a no-op if already watching
+                return
+        self.out = None
+        loop.remove_writer(self.fd)
+        if self.session.state is State.CLOSING:
             self._shutdown_write()
-        if not self.released:
-            self.arm_linger(linger)
 
     def _shutdown_write(self) -> None:
-        self._shutdown_pending = False
+        # Half-close after the last frame: the peer reads it, then our FIN, instead of
+        # an RST that unread input would provoke (C3).
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self.release()
+            self._release()
 
-    def arm_linger(self, linger: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(self.loop.now + linger, self.release)
+    def drop(self, reason: Reason, detail: str = "") -> None:
+        """Give up on the connection at once: no last frame, no linger."""
+        self._abort(reason, detail)
 
-    def lose(self, disconnect: Disconnect) -> None:
-        """The connection is gone (or hopeless): release it at once and report it,
-        unless we were already ending it, in which case the end was reported then."""
-        if self.released:
-            return
-        already_ending = self.closing
-        self.release()
-        if not already_ending:
-            self.connection_lost(disconnect)
+    def _abort(self, reason: Reason, detail: str) -> None:
+        self.out = None
+        self.apply(self.session.abort(reason, detail))
+        self._release()
 
-    def release(self) -> None:
+    # --- ending ------------------------------------------------------------------------
+
+    def _release(self) -> None:
         """Close the socket and drop every loop registration. Idempotent."""
-        if self.released:
+        fd = self.fd
+        if fd < 0:
             return
-        self.released = True
-        self.closing = True
+        self.fd = -1
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.loop.forget_fd(self.fd)
+        self.owner.loop.forget_fd(fd)
         self.out = None
         self.sock.close()
+        self.on_released()

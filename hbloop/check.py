@@ -32,6 +32,7 @@ from hbloop.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     HEADER_STRUCT,
     HELLO_FIXED,
+    MIN_MAX_PAYLOAD,
     PING_FRAME,
     Code,
     FrameType,
@@ -71,9 +72,6 @@ LATE_RATIO = 0.5
 # Gap between the bytes of the HELLO sent one byte at a time (F4); with TCP_NODELAY
 # each byte leaves in its own segment.
 TRICKLE_GAP = 0.005
-
-# F2: every receiver accepts payloads at least this large.
-MIN_MAX_PAYLOAD = 1024
 
 # The checker's own receive limit: large enough for any DATA a server echoes back.
 PROBE_MAX_PAYLOAD = 16 * 1024 * 1024

@@ -15,34 +15,27 @@ import random
 import socket
 from collections.abc import Callable
 
-from hbloop.channel import Channel, Disconnect, IoCounters, Reason
+from hbloop.channel import Channel, IoCounters
 from hbloop.loop import EventLoop, Timer, call_guarded
-from hbloop.protocol import (
-    Frame,
-    LocalProtocolError,
-    RemoteProtocolError,
-    Role,
-    check_sender,
-    parse_close,
-    parse_error,
-    parse_welcome,
+from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
+from hbloop.protocol import LocalProtocolError, Role
+from hbloop.session import (
+    Closed,
+    Disconnect,
+    Events,
+    Message,
+    Opened,
+    Reason,
+    Session,
+    SessionConfig,
+    State,
 )
 from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
-    PONG_FRAME,
-    T_CLOSE,
-    T_DATA,
-    T_ERROR,
-    T_PING,
-    T_PONG,
-    T_WELCOME,
+    U32_MAX,
     Code,
-    Scheme,
     Welcome,
-    encode_close,
-    encode_data,
-    encode_error,
     encode_hello,
 )
 
@@ -53,16 +46,24 @@ log = logging.getLogger("hbloop.client")
 DEFAULT_BACKOFF_BASE = 0.5
 DEFAULT_BACKOFF_CAP = 30.0
 
-# How long a TCP connect, and then the WELCOME, may take before the attempt counts
-# as failed.
-CONNECT_TIMEOUT = 10.0
+# How long an attempt may take, from the start of the TCP connect to WELCOME, before
+# it counts as failed (protocol.md H3): the reference server's own handshake deadline.
 HANDSHAKE_TIMEOUT = 10.0
 
 # Output a client may queue before it considers the server a slow consumer.
 MAX_PENDING = 1024 * 1024
 
-# Refusals that a retry cannot fix: the client stops instead of reconnecting.
-FATAL_CODES = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME})
+# Refusals that a retry with the same HELLO cannot fix (H8): the client stops.
+FATAL_ERRORS = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED})
+
+
+def is_final(disconnect: Disconnect) -> bool:
+    """Whether a client must stop rather than reconnect (H8, C2): a refusal that a
+    retry cannot fix, or a newer connection having taken its name over (reconnecting
+    would evict that one, and so on forever)."""
+    if disconnect.reason is Reason.PEER_ERROR:
+        return disconnect.code in FATAL_ERRORS
+    return disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TAKEN_OVER
 
 
 class Backoff:
@@ -90,119 +91,49 @@ class Backoff:
         self.attempt = 0
 
 
-class Connection(Channel):
+class Connection(Channel["Client"]):
     """One connection attempt of a ``Client``."""
 
-    __slots__ = ("client", "welcome", "_scheme_pings")
+    __slots__ = ()
 
     def __init__(self, client: Client, sock: socket.socket) -> None:
-        super().__init__(client.loop, sock, client.counters, DEFAULT_MAX_PAYLOAD, MAX_PENDING)
-        self.client = client
-        self.welcome: Welcome | None = None
-        self._scheme_pings = False
+        session = Session.client(client.session_config, client.loop.now)
+        super().__init__(client, sock, session, DEFAULT_MAX_PAYLOAD)
 
-    # --- connecting ------------------------------------------------------------
+    @property
+    def welcome(self) -> Welcome | None:
+        session = self.session
+        return session.grant.welcome if session.state is State.OPEN else None
 
-    def begin(self, address: tuple[str, int]) -> None:
+    def begin(self, address: tuple[str, int] | tuple[str, int, int, int]) -> None:
         err = self.sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
-            self.lose(
-                Disconnect(Reason.PEER_RESET, detail=f"connect: {errno.errorcode.get(err, err)}")
-            )
+            self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode.get(err, err)}")
             return
-        self.loop.add_writer(self.fd, self._on_connected)
-        self._arm(self.loop.now + CONNECT_TIMEOUT)
+        self.owner.loop.add_writer(self.fd, self._on_connected)
+        self.arm()  # the handshake deadline covers the connect too
 
     def _on_connected(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.lose(
-                Disconnect(Reason.PEER_RESET, detail=f"connect: {errno.errorcode.get(err, err)}")
-            )
+            self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode.get(err, err)}")
             return
-        self.loop.remove_writer(self.fd)
-        self.last_recv = self.loop.now
+        loop = self.owner.loop
+        loop.remove_writer(self.fd)
         self.start_reading()
-        client = self.client
-        if self.write(encode_hello(client.name, int(client.interval * 1000))):
-            self._arm(self.loop.now + HANDSHAKE_TIMEOUT)
+        self._write(self.session.connected(loop.now))
 
-    # --- frames ----------------------------------------------------------------
-
-    def frames_received(self, frames: list[Frame]) -> None:
-        try:
-            for ftype, payload in frames:
-                if self.closing:
+    def handle(self, events: Events) -> None:
+        client = self.owner
+        for event in events:
+            if isinstance(event, Message):
+                if self.fd < 0:
                     return
-                if ftype == T_PING:
-                    self.write(PONG_FRAME)
-                elif ftype == T_PONG:
-                    pass
-                elif ftype == T_DATA:
-                    if self.welcome is None:
-                        raise RemoteProtocolError(Code.UNEXPECTED_FRAME, "DATA before WELCOME")
-                    self.client.deliver(payload)
-                elif ftype == T_WELCOME:
-                    self._on_welcome(payload)
-                elif ftype == T_CLOSE:
-                    code = parse_close(payload)
-                    self.lose(Disconnect(Reason.PEER_CLOSED, code))
-                elif ftype == T_ERROR:
-                    code, message = parse_error(payload)
-                    self.lose(Disconnect(Reason.PEER_ERROR, code, message))
-                else:
-                    check_sender(ftype, Role.SERVER)
-        except RemoteProtocolError as exc:
-            self.protocol_violated(exc)
-
-    def _on_welcome(self, payload: bytes) -> None:
-        if self.welcome is not None:
-            raise RemoteProtocolError(Code.UNEXPECTED_FRAME, "second WELCOME")
-        welcome = parse_welcome(payload)
-        self.welcome = welcome
-        self._scheme_pings = welcome.scheme is Scheme.CLIENT
-        self._arm(self.loop.now + welcome.interval_ms / 1000)
-        self.client.established(self)
-
-    def protocol_violated(self, error: RemoteProtocolError) -> None:
-        disconnect = Disconnect(Reason.PROTOCOL_ERROR, error.code, error.message)
-        self.finish(encode_error(error.code, error.message), 0.0)
-        self.client.lost(self, disconnect)
-
-    def connection_lost(self, disconnect: Disconnect) -> None:
-        self.client.lost(self, disconnect)
-
-    # --- the one timer -----------------------------------------------------------
-
-    def _arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(when, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self.timer = None
-        welcome = self.welcome
-        now = self.loop.now
-        if welcome is None:
-            self.lose(Disconnect(Reason.HANDSHAKE_TIMEOUT, detail="no WELCOME in time"))
-            return
-        timeout = welcome.timeout_ms / 1000
-        due = self.last_recv + timeout
-        if now >= due:
-            # The server is presumed dead; the CLOSE tells it why if it is only slow.
-            self.write(encode_close(Code.TIMEOUT))
-            self.lose(
-                Disconnect(
-                    Reason.TIMEOUT, Code.TIMEOUT, f"server silent for {now - self.last_recv:.3f}s"
-                )
-            )
-            return
-        if self._scheme_pings:
-            ping_at = self.ping_if_due(welcome.interval_ms / 1000)
-            if ping_at is None:
-                return
-            due = min(due, ping_at)
-        self.timer = self.loop.call_at(due, self._on_deadline)
+                client.deliver(event.data)
+            elif isinstance(event, Opened):
+                client.established(self)
+            elif isinstance(event, Closed):
+                client.lost(self, event.disconnect)
 
 
 class Client:
@@ -237,7 +168,7 @@ class Client:
             raise LocalProtocolError(
                 Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
             )
-        if interval < 0 or interval * 1000 > 0xFFFFFFFF:
+        if interval < 0 or interval * 1000 > U32_MAX:
             raise LocalProtocolError(Code.MALFORMED, "interval out of range")
         self.host = host
         self.port = port
@@ -251,6 +182,15 @@ class Client:
         self.backoff = backoff or Backoff()
         self.source_address = source_address
         self.counters = IoCounters()
+        self.max_pending = MAX_PENDING
+        self.session_config = SessionConfig(
+            Role.CLIENT,
+            handshake_timeout=HANDSHAKE_TIMEOUT,
+            ping_strikes=DEFAULT_PING_STRIKES,
+            linger=LINGER_SECONDS,
+            hello=encode_hello(name, round(interval * 1000)),
+            counters=self.counters,
+        )
         self.connection: Connection | None = None
         #: Set once the client has stopped for good (closed, or refused for good).
         self.stopped: Disconnect | None = None
@@ -261,7 +201,7 @@ class Client:
     @property
     def welcome(self) -> Welcome | None:
         conn = self.connection
-        return conn.welcome if conn is not None and not conn.closing else None
+        return None if conn is None else conn.welcome
 
     def start(self) -> None:
         """Make the first connection attempt now."""
@@ -270,19 +210,19 @@ class Client:
     def send(self, data: bytes) -> bool:
         """Send DATA; False when not connected (nothing is queued across reconnects)."""
         conn = self.connection
-        if conn is None or conn.welcome is None or conn.closing:
+        if conn is None or conn.session.state is not State.OPEN:
             return False
-        return conn.write(encode_data(data))
+        return conn._write(conn.session.send_data(data, self.loop.now))
 
-    def close(self, code: Code = Code.NORMAL, linger: float = 2.0) -> None:
+    def close(self, code: Code = Code.NORMAL, linger: float | None = None) -> None:
         """Send CLOSE, stop reconnecting, and end the connection cleanly."""
         self._closing = True
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
         conn = self.connection
-        if conn is not None and not conn.closing:
-            conn.finish(encode_close(code), linger)
+        if conn is not None:
+            conn.apply(conn.session.close(code, self.loop.now, linger=linger))
         self._stop(Disconnect(Reason.CLOSED_LOCALLY, code))
 
     @property
@@ -327,7 +267,7 @@ class Client:
     def lost(self, conn: Connection, disconnect: Disconnect) -> None:
         if conn is not self.connection or self._closing:
             return
-        if disconnect.code in FATAL_CODES and disconnect.reason is Reason.PEER_ERROR:
+        if is_final(disconnect):
             self._stop(disconnect)
             return
         self._schedule_retry(disconnect)

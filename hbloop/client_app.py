@@ -7,9 +7,9 @@ import os
 import signal
 import sys
 
-from hbloop.channel import Disconnect, Reason
 from hbloop.client import Backoff, Client
 from hbloop.loop import EventLoop
+from hbloop.session import Disconnect, Reason
 from hbloop.wire import Welcome
 
 # Lines typed before the connection is up are queued, up to this many.

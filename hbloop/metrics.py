@@ -23,9 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from hbloop.channel import Reason
 from hbloop.loop import EventLoop
 from hbloop.netutil import make_listener
+from hbloop.session import Reason
 from hbloop.stats import Snapshot
 
 log = logging.getLogger("hbloop.metrics")

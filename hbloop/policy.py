@@ -7,10 +7,9 @@ at start-up so that a bad combination is a clear error rather than odd behaviour
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme
+from hbloop.wire import ABSOLUTE_MAX_PAYLOAD, DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD, U32_MAX, Scheme
 
 # Defaults for a general-purpose deployment: a 10 s interval and a 30 s timeout sit
 # well inside every common NAT and load-balancer idle limit (AWS ELB: 60 s) and, at
@@ -35,10 +34,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # is a slow consumer and is closed; this bounds the server's memory per peer.
 DEFAULT_MAX_PENDING = 256 * 1024
 
-# A PING arriving less than this fraction of the granted interval after the previous
-# one is a strike; MAX_PING_STRIKES strikes in a row close the connection
-# (gRPC's "too_many_pings"). Half an interval leaves room for jittered clients.
-MIN_PING_SPACING = 0.5
+# PINGs sooner than half an interval after the previous one are strikes (T8, in
+# hbloop.session); this many in a row close the connection (gRPC's "too_many_pings").
 DEFAULT_PING_STRIKES = 3
 
 # After sending CLOSE or ERROR the server half-closes and waits this long for the
@@ -59,7 +56,48 @@ DEFAULT_BACKLOG = 4096
 
 
 def seconds_to_ms(seconds: float) -> int:
+    """Configuration is in seconds, the wire in whole milliseconds (rounded)."""
     return round(seconds * 1000)
+
+
+def grant(
+    interval_ms: int, timeout_ms: int, min_ms: int, max_ms: int, requested_ms: int
+) -> tuple[int, int]:
+    """protocol.md T1, in integers: the (interval, timeout) granted to a request.
+
+    0 asks for the configured interval; anything else is clamped to [min, max]. The
+    timeout keeps the configured timeout/interval ratio, rounded up: as MQTT derives
+    its limit from the keep-alive the client chose. Integer arithmetic, so that every
+    implementation grants exactly the same.
+    """
+    granted = interval_ms if requested_ms == 0 else min(max(requested_ms, min_ms), max_ms)
+    return granted, -(-granted * timeout_ms // interval_ms)  # ceil without floats
+
+
+def _s(ms: int) -> str:
+    return f"{ms / 1000:g}s"
+
+
+def grant_problems(interval_ms: int, timeout_ms: int, min_ms: int, max_ms: int) -> list[str]:
+    """Why a timing configuration is invalid (protocol.md T2), or nothing if it is valid."""
+    problems = []
+    if min_ms < 1:
+        problems.append("the minimum interval must be at least 1 ms")
+    if min_ms > max_ms:
+        problems.append(f"the minimum interval {_s(min_ms)} exceeds the maximum {_s(max_ms)}")
+    elif not min_ms <= interval_ms <= max_ms:
+        problems.append(f"interval {_s(interval_ms)} must lie within [{_s(min_ms)}, {_s(max_ms)}]")
+    if timeout_ms < MIN_TIMEOUT_RATIO * interval_ms:
+        problems.append(
+            f"timeout {_s(timeout_ms)} must be at least {MIN_TIMEOUT_RATIO:g}x "
+            f"the interval {_s(interval_ms)}"
+        )
+    if not problems and grant(interval_ms, timeout_ms, min_ms, max_ms, max_ms)[1] > U32_MAX:
+        problems.append(
+            f"the longest grant's timeout exceeds the protocol's {U32_MAX} ms: "
+            "lower the maximum interval or the timeout/interval ratio"
+        )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -89,24 +127,14 @@ class ServerPolicy:
     tcp_user_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.min_interval <= self.interval <= self.max_interval:
-            problems.append(
-                f"interval {self.interval:g}s must lie within "
-                f"[{self.min_interval:g}s, {self.max_interval:g}s]"
-            )
-        if self.min_interval <= 0:
-            problems.append("the minimum interval must be positive")
-        if self.timeout < MIN_TIMEOUT_RATIO * self.interval:
-            problems.append(
-                f"timeout {self.timeout:g}s must be at least {MIN_TIMEOUT_RATIO:g}x "
-                f"the interval {self.interval:g}s"
-            )
+        problems = grant_problems(
+            self.interval_ms, self.timeout_ms, self.min_interval_ms, self.max_interval_ms
+        )
         if self.handshake_timeout <= 0:
             problems.append("the handshake timeout must be positive")
         if self.max_connections < 1:
             problems.append("max connections must be at least 1")
-        if not 1024 <= self.max_payload <= 0xFFFFFFFF:
+        if not MIN_MAX_PAYLOAD <= self.max_payload <= ABSOLUTE_MAX_PAYLOAD:
             problems.append("max frame payload must be between 1 KiB and 4 GiB")
         if self.max_pending < self.max_payload:
             problems.append("max pending output must hold at least one maximum-size frame")
@@ -120,32 +148,27 @@ class ServerPolicy:
             raise ValueError("; ".join(problems))
 
     @property
-    def timeout_ratio(self) -> float:
-        return self.timeout / self.interval
+    def interval_ms(self) -> int:
+        return seconds_to_ms(self.interval)
+
+    @property
+    def timeout_ms(self) -> int:
+        return seconds_to_ms(self.timeout)
+
+    @property
+    def min_interval_ms(self) -> int:
+        return seconds_to_ms(self.min_interval)
+
+    @property
+    def max_interval_ms(self) -> int:
+        return seconds_to_ms(self.max_interval)
 
     def grant(self, requested_ms: int) -> tuple[int, int]:
-        """Return (interval_ms, timeout_ms) for a client that asked for ``requested_ms``.
-
-        0 asks for the default. The interval is clamped to the configured bounds and
-        the timeout keeps the configured timeout/interval ratio, as MQTT derives its
-        limit from the keep-alive the client chose.
-        """
-        interval = self.interval if requested_ms == 0 else requested_ms / 1000
-        interval = min(max(interval, self.min_interval), self.max_interval)
-        interval_ms = max(1, seconds_to_ms(interval))
-        timeout_ms = math.ceil(interval_ms * self.timeout_ratio)
-        return interval_ms, timeout_ms
-
-    def ping_floor(self, interval: float) -> float:
-        """PINGs arriving sooner than this after the previous one are strikes."""
-        return MIN_PING_SPACING * interval
-
-
-def next_ping_at(last_sent: float, last_recv: float, last_ping: float, interval: float) -> float:
-    """When the pinging side sends its next PING (protocol.md, rule T3).
-
-    A PING is due once either direction has been quiet for an interval, and never
-    sooner than an interval after the previous PING; traffic in both directions
-    therefore postpones it.
-    """
-    return max(min(last_sent, last_recv), last_ping) + interval
+        """(interval_ms, timeout_ms) for a client that asked for ``requested_ms``."""
+        return grant(
+            self.interval_ms,
+            self.timeout_ms,
+            self.min_interval_ms,
+            self.max_interval_ms,
+            requested_ms,
+        )

@@ -1,11 +1,15 @@
-"""The heartbeat server: accepts peers, runs the handshake, tracks liveness.
+"""The heartbeat server: accepts peers, runs their sessions, tracks liveness.
 
-Liveness costs no timer operation per heartbeat. Each peer owns one timer; a frame
-only overwrites ``last_recv``. When the timer comes due it compares the clock with
-``last_recv + timeout`` and either closes the peer or re-arms itself for the new
-deadline, so a peer that heartbeats every interval costs about one heap push per
-timeout period. In the server-pings scheme the same timer also sends the PINGs,
-which traffic in both directions postpones (``policy.next_ping_at``).
+Each accepted socket becomes a ``Peer``: the I/O shell (``hbloop.channel``) around
+a server-side ``hbloop.session.Session``, which implements protocol.md. The server
+owns what the protocol leaves to it: admission (capacity now; credentials and
+duplicate names are decided at the same place), the grants, the statistics, the log
+lines and the application's callbacks.
+
+Liveness costs no timer operation per heartbeat: a frame only overwrites the
+session's ``last_recv``; the peer's one timer re-arms itself when it comes due (see
+``Channel.arm``), so a peer that heartbeats every interval costs about one heap push
+per timeout period.
 """
 
 from __future__ import annotations
@@ -18,40 +22,27 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from hbloop.channel import NEVER, Channel, Disconnect, Reason
+from hbloop.channel import Channel, IoCounters
 from hbloop.loop import EventLoop, call_guarded
 from hbloop.netutil import apply_tcp_options, make_listener
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.protocol import (
-    Frame,
-    RemoteProtocolError,
-    Role,
-    check_before_hello,
-    check_sender,
-    parse_close,
-    parse_error,
-    parse_hello,
+from hbloop.protocol import Role
+from hbloop.session import (
+    Closed,
+    Disconnect,
+    Events,
+    Grant,
+    HelloReceived,
+    Message,
+    Opened,
+    Reason,
+    Session,
+    SessionConfig,
+    State,
 )
 from hbloop.stats import ServerStats
-from hbloop.wire import (
-    PONG_FRAME,
-    PROTOCOL_VERSION,
-    T_CLOSE,
-    T_DATA,
-    T_ERROR,
-    T_HELLO,
-    T_PING,
-    T_PONG,
-    Code,
-    Scheme,
-    Welcome,
-    encode_close,
-    encode_data,
-    encode_error,
-    encode_welcome,
-)
+from hbloop.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
 
 log = logging.getLogger("hbloop.server")
 
@@ -80,56 +71,40 @@ MessageCallback = Callable[["Peer", bytes], None]
 DisconnectCallback = Callable[["Peer", Disconnect], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """The outcome of a handshake; one object shared by every peer granted the same."""
-
-    interval: float  # s
-    timeout: float  # s
-    ping_floor: float  # s; a PING sooner than this after the previous one is a strike
-    welcome: bytes  # the WELCOME frame announcing it
-
-
-_NO_GRANT = Grant(0.0, 0.0, 0.0, b"")
-
-
-class Peer(Channel):
+class Peer(Channel["Server"]):
     """One accepted connection, as the application sees it.
 
-    Public, read-only: ``name`` (None until HELLO), ``address``, ``connected_at``
-    (wall clock), ``interval`` and ``timeout`` (granted, seconds), ``idle`` and
-    ``last_heard``. Methods: ``send(data)`` and ``close(code)``.
+    Read-only: ``name`` (None until HELLO), ``address``, ``connected_at`` (wall
+    clock), ``interval`` and ``timeout`` (granted, seconds), ``idle``, ``last_heard``
+    and ``open``. Methods: ``send(data)`` and ``close(code)``.
     """
 
-    __slots__ = (
-        "server",
-        "host",
-        "port",
-        "name",
-        "open",
-        "grant",
-        "_connected",
-        "_last_ping_in",
-        "_strikes",
-    )
+    __slots__ = ("host", "port", "_accepted")
 
     def __init__(self, server: Server, sock: socket.socket, host: str, port: int) -> None:
-        policy = server.policy
-        super().__init__(server.loop, sock, server.stats, policy.max_payload, policy.max_pending)
-        self.server = server
+        now = server.loop.now
+        # Before HELLO the receive limit is the largest valid HELLO (F2).
+        super().__init__(
+            server, sock, Session.server(server.session_config, now), MAX_HELLO_PAYLOAD
+        )
         # Host and port apart rather than an address tuple, and the loop's clock rather
         # than a float of our own: both are shared objects, which saves about 100 bytes
         # per connection.
         self.host = host
         self.port = port
-        self.name: str | None = None
-        self.open = False
-        self.grant = _NO_GRANT
-        self._connected = self.loop.now
-        self._last_ping_in = NEVER
-        self._strikes = 0
+        self._accepted = now
 
     # --- the application's view ----------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        hello = self.session.hello
+        return None if hello is None else hello.name
+
+    @property
+    def open(self) -> bool:
+        """Past the handshake and not ending."""
+        return self.session.state is State.OPEN
 
     @property
     def address(self) -> tuple[str, int]:
@@ -138,7 +113,7 @@ class Peer(Channel):
     @property
     def age(self) -> float:
         """Seconds since the connection was accepted."""
-        return time.monotonic() - self._connected
+        return self.owner.loop.time() - self._accepted
 
     @property
     def connected_at(self) -> float:
@@ -148,22 +123,22 @@ class Peer(Channel):
     @property
     def interval(self) -> float:
         """The granted heartbeat interval, s (0 before the handshake)."""
-        return self.grant.interval
+        return self.session.grant.interval
 
     @property
     def timeout(self) -> float:
         """The granted timeout, s (0 before the handshake)."""
-        return self.grant.timeout
+        return self.session.grant.timeout
 
     @property
     def idle(self) -> float:
         """Seconds since the last complete frame from this peer."""
-        return self.loop.now - self.last_recv
+        return self.owner.loop.time() - self.session.last_recv
 
     @property
     def last_heard(self) -> float:
         """Wall-clock time of the last complete frame from this peer."""
-        return time.time() - (time.monotonic() - self.last_recv)
+        return time.time() - self.idle
 
     @property
     def label(self) -> str:
@@ -171,125 +146,33 @@ class Peer(Channel):
 
     def send(self, data: bytes) -> bool:
         """Send application DATA; False if the peer is gone or closing."""
-        if not self.open or self.closing:
+        if self.session.state is not State.OPEN:
             return False
-        return self.write(encode_data(data))
+        return self._write(self.session.send_data(data, self.owner.loop.now))
 
     def close(self, code: Code = Code.NORMAL) -> None:
         """Send CLOSE with ``code`` and end the connection."""
-        self.server.end(self, Disconnect(Reason.CLOSED_LOCALLY, code), encode_close(code))
+        self.apply(self.session.close(code, self.owner.loop.now))
 
-    # --- frames ---------------------------------------------------------------
+    # --- the session's events --------------------------------------------------
 
-    def frames_received(self, frames: list[Frame]) -> None:
-        try:
-            for ftype, payload in frames:
-                if self.closing:
-                    return
-                if not self.open:
-                    self._handshake(ftype, payload)
-                elif ftype == T_PING:
-                    self._on_ping()
-                elif ftype == T_PONG:
-                    self.server.stats.heartbeats += 1
-                elif ftype == T_DATA:
-                    self.server.deliver(self, payload)
-                else:
-                    self._on_control(ftype, payload)
-        except RemoteProtocolError as exc:
-            self.protocol_violated(exc)
+    def handle(self, events: Events) -> None:
+        server = self.owner
+        for event in events:
+            if isinstance(event, Message):
+                if self.fd < 0:
+                    return  # an earlier callback's send found the peer gone
+                server._deliver(self, event.data)
+            elif isinstance(event, HelloReceived):
+                server._admit(self, event.hello)
+            elif isinstance(event, Opened):
+                self.decoder.max_payload = server.policy.max_payload
+                server._opened(self)
+            elif isinstance(event, Closed):
+                server._closed(self, event.disconnect)
 
-    def _on_ping(self) -> None:
-        server = self.server
-        server.stats.heartbeats += 1
-        now = self.loop.now
-        if now - self._last_ping_in < self.grant.ping_floor:
-            self._strikes += 1
-            if self._strikes >= server.policy.ping_strikes:
-                raise RemoteProtocolError(
-                    Code.TOO_MANY_PINGS,
-                    f"{self._strikes} PINGs closer than half the {self.interval:g}s interval",
-                )
-        else:
-            self._strikes = 0
-        self._last_ping_in = now
-        self.write(PONG_FRAME)
-
-    def _on_control(self, ftype: int, payload: bytes) -> None:
-        if ftype == T_CLOSE:
-            self.lose(Disconnect(Reason.PEER_CLOSED, parse_close(payload)))
-        elif ftype == T_ERROR:
-            code, message = parse_error(payload)
-            self.lose(Disconnect(Reason.PEER_ERROR, code, message))
-        elif ftype == T_HELLO:
-            raise RemoteProtocolError(Code.DUPLICATE_HELLO, "HELLO after the handshake")
-        else:
-            check_sender(ftype, Role.CLIENT)
-
-    def _handshake(self, ftype: int, payload: bytes) -> None:
-        check_before_hello(ftype)
-        hello = parse_hello(payload)
-        server = self.server
-        if server.stats.connections >= server.policy.max_connections:
-            server.refuse(self, Code.SERVER_FULL, f"{server.policy.max_connections} connections")
-            return
-        self.grant = grant = server.grant_for(hello.interval_ms)
-        self.name = hello.name
-        if not self.write(grant.welcome):
-            return
-        self.open = True
-        # The first check: the timeout, or the first PING when the server pings.
-        first = grant.interval if server.policy.scheme is Scheme.SERVER else grant.timeout
-        due = self.loop.now + first
-        timer = self.timer
-        if timer is None or timer > due:  # else the handshake timer comes first anyway
-            if timer is not None:
-                timer.cancel()
-            self.timer = self.loop.call_at(due, self.on_deadline)
-        server.admit(self)
-
-    def protocol_violated(self, error: RemoteProtocolError) -> None:
-        self.server.end(
-            self,
-            Disconnect(Reason.PROTOCOL_ERROR, error.code, error.message),
-            encode_error(error.code, error.message),
-        )
-
-    def connection_lost(self, disconnect: Disconnect) -> None:
-        self.server.report(self, disconnect)
-
-    def release(self) -> None:
-        super().release()
-        self.server.forget(self)
-
-    # --- the one timer -------------------------------------------------------
-
-    def on_deadline(self) -> None:
-        self.timer = None
-        now = self.loop.now
-        server = self.server
-        if not self.open:
-            server.end(
-                self,
-                Disconnect(Reason.HANDSHAKE_TIMEOUT, Code.HANDSHAKE_TIMEOUT),
-                encode_close(Code.HANDSHAKE_TIMEOUT),
-            )
-            return
-        grant = self.grant
-        due = self.last_recv + grant.timeout
-        if now >= due:
-            server.end(
-                self,
-                Disconnect(Reason.TIMEOUT, Code.TIMEOUT, f"silent for {now - self.last_recv:.3f}s"),
-                encode_close(Code.TIMEOUT),
-            )
-            return
-        if server.policy.scheme is Scheme.SERVER:
-            ping_at = self.ping_if_due(grant.interval)
-            if ping_at is None:
-                return
-            due = min(due, ping_at)
-        self.timer = self.loop.call_at(due, self.on_deadline)
+    def on_released(self) -> None:
+        self.owner._forget(self)
 
 
 class Server:
@@ -326,6 +209,15 @@ class Server:
         self.backlog = backlog
         self.reuse_port = reuse_port
         self.stats = ServerStats()
+        self.counters: IoCounters = self.stats  # what the peers' channels count into
+        self.max_pending = policy.max_pending
+        self.session_config = SessionConfig(
+            Role.SERVER,
+            handshake_timeout=policy.handshake_timeout,
+            ping_strikes=policy.ping_strikes,
+            linger=policy.linger,
+            counters=self.stats,
+        )
         self.started_at = time.time()
         self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
         # requested interval_ms -> its Grant, shared by every peer that asked the same.
@@ -371,20 +263,16 @@ class Server:
         if self._stopping:
             log.warning("second stop request: closing %d connections now", len(self._live))
             for peer in list(self._live):
-                peer.release()
+                peer.drop(Reason.SHUTDOWN, "second stop request")
             self.loop.stop()
             return
         self._stopping = True
         self._close_listener()
         grace = self.policy.shutdown_grace
         log.info("shutting down: closing %d connections (grace %.1fs)", len(self._live), grace)
+        now = self.loop.now
         for peer in list(self._live):
-            self.end(
-                peer,
-                Disconnect(Reason.SHUTDOWN, Code.GOING_AWAY),
-                encode_close(Code.GOING_AWAY),
-                grace,
-            )
+            peer.apply(peer.session.close(Code.GOING_AWAY, now, Reason.SHUTDOWN, grace))
         self.loop.call_later(grace, self._grace_expired)
         self._stop_if_drained()
 
@@ -392,7 +280,7 @@ class Server:
         if self._live:
             log.warning("grace period over: dropping %d connections", len(self._live))
             for peer in list(self._live):
-                peer.release()
+                peer.drop(Reason.SHUTDOWN, "grace period over")
         self.loop.stop()
 
     def _stop_if_drained(self) -> None:
@@ -410,7 +298,7 @@ class Server:
     @property
     def peers(self) -> list[Peer]:
         """Peers past the handshake and not closing."""
-        return [peer for peer in self._live if peer.open and not peer.closing]
+        return [peer for peer in self._live if peer.open]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -452,9 +340,7 @@ class Server:
         peer = Peer(self, sock, host, address[1])
         self._live.add(peer)
         peer.start_reading()
-        peer.timer = self.loop.call_at(
-            self.loop.now + self.policy.handshake_timeout, peer.on_deadline
-        )
+        peer.arm()  # the handshake deadline (H5)
 
     def _shed_connections(self, exc: OSError) -> None:
         """Out of descriptors: accept-and-close what is queued, as libev/libuv do.
@@ -516,19 +402,22 @@ class Server:
         grant = self._grants.get(requested_ms)
         if grant is None:
             interval_ms, timeout_ms = self.policy.grant(requested_ms)
-            welcome = Welcome(PROTOCOL_VERSION, self.policy.scheme, interval_ms, timeout_ms)
-            interval = interval_ms / 1000
-            grant = Grant(
-                interval,
-                timeout_ms / 1000,
-                self.policy.ping_floor(interval),
-                encode_welcome(welcome),
-            )
+            grant = Grant(self.policy.scheme, interval_ms, timeout_ms)
             if len(self._grants) < MAX_CACHED_GRANTS:
                 self._grants[requested_ms] = grant
         return grant
 
-    def admit(self, peer: Peer) -> None:
+    def _admit(self, peer: Peer, hello: Hello) -> None:
+        """H2's last check, capacity, then WELCOME: the one place a HELLO is judged."""
+        session = peer.session
+        now = self.loop.now
+        limit = self.policy.max_connections
+        if self.stats.connections >= limit:
+            peer.apply(session.refuse(Code.SERVER_FULL, f"{limit} connections", now))
+            return
+        peer.apply(session.accept(self.grant_for(hello.interval_ms), now))
+
+    def _opened(self, peer: Peer) -> None:
         stats = self.stats
         stats.connections += 1
         if stats.connections > stats.peak:
@@ -543,23 +432,11 @@ class Server:
         if self.on_connect is not None:
             call_guarded(log, "on_connect", self.on_connect, peer)
 
-    def deliver(self, peer: Peer, payload: bytes) -> None:
+    def _deliver(self, peer: Peer, payload: bytes) -> None:
         if self.on_message is not None:
             call_guarded(log, "on_message", self.on_message, peer, payload)
 
-    def refuse(self, peer: Peer, code: Code, message: str) -> None:
-        self.end(peer, Disconnect(Reason.REFUSED, code, message), encode_error(code, message))
-
-    def end(
-        self, peer: Peer, disconnect: Disconnect, last_frame: bytes, linger: float | None = None
-    ) -> None:
-        """Report ``disconnect`` and close ``peer`` after sending ``last_frame``."""
-        if peer.closing:
-            return
-        self.report(peer, disconnect)
-        peer.finish(last_frame, self.policy.linger if linger is None else linger)
-
-    def report(self, peer: Peer, disconnect: Disconnect) -> None:
+    def _closed(self, peer: Peer, disconnect: Disconnect) -> None:
         self.stats.closed[disconnect.reason.value] += 1
         log.info(
             "disconnect %s name=%s age=%.1fs reason=%s",
@@ -568,13 +445,12 @@ class Server:
             peer.age,
             disconnect,
         )
-        if peer.open:
-            peer.open = False
+        if peer.session.handshaken:
             self.stats.connections -= 1
             if self.on_disconnect is not None:
                 call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
 
-    def forget(self, peer: Peer) -> None:
+    def _forget(self, peer: Peer) -> None:
         self._live.discard(peer)
         if self._stopping:
             self._stop_if_drained()

@@ -47,14 +47,13 @@ DEFAULT_LAG_WINDOW = 60.0
 
 
 class ServerStats(IoCounters):
-    __slots__ = ("accepted", "connections", "peak", "heartbeats", "closed", "shed")
+    __slots__ = ("accepted", "connections", "peak", "closed", "shed")
 
     def __init__(self) -> None:
         super().__init__()
         self.accepted = 0  # sockets accepted, handshaken or not
         self.connections = 0  # peers past the handshake, now
         self.peak = 0
-        self.heartbeats = 0  # PING and PONG frames received
         self.closed: Counter[str] = Counter()  # by Reason value
         self.shed = 0  # accepted and dropped at once for lack of descriptors
 

@@ -53,8 +53,14 @@ MAX_ERROR_MESSAGE_BYTES = 200
 # application DATA while a peer cannot make us buffer more than this per connection.
 DEFAULT_MAX_PAYLOAD = 65536
 
+# F2: every receiver accepts payloads at least this large, whatever its setting.
+MIN_MAX_PAYLOAD = 1024
+
+# The largest value of the protocol's u32 fields (length, interval_ms, timeout_ms).
+U32_MAX = 0xFFFFFFFF
+
 # The length field is a u32, so no configuration may exceed this.
-ABSOLUTE_MAX_PAYLOAD = 0xFFFFFFFF
+ABSOLUTE_MAX_PAYLOAD = U32_MAX
 
 
 class FrameType(enum.IntEnum):
@@ -166,6 +172,12 @@ HEADER_STRUCT = struct.Struct(">IBB")
 HELLO_FIXED = struct.Struct(">BIB")  # version, interval_ms, name length
 WELCOME_STRUCT = struct.Struct(">BBII")
 CODE_STRUCT = struct.Struct(">H")
+
+# The largest HELLO payload the u8 name length can describe (a name over 64 bytes is
+# still a HELLO, refused with BAD_NAME): a server's whole receive limit before the
+# handshake (F2), so that a socket that never completes HELLO holds a few hundred
+# bytes, not a maximum-size frame.
+MAX_HELLO_PAYLOAD = HELLO_FIXED.size + 0xFF
 
 assert HEADER_STRUCT.size == HEADER.sizeof() == HEADER_SIZE
 assert WELCOME_STRUCT.size == 10

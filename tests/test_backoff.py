@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from hbloop.channel import Disconnect, Reason
 from hbloop.client import Backoff, Client
 from hbloop.loop import EventLoop
+from hbloop.session import Disconnect, Reason
 from hbloop.wire import Code, Welcome
 
 from conftest import WAIT_TIMEOUT

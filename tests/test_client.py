@@ -6,11 +6,11 @@ import signal
 
 import pytest
 
-from hbloop.channel import Disconnect, Reason
 from hbloop.client import Backoff, Client
 from hbloop.loop import EventLoop
 from hbloop.protocol import LocalProtocolError
-from hbloop.wire import Code, Scheme, Welcome
+from hbloop.session import Disconnect, Reason
+from hbloop.wire import Code, Scheme, Welcome, encode_hello
 
 WAIT = 15.0
 
@@ -18,7 +18,7 @@ WAIT = 15.0
 class Recorder:
     """A Client wired to lists of what it reported."""
 
-    def __init__(self, port: int, name: str, **kwargs: object) -> None:
+    def __init__(self, port: int, name: str, start: bool = True, **kwargs: object) -> None:
         self.loop = EventLoop()
         self.welcomes: list[Welcome] = []
         self.messages: list[bytes] = []
@@ -33,7 +33,8 @@ class Recorder:
             on_disconnect=lambda d, retry: self.disconnects.append((d, retry)),
             **kwargs,  # type: ignore[arg-type]
         )
-        self.client.start()
+        if start:
+            self.client.start()
 
     def run_until(self, condition, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
         assert self.loop.run_until(condition, timeout), "condition not met in time"
@@ -115,10 +116,9 @@ def test_the_client_reconnects_after_a_server_restart(serve, recorders):
 
 def test_a_refused_name_stops_the_client(serve, recorders):
     server = serve()
-    rec = recorders(server.port, "ok")
+    rec = recorders(server.port, "ok", start=False)
     # Bypass the local check to see the server's refusal.
-    rec.client.name = "bad\nname"
-    rec.client.connection.release()  # type: ignore[union-attr]
+    rec.client.session_config.hello = encode_hello("bad\nname", 0)
     rec.client.start()
     rec.run_until(lambda: rec.client.stopped is not None)
     stopped = rec.client.stopped

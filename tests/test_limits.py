@@ -27,7 +27,7 @@ def test_at_max_connections_a_newcomer_gets_server_full(serve, raw_peer, good_pe
     third = raw_peer(server.address)
     third.send(encode_hello("third", 0))
     expect_last_word(third, FrameType.ERROR, Code.SERVER_FULL)
-    server.wait_line(r"disconnect .* name=- .*reason=refused SERVER_FULL")
+    server.wait_line(r"disconnect .* name=third .*reason=refused SERVER_FULL")
     good.assert_served(server)
 
     # Room frees up: the next newcomer is admitted.

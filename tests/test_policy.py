@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hbloop.policy import ServerPolicy, next_ping_at
+from hbloop.policy import ServerPolicy, grant
 
 
 def test_default_request_gets_the_configured_interval_and_timeout() -> None:
@@ -22,12 +22,33 @@ def test_fractional_ratio_rounds_the_timeout_up() -> None:
     assert ServerPolicy(interval=3, timeout=7).grant(1000) == (1000, 2334)
 
 
+def test_the_grant_is_exact_integer_arithmetic() -> None:
+    # Floating point gave 1 ms too much here: 0.1 s x (0.3 / 0.1) = 30.000000000000004.
+    assert ServerPolicy(interval=0.1, timeout=0.3).grant(10) == (100, 300)
+    # ceil(I x T / D) for values whose float product is inexact.
+    assert grant(
+        interval_ms=3, timeout_ms=10, min_ms=1, max_ms=10**9, requested_ms=999_999_999
+    ) == (
+        999_999_999,
+        3_333_333_330,
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"interval": 10, "timeout": 15}, "at least 2x"),
         ({"interval": 0.05}, "must lie within"),
         ({"interval": 500}, "must lie within"),
+        (
+            {"min_interval": 5, "max_interval": 1, "interval": 3, "timeout": 9},
+            "exceeds the maximum",
+        ),
+        ({"min_interval": 0.0001}, "at least 1 ms"),
+        (
+            {"interval": 1_500_000, "timeout": 4_500_000, "max_interval": 1_500_000},
+            "exceeds the protocol",
+        ),
         ({"max_connections": 0}, "max connections"),
         ({"max_payload": 10}, "max frame payload"),
         ({"max_pending": 1024, "max_payload": 4096}, "pending output"),
@@ -38,16 +59,3 @@ def test_fractional_ratio_rounds_the_timeout_up() -> None:
 def test_bad_configurations_are_refused_with_a_reason(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServerPolicy(**kwargs)
-
-
-def test_ping_strike_threshold_is_half_the_interval() -> None:
-    assert ServerPolicy().ping_floor(1.0) == 0.5
-
-
-def test_next_ping_waits_for_either_direction_to_go_quiet() -> None:
-    # Both directions busy until t=10: the PING waits an interval after that.
-    assert next_ping_at(last_sent=10, last_recv=10, last_ping=0, interval=2) == 12
-    # Only receiving: the sending side went quiet at t=3, so PING at t=5.
-    assert next_ping_at(last_sent=3, last_recv=10, last_ping=0, interval=2) == 5
-    # Never sooner than an interval after the previous PING.
-    assert next_ping_at(last_sent=3, last_recv=3, last_ping=4, interval=2) == 6

@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
-from hbloop.channel import Disconnect, Reason
 from hbloop.policy import ServerPolicy
 from hbloop.server import Peer
+from hbloop.session import Disconnect, Reason
 from hbloop.wire import FrameType, encode_hello
 
 from conftest import WAIT_TIMEOUT, RawPeer, rst_close

@@ -1,0 +1,645 @@
+"""One connection's protocol state machine, for both roles, with no I/O at all.
+
+This is protocol.md sections 2 to 4 as code: the states it names, the handshake
+rules (H1-H8), the timing rules (T1-T8) and the closing rules (C1-C3). A ``Session``
+is told what happened, always with the time it happened, and answers with the bytes
+to send and the events the application should hear of::
+
+    out, events = session.receive(frames, now)      # complete frames from the peer
+    out, events = session.deadline_reached(now)     # the one timer came due
+    out, events = session.close(Code.NORMAL, now)   # we want to end it
+
+``next_deadline()`` says when the session next needs ``deadline_reached``: the
+handshake deadline, the peer's timeout, this side's next PING or the end of the
+linger after our last frame. The caller keeps a single timer per connection and may
+fire it late or early; the session re-checks the clock itself, so a heartbeat never
+needs a timer operation (re-arming happens about once per timeout period).
+
+In the spirit of h11: no socket is imported here, the clock is a parameter, and the
+server's admission decision (capacity, credentials, duplicate names) stays with the
+caller: a valid HELLO yields ``HelloReceived`` and the caller answers ``accept(grant)``
+or ``refuse(code)``. Frames that arrived behind the HELLO are held until then, so a
+client may pipeline its first PING behind its HELLO.
+
+Errors come in the two kinds of ``hbloop.protocol``: the peer's violations become an
+ERROR frame and a ``Closed`` event (never an exception out of here), while calling a
+method in a state where it makes no sense raises ``LocalProtocolError``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hbloop.protocol import (
+    Frame,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Role,
+    code_name,
+    parse_close,
+    parse_error,
+    parse_hello,
+    parse_welcome,
+)
+from hbloop.wire import (
+    ABSOLUTE_MAX_PAYLOAD,
+    PING_FRAME,
+    PONG_FRAME,
+    PROTOCOL_VERSION,
+    T_CLOSE,
+    T_DATA,
+    T_ERROR,
+    T_HELLO,
+    T_PING,
+    T_PONG,
+    T_WELCOME,
+    Code,
+    FrameType,
+    Hello,
+    Scheme,
+    Welcome,
+    encode_close,
+    encode_data,
+    encode_error,
+    encode_welcome,
+)
+
+# T8: a PING arriving sooner than this fraction of the interval after the previous
+# one is a strike. Half an interval leaves room for jittered and catching-up clients.
+PING_STRIKE_FRACTION = 0.5
+
+# "Long ago": the time of a PING never sent or received (T3 starts last_ping there).
+NEVER = float("-inf")
+FOREVER = float("inf")
+
+
+class State(enum.Enum):
+    """The connection states of protocol.md section 2."""
+
+    CONNECTING = "connecting"  # client: the TCP connection is being set up
+    AWAIT_HELLO = "await_hello"  # server: accepted, the handshake deadline runs
+    AWAIT_WELCOME = "await_welcome"  # client: HELLO sent
+    OPEN = "open"  # handshake done: heartbeats and DATA
+    CLOSING = "closing"  # this side sent its last frame and waits, bounded, for EOF
+    CLOSED = "closed"  # nothing more to do; the socket can go
+
+
+class Reason(enum.Enum):
+    """Why a connection ended; every end has exactly one."""
+
+    PEER_CLOSED = "peer_closed"  # CLOSE frame or EOF from the peer
+    PEER_RESET = "peer_reset"  # ECONNRESET, EPIPE, a failed connect or another socket error
+    PEER_ERROR = "peer_error"  # the peer sent ERROR
+    TIMEOUT = "timeout"  # nothing heard within the timeout
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    PROTOCOL_ERROR = "protocol_error"  # the peer broke the protocol; we sent ERROR
+    REFUSED = "refused"  # we refused the handshake (server full, ...)
+    SLOW_CONSUMER = "slow_consumer"  # pending output passed the cap
+    SHUTDOWN = "shutdown"  # this side is stopping
+    CLOSED_LOCALLY = "closed_locally"  # the application asked
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    reason: Reason
+    code: int | None = None  # the protocol code sent or received, if any
+    detail: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.reason.value]
+        if self.code is not None:
+            parts.append(code_name(self.code))
+        if self.detail:
+            parts.append(self.detail)
+        return " ".join(parts)
+
+
+class Grant:
+    """The interval, timeout and scheme in force on an OPEN connection.
+
+    A server shares one Grant among every peer granted the same, so the derived
+    seconds and the WELCOME frame are computed once, not per connection.
+    """
+
+    __slots__ = ("scheme", "interval_ms", "timeout_ms", "interval", "timeout", "ping_floor")
+
+    def __init__(self, scheme: Scheme, interval_ms: int, timeout_ms: int) -> None:
+        self.scheme = scheme
+        self.interval_ms = interval_ms
+        self.timeout_ms = timeout_ms
+        self.interval = interval_ms / 1000
+        self.timeout = timeout_ms / 1000
+        self.ping_floor = PING_STRIKE_FRACTION * self.interval
+
+    @classmethod
+    def from_welcome(cls, welcome: Welcome) -> Grant:
+        return cls(welcome.scheme, welcome.interval_ms, welcome.timeout_ms)
+
+    @property
+    def welcome(self) -> Welcome:
+        return Welcome(PROTOCOL_VERSION, self.scheme, self.interval_ms, self.timeout_ms)
+
+    def __repr__(self) -> str:
+        return (
+            f"Grant({self.scheme.name.lower()} pings, interval {self.interval_ms} ms, "
+            f"timeout {self.timeout_ms} ms)"
+        )
+
+
+# --- events --------------------------------------------------------------------------
+
+
+class Event:
+    """Something the application should hear of."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived(Event):
+    """Server: a valid HELLO. Answer with ``accept(grant, now)`` or ``refuse(...)``."""
+
+    hello: Hello
+
+
+@dataclass(frozen=True, slots=True)
+class Opened(Event):
+    """The handshake is done; the connection is OPEN under ``grant``."""
+
+    grant: Grant
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Event):
+    """A DATA frame's payload."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived(Event):
+    """A PONG arrived (only when ``SessionConfig.report_pongs``, for RTT probes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed(Event):
+    """The connection is over for the application; reported exactly once."""
+
+    disconnect: Disconnect
+
+
+PONG_RECEIVED = PongReceived()
+
+Events = Sequence[Event]
+Step = tuple[bytes, Events]
+
+NO_EVENTS: tuple[Event, ...] = ()
+NOTHING: Step = (b"", NO_EVENTS)
+
+
+class SessionCounters(Protocol):
+    heartbeats: int  # PING and PONG frames received
+    frames_out: int  # frames produced
+
+
+class _Tally:
+    """Counters for sessions whose owner keeps no statistics."""
+
+    __slots__ = ("heartbeats", "frames_out")
+
+    def __init__(self) -> None:
+        self.heartbeats = self.frames_out = 0
+
+
+class SessionConfig:
+    """What every session of one endpoint (a server, or one client) shares.
+
+    * ``handshake_timeout``: a server closes a connection that has not sent HELLO by
+      then (H5); a client gives up on an attempt whose WELCOME has not arrived (H3).
+    * ``ping_strikes``: consecutive too-early PINGs before ERROR TOO_MANY_PINGS (T8).
+    * ``linger``: how long to wait for the peer's EOF after our last frame (C1, C3).
+    * ``hello``: the client's HELLO frame, sent once connected.
+    * ``auto_ping``: the pinging side sends PINGs by rule T3 (off for load
+      generators that keep their own schedule).
+    * ``report_pongs``: emit ``PongReceived`` for every PONG.
+    * ``counters``: where the sessions count heartbeats received and frames sent.
+    """
+
+    __slots__ = (
+        "role",
+        "handshake_timeout",
+        "ping_strikes",
+        "linger",
+        "hello",
+        "auto_ping",
+        "report_pongs",
+        "counters",
+        "pinging_scheme",
+    )
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        handshake_timeout: float,
+        ping_strikes: int,
+        linger: float,
+        hello: bytes = b"",
+        auto_ping: bool = True,
+        report_pongs: bool = False,
+        counters: SessionCounters | None = None,
+    ) -> None:
+        if role is Role.CLIENT and not hello:
+            raise LocalProtocolError(Code.MALFORMED, "a client session needs its HELLO")
+        if handshake_timeout <= 0 or ping_strikes < 1 or linger < 0:
+            raise LocalProtocolError(Code.MALFORMED, "timeouts and strikes must be positive")
+        self.role = role
+        self.handshake_timeout = handshake_timeout
+        self.ping_strikes = ping_strikes
+        self.linger = linger
+        self.hello = hello
+        self.auto_ping = auto_ping
+        self.report_pongs = report_pongs
+        self.counters: SessionCounters = counters if counters is not None else _Tally()
+        # The scheme under which this side sends PINGs (T3), or None if it never does.
+        own = Scheme.SERVER if role is Role.SERVER else Scheme.CLIENT
+        self.pinging_scheme: Scheme | None = own if auto_ping else None
+
+
+_NO_GRANT = Grant(Scheme.CLIENT, 0, 0)
+
+
+class Session:
+    """The state machine of one connection. Create it with ``Session.server`` when a
+    connection is accepted or ``Session.client`` when a connect starts."""
+
+    __slots__ = (
+        "config",
+        "state",
+        "grant",
+        "hello",
+        "deadline",
+        "last_recv",
+        "last_sent",
+        "last_ping_out",
+        "last_ping_in",
+        "strikes",
+        "_held",
+    )
+
+    def __init__(self, config: SessionConfig, state: State, now: float) -> None:
+        self.config = config
+        self.state = state
+        self.grant = _NO_GRANT
+        #: Server: the peer's HELLO, once received. Client: None.
+        self.hello: Hello | None = None
+        #: The handshake deadline, then (CLOSING) the end of the linger.
+        self.deadline = now + config.handshake_timeout
+        #: When the last complete frame arrived, and when this side last sent one.
+        self.last_recv = now
+        self.last_sent = now
+        self.last_ping_out = NEVER
+        self.last_ping_in = NEVER
+        self.strikes = 0
+        self._held: list[Frame] | None = None  # frames behind a HELLO awaiting a decision
+
+    @classmethod
+    def server(cls, config: SessionConfig, now: float) -> Session:
+        if config.role is not Role.SERVER:
+            raise LocalProtocolError(Code.MALFORMED, "not a server configuration")
+        return cls(config, State.AWAIT_HELLO, now)
+
+    @classmethod
+    def client(cls, config: SessionConfig, now: float) -> Session:
+        if config.role is not Role.CLIENT:
+            raise LocalProtocolError(Code.MALFORMED, "not a client configuration")
+        return cls(config, State.CONNECTING, now)
+
+    @property
+    def handshaken(self) -> bool:
+        """True once the handshake completed (the Opened event was emitted)."""
+        return self.grant is not _NO_GRANT
+
+    def __repr__(self) -> str:
+        return f"<Session {self.config.role.value} {self.state.value} {self.grant!r}>"
+
+    # --- time ------------------------------------------------------------------------
+
+    def _pings(self) -> bool:
+        return self.grant.scheme is self.config.pinging_scheme
+
+    def next_ping(self) -> float:
+        """T3: when the pinging side sends its next PING, if nothing else is sent.
+
+        Due once either direction has been quiet for an interval, and never sooner
+        than an interval after the previous PING: traffic both ways postpones it.
+        """
+        return max(min(self.last_sent, self.last_recv), self.last_ping_out) + self.grant.interval
+
+    def next_deadline(self) -> float:
+        """When ``deadline_reached`` has something to do (infinity: never)."""
+        state = self.state
+        if state is State.OPEN:
+            due = self.last_recv + self.grant.timeout
+            if self._pings():
+                ping_at = self.next_ping()
+                if ping_at < due:
+                    return ping_at
+            return due
+        if state is State.CLOSED:
+            return FOREVER
+        return self.deadline
+
+    def expired(self, now: float) -> bool:
+        """True if ``deadline_reached(now)`` would end an OPEN connection for silence:
+        the caller's cue to read what is already waiting first (T6)."""
+        return self.state is State.OPEN and now >= self.last_recv + self.grant.timeout
+
+    def deadline_reached(self, now: float) -> Step:
+        state = self.state
+        if state is State.OPEN:
+            silent = now - self.last_recv
+            if silent >= self.grant.timeout:
+                return self._close(
+                    Code.TIMEOUT,
+                    now,
+                    Disconnect(Reason.TIMEOUT, Code.TIMEOUT, f"silent for {silent:.3f}s"),
+                    self.config.linger,
+                )
+            if self._pings() and now >= self.next_ping():
+                return self.ping(now), NO_EVENTS
+            return NOTHING
+        if state is State.CLOSED or now < self.deadline:
+            return NOTHING
+        if state is State.CLOSING:
+            self.state = State.CLOSED  # the peer never sent its EOF: give up waiting
+            return NOTHING
+        if state is State.AWAIT_HELLO:
+            return self._close(
+                Code.HANDSHAKE_TIMEOUT,
+                now,
+                Disconnect(Reason.HANDSHAKE_TIMEOUT, Code.HANDSHAKE_TIMEOUT),
+                self.config.linger,
+            )
+        # A client whose connect or WELCOME did not come in time gives up the attempt.
+        return self._end(Disconnect(Reason.HANDSHAKE_TIMEOUT, detail="no WELCOME in time"))
+
+    # --- the handshake -----------------------------------------------------------------
+
+    def connected(self, now: float) -> bytes:
+        """Client: the TCP connection is up; returns the HELLO to send (H1)."""
+        if self.state is not State.CONNECTING:
+            raise LocalProtocolError(Code.MALFORMED, f"connected() in state {self.state.value}")
+        self.state = State.AWAIT_WELCOME
+        self.last_sent = now
+        self.config.counters.frames_out += 1
+        return self.config.hello
+
+    def accept(self, grant: Grant, now: float) -> Step:
+        """Server: admit the pending HELLO under ``grant``; WELCOME goes out (H3) and
+        the frames held behind the HELLO are acted on."""
+        if self.state is not State.AWAIT_HELLO or self.hello is None:
+            raise LocalProtocolError(Code.MALFORMED, "accept() needs a pending HELLO")
+        self.state = State.OPEN
+        self.grant = grant
+        self.last_sent = now
+        self.config.counters.frames_out += 1
+        welcome = encode_welcome(grant.welcome)
+        opened: tuple[Event, ...] = (Opened(grant),)
+        held, self._held = self._held, None
+        if not held:
+            return welcome, opened
+        out, events = self.receive(held, now)
+        return welcome + out, (*opened, *events)
+
+    def refuse(self, code: Code, message: str, now: float) -> Step:
+        """Server: refuse the pending HELLO with ERROR ``code`` (H2)."""
+        if self.state is not State.AWAIT_HELLO or self.hello is None:
+            raise LocalProtocolError(Code.MALFORMED, "refuse() needs a pending HELLO")
+        self._held = None
+        return self._fail(RemoteProtocolError(code, message), now, Reason.REFUSED)
+
+    # --- frames in ---------------------------------------------------------------------
+
+    def receive(self, frames: Sequence[Frame], now: float) -> Step:
+        """Act on complete frames from the peer, in order, received at ``now``."""
+        if self.state is not State.OPEN:
+            return self._receive_unopened(frames, now)
+        # The per-frame path of every heartbeat: locals, no calls but the appends.
+        self.last_recv = now
+        out = b""
+        events: list[Event] | tuple[Event, ...] = NO_EVENTS
+        beats = pongs = 0
+        for ftype, payload in frames:
+            if ftype == T_PING:
+                beats += 1
+                if now - self.last_ping_in < self.grant.ping_floor:
+                    self.strikes += 1
+                    if self.strikes >= self.config.ping_strikes:
+                        out, events = self._strike_out(out, events, now)
+                        break
+                else:
+                    self.strikes = 0
+                self.last_ping_in = now
+                out += PONG_FRAME
+                pongs += 1
+            elif ftype == T_PONG:
+                beats += 1
+                if self.config.report_pongs:
+                    if events is NO_EVENTS:
+                        events = []
+                    events.append(PONG_RECEIVED)  # type: ignore[union-attr]
+            elif ftype == T_DATA:
+                if events is NO_EVENTS:
+                    events = []
+                events.append(Message(payload))  # type: ignore[union-attr]
+            else:
+                more, extra = self._control(ftype, payload, now)
+                out += more
+                if extra:
+                    events = [*events, *extra]
+                if self.state is not State.OPEN:
+                    break
+        if beats:
+            counters = self.config.counters
+            counters.heartbeats += beats
+            counters.frames_out += pongs
+        if out:
+            self.last_sent = now
+        return out, events
+
+    def _strike_out(
+        self, out: bytes, events: list[Event] | tuple[Event, ...], now: float
+    ) -> Step:
+        more, extra = self._fail(
+            RemoteProtocolError(
+                Code.TOO_MANY_PINGS,
+                f"{self.strikes} PINGs sooner than half the {self.grant.interval:g}s interval",
+            ),
+            now,
+        )
+        return out + more, [*events, *extra]
+
+    def _control(self, ftype: int, payload: bytes, now: float) -> Step:
+        """CLOSE, ERROR, and the handshake frames that have no place on an OPEN
+        connection."""
+        try:
+            if ftype == T_CLOSE:
+                return self._end(Disconnect(Reason.PEER_CLOSED, parse_close(payload)))
+            if ftype == T_ERROR:
+                code, message = parse_error(payload)
+                return self._end(Disconnect(Reason.PEER_ERROR, code, message))
+            if ftype == T_HELLO and self.config.role is Role.SERVER:
+                raise RemoteProtocolError(Code.DUPLICATE_HELLO, "HELLO after the handshake")
+            what = "second WELCOME" if ftype == T_WELCOME else FrameType(ftype).name
+            raise RemoteProtocolError(
+                Code.UNEXPECTED_FRAME,
+                f"{what} from a {'client' if self.config.role is Role.SERVER else 'server'}",
+            )
+        except RemoteProtocolError as exc:
+            return self._fail(exc, now)
+
+    def _receive_unopened(self, frames: Sequence[Frame], now: float) -> Step:
+        state = self.state
+        if state is State.AWAIT_HELLO:
+            return self._receive_hello(frames, now)
+        if state is State.AWAIT_WELCOME:
+            return self._receive_welcome(frames, now)
+        if state is State.CONNECTING:
+            raise LocalProtocolError(Code.MALFORMED, "frames received before connected()")
+        return NOTHING  # CLOSING or CLOSED: input is drained and ignored (C2, C3)
+
+    def _receive_hello(self, frames: Sequence[Frame], now: float) -> Step:
+        if self.hello is not None:
+            raise LocalProtocolError(Code.MALFORMED, "accept() or refuse() the pending HELLO")
+        ftype, payload = frames[0]
+        self.last_recv = now  # the server's timeout clock starts at HELLO (T6)
+        try:
+            if ftype != T_HELLO:
+                raise RemoteProtocolError(
+                    Code.HELLO_REQUIRED, f"{FrameType(ftype).name} before HELLO"
+                )
+            hello = parse_hello(payload)
+        except RemoteProtocolError as exc:
+            return self._fail(exc, now)
+        self.hello = hello
+        if len(frames) > 1:
+            self._held = list(frames[1:])
+        return b"", (HelloReceived(hello),)
+
+    def _receive_welcome(self, frames: Sequence[Frame], now: float) -> Step:
+        ftype, payload = frames[0]
+        try:
+            if ftype == T_WELCOME:
+                welcome = parse_welcome(payload)
+            elif ftype in (T_CLOSE, T_ERROR):
+                return self._control(ftype, payload, now)
+            else:
+                raise RemoteProtocolError(
+                    Code.UNEXPECTED_FRAME, f"{FrameType(ftype).name} before WELCOME"
+                )
+        except RemoteProtocolError as exc:
+            return self._fail(exc, now)
+        self.state = State.OPEN
+        self.grant = grant = Grant.from_welcome(welcome)
+        self.last_recv = now  # the client's timeout clock starts at WELCOME (H3)
+        opened = (Opened(grant),)
+        if len(frames) == 1:
+            return b"", opened
+        out, events = self.receive(frames[1:], now)
+        return out, (*opened, *events)
+
+    # --- frames out --------------------------------------------------------------------
+
+    def send_data(self, data: bytes, now: float) -> bytes:
+        """The DATA frame carrying ``data``; only on an OPEN connection."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(Code.UNEXPECTED_FRAME, f"DATA in state {self.state.value}")
+        if len(data) > ABSOLUTE_MAX_PAYLOAD:
+            raise LocalProtocolError(Code.FRAME_TOO_LARGE, f"{len(data)} bytes of DATA")
+        self.last_sent = now
+        self.config.counters.frames_out += 1
+        return encode_data(data)
+
+    def ping(self, now: float) -> bytes:
+        """A PING, now (T3 sends them by itself; this is for probes and load
+        generators that keep their own schedule)."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(Code.UNEXPECTED_FRAME, f"PING in state {self.state.value}")
+        self.last_ping_out = self.last_sent = now
+        self.config.counters.frames_out += 1
+        return PING_FRAME
+
+    # --- ending ------------------------------------------------------------------------
+
+    def close(
+        self,
+        code: Code,
+        now: float,
+        reason: Reason = Reason.CLOSED_LOCALLY,
+        linger: float | None = None,
+    ) -> Step:
+        """End the connection with CLOSE ``code`` (C1); then wait up to ``linger``
+        (default: the configured one) for the peer's EOF. A no-op once closing."""
+        state = self.state
+        if state is State.CLOSING or state is State.CLOSED:
+            return NOTHING
+        disconnect = Disconnect(reason, code)
+        if state is State.CONNECTING:
+            return self._end(disconnect)
+        return self._close(code, now, disconnect, self.config.linger if linger is None else linger)
+
+    def protocol_error(self, error: RemoteProtocolError, now: float) -> Step:
+        """The decoder refused the peer's bytes (F1): ERROR, then close (C3)."""
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            return NOTHING
+        return self._fail(error, now)
+
+    def eof_received(self, now: float, partial: int = 0) -> Step:
+        """The peer shut down its sending half; ``partial`` bytes of an unfinished
+        frame were pending (a truncation, not a split: F4)."""
+        state = self.state
+        if state is State.CLOSING:
+            self.state = State.CLOSED  # the EOF we lingered for
+            return NOTHING
+        if state is State.CLOSED:
+            return NOTHING
+        if partial:
+            return self._fail(
+                RemoteProtocolError(Code.MALFORMED, f"EOF inside a frame, {partial} bytes in"),
+                now,
+            )
+        return self._end(Disconnect(Reason.PEER_CLOSED, detail="EOF"))
+
+    def abort(self, reason: Reason, detail: str = "") -> Step:
+        """The transport failed or gave up (reset, refused connect, slow consumer):
+        nothing more can be sent. Reported unless the session was already ending."""
+        if self.state is State.CLOSING or self.state is State.CLOSED:
+            self.state = State.CLOSED
+            return NOTHING
+        return self._end(Disconnect(reason, detail=detail))
+
+    def _close(self, code: Code, now: float, disconnect: Disconnect, linger: float) -> Step:
+        self.state = State.CLOSING
+        self.deadline = now + linger
+        self.last_sent = now
+        self.config.counters.frames_out += 1
+        return encode_close(code), (Closed(disconnect),)
+
+    def _fail(
+        self, error: RemoteProtocolError, now: float, reason: Reason = Reason.PROTOCOL_ERROR
+    ) -> Step:
+        self.state = State.CLOSING
+        self.deadline = now + self.config.linger
+        self.last_sent = now
+        self.config.counters.frames_out += 1
+        return encode_error(error.code, error.message), (
+            Closed(Disconnect(reason, error.code, error.message)),
+        )
+
+    def _end(self, disconnect: Disconnect) -> Step:
+        self.state = State.CLOSED
+        return b"", (Closed(disconnect),)
