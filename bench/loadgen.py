@@ -29,7 +29,6 @@ from hbloop.client import HANDSHAKE_TIMEOUT, MAX_PENDING
 from hbloop.loop import EventLoop, Timer
 from hbloop.netutil import raise_open_files_limit
 from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
-from hbloop.protocol import Role
 from hbloop.session import (
     Closed,
     Disconnect,
@@ -37,6 +36,7 @@ from hbloop.session import (
     Opened,
     PongReceived,
     Reason,
+    Role,
     Session,
     SessionConfig,
     State,

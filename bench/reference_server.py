@@ -23,12 +23,13 @@ import sys
 
 from hbloop.netutil import raise_open_files_limit
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.protocol import FrameDecoder, RemoteProtocolError, Role
+from hbloop.protocol import FrameDecoder, RemoteProtocolError
 from hbloop.session import (
     FOREVER,
     Closed,
     Grant,
     HelloReceived,
+    Role,
     Session,
     SessionConfig,
     State,

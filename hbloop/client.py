@@ -14,11 +14,12 @@ import logging
 import random
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from hbloop.channel import Channel, IoCounters
 from hbloop.loop import EventLoop, Timer, call_guarded
 from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
-from hbloop.protocol import LocalProtocolError, Role
+from hbloop.protocol import LocalProtocolError
 from hbloop.session import (
     Closed,
     Disconnect,
@@ -26,6 +27,7 @@ from hbloop.session import (
     Message,
     Opened,
     Reason,
+    Role,
     Session,
     SessionConfig,
     State,
@@ -85,7 +87,7 @@ class Backoff:
     def next_delay(self) -> float:
         ceiling = min(self.cap, self.base * (2**self.attempt))
         self.attempt = min(self.attempt + 1, 62)  # keeps 2**attempt a sane float
-        return self._rng() * ceiling
+        return float(self._rng() * ceiling)
 
     def reset(self) -> None:
         self.attempt = 0
@@ -105,7 +107,7 @@ class Connection(Channel["Client"]):
         session = self.session
         return session.grant.welcome if session.state is State.OPEN else None
 
-    def begin(self, address: tuple[str, int] | tuple[str, int, int, int]) -> None:
+    def begin(self, address: tuple[Any, ...]) -> None:
         err = self.sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode.get(err, err)}")

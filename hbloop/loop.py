@@ -90,6 +90,11 @@ class Timer(float):
 
     __slots__ = ("callback", "args", "cancelled", "_loop")
 
+    callback: Callback
+    args: tuple[Any, ...]
+    cancelled: bool
+    _loop: EventLoop
+
     def __new__(
         cls, loop: EventLoop, when: float, callback: Callback, args: tuple[Any, ...]
     ) -> Timer:

@@ -105,14 +105,16 @@ class _ReportCollector:
         restarts = CounterMetricFamily("hbloop_restarts", "Workers restarted after dying.")
         restarts.add_metric([], report.restarts)
         yield restarts
-        per_worker = {(worker,): s for worker, s in report.workers.items()}
+        per_worker: dict[tuple[str, ...], Snapshot] = {
+            (worker,): s for worker, s in report.workers.items()
+        }
         yield from _families("hbloop_worker_", ["worker"], per_worker)
 
 
 def exposition(source: Callable[[], Report]) -> Callable[[], bytes]:
     """A function rendering ``source()``'s report in the text exposition format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ReportCollector(source))  # type: ignore[arg-type]
+    registry.register(_ReportCollector(source))
     return lambda: generate_latest(registry)
 
 

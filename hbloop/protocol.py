@@ -12,8 +12,6 @@ length field costs nothing.
 
 from __future__ import annotations
 
-import enum
-
 from hbloop.wire import (
     CODE_STRUCT,
     HEADER_ONLY_TYPES,
@@ -58,23 +56,6 @@ class RemoteProtocolError(ProtocolError):
 class LocalProtocolError(ProtocolError):
     """Our own caller misused the protocol API (a bug on this side, not the peer's)."""
 
-
-class Role(enum.Enum):
-    CLIENT = "client"
-    SERVER = "server"
-
-
-# Who may send each frame type. PING and PONG flow both ways in either scheme: any
-# PING is answered, and an unsolicited PONG is a one-way heartbeat (as in RFC 6455).
-SENDERS: dict[FrameType, frozenset[Role]] = {
-    FrameType.HELLO: frozenset({Role.CLIENT}),
-    FrameType.WELCOME: frozenset({Role.SERVER}),
-    FrameType.PING: frozenset({Role.CLIENT, Role.SERVER}),
-    FrameType.PONG: frozenset({Role.CLIENT, Role.SERVER}),
-    FrameType.DATA: frozenset({Role.CLIENT, Role.SERVER}),
-    FrameType.CLOSE: frozenset({Role.CLIENT, Role.SERVER}),
-    FrameType.ERROR: frozenset({Role.CLIENT, Role.SERVER}),
-}
 
 _EMPTY = b""
 
@@ -181,8 +162,10 @@ def parse_welcome(payload: bytes) -> Welcome:
         raise RemoteProtocolError(Code.UNSUPPORTED_VERSION, f"server answered version {version}")
     if scheme not in (Scheme.CLIENT, Scheme.SERVER):
         raise RemoteProtocolError(Code.MALFORMED, f"unknown scheme {scheme}")
-    if not 0 < interval_ms < timeout_ms:
-        raise RemoteProtocolError(Code.MALFORMED, "WELCOME needs 0 < interval < timeout")
+    if not interval_ms > 0 or timeout_ms < 2 * interval_ms:
+        raise RemoteProtocolError(
+            Code.MALFORMED, "WELCOME needs 0 < interval and timeout >= 2 x interval (H3, T2)"
+        )
     return Welcome(version, Scheme(scheme), interval_ms, timeout_ms)
 
 
@@ -206,17 +189,3 @@ def parse_error(payload: bytes) -> tuple[int, str]:
         raise RemoteProtocolError(Code.MALFORMED, "ERROR must start with a u16 code")
     (code,) = CODE_STRUCT.unpack_from(payload)
     return int(code), payload[CODE_STRUCT.size :].decode("utf-8", "replace")
-
-
-def check_sender(ftype: int, sender: Role) -> None:
-    """Refuse a frame type the sending role may not send (a server never sends HELLO)."""
-    if sender not in SENDERS[FrameType(ftype)]:
-        raise RemoteProtocolError(
-            Code.UNEXPECTED_FRAME, f"a {sender.value} may not send {FrameType(ftype).name}"
-        )
-
-
-def check_before_hello(ftype: int) -> None:
-    """Server side, handshake pending: only HELLO may come first."""
-    if ftype != FrameType.HELLO:
-        raise RemoteProtocolError(Code.HELLO_REQUIRED, f"{FrameType(ftype).name} before HELLO")

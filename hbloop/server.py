@@ -27,7 +27,6 @@ from hbloop.channel import Channel, IoCounters
 from hbloop.loop import EventLoop, call_guarded
 from hbloop.netutil import apply_tcp_options, make_listener
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.protocol import Role
 from hbloop.session import (
     Closed,
     Disconnect,
@@ -37,6 +36,7 @@ from hbloop.session import (
     Message,
     Opened,
     Reason,
+    Role,
     Session,
     SessionConfig,
     State,

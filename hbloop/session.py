@@ -37,7 +37,6 @@ from hbloop.protocol import (
     Frame,
     LocalProtocolError,
     RemoteProtocolError,
-    Role,
     code_name,
     parse_close,
     parse_error,
@@ -74,6 +73,11 @@ PING_STRIKE_FRACTION = 0.5
 # "Long ago": the time of a PING never sent or received (T3 starts last_ping there).
 NEVER = float("-inf")
 FOREVER = float("inf")
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
 
 
 class State(enum.Enum):
@@ -473,7 +477,7 @@ class Session:
 
     def _strike_out(
         self, out: bytes, events: list[Event] | tuple[Event, ...], now: float
-    ) -> Step:
+    ) -> tuple[bytes, list[Event]]:
         more, extra = self._fail(
             RemoteProtocolError(
                 Code.TOO_MANY_PINGS,

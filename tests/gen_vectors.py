@@ -78,7 +78,12 @@ def valid_vectors() -> list[dict[str, object]]:
             hello_payload(name.encode(), interval),
             {"version": 1, "interval_ms": interval, "name": name},
         )
-    for scheme, interval, timeout in ((0, 10000, 30000), (1, 2000, 6000), (1, 100, 300)):
+    for scheme, interval, timeout in (
+        (0, 10000, 30000),
+        (1, 2000, 6000),
+        (1, 100, 300),
+        (0, 5000, 10000),  # exactly twice the interval: the least a client accepts (H3)
+    ):
         add(
             f"WELCOME scheme {scheme} interval {interval} timeout {timeout}",
             "WELCOME",
@@ -224,6 +229,12 @@ def malformed_vectors() -> list[dict[str, object]]:
         "MALFORMED",
         "content",
     )
+    add(
+        "WELCOME timeout 1 ms under twice the interval (T2)",
+        frame(2, struct.pack(">BBII", 1, 0, 5000, 9999)),
+        "MALFORMED",
+        "content",
+    )
 
     # CLOSE and ERROR shapes (F3).
     add("CLOSE with an empty payload", frame(6), "MALFORMED", "shape")
@@ -232,6 +243,69 @@ def malformed_vectors() -> list[dict[str, object]]:
     add("ERROR with an empty payload", frame(7), "MALFORMED", "shape")
     add("ERROR with 1 byte", frame(7, b"\x01"), "MALFORMED", "shape")
     return vectors
+
+
+def granted(d: int, e: int, lmin: int, lmax: int, r: int) -> tuple[int, int]:
+    """T1, written out again from protocol.md: integers only."""
+    interval = d if r == 0 else min(max(r, lmin), lmax)
+    return interval, (interval * e + d - 1) // d
+
+
+def grant_vectors() -> dict[str, list[dict[str, object]]]:
+    """T1 and T2: what each request is granted, and configurations to refuse."""
+    valid = []
+    for name, (d, e, lmin, lmax), r in (
+        ("the default request", (10000, 30000, 100, 300000), 0),
+        ("a request within bounds", (10000, 30000, 100, 300000), 2000),
+        ("a request below the minimum", (10000, 30000, 100, 300000), 1),
+        ("a request above the maximum", (10000, 30000, 100, 300000), 0xFFFFFFFF),
+        ("a fractional ratio rounds up", (3000, 7000, 100, 300000), 1000),
+        ("0.1 s / 0.28 s asked 1 s: floating point gave 2801", (100, 280, 100, 300000), 1000),
+        (
+            "a product past 2^53 needs wide integers",
+            (1_000_000_000, 2_000_000_001, 1, 2_147_483_000),
+            2_147_483_000,
+        ),
+        ("the largest grant that fits the u32 timeout", (1000, 2000, 1, 2147483647), 2147483647),
+    ):
+        interval, timeout = granted(d, e, lmin, lmax, r)
+        valid.append(
+            {
+                "name": name,
+                "config": {
+                    "interval_ms": d,
+                    "timeout_ms": e,
+                    "min_interval_ms": lmin,
+                    "max_interval_ms": lmax,
+                },
+                "request_ms": r,
+                "interval_ms": interval,
+                "timeout_ms": timeout,
+            }
+        )
+    invalid = [
+        {
+            "name": name,
+            "config": {
+                "interval_ms": d,
+                "timeout_ms": e,
+                "min_interval_ms": lmin,
+                "max_interval_ms": lmax,
+            },
+        }
+        for name, (d, e, lmin, lmax) in (
+            ("timeout under twice the interval", (10000, 19999, 100, 300000)),
+            ("interval below the minimum", (50, 150, 100, 300000)),
+            ("interval above the maximum", (500000, 1500000, 100, 300000)),
+            ("minimum above the maximum", (3000, 9000, 5000, 1000)),
+            ("minimum of 0 ms", (1000, 3000, 0, 300000)),
+            (
+                "the largest grant's timeout past 2^32 - 1",
+                (1_500_000_000, 4_500_000_000, 100, 1_500_000_000),
+            ),
+        )
+    ]
+    return {"valid": valid, "invalid": invalid}
 
 
 def stream_vectors() -> list[dict[str, object]]:
@@ -272,7 +346,9 @@ def main() -> None:
             "accept). 'malformed': bytes and the error code a receiver with "
             "max_payload must raise; stage 'header' errors are raised from the 6 "
             "header bytes alone, before any payload arrives. 'streams': chunks fed in "
-            "order to one decoder, the frames that come out and the bytes left pending."
+            "order to one decoder, the frames that come out and the bytes left pending. "
+            "'grants': the interval and timeout granted for a request under a server "
+            "configuration (T1), and configurations a server must refuse (T2)."
         ),
         "protocol_version": 1,
         "max_payload": MAX_PAYLOAD,
@@ -281,6 +357,7 @@ def main() -> None:
         "valid": valid_vectors(),
         "malformed": malformed_vectors(),
         "streams": stream_vectors(),
+        "grants": grant_vectors(),
     }
     OUT.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

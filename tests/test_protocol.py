@@ -9,9 +9,6 @@ import pytest
 from hbloop.protocol import (
     FrameDecoder,
     RemoteProtocolError,
-    Role,
-    check_before_hello,
-    check_sender,
     parse_close,
     parse_error,
     parse_hello,
@@ -179,19 +176,6 @@ def test_parse_close_and_error() -> None:
             parse_close(bad)
     with pytest.raises(RemoteProtocolError):
         parse_error(b"\x01")
-
-
-def test_role_rules() -> None:
-    check_sender(FrameType.PING, Role.SERVER)
-    check_sender(FrameType.HELLO, Role.CLIENT)
-    for ftype, role in [(FrameType.WELCOME, Role.CLIENT), (FrameType.HELLO, Role.SERVER)]:
-        with pytest.raises(RemoteProtocolError) as info:
-            check_sender(ftype, role)
-        assert info.value.code == Code.UNEXPECTED_FRAME
-    check_before_hello(FrameType.HELLO)
-    with pytest.raises(RemoteProtocolError) as info:
-        check_before_hello(FrameType.PING)
-    assert info.value.code == Code.HELLO_REQUIRED
 
 
 def test_frames_before_a_bad_header_travel_with_the_error() -> None:

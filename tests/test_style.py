@@ -1,4 +1,4 @@
-"""The code base stays ruff clean."""
+"""The code base stays ruff clean, and hbloop/ type-checks under mypy --strict."""
 
 from __future__ import annotations
 
@@ -15,3 +15,16 @@ def test_ruff_is_clean():
         [ruff, "check", "hbloop", "bench", "tests"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_is_clean():
+    mypy = shutil.which("mypy")
+    assert mypy, "mypy is part of the test extra"
+    # Strictness and the files checked are set in pyproject.toml ([tool.mypy]).
+    result = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues found" in result.stdout
+
+
+def test_the_package_is_marked_typed():
+    assert (ROOT / "hbloop" / "py.typed").is_file()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from construct import ConstructError, GreedyRange
 
+from hbloop.policy import grant, grant_problems
 from hbloop.protocol import (
     FrameDecoder,
     RemoteProtocolError,
@@ -175,6 +176,30 @@ def test_stream_vector(vector: dict[str, Any]) -> None:
     complete = whole[: len(whole) - vector["pending"]]
     by_construct = GreedyRange(FRAME).parse(complete)
     assert [(int(f.type), f.payload_bytes) for f in by_construct] == frames
+
+
+@pytest.mark.parametrize("vector", VECTORS["grants"]["valid"], ids=_name)
+def test_grant_vector(vector: dict[str, Any]) -> None:
+    config = vector["config"]
+    args = (
+        config["interval_ms"],
+        config["timeout_ms"],
+        config["min_interval_ms"],
+        config["max_interval_ms"],
+    )
+    assert grant_problems(*args) == []
+    assert grant(*args, vector["request_ms"]) == (vector["interval_ms"], vector["timeout_ms"])
+
+
+@pytest.mark.parametrize("vector", VECTORS["grants"]["invalid"], ids=_name)
+def test_invalid_configuration_vector(vector: dict[str, Any]) -> None:
+    config = vector["config"]
+    assert grant_problems(
+        config["interval_ms"],
+        config["timeout_ms"],
+        config["min_interval_ms"],
+        config["max_interval_ms"],
+    )
 
 
 def test_every_frame_type_and_error_code_has_a_vector() -> None:

@@ -212,8 +212,8 @@ function parseWelcome(payload) {
   if (welcome.scheme !== Scheme.CLIENT && welcome.scheme !== Scheme.SERVER) {
     throw new ProtocolError(Code.MALFORMED, `unknown scheme ${welcome.scheme}`);
   }
-  if (!(welcome.intervalMs > 0 && welcome.intervalMs < welcome.timeoutMs)) {
-    throw new ProtocolError(Code.MALFORMED, 'WELCOME needs 0 < interval < timeout');
+  if (!(welcome.intervalMs > 0 && welcome.timeoutMs >= 2 * welcome.intervalMs)) {
+    throw new ProtocolError(Code.MALFORMED, 'WELCOME needs 0 < interval and timeout >= 2 x interval');
   }
   return welcome;
 }

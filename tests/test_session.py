@@ -1,0 +1,649 @@
+"""protocol.md, statement by statement, on a pair of sessions and an explicit clock.
+
+No sockets and no real time: a ``Link`` joins a server session and a client session
+through two frame decoders, delivers what one side sends to the other at the same
+instant, and moves the clock from deadline to deadline. Each test names the numbered
+statement (F, H, T, C, R) it checks; times are in milliseconds, as in protocol.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from hbloop.client import Backoff, is_final
+from hbloop.protocol import FrameDecoder, LocalProtocolError, RemoteProtocolError
+from hbloop.session import (
+    NEVER,
+    Closed,
+    Disconnect,
+    Event,
+    Grant,
+    HelloReceived,
+    Message,
+    Opened,
+    Reason,
+    Role,
+    Session,
+    SessionConfig,
+    State,
+    Step,
+)
+from hbloop.wire import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    MAX_HELLO_PAYLOAD,
+    PING_FRAME,
+    PONG_FRAME,
+    Code,
+    FrameType,
+    Scheme,
+    Welcome,
+    encode_close,
+    encode_data,
+    encode_error,
+    encode_frame,
+    encode_hello,
+    encode_welcome,
+)
+
+HANDSHAKE_MS = 10_000
+LINGER_MS = 2_000
+STRIKES = 3
+INTERVAL_MS = 1_000
+TIMEOUT_MS = 3_000
+
+Sent = list[tuple[int, bytes]]
+
+
+def seconds(ms: float) -> float:
+    return ms / 1000
+
+
+def frames_of(data: bytes) -> Sent:
+    return FrameDecoder(DEFAULT_MAX_PAYLOAD).feed(data)
+
+
+def config(role: Role, **kwargs: object) -> SessionConfig:
+    settings: dict[str, object] = {
+        "handshake_timeout": seconds(HANDSHAKE_MS),
+        "ping_strikes": STRIKES,
+        "linger": seconds(LINGER_MS),
+    }
+    if role is Role.CLIENT:
+        settings["hello"] = encode_hello("alice", INTERVAL_MS)
+    settings.update(kwargs)
+    return SessionConfig(role, **settings)  # type: ignore[arg-type]
+
+
+class Side:
+    """One end of a Link: its session, what it sent, the events it reported."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.sent: Sent = []
+        self.events: list[Event] = []
+        self.decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)  # decodes what *it* receives
+        self.muted = False  # a muted side's output is lost on the way (a dead peer)
+
+    def sent_types(self) -> list[FrameType]:
+        return [FrameType(ftype) for ftype, _ in self.sent]
+
+    def closed(self) -> Disconnect | None:
+        ends = [e.disconnect for e in self.events if isinstance(e, Closed)]
+        assert len(ends) <= 1, "Closed is reported exactly once"
+        return ends[0] if ends else None
+
+
+class Link:
+    """A server and a client session joined by an in-memory, zero-latency wire."""
+
+    def __init__(
+        self,
+        scheme: Scheme = Scheme.CLIENT,
+        admit: Callable[[Session], Step] | None = None,
+        client_config: SessionConfig | None = None,
+        server_config: SessionConfig | None = None,
+    ) -> None:
+        self.ms = 0  # the clock, in whole milliseconds, so that now is exact
+        self.now = 0.0
+        self.scheme = scheme
+        self.server = Side(Session.server(server_config or config(Role.SERVER), self.now))
+        self.client = Side(Session.client(client_config or config(Role.CLIENT), self.now))
+        self.admit = admit or self.accept
+
+    def accept(self, session: Session) -> Step:
+        assert session.hello is not None
+        granted = INTERVAL_MS if session.hello.interval_ms == 0 else session.hello.interval_ms
+        grant = Grant(self.scheme, granted, granted * TIMEOUT_MS // INTERVAL_MS)
+        return session.accept(grant, self.now)
+
+    def other(self, side: Side) -> Side:
+        return self.client if side is self.server else self.server
+
+    def apply(self, side: Side, step: Step) -> None:
+        out, events = step
+        side.events.extend(events)
+        for event in events:
+            if isinstance(event, HelloReceived):
+                self.apply(side, self.admit(side.session))
+        if out:
+            self.transmit(side, out)
+
+    def transmit(self, side: Side, data: bytes) -> None:
+        side.sent.extend(frames_of(data))
+        if side.muted:
+            return
+        receiver = self.other(side)
+        frames = receiver.decoder.feed(data)
+        if frames:
+            self.apply(receiver, receiver.session.receive(frames, self.now))
+
+    def connect(self) -> Link:
+        self.transmit(self.client, self.client.session.connected(self.now))
+        return self
+
+    def send(self, side: Side, data: bytes) -> None:
+        """Raw bytes from ``side``, bypassing its session (a misbehaving peer)."""
+        self.transmit(side, data)
+
+    def advance(self, ms: int) -> None:
+        """Move the clock ``ms`` on, firing each deadline at its exact time."""
+        self.ms += ms
+        end = seconds(self.ms)
+        while True:
+            side = min((self.server, self.client), key=lambda s: s.session.next_deadline())
+            due = side.session.next_deadline()
+            if due > end:
+                break
+            self.now = max(self.now, due)
+            self.apply(side, side.session.deadline_reached(self.now))
+        self.now = end
+
+
+@pytest.fixture
+def link() -> Link:
+    return Link().connect()
+
+
+def raw() -> Link:
+    """A link whose client speaks raw bytes: the server's answers are only recorded."""
+    link = Link()
+    link.server.muted = True
+    return link
+
+
+def opened(side: Side) -> bool:
+    return any(isinstance(e, Opened) for e in side.events)
+
+
+# --- section 1: frames ------------------------------------------------------------------
+
+
+def test_F1_a_bad_first_header_gets_its_own_code_not_hello_required() -> None:
+    server = Session.server(config(Role.SERVER), 0.0)
+    decoder = FrameDecoder(MAX_HELLO_PAYLOAD)
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.feed(encode_frame(FrameType.PING)[:4] + bytes([0x42, 0]))
+    out, events = server.protocol_error(info.value, 0.0)
+    assert frames_of(out) == [(FrameType.ERROR, b"\x02\x02" + b"frame type 0x42")]
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.UNKNOWN_TYPE
+
+
+def test_F2_before_the_handshake_a_server_buffers_no_more_than_the_largest_hello() -> None:
+    assert MAX_HELLO_PAYLOAD == 261  # version, interval, name length, 255 name bytes
+    decoder = FrameDecoder(MAX_HELLO_PAYLOAD)
+    decoder.feed(encode_hello("n" * 65, 0))  # still a HELLO: refused later with BAD_NAME
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.feed(encode_data(bytes(MAX_HELLO_PAYLOAD + 1))[:HEADER_SIZE])
+    assert info.value.code == Code.FRAME_TOO_LARGE
+
+
+def test_F2_after_the_handshake_the_server_accepts_1024_bytes_of_data(link: Link) -> None:
+    link.send(link.client, encode_data(bytes(1024)))
+    assert Message(bytes(1024)) in link.server.events
+
+
+def test_F5_an_error_message_over_200_bytes_is_accepted_and_bad_utf8_replaced(
+    link: Link,
+) -> None:
+    message = "x" * 300
+    payload = b"\x01\x03" + message.encode() + b"\xff"
+    link.send(link.server, encode_frame(FrameType.ERROR, payload))
+    expected = Disconnect(Reason.PEER_ERROR, Code.SERVER_FULL, message + "\ufffd")
+    assert link.client.closed() == expected
+
+
+# --- section 2: the handshake -----------------------------------------------------------
+
+
+def test_states_follow_the_handshake() -> None:
+    link = Link()
+    assert link.server.session.state is State.AWAIT_HELLO
+    assert link.client.session.state is State.CONNECTING
+    link.connect()
+    assert link.client.sent_types() == [FrameType.HELLO]
+    assert link.server.sent_types() == [FrameType.WELCOME]
+    assert link.server.session.state is State.OPEN
+    assert link.client.session.state is State.OPEN
+    assert opened(link.server) and opened(link.client)
+
+
+def test_H1_any_other_first_frame_gets_hello_required() -> None:
+    link = raw()
+    link.send(link.client, PING_FRAME)
+    assert link.server.sent == [(FrameType.ERROR, link.server.sent[0][1])]
+    assert link.server.closed() == Disconnect(
+        Reason.PROTOCOL_ERROR, Code.HELLO_REQUIRED, "PING before HELLO"
+    )
+    assert link.server.session.state is State.CLOSING
+
+
+@pytest.mark.parametrize(
+    ("hello", "code"),
+    [
+        (encode_hello("alice", 0, version=2), Code.UNSUPPORTED_VERSION),
+        (encode_frame(FrameType.HELLO, b"\x01\x00\x00"), Code.MALFORMED),
+        (encode_hello("bad\nname", 0), Code.BAD_NAME),
+    ],
+)
+def test_H2_a_bad_hello_is_refused_with_its_code(hello: bytes, code: Code) -> None:
+    link = raw()
+    link.send(link.client, hello)
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.code == code
+    assert link.server.sent_types() == [FrameType.ERROR]
+
+
+def test_H2_admission_refuses_after_the_checks_of_the_hello() -> None:
+    refusals: list[str] = []
+
+    def full(session: Session) -> Step:
+        assert session.hello is not None
+        refusals.append(session.hello.name)
+        return session.refuse(Code.SERVER_FULL, "2 connections", 0.0)
+
+    link = Link(admit=full).connect()
+    assert refusals == ["alice"]
+    assert link.server.closed() == Disconnect(Reason.REFUSED, Code.SERVER_FULL, "2 connections")
+    assert link.client.closed() == Disconnect(Reason.PEER_ERROR, Code.SERVER_FULL, "2 connections")
+    assert link.client.session.state is State.CLOSED
+
+
+def test_H3_welcome_carries_the_grant_and_opens_the_client() -> None:
+    link = Link(scheme=Scheme.SERVER).connect()
+    ((ftype, payload),) = link.server.sent
+    assert ftype == FrameType.WELCOME
+    assert payload == encode_welcome(Welcome(1, Scheme.SERVER, 1000, 3000))[HEADER_SIZE:]
+    grant = link.client.session.grant
+    assert (grant.scheme, grant.interval_ms, grant.timeout_ms) == (Scheme.SERVER, 1000, 3000)
+
+
+@pytest.mark.parametrize(
+    ("welcome", "code"),
+    [
+        (encode_frame(FrameType.WELCOME, bytes(9)), Code.MALFORMED),
+        (encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000)), Code.UNSUPPORTED_VERSION),
+        (encode_frame(FrameType.WELCOME, b"\x01\x02" + bytes(8)), Code.MALFORMED),
+        (encode_welcome(Welcome(1, Scheme.CLIENT, 0, 3000)), Code.MALFORMED),
+        (encode_welcome(Welcome(1, Scheme.CLIENT, 1000, 1999)), Code.MALFORMED),  # T < 2I
+    ],
+)
+def test_H3_the_client_checks_the_welcome(welcome: bytes, code: Code) -> None:
+    client = Session.client(config(Role.CLIENT), 0.0)
+    client.connected(0.0)
+    out, events = client.receive(frames_of(welcome), 0.0)
+    assert [FrameType(t) for t, _ in frames_of(out)] == [FrameType.ERROR]
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == code
+    assert client.state is State.CLOSING
+
+
+def test_H3_a_welcome_at_exactly_twice_the_interval_is_accepted() -> None:
+    client = Session.client(config(Role.CLIENT), 0.0)
+    client.connected(0.0)
+    _, events = client.receive(frames_of(encode_welcome(Welcome(1, Scheme.CLIENT, 5, 10))), 0.0)
+    assert isinstance(events[0], Opened)
+
+
+def test_H4_a_second_hello_is_a_duplicate(link: Link) -> None:
+    link.send(link.client, encode_hello("alice", 0))
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.code == Code.DUPLICATE_HELLO
+
+
+def test_H5_the_handshake_deadline_closes_a_silent_connection_on_time() -> None:
+    link = raw()
+    link.send(link.client, encode_hello("alice", 0)[:5])  # partial frames do not count
+    link.advance(HANDSHAKE_MS - 1)
+    assert link.server.session.state is State.AWAIT_HELLO
+    link.advance(1)
+    assert link.server.sent_types() == [FrameType.CLOSE]
+    assert link.server.sent[0][1] == encode_close(Code.HANDSHAKE_TIMEOUT)[HEADER_SIZE:]
+    assert link.server.closed() == Disconnect(Reason.HANDSHAKE_TIMEOUT, Code.HANDSHAKE_TIMEOUT)
+
+
+def test_H6_a_server_may_not_send_hello_nor_a_client_welcome(link: Link) -> None:
+    link.send(link.server, encode_hello("mallory", 0))
+    disconnect = link.client.closed()
+    assert disconnect is not None and disconnect.code == Code.UNEXPECTED_FRAME
+    other = Link().connect()
+    other.send(other.client, encode_welcome(Welcome(1, Scheme.CLIENT, 1000, 3000)))
+    disconnect = other.server.closed()
+    assert disconnect is not None and disconnect.code == Code.UNEXPECTED_FRAME
+
+
+@pytest.mark.parametrize(
+    "first", [PING_FRAME, PONG_FRAME, encode_data(b"early"), encode_hello("x", 0)]
+)
+def test_H6_before_welcome_a_client_accepts_only_welcome_error_or_close(first: bytes) -> None:
+    client = Session.client(config(Role.CLIENT), 0.0)
+    client.connected(0.0)
+    out, events = client.receive(frames_of(first), 0.0)
+    assert [FrameType(t) for t, _ in frames_of(out)] == [FrameType.ERROR]
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.UNEXPECTED_FRAME
+
+
+def test_H6_a_second_welcome_is_unexpected(link: Link) -> None:
+    link.send(link.server, encode_welcome(Welcome(1, Scheme.CLIENT, 1000, 3000)))
+    disconnect = link.client.closed()
+    assert disconnect is not None and disconnect.code == Code.UNEXPECTED_FRAME
+
+
+def test_H7_frames_behind_the_hello_are_acted_on_after_the_welcome() -> None:
+    link = Link()
+    link.client.session.connected(0.0)
+    link.send(link.client, encode_hello("alice", 0) + PING_FRAME + encode_data(b"early"))
+    assert link.server.sent_types() == [FrameType.WELCOME, FrameType.PONG]
+    assert Message(b"early") in link.server.events
+
+
+def test_H7_a_refused_hello_discards_what_was_behind_it() -> None:
+    link = Link(admit=lambda s: s.refuse(Code.SERVER_FULL, "full", 0.0))
+    link.server.muted = True
+    link.send(link.client, encode_hello("alice", 0) + PING_FRAME + encode_data(b"lost"))
+    assert link.server.sent_types() == [FrameType.ERROR]
+    assert not any(isinstance(e, Message) for e in link.server.events)
+
+
+def test_H7_a_decision_is_required_before_more_frames() -> None:
+    server = Session.server(config(Role.SERVER), 0.0)
+    server.receive(frames_of(encode_hello("alice", 0)), 0.0)
+    with pytest.raises(LocalProtocolError):
+        server.receive(frames_of(PING_FRAME), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("disconnect", "final"),
+    [
+        (Disconnect(Reason.PEER_ERROR, Code.UNSUPPORTED_VERSION), True),
+        (Disconnect(Reason.PEER_ERROR, Code.BAD_NAME), True),
+        (Disconnect(Reason.PEER_ERROR, Code.UNAUTHORIZED), True),
+        (Disconnect(Reason.PEER_CLOSED, Code.TAKEN_OVER), True),
+        (Disconnect(Reason.PEER_ERROR, Code.SERVER_FULL), False),
+        (Disconnect(Reason.PEER_ERROR, Code.NAME_TAKEN), False),
+        (Disconnect(Reason.PEER_CLOSED, Code.GOING_AWAY), False),
+        (Disconnect(Reason.TIMEOUT, Code.TIMEOUT), False),
+    ],
+)
+def test_H8_which_ends_stop_the_client(disconnect: Disconnect, final: bool) -> None:
+    assert is_final(disconnect) is final
+
+
+def test_H9_the_client_abandons_an_attempt_without_welcome_in_time() -> None:
+    client = Session.client(config(Role.CLIENT), 0.0)
+    assert client.next_deadline() == seconds(HANDSHAKE_MS)  # counted from the connect
+    client.connected(seconds(4_000))
+    assert client.deadline_reached(seconds(HANDSHAKE_MS - 1)) == (b"", ())
+    out, events = client.deadline_reached(seconds(HANDSHAKE_MS))
+    assert out == b""  # no frame
+    assert isinstance(events[0], Closed)
+    assert events[0].disconnect.reason is Reason.HANDSHAKE_TIMEOUT
+    assert client.state is State.CLOSED
+
+
+# --- section 3: timing ------------------------------------------------------------------
+
+
+def test_T1_the_welcome_carries_what_the_server_granted() -> None:
+    def grant_500(session: Session) -> Step:
+        return session.accept(Grant(Scheme.CLIENT, 500, 1500), 0.0)
+
+    link = Link(admit=grant_500).connect()
+    grant = link.client.session.grant
+    assert (grant.interval_ms, grant.timeout_ms) == (500, 1500)
+    assert (grant.interval, grant.timeout) == (0.5, 1.5)
+
+
+def test_T3_client_scheme_the_first_ping_is_an_interval_after_hello(link: Link) -> None:
+    link.advance(INTERVAL_MS - 1)
+    assert FrameType.PING not in link.client.sent_types()
+    link.advance(1)
+    assert link.client.sent_types() == [FrameType.HELLO, FrameType.PING]
+    assert link.server.sent_types() == [FrameType.WELCOME, FrameType.PONG]
+
+
+def test_T3_server_scheme_the_server_pings_and_the_client_answers() -> None:
+    link = Link(scheme=Scheme.SERVER).connect()
+    link.advance(INTERVAL_MS)
+    assert link.server.sent_types() == [FrameType.WELCOME, FrameType.PING]
+    assert link.client.sent_types() == [FrameType.HELLO, FrameType.PONG]
+    link.advance(10 * INTERVAL_MS)
+    assert link.client.closed() is None and link.server.closed() is None
+
+
+def test_T3_traffic_both_ways_postpones_the_ping(link: Link) -> None:
+    for _ in range(5):
+        link.advance(INTERVAL_MS // 2)
+        link.transmit(link.client, link.client.session.send_data(b"up", link.now))
+        link.transmit(link.server, link.server.session.send_data(b"down", link.now))
+    assert FrameType.PING not in link.client.sent_types()
+
+
+def test_T3_a_side_that_only_receives_still_pings(link: Link) -> None:
+    for _ in range(4):
+        link.advance(INTERVAL_MS // 4)
+        link.transmit(link.server, link.server.session.send_data(b"down", link.now))
+    # The client sent nothing since HELLO at 0: its PING is due at I, data or not.
+    assert link.client.sent_types() == [FrameType.HELLO, FrameType.PING]
+
+
+def test_T3_next_ping_is_the_rule() -> None:
+    session = Link().connect().client.session
+    session.last_sent, session.last_recv, session.last_ping_out = 10.0, 10.0, 0.0
+    assert session.next_ping() == 11.0
+    session.last_sent = 3.0  # only receiving since 3: PING at 3 + I
+    assert session.next_ping() == 4.0
+    session.last_recv, session.last_ping_out = 3.0, 3.5  # never sooner than I after a PING
+    assert session.next_ping() == 4.5
+    session.last_ping_out = NEVER
+    assert session.next_ping() == 4.0
+
+
+@pytest.mark.parametrize("scheme", list(Scheme))
+def test_T4_a_ping_is_answered_in_either_scheme(scheme: Scheme) -> None:
+    link = Link(scheme=scheme).connect()
+    link.advance(INTERVAL_MS // 2)
+    link.transmit(link.client, link.client.session.ping(link.now))
+    assert link.server.sent_types()[-1] is FrameType.PONG
+
+
+def test_T5_data_alone_keeps_both_sides_alive() -> None:
+    link = Link(client_config=config(Role.CLIENT, auto_ping=False)).connect()
+    for _ in range(10):
+        link.advance(INTERVAL_MS)
+        link.transmit(link.client, link.client.session.send_data(b"reading", link.now))
+        link.transmit(link.server, link.server.session.send_data(b"echo", link.now))
+    assert link.server.closed() is None and link.client.closed() is None
+    assert FrameType.PING not in link.client.sent_types() + link.server.sent_types()
+
+
+def test_T5_a_partial_frame_proves_nothing() -> None:
+    link = Link(client_config=config(Role.CLIENT, auto_ping=False)).connect()
+    link.advance(TIMEOUT_MS - 10)
+    link.send(link.client, PING_FRAME[:3])  # the rest never comes
+    link.advance(10)
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.reason is Reason.TIMEOUT
+
+
+def test_T6_a_silent_client_is_closed_at_exactly_the_timeout_after_hello() -> None:
+    link = Link()
+    link.advance(750)
+    link.connect()  # HELLO arrives at 750 ms: the server's clock starts there
+    link.client.muted = True
+    link.advance(TIMEOUT_MS - 1)
+    assert link.server.session.state is State.OPEN
+    assert link.server.session.expired(link.now) is False
+    link.advance(1)
+    assert link.server.session.state is State.CLOSING
+    assert link.server.sent_types()[-1] is FrameType.CLOSE
+    disconnect = link.server.closed()
+    assert disconnect is not None
+    assert (disconnect.reason, disconnect.code) == (Reason.TIMEOUT, Code.TIMEOUT)
+
+
+def test_T6_the_client_judges_the_server_from_welcome() -> None:
+    link = Link(scheme=Scheme.SERVER).connect()
+    link.server.muted = True
+    link.advance(TIMEOUT_MS - 1)
+    assert link.client.session.state is State.OPEN
+    link.advance(1)
+    assert link.client.sent_types()[-1] is FrameType.CLOSE
+    disconnect = link.client.closed()
+    assert disconnect is not None and disconnect.reason is Reason.TIMEOUT
+
+
+def test_T6_expired_is_the_cue_to_read_first(link: Link) -> None:
+    session = link.server.session
+    late = seconds(TIMEOUT_MS + 5_000)  # the server itself was stopped
+    assert session.expired(late)
+    # What was waiting in the socket is read before judging: the peer is alive.
+    session.receive(frames_of(PING_FRAME), late)
+    assert not session.expired(late)
+    assert session.deadline_reached(late) == (b"", ())
+    assert session.state is State.OPEN
+
+
+def test_T7_and_T8_pings_faster_than_half_the_interval_are_strikes(link: Link) -> None:
+    link.advance(100)
+    for _ in range(STRIKES):
+        link.transmit(link.client, link.client.session.ping(link.now))
+        link.advance(INTERVAL_MS // 2 - 1)
+    # The first PING is never a strike; the next STRIKES - 1 were; one more ends it.
+    assert link.server.closed() is None
+    link.transmit(link.client, link.client.session.ping(link.now))
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.code == Code.TOO_MANY_PINGS
+    assert link.server.sent_types().count(FrameType.PONG) == STRIKES  # all earlier answered
+
+
+def test_T8_a_well_spaced_ping_resets_the_strikes(link: Link) -> None:
+    for _ in range(4 * STRIKES):
+        link.transmit(link.client, link.client.session.ping(link.now))
+        link.advance(100)  # too soon: a strike
+        link.transmit(link.client, link.client.session.ping(link.now))
+        link.advance(INTERVAL_MS // 2)  # exactly I/2: not a strike, and resets
+    assert link.server.closed() is None
+
+
+# --- section 4: closing -----------------------------------------------------------------
+
+
+def test_C1_close_sends_close_then_lingers_for_eof(link: Link) -> None:
+    link.apply(link.server, link.server.session.close(Code.NORMAL, link.now))
+    assert link.server.session.state is State.CLOSING
+    assert link.server.closed() == Disconnect(Reason.CLOSED_LOCALLY, Code.NORMAL)
+    assert link.client.closed() == Disconnect(Reason.PEER_CLOSED, Code.NORMAL)
+    # Input is discarded while CLOSING; EOF ends it.
+    assert link.server.session.receive(frames_of(PING_FRAME), link.now) == (b"", ())
+    assert link.server.session.eof_received(link.now) == (b"", ())
+    assert link.server.session.state is State.CLOSED
+
+
+def test_C1_the_linger_is_bounded(link: Link) -> None:
+    link.client.muted = True
+    link.apply(link.server, link.server.session.close(Code.NORMAL, link.now))
+    link.advance(LINGER_MS - 1)
+    assert link.server.session.state is State.CLOSING
+    link.advance(1)
+    assert link.server.session.state is State.CLOSED
+
+
+def test_C2_close_is_not_answered(link: Link) -> None:
+    link.send(link.client, encode_close(Code.NORMAL))
+    assert link.server.closed() == Disconnect(Reason.PEER_CLOSED, Code.NORMAL)
+    assert link.server.session.state is State.CLOSED
+    assert link.server.sent_types() == [FrameType.WELCOME]
+
+
+def test_C2_unknown_codes_are_accepted(link: Link) -> None:
+    link.send(link.server, encode_close(0x7ABC))
+    assert link.client.closed() == Disconnect(Reason.PEER_CLOSED, 0x7ABC)
+
+
+def test_C3_a_violation_gets_error_and_error_is_not_answered(link: Link) -> None:
+    link.send(link.client, encode_frame(FrameType.CLOSE, b"\x00"))  # malformed CLOSE
+    assert link.server.sent_types()[-1] is FrameType.ERROR
+    assert link.server.session.state is State.CLOSING
+    assert link.client.closed() is not None
+    assert link.client.session.state is State.CLOSED
+    assert link.client.sent_types() == [FrameType.HELLO, FrameType.CLOSE]
+
+
+def test_C3_frames_before_a_violation_are_acted_on(link: Link) -> None:
+    link.send(link.client, PING_FRAME + encode_data(b"kept") + encode_hello("again", 0))
+    assert link.server.sent_types() == [FrameType.WELCOME, FrameType.PONG, FrameType.ERROR]
+    assert Message(b"kept") in link.server.events
+
+
+def test_C4_shutdown_closes_with_going_away_and_its_own_grace(link: Link) -> None:
+    session = link.server.session
+    out, events = session.close(Code.GOING_AWAY, link.now, Reason.SHUTDOWN, linger=5.0)
+    assert frames_of(out) == frames_of(encode_close(Code.GOING_AWAY))
+    assert events == (Closed(Disconnect(Reason.SHUTDOWN, Code.GOING_AWAY)),)
+    assert session.next_deadline() == link.now + 5.0
+
+
+def test_C5_eof_ends_the_connection_and_a_partial_frame_is_a_truncation(link: Link) -> None:
+    session = link.server.session
+    assert session.eof_received(link.now, partial=0)[1] == (
+        Closed(Disconnect(Reason.PEER_CLOSED, detail="EOF")),
+    )
+    other = Link().connect().server.session
+    out, events = other.eof_received(0.0, partial=3)
+    assert frames_of(out)[0][0] == FrameType.ERROR
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.MALFORMED
+
+
+def test_a_transport_failure_is_reported_once(link: Link) -> None:
+    session = link.server.session
+    assert session.abort(Reason.PEER_RESET, "ECONNRESET")[1] == (
+        Closed(Disconnect(Reason.PEER_RESET, detail="ECONNRESET")),
+    )
+    assert session.abort(Reason.PEER_RESET, "again") == (b"", ())
+
+
+def test_misuse_is_a_local_error(link: Link) -> None:
+    with pytest.raises(LocalProtocolError):
+        link.client.session.connected(0.0)  # twice
+    with pytest.raises(LocalProtocolError):
+        Session.server(config(Role.CLIENT), 0.0)
+    closed = Link().connect()
+    closed.send(closed.client, encode_close(Code.NORMAL))
+    with pytest.raises(LocalProtocolError):
+        closed.server.session.send_data(b"late", 0.0)
+    error = encode_error(Code.SERVER_FULL, "x")
+    assert frames_of(error)[0][0] == FrameType.ERROR
+
+
+# --- section 5: reconnecting ------------------------------------------------------------
+
+
+def test_R1_backoff_is_full_jitter_capped_from_the_first_retry() -> None:
+    draws = iter([1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 0.0])
+    backoff = Backoff(base=0.5, cap=3, rng=lambda: next(draws))
+    assert [backoff.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 3.0, 3.0, 1.5]
+    backoff.reset()  # after a successful handshake the window starts small again
+    assert backoff.next_delay() == 0.5
+    assert backoff.next_delay() == 0.0  # the first retry may come at once: full jitter
