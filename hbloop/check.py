@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import itertools
 import json
-import math
 import socket
 import time
 from collections import deque
@@ -32,6 +31,7 @@ from hbloop.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     HEADER_STRUCT,
     HELLO_FIXED,
+    MAX_HELLO_PAYLOAD,
     MIN_MAX_PAYLOAD,
     PING_FRAME,
     Code,
@@ -75,9 +75,6 @@ TRICKLE_GAP = 0.005
 
 # The checker's own receive limit: large enough for any DATA a server echoes back.
 PROBE_MAX_PAYLOAD = 16 * 1024 * 1024
-
-# Rounding slack when comparing a granted timeout with the configured ratio (T1), ms.
-RATIO_SLACK_MS = 2
 
 CHECK_NAME = "hbloop-check"
 
@@ -398,7 +395,7 @@ def case(statement: str, level: str, title: str) -> Callable[[CaseRun], CaseRun]
     return register
 
 
-@case("H3", MUST, "HELLO is answered with WELCOME v1, scheme 0 or 1, 0 < interval < timeout")
+@case("H3", MUST, "HELLO is answered with WELCOME v1, scheme 0 or 1, 0 < 2 x interval <= timeout")
 def _welcome(checker: Checker) -> str:
     return describe_welcome(checker.welcome)
 
@@ -412,19 +409,18 @@ def _two_intervals(checker: Checker) -> str:
     return f"timeout/interval = {ratio:.2f}"
 
 
-@case("T1", MUST, "every grant keeps the server's timeout/interval ratio")
+@case("T1", MUST, "every grant is ceil(I x E / D), exactly, from the default grant D/E")
 def _ratio(checker: Checker) -> str:
     default = checker.open(0)[1]
-    shortest = checker.open(SHORTEST_INTERVAL_MS)[1]
-    ratio = default.timeout_ms / default.interval_ms
-    expected = math.ceil(shortest.interval_ms * ratio)
-    seen = (
-        f"interval/timeout {default.interval_ms}/{default.timeout_ms} ms by default, "
-        f"{shortest.interval_ms}/{shortest.timeout_ms} ms at the shortest"
-    )
-    if abs(shortest.timeout_ms - expected) > RATIO_SLACK_MS:
-        raise CaseFailed(f"{seen}: expected a timeout of about {expected} ms")
-    return seen
+    d, e = default.interval_ms, default.timeout_ms
+    seen = [f"{d}/{e} ms by default"]
+    for request in (SHORTEST_INTERVAL_MS, checker.interval_ms):
+        grant = checker.open(request)[1]
+        expected = (grant.interval_ms * e + d - 1) // d  # protocol.md T1, in integers
+        seen.append(f"{grant.interval_ms}/{grant.timeout_ms} ms for {request} ms")
+        if grant.timeout_ms != expected:
+            raise CaseFailed(f"{', '.join(seen)}: expected a timeout of {expected} ms")
+    return "interval/timeout " + ", ".join(seen)
 
 
 @case("F4", MUST, "a HELLO sent one byte per segment is decoded")
@@ -521,7 +517,21 @@ def _hello_payload(name: bytes, version: int = 1, name_len: int | None = None) -
 
 VIOLATIONS = [
     Violation("H1", "PING as the first frame", PING_FRAME, Code.HELLO_REQUIRED, False),
-    Violation("H1", "DATA as the first frame (H7)", encode_data(b"x"), Code.HELLO_REQUIRED, False),
+    Violation("H1", "DATA as the first frame", encode_data(b"x"), Code.HELLO_REQUIRED, False),
+    Violation(
+        "F1",
+        "an unknown type as the first frame: the header check comes before H1",
+        encode_frame(0x09),
+        Code.UNKNOWN_TYPE,
+        False,
+    ),
+    Violation(
+        "F2",
+        f"before HELLO, a header announcing {MAX_HELLO_PAYLOAD + 1} bytes, sent alone",
+        HEADER_STRUCT.pack(MAX_HELLO_PAYLOAD + 1, FrameType.DATA, 0),
+        Code.FRAME_TOO_LARGE,
+        False,
+    ),
     Violation(
         "H2",
         "HELLO version 2",
@@ -554,6 +564,13 @@ VIOLATIONS = [
         "H2",
         "HELLO with a 65-byte name",
         encode_frame(FrameType.HELLO, _hello_payload(b"n" * 65)),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO with a 255-byte name, the longest that fits the pre-handshake limit",
+        encode_frame(FrameType.HELLO, _hello_payload(b"n" * 255)),
         Code.BAD_NAME,
         False,
     ),

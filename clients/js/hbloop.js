@@ -320,11 +320,13 @@ class Client extends EventEmitter {
         this.opened(parseWelcome(payload));
         break;
       case FrameType.PING:
+        if (this.state !== State.OPEN) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'PING before WELCOME');
         this.emit('heartbeat', { direction: 'in', type: 'PING' });
         this.write(PONG_FRAME); // T4, in either scheme
         this.emit('heartbeat', { direction: 'out', type: 'PONG' });
         break;
       case FrameType.PONG:
+        if (this.state !== State.OPEN) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'PONG before WELCOME');
         this.emit('heartbeat', { direction: 'in', type: 'PONG' });
         break;
       case FrameType.DATA:
