@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the workload against the reference server on this loop (repeatable)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the workload against `hbloop serve` from another checkout (e.g. a "
+        "git worktree of main), to compare a change with what it replaces in one run",
+    )
+    parser.add_argument(
         "--host", default=DEFAULT_HOST, help="address for the servers the bench starts"
     )
     parser.add_argument(
@@ -151,6 +159,8 @@ def _check(args: argparse.Namespace) -> str | None:
         worker_count(args.clients, args.workers)
     except ValueError as exc:
         return str(exc)
+    if args.baseline is not None and not (args.baseline / "hbloop" / "server.py").is_file():
+        return f"--baseline {args.baseline}: no hbloop checkout there"
     if "uvloop" in args.against and importlib.util.find_spec("uvloop") is None:
         return "--against uvloop needs uvloop: pip install 'hbloop[bench]' (or pip install uvloop)"
     return None
@@ -196,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_one(config, spawn_reference(loop, args.host, args.interval, args.timeout))
             for loop in args.against
         ]
+        if args.baseline is not None:
+            baseline = spawn_hbloop(
+                args.host, args.interval, args.timeout, config.server_args, args.baseline
+            )
+            references.append(_run_one(config, baseline))
     except (BenchError, ServerStartError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

@@ -8,11 +8,13 @@ psutil finds the listening socket.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -55,19 +57,28 @@ class ServerUnderTest:
 
 
 def spawn_hbloop(
-    host: str, interval: float, timeout: float, extra: Sequence[str] = ()
+    host: str,
+    interval: float,
+    timeout: float,
+    extra: Sequence[str] = (),
+    checkout: Path | None = None,
 ) -> ServerUnderTest:
+    """``hbloop serve`` from this installation, or from the source tree ``checkout``
+    (then named "baseline")."""
     argv = [sys.executable, "-m", "hbloop", "serve", "--host", host, "--port", "0"]
     argv += ["--interval", str(interval), "--timeout", str(timeout)]
     argv += ["--log-level", SERVER_LOG_LEVEL, *extra]
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, text=True)
+    env = None
+    if checkout is not None:
+        env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, text=True, env=env, cwd=checkout)
     try:
         port = _listening_port(process)
     except BaseException:
         process.kill()
         process.wait()
         raise
-    return ServerUnderTest("hbloop", (host, port), process)
+    return ServerUnderTest("hbloop" if checkout is None else "baseline", (host, port), process)
 
 
 def spawn_reference(loop: str, host: str, interval: float, timeout: float) -> ServerUnderTest:

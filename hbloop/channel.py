@@ -29,7 +29,7 @@ from typing import Generic, Protocol, TypeVar
 
 from hbloop.loop import EventLoop, Timer
 from hbloop.protocol import FrameDecoder, RemoteProtocolError
-from hbloop.session import FOREVER, Events, Reason, Session, State, Step
+from hbloop.session import FOREVER, S_CLOSED, S_CLOSING, Events, Reason, Session, Step
 
 # One recv() takes at most this much. Enough for hundreds of coalesced frames or a
 # large DATA frame, yet small enough to stay in cache.
@@ -96,11 +96,14 @@ class Channel(Generic[OwnerT]):
 
     def apply(self, step: Step) -> None:
         """Send what the session produced, hand its events over, and follow its state:
-        re-arm the timer if its deadline moved earlier, release it once CLOSED."""
+        re-arm the timer if its deadline moved earlier, half-close after the last
+        frame, release the socket once CLOSED."""
         out, events = step
         if events:
             # Cork: the session's output and the application's sends from its
-            # callbacks go out together, in order, in one send.
+            # callbacks go out together, in order, in one send. A step that moves
+            # the session to CLOSING always has events, so its last frame leaves
+            # through _flush, which then half-closes.
             if self.out is None:
                 self.out = bytearray()
             if out:
@@ -111,7 +114,7 @@ class Channel(Generic[OwnerT]):
         elif out:
             self._write(out)
         if self.fd >= 0:
-            if self.session.state is State.CLOSED:
+            if self.session.state is S_CLOSED:
                 self._release()
             elif events or self.timer is None:
                 # Only a state change (it comes with events) can move the deadline
@@ -159,27 +162,38 @@ class Channel(Generic[OwnerT]):
         except OSError as exc:
             self.apply(self.session.abort(Reason.PEER_RESET, exc.strerror or str(exc)))
             return
-        session = self.session
-        owner = self.owner
-        now = owner.loop.now
         if not n:
-            self.apply(session.eof_received(now, self.decoder.buffered))
+            self.apply(self.session.eof_received(self.owner.loop.now, self.decoder.buffered))
             return
-        if session.state is State.CLOSING:
+        session = self.session
+        if session.state is S_CLOSING:
             return  # draining input until the peer's EOF
+        owner = self.owner
         counters = owner.counters
         counters.bytes_in += n
-        violation = None
         try:
             frames = self.decoder.feed(_read_view[:n])
         except RemoteProtocolError as exc:
-            frames = exc.frames  # the good frames before the bad header still count
-            violation = exc
+            self._refuse_input(exc)
+            return
         if frames:
             counters.frames_in += len(frames)
-            self.apply(session.receive(frames, now))
-        if violation is not None and self.fd >= 0:
-            self.apply(session.protocol_error(violation, now))
+            out, events = session.receive(frames, owner.loop.now)
+            if events:
+                self.apply((out, events))
+            elif out:
+                # A heartbeat: no state changed, so no deadline moved earlier and
+                # nothing is closing; only the answer needs sending.
+                self._write(out)
+
+    def _refuse_input(self, error: RemoteProtocolError) -> None:
+        """A bad header (F1): act on the good frames before it, then ERROR (C3)."""
+        now = self.owner.loop.now
+        if error.frames:
+            self.owner.counters.frames_in += len(error.frames)
+            self.apply(self.session.receive(error.frames, now))
+        if self.fd >= 0:
+            self.apply(self.session.protocol_error(error, now))
 
     __call__ = on_readable
 
@@ -206,8 +220,6 @@ class Channel(Generic[OwnerT]):
             self._abort(Reason.PEER_RESET, exc.strerror or str(exc))
             return False
         if sent == len(data):
-            if self.session.state is State.CLOSING:
-                self._shutdown_write()
             return True
         if len(data) - sent > owner.max_pending:
             self._abort(Reason.SLOW_CONSUMER, "frame exceeds pending cap")
@@ -234,7 +246,7 @@ class Channel(Generic[OwnerT]):
                 return
         self.out = None
         loop.remove_writer(self.fd)
-        if self.session.state is State.CLOSING:
+        if self.session.state is S_CLOSING:
             self._shutdown_write()
 
     def _shutdown_write(self) -> None:

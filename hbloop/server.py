@@ -98,8 +98,7 @@ class Peer(Channel["Server"]):
 
     @property
     def name(self) -> str | None:
-        hello = self.session.hello
-        return None if hello is None else hello.name
+        return self.session.name
 
     @property
     def open(self) -> bool:

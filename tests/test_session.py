@@ -38,6 +38,7 @@ from hbloop.wire import (
     PONG_FRAME,
     Code,
     FrameType,
+    Hello,
     Scheme,
     Welcome,
     encode_close,
@@ -102,7 +103,7 @@ class Link:
     def __init__(
         self,
         scheme: Scheme = Scheme.CLIENT,
-        admit: Callable[[Session], Step] | None = None,
+        admit: Callable[[Session, Hello], Step] | None = None,
         client_config: SessionConfig | None = None,
         server_config: SessionConfig | None = None,
     ) -> None:
@@ -113,9 +114,8 @@ class Link:
         self.client = Side(Session.client(client_config or config(Role.CLIENT), self.now))
         self.admit = admit or self.accept
 
-    def accept(self, session: Session) -> Step:
-        assert session.hello is not None
-        granted = INTERVAL_MS if session.hello.interval_ms == 0 else session.hello.interval_ms
+    def accept(self, session: Session, hello: Hello) -> Step:
+        granted = INTERVAL_MS if hello.interval_ms == 0 else hello.interval_ms
         grant = Grant(self.scheme, granted, granted * TIMEOUT_MS // INTERVAL_MS)
         return session.accept(grant, self.now)
 
@@ -127,7 +127,7 @@ class Link:
         side.events.extend(events)
         for event in events:
             if isinstance(event, HelloReceived):
-                self.apply(side, self.admit(side.session))
+                self.apply(side, self.admit(side.session, event.hello))
         if out:
             self.transmit(side, out)
 
@@ -259,9 +259,8 @@ def test_H2_a_bad_hello_is_refused_with_its_code(hello: bytes, code: Code) -> No
 def test_H2_admission_refuses_after_the_checks_of_the_hello() -> None:
     refusals: list[str] = []
 
-    def full(session: Session) -> Step:
-        assert session.hello is not None
-        refusals.append(session.hello.name)
+    def full(session: Session, hello: Hello) -> Step:
+        refusals.append(hello.name)
         return session.refuse(Code.SERVER_FULL, "2 connections", 0.0)
 
     link = Link(admit=full).connect()
@@ -359,7 +358,7 @@ def test_H7_frames_behind_the_hello_are_acted_on_after_the_welcome() -> None:
 
 
 def test_H7_a_refused_hello_discards_what_was_behind_it() -> None:
-    link = Link(admit=lambda s: s.refuse(Code.SERVER_FULL, "full", 0.0))
+    link = Link(admit=lambda s, h: s.refuse(Code.SERVER_FULL, "full", 0.0))
     link.server.muted = True
     link.send(link.client, encode_hello("alice", 0) + PING_FRAME + encode_data(b"lost"))
     assert link.server.sent_types() == [FrameType.ERROR]
@@ -406,7 +405,7 @@ def test_H9_the_client_abandons_an_attempt_without_welcome_in_time() -> None:
 
 
 def test_T1_the_welcome_carries_what_the_server_granted() -> None:
-    def grant_500(session: Session) -> Step:
+    def grant_500(session: Session, hello: Hello) -> Step:
         return session.accept(Grant(Scheme.CLIENT, 500, 1500), 0.0)
 
     link = Link(admit=grant_500).connect()
