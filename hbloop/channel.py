@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from hbloop.loop import EventLoop, Timer
 from hbloop.policy import next_ping_at
-from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError, code_name
+from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError, code_name, printable
 from hbloop.wire import PING_FRAME, Code
 
 # One recv() takes at most this much. Enough for hundreds of coalesced frames or a
@@ -55,7 +55,7 @@ class Disconnect:
         if self.code is not None:
             parts.append(code_name(self.code))
         if self.detail:
-            parts.append(self.detail)
+            parts.append(printable(self.detail))  # a peer's ERROR message, for one
         return " ".join(parts)
 
 

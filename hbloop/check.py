@@ -27,6 +27,7 @@ from hbloop.protocol import (
     parse_close,
     parse_error,
     parse_welcome,
+    printable,
 )
 from hbloop.wire import (
     ABSOLUTE_MAX_PAYLOAD,
@@ -151,7 +152,7 @@ def describe(frame: Frame | None) -> str:
             return f"CLOSE {code_name(parse_close(payload))}"
         if kind is FrameType.ERROR:
             code, message = parse_error(payload)
-            return f"ERROR {code_name(code)} {message!r}"
+            return f"ERROR {code_name(code)} '{printable(message)}'"
     except RemoteProtocolError as exc:
         return f"invalid {kind.name} ({exc})"
     return f"{kind.name} of {len(payload)} bytes" if payload else kind.name
@@ -570,6 +571,13 @@ VIOLATIONS = [
         "H2",
         "HELLO with a control character in the name",
         encode_frame(FrameType.HELLO, _hello_payload(b"a\nb")),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "H2",
+        "HELLO with a bidi override (U+202E, a format character) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u202eb".encode())),
         Code.BAD_NAME,
         False,
     ),

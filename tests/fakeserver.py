@@ -74,3 +74,17 @@ def record_silently(
     server.record(frames)
     while data := sock.recv(65536):
         server.record(decoder.feed(data))
+
+
+def say(*frames: bytes) -> AfterWelcome:
+    """A server that sends ``frames`` after its WELCOME, half-closes, and records what
+    the client sends until it closes."""
+
+    def after_welcome(
+        server: FakeServer, sock: socket.socket, decoder: FrameDecoder, received: list[Frame]
+    ) -> None:
+        sock.sendall(b"".join(frames))
+        sock.shutdown(socket.SHUT_WR)
+        record_silently(server, sock, decoder, received)
+
+    return after_welcome

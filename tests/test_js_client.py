@@ -8,12 +8,12 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from fakeserver import FakeServer, record_silently, welcome
+from fakeserver import FakeServer, record_silently, say, welcome
 
 from hbloop.protocol import parse_close
-from hbloop.wire import Code, FrameType, Scheme
+from hbloop.wire import Code, FrameType, Scheme, encode_data, encode_error
 
-from conftest import ROOT, LoggedProcess, wait_for
+from conftest import HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, ROOT, LoggedProcess, raw_unsafe, wait_for
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
@@ -107,3 +107,20 @@ def test_dead_server_is_detected(node) -> None:
         assert parse_close(frames[-1][1]) == Code.TIMEOUT
     finally:
         fake.close()
+
+
+def test_server_text_is_printed_escaped(node) -> None:
+    fake = FakeServer(
+        welcome(Scheme.CLIENT, 10_000, 30_000),
+        say(encode_data(HOSTILE_TEXT.encode()), encode_error(Code.MALFORMED, HOSTILE_TEXT)),
+    )
+    try:
+        client = node(str(JS / "cli.js"), "--port", str(fake.address[1]), "--name", "js-esc")
+        assert client.wait(NODE_TIMEOUT) == 1
+    finally:
+        fake.close()
+    assert client.lines("stdout")[1:] == [
+        f"data {HOSTILE_TEXT_SHOWN}",
+        f"close reason=peer_error code=MALFORMED message={HOSTILE_TEXT_SHOWN}",
+    ]
+    assert raw_unsafe(client.lines("stdout")) == []

@@ -75,14 +75,41 @@ function encodeFrame(type, payload = EMPTY) {
   return Buffer.concat([header, payload]);
 }
 
-function hasControlCharacter(text) {
-  return /[\u0000-\u001f\u007f]/.test(text);
+// Characters a name may not contain and printable() escapes: Unicode controls (Cc:
+// C0, DEL, C1), format characters (Cf: bidi overrides, zero-width spaces...) and the
+// line and paragraph separators (Zl, Zp). Each can split, forge or disguise a log line.
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+const UNSAFE_OR_BACKSLASH = /[\\\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+// Peer text shown on a line is cut to this many characters: more than an ERROR
+// message (200 bytes) or a name (64 bytes) holds.
+const PRINTABLE_LIMIT = 200;
+
+function hasUnsafeCharacter(text) {
+  return UNSAFE.test(text);
+}
+
+/**
+ * Text from a peer, safe to print on one line: backslashes and unsafe characters
+ * escaped as Python's hbloop.protocol.printable does (\x1b, \u202e, \U000e0001), cut to
+ * `limit` characters (code points) of the original, marked by "...".
+ */
+function printable(text, limit = PRINTABLE_LIMIT) {
+  const chars = Array.from(text);
+  const escaped = chars.slice(0, limit).join('').replace(UNSAFE_OR_BACKSLASH, (char) => {
+    if (char === '\\') return '\\\\';
+    const code = char.codePointAt(0);
+    if (code < 0x100) return `\\x${code.toString(16).padStart(2, '0')}`;
+    return code < 0x10000 ? `\\u${code.toString(16).padStart(4, '0')}` : `\\U${code.toString(16).padStart(8, '0')}`;
+  });
+  return chars.length > limit ? `${escaped}...` : escaped;
 }
 
 function encodeHello(name, intervalMs, version = PROTOCOL_VERSION) {
   const raw = Buffer.from(name, 'utf8');
-  if (raw.length < 1 || raw.length > MAX_NAME_BYTES || hasControlCharacter(name)) {
-    throw new RangeError(`a name is 1 to ${MAX_NAME_BYTES} UTF-8 bytes without control characters`);
+  if (raw.length < 1 || raw.length > MAX_NAME_BYTES || hasUnsafeCharacter(name)) {
+    throw new RangeError(
+      `a name is 1 to ${MAX_NAME_BYTES} UTF-8 bytes without control, format or separator characters`,
+    );
   }
   const fixed = Buffer.alloc(6);
   fixed.writeUInt8(version, 0);
@@ -193,7 +220,9 @@ function parseHello(payload) {
   } catch {
     throw new ProtocolError(Code.BAD_NAME, 'name is not valid UTF-8');
   }
-  if (hasControlCharacter(name)) throw new ProtocolError(Code.BAD_NAME, 'name contains control characters');
+  if (hasUnsafeCharacter(name)) {
+    throw new ProtocolError(Code.BAD_NAME, 'name contains control, format or separator characters');
+  }
   return { version, intervalMs: payload.readUInt32BE(1), name };
 }
 
@@ -453,5 +482,6 @@ module.exports = {
   parseWelcome,
   parseClose,
   parseError,
+  printable,
   Client,
 };
