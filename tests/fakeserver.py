@@ -4,8 +4,8 @@ It accepts connections on loopback and answers the first complete frame of each 
 a fixed WELCOME; what happens next is up to ``after_welcome``, which gets the socket,
 a decoder holding the rest of the stream, and the frames that came with the first.
 ``record_silently`` is the dead server: it records what the client sends and never
-answers; ``say`` sends some frames and records; ``ping_flood`` is the hostile server
-that sends PINGs as fast as the client takes them.
+answers; ``deaf`` neither reads nor sends; ``say`` sends some frames and records;
+``ping_flood`` is the hostile server that sends PINGs as fast as the client takes them.
 """
 
 from __future__ import annotations
@@ -94,6 +94,13 @@ def record_silently(
     server.record(frames)
     while data := sock.recv(65536):
         server.record(decoder.feed(data))
+
+
+def deaf(
+    server: FakeServer, _sock: socket.socket, _decoder: FrameDecoder, _frames: list[Frame]
+) -> None:
+    """A server that never reads nor sends after its WELCOME, until it is closed."""
+    server.closed.wait()
 
 
 def say(*frames: bytes) -> AfterWelcome:
