@@ -187,10 +187,6 @@ class Probe:
         self.pings_buffered = 0  # PINGs among ``frames``
         self.closed = False
 
-    def deadline(self) -> float:
-        """An answer timeout from now."""
-        return time.monotonic() + self.answer_timeout
-
     def send(self, data: bytes) -> None:
         """Send all of ``data`` within an answer timeout."""
         self.sock.settimeout(self.answer_timeout)
@@ -215,7 +211,7 @@ class Probe:
             try:
                 data = self.sock.recv(RECV_CHUNK)
             except TimeoutError:
-                raise
+                raise  # an OSError, but not a close
             except OSError:
                 data = b""  # a reset is a close, as far as the case is concerned
             if not data:
@@ -243,7 +239,7 @@ class Probe:
     def await_frame(self, what: str, passing: frozenset[FrameType]) -> Frame | None:
         """The next frame whose type is not in ``passing`` (None if the server closed),
         within an answer timeout; the PINGs passed meanwhile are answered."""
-        deadline = self.deadline()
+        deadline = time.monotonic() + self.answer_timeout
         passed = 0
         while True:
             try:
