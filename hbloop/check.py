@@ -26,6 +26,7 @@ from hbloop.protocol import (
     parse_close,
     parse_error,
     parse_welcome,
+    printable,
 )
 from hbloop.wire import (
     ABSOLUTE_MAX_PAYLOAD,
@@ -34,6 +35,7 @@ from hbloop.wire import (
     MAX_HELLO_PAYLOAD,
     MIN_MAX_PAYLOAD,
     PING_FRAME,
+    PONG_FRAME,
     Code,
     FrameType,
     Scheme,
@@ -49,7 +51,9 @@ MUST = "MUST"
 SHOULD = "SHOULD"
 
 # How long the server may take over an answer it owes at once (WELCOME, PONG, ERROR,
-# its FIN): generous, as the server may share a loaded machine with the checker.
+# its FIN), and over reading what the checker sends: generous, as the server may share
+# a loaded machine with the checker. Every wait has such a deadline, however many
+# heartbeats the server sends meanwhile (--answer-timeout).
 ANSWER_TIMEOUT = 5.0
 
 # The interval the liveness cases ask for by default: short so that a run takes
@@ -76,6 +80,13 @@ TRICKLE_GAP = 0.005
 # The checker's own receive limit: large enough for any DATA a server echoes back.
 PROBE_MAX_PAYLOAD = 16 * 1024 * 1024
 
+# Bytes read from the server at a time.
+RECV_CHUNK = 65536
+
+# The server-scheme case shows at most this many gaps between PINGs: three PINGs are
+# expected, and a flooding server's millions would drown the report.
+GAPS_SHOWN = 5
+
 CHECK_NAME = "hbloop-check"
 
 
@@ -100,6 +111,7 @@ class Settings:
     interval: float = DEFAULT_INTERVAL
     max_wait: float = DEFAULT_MAX_WAIT
     handshake_timeout: float | None = None  # the server's deadline; H5 is skipped without it
+    answer_timeout: float = ANSWER_TIMEOUT
 
     @property
     def target(self) -> str:
@@ -146,57 +158,99 @@ def describe(frame: Frame | None) -> str:
             return f"CLOSE {code_name(parse_close(payload))}"
         if kind is FrameType.ERROR:
             code, message = parse_error(payload)
-            return f"ERROR {code_name(code)} {message!r}"
+            return f"ERROR {code_name(code)} '{printable(message)}'"
     except RemoteProtocolError as exc:
         return f"invalid {kind.name} ({exc})"
     return f"{kind.name} of {len(payload)} bytes" if payload else kind.name
 
 
 class Probe:
-    """One blocking connection to the server under test."""
+    """One blocking connection to the server under test.
+
+    Every wait ends at a deadline (``time.monotonic()``), even while the server streams
+    frames without end. While it waits for an answer, the probe answers the server's
+    PINGs as a client must (T4), with one PONG for the PINGs read together, so that a
+    flood of PINGs gets a trickle of PONGs.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        self.sock = socket.create_connection((settings.host, settings.port), ANSWER_TIMEOUT)
+        self.answer_timeout = settings.answer_timeout
+        self.sock = socket.create_connection((settings.host, settings.port), self.answer_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = FrameDecoder(PROBE_MAX_PAYLOAD)
         self.frames: deque[Frame] = deque()
+        self.pings_buffered = 0  # PINGs among ``frames``
         self.closed = False
 
     def send(self, data: bytes) -> None:
+        """Send all of ``data`` within an answer timeout."""
+        self.sock.settimeout(self.answer_timeout)
         try:
             self.sock.sendall(data)
+        except TimeoutError:
+            raise CaseFailed(
+                f"the server read nothing for {self.answer_timeout:g}s: could not send"
+            ) from None
         except OSError as exc:
             raise CaseFailed(f"the server closed the connection ({exc.strerror or exc})") from None
 
-    def recv(self, timeout: float = ANSWER_TIMEOUT) -> Frame | None:
-        """The next frame; None once the server has closed. TimeoutError if none came."""
-        deadline = time.monotonic() + timeout
+    def recv(self, deadline: float) -> Frame | None:
+        """The next frame; None once the server has closed. TimeoutError once
+        ``deadline`` has passed: frames already read still come out, but the socket is
+        not read past it, so a server sending without end cannot hold the probe."""
         while not self.frames and not self.closed:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.sock.settimeout(remaining)
             try:
-                data = self.sock.recv(65536)
-            except (TimeoutError, BlockingIOError):
-                raise TimeoutError from None
+                data = self.sock.recv(RECV_CHUNK)
+            except TimeoutError:
+                raise  # an OSError, but not a close
             except OSError:
                 data = b""  # a reset is a close, as far as the case is concerned
             if not data:
                 self.closed = True
                 break
             try:
-                self.frames.extend(self.decoder.feed(data))
+                frames = self.decoder.feed(data)
             except RemoteProtocolError as exc:
                 raise CaseFailed(f"the server sent an invalid frame: {exc}") from None
-        return self.frames.popleft() if self.frames else None
+            self.frames.extend(frames)
+            self.pings_buffered += sum(1 for ftype, _ in frames if ftype == FrameType.PING)
+        if not self.frames:
+            return None
+        frame = self.frames.popleft()
+        if frame[0] == FrameType.PING:
+            self.pings_buffered -= 1
+        return frame
+
+    def answer_ping(self) -> None:
+        """PONG for a PING just received, unless a later PING read with it is still
+        to come (that one gets the PONG)."""
+        if not self.pings_buffered:
+            self.send(PONG_FRAME)
+
+    def await_frame(self, what: str, passing: frozenset[FrameType]) -> Frame | None:
+        """The next frame whose type is not in ``passing`` (None if the server closed),
+        within an answer timeout; the PINGs passed meanwhile are answered."""
+        deadline = time.monotonic() + self.answer_timeout
+        passed = 0
+        while True:
+            try:
+                frame = self.recv(deadline)
+            except TimeoutError:
+                meanwhile = f" ({passed} heartbeat or DATA frames came meanwhile)" if passed else ""
+                raise CaseFailed(f"no {what} within {self.answer_timeout:g}s{meanwhile}") from None
+            if frame is None or frame[0] not in passing:
+                return frame
+            passed += 1
+            if frame[0] == FrameType.PING:
+                self.answer_ping()
 
     def recv_answer(self) -> Frame | None:
         """The next frame that is not a heartbeat or echoed DATA; fails on silence."""
-        while True:
-            try:
-                frame = self.recv()
-            except TimeoutError:
-                raise CaseFailed(f"no answer within {ANSWER_TIMEOUT:g}s") from None
-            if frame is None or frame[0] not in HEARTBEATS_AND_DATA:
-                return frame
+        return self.await_frame("answer", HEARTBEATS_AND_DATA)
 
     def hello(self, interval_ms: int) -> Welcome:
         self.send(encode_hello(CHECK_NAME, interval_ms))
@@ -212,16 +266,10 @@ class Probe:
             raise CaseFailed(f"invalid WELCOME: {exc}") from None
 
     def expect_pong(self) -> None:
-        """Wait for PONG, letting heartbeats and echoed DATA pass."""
-        while True:
-            try:
-                frame = self.recv()
-            except TimeoutError:
-                raise CaseFailed(f"no PONG within {ANSWER_TIMEOUT:g}s") from None
-            if frame is not None and frame[0] == FrameType.PONG:
-                return
-            if frame is None or frame[0] not in HEARTBEATS_AND_DATA:
-                raise CaseFailed(f"expected PONG, got {describe(frame)}")
+        """Wait for PONG, letting PINGs and echoed DATA pass."""
+        frame = self.await_frame("PONG", PINGS_AND_DATA)
+        if frame is None or frame[0] != FrameType.PONG:
+            raise CaseFailed(f"expected PONG, got {describe(frame)}")
 
     def expect_close(self) -> str:
         """Wait for the server's FIN; fail on anything it sends first but heartbeats."""
@@ -245,6 +293,7 @@ class Probe:
 
 
 HEARTBEATS_AND_DATA = frozenset({FrameType.PING, FrameType.PONG, FrameType.DATA})
+PINGS_AND_DATA = frozenset({FrameType.PING, FrameType.DATA})
 
 
 @dataclass
@@ -333,7 +382,7 @@ class Checker:
                 next_send += every
             wake = min(next_send, deadline) if frame is not None else deadline
             try:
-                got = probe.recv(max(wake - now, 0.001))
+                got = probe.recv(wake)
             except TimeoutError:
                 continue
             if got is None or got[0] in (FrameType.CLOSE, FrameType.ERROR):
@@ -341,7 +390,7 @@ class Checker:
             if got[0] == FrameType.PING:
                 traffic.pings.append(time.monotonic())
                 if answer_pings:
-                    probe.send(encode_frame(FrameType.PONG))
+                    probe.answer_ping()
             elif got[0] == FrameType.PONG:
                 traffic.pongs += 1
         return traffic
@@ -355,10 +404,10 @@ class Checker:
             timeout = welcome.timeout_ms / 1000
             limit = late_limit(timeout)
             self.require_time(limit)
-            give_up = sent_at + limit + ANSWER_TIMEOUT
+            give_up = sent_at + limit + self.settings.answer_timeout
             while True:
                 try:
-                    frame = probe.recv(max(give_up - time.monotonic(), 0.001))
+                    frame = probe.recv(give_up)
                 except TimeoutError:
                     raise CaseFailed(f"still open {give_up - sent_at:.1f}s after HELLO") from None
                 if frame is None or frame[0] in (FrameType.CLOSE, FrameType.ERROR):
@@ -471,7 +520,8 @@ def _server_pings(checker: Checker) -> str:
     probe, _ = checker.open()
     pings = checker.keep_alive(probe, duration, interval, None, True).pings
     gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
-    seen = f"{len(pings)} PINGs, gaps " + ", ".join(f"{gap * 1000:.0f}" for gap in gaps) + " ms"
+    shown = ", ".join(f"{gap * 1000:.0f}" for gap in gaps[:GAPS_SHOWN])
+    seen = f"{len(pings)} PINGs, gaps {shown}{', ...' if len(gaps) > GAPS_SHOWN else ''} ms"
     if len(pings) < 2:
         raise CaseFailed(f"{len(pings)} PINGs in {duration:.2f}s")
     if any(not interval - EARLY_TOLERANCE <= gap <= late_limit(interval) for gap in gaps):
@@ -588,6 +638,13 @@ VIOLATIONS = [
         Code.BAD_NAME,
         False,
     ),
+    Violation(
+        "H2",
+        "HELLO with a bidi override (U+202E, a format character) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u202eb".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
     Violation("H4", "a second HELLO", encode_hello(CHECK_NAME, 0), Code.DUPLICATE_HELLO, True),
     Violation(
         "H6",
@@ -672,7 +729,7 @@ def _handshake_deadline(checker: Checker) -> str:
     start = time.monotonic()
     probe.send(encode_hello(CHECK_NAME, 0)[:5])  # a partial frame proves nothing (T5)
     try:
-        frame = probe.recv(late_limit(deadline))
+        frame = probe.recv(start + late_limit(deadline))
     except TimeoutError:
         raise CaseFailed(f"still open after {late_limit(deadline):.1f}s") from None
     elapsed = time.monotonic() - start
@@ -751,7 +808,7 @@ def run_case(checker: Checker, number: int, spec: Case) -> Result:
 
 def run_checks(settings: Settings) -> Report:
     """Run every case; raises OSError if the server cannot be reached at all."""
-    socket.create_connection((settings.host, settings.port), ANSWER_TIMEOUT).close()
+    socket.create_connection((settings.host, settings.port), settings.answer_timeout).close()
     checker = Checker(settings)
     results = [run_case(checker, n, spec) for n, spec in enumerate(CASES, start=1)]
     return Report(settings.target, results)

@@ -298,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="the server's handshake deadline; the H5 case is skipped without it",
     )
+    check.add_argument(
+        "--answer-timeout",
+        type=_positive,
+        default=check_cases.ANSWER_TIMEOUT,
+        metavar="S",
+        help="time the server has for an answer it owes at once; a case waits no longer",
+    )
     check.set_defaults(run=run_check)
     return parser
 
@@ -425,7 +432,7 @@ def _target(text: str) -> tuple[str, int]:
 def run_check(args: argparse.Namespace) -> int:
     host, port = args.target
     settings = check_cases.Settings(
-        host, port, args.interval, args.max_wait, args.handshake_timeout
+        host, port, args.interval, args.max_wait, args.handshake_timeout, args.answer_timeout
     )
     try:
         report = check_cases.run_checks(settings)

@@ -12,6 +12,8 @@ length field costs nothing.
 
 from __future__ import annotations
 
+import unicodedata
+
 from hbloop.wire import (
     CODE_STRUCT,
     HEADER_ONLY_TYPES,
@@ -58,6 +60,10 @@ class LocalProtocolError(ProtocolError):
 
 
 _EMPTY = b""
+
+# Peer text shown in a log line or on a terminal is cut to this many characters: more
+# than an ERROR message (200 bytes) or a name (64 bytes) holds, so those are whole.
+PRINTABLE_LIMIT = 200
 
 
 class FrameDecoder:
@@ -123,10 +129,44 @@ def _header_error(
     )
 
 
+# Unicode general categories a peer's text must not put raw into a log line or onto a
+# terminal: controls (Cc: C0, DEL and C1, such as NEL), format characters (Cf: bidi
+# overrides and isolates, zero-width spaces and joiners, the BOM...) and the line and
+# paragraph separators (Zl, Zp). Each can split or forge a log line, or make it read
+# differently from its bytes.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _is_unsafe(char: str) -> bool:
+    return unicodedata.category(char) in UNSAFE_CATEGORIES
+
+
 def _is_printable_name(name: str) -> bool:
-    # Names end up in log lines: refuse control characters so a peer cannot forge
-    # or split log records.
-    return all(ch >= " " and ch != "\x7f" for ch in name)
+    # str.isprintable() is False for every unsafe category (and for a few harmless
+    # ones, such as a no-break space): a fast path for the common name.
+    return name.isprintable() or not any(map(_is_unsafe, name))
+
+
+def _escape(char: str) -> str:
+    """One character as ``printable`` shows it: Python's own escapes, unambiguous."""
+    if char == "\\":
+        return "\\\\"
+    if not _is_unsafe(char):
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str, limit: int = PRINTABLE_LIMIT) -> str:
+    """``text`` from a peer, safe to put in a log line or on a terminal: backslashes and
+    characters of UNSAFE_CATEGORIES escaped (``\\x1b``, ``\\u202e``), and cut to
+    ``limit`` characters of the original, marked by "...", if longer."""
+    cut = text[:limit]
+    # The common case, text with nothing to escape, costs no per-character work.
+    safe = cut if cut.isprintable() and "\\" not in cut else "".join(map(_escape, cut))
+    return safe + "..." if len(text) > limit else safe
 
 
 def parse_hello(payload: bytes) -> Hello:
@@ -150,7 +190,9 @@ def parse_hello(payload: bytes) -> Hello:
     except UnicodeDecodeError:
         raise RemoteProtocolError(Code.BAD_NAME, "name is not valid UTF-8") from None
     if not _is_printable_name(name):
-        raise RemoteProtocolError(Code.BAD_NAME, "name contains control characters")
+        raise RemoteProtocolError(
+            Code.BAD_NAME, "name contains control, format or separator characters"
+        )
     return Hello(version, interval_ms, name)
 
 

@@ -42,6 +42,7 @@ from hbloop.protocol import (
     parse_error,
     parse_hello,
     parse_welcome,
+    printable,
 )
 from hbloop.wire import (
     ABSOLUTE_MAX_PAYLOAD,
@@ -125,7 +126,7 @@ class Disconnect:
         if self.code is not None:
             parts.append(code_name(self.code))
         if self.detail:
-            parts.append(self.detail)
+            parts.append(printable(self.detail))  # a peer's ERROR message, for one
         return " ".join(parts)
 
 

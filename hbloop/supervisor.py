@@ -4,25 +4,35 @@ Each worker is a whole single-threaded server, with its own EventLoop and a list
 that sets SO_REUSEPORT on the common port, so that the kernel spreads new connections
 across the workers. The supervisor does nothing on the data path. It
 
-* reserves the port: it binds a socket (SO_REUSEPORT, never listening, so never given
-  a connection) which turns ``--port 0`` into a real port and keeps that port for
-  workers restarted later;
+* reserves the port: it binds a socket, never listening (so never given a
+  connection), which turns ``--port 0`` into a real port. It sets SO_REUSEADDR but
+  *not* SO_REUSEPORT: the kernel lets any SO_REUSEPORT socket of the same user join a
+  port's group, so a reservation with it would let a second ``--workers`` server
+  start and split the clients with the first. Without it, binding fails with
+  EADDRINUSE whenever anything listens on the port, while this supervisor's own
+  workers (SO_REUSEPORT, bound after it) may still share the port, because a bound
+  socket that does not listen only conflicts with listeners;
 * starts the workers, each as ``python -m hbloop.supervisor`` reading its parsed
   arguments from a pipe on stdin: a fresh interpreter inherits no loop, socket or
   signal state from the supervisor, which a bare ``fork()`` would;
 * puts each worker in its own process group, so that a terminal's Ctrl-C reaches the
   supervisor only, and forwards SIGTERM and SIGINT (a second one too, which makes the
-  workers stop at once); it exits 0 once every worker has stopped;
+  workers stop at once), each followed by SIGCONT so that a stopped worker acts on it.
+  A worker still running STOP_MARGIN after its ``--shutdown-grace`` is killed; the
+  supervisor exits 0 once every worker is gone, as the stop was requested;
 * restarts a worker that dies, after min(cap, base x 2^n) seconds for the n-th quick
   death in a row;
 * reads the snapshot each worker writes to its report pipe once a second, and serves
   the totals and per-worker figures in its own stats line and on ``/metrics``. A
-  worker whose pipe breaks has lost its supervisor and shuts down.
+  worker whose pipe breaks has lost its supervisor and shuts down;
+* kills (and so restarts) a worker whose snapshots stop for STALL_TIMEOUT: stopped or
+  wedged, it would keep its share of new connections unanswered (see STALL_TIMEOUT).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +48,7 @@ from functools import partial
 from hbloop.loop import EventLoop, Timer
 from hbloop.metrics import MetricsEndpoint, Report
 from hbloop.netutil import bind_socket
-from hbloop.stats import Snapshot, Ticker, combine, summary
+from hbloop.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, summary
 
 log = logging.getLogger("hbloop.supervisor")
 
@@ -54,6 +64,25 @@ STABLE_AFTER = 10.0
 
 # Bytes read from a report pipe at a time; a snapshot line is a few hundred.
 REPORT_CHUNK = 65536
+
+# After forwarding SIGTERM or SIGINT, a worker still running this long past its own
+# --shutdown-grace is killed (SIGKILL). Once its grace is over, a worker that can run
+# only drops its connections and exits, in milliseconds; one still there seconds later
+# is stopped or wedged, and would hold the supervisor forever.
+STOP_MARGIN = 3.0
+
+# A worker reports every SAMPLE_PERIOD (1 s); one silent for this long is stopped
+# (SIGSTOP, a debugger) or wedged. The kernel keeps hashing its share of new
+# connections to its SO_REUSEPORT listener, where they wait unanswered, so it is
+# killed: the kernel resets the connections queued on its listener (their clients
+# reconnect; with the sysctl net.ipv4.tcp_migrate_req=1 it hands them to another
+# worker instead) and the restart logic starts a worker that serves its share again.
+# Steering the hashing away instead would take a BPF program that knows which workers
+# are alive (SO_ATTACH_REUSEPORT_EBPF), and the supervisor cannot close a worker's
+# listener for it: killing is the one lever that needs nothing from the stuck worker.
+# Five missed reports: far longer than a healthy loop ever stalls, yet short next to a
+# client's connect timeout.
+STALL_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,7 @@ class _Worker:
         self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+        self.last_report = 0.0  # time.monotonic() of the last snapshot read
         self.pipe = -1
         self.partial = b""
         self.snapshot: Snapshot | None = None  # None until the worker is listening
@@ -114,6 +144,7 @@ class Supervisor:
         self.port = args.port
         self.restarts = 0
         self.stopping = False
+        self.stop_signal = ""  # the first stop signal's name, once stopping
         self.starting = True  # until every worker has listened once
         self.failed = False
         self._retired = combine([])  # counters of workers that have exited
@@ -123,8 +154,9 @@ class Supervisor:
 
     def run(self) -> int:
         try:
-            # Bound, never listening: the kernel queues no connection on it.
-            reservation = bind_socket(self.args.host, self.args.port, reuse_port=True)
+            # Bound, never listening: the kernel queues no connection on it. Without
+            # SO_REUSEPORT, so that it fails on a port in use (see the module's doc).
+            reservation = bind_socket(self.args.host, self.args.port)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", self.args.host, self.args.port, exc.strerror)
             return 1
@@ -143,6 +175,7 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
         if self.args.stats_interval:
             Ticker(self.loop, self.args.stats_interval, self._log_stats)
+        Ticker(self.loop, SAMPLE_PERIOD, self._kill_stalled)
         for worker in self.workers:
             self._spawn(worker)
         try:
@@ -158,9 +191,14 @@ class Supervisor:
         return 0
 
     def stop(self, signum: int) -> None:
-        """Forward ``signum`` to every worker; stop once they are all gone."""
-        self.stopping = True
-        log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self._running()))
+        """Forward ``signum`` to every worker; stop once they are all gone. The first
+        time, arm the kill of workers that outlive their grace (STOP_MARGIN)."""
+        name = signal.Signals(signum).name
+        if not self.stopping:
+            self.stopping = True
+            self.stop_signal = name
+            self.loop.call_later(self.args.shutdown_grace + STOP_MARGIN, self._kill_stragglers)
+        log.info("%s: stopping %d workers", name, len(self._running()))
         for worker in self.workers:
             if worker.restart is not None:
                 worker.restart.cancel()
@@ -168,7 +206,22 @@ class Supervisor:
         for worker in self._running():
             assert worker.process is not None
             worker.process.send_signal(signum)
+            # A stopped worker keeps the signal pending until it is continued.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.process.pid, signal.SIGCONT)
         self._stop_if_done()
+
+    def _kill_stragglers(self) -> None:
+        for worker in self._running():
+            assert worker.process is not None
+            log.warning(
+                "worker %d (pid %d) still running %.1fs after %s; killing it",
+                worker.index,
+                worker.process.pid,
+                self.args.shutdown_grace + STOP_MARGIN,
+                self.stop_signal,
+            )
+            worker.process.kill()
 
     def _running(self) -> list[_Worker]:
         return [w for w in self.workers if w.process is not None]
@@ -214,6 +267,7 @@ class Supervisor:
                 return
             *lines, worker.partial = (worker.partial + data).split(b"\n")
             if lines:
+                worker.last_report = time.monotonic()
                 if worker.snapshot is None:
                     self._listening(worker)
                 worker.snapshot = json.loads(lines[-1])
@@ -234,6 +288,27 @@ class Supervisor:
                 len(self.workers),
                 pids,
             )
+
+    def _kill_stalled(self) -> None:
+        """Kill a listening worker whose reports stopped (STALL_TIMEOUT); it is then
+        restarted like any worker that dies."""
+        if self.stopping:
+            return
+        for worker in self._running():
+            if worker.snapshot is None or worker.pipe < 0:
+                continue  # not listening yet, or exiting
+            self._read_reports(worker)  # first what it wrote while this loop was busy
+            silent = time.monotonic() - worker.last_report
+            if silent >= STALL_TIMEOUT and worker.pipe >= 0:  # (a closed pipe: exiting)
+                assert worker.process is not None
+                log.warning(
+                    "worker %d (pid %d) sent no report for %.1fs: stopped or stuck, its "
+                    "share of new connections unanswered; killing it",
+                    worker.index,
+                    worker.process.pid,
+                    silent,
+                )
+                worker.process.kill()
 
     def _reap(self) -> None:
         for worker in self._running():

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,25 @@ def expect_last_word(peer: RawPeer, ftype: FrameType, code: Code, before: int = 
     assert last[0] == ftype, f"last frame {last} is not {ftype.name}"
     assert frame_code(last) == code, f"{ftype.name} code {frame_code(last):#06x}, not {code.name}"
     return frames[:-1]
+
+
+# Peer text that splits, forges or disguises a line printed raw: a newline starting a
+# forged log record, a terminal escape, a bidi override, a zero-width space, NEL (C1)
+# and LINE SEPARATOR. Under the 200 bytes an ERROR message may hold.
+HOSTILE_TEXT = "bye\\\nINFO hbloop.server: forged\x1b[2J\u202eexe.txt\u200b\x85\u2028end"
+# How it must be shown: each of those characters, and the backslash, escaped.
+HOSTILE_TEXT_SHOWN = r"bye\\\x0aINFO hbloop.server: forged\x1b[2J\u202eexe.txt\u200b\x85\u2028end"
+
+# protocol.md's unsafe characters: Unicode controls, format characters, line and
+# paragraph separators.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def raw_unsafe(lines: list[str]) -> list[str]:
+    """The lines holding an unsafe character, left raw."""
+    return [
+        line for line in lines if any(unicodedata.category(c) in UNSAFE_CATEGORIES for c in line)
+    ]
 
 
 def rst_close(sock: socket.socket) -> None:

@@ -4,17 +4,26 @@ It accepts connections on loopback and answers the first complete frame of each 
 a fixed WELCOME; what happens next is up to ``after_welcome``, which gets the socket,
 a decoder holding the rest of the stream, and the frames that came with the first.
 ``record_silently`` is the dead server: it records what the client sends and never
-answers.
+answers; ``deaf`` neither reads nor sends; ``say`` sends some frames and records;
+``ping_flood`` is the hostile server that sends PINGs as fast as the client takes them.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Callable
 
-from hbloop.protocol import Frame, FrameDecoder
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION, Scheme, Welcome, encode_welcome
+from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError
+from hbloop.wire import (
+    DEFAULT_MAX_PAYLOAD,
+    PING_FRAME,
+    PROTOCOL_VERSION,
+    Scheme,
+    Welcome,
+    encode_welcome,
+)
 
 AfterWelcome = Callable[["FakeServer", socket.socket, FrameDecoder, list[Frame]], None]
 
@@ -26,6 +35,8 @@ class FakeServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address: tuple[str, int] = self.listener.getsockname()
         self.received: list[Frame] = []  # every frame after the first, all connections
+        self.flooded = 0  # bytes of PINGs sent by ping_flood, all connections
+        self.closed = threading.Event()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -49,8 +60,8 @@ class FakeServer:
                     frames = decoder.feed(data)
                 sock.sendall(encode_welcome(self.welcome))
                 self.after_welcome(self, sock, decoder, frames[1:])
-            except OSError:
-                return
+            except (OSError, RemoteProtocolError):
+                return  # the checker's hostile cases: this fake just hangs up
 
     def record(self, frames: list[Frame]) -> None:
         with self._lock:
@@ -60,7 +71,16 @@ class FakeServer:
         with self._lock:
             return list(self.received)
 
+    def count_flood(self, sent: int) -> None:
+        with self._lock:
+            self.flooded += sent
+
+    def pings_flooded(self) -> int:
+        with self._lock:
+            return self.flooded // len(PING_FRAME)
+
     def close(self) -> None:
+        self.closed.set()
         self.listener.close()
 
 
@@ -74,3 +94,63 @@ def record_silently(
     server.record(frames)
     while data := sock.recv(65536):
         server.record(decoder.feed(data))
+
+
+def deaf(
+    server: FakeServer, _sock: socket.socket, _decoder: FrameDecoder, _frames: list[Frame]
+) -> None:
+    """A server that never reads nor sends after its WELCOME, until it is closed."""
+    server.closed.wait()
+
+
+def say(*frames: bytes) -> AfterWelcome:
+    """A server that sends ``frames`` after its WELCOME, half-closes, and records what
+    the client sends until it closes."""
+
+    def after_welcome(
+        server: FakeServer, sock: socket.socket, decoder: FrameDecoder, received: list[Frame]
+    ) -> None:
+        sock.sendall(b"".join(frames))
+        sock.shutdown(socket.SHUT_WR)
+        record_silently(server, sock, decoder, received)
+
+    return after_welcome
+
+
+# ping_flood writes this many PINGs at a time: far more than any client answers
+# one by one, and few enough to stop quickly once the test is over.
+FLOOD_BURST = 4096
+
+# ping_flood's select() wakes at least this often to see whether the test is over.
+FLOOD_POLL = 0.1
+
+
+def ping_flood(read: bool) -> AfterWelcome:
+    """A hostile server: after its WELCOME it sends PINGs as fast as the client takes
+    them, until the client goes away or the FakeServer is closed. With ``read`` it
+    records what the client sends (its PONGs) up to any invalid frame; without, it
+    never reads again."""
+
+    def after_welcome(
+        server: FakeServer, sock: socket.socket, decoder: FrameDecoder, received: list[Frame]
+    ) -> None:
+        server.record(received)
+        burst = memoryview(PING_FRAME * FLOOD_BURST)
+        pending = burst
+        watch = [sock] if read else []
+        while not server.closed.is_set():
+            readable, writable, _ = select.select(watch, [sock], [], FLOOD_POLL)
+            if readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                try:
+                    server.record(decoder.feed(data))
+                except RemoteProtocolError:
+                    watch = []  # the rest of the stream is noise; keep flooding
+            if writable:
+                sent = sock.send(pending)
+                pending = pending[sent:] or burst  # a partial PING is finished first
+                server.count_flood(sent)
+
+    return after_welcome

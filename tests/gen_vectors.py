@@ -71,6 +71,7 @@ def valid_vectors() -> list[dict[str, object]]:
         ("default interval, non-ASCII name", "dévice-7", 0),
         ("64-byte name (the longest)", "n" * 64, 500),
         ("1-byte name, largest interval", "x", 0xFFFFFFFF),
+        ("name with spaces, accents and a symbol", "café n° 7 ☕", 0),
     ):
         add(
             f"HELLO {label}",
@@ -203,6 +204,16 @@ def malformed_vectors() -> list[dict[str, object]]:
     add("HELLO name with a newline", frame(1, hello_payload(b"a\nb")), "BAD_NAME", "content")
     add("HELLO name with NUL", frame(1, hello_payload(b"a\x00")), "BAD_NAME", "content")
     add("HELLO name with DEL (0x7f)", frame(1, hello_payload(b"a\x7f")), "BAD_NAME", "content")
+    # Not only C0: any character of Unicode category Cc (C1 too), Cf (format), Zl or
+    # Zp can reorder, hide or split the log line a name is written into.
+    for label, char in (
+        ("U+202E RIGHT-TO-LEFT OVERRIDE (Cf)", "\u202e"),
+        ("U+200B ZERO WIDTH SPACE (Cf)", "\u200b"),
+        ("U+0085 NEXT LINE (C1, Cc)", "\x85"),
+        ("U+2028 LINE SEPARATOR (Zl)", "\u2028"),
+    ):
+        name = f"a{char}b".encode()
+        add(f"HELLO name with {label}", frame(1, hello_payload(name)), "BAD_NAME", "content")
 
     # WELCOME, checked by the client (H3).
     welcome = struct.pack(">BBII", 1, 0, 10000, 30000)

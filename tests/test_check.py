@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
 
 import pytest
-from fakeserver import FakeServer, welcome
+from fakeserver import FakeServer, ping_flood, welcome
 
 from hbloop.protocol import Frame, FrameDecoder
-from hbloop.wire import Scheme
+from hbloop.wire import FrameType, Scheme
 
 from conftest import HBLOOP, ROOT
 
@@ -33,13 +34,13 @@ SCHEME_CASES = {
 }
 
 
-def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+def run_check(*args: str, timeout: float = CHECK_TIMEOUT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*HBLOOP, "check", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=CHECK_TIMEOUT,
+        timeout=timeout,
     )
 
 
@@ -112,3 +113,48 @@ def test_bad_target_is_a_usage_error() -> None:
     result = run_check("no-port-here")
     assert result.returncode == 2
     assert "is not HOST:PORT" in result.stderr
+
+
+# The flooding server's grant, short so that its time-based cases take a second or so.
+FLOOD_INTERVAL_MS = 200
+FLOOD_TIMEOUT_MS = 600
+# Against the flood, each case waiting for an answer fails after this (--answer-timeout).
+FLOOD_ANSWER_TIMEOUT = 0.5
+# Though the flood never ends, the whole run must: about a dozen cases wait for an
+# answer and the two timeout cases wait T + slack + the answer timeout (about 12 s in
+# all), with room for a loaded machine.
+FLOOD_RUN_LIMIT = 60.0
+
+
+def test_a_ping_flood_cannot_stall_the_checker() -> None:
+    fake = FakeServer(
+        welcome(Scheme.SERVER, FLOOD_INTERVAL_MS, FLOOD_TIMEOUT_MS), ping_flood(read=True)
+    )
+    try:
+        host, port = fake.address
+        answer_timeout = f"{FLOOD_ANSWER_TIMEOUT:g}"
+        result = run_check(
+            f"{host}:{port}", "--json", "--answer-timeout", answer_timeout, timeout=FLOOD_RUN_LIMIT
+        )
+    finally:
+        fake.close()
+    assert result.returncode == 1, result.stderr
+    by_title = {case["title"]: case for case in json.loads(result.stdout)["cases"]}
+
+    def saw(title: str, verdict: str) -> str:
+        assert by_title[title]["result"] == verdict, by_title[title]
+        return str(by_title[title]["saw"])
+
+    saw("HELLO is answered with WELCOME v1, scheme 0 or 1, 0 < 2 x interval <= timeout", "pass")
+    assert re.fullmatch(
+        rf"no PONG within {answer_timeout}s \(\d+ heartbeat or DATA frames came meanwhile\)",
+        saw("PING is answered with PONG, whatever the scheme", "fail"),
+    )
+    closing = saw("after the client's CLOSE NORMAL the server stops sending and closes", "fail")
+    assert closing.startswith(f"no answer within {answer_timeout}s (")
+    silence = saw("a silent client is closed at the timeout, within [T, T + slack]", "fail")
+    assert re.fullmatch(r"still open [\d.]+s after HELLO", silence)
+    # It answered the server's PINGs as a client must (T4), one PONG per burst read
+    # together, so the flood did not make it flood back.
+    pongs = sum(1 for ftype, _ in fake.frames() if ftype == FrameType.PONG)
+    assert 0 < pongs * 100 < fake.pings_flooded(), (pongs, fake.pings_flooded())

@@ -8,8 +8,11 @@ import socket
 import subprocess
 
 import pytest
+from fakeserver import FakeServer, say, welcome
 
-from conftest import HBLOOP, ROOT
+from hbloop.wire import Code, Scheme, encode_error
+
+from conftest import HBLOOP, HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, ROOT, raw_unsafe
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -138,3 +141,16 @@ def test_signals_stop_the_server_cleanly(serve, raw_peer, signum):
     assert server.wait() == 0
     server.wait_line(r"name=bystander .*reason=shutdown GOING_AWAY")
     server.wait_line("stopped")
+
+
+def test_a_server_error_message_is_printed_escaped(spawn):
+    fake = FakeServer(
+        welcome(Scheme.CLIENT, 10_000, 30_000), say(encode_error(Code.MALFORMED, HOSTILE_TEXT))
+    )
+    try:
+        client = spawn("client", "--port", str(fake.address[1]), "-n", "x", "--no-reconnect")
+        assert client.wait() == 1
+    finally:
+        fake.close()
+    assert client.lines()[-1] == f"disconnected: peer_error MALFORMED {HOSTILE_TEXT_SHOWN}"
+    assert raw_unsafe(client.lines()) == []

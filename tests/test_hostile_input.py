@@ -28,11 +28,22 @@ from hbloop.wire import (
     FrameType,
     encode_close,
     encode_data,
+    encode_error,
     encode_frame,
     encode_hello,
 )
 
-from conftest import WAIT_TIMEOUT, GoodPeers, RawPeer, ServerProcess, expect_last_word, wait_for
+from conftest import (
+    HOSTILE_TEXT,
+    HOSTILE_TEXT_SHOWN,
+    WAIT_TIMEOUT,
+    GoodPeers,
+    RawPeer,
+    ServerProcess,
+    expect_last_word,
+    raw_unsafe,
+    wait_for,
+)
 
 # Short timers so that connections the server must time out go quickly.
 SERVER_ARGS = ("--interval", "0.5", "--timeout", "1.5", "--handshake-timeout", "1")
@@ -69,6 +80,8 @@ BEFORE_HELLO = {
     "hello-name-255-bytes": (hello_frame(name=b"n" * 255), Code.BAD_NAME),
     "hello-name-not-utf8": (hello_frame(name=b"\xff\xfe"), Code.BAD_NAME),
     "hello-name-control-char": (hello_frame(name=b"a\nb"), Code.BAD_NAME),
+    "hello-name-bidi-override": (hello_frame(name="a\u202eb".encode()), Code.BAD_NAME),
+    "hello-name-line-separator": (hello_frame(name="a\u2028b".encode()), Code.BAD_NAME),
     "ping-before-hello": (PING_FRAME, Code.HELLO_REQUIRED),
     "data-before-hello": (encode_data(b"hi"), Code.HELLO_REQUIRED),
     "close-before-hello": (encode_close(Code.NORMAL), Code.HELLO_REQUIRED),
@@ -153,6 +166,18 @@ def test_truncated_frame_then_eof_gets_malformed(
         peer.sock.shutdown(socket.SHUT_WR)
         expect_last_word(peer, FrameType.ERROR, Code.MALFORMED)
         assert_logged(server, peer, Code.MALFORMED)
+    good.assert_served(server, rounds=0)
+
+
+def test_a_peer_error_message_is_logged_escaped(server: ServerProcess, good: GoodPeers) -> None:
+    with RawPeer(server.address) as peer:
+        assert peer.hello("reporter")[0] == FrameType.WELCOME
+        peer.send(encode_error(Code.MALFORMED, HOSTILE_TEXT))
+        port = peer.sock.getsockname()[1]
+        line = server.wait_line(rf"disconnect 127\.0\.0\.1:{port} .*reason=peer_error MALFORMED")
+    assert line.string.endswith(" " + HOSTILE_TEXT_SHOWN)
+    assert not server.find(r"^INFO hbloop\.server: forged"), "a peer forged a log line"
+    assert raw_unsafe(server.lines()) == []
     good.assert_served(server, rounds=0)
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
 
+import psutil
 import pytest
-from fakeserver import FakeServer, record_silently, welcome
+from fakeserver import FakeServer, deaf, ping_flood, record_silently, say, welcome
 
 from hbloop.protocol import parse_close
-from hbloop.wire import Code, FrameType, Scheme
+from hbloop.wire import Code, FrameType, Scheme, encode_data, encode_error
 
-from conftest import ROOT, LoggedProcess, wait_for
+from conftest import HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, ROOT, LoggedProcess, raw_unsafe, wait_for
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
@@ -107,3 +110,88 @@ def test_dead_server_is_detected(node) -> None:
         assert parse_close(frames[-1][1]) == Code.TIMEOUT
     finally:
         fake.close()
+
+
+def test_server_text_is_printed_escaped(node) -> None:
+    fake = FakeServer(
+        welcome(Scheme.CLIENT, 10_000, 30_000),
+        say(encode_data(HOSTILE_TEXT.encode()), encode_error(Code.MALFORMED, HOSTILE_TEXT)),
+    )
+    try:
+        client = node(str(JS / "cli.js"), "--port", str(fake.address[1]), "--name", "js-esc")
+        assert client.wait(NODE_TIMEOUT) == 1
+    finally:
+        fake.close()
+    assert client.lines("stdout")[1:] == [
+        f"data {HOSTILE_TEXT_SHOWN}",
+        f"close reason=peer_error code=MALFORMED message={HOSTILE_TEXT_SHOWN}",
+    ]
+    assert raw_unsafe(client.lines("stdout")) == []
+
+
+# Under a hostile server the node process must stay under this resident size (before
+# backpressure and strikes, a PING flood grew it past 1.4 GB).
+MAX_NODE_RSS = 200 * 1024 * 1024
+# The grant the hostile servers below give: long, so that only their hostility, not a
+# timeout, can end the connection within the test.
+LONG_INTERVAL_MS = 10_000
+LONG_TIMEOUT_MS = 30_000
+
+
+def _peak_rss_until_exit(client: LoggedProcess) -> int:
+    """The node process's largest resident size, sampled until it exits (or passes
+    MAX_NODE_RSS: no need to let it grow further)."""
+    process = psutil.Process(client.proc.pid)
+    peak = 0
+
+    def done() -> bool:
+        nonlocal peak
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, process.memory_info().rss)
+        return client.proc.poll() is not None or peak > MAX_NODE_RSS
+
+    wait_for(done, NODE_TIMEOUT, step=0.05)
+    return peak
+
+
+def test_a_ping_flood_ends_with_too_many_pings_in_bounded_memory(node) -> None:
+    fake = FakeServer(
+        welcome(Scheme.SERVER, LONG_INTERVAL_MS, LONG_TIMEOUT_MS), ping_flood(read=False)
+    )
+    try:
+        client = node(str(JS / "cli.js"), "--port", str(fake.address[1]), "--name", "js-flood")
+        peak = _peak_rss_until_exit(client)
+    finally:
+        fake.close()
+    assert peak < MAX_NODE_RSS, f"node grew to {peak >> 20} MB"
+    assert client.wait(NODE_TIMEOUT) == 1
+    out = client.lines("stdout")
+    assert out[-1].startswith("close reason=protocol_error code=TOO_MANY_PINGS message=")
+    assert out[-1].endswith("3 PINGs closer than half the interval")
+    # The first PING, then one for each strike but the last (T8), as hbloop serve does.
+    assert out.count("sent PONG") == 3
+
+
+# Writes DATA to a server that never reads: 64 MB if nothing stops it.
+WRITER = """
+const { Client } = require(process.argv[1]);
+const client = new Client({ port: Number(process.argv[2]), name: 'js-writer' });
+client.on('welcome', () => {
+  const chunk = Buffer.alloc(65536);
+  for (let i = 0; i < 1024 && client.send(chunk); i += 1);
+});
+client.on('close', ({ reason, message }) => console.log(`close reason=${reason} ${message}`));
+client.connect();
+"""
+
+
+def test_output_a_server_does_not_read_is_bounded(node) -> None:
+    fake = FakeServer(welcome(Scheme.CLIENT, LONG_INTERVAL_MS, LONG_TIMEOUT_MS), deaf)
+    try:
+        client = node("-e", WRITER, str(JS / "hbloop.js"), str(fake.address[1]))
+        peak = _peak_rss_until_exit(client)
+    finally:
+        fake.close()
+    assert peak < MAX_NODE_RSS, f"node grew to {peak >> 20} MB"
+    assert client.wait(NODE_TIMEOUT) == 0
+    assert re.fullmatch(r"close reason=slow_consumer \d+ bytes unsent", client.lines("stdout")[-1])

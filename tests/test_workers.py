@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
 import signal
+import subprocess
+from collections import Counter
 
 import psutil
 import pytest
 
 from hbloop.cli import build_parser
-from hbloop.wire import Code, FrameType
+from hbloop.supervisor import STOP_MARGIN
+from hbloop.wire import Code, FrameType, encode_hello
 
 from conftest import (
+    HBLOOP,
+    START_TIMEOUT,
+    WAIT_TIMEOUT,
     RawPeer,
     ServerProcess,
     expect_last_word,
@@ -109,6 +116,112 @@ def test_sigterm_stops_every_worker_gracefully(serve):
         _close_all(peers)
     assert all(_gone(pid) for pid in pids)
     assert len(server.find(r"worker \d \(pid \d+\) exited with code 0")) == 2
+
+
+def _kill(pids: list[int]) -> None:
+    """Clean up after a test that stopped workers: a stopped orphan never notices."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# How long a supervisor may take to stop when its workers are stuck: their grace, the
+# supervisor's margin, and room for a loaded machine.
+def _stop_bound(grace: float) -> float:
+    return grace + STOP_MARGIN + WAIT_TIMEOUT
+
+
+def test_sigterm_continues_a_stopped_worker(serve):
+    grace = 1.0
+    server = serve(*SLOW, "--workers", "2", "--shutdown-grace", f"{grace:g}")
+    pids = _worker_pids(server)
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        server.terminate(timeout=_stop_bound(grace))
+    finally:
+        _kill(pids)
+    assert server.proc.returncode == 0
+    # SIGCONT let the stopped worker act on SIGTERM: it stopped by itself.
+    assert len(server.find(r"worker \d \(pid \d+\) exited with code 0")) == 2
+
+
+def test_workers_stuck_in_their_grace_are_killed(serve):
+    grace = 1.0
+    server = serve(*SLOW, "--workers", "2", "--shutdown-grace", f"{grace:g}")
+    pids = _worker_pids(server)
+    peers = _connect(server.address, BATCH, "held")  # they never close: the grace runs out
+    try:
+        server.signal(signal.SIGTERM)
+        server.wait_line(r"shutting down: closing \d+ connections", count=2)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)  # stuck in the grace period, as by a debugger
+        assert server.wait(_stop_bound(grace)) == 0
+    finally:
+        _kill(pids)
+        _close_all(peers)
+    for index, pid in enumerate(pids, start=1):
+        server.wait_line(
+            rf"worker {index} \(pid {pid}\) still running [\d.]+s after SIGTERM; killing it"
+        )
+        server.wait_line(rf"worker {index} \(pid {pid}\) exited with signal 9")
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_a_stopped_worker_is_replaced(serve):
+    server = serve(*SLOW, "--workers", "2")
+    stopped, running = _worker_pids(server)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        # Meanwhile the kernel still gives the stopped worker its share of newcomers.
+        waiting = [RawPeer(server.address) for _ in range(BATCH)]
+        for peer in waiting:
+            peer.send(encode_hello("early", 0))
+        server.wait_line(
+            rf"worker 1 \(pid {stopped}\) sent no report for [\d.]+s", timeout=WAIT_TIMEOUT
+        )
+        server.wait_line(r"worker 1 \(pid \d+\) is back")
+        # None was left hanging: those queued on the stopped worker were reset when it
+        # was killed (they reconnect), the others were served.
+        outcomes = Counter(_outcome(peer) for peer in waiting)
+        assert set(outcomes) <= {"WELCOME", "reset"} and outcomes["WELCOME"] > 0, outcomes
+        # Every newcomer is served now, by the running worker or the new one.
+        _close_all(_connect(server.address, BATCH, "late"))
+    finally:
+        _kill([stopped])
+    assert not _gone(running)
+
+
+def _outcome(peer: RawPeer) -> str:
+    try:
+        return FrameType(peer.recv()[0]).name
+    except (ConnectionResetError, EOFError):
+        return "reset"
+    finally:
+        peer.close()
+
+
+# A plain server and a supervisor of two workers, as extra `hbloop serve` arguments.
+PLAIN = ()
+WORKERS = ("--workers", "2")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(WORKERS, WORKERS), (WORKERS, PLAIN), (PLAIN, WORKERS)],
+    ids=["workers-then-workers", "workers-then-plain", "plain-then-workers"],
+)
+def test_a_second_server_on_a_port_in_use_fails(serve, first, second):
+    server = serve(*SLOW, *first)
+    result = subprocess.run(
+        [*HBLOOP, "serve", "--port", str(server.port), *second],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in lines[0]
 
 
 def test_workers_stop_when_the_supervisor_is_killed(serve):

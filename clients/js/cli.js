@@ -5,7 +5,7 @@
 // locally requested CLOSE (on --duration, SIGINT or SIGTERM).
 
 const { parseArgs } = require('node:util');
-const { Client, Code } = require('./hbloop.js');
+const { Client, Code, printable } = require('./hbloop.js');
 
 const USAGE = 'usage: node cli.js --port PORT [--host HOST] [--name NAME] [--interval S] '
   + '[--send TEXT]... [--duration S]';
@@ -45,11 +45,12 @@ function main() {
     for (const text of options.send) client.send(Buffer.from(text, 'utf8'));
     if (duration !== null) setTimeout(() => client.close(Code.NORMAL), duration * 1000);
   });
-  client.on('message', (data) => console.log(`data ${data.toString('utf8')}`));
+  // Whatever the server sends stays on its one line: see printable().
+  client.on('message', (data) => console.log(`data ${printable(data.toString('utf8'))}`));
   client.on('heartbeat', ({ direction, type }) => console.log(`${direction === 'in' ? 'got' : 'sent'} ${type}`));
   client.on('close', ({ reason, code, codeName, message }) => {
     const name = code === null ? '-' : (codeName ?? code);
-    console.log(`close reason=${reason} code=${name}${message ? ` message=${message}` : ''}`);
+    console.log(`close reason=${reason} code=${name}${message ? ` message=${printable(message)}` : ''}`);
     process.exitCode = reason === 'closed_locally' ? 0 : 1;
   });
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => client.close(Code.NORMAL));

@@ -17,6 +17,13 @@ const MIN_MAX_PAYLOAD = 1024;
 const HANDSHAKE_TIMEOUT_MS = 10000;
 // After sending CLOSE or ERROR, wait this long for the server's FIN (C1, C3).
 const LINGER_MS = 2000;
+// Unsent output allowed before the server counts as a slow consumer and the connection
+// is closed: the reference server's --max-pending default. It bounds the memory a
+// server that does not read can make us hold.
+const DEFAULT_MAX_PENDING = 256 * 1024;
+// PINGs in a row sooner than half the interval before ERROR TOO_MANY_PINGS (rule T8),
+// as the reference server counts them (--ping-strikes): a flood gets three PONGs.
+const PING_STRIKES = 3;
 
 const FrameType = Object.freeze({
   HELLO: 0x01, WELCOME: 0x02, PING: 0x03, PONG: 0x04, DATA: 0x05, CLOSE: 0x06, ERROR: 0x07,
@@ -75,14 +82,41 @@ function encodeFrame(type, payload = EMPTY) {
   return Buffer.concat([header, payload]);
 }
 
-function hasControlCharacter(text) {
-  return /[\u0000-\u001f\u007f]/.test(text);
+// Characters a name may not contain and printable() escapes: Unicode controls (Cc:
+// C0, DEL, C1), format characters (Cf: bidi overrides, zero-width spaces...) and the
+// line and paragraph separators (Zl, Zp). Each can split, forge or disguise a log line.
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+const UNSAFE_OR_BACKSLASH = /[\\\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+// Peer text shown on a line is cut to this many characters: more than an ERROR
+// message (200 bytes) or a name (64 bytes) holds.
+const PRINTABLE_LIMIT = 200;
+
+function hasUnsafeCharacter(text) {
+  return UNSAFE.test(text);
+}
+
+/**
+ * Text from a peer, safe to print on one line: backslashes and unsafe characters
+ * escaped as Python's hbloop.protocol.printable does (\x1b, \u202e, \U000e0001), cut to
+ * `limit` characters (code points) of the original, marked by "...".
+ */
+function printable(text, limit = PRINTABLE_LIMIT) {
+  const chars = Array.from(text);
+  const escaped = chars.slice(0, limit).join('').replace(UNSAFE_OR_BACKSLASH, (char) => {
+    if (char === '\\') return '\\\\';
+    const code = char.codePointAt(0);
+    if (code < 0x100) return `\\x${code.toString(16).padStart(2, '0')}`;
+    return code < 0x10000 ? `\\u${code.toString(16).padStart(4, '0')}` : `\\U${code.toString(16).padStart(8, '0')}`;
+  });
+  return chars.length > limit ? `${escaped}...` : escaped;
 }
 
 function encodeHello(name, intervalMs, version = PROTOCOL_VERSION) {
   const raw = Buffer.from(name, 'utf8');
-  if (raw.length < 1 || raw.length > MAX_NAME_BYTES || hasControlCharacter(name)) {
-    throw new RangeError(`a name is 1 to ${MAX_NAME_BYTES} UTF-8 bytes without control characters`);
+  if (raw.length < 1 || raw.length > MAX_NAME_BYTES || hasUnsafeCharacter(name)) {
+    throw new RangeError(
+      `a name is 1 to ${MAX_NAME_BYTES} UTF-8 bytes without control, format or separator characters`,
+    );
   }
   const fixed = Buffer.alloc(6);
   fixed.writeUInt8(version, 0);
@@ -193,7 +227,9 @@ function parseHello(payload) {
   } catch {
     throw new ProtocolError(Code.BAD_NAME, 'name is not valid UTF-8');
   }
-  if (hasControlCharacter(name)) throw new ProtocolError(Code.BAD_NAME, 'name contains control characters');
+  if (hasUnsafeCharacter(name)) {
+    throw new ProtocolError(Code.BAD_NAME, 'name contains control, format or separator characters');
+  }
   return { version, intervalMs: payload.readUInt32BE(1), name };
 }
 
@@ -242,16 +278,19 @@ const State = Object.freeze({
  *   'heartbeat' {direction: 'in'|'out', type: 'PING'|'PONG'}
  *   'close' {reason, code, codeName, message}           once, when the connection ends
  * reason is one of: closed_locally, peer_closed, peer_error, timeout,
- * handshake_timeout, protocol_error, socket_error.
+ * handshake_timeout, protocol_error, slow_consumer, socket_error.
  * No reconnection here: a caller that wants it follows rule R1.
  */
 class Client extends EventEmitter {
-  constructor({ host = '127.0.0.1', port, name, interval = 0, maxPayload = DEFAULT_MAX_PAYLOAD }) {
+  constructor({
+    host = '127.0.0.1', port, name, interval = 0, maxPayload = DEFAULT_MAX_PAYLOAD, maxPending = DEFAULT_MAX_PENDING,
+  }) {
     super();
     this.host = host;
     this.port = port;
     this.hello = encodeHello(name, Math.round(interval * 1000)); // checks the name early
     this.decoder = new FrameDecoder(maxPayload);
+    this.maxPending = maxPending;
     this.state = State.CONNECTING;
     this.welcome = null;
     this.socket = null;
@@ -259,6 +298,9 @@ class Client extends EventEmitter {
     this.lastSent = 0;
     this.lastRecv = 0;
     this.lastPing = -Infinity;
+    this.lastPingIn = -Infinity;
+    this.strikes = 0;
+    this.throttled = false; // reading paused until the socket drains
   }
 
   connect() {
@@ -278,11 +320,10 @@ class Client extends EventEmitter {
     return this;
   }
 
-  /** Send DATA; false when not open. */
+  /** Send DATA; false when not open, or if the server has left too much unread. */
   send(data) {
     if (this.state !== State.OPEN) return false;
-    this.write(encodeData(data));
-    return true;
+    return this.write(encodeData(data));
   }
 
   /** C1: send CLOSE, half-close, and wait a bounded time for the server's FIN. */
@@ -292,9 +333,26 @@ class Client extends EventEmitter {
 
   // --- internals ----------------------------------------------------------------
 
+  /**
+   * Queue a frame, with backpressure: once the socket buffers more than its high-water
+   * mark, stop reading until it drains, so that a server that sends without reading
+   * cannot make us pile up answers. Past maxPending unsent bytes the server is a slow
+   * consumer and the connection is closed, as the reference server does; false then.
+   */
   write(frame) {
     this.lastSent = now();
-    this.socket.write(frame);
+    if (!this.socket.write(frame) && !this.throttled) {
+      this.throttled = true;
+      this.socket.pause();
+      this.socket.once('drain', () => {
+        this.throttled = false;
+        this.socket.resume();
+      });
+    }
+    const unsent = this.socket.writableLength;
+    if (unsent <= this.maxPending) return true;
+    this.stop({ reason: 'slow_consumer', detail: `${unsent} bytes unsent` });
+    return false;
   }
 
   received(chunk) {
@@ -322,8 +380,8 @@ class Client extends EventEmitter {
       case FrameType.PING:
         if (this.state !== State.OPEN) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'PING before WELCOME');
         this.emit('heartbeat', { direction: 'in', type: 'PING' });
-        this.write(PONG_FRAME); // T4, in either scheme
-        this.emit('heartbeat', { direction: 'out', type: 'PONG' });
+        this.countPing();
+        if (this.write(PONG_FRAME)) this.emit('heartbeat', { direction: 'out', type: 'PONG' }); // T4
         break;
       case FrameType.PONG:
         if (this.state !== State.OPEN) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'PONG before WELCOME');
@@ -343,6 +401,22 @@ class Client extends EventEmitter {
       }
       default: // HELLO: a server never sends it (H6)
         throw new ProtocolError(Code.UNEXPECTED_FRAME, `a server may not send ${TYPE_NAMES[type]}`);
+    }
+  }
+
+  /**
+   * T8, as the reference server applies it: a PING sooner than half the interval after
+   * the previous one is a strike, a well-spaced one clears them, and PING_STRIKES in a
+   * row end the connection. Before WELCOME there is no interval: any PING but the
+   * first is a strike.
+   */
+  countPing() {
+    const t = now();
+    const floor = this.welcome ? this.welcome.intervalMs / 2 : Infinity;
+    this.strikes = t - this.lastPingIn < floor ? this.strikes + 1 : 0;
+    this.lastPingIn = t;
+    if (this.strikes >= PING_STRIKES) {
+      throw new ProtocolError(Code.TOO_MANY_PINGS, `${this.strikes} PINGs closer than half the interval`);
     }
   }
 
@@ -376,7 +450,7 @@ class Client extends EventEmitter {
     if (scheme === Scheme.CLIENT) {
       let pingAt = Math.max(Math.min(this.lastSent, this.lastRecv), this.lastPing) + intervalMs;
       if (t >= pingAt) {
-        this.write(PING_FRAME);
+        if (!this.write(PING_FRAME)) return;
         this.emit('heartbeat', { direction: 'out', type: 'PING' });
         this.lastPing = t;
         pingAt = t + intervalMs;
@@ -394,7 +468,7 @@ class Client extends EventEmitter {
   /** Send a last frame, half-close, and release the socket on the FIN or after LINGER_MS. */
   end(lastFrame, outcome) {
     if (this.state === State.CLOSED) return;
-    this.write(lastFrame);
+    if (!this.write(lastFrame)) return; // closed as a slow consumer instead
     this.socket.end();
     this.report(outcome);
     this.timer = setTimeout(() => this.socket.destroy(), LINGER_MS);
@@ -455,5 +529,6 @@ module.exports = {
   parseWelcome,
   parseClose,
   parseError,
+  printable,
   Client,
 };
