@@ -8,7 +8,9 @@ nothing about the protocol.
 * **Reading.** One ``recv_into`` per readiness into a buffer shared by every channel
   of the process (single-threaded, so that is safe), which keeps an idle
   connection's memory to its objects and its socket. Complete frames go to
-  ``session.receive`` with the loop's clock.
+  ``session.receive`` with the loop's clock, at most ``MAX_FRAMES_PER_READ`` per
+  iteration; a peer with more, or one the session throttles (T9), is not read again
+  until its turn comes, so one peer's burst cannot stall the others.
 * **Writing** follows asyncio's selector transport: send at once when nothing is
   pending, keep the unsent rest in a bytearray, watch for writability only while that
   buffer is non-empty. While the events of one read are dispatched, output is corked:
@@ -28,12 +30,27 @@ import socket
 from typing import Generic, Protocol, TypeVar
 
 from hbloop.loop import EventLoop, Timer
-from hbloop.protocol import FrameDecoder, RemoteProtocolError
-from hbloop.session import FOREVER, S_CLOSED, S_CLOSING, Events, Reason, Session, Step
+from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError
+from hbloop.session import (
+    FOREVER,
+    S_CLOSED,
+    S_CLOSING,
+    S_OPEN,
+    Events,
+    Reason,
+    Session,
+    Step,
+    Throttled,
+)
 
-# One recv() takes at most this much. Enough for hundreds of coalesced frames or a
-# large DATA frame, yet small enough to stay in cache.
-READ_CHUNK = 256 * 1024
+# Fairness: what one peer may make the loop do per iteration. One recv() takes at
+# most READ_CHUNK bytes (a maximum-size DATA frame at the default --max-frame) and
+# at most MAX_FRAMES_PER_READ frames of it are acted on; the rest waits in the
+# decoder, with the socket unwatched (so TCP flow control holds the sender back),
+# for the next iteration. At about a microsecond a frame, a peer that floods tiny
+# frames delays everyone else by at most a few hundred microseconds per iteration.
+READ_CHUNK = 64 * 1024
+MAX_FRAMES_PER_READ = 256
 
 _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
@@ -168,23 +185,63 @@ class Channel(Generic[OwnerT]):
         session = self.session
         if session.state is S_CLOSING:
             return  # draining input until the peer's EOF
-        owner = self.owner
-        counters = owner.counters
-        counters.bytes_in += n
+        self.owner.counters.bytes_in += n
         try:
-            frames = self.decoder.feed(_read_view[:n])
+            frames = self.decoder.feed(_read_view[:n], MAX_FRAMES_PER_READ)
         except RemoteProtocolError as exc:
             self._refuse_input(exc)
             return
         if frames:
-            counters.frames_in += len(frames)
-            out, events = session.receive(frames, owner.loop.now)
-            if events:
-                self.apply((out, events))
-            elif out:
-                # A heartbeat: no state changed, so no deadline moved earlier and
-                # nothing is closing; only the answer needs sending.
-                self._write(out)
+            self._process(frames)
+
+    def _process(self, frames: list[Frame]) -> bool:
+        """Hand the session complete frames; pause reading if it throttled the peer
+        or if the decoder may hold more than this iteration's share. False if it
+        paused."""
+        owner = self.owner
+        owner.counters.frames_in += len(frames)
+        out, events = self.session.receive(frames, owner.loop.now)
+        if events:
+            self.apply((out, events))
+            last = events[-1]
+            if type(last) is Throttled and self.fd >= 0:
+                self._pause()
+                owner.loop.call_at(last.until, self._resume)
+                return False
+        elif out:
+            # A heartbeat: no state changed, so no deadline moved earlier and nothing
+            # is closing; only the answer needs sending.
+            self._write(out)
+        if len(frames) == MAX_FRAMES_PER_READ and self.fd >= 0:
+            self._pause()
+            owner.loop.call_soon(self._resume)
+            return False
+        return True
+
+    def _pause(self) -> None:
+        self.owner.loop.remove_reader(self.fd)
+
+    def _resume(self) -> None:
+        """After a pause: the frames held back first (a share per iteration), then the
+        socket again. Throttled peers wait out their window first."""
+        if self.fd < 0:
+            return
+        session = self.session
+        loop = self.owner.loop
+        if session.state is not S_OPEN:
+            loop.add_reader(self.fd, self)  # closing: drain to the EOF
+            return
+        until = session.throttled_until()
+        if until > loop.now:
+            loop.call_at(until, self._resume)
+            return
+        try:
+            frames = self.decoder.feed(b"", MAX_FRAMES_PER_READ)
+        except RemoteProtocolError as exc:
+            self._refuse_input(exc)
+            return
+        if (not frames or self._process(frames)) and self.fd >= 0:
+            loop.add_reader(self.fd, self)
 
     def _refuse_input(self, error: RemoteProtocolError) -> None:
         """A bad header (F1): act on the good frames before it, then ERROR (C3)."""

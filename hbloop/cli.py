@@ -20,7 +20,9 @@ from hbloop.policy import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_INTERVAL,
+    DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_INTERVAL,
+    DEFAULT_MAX_PEER_RATE,
     DEFAULT_MAX_PENDING,
     DEFAULT_MIN_INTERVAL,
     DEFAULT_PING_STRIKES,
@@ -76,6 +78,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
     return value
 
 
@@ -178,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         default=DEFAULT_PING_STRIKES,
         help="PINGs in a row sooner than half the interval before TOO_MANY_PINGS",
+    )
+    serve.add_argument(
+        "--max-peer-rate",
+        type=_non_negative_count,
+        default=DEFAULT_MAX_PEER_RATE,
+        metavar="N",
+        help="PONG and DATA frames a second one peer may send before the server stops "
+        "reading from it for the rest of that second (0: no limit)",
+    )
+    serve.add_argument(
+        "--max-handshakes",
+        type=_count,
+        default=DEFAULT_MAX_HANDSHAKES,
+        metavar="N",
+        help="connections still in their handshake at once; newcomers past it get "
+        "ERROR SERVER_FULL at once",
     )
     serve.add_argument(
         "--shutdown-grace",
@@ -335,6 +363,8 @@ def policy_from_args(args: argparse.Namespace, fd_limit: int) -> ServerPolicy:
         max_payload=args.max_frame,
         max_pending=max(args.max_pending, args.max_frame),
         ping_strikes=args.ping_strikes,
+        max_peer_rate=args.max_peer_rate,
+        max_handshakes=args.max_handshakes,
         shutdown_grace=args.shutdown_grace,
         tcp_keepalive=args.tcp_keepalive,
         tcp_user_timeout=args.tcp_user_timeout,

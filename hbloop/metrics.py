@@ -48,7 +48,12 @@ _FIGURES = (
     ("connections", "connections", False, "Connections past the handshake, now."),
     ("peak", "connections_peak", False, "Most connections at once."),
     ("accepted", "accepted", True, "Sockets accepted, handshaken or not."),
-    ("shed", "shed", True, "Sockets accepted and closed at once for lack of descriptors."),
+    (
+        "shed",
+        "shed",
+        True,
+        "Sockets accepted and refused at once: out of descriptors, or too many handshakes.",
+    ),
     ("frames_in", "frames_in", True, "Frames received."),
     ("frames_out", "frames_out", True, "Frames sent."),
     ("bytes_in", "bytes_in", True, "Bytes received."),

@@ -43,6 +43,18 @@ DEFAULT_PING_STRIKES = 3
 # RST triggered by unread input.
 LINGER_SECONDS = 2.0
 
+# T9: PONG and DATA frames a second a peer may send before the server stops reading
+# from it until the second is over. Heartbeats need a frame every interval; a
+# thousand a second is far beyond any presence or chat client, while a flooder is
+# held to a few milliseconds of server time a second.
+DEFAULT_MAX_PEER_RATE = 1000
+
+# Connections still in their handshake at once. A reconnect storm completes each
+# handshake in one round trip, so a healthy server seldom has more than hundreds;
+# past this, newcomers are refused at once (ERROR SERVER_FULL) rather than held, so
+# sockets that never say HELLO cannot pile up outside --max-connections.
+DEFAULT_MAX_HANDSHAKES = 1024
+
 # On SIGTERM, how long pending output (CLOSE frames included) may take to drain.
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
@@ -121,6 +133,8 @@ class ServerPolicy:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_pending: int = DEFAULT_MAX_PENDING
     ping_strikes: int = DEFAULT_PING_STRIKES
+    max_peer_rate: int = DEFAULT_MAX_PEER_RATE
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     linger: float = LINGER_SECONDS
     tcp_keepalive: TcpKeepalive | None = None
@@ -140,6 +154,10 @@ class ServerPolicy:
             problems.append("max pending output must hold at least one maximum-size frame")
         if self.ping_strikes < 1:
             problems.append("ping strikes must be at least 1")
+        if self.max_peer_rate < 0:
+            problems.append("the peer rate cannot be negative (0: no limit)")
+        if self.max_handshakes < 1:
+            problems.append("max handshakes must be at least 1")
         if self.shutdown_grace < 0 or self.linger < 0:
             problems.append("grace and linger periods cannot be negative")
         if self.tcp_user_timeout is not None and self.tcp_user_timeout <= 0:

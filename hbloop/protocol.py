@@ -12,6 +12,7 @@ length field costs nothing.
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 from hbloop.wire import (
@@ -61,6 +62,9 @@ class LocalProtocolError(ProtocolError):
 
 _EMPTY = b""
 
+# No limit on the frames one feed returns.
+UNLIMITED = sys.maxsize
+
 # Peer text shown in a log line or on a terminal is cut to this many characters: more
 # than an ERROR message (200 bytes) or a name (64 bytes) holds, so those are whole.
 PRINTABLE_LIMIT = 200
@@ -70,8 +74,10 @@ class FrameDecoder:
     """Incremental frame decoder: feed it any split of the byte stream.
 
     ``feed`` returns the complete frames as ``(type, payload)`` tuples and keeps any
-    partial frame for the next call. It raises ``RemoteProtocolError`` on the first
-    invalid header; the stream is unusable after that.
+    partial frame for the next call; with a ``limit`` it returns at most that many and
+    keeps the rest too, for a later ``feed`` (with no new data if need be). It raises
+    ``RemoteProtocolError`` on the first invalid header; the stream is unusable after
+    that.
     """
 
     __slots__ = ("max_payload", "_pending")
@@ -85,7 +91,7 @@ class FrameDecoder:
         """Bytes of an incomplete frame held back."""
         return len(self._pending)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview, limit: int = UNLIMITED) -> list[Frame]:
         if self._pending:
             data = self._pending + bytes(data)
         end = len(data)
@@ -93,7 +99,7 @@ class FrameDecoder:
         frames: list[Frame] = []
         unpack = HEADER_STRUCT.unpack_from
         max_payload = self.max_payload
-        while end - pos >= HEADER_SIZE:
+        while end - pos >= HEADER_SIZE and len(frames) < limit:
             length, ftype, flags = unpack(data, pos)
             if (
                 flags

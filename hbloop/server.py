@@ -58,6 +58,9 @@ EMFILE_PAUSE = 1.0
 _TRANSIENT_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+# A flood of refused connections logs one warning at most this often, s.
+SHED_LOG_PERIOD = 1.0
+
 # Distinct interval requests whose grants are cached. Clients of one fleet ask for
 # a handful of intervals; the cap keeps hostile requests from growing the cache.
 MAX_CACHED_GRANTS = 256
@@ -216,6 +219,7 @@ class Server:
             ping_strikes=policy.ping_strikes,
             linger=policy.linger,
             counters=self.stats,
+            peer_rate=policy.max_peer_rate,
         )
         self.started_at = time.time()
         self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
@@ -227,6 +231,9 @@ class Server:
         self._spare_fd: int | None = None
         self._stopping = False
         self._last_shed_log = float("-inf")
+        self._handshakes = 0  # peers accepted and not yet through their handshake
+        self._out_of_descriptors = encode_error(Code.SERVER_FULL, "out of file descriptors")
+        self._too_many_handshakes = encode_error(Code.SERVER_FULL, "too many handshakes")
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -333,6 +340,11 @@ class Server:
             sock.close()
             return
         self.stats.accepted += 1
+        if self._handshakes >= self.policy.max_handshakes:
+            self._turn_away(sock, self._too_many_handshakes)
+            self._log_shedding(f"{self._handshakes} handshakes in progress", 1)
+            return
+        self._handshakes += 1
         host = self._hosts.get(address[0], address[0])
         if len(self._hosts) < MAX_INTERNED_HOSTS:
             self._hosts.setdefault(host, host)
@@ -354,29 +366,35 @@ class Server:
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
-            refusal = encode_error(Code.SERVER_FULL, "out of file descriptors")
             for _ in range(MAX_ACCEPTS_PER_WAKEUP):
                 try:
                     sock, _address = listener.accept()
                 except OSError:
                     break
-                try:
-                    sock.setblocking(False)
-                    sock.send(refusal)
-                except OSError:
-                    pass
-                sock.close()
+                self._turn_away(sock, self._out_of_descriptors)
                 shed += 1
             with contextlib.suppress(OSError):
                 self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-        self.stats.shed += shed
         if self._spare_fd is None:
             # Still no descriptor to spare: stop watching the listener for a while.
             self._pause_accepting()
+        self._log_shedding(exc.strerror or str(exc), shed)
+
+    def _turn_away(self, sock: socket.socket, refusal: bytes) -> None:
+        """Refuse a connection as soon as it is accepted: its ERROR, best effort."""
+        try:
+            sock.setblocking(False)
+            sock.send(refusal)
+        except OSError:
+            pass
+        sock.close()
+        self.stats.shed += 1
+
+    def _log_shedding(self, why: str, shed: int) -> None:
         now = self.loop.now
-        if now - self._last_shed_log >= 1.0:
+        if now - self._last_shed_log >= SHED_LOG_PERIOD:
             self._last_shed_log = now
-            log.warning("%s: shed %d connections (%d open)", exc.strerror, shed, len(self._live))
+            log.warning("%s: shed %d connections (%d open)", why, shed, len(self._live))
 
     def _pause_accepting(self) -> None:
         assert self._listener is not None
@@ -417,6 +435,7 @@ class Server:
         peer.apply(session.accept(self.grant_for(hello.interval_ms), now))
 
     def _opened(self, peer: Peer) -> None:
+        self._handshakes -= 1
         stats = self.stats
         stats.connections += 1
         if stats.connections > stats.peak:
@@ -444,10 +463,12 @@ class Server:
             peer.age,
             disconnect,
         )
-        if peer.session.handshaken:
-            self.stats.connections -= 1
-            if self.on_disconnect is not None:
-                call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
+        if not peer.session.handshaken:
+            self._handshakes -= 1
+            return
+        self.stats.connections -= 1
+        if self.on_disconnect is not None:
+            call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
 
     def _forget(self, peer: Peer) -> None:
         self._live.discard(peer)

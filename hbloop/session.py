@@ -71,6 +71,11 @@ from hbloop.wire import (
 # one is a strike. Half an interval leaves room for jittered and catching-up clients.
 PING_STRIKE_FRACTION = 0.5
 
+# T9: PONG and DATA frames are counted against the peer's rate in windows this long.
+# A second is the unit operators state rates in, and short enough that a throttled
+# peer is read again long before anyone's timeout.
+RATE_WINDOW = 1.0
+
 # "Long ago": the time of a PING never sent or received (T3 starts last_ping there).
 NEVER = float("-inf")
 FOREVER = float("inf")
@@ -198,6 +203,14 @@ class PongReceived(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Throttled(Event):
+    """The peer's PONG and DATA passed its rate (T9): stop reading from it until
+    ``until``, so that TCP flow control slows it down. Always the last event."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Closed(Event):
     """The connection is over for the application; reported exactly once."""
 
@@ -239,6 +252,8 @@ class SessionConfig:
       generators that keep their own schedule).
     * ``report_pongs``: emit ``PongReceived`` for every PONG.
     * ``counters``: where the sessions count heartbeats received and frames sent.
+    * ``peer_rate``: PONG and DATA frames a second the peer may send before the
+      session asks, with ``Throttled``, to stop reading from it (0: no limit).
     """
 
     __slots__ = (
@@ -251,6 +266,7 @@ class SessionConfig:
         "report_pongs",
         "counters",
         "pinging_scheme",
+        "peer_rate",
     )
 
     def __init__(
@@ -264,10 +280,11 @@ class SessionConfig:
         auto_ping: bool = True,
         report_pongs: bool = False,
         counters: SessionCounters | None = None,
+        peer_rate: int = 0,
     ) -> None:
         if role is Role.CLIENT and not hello:
             raise LocalProtocolError(Code.MALFORMED, "a client session needs its HELLO")
-        if handshake_timeout <= 0 or ping_strikes < 1 or linger < 0:
+        if handshake_timeout <= 0 or ping_strikes < 1 or linger < 0 or peer_rate < 0:
             raise LocalProtocolError(Code.MALFORMED, "timeouts and strikes must be positive")
         self.role = role
         self.handshake_timeout = handshake_timeout
@@ -277,6 +294,7 @@ class SessionConfig:
         self.auto_ping = auto_ping
         self.report_pongs = report_pongs
         self.counters: SessionCounters = counters if counters is not None else _Tally()
+        self.peer_rate = peer_rate
         # The scheme under which this side sends PINGs (T3), or None if it never does.
         own = Scheme.SERVER if role is Role.SERVER else Scheme.CLIENT
         self.pinging_scheme: Scheme | None = own if auto_ping else None
@@ -300,6 +318,8 @@ class Session:
         "last_ping_out",
         "last_ping_in",
         "strikes",
+        "rate_start",
+        "rate_count",
         "_pending",
     )
 
@@ -317,6 +337,9 @@ class Session:
         self.last_ping_out = NEVER
         self.last_ping_in = NEVER
         self.strikes = 0
+        # The current rate window (T9): when it started, and PONG and DATA seen in it.
+        self.rate_start = NEVER
+        self.rate_count = 0
         # A HELLO awaiting accept() or refuse(), with the frames that came behind it.
         self._pending: tuple[Hello, Sequence[Frame]] | None = None
 
@@ -371,6 +394,12 @@ class Session:
         """True if ``deadline_reached(now)`` would end an OPEN connection for silence:
         the caller's cue to read what is already waiting first (T6)."""
         return self.state is State.OPEN and now >= self.last_recv + self.grant.timeout
+
+    def throttled_until(self) -> float:
+        """Until when the peer is throttled (T9), or minus infinity if it is not."""
+        if self.config.peer_rate and self.rate_count > self.config.peer_rate:
+            return self.rate_start + RATE_WINDOW
+        return NEVER
 
     def deadline_reached(self, now: float) -> Step:
         state = self.state
@@ -451,6 +480,7 @@ class Session:
         counters = self.config.counters
         out = b""
         events: list[Event] | tuple[Event, ...] = NO_EVENTS
+        rated = 0  # PONG and DATA frames, which count against the peer's rate (T9)
         for ftype, payload in frames:
             if ftype == T_PING:
                 counters.heartbeats += 1
@@ -466,11 +496,13 @@ class Session:
                 counters.frames_out += 1
             elif ftype == T_PONG:
                 counters.heartbeats += 1
+                rated += 1
                 if self.config.report_pongs:
                     if events is NO_EVENTS:
                         events = []
                     events.append(PONG_RECEIVED)  # type: ignore[union-attr]
             elif ftype == T_DATA:
+                rated += 1
                 if events is NO_EVENTS:
                     events = []
                 events.append(Message(payload))  # type: ignore[union-attr]
@@ -481,7 +513,22 @@ class Session:
                     events = [*events, *extra]
                 if self.state is not S_OPEN:
                     break
+        if rated and self.config.peer_rate and self.state is S_OPEN:
+            throttled = self._charge(rated, now)
+            if throttled is not None:
+                events = [*events, throttled]
         return out, events
+
+    def _charge(self, frames: int, now: float) -> Throttled | None:
+        """T9: count ``frames`` against the peer's rate; Throttled once it is spent."""
+        if now - self.rate_start >= RATE_WINDOW:
+            self.rate_start = now
+            self.rate_count = frames
+        else:
+            self.rate_count += frames
+        if self.rate_count <= self.config.peer_rate:
+            return None
+        return Throttled(self.rate_start + RATE_WINDOW)
 
     def _strike_out(
         self, out: bytes, events: list[Event] | tuple[Event, ...], now: float

@@ -55,7 +55,7 @@ class ServerStats(IoCounters):
         self.connections = 0  # peers past the handshake, now
         self.peak = 0
         self.closed: Counter[str] = Counter()  # by Reason value
-        self.shed = 0  # accepted and dropped at once for lack of descriptors
+        self.shed = 0  # accepted and refused at once: no descriptors, or handshakes full
 
     def snapshot(self) -> Snapshot:
         return {
