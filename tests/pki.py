@@ -1,4 +1,5 @@
-"""Real certificates and keys, made at test time with ``cryptography``.
+"""Real certificates and keys, made at test time with ``cryptography``, and a pump
+that runs a TLS handshake between two ``TlsLayer``s in memory.
 
 One call writes a small public-key infrastructure into a directory: a CA, an ECDSA
 server certificate for localhost and 127.0.0.1, client certificates named by their
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hbloop.tls import TlsLayer
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 # Long enough that no test run outlives a certificate, short enough to look real.
@@ -26,6 +29,10 @@ VALIDITY = datetime.timedelta(days=30)
 
 # RSA keys below 2048 bits are refused by OpenSSL's default security level.
 RSA_BITS = 2048
+
+# Handshake flights go back and forth at most this many times (TLS 1.2 with client
+# certificates needs two round trips); more means the pump is stuck.
+MAX_FLIGHTS = 6
 
 
 @dataclass(frozen=True)
@@ -181,3 +188,17 @@ def make_pki(directory: Path) -> Pki:
         rs256_private=_write_key(directory / "rs256.key", rs256),
         rs256_public=_write_public(directory / "rs256.pub", rs256),
     )
+
+
+def handshake(server: TlsLayer, client: TlsLayer) -> None:
+    """Pump handshake flights between the two layers until both are done; a failure
+    on either side raises its TlsError."""
+    to_server = client.start()
+    for _ in range(MAX_FLIGHTS):
+        assert server.receive(to_server) == b""
+        to_client = server.data_to_send()
+        assert client.receive(to_client) == b""
+        to_server = client.data_to_send()
+        if server.handshake_done and client.handshake_done and not to_server:
+            return
+    raise AssertionError("the handshake did not finish")

@@ -27,11 +27,7 @@ from hbloop.wire import (
     encode_hello,
 )
 
-from pki import Pki
-
-# Handshake flights go back and forth at most this many times (TLS 1.2 with client
-# certificates needs two round trips); more means the pump is stuck.
-MAX_FLIGHTS = 6
+from pki import Pki, handshake
 
 
 def server_layer(pki: Pki, client_ca: Path | None = None, issued: str = "server") -> TlsLayer:
@@ -53,20 +49,6 @@ def client_layer(
     if maximum is not None:
         context.maximum_version = maximum
     return TlsLayer(context, server_side=False, server_hostname=hostname)
-
-
-def handshake(server: TlsLayer, client: TlsLayer) -> None:
-    """Pump handshake flights between the two layers until both are done; a failure
-    on either side raises its TlsError."""
-    to_server = client.start()
-    for _ in range(MAX_FLIGHTS):
-        assert server.receive(to_server) == b""
-        to_client = server.data_to_send()
-        assert client.receive(to_client) == b""
-        to_server = client.data_to_send()
-        if server.handshake_done and client.handshake_done and not to_server:
-            return
-    raise AssertionError("the handshake did not finish")
 
 
 @pytest.fixture
