@@ -194,8 +194,9 @@ def _describe_plain_text(data: bytes, server_side: bool) -> str:
 class TlsLayer:
     """One connection's TLS state: ciphertext in, plaintext out, and back.
 
-    ``handshake_done`` turns True once the handshake has completed; ``peer_closed``
-    once the peer's close_notify has arrived. Errors raise ``TlsError`` (the reason
+    ``handshake_done`` turns True once the handshake has completed, ``peer_closed``
+    once the peer's close_notify has arrived, and ``closed`` once ``close()`` was
+    called; ``can_send`` while the handshake is done and the layer not closed. Errors raise ``TlsError`` (the reason
     is one line); after one, ``data_to_send()`` may still hold an alert for the peer.
     """
 
@@ -205,7 +206,7 @@ class TlsLayer:
         "_tls",
         "_server_side",
         "_sniffed",
-        "_closed",
+        "closed",
         "handshake_done",
         "peer_closed",
     )
@@ -220,7 +221,7 @@ class TlsLayer:
         )
         self._server_side = server_side
         self._sniffed = False  # whether the first bytes from the peer were looked at
-        self._closed = False  # whether close() was called
+        self.closed = False
         self.handshake_done = False
         self.peer_closed = False
 
@@ -288,10 +289,14 @@ class TlsLayer:
     def send(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Encrypt ``plaintext``; return the ciphertext to send (with anything else
         the layer had to send first)."""
-        if not self.handshake_done or self._closed:
+        if not self.can_send:
             raise RuntimeError("TLS layer cannot send: handshake pending or layer closed")
         self._tls.write(plaintext)  # a memory BIO takes everything at once
         return self._outgoing.read()
+
+    @property
+    def can_send(self) -> bool:
+        return self.handshake_done and not self.closed
 
     def data_to_send(self) -> bytes:
         """Ciphertext the layer produced on its own: handshake records, alerts,
@@ -300,9 +305,9 @@ class TlsLayer:
 
     def close(self) -> bytes:
         """Our close_notify, the first time once the handshake is done; b"" after."""
-        if self._closed:
+        if self.closed:
             return b""
-        self._closed = True
+        self.closed = True
         if not self.handshake_done:
             return b""  # nothing to close: there is no session yet
         try:
