@@ -196,8 +196,9 @@ class TlsLayer:
 
     ``handshake_done`` turns True once the handshake has completed, ``peer_closed``
     once the peer's close_notify has arrived, and ``closed`` once ``close()`` was
-    called; ``can_send`` while the handshake is done and the layer not closed. Errors raise ``TlsError`` (the reason
-    is one line); after one, ``data_to_send()`` may still hold an alert for the peer.
+    called; ``can_send`` while the handshake is done and the layer not closed. Errors
+    raise ``TlsError`` (the reason is one line); after one, ``data_to_send()`` may still
+    hold an alert for the peer.
     """
 
     __slots__ = (
