@@ -23,7 +23,9 @@ from hbloop.wire import (
     HELLO_FIXED,
     KNOWN_TYPES,
     MAX_NAME_BYTES,
+    MAX_TOKEN_BYTES,
     PROTOCOL_VERSION,
+    TOKEN_LENGTH,
     WELCOME_STRUCT,
     Code,
     FrameType,
@@ -108,7 +110,7 @@ class FrameDecoder:
                 or (length and ftype in HEADER_ONLY_TYPES)
             ):
                 self._pending = _EMPTY  # the stream cannot be resynchronised
-                raise _header_error(length, ftype, flags, max_payload, frames)
+                raise _header_error(bytes(data[pos : pos + HEADER_SIZE]), max_payload, frames)
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 break
@@ -118,12 +120,35 @@ class FrameDecoder:
         return frames
 
 
-def _header_error(
-    length: int, ftype: int, flags: int, max_payload: int, frames: list[Frame]
-) -> RemoteProtocolError:
+# A TLS client's first record: content type 22 (handshake), record version 3.0 to 3.4
+# (TLS 1.3 still writes 3.1 or 3.3 there), two length bytes, then handshake type 1,
+# ClientHello. Read as an hbloop header, that type lands in the flags byte.
+_TLS_HANDSHAKE_RECORD = 0x16
+_TLS_MAJOR_VERSION = 0x03
+_TLS_MAX_MINOR_VERSION = 0x04
+_TLS_CLIENT_HELLO = 0x01
+
+
+def looks_like_tls(header: bytes | bytearray | memoryview) -> bool:
+    """Whether a refused 6-byte header is the start of a TLS ClientHello, so that a
+    TLS client that dialled a plain port is told so rather than only "reserved bits"."""
+    return (
+        len(header) == HEADER_SIZE
+        and header[0] == _TLS_HANDSHAKE_RECORD
+        and header[1] == _TLS_MAJOR_VERSION
+        and header[2] <= _TLS_MAX_MINOR_VERSION
+        and header[5] == _TLS_CLIENT_HELLO
+    )
+
+
+def _header_error(header: bytes, max_payload: int, frames: list[Frame]) -> RemoteProtocolError:
     """The error for a header that failed a check, in protocol.md's order (F1, F3)."""
+    length, ftype, flags = HEADER_STRUCT.unpack(header)
     if flags:
-        return RemoteProtocolError(Code.RESERVED_BITS, f"flags 0x{flags:02x} must be zero", frames)
+        hint = "; looks like TLS: this port speaks plain hbloop" if looks_like_tls(header) else ""
+        return RemoteProtocolError(
+            Code.RESERVED_BITS, f"flags 0x{flags:02x} must be zero{hint}", frames
+        )
     if ftype not in KNOWN_TYPES:
         return RemoteProtocolError(Code.UNKNOWN_TYPE, f"frame type 0x{ftype:02x}", frames)
     if length > max_payload:
@@ -175,8 +200,23 @@ def printable(text: str, limit: int = PRINTABLE_LIMIT) -> str:
     return safe + "..." if len(text) > limit else safe
 
 
+# A token is printable ASCII without spaces: every JWT (base64url and dots), API key
+# and base64 secret fits, and it can never forge a log line or hide in one.
+_TOKEN_CHARACTERS = bytes(range(0x21, 0x7F))
+
+
+def token_problem(token: bytes) -> str | None:
+    """Why ``token`` cannot be a HELLO credential, or None if it can (protocol.md H2)."""
+    if not 1 <= len(token) <= MAX_TOKEN_BYTES:
+        return f"token must be 1 to {MAX_TOKEN_BYTES} bytes"
+    if token.translate(None, _TOKEN_CHARACTERS):
+        return "token must be printable ASCII without spaces"
+    return None
+
+
 def parse_hello(payload: bytes) -> Hello:
-    """Decode a HELLO payload; the version is checked before anything else."""
+    """Decode a HELLO payload, checked in the order of protocol.md H2: the version,
+    the shape, the name, then the form of the credential if there is one."""
     if not payload:
         raise RemoteProtocolError(Code.MALFORMED, "empty HELLO")
     if payload[0] != PROTOCOL_VERSION:
@@ -184,22 +224,34 @@ def parse_hello(payload: bytes) -> Hello:
             Code.UNSUPPORTED_VERSION,
             f"version {payload[0]} is not supported; this server speaks {PROTOCOL_VERSION}",
         )
-    if len(payload) < HELLO_FIXED.size:
+    size = len(payload)
+    if size < HELLO_FIXED.size:
         raise RemoteProtocolError(Code.MALFORMED, "HELLO too short")
     version, interval_ms, name_len = HELLO_FIXED.unpack_from(payload)
-    if len(payload) != HELLO_FIXED.size + name_len:
-        raise RemoteProtocolError(Code.MALFORMED, "HELLO name length disagrees with the frame")
+    name_end = HELLO_FIXED.size + name_len
+    token_start = name_end + TOKEN_LENGTH.size
+    if size != name_end:  # a credential follows the name
+        if size < token_start:
+            raise RemoteProtocolError(Code.MALFORMED, "HELLO name length disagrees with the frame")
+        if size != token_start + TOKEN_LENGTH.unpack_from(payload, name_end)[0]:
+            raise RemoteProtocolError(Code.MALFORMED, "HELLO token length disagrees with the frame")
     if not 1 <= name_len <= MAX_NAME_BYTES:
         raise RemoteProtocolError(Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} bytes")
     try:
-        name = payload[HELLO_FIXED.size :].decode("utf-8")
+        name = payload[HELLO_FIXED.size : name_end].decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(Code.BAD_NAME, "name is not valid UTF-8") from None
     if not _is_printable_name(name):
         raise RemoteProtocolError(
             Code.BAD_NAME, "name contains control, format or separator characters"
         )
-    return Hello(version, interval_ms, name)
+    if size == name_end:
+        return Hello(version, interval_ms, name)
+    token = payload[token_start:]
+    problem = token_problem(token)
+    if problem is not None:
+        raise RemoteProtocolError(Code.UNAUTHORIZED, problem)
+    return Hello(version, interval_ms, name, token.decode("ascii"))
 
 
 def parse_welcome(payload: bytes) -> Welcome:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from construct import (
     Bytes,
@@ -32,9 +33,11 @@ from construct import (
     Pass,
     Rebuild,
     Struct,
+    Subconstruct,
     Switch,
     Terminated,
     len_,
+    stream_iseof,
     this,
 )
 
@@ -48,6 +51,13 @@ MAX_NAME_BYTES = 64
 
 # An ERROR message is for a human reading a log, not a payload channel.
 MAX_ERROR_MESSAGE_BYTES = 200
+
+# HELLO may carry a credential (a JWT, say) after the name. An RS256 JWT signed with a
+# 4096-bit key has a 683-character signature, and 4 KiB leaves over 3 KB beside it for
+# its header and claims; it is also the size a single cookie may have (RFC 6265,
+# 6.1), so tokens a fleet already carries in cookies or HTTP headers fit. It bounds
+# what an unauthenticated peer can make the server buffer before its HELLO is judged.
+MAX_TOKEN_BYTES = 4096
 
 # Default cap on a frame's payload. Heartbeat traffic is tiny; 64 KiB leaves room for
 # application DATA while a peer cannot make us buffer more than this per connection.
@@ -116,10 +126,34 @@ HEADER = Struct(
     "flags" / Int8ub,  # reserved: MUST be zero in version 1
 )
 
+
+class Trailing(Subconstruct):  # type: ignore[misc]  # construct is untyped
+    """``subcon`` if the payload goes on, else None; None builds nothing.
+
+    construct's ``Optional`` would also turn a *malformed* field into None and build
+    nothing for a value it cannot build; this one fails loudly instead.
+    """
+
+    def __init__(self, subcon: Any) -> None:
+        super().__init__(subcon)
+        self.flagbuildnone = True
+
+    def _parse(self, stream: Any, context: Any, path: str) -> Any:
+        if stream_iseof(stream):
+            return None
+        return self.subcon._parsereport(stream, context, path)
+
+    def _build(self, obj: Any, stream: Any, context: Any, path: str) -> Any:
+        return None if obj is None else self.subcon._build(obj, stream, context, path)
+
+
 HELLO = Struct(
     "version" / Int8ub,
     "interval_ms" / Int32ub,  # 0 asks for the server's default
     "name" / PascalString(Int8ub, "utf8"),
+    # The credential is there only when the payload goes on after the name, so that a
+    # HELLO without one is byte for byte what it always was.
+    "token" / Trailing(PascalString(Int16ub, "ascii")),
     Terminated,
 )
 
@@ -170,14 +204,15 @@ TYPED_FRAME = Struct(
 
 HEADER_STRUCT = struct.Struct(">IBB")
 HELLO_FIXED = struct.Struct(">BIB")  # version, interval_ms, name length
+TOKEN_LENGTH = struct.Struct(">H")  # the credential's length, after the name
 WELCOME_STRUCT = struct.Struct(">BBII")
 CODE_STRUCT = struct.Struct(">H")
 
-# The largest HELLO payload the u8 name length can describe (a name over 64 bytes is
-# still a HELLO, refused with BAD_NAME): a server's whole receive limit before the
-# handshake (F2), so that a socket that never completes HELLO holds a few hundred
-# bytes, not a maximum-size frame.
-MAX_HELLO_PAYLOAD = HELLO_FIXED.size + 0xFF
+# The largest HELLO payload that can still be judged (a name the u8 length allows,
+# over 64 bytes or not, and the longest token): a server's whole receive limit
+# before the handshake (F2), so that a socket that never completes HELLO holds a few
+# kilobytes, not a maximum-size frame.
+MAX_HELLO_PAYLOAD = HELLO_FIXED.size + 0xFF + TOKEN_LENGTH.size + MAX_TOKEN_BYTES
 
 assert HEADER_STRUCT.size == HEADER.sizeof() == HEADER_SIZE
 assert WELCOME_STRUCT.size == 10
@@ -209,6 +244,8 @@ class Hello:
     version: int
     interval_ms: int
     name: str
+    # A secret: kept out of repr() so that logging a Hello cannot leak it.
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +256,15 @@ class Welcome:
     timeout_ms: int
 
 
-def encode_hello(name: str, interval_ms: int, version: int = PROTOCOL_VERSION) -> bytes:
+def encode_hello(
+    name: str, interval_ms: int, version: int = PROTOCOL_VERSION, *, token: str | None = None
+) -> bytes:
     raw = name.encode("utf-8")
-    return encode_frame(FrameType.HELLO, HELLO_FIXED.pack(version, interval_ms, len(raw)) + raw)
+    payload = HELLO_FIXED.pack(version, interval_ms, len(raw)) + raw
+    if token is not None:
+        secret = token.encode("ascii")
+        payload += TOKEN_LENGTH.pack(len(secret)) + secret
+    return encode_frame(FrameType.HELLO, payload)
 
 
 def encode_welcome(welcome: Welcome) -> bytes:

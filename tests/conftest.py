@@ -34,6 +34,8 @@ from hbloop.wire import (
     encode_hello,
 )
 
+from pki import Pki, make_pki
+
 ROOT = Path(__file__).resolve().parent.parent
 HBLOOP = [sys.executable, "-m", "hbloop"]
 
@@ -501,3 +503,12 @@ def tcp_socket(local_port: int, remote_port: int) -> TcpSocketState:
             timer, left = (int(t, 16) for t in fields[5].split(":"))
             return TcpSocketState(tx, rx, timer, left / ticks)
     raise AssertionError(f"no socket {local_port} -> {remote_port} in /proc/net/tcp")
+
+
+# --- certificates -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, server and client certificates and JWT keys, made once per test run."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

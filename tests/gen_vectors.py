@@ -51,8 +51,22 @@ def frame(ftype: int, payload: bytes = b"", flags: int = 0, length: int | None =
     return struct.pack(">IBB", len(payload) if length is None else length, ftype, flags) + payload
 
 
-def hello_payload(name: bytes, interval_ms: int = 10000, version: int = 1) -> bytes:
-    return struct.pack(">BIB", version, interval_ms, len(name)) + name
+# The longest credential HELLO may carry (protocol.md, Authentication and TLS).
+MAX_TOKEN_BYTES = 4096
+
+# A real credential: an ES256 JWT for "alice" made by PyJWT (header, claims, signature).
+JWT = (
+    "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJzdWIiOiJhbGljZSIsImV4cCI6MTc2NDU0NzIwMH0"
+    ".N18cM9CtfwO5RHdUlU2G30_cSC2ij_R7jl_pr1LlCULSWm2q7WCvJ0-KV7S35Q1qBrBzakDC0mCEJO3Uzar-dA"
+)
+
+
+def hello_payload(
+    name: bytes, interval_ms: int = 10000, version: int = 1, token: bytes | None = None
+) -> bytes:
+    payload = struct.pack(">BIB", version, interval_ms, len(name)) + name
+    return payload if token is None else payload + struct.pack(">H", len(token)) + token
 
 
 def spaced(data: bytes) -> str:
@@ -66,18 +80,22 @@ def valid_vectors() -> list[dict[str, object]]:
         data = frame(TYPES[ftype], payload)
         vectors.append({"name": name, "hex": spaced(data), "type": ftype, "fields": fields})
 
-    for label, name, interval in (
-        ("alice", "alice", 10000),
-        ("default interval, non-ASCII name", "dévice-7", 0),
-        ("64-byte name (the longest)", "n" * 64, 500),
-        ("1-byte name, largest interval", "x", 0xFFFFFFFF),
-        ("name with spaces, accents and a symbol", "café n° 7 ☕", 0),
+    for label, name, interval, token in (
+        ("alice", "alice", 10000, None),
+        ("default interval, non-ASCII name", "dévice-7", 0, None),
+        ("64-byte name (the longest)", "n" * 64, 500, None),
+        ("1-byte name, largest interval", "x", 0xFFFFFFFF, None),
+        ("alice with a 1-byte token", "alice", 10000, "k"),
+        ("alice with a JWT", "alice", 10000, JWT),
+        ("non-ASCII name, every token character", "dévice-7", 0, bytes(range(0x21, 0x7F)).decode()),
+        (f"with a {MAX_TOKEN_BYTES}-byte token (the longest)", "x", 0, "t" * MAX_TOKEN_BYTES),
+        ("name with spaces, accents and a symbol", "café n° 7 ☕", 0, None),
     ):
         add(
             f"HELLO {label}",
             "HELLO",
-            hello_payload(name.encode(), interval),
-            {"version": 1, "interval_ms": interval, "name": name},
+            hello_payload(name.encode(), interval, token=None if token is None else token.encode()),
+            {"version": 1, "interval_ms": interval, "name": name, "token": token},
         )
     for scheme, interval, timeout in (
         (0, 10000, 30000),
@@ -156,6 +174,14 @@ def malformed_vectors() -> list[dict[str, object]]:
     )
     add("PING with a 1-byte payload", frame(3, b"\x00"), "MALFORMED", "header")
     add("PONG with a payload, header only", frame(4, length=4), "MALFORMED", "header")
+    # A TLS ClientHello sent to a plain port: record type 0x16, version 3.x, and the
+    # handshake type (ClientHello, 1) lands in flags. Receivers may say "looks like TLS".
+    add(
+        "TLS ClientHello record on a plain port",
+        bytes.fromhex("16 03 01 02 00 01 00 01 fc 03 03"),
+        "RESERVED_BITS",
+        "header",
+    )
 
     # HELLO: version first, then shape, then the name (H2).
     add(
@@ -214,6 +240,65 @@ def malformed_vectors() -> list[dict[str, object]]:
     ):
         name = f"a{char}b".encode()
         add(f"HELLO name with {label}", frame(1, hello_payload(name)), "BAD_NAME", "content")
+
+    # HELLO with a credential: the token's length is part of the shape; its form is the
+    # credential step of H2, after the name.
+    name_then = hello_payload(b"alice")
+    add(
+        "HELLO with 1 byte after the name (half a token length)",
+        frame(1, name_then + b"\x00"),
+        "MALFORMED",
+        "shape",
+    )
+    add(
+        "HELLO token length 10, 9 token bytes",
+        frame(1, name_then + struct.pack(">H", 10) + b"k" * 9),
+        "MALFORMED",
+        "shape",
+    )
+    add(
+        "HELLO token length 2, 3 token bytes",
+        frame(1, name_then + struct.pack(">H", 2) + b"kkk"),
+        "MALFORMED",
+        "shape",
+    )
+    add(
+        "HELLO version 2 with a token: version first",
+        frame(1, hello_payload(b"alice", version=2, token=b"k")),
+        "UNSUPPORTED_VERSION",
+        "content",
+    )
+    add(
+        "HELLO bad name and bad token: name first",
+        frame(1, hello_payload(b"a\nb", token=b"")),
+        "BAD_NAME",
+        "content",
+    )
+    add(
+        "HELLO with an empty token",
+        frame(1, hello_payload(b"alice", token=b"")),
+        "UNAUTHORIZED",
+        "content",
+    )
+    add(
+        f"HELLO with a {MAX_TOKEN_BYTES + 1}-byte token",
+        frame(1, hello_payload(b"alice", token=b"t" * (MAX_TOKEN_BYTES + 1))),
+        "UNAUTHORIZED",
+        "content",
+    )
+    for label, token in (
+        ("a space", b"abc def"),
+        ("a newline", b"abc\ndef"),
+        ("NUL", b"abc\x00"),
+        ("DEL (0x7f)", b"abc\x7f"),
+        ("a non-ASCII byte", "abcé".encode()),
+    ):
+        add(
+            f"HELLO token with {label}",
+            frame(1, hello_payload(b"alice", token=token)),
+            "UNAUTHORIZED",
+            "content",
+        )
 
     # WELCOME, checked by the client (H3).
     welcome = struct.pack(">BBII", 1, 0, 10000, 30000)

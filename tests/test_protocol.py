@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import struct
 
 import pytest
@@ -9,14 +10,17 @@ import pytest
 from hbloop.protocol import (
     FrameDecoder,
     RemoteProtocolError,
+    looks_like_tls,
     parse_close,
     parse_error,
     parse_hello,
     parse_welcome,
+    token_problem,
 )
 from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
+    MAX_TOKEN_BYTES,
     PING_FRAME,
     PONG_FRAME,
     Code,
@@ -149,6 +153,75 @@ def test_bad_hellos(payload: bytes, code: Code) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         parse_hello(payload)
     assert info.value.code == code
+
+
+def with_token(token: bytes, name: bytes = b"n") -> bytes:
+    return hello_payload(name=name) + struct.pack(">H", len(token)) + token
+
+
+def test_parse_hello_with_a_token() -> None:
+    hello = parse_hello(with_token(b"eyJ.eyJ.sig-_~", name="zoë".encode()))
+    assert (hello.name, hello.token) == ("zoë", "eyJ.eyJ.sig-_~")
+    assert parse_hello(hello_payload()).token is None
+    longest = "t" * MAX_TOKEN_BYTES
+    assert parse_hello(encode_hello("n", 0, token=longest)[HEADER_SIZE:]).token == longest
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (hello_payload() + b"\x00", Code.MALFORMED),  # half a token length
+        (with_token(b"abc")[:-1], Code.MALFORMED),
+        (with_token(b"abc") + b"x", Code.MALFORMED),
+        (with_token(b"abc", name=b""), Code.BAD_NAME),  # the name is judged first
+        (with_token(b""), Code.UNAUTHORIZED),
+        (with_token(b"t" * (MAX_TOKEN_BYTES + 1)), Code.UNAUTHORIZED),
+        (with_token(b"two words"), Code.UNAUTHORIZED),
+        (with_token(b"line\nbreak"), Code.UNAUTHORIZED),
+        (with_token("é".encode()), Code.UNAUTHORIZED),
+    ],
+)
+def test_bad_tokens(payload: bytes, code: Code) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_hello(payload)
+    assert info.value.code == code
+
+
+def test_token_problem_names_the_rule() -> None:
+    assert token_problem(b"a.b.c") is None
+    assert token_problem(b"") == f"token must be 1 to {MAX_TOKEN_BYTES} bytes"
+    assert token_problem(b"a\x7f") == "token must be printable ASCII without spaces"
+
+
+def real_client_hello() -> bytes:
+    """The first bytes a real TLS client sends, made by OpenSSL in memory."""
+    client = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost"
+    )
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def test_a_tls_client_on_a_plain_port_is_told_so() -> None:
+    hello = real_client_hello()
+    assert looks_like_tls(hello[:HEADER_SIZE])
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder().feed(hello)
+    assert info.value.code == Code.RESERVED_BITS
+    assert "looks like TLS" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"GET / HTTP/1.1\r\n", header(0, FrameType.PING, 0x01), bytes.fromhex("160301000501")[:5]],
+)
+def test_other_bad_input_is_not_called_tls(data: bytes) -> None:
+    assert not looks_like_tls(data[:HEADER_SIZE])
+    if len(data) >= HEADER_SIZE:
+        with pytest.raises(RemoteProtocolError) as info:
+            decoder().feed(data)
+        assert "TLS" not in info.value.message
 
 
 def test_parse_welcome_and_its_checks() -> None:

@@ -192,7 +192,8 @@ def test_F1_a_bad_first_header_gets_its_own_code_not_hello_required() -> None:
 
 
 def test_F2_before_the_handshake_a_server_buffers_no_more_than_the_largest_hello() -> None:
-    assert MAX_HELLO_PAYLOAD == 261  # version, interval, name length, 255 name bytes
+    # version, interval, name length, 255 name bytes, token length, the longest token
+    assert MAX_HELLO_PAYLOAD == 6 + 255 + 2 + 4096
     decoder = FrameDecoder(MAX_HELLO_PAYLOAD)
     decoder.feed(encode_hello("n" * 65, 0))  # still a HELLO: refused later with BAD_NAME
     with pytest.raises(RemoteProtocolError) as info:

@@ -53,7 +53,12 @@ def fast_fields(ftype: int, payload: bytes) -> Fields:
     kind = FrameType(ftype)
     if kind is FrameType.HELLO:
         hello = parse_hello(payload)
-        return {"version": hello.version, "interval_ms": hello.interval_ms, "name": hello.name}
+        return {
+            "version": hello.version,
+            "interval_ms": hello.interval_ms,
+            "name": hello.name,
+            "token": hello.token,
+        }
     if kind is FrameType.WELCOME:
         welcome = parse_welcome(payload)
         return {
@@ -87,6 +92,7 @@ def construct_fields(kind: str, payload: Any) -> Fields:
             "version": payload.version,
             "interval_ms": payload.interval_ms,
             "name": payload.name,
+            "token": payload.token,
         }
     if kind == "WELCOME":
         return {
@@ -212,6 +218,7 @@ def test_every_frame_type_and_error_code_has_a_vector() -> None:
         "MALFORMED",
         "UNSUPPORTED_VERSION",
         "BAD_NAME",
+        "UNAUTHORIZED",
     }
     assert VECTORS["codes"] == {code.name: int(code) for code in Code}
     assert VECTORS["types"] == {t.name: int(t) for t in FrameType}

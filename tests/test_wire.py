@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hbloop.protocol import parse_hello
 from hbloop.wire import (
     CLOSE,
     ERROR,
@@ -12,6 +13,7 @@ from hbloop.wire import (
     HEADER_SIZE,
     HEADER_STRUCT,
     HELLO,
+    MAX_TOKEN_BYTES,
     PING_FRAME,
     PONG_FRAME,
     TYPED_FRAME,
@@ -32,6 +34,8 @@ FRAMES = [
     encode_hello("alice", 10_000),
     encode_hello("ünïcødé-名前", 0),
     encode_hello("x" * 64, 0xFFFFFFFF),
+    encode_hello("alice", 10_000, token="a.jwt.token"),
+    encode_hello("x" * 64, 0, token="t" * MAX_TOKEN_BYTES),
     encode_welcome(Welcome(1, Scheme.CLIENT, 10_000, 30_000)),
     encode_welcome(Welcome(1, Scheme.SERVER, 2_000, 6_000)),
     PING_FRAME,
@@ -64,10 +68,25 @@ def test_construct_rebuilds_the_fast_path_bytes(frame: bytes) -> None:
     assert typed.type == FrameType(frame[4]).name
 
 
-def test_hello_payload_matches_schema() -> None:
-    frame = encode_hello("alice", 1234)
-    assert HELLO.parse(frame[HEADER_SIZE:]) == {"version": 1, "interval_ms": 1234, "name": "alice"}
-    assert HELLO.build({"version": 1, "interval_ms": 1234, "name": "alice"}) == frame[HEADER_SIZE:]
+@pytest.mark.parametrize("token", [None, "k", "header.claims.signature"])
+def test_hello_payload_matches_schema(token: str | None) -> None:
+    fields = {"version": 1, "interval_ms": 1234, "name": "alice", "token": token}
+    frame = encode_hello("alice", 1234, token=token)
+    assert HELLO.parse(frame[HEADER_SIZE:]) == fields
+    assert HELLO.build(fields) == frame[HEADER_SIZE:]
+
+
+def test_hello_without_a_token_is_unchanged() -> None:
+    # The credential is an addition: a HELLO without one is byte for byte version 1's.
+    assert encode_hello("alice", 10_000) == bytes.fromhex("0000000b010001000027100561 6c696365")
+    with_token = encode_hello("alice", 10_000, token="k")
+    assert with_token[HEADER_SIZE:] == encode_hello("alice", 10_000)[HEADER_SIZE:] + b"\x00\x01k"
+
+
+def test_a_hello_never_shows_its_token() -> None:
+    hello = parse_hello(encode_hello("alice", 0, token="s3cret")[HEADER_SIZE:])
+    assert hello.token == "s3cret"
+    assert "s3cret" not in repr(hello)
 
 
 def test_welcome_payload_matches_schema() -> None:

@@ -9,6 +9,8 @@ const { EventEmitter } = require('node:events');
 const PROTOCOL_VERSION = 1;
 const HEADER_SIZE = 6;
 const MAX_NAME_BYTES = 64;
+// A HELLO credential (a JWT, say) is 1 to 4096 bytes of printable ASCII, no spaces.
+const MAX_TOKEN_BYTES = 4096;
 const MAX_ERROR_MESSAGE_BYTES = 200;
 // The reference server's default receive limit; F2 requires at least 1024.
 const DEFAULT_MAX_PAYLOAD = 65536;
@@ -111,7 +113,15 @@ function printable(text, limit = PRINTABLE_LIMIT) {
   return chars.length > limit ? `${escaped}...` : escaped;
 }
 
-function encodeHello(name, intervalMs, version = PROTOCOL_VERSION) {
+/** Why `token` (a Buffer) cannot be a HELLO credential, or null if it can (H2). */
+function tokenProblem(token) {
+  if (token.length < 1 || token.length > MAX_TOKEN_BYTES) return `token must be 1 to ${MAX_TOKEN_BYTES} bytes`;
+  if (!token.every((byte) => byte >= 0x21 && byte <= 0x7e)) return 'token must be printable ASCII without spaces';
+  return null;
+}
+
+/** A HELLO; `token`, when given, is the credential that follows the name. */
+function encodeHello(name, intervalMs, version = PROTOCOL_VERSION, token = null) {
   const raw = Buffer.from(name, 'utf8');
   if (raw.length < 1 || raw.length > MAX_NAME_BYTES || hasUnsafeCharacter(name)) {
     throw new RangeError(
@@ -122,7 +132,16 @@ function encodeHello(name, intervalMs, version = PROTOCOL_VERSION) {
   fixed.writeUInt8(version, 0);
   fixed.writeUInt32BE(intervalMs, 1);
   fixed.writeUInt8(raw.length, 5);
-  return encodeFrame(FrameType.HELLO, Buffer.concat([fixed, raw]));
+  const parts = [fixed, raw];
+  if (token !== null) {
+    const secret = Buffer.from(token, 'utf8');
+    const problem = tokenProblem(secret);
+    if (problem) throw new RangeError(problem);
+    const length = Buffer.alloc(2);
+    length.writeUInt16BE(secret.length, 0);
+    parts.push(length, secret);
+  }
+  return encodeFrame(FrameType.HELLO, Buffer.concat(parts));
 }
 
 function encodeWelcome({ version = PROTOCOL_VERSION, scheme, intervalMs, timeoutMs }) {
@@ -208,29 +227,43 @@ class FrameDecoder {
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 const lenientUtf8 = new TextDecoder('utf-8');
 
-/** A HELLO payload, checked in the order of H2: version, shape, name. */
+/** A HELLO payload, checked in the order of H2: version, shape, name, credential. */
 function parseHello(payload) {
   if (payload.length === 0) throw new ProtocolError(Code.MALFORMED, 'empty HELLO');
   const version = payload.readUInt8(0);
   if (version !== PROTOCOL_VERSION) throw new ProtocolError(Code.UNSUPPORTED_VERSION, `version ${version}`);
   if (payload.length < 6) throw new ProtocolError(Code.MALFORMED, 'HELLO too short');
-  const nameLength = payload.readUInt8(5);
-  if (payload.length !== 6 + nameLength) {
-    throw new ProtocolError(Code.MALFORMED, 'HELLO name length disagrees with the frame');
+  const nameEnd = 6 + payload.readUInt8(5);
+  const tokenStart = nameEnd + 2;
+  if (payload.length !== nameEnd) { // a credential follows the name
+    if (payload.length < tokenStart) {
+      throw new ProtocolError(Code.MALFORMED, 'HELLO name length disagrees with the frame');
+    }
+    if (payload.length !== tokenStart + payload.readUInt16BE(nameEnd)) {
+      throw new ProtocolError(Code.MALFORMED, 'HELLO token length disagrees with the frame');
+    }
   }
+  const nameLength = nameEnd - 6;
   if (nameLength < 1 || nameLength > MAX_NAME_BYTES) {
     throw new ProtocolError(Code.BAD_NAME, `name must be 1 to ${MAX_NAME_BYTES} bytes`);
   }
   let name;
   try {
-    name = strictUtf8.decode(payload.subarray(6));
+    name = strictUtf8.decode(payload.subarray(6, nameEnd));
   } catch {
     throw new ProtocolError(Code.BAD_NAME, 'name is not valid UTF-8');
   }
   if (hasUnsafeCharacter(name)) {
     throw new ProtocolError(Code.BAD_NAME, 'name contains control, format or separator characters');
   }
-  return { version, intervalMs: payload.readUInt32BE(1), name };
+  let token = null;
+  if (payload.length !== nameEnd) {
+    const secret = payload.subarray(tokenStart);
+    const problem = tokenProblem(secret);
+    if (problem) throw new ProtocolError(Code.UNAUTHORIZED, problem);
+    token = secret.toString('ascii');
+  }
+  return { version, intervalMs: payload.readUInt32BE(1), name, token };
 }
 
 /** A WELCOME payload, as a client must check it (H3). */
@@ -283,12 +316,14 @@ const State = Object.freeze({
  */
 class Client extends EventEmitter {
   constructor({
-    host = '127.0.0.1', port, name, interval = 0, maxPayload = DEFAULT_MAX_PAYLOAD, maxPending = DEFAULT_MAX_PENDING,
+    host = '127.0.0.1', port, name, interval = 0, token = null,
+    maxPayload = DEFAULT_MAX_PAYLOAD, maxPending = DEFAULT_MAX_PENDING,
   }) {
     super();
     this.host = host;
     this.port = port;
-    this.hello = encodeHello(name, Math.round(interval * 1000)); // checks the name early
+    // Checks the name and the token early.
+    this.hello = encodeHello(name, Math.round(interval * 1000), PROTOCOL_VERSION, token);
     this.decoder = new FrameDecoder(maxPayload);
     this.maxPending = maxPending;
     this.state = State.CONNECTING;
@@ -508,6 +543,7 @@ module.exports = {
   PROTOCOL_VERSION,
   HEADER_SIZE,
   MAX_NAME_BYTES,
+  MAX_TOKEN_BYTES,
   DEFAULT_MAX_PAYLOAD,
   FrameType,
   TYPE_NAMES,

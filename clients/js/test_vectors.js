@@ -19,7 +19,7 @@ function fields(type, payload) {
   switch (type) {
     case hb.FrameType.HELLO: {
       const h = hb.parseHello(payload);
-      return { version: h.version, interval_ms: h.intervalMs, name: h.name };
+      return { version: h.version, interval_ms: h.intervalMs, name: h.name, token: h.token };
     }
     case hb.FrameType.WELCOME: {
       const w = hb.parseWelcome(payload);
@@ -43,7 +43,7 @@ function fields(type, payload) {
 /** The frame rebuilt from a vector's fields by the encoders. */
 function encode(type, f) {
   switch (type) {
-    case 'HELLO': return hb.encodeHello(f.name, f.interval_ms, f.version);
+    case 'HELLO': return hb.encodeHello(f.name, f.interval_ms, f.version, f.token);
     case 'WELCOME': return hb.encodeWelcome({ version: f.version, scheme: f.scheme, intervalMs: f.interval_ms, timeoutMs: f.timeout_ms });
     case 'PING': return hb.PING_FRAME;
     case 'PONG': return hb.PONG_FRAME;

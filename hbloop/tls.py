@@ -1,0 +1,377 @@
+"""TLS as a sans-IO layer: ``ssl.SSLObject`` over two memory BIOs, no sockets.
+
+The event loop keeps owning the socket; this layer only turns ciphertext into
+plaintext and back. That costs about 17 KB per idle connection where asyncio's TLS
+transport costs about 277 KB (it keeps a 256 KiB buffer each), as measured on this
+project's machine (shared/REFERENCE.md).
+
+A connection's I/O shell uses one ``TlsLayer`` like this::
+
+    layer = TlsLayer(server_context(cert, key), server_side=True)
+    # socket readable, ``data`` received:
+    plaintext = layer.receive(data)     # may be b"" while the handshake runs
+    send_to_socket(layer.data_to_send())  # handshake records, alerts, tickets
+    decoder.feed(plaintext)
+    # a frame to send, once ``layer.handshake_done``:
+    send_to_socket(layer.send(frame))
+    # ending the connection:
+    send_to_socket(layer.close())       # close_notify, once
+
+``receive`` drains every decrypted byte before it returns, because a level-triggered
+epoll cannot see bytes already decrypted and buffered inside OpenSSL: leaving any
+there would strand them until the peer happened to send again.
+
+Also here: the SSLContexts for both sides, and the per-process token bucket that
+limits how many new handshakes a server starts per second.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+from hbloop.protocol import FrameDecoder, RemoteProtocolError, code_name, parse_error
+from hbloop.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, T_ERROR, T_HELLO
+
+# What ``ssl.SSLObject.getpeercert()`` returns for a verified certificate: subject,
+# issuer, subjectAltName, validity, as nested tuples.
+Certificate = dict[str, Any]
+
+# TLS 1.2 and 1.3 only: older versions have known weaknesses (RFC 8996 deprecates
+# 1.0 and 1.1), and every client library of the last decade speaks 1.2.
+MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+# TLS 1.2 cipher suites (1.3's are all good): forward secrecy (ECDHE) and AEAD only,
+# for ECDSA and RSA certificates alike. AES-GCM first for CPUs with AES-NI,
+# ChaCha20-Poly1305 for small devices without it.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+# TLS 1.3 session tickets sent after each handshake. None: Python clients do not
+# resume TLS 1.3 sessions (shared/REFERENCE.md), and the default two tickets cost the
+# server 0.1 ms more per handshake (0.48 instead of 0.38 ms measured here, ECDSA),
+# which a reconnect storm multiplies.
+SESSION_TICKETS = 0
+
+# One SSLObject.read() returns at most one record's plaintext, at most 16 KiB.
+MAX_RECORD_PLAINTEXT = 16384
+
+# Record content types (change_cipher_spec, alert, handshake, application_data) and
+# the major record version: the first byte a TLS peer sends is one of these types,
+# the second is 3.
+_TLS_CONTENT_TYPES = frozenset({20, 21, 22, 23})
+_TLS_MAJOR_VERSION = 3
+
+# Certificate verification failures worth a plainer word than OpenSSL's. The codes
+# are X509_V_ERR_* from OpenSSL's x509_vfy.h.
+_VERIFY_REASONS = {
+    2: "unknown CA",  # unable to get issuer certificate
+    18: "self-signed certificate",
+    19: "unknown CA",  # self-signed certificate in chain
+    20: "unknown CA",  # unable to get local issuer certificate
+}
+
+# OpenSSL's reason for an alert received from the peer starts with one of these.
+_ALERT_PREFIXES = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
+
+
+class TlsConfigError(ValueError):
+    """A certificate, key or CA file could not be used; the message is one line."""
+
+
+class TlsError(Exception):
+    """TLS failed on one connection; ``reason`` is one line for a log or an ERROR."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotTlsError(TlsError):
+    """The peer sent plain text where a TLS record was due; ``data`` is what came."""
+
+    def __init__(self, reason: str, data: bytes) -> None:
+        super().__init__(reason)
+        self.data = data
+
+
+def _load_chain(context: ssl.SSLContext, certfile: Path, keyfile: Path) -> None:
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"cannot load certificate {certfile} with key {keyfile}: {_describe_load(exc)}"
+        ) from None
+
+
+def _load_ca(context: ssl.SSLContext, cafile: Path) -> None:
+    try:
+        context.load_verify_locations(cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"cannot load CA certificates from {cafile}: {_describe_load(exc)}"
+        ) from None
+
+
+def _describe_load(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return exc.strerror or str(exc)
+
+
+def _harden(context: ssl.SSLContext) -> ssl.SSLContext:
+    context.minimum_version = MINIMUM_VERSION
+    context.set_ciphers(TLS12_CIPHERS)
+    # Client-initiated TLS 1.2 renegotiation makes the server redo the expensive half
+    # of a handshake on demand: a denial-of-service lever with no use here.
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    return context
+
+
+def server_context(certfile: Path, keyfile: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """A server's context. With ``client_ca``, every client must present a
+    certificate issued by it (mutual TLS)."""
+    context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    context.num_tickets = SESSION_TICKETS
+    _load_chain(context, certfile, keyfile)
+    if client_ca is not None:
+        _load_ca(context, client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(
+    cafile: Path | None = None, certfile: Path | None = None, keyfile: Path | None = None
+) -> ssl.SSLContext:
+    """A client's context: the server's certificate is verified, against ``cafile``
+    or the system's trust store, and its host name checked. ``certfile`` and
+    ``keyfile`` give the client's own certificate for mutual TLS."""
+    context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))  # verifies and checks names
+    if cafile is None:
+        context.load_default_certs()
+    else:
+        _load_ca(context, cafile)
+    if certfile is not None:
+        _load_chain(context, certfile, keyfile or certfile)
+    return context
+
+
+def describe_ssl_error(exc: ssl.SSLError) -> str:
+    """OpenSSL's error as one line a person can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = _VERIFY_REASONS.get(exc.verify_code, exc.verify_message)
+        return f"certificate verify failed: {reason}"
+    if not exc.reason:
+        return str(exc)
+    reason = exc.reason
+    for prefix in _ALERT_PREFIXES:
+        if reason.startswith(prefix):
+            return f"peer refused the handshake: {reason[len(prefix) :].lower().replace('_', ' ')}"
+    return reason.lower().replace("_", " ")
+
+
+def _describe_plain_text(data: bytes, server_side: bool) -> str:
+    """Why ``data`` is not TLS, saying what it looks like if it is hbloop's."""
+    if server_side:
+        if len(data) >= HEADER_SIZE and data[4] == T_HELLO and data[5] == 0:
+            return "peer sent plain text, not TLS: an hbloop HELLO (is the client missing --tls?)"
+        return "peer sent plain text, not TLS"
+    # A plain server answers a ClientHello with an hbloop ERROR: relay what it said.
+    try:
+        frames = FrameDecoder(DEFAULT_MAX_PAYLOAD).feed(data)
+    except RemoteProtocolError:
+        frames = []
+    if frames and frames[0][0] == T_ERROR:
+        try:
+            code, message = parse_error(frames[0][1])
+        except RemoteProtocolError:
+            pass
+        else:
+            return f"server answered in plain text, not TLS: ERROR {code_name(code)} {message}"
+    return "server answered in plain text, not TLS"
+
+
+class TlsLayer:
+    """One connection's TLS state: ciphertext in, plaintext out, and back.
+
+    ``handshake_done`` turns True once the handshake has completed, ``peer_closed``
+    once the peer's close_notify has arrived, and ``closed`` once ``close()`` was
+    called; ``can_send`` while the handshake is done and the layer not closed. Errors
+    raise ``TlsError`` (the reason is one line); after one, ``data_to_send()`` may still
+    hold an alert for the peer.
+    """
+
+    __slots__ = (
+        "_incoming",
+        "_outgoing",
+        "_tls",
+        "_server_side",
+        "_sniffed",
+        "closed",
+        "handshake_done",
+        "peer_closed",
+    )
+
+    def __init__(
+        self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
+    ) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self._server_side = server_side
+        self._sniffed = False  # whether the first bytes from the peer were looked at
+        self.closed = False
+        self.handshake_done = False
+        self.peer_closed = False
+
+    # --- the handshake -------------------------------------------------------------
+
+    def start(self) -> bytes:
+        """Client side: begin the handshake; return the ClientHello to send."""
+        self._advance_handshake()
+        return self.data_to_send()
+
+    def _advance_handshake(self) -> bool:
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError as exc:
+            raise TlsError(describe_ssl_error(exc)) from None
+        self.handshake_done = True
+        return True
+
+    # --- data ------------------------------------------------------------------------
+
+    def receive(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Take ciphertext from the peer; return all the plaintext it completes.
+
+        Runs the handshake while it is pending. Every decrypted byte is returned, none
+        is left inside OpenSSL. Afterwards, call ``data_to_send()``.
+        """
+        if not self._sniffed and data:
+            self._sniffed = True
+            if data[0] not in _TLS_CONTENT_TYPES or (
+                len(data) > 1 and data[1] != _TLS_MAJOR_VERSION
+            ):
+                raise NotTlsError(_describe_plain_text(bytes(data), self._server_side), bytes(data))
+        self._incoming.write(data)
+        if not self.handshake_done and not self._advance_handshake():
+            return b""
+        return self._drain()
+
+    def _drain(self) -> bytes:
+        # Checking pending() and the incoming BIO ends the loop without the cost of a
+        # raised SSLWantReadError in the common case (1.55 us per heartbeat instead of
+        # 2.5 us, shared/REFERENCE.md); the exception only ends a partial record.
+        tls = self._tls
+        incoming = self._incoming
+        chunks = []
+        while True:
+            try:
+                chunk = tls.read(MAX_RECORD_PLAINTEXT)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.peer_closed = True
+                break
+            except ssl.SSLError as exc:
+                raise TlsError(describe_ssl_error(exc)) from None
+            if not chunk:  # close_notify
+                self.peer_closed = True
+                break
+            chunks.append(chunk)
+            if not tls.pending() and not incoming.pending:
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def send(self, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """Encrypt ``plaintext``; return the ciphertext to send (with anything else
+        the layer had to send first)."""
+        if not self.can_send:
+            raise RuntimeError("TLS layer cannot send: handshake pending or layer closed")
+        self._tls.write(plaintext)  # a memory BIO takes everything at once
+        return self._outgoing.read()
+
+    @property
+    def can_send(self) -> bool:
+        return self.handshake_done and not self.closed
+
+    def data_to_send(self) -> bytes:
+        """Ciphertext the layer produced on its own: handshake records, alerts,
+        session tickets. b"" when there is none."""
+        return self._outgoing.read() if self._outgoing.pending else b""
+
+    def close(self) -> bytes:
+        """Our close_notify, the first time once the handshake is done; b"" after."""
+        if self.closed:
+            return b""
+        self.closed = True
+        if not self.handshake_done:
+            return b""  # nothing to close: there is no session yet
+        try:
+            self._tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # our close_notify is written; we do not wait for the peer's
+        except ssl.SSLError:
+            return b""  # the session already failed; there is nothing to close cleanly
+        return self._outgoing.read()
+
+    # --- the peer ------------------------------------------------------------------
+
+    def peer_certificate(self) -> Certificate | None:
+        """The peer's verified certificate, or None (no handshake yet, or the peer
+        sent none because none was asked for)."""
+        if not self.handshake_done:
+            return None
+        return self._tls.getpeercert() or None
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated protocol version, such as "TLSv1.3"."""
+        return self._tls.version()
+
+
+# 1000 handshakes a second hold handshakes to about 40% of one core at 0.4 ms each,
+# leaving the rest of it for established peers (19,000 of them pinging every 2 s take
+# about 20%, README's benchmark).
+DEFAULT_HANDSHAKE_RATE = 1000.0
+
+# A quarter of a second's worth at once: a burst of reconnects right after a restart
+# is absorbed without refusals, and costs at most about 0.1 s of loop time.
+DEFAULT_HANDSHAKE_BURST = 250.0
+
+
+class HandshakeLimiter:
+    """A token bucket for new TLS handshakes, one per server process.
+
+    A full handshake costs the server about 0.4 ms of CPU (ECDSA certificate; RSA
+    0.65 ms, client certificates 0.71 ms; shared/REFERENCE.md). Without a cap, a
+    reconnect storm of thousands of clients would take the loop away from the
+    heartbeats of peers already connected for seconds; with one, handshakes over the
+    rate are refused at once and their clients retry after a jittered back-off.
+    ``allow(now)`` takes a token if there is one; ``refused`` counts the others.
+    """
+
+    __slots__ = ("rate", "burst", "refused", "_tokens", "_updated")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a handshake limit needs a positive rate and a burst of at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.refused = 0
+        self._tokens = burst
+        self._updated = now
+
+    def allow(self, now: float) -> bool:
+        tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if tokens >= 1:
+            self._tokens = tokens - 1
+            return True
+        self._tokens = tokens
+        self.refused += 1
+        return False
