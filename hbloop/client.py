@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import signal
 import socket
 from collections.abc import Callable
 
@@ -63,6 +64,9 @@ MAX_PENDING = 1024 * 1024
 
 # Refusals that a retry cannot fix: the client stops instead of reconnecting.
 FATAL_CODES = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME})
+
+# The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Backoff:
@@ -284,6 +288,29 @@ class Client:
         if conn is not None and not conn.closing:
             conn.finish(encode_close(code), linger)
         self._stop(Disconnect(Reason.CLOSED_LOCALLY, code))
+
+    def run(self, stop_signals: tuple[int, ...] = STOP_SIGNALS) -> Disconnect:
+        """Start the client and run its loop until it stops for good; return why.
+
+        Each of ``stop_signals`` closes the client as ``close()`` does (CLOSE NORMAL,
+        then the connection ends cleanly), so that Ctrl-C ends a program that embeds
+        it without a traceback. The signal handlers are removed before returning.
+        """
+        for signum in stop_signals:
+            self.loop.add_signal_handler(signum, self._stop_signalled)
+        try:
+            self.start()
+            while not self.done:
+                self.loop.run_once()
+        finally:
+            for signum in stop_signals:
+                self.loop.remove_signal_handler(signum)
+        assert self.stopped is not None
+        return self.stopped
+
+    def _stop_signalled(self) -> None:
+        if self.stopped is None:
+            self.close()
 
     @property
     def done(self) -> bool:

@@ -90,7 +90,12 @@ class ServerPolicy:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.min_interval <= self.interval <= self.max_interval:
+        if self.min_interval > self.max_interval:
+            problems.append(
+                f"the minimum interval {self.min_interval:g}s is above the maximum "
+                f"{self.max_interval:g}s"
+            )
+        elif not self.min_interval <= self.interval <= self.max_interval:
             problems.append(
                 f"interval {self.interval:g}s must lie within "
                 f"[{self.min_interval:g}s, {self.max_interval:g}s]"
