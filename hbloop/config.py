@@ -80,7 +80,10 @@ def _convert(action: argparse.Action, value: Any, where: str, toml_types: TomlTy
         expected = toml_types.get(action.type, (str,))  # type: ignore[arg-type]
     # bool is an int to Python, never to TOML.
     if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-        wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
+        # An integer is a number too: "a number" says both.
+        wanted = " or ".join(
+            _TYPE_NAMES[t] for t in expected if t is not int or float not in expected
+        )
         given = _TYPE_NAMES.get(type(value), "a date or time")
         raise ConfigError(f"{where} must be {wanted}, not {given}")
     if action.nargs == 0:

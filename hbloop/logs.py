@@ -42,9 +42,14 @@ def fields(**values: Any) -> dict[str, dict[str, Any]]:
     return {FIELDS_ATTRIBUTE: values}
 
 
+def _escaped(character: str) -> str:
+    code = ord(character)
+    return _NAMED_ESCAPES.get(character) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
 def escape(text: str) -> str:
     """``text`` on one line: control and line-separator characters as escapes."""
-    return _UNSAFE.sub(lambda m: _NAMED_ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+    return _UNSAFE.sub(lambda match: _escaped(match[0]), text)
 
 
 class TextFormatter(logging.Formatter):

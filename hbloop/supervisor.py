@@ -182,7 +182,10 @@ class Supervisor:
         return 0
 
     def stop(self, signum: int) -> None:
-        """Forward ``signum`` to every worker; stop once they are all gone."""
+        """Forward ``signum`` to every worker; stop once they are all gone. Workers
+        retiring after a rolling restart are stopping already: only a second signal,
+        which stops every worker at once, reaches them."""
+        first = not self.stopping
         self.stopping = True
         self._roll.clear()
         log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self._running()))
@@ -192,7 +195,8 @@ class Supervisor:
                 worker.restart = None
         for worker in self._running():
             assert worker.process is not None
-            worker.process.send_signal(signum)
+            if not (first and worker in self._retiring):
+                worker.process.send_signal(signum)
         self._stop_if_done()
 
     def _running(self) -> list[_Worker]:
