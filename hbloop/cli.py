@@ -22,7 +22,7 @@ from hbloop import __version__, logs
 from hbloop import check as check_cases
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.client_app import ClientApp
-from hbloop.config import ConfigError, TomlTypes, option_defaults, read_table
+from hbloop.config import ConfigError, TomlTypes, option_defaults, option_names, read_table
 from hbloop.loop import EventLoop
 from hbloop.metrics import Report, StartError, serve_metrics
 from hbloop.netutil import default_max_connections, raise_open_files_limit
@@ -419,10 +419,10 @@ def policy_from_args(args: argparse.Namespace, fd_limit: int) -> ServerPolicy:
         raise UsageError(str(exc)) from None
 
 
-def changed_options(old: argparse.Namespace, new: argparse.Namespace) -> list[str]:
-    """The options, as ``--name``, whose values differ between two settings."""
+def changed_settings(old: argparse.Namespace, new: argparse.Namespace) -> list[str]:
+    """The settings (argparse ``dest``s) whose values differ."""
     return [
-        "--" + dest.replace("_", "-")
+        dest
         for dest, value in vars(new).items()
         if dest not in ("run", "command_line") and getattr(old, dest, None) != value
     ]
@@ -475,18 +475,14 @@ class _Signals:
         new = reload_settings(self.args)
         if new is None:
             return
-        live = {dest: getattr(new, dest) for dest in LIVE_OPTIONS}
-        pending = [
-            option
-            for option in changed_options(self.args, new)
-            if option[2:].replace("-", "_") not in live
-        ]
-        self.args = argparse.Namespace(**{**vars(self.args), **live})
+        pending = [d for d in changed_settings(self.args, new) if d not in LIVE_OPTIONS]
+        for dest in LIVE_OPTIONS:
+            setattr(self.args, dest, getattr(new, dest))
         if pending:
             log.warning(
                 "SIGHUP: %s changed; a restart applies it (with --workers, SIGHUP to the "
                 "supervisor restarts the workers one by one)",
-                ", ".join(pending),
+                option_names(pending),
             )
 
 

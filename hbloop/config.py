@@ -37,6 +37,11 @@ class ConfigError(Exception):
     line naming the file and the key."""
 
 
+def option_names(dests: list[str]) -> str:
+    """Settings (argparse ``dest``s) as the options that set them: ``--max-connections``."""
+    return ", ".join("--" + dest.replace("_", "-") for dest in dests)
+
+
 def read_table(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from hbloop.config import option_names
 from hbloop.loop import EventLoop, Timer
 from hbloop.metrics import MetricsEndpoint, Report, StartError, serve_metrics
 from hbloop.netutil import bind_socket
@@ -344,7 +345,7 @@ class Supervisor:
         if kept:
             log.warning(
                 "SIGHUP: %s changed; the supervisor keeps the old value until a full restart",
-                ", ".join("--" + dest.replace("_", "-") for dest in kept),
+                option_names(kept),
             )
         for dest in SUPERVISOR_SETTINGS:
             setattr(new, dest, getattr(self.args, dest))
