@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from hbloop.policy import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL
+
 # hbloop logs every connect and disconnect at info level; at 19,000 connections that
 # would be a measurable share of its CPU, so a benchmarked server logs warnings only.
 SERVER_LOG_LEVEL = "warning"
@@ -59,6 +61,10 @@ def spawn_hbloop(
 ) -> ServerUnderTest:
     argv = [sys.executable, "-m", "hbloop", "serve", "--host", host, "--port", "0"]
     argv += ["--interval", str(interval), "--timeout", str(timeout)]
+    # hbloop refuses an interval outside its bounds, and the bench's interval is the one
+    # under test: the bounds are widened to hold it, as the reference server does.
+    argv += ["--min-interval", str(min(interval, DEFAULT_MIN_INTERVAL))]
+    argv += ["--max-interval", str(max(interval, DEFAULT_MAX_INTERVAL))]
     argv += ["--log-level", SERVER_LOG_LEVEL, *extra]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, text=True)
     try:
