@@ -68,13 +68,17 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument raises UsageError: ``main`` prints it as one line
-    and exits 2, and a SIGHUP reload logs it and carries on."""
+    """argparse, but a bad argument is one line on stderr and exit code 2; or, with
+    ``raise_errors`` (a SIGHUP reload, which logs it and carries on), UsageError."""
 
     commands: dict[str, argparse.ArgumentParser]  # the subcommands' parsers, by name
+    raise_errors = False
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        message = f"{message} (see {self.prog} --help)"
+        if self.raise_errors:
+            raise UsageError(message)
+        self.exit(EXIT_USAGE, f"hbloop: error: {message}\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -170,7 +174,7 @@ _TOML_TYPES: TomlTypes = {
 }
 
 
-def build_parser() -> _Parser:
+def build_parser(raise_errors: bool = False) -> _Parser:
     parser = _Parser(
         prog="hbloop",
         description="TCP heartbeat server and client.",
@@ -368,6 +372,8 @@ def build_parser() -> _Parser:
         help="the server's handshake deadline; the H5 case is skipped without it",
     )
     check.set_defaults(run=run_check)
+    for each in (parser, *parser.commands.values()):
+        each.raise_errors = raise_errors  # type: ignore[attr-defined]
     return parser
 
 
@@ -376,12 +382,13 @@ def _error(message: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, raise_errors: bool = False) -> argparse.Namespace:
     """The settings of a command line, the options of its ``--config`` file serving as
-    defaults. Raises UsageError or ConfigError. The command line is kept in the result
-    (``command_line``) so that SIGHUP can parse it again with the file re-read."""
+    defaults. A bad option exits as ``build_parser(raise_errors)`` says; a bad file or
+    an inconsistent setting raises ConfigError or UsageError. The command line is kept
+    in the result (``command_line``) so that SIGHUP can parse it again."""
     command_line = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(raise_errors)
     args = parser.parse_args(command_line)
     if getattr(args, "config", None) is not None:
         command = parser.commands[args.command]
@@ -434,7 +441,7 @@ def reload_settings(current: argparse.Namespace) -> argparse.Namespace | None:
     caller applies the rest as it can. None, with an error logged, if the new settings
     are bad: the process then carries on as it was."""
     try:
-        new = parse_args(current.command_line)
+        new = parse_args(current.command_line, raise_errors=True)
         policy_from_args(new, raise_open_files_limit())
     except (UsageError, ConfigError) as exc:
         log.error("SIGHUP: %s; nothing changed", exc)
