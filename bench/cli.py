@@ -1,4 +1,9 @@
-"""``python -m bench``: the command line."""
+"""``python -m bench``: the command line.
+
+This module needs only hbloop: ``--help`` and the refusal to run without the bench's
+dependencies (``pip install 'hbloop[bench]'``) work without them. The run itself is
+in ``bench.runner``, imported once they are known to be there.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from bench import plot, report
 from bench.config import (
     DEFAULT_CLIENTS,
     DEFAULT_CONNECT_RATE,
@@ -17,17 +22,18 @@ from bench.config import (
     DEFAULT_INTERVAL,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_TIMEOUT,
-    BenchConfig,
 )
-from bench.orchestrator import BenchError, Run
 from bench.reference_server import LOOPS
-from bench.results import RunResult, Second
-from bench.servers import ServerStartError, ServerUnderTest, spawn_hbloop, spawn_reference
 from bench.sizing import worker_count
-from hbloop.netutil import raise_open_files_limit
 from hbloop.policy import MIN_TIMEOUT_RATIO
 
 DEFAULT_HOST = "127.0.0.1"
+
+# Exit code for a usage error, a missing dependency, or a bench that could not run.
+EXIT_ERROR = 2
+
+# The bench's dependencies (the `bench` extra), by importable module and by package.
+REQUIRED = {"hdrh": "hdrhistogram", "psutil": "psutil"}
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -65,11 +71,19 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m bench",
         description="Load an hbloop server with open-loop heartbeat clients and measure it. "
-        "Exits 1 if any run dropped connections or had errors.",
+        "Exits 0 if every run was clean, 1 if one dropped connections or had errors, 2 on a "
+        "usage error, a missing dependency (pip install 'hbloop[bench]') or a failed run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--clients", type=_positive(int), default=DEFAULT_CLIENTS)
@@ -161,19 +175,17 @@ def _check(args: argparse.Namespace) -> str | None:
         return str(exc)
     if args.baseline is not None and not (args.baseline / "hbloop" / "server.py").is_file():
         return f"--baseline {args.baseline}: no hbloop checkout there"
+    for path in (args.json, args.plot):
+        if path is not None and not path.parent.is_dir():
+            return f"cannot write {path}: {path.parent} is not a directory"
     if "uvloop" in args.against and importlib.util.find_spec("uvloop") is None:
         return "--against uvloop needs uvloop: pip install 'hbloop[bench]' (or pip install uvloop)"
     return None
 
 
-def _run_one(config: BenchConfig, server: ServerUnderTest) -> RunResult:
-    def show(result: RunResult, second: Second) -> None:
-        print(report.progress_line(result, second), flush=True)
-
-    try:
-        return Run(config, server, show).execute()
-    finally:
-        server.stop()
+def missing_packages() -> list[str]:
+    """The packages of the `bench` extra that are not installed."""
+    return [package for module, package in REQUIRED.items() if not importlib.util.find_spec(module)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,42 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = _check(args)
     if problem is not None:
         parser.error(problem)
-    if args.plot is not None:
-        plot.check_available()
-    raise_open_files_limit()
-    config = BenchConfig(
-        clients=args.clients,
-        interval=args.interval,
-        timeout=args.timeout,
-        duration=args.duration,
-        connect_rate=args.connect_rate,
-        zombies=args.zombies,
-        workers=args.workers,
-        max_in_flight=args.max_in_flight,
-        server_args=tuple(args.server_arg),
-    )
-    try:
-        if args.target is not None:
-            main_result = _run_one(config, ServerUnderTest("target", args.target))
-        else:
-            server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
-            main_result = _run_one(config, server)
-        references = [
-            _run_one(config, spawn_reference(loop, args.host, args.interval, args.timeout))
-            for loop in args.against
-        ]
-        if args.baseline is not None:
-            baseline = spawn_hbloop(
-                args.host, args.interval, args.timeout, config.server_args, args.baseline
-            )
-            references.append(_run_one(config, baseline))
-    except (BenchError, ServerStartError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
-    report.print_summary(main_result, references, config, sys.stdout)
-    if args.json is not None:
-        report.write_json(args.json, report.to_json(config, main_result, references))
-    if args.plot is not None:
-        plot.plot(args.plot, [main_result, *references])
-    clean = all(r.counts.dropped == 0 and r.counts.errors == 0 for r in (main_result, *references))
-    return 0 if clean else 1
+    missing = missing_packages()
+    if missing:
+        print(
+            f"bench: error: the bench needs {' and '.join(missing)}: pip install 'hbloop[bench]'",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install 'hbloop[plot]'")
+    from bench import runner  # needs the packages just checked for
+
+    return runner.run(args)

@@ -1,4 +1,5 @@
-"""What the bench prints and writes: progress lines, the summary table, the JSON."""
+"""What the bench prints and writes: progress lines, the summary tables, the JSON and
+the HdrHistogram percentile spectra (.hgrm)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,22 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.config import BenchConfig
-from bench.histograms import summary_ms
+from bench.histograms import US_PER_MS, summary_ms
 from bench.results import RunResult, Second
+
+# Below this many heartbeats in the window, CPU per heartbeat (and so the CPU ratio)
+# is mostly noise: psutil reads CPU time from /proc in 10 ms clock ticks, once at each
+# end of the window, and at ~20 us a heartbeat 50,000 heartbeats make 1 s of CPU, of
+# which those two ticks are 2%, already the size of the differences being compared.
+MIN_HEARTBEATS_FOR_CPU = 50_000
+
+# A window shorter than this is noise-dominated whatever the rate: it averages too few
+# seconds for a shared machine's disturbances (other processes, the load generators
+# on the same cores, a collection pause) to even out between the runs compared.
+MIN_WINDOW_FOR_CPU = 10.0
+
+# Every line of the summary fits a terminal this wide.
+SUMMARY_WIDTH = 100
 
 
 def _ms(value: float | None) -> str:
@@ -45,9 +60,15 @@ def ratios(ours: RunResult, reference: RunResult) -> dict[str, float | None]:
     }
 
 
+def cpu_is_noise(result: RunResult) -> bool:
+    """Whether ``result``'s window was too small for its CPU figures to mean much."""
+    return result.heartbeats < MIN_HEARTBEATS_FOR_CPU or result.window_s < MIN_WINDOW_FOR_CPU
+
+
 def to_json(config: BenchConfig, main: RunResult, references: list[RunResult]) -> dict[str, Any]:
     document = main.to_json()
     document["config"] = dataclasses.asdict(config)
+    document["cpu_noise_dominated"] = any(cpu_is_noise(r) for r in (main, *references))
     document["against"] = {
         reference.server: {**reference.to_json(), "ratio": ratios(main, reference)}
         for reference in references
@@ -59,7 +80,21 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-_COLUMNS = (
+def write_percentiles(json_path: Path, results: list[RunResult]) -> list[Path]:
+    """Each run's RTT percentile spectrum in HdrHistogram's .hgrm text format (values
+    in ms), beside the JSON as ``NAME.SERVER.hgrm``; returns the paths written. Plot
+    them with HdrHistogram's plotter to compare whole latency distributions."""
+    paths = []
+    for result in results:
+        path = json_path.with_name(f"{json_path.stem}.{result.server}.hgrm")
+        with path.open("wb") as out:
+            result.rtt.output_percentile_distribution(out, US_PER_MS)
+        paths.append(path)
+    return paths
+
+
+# The summary is two tables, each within SUMMARY_WIDTH: load and cost, then latency.
+_LOAD_COLUMNS = (
     ("server", 8),
     ("connected", 9),
     ("dropped", 7),
@@ -67,67 +102,94 @@ _COLUMNS = (
     ("hb/s", 7),
     ("CPU us/hb", 9),
     ("RSS KB/conn", 11),
+)
+_LATENCY_COLUMNS = (
+    ("server", 8),
     ("RTT p50", 7),
     ("p99", 6),
     ("p99.9", 6),
     ("max ms", 7),
-    ("zombies", 7),
+    ("zombies", 9),
     ("late p50", 8),
     ("p99", 6),
     ("max ms", 7),
 )
 
 
-def _row(cells: list[str]) -> str:
-    return "  ".join(cell.rjust(width) for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+def _table(columns: tuple[tuple[str, int], ...], rows: list[list[str]]) -> list[str]:
+    def row(cells: list[str]) -> str:
+        return "  ".join(cell.rjust(width) for cell, (_, width) in zip(cells, columns, strict=True))
+
+    return [row([name for name, _ in columns]), *(row(cells) for cells in rows)]
+
+
+def _load_cells(result: RunResult) -> list[str]:
+    doc = result.to_json()
+    return [
+        result.server,
+        f"{doc['connected']}",
+        f"{doc['dropped']}",
+        f"{doc['errors']}",
+        f"{result.heartbeats_per_s:.0f}",
+        _num(doc["server"]["cpu_us_per_heartbeat"]),
+        _num(doc["server"]["rss_kb_per_conn"], 2),
+    ]
+
+
+def _latency_cells(result: RunResult) -> list[str]:
+    rtt = summary_ms(result.rtt)
+    late = summary_ms(result.zombie_late, ("p50", "p99"))
+    zombies = result.to_json()["zombies"]
+    return [
+        result.server,
+        _ms(rtt["p50"]),
+        _ms(rtt["p99"]),
+        _ms(rtt["p999"]),
+        _ms(rtt["max"]),
+        f"{zombies['closed']}/{zombies['count']}",
+        _ms(late["p50"]),
+        _ms(late["p99"]),
+        _ms(late["max"]),
+    ]
 
 
 def summary_table(main: RunResult, references: list[RunResult]) -> str:
-    lines = [_row([name for name, _ in _COLUMNS])]
-    for result in (main, *references):
-        doc = result.to_json()
-        rtt = summary_ms(result.rtt)
-        late = summary_ms(result.zombie_late, ("p50", "p99"))
-        zombies = doc["zombies"]
-        lines.append(
-            _row(
-                [
-                    result.server,
-                    f"{doc['connected']}",
-                    f"{doc['dropped']}",
-                    f"{doc['errors']}",
-                    f"{result.heartbeats_per_s:.0f}",
-                    _num(doc["server"]["cpu_us_per_heartbeat"]),
-                    _num(doc["server"]["rss_kb_per_conn"], 2),
-                    _ms(rtt["p50"]),
-                    _ms(rtt["p99"]),
-                    _ms(rtt["p999"]),
-                    _ms(rtt["max"]),
-                    f"{zombies['closed']}/{zombies['count']}",
-                    _ms(late["p50"]),
-                    _ms(late["p99"]),
-                    _ms(late["max"]),
-                ]
-            )
-        )
+    results = [main, *references]
+    lines = _table(_LOAD_COLUMNS, [_load_cells(r) for r in results])
+    lines.append("")
+    lines += _table(_LATENCY_COLUMNS, [_latency_cells(r) for r in results])
     for reference in references:
         ratio = ratios(main, reference)
         lines.append(
             f"{main.server}/{reference.server}: CPU per heartbeat {_num(ratio['cpu'], 2)}x, "
             f"memory per connection {_num(ratio['rss'], 2)}x, RTT p99 {_num(ratio['rtt_p99'], 2)}x"
         )
+    noisy = [r for r in results if r.figures is not None and cpu_is_noise(r)]
+    if noisy:
+        lines.append(
+            f"note: a small run ({min(r.heartbeats for r in noisy):,} heartbeats in "
+            f"{min(r.window_s for r in noisy):g}s): CPU figures and ratios are mostly noise."
+        )
+        lines.append(
+            f"      They mean something from {MIN_HEARTBEATS_FOR_CPU:,} heartbeats "
+            f"in a window of {MIN_WINDOW_FOR_CPU:g}s or more."
+        )
     return "\n".join(lines)
+
+
+def describe_run(config: BenchConfig, main: RunResult) -> str:
+    """The workload of a run in one line, for the summary and the plot's title."""
+    return (
+        f"{config.clients:,} clients, interval {config.interval:g}s, timeout "
+        f"{config.timeout:g}s, zombies {config.zombies:g}, window {main.window_s:g}s "
+        f"after a {main.ramp_s:.1f}s ramp"
+    )
 
 
 def print_summary(
     main: RunResult, references: list[RunResult], config: BenchConfig, out: TextIO
 ) -> None:
-    print(
-        f"\n{config.clients} clients, interval {config.interval:g}s, timeout {config.timeout:g}s, "
-        f"zombies {config.zombies:g}, steady-state window {main.window_s:g}s "
-        f"(after a {main.ramp_s:.1f}s ramp)",
-        file=out,
-    )
+    print(f"\n{describe_run(config, main)}", file=out)
     print(summary_table(main, references), file=out)
     for result in (main, *references):
         for sample in result.error_samples:

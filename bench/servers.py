@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from hbloop.policy import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL
+
 # hbloop logs every connect and disconnect at info level; at 19,000 connections that
 # would be a measurable share of its CPU, so a benchmarked server logs warnings only.
 SERVER_LOG_LEVEL = "warning"
@@ -67,6 +69,10 @@ def spawn_hbloop(
     (then named "baseline")."""
     argv = [sys.executable, "-m", "hbloop", "serve", "--host", host, "--port", "0"]
     argv += ["--interval", str(interval), "--timeout", str(timeout)]
+    # hbloop refuses an interval outside its bounds, and the bench's interval is the one
+    # under test: the bounds are widened to hold it, as the reference server does.
+    argv += ["--min-interval", str(min(interval, DEFAULT_MIN_INTERVAL))]
+    argv += ["--max-interval", str(max(interval, DEFAULT_MAX_INTERVAL))]
     argv += ["--log-level", SERVER_LOG_LEVEL, *extra]
     env = None
     if checkout is not None:

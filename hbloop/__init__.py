@@ -1,5 +1,7 @@
 """hbloop: a TCP heartbeat server and client on a hand-rolled epoll loop."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from hbloop.client import Backoff, Client
 from hbloop.loop import EventLoop, Timer
 from hbloop.policy import ServerPolicy, TcpKeepalive
@@ -8,7 +10,10 @@ from hbloop.server import Peer, Server
 from hbloop.session import Disconnect, Reason
 from hbloop.wire import Code, FrameType, Scheme, Welcome
 
-__version__ = "0.1.0"
+try:  # pyproject.toml is the single source of the version
+    __version__ = version("hbloop")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Backoff",

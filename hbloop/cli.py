@@ -1,4 +1,11 @@
-"""The ``hbloop`` command: ``serve``, ``client`` and ``check``."""
+"""The ``hbloop`` command: ``serve``, ``client`` and ``check``.
+
+Exit codes, the same for every command: 0 success; 1 a failure at run time (a port
+in use, a client whose connection ended for good, ``check``: a MUST failed); 2 a
+usage or configuration error (a bad option, an inconsistent setting, a bad
+``--config`` file; ``check``: the target is unreachable). Every error is one line on
+stderr, ``hbloop: error: ...``.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,18 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
+from hbloop import __version__, logs
 from hbloop import check as check_cases
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.client_app import ClientApp
+from hbloop.config import ConfigError, TomlTypes, option_defaults, option_names, read_table
 from hbloop.loop import EventLoop
-from hbloop.metrics import MetricsEndpoint, Report
+from hbloop.metrics import Report, StartError, serve_metrics
 from hbloop.netutil import default_max_connections, raise_open_files_limit
 from hbloop.policy import (
     DEFAULT_BACKLOG,
@@ -39,18 +49,48 @@ from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
-LOG_LEVELS = ("debug", "info", "warning", "error")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # at run time: a port in use, a connection that ended for good
+EXIT_USAGE = 2  # a bad option or config file, an inconsistent setting
+
+# Settings that SIGHUP applies to a running process in place; any other change
+# needs new processes (a restart, or with --workers the rolling restart SIGHUP does).
+LIVE_OPTIONS = ("log_level", "log_format")
+
+log = logging.getLogger("hbloop.cli")
 
 # A stats line a minute: enough to follow a server's life in its log without
 # drowning the connect and disconnect lines.
 DEFAULT_STATS_INTERVAL = 60.0
 
 
+class UsageError(Exception):
+    """A bad option or an inconsistent setting: exit code 2."""
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit code 2."""
+    """argparse, but a bad argument is one line on stderr and exit code 2; or, with
+    ``raise_errors`` (a SIGHUP reload, which logs it and carries on), UsageError."""
+
+    commands: Mapping[str, _Parser]  # the subcommands' parsers, by name
+    raise_errors = False
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        message = f"{message} (see {self.prog} --help)"
+        if self.raise_errors:
+            raise UsageError(message)
+        self.exit(EXIT_USAGE, f"hbloop: error: {message}\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, or a
+    flag's False), which would read "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def _seconds(text: str, allow_zero: bool) -> float:
@@ -115,18 +155,51 @@ def _keepalive(text: str) -> TcpKeepalive:
     return TcpKeepalive(idle, interval, count)
 
 
-def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS, help="log verbosity")
+def _add_common(parser: argparse.ArgumentParser, log_level: str) -> None:
+    """--config, --log-level and --log-format."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML file of options (keys: the long options, e.g. max-connections = 20000); "
+        "options given here override it",
+    )
+    parser.add_argument(
+        "--log-level", default=log_level, choices=logs.LOG_LEVELS, help="log verbosity"
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.LOG_FORMATS,
+        help="log lines as text or as JSON objects (time, level, logger, message, fields)",
+    )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hbloop", description="TCP heartbeat server and client.")
+# The TOML types a config file may give for an option, by its conversion function.
+_TOML_TYPES: TomlTypes = {
+    _port: (int,),
+    _count: (int,),
+    _positive: (int, float),
+    _non_negative: (int, float),
+    _workers: (int, str),
+    _keepalive: (str,),
+}
+
+
+def build_parser(raise_errors: bool = False) -> _Parser:
+    parser = _Parser(
+        prog="hbloop",
+        description="TCP heartbeat server and client.",
+        epilog="Exit codes: 0 success, 1 failure at run time, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"hbloop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.commands = commands.choices
 
     serve = commands.add_parser(
         "serve",
         help="run a heartbeat server that echoes DATA",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     serve.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help="TCP port (0: any free)")
@@ -153,19 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=_count,
         default=None,
-        help="handshaken connections allowed (default: from the open-files limit)",
+        help="handshaken connections allowed (default: the open-files limit less 64)",
     )
     serve.add_argument(
         "--min-interval",
         type=_positive,
         default=DEFAULT_MIN_INTERVAL,
-        help="smallest interval granted, s",
+        help="smallest interval granted, s (at most --interval)",
     )
     serve.add_argument(
         "--max-interval",
         type=_positive,
         default=DEFAULT_MAX_INTERVAL,
-        help="largest interval granted, s",
+        help="largest interval granted, s (at least --interval)",
     )
     serve.add_argument(
         "--handshake-timeout",
@@ -258,13 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://METRICS_HOST:P/metrics (0: any free port)",
     )
     serve.add_argument("--metrics-host", default=DEFAULT_HOST, help="address for --metrics-port")
-    _add_log_level(serve, "info")
+    _add_common(serve, log_level="info")
     serve.set_defaults(run=run_serve)
 
     client = commands.add_parser(
         "client",
         help="connect, heartbeat, send stdin lines as DATA and print what comes back",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     client.add_argument("--host", default=DEFAULT_HOST, help="server address")
     client.add_argument("--port", type=_port, default=DEFAULT_PORT, help="server port")
@@ -295,15 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--backoff-max",
         type=_positive,
         default=DEFAULT_BACKOFF_CAP,
-        help="reconnect back-off cap, s",
+        help="reconnect back-off cap, s (at least --backoff-base)",
     )
-    _add_log_level(client, "warning")
+    _add_common(client, log_level="warning")
     client.set_defaults(run=run_client)
 
     check = commands.add_parser(
         "check",
         help="check that a server speaks protocol.md, case by case",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     check.add_argument("target", type=_target, metavar="HOST:PORT", help="server to check")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -334,41 +407,90 @@ def build_parser() -> argparse.ArgumentParser:
         help="time the server has for an answer it owes at once; a case waits no longer",
     )
     check.set_defaults(run=run_check)
+    for each in (parser, *parser.commands.values()):
+        each.raise_errors = raise_errors
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def _fail(message: str) -> int:
+def _error(message: str, code: int = EXIT_FAILURE) -> int:
     print(f"hbloop: error: {message}", file=sys.stderr)
-    return 1
+    return code
+
+
+def parse_args(argv: Sequence[str] | None = None, raise_errors: bool = False) -> argparse.Namespace:
+    """The settings of a command line, the options of its ``--config`` file serving as
+    defaults. A bad option exits as ``build_parser(raise_errors)`` says; a bad file or
+    an inconsistent setting raises ConfigError or UsageError. The command line is kept
+    in the result (``command_line``) so that SIGHUP can parse it again."""
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(raise_errors)
+    args = parser.parse_args(command_line)
+    if getattr(args, "config", None) is not None:
+        command = parser.commands[args.command]
+        table = read_table(args.config)
+        command.set_defaults(**option_defaults(command, table, args.config, _TOML_TYPES))
+        args = parser.parse_args(command_line)
+    args.command_line = command_line
+    if args.command == "client" and args.backoff_base > args.backoff_max:
+        raise UsageError(
+            f"--backoff-base {args.backoff_base:g}s is above --backoff-max {args.backoff_max:g}s"
+        )
+    return args
 
 
 def policy_from_args(args: argparse.Namespace, fd_limit: int) -> ServerPolicy:
-    max_connections = args.max_connections or default_max_connections(fd_limit)
-    return ServerPolicy(
-        interval=args.interval,
-        timeout=args.timeout,
-        scheme=Scheme[args.scheme.upper()],
-        min_interval=args.min_interval,
-        max_interval=args.max_interval,
-        handshake_timeout=args.handshake_timeout,
-        max_connections=max_connections,
-        max_payload=args.max_frame,
-        max_pending=max(args.max_pending, args.max_frame),
-        ping_strikes=args.ping_strikes,
-        max_peer_rate=args.max_peer_rate,
-        max_handshakes=args.max_handshakes,
-        shutdown_grace=args.shutdown_grace,
-        tcp_keepalive=args.tcp_keepalive,
-        tcp_user_timeout=args.tcp_user_timeout,
+    """The server policy of ``hbloop serve``'s settings; raises UsageError if they are
+    inconsistent (nothing is silently widened to fit)."""
+    try:
+        return ServerPolicy(
+            interval=args.interval,
+            timeout=args.timeout,
+            scheme=Scheme[args.scheme.upper()],
+            min_interval=args.min_interval,
+            max_interval=args.max_interval,
+            handshake_timeout=args.handshake_timeout,
+            max_connections=args.max_connections or default_max_connections(fd_limit),
+            max_payload=args.max_frame,
+            max_pending=args.max_pending,
+            ping_strikes=args.ping_strikes,
+            max_peer_rate=args.max_peer_rate,
+            max_handshakes=args.max_handshakes,
+            shutdown_grace=args.shutdown_grace,
+            tcp_keepalive=args.tcp_keepalive,
+            tcp_user_timeout=args.tcp_user_timeout,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def changed_settings(old: argparse.Namespace, new: argparse.Namespace) -> list[str]:
+    """The settings (argparse ``dest``s) whose values differ."""
+    return [
+        dest
+        for dest, value in vars(new).items()
+        if dest not in ("run", "command_line") and getattr(old, dest, None) != value
+    ]
+
+
+def reload_settings(current: argparse.Namespace) -> argparse.Namespace | None:
+    """SIGHUP: ``current``'s command line parsed again with its ``--config`` file
+    re-read, and checked as at start-up. The log settings take effect at once; the
+    caller applies the rest as it can. None, with an error logged, if the new settings
+    are bad: the process then carries on as it was."""
+    try:
+        new = parse_args(current.command_line, raise_errors=True)
+        policy_from_args(new, raise_open_files_limit())
+    except (UsageError, ConfigError) as exc:
+        log.error("SIGHUP: %s; nothing changed", exc)
+        return None
+    logs.configure(new.log_level, new.log_format)
+    log.info(
+        "SIGHUP: settings reloaded from %s: log-level %s, log-format %s",
+        new.config or "the command line",
+        new.log_level,
+        new.log_format,
     )
+    return new
 
 
 def echo(peer: Peer, data: bytes) -> None:
@@ -376,17 +498,51 @@ def echo(peer: Peer, data: bytes) -> None:
     peer.send(data)
 
 
+class _Signals:
+    """A lone server's (or a worker's) signals. SIGINT and SIGTERM shut it down
+    gracefully (a second one at once); SIGHUP re-reads the settings and applies the
+    log level and format in place, logging which other changes need a restart."""
+
+    def __init__(self, server: Server, args: argparse.Namespace) -> None:
+        self.server = server
+        self.args = args
+        self.serving = True
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            server.loop.add_signal_handler(signum, self.stop)
+        server.loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def stop(self) -> None:
+        self.serving = False
+        self.server.shutdown()
+
+    def reload(self) -> None:
+        new = reload_settings(self.args)
+        if new is None:
+            return
+        pending = [d for d in changed_settings(self.args, new) if d not in LIVE_OPTIONS]
+        for dest in LIVE_OPTIONS:
+            setattr(self.args, dest, getattr(new, dest))
+        if pending:
+            log.warning(
+                "SIGHUP: %s changed; a restart applies it (with --workers, SIGHUP to the "
+                "supervisor restarts the workers one by one)",
+                option_names(pending),
+            )
+
+
 def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int:
     """One server process, or the supervisor of ``--workers``, which calls this again
     in each worker process with ``worker`` set."""
-    _setup_logging(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     fd_limit = raise_open_files_limit()
-    try:
-        policy = policy_from_args(args, fd_limit)
-    except ValueError as exc:
-        return _fail(str(exc))
+    policy = policy_from_args(args, fd_limit)
     if worker is None and args.workers > 1:
-        return Supervisor(args, args.workers).run()
+        supervisor = Supervisor(args, args.workers, reload_settings)
+        try:
+            supervisor.start()
+        except StartError as exc:
+            return _error(str(exc))
+        return supervisor.run()
     port = args.port if worker is None else worker.port
     server = Server(
         args.host,
@@ -400,9 +556,9 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
     try:
         host, port = server.start()
     except OSError as exc:
-        return _fail(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
-    log = logging.getLogger("hbloop.server")
-    log.info(
+        return _error(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
+    server_log = logging.getLogger("hbloop.server")
+    server_log.info(
         "%s %s:%d scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
         "listening on" if worker is None else f"worker {worker.index} serving",
         host,
@@ -413,18 +569,19 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         policy.max_connections,
         fd_limit,
     )
+    signals = _Signals(server, args)
     try:
-        reporter = _start_reporting(server, args, worker)
-    except OSError as exc:
-        return _fail(f"cannot serve metrics on port {args.metrics_port}: {exc.strerror or exc}")
-    server.serve_forever()
+        reporter = _start_reporting(server, args, worker, signals)
+    except StartError as exc:
+        return _error(str(exc))
+    server.serve_forever(install_signal_handlers=False)
     reporter.close()
-    log.info("stopped")
-    return 0
+    server_log.info("stopped")
+    return EXIT_OK
 
 
 def _start_reporting(
-    server: Server, args: argparse.Namespace, worker: WorkerLink | None
+    server: Server, args: argparse.Namespace, worker: WorkerLink | None, signals: _Signals
 ) -> StatsReporter:
     """The stats line; a worker's snapshots to its supervisor, or a lone server's
     /metrics."""
@@ -434,21 +591,21 @@ def _start_reporting(
         return StatsReporter(server.loop, server.stats, args.stats_interval, publish, label)
     reporter = StatsReporter(server.loop, server.stats, args.stats_interval)
     if args.metrics_port is not None:
-        MetricsEndpoint(
+        serve_metrics(
             server.loop,
             args.metrics_host,
             args.metrics_port,
-            lambda: Report.alone(reporter.snapshot()),
+            lambda: Report.alone(reporter.snapshot(), signals.serving),
         )
     return reporter
 
 
 def run_client(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     try:
         app = ClientApp(args)
     except ProtocolError as exc:
-        return _fail(exc.message)
+        raise UsageError(exc.message) from None
     return app.run()
 
 
@@ -457,6 +614,10 @@ def _target(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host.strip("[]"), _port(port)
+
+
+# `hbloop check`'s documented exit code for a target it cannot reach.
+CHECK_UNREACHABLE = 2
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -468,15 +629,17 @@ def run_check(args: argparse.Namespace) -> int:
         report = check_cases.run_checks(settings)
     except OSError as exc:
         reason = exc.strerror or exc
-        print(f"hbloop: error: cannot reach {settings.target}: {reason}", file=sys.stderr)
-        return 2
+        return _error(f"cannot reach {settings.target}: {reason}", CHECK_UNREACHABLE)
     print(report.to_json() if args.json else report.to_text())
-    return 0 if report.conforms else 1
+    return EXIT_OK if report.conforms else EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        args = parse_args(argv)
+        return int(args.run(args))
+    except (UsageError, ConfigError) as exc:
+        return _error(str(exc), EXIT_USAGE)
 
 
 if __name__ == "__main__":

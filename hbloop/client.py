@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,9 @@ def is_final(disconnect: Disconnect) -> bool:
     if disconnect.reason is Reason.PEER_ERROR:
         return disconnect.code in FATAL_ERRORS
     return disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TAKEN_OVER
+
+# The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Backoff:
@@ -226,6 +230,29 @@ class Client:
         if conn is not None:
             conn.apply(conn.session.close(code, self.loop.now, linger=linger))
         self._stop(Disconnect(Reason.CLOSED_LOCALLY, code))
+
+    def run(self, stop_signals: tuple[int, ...] = STOP_SIGNALS) -> Disconnect:
+        """Start the client and run its loop until it stops for good; return why.
+
+        Each of ``stop_signals`` closes the client as ``close()`` does (CLOSE NORMAL,
+        then the connection ends cleanly), so that Ctrl-C ends a program that embeds
+        it without a traceback. The signal handlers are removed before returning.
+        """
+        for signum in stop_signals:
+            self.loop.add_signal_handler(signum, self._stop_signalled)
+        try:
+            self.start()
+            while not self.done:
+                self.loop.run_once()
+        finally:
+            for signum in stop_signals:
+                self.loop.remove_signal_handler(signum)
+        assert self.stopped is not None
+        return self.stopped
+
+    def _stop_signalled(self) -> None:
+        if self.stopped is None:
+            self.close()
 
     @property
     def done(self) -> bool:

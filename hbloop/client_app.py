@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from hbloop.client import Backoff, Client
+from hbloop.client import STOP_SIGNALS, Backoff, Client
 from hbloop.loop import EventLoop
 from hbloop.session import Disconnect, Reason
 from hbloop.wire import Welcome
@@ -17,6 +17,10 @@ MAX_QUEUED_LINES = 1000
 
 # Bytes read from stdin at a time.
 STDIN_CHUNK = 65536
+
+# Signals that close the client cleanly: those of Client.run(), and SIGHUP, which a
+# terminal sends when it is closed.
+APP_STOP_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 
 
 class ClientApp:
@@ -36,7 +40,7 @@ class ClientApp:
             on_message=self.on_message,
             on_disconnect=self.on_disconnect,
             reconnect=not args.no_reconnect,
-            backoff=Backoff(args.backoff_base, max(args.backoff_max, args.backoff_base)),
+            backoff=Backoff(args.backoff_base, args.backoff_max),
         )
         self.target = f"{args.host}:{args.port}"
 
@@ -100,18 +104,10 @@ class ClientApp:
             pass  # no usable stdin (closed): run as a presence client
 
     def run(self) -> int:
-        def stop() -> None:
-            if self.client.stopped is None:
-                self.client.close()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.loop.add_signal_handler(signum, stop)
+        """Exit code 0 when closed by a signal; 1 when the connection ended for good."""
         self.watch_stdin()
-        self.client.start()
         try:
-            while not self.client.done:
-                self.loop.run_once()
+            stopped = self.client.run(APP_STOP_SIGNALS)
         finally:
             self.loop.close()
-        stopped = self.client.stopped
-        return 0 if stopped is not None and stopped.reason is Reason.CLOSED_LOCALLY else 1
+        return 0 if stopped.reason is Reason.CLOSED_LOCALLY else 1

@@ -272,6 +272,11 @@ class EventLoop:
         previous = signal.signal(signum, _ignore_signal)
         self._previous_handlers.setdefault(signum, previous)
 
+    def remove_signal_handler(self, signum: int) -> None:
+        """Undo ``add_signal_handler``: the handler the signal had before is back."""
+        if self._signal_handlers.pop(signum, None) is not None:
+            signal.signal(signum, self._previous_handlers.pop(signum))  # type: ignore[arg-type]
+
     def _read_signals(self) -> None:
         assert self._signal_socks is not None
         try:

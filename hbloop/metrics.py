@@ -1,28 +1,42 @@
-"""``/metrics``: hbloop's statistics in the Prometheus text format, served by the loop.
+"""``/metrics`` and ``/healthz``: hbloop's statistics and state, served by the loop.
 
-prometheus_client fits the single-threaded design as a formatter: a collector turns
-the latest snapshots into metric families on each scrape, and ``generate_latest``
-renders them synchronously, on the loop, without a thread. Its own HTTP server (a
-thread per process) is not used; a scrape is answered by ``MetricsEndpoint``, a small
-non-blocking HTTP/1.x responder on the same EventLoop: read one request (bounded in
-size and time), answer it, close.
+prometheus_client fits the single-threaded design as a formatter: collectors turn
+the latest snapshots (and /proc) into metric families on each scrape, and
+``generate_latest`` renders them synchronously, on the loop, without a thread. Its
+own HTTP server (a thread per process) is not used; a request is answered by
+``MetricsEndpoint``, a small non-blocking HTTP/1.x responder on the same EventLoop:
+read one request (bounded in size and time), answer it, close.
 
 Totals are named ``hbloop_*``; the same figures per worker are ``hbloop_worker_*``
 with a ``worker`` label, kept apart so that ``sum()`` over either never counts twice.
+Beside them: ``hbloop_build_info``, prometheus_client's standard ``process_*`` (of
+the process that answers: the lone server, or the supervisor) and ``python_info``,
+and with workers ``hbloop_worker_process_*{worker}`` for each worker process.
 """
 
 from __future__ import annotations
 
 import http
+import json
 import logging
+import platform
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
+from hbloop import __version__
+from hbloop.acceptor import Acceptor
 from hbloop.loop import EventLoop
 from hbloop.netutil import make_listener
 from hbloop.session import Reason
@@ -38,12 +52,26 @@ MAX_REQUEST_BYTES = 8192
 # connection; Prometheus' default scrape timeout is 10 s and it sends at once.
 REQUEST_TIMEOUT = 5.0
 
-# Scrapes served at once; more are closed unanswered. Prometheus holds one connection
-# per target, and the bound keeps metrics from eating the descriptors reserved for
-# the server (policy.RESERVED_FDS).
+# Connections held at once. Prometheus holds one per target; the bound keeps metrics
+# from eating the descriptors reserved for the server (policy.RESERVED_FDS). A
+# newcomer beyond it evicts the oldest, so that idle connections cannot lock out a
+# scrape: a scraper sends its request at once and is answered long before 16 newer
+# connections could push it out.
 MAX_EXCHANGES = 16
 
-# (snapshot key, metric name after the prefix, counter?, help)
+# What a connection gets when it is accepted only to be closed for lack of
+# descriptors (see hbloop.acceptor).
+UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
+    b"out of file descriptors"
+)
+
+JSON_CONTENT_TYPE = "application/json"
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+# (snapshot key, metric name after the prefix, counter?, help). Names follow the
+# Prometheus conventions: the unit before the _total suffix of a counter.
 _FIGURES = (
     ("connections", "connections", False, "Connections past the handshake, now."),
     ("peak", "connections_peak", False, "Most connections at once."),
@@ -54,28 +82,46 @@ _FIGURES = (
         True,
         "Sockets accepted and refused at once: out of descriptors, or too many handshakes.",
     ),
-    ("frames_in", "frames_in", True, "Frames received."),
-    ("frames_out", "frames_out", True, "Frames sent."),
-    ("bytes_in", "bytes_in", True, "Bytes received."),
-    ("bytes_out", "bytes_out", True, "Bytes sent."),
+    ("frames_in", "in_frames", True, "Frames received."),
+    ("frames_out", "out_frames", True, "Frames sent."),
+    ("bytes_in", "in_bytes", True, "Bytes received."),
+    ("bytes_out", "out_bytes", True, "Bytes sent."),
     ("heartbeats", "heartbeats", True, "PING and PONG frames received."),
     ("iterations", "loop_iterations", True, "Event loop iterations."),
     ("lag_max", "loop_lag_max_seconds", False, "Worst lateness of a due timer, last interval."),
 )
 
+_LAG_HELP = "Worst lateness of a due timer in each 1 s sample period."
+
 
 @dataclass(frozen=True)
 class Report:
-    """What a scrape shows: the totals, each worker's figures, and the supervisor's."""
+    """What a request shows: the totals, each worker's figures and process id, the
+    supervisor's restarts, and whether the server is serving (not shutting down)."""
 
     total: Snapshot
     workers: dict[str, Snapshot]
     restarts: int = 0
+    serving: bool = True
+    pids: dict[str, int] = field(default_factory=dict)  # by worker, with a supervisor
 
     @classmethod
-    def alone(cls, snapshot: Snapshot) -> Report:
+    def alone(cls, snapshot: Snapshot, serving: bool) -> Report:
         """The report of a server without a supervisor: one worker, the total."""
-        return cls(snapshot, {"1": snapshot})
+        return cls(snapshot, {"1": snapshot}, serving=serving)
+
+
+def _histogram(name: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]) -> Metric:
+    """The loop-lag histogram of each row, with Prometheus' cumulative buckets."""
+    family = HistogramMetricFamily(name, _LAG_HELP, labels=labels)
+    for values, snapshot in rows.items():
+        lag = snapshot["lag"]
+        cumulative, buckets = 0, []
+        for bound, count in zip([*lag["bounds"], "+Inf"], lag["counts"], strict=True):
+            cumulative += count
+            buckets.append((str(bound), cumulative))
+        family.add_metric(list(values), buckets, lag["sum"])
+    return family
 
 
 def _families(
@@ -88,6 +134,7 @@ def _families(
         for values, snapshot in rows.items():
             family.add_metric(list(values), snapshot[key])
         yield family
+    yield _histogram(prefix + "loop_lag_seconds", labels, rows)
     closed = CounterMetricFamily(
         prefix + "closed", "Connections closed, by reason.", labels=[*labels, "reason"]
     )
@@ -97,12 +144,46 @@ def _families(
     yield closed
 
 
+class _WorkerProcesses:
+    """prometheus_client's process figures for each worker process, relabelled as
+    ``hbloop_worker_process_*{worker="N"}``."""
+
+    def __init__(self) -> None:
+        self._collectors: dict[int, ProcessCollector] = {}
+
+    def collect(self, pids: dict[str, int]) -> Iterator[Metric]:
+        self._collectors = {
+            pid: self._collectors.get(pid) or ProcessCollector(pid=_constant(pid), registry=None)
+            for pid in pids.values()
+        }
+        merged: dict[str, Metric] = {}
+        for worker, pid in pids.items():
+            for family in self._collectors[pid].collect():
+                name = "hbloop_worker_" + family.name
+                target = merged.setdefault(name, Metric(name, family.documentation, family.type))
+                for sample in family.samples:
+                    target.add_sample(
+                        "hbloop_worker_" + sample.name, {"worker": worker}, sample.value
+                    )
+        yield from merged.values()
+
+
+def _constant(value: int) -> Callable[[], int]:
+    return lambda: value
+
+
 class _ReportCollector:
     def __init__(self, source: Callable[[], Report]) -> None:
         self.source = source
+        self.worker_processes = _WorkerProcesses()
 
     def collect(self) -> Iterator[Metric]:
         report = self.source()
+        build = GaugeMetricFamily(
+            "hbloop_build_info", "The running hbloop, always 1.", labels=["version", "python"]
+        )
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
         yield from _families("hbloop_", [], {(): report.total})
         workers = GaugeMetricFamily("hbloop_workers", "Worker processes running.")
         workers.add_metric([], len(report.workers))
@@ -114,65 +195,100 @@ class _ReportCollector:
             (worker,): s for worker, s in report.workers.items()
         }
         yield from _families("hbloop_worker_", ["worker"], per_worker)
+        yield from self.worker_processes.collect(report.pids)
 
 
 def exposition(source: Callable[[], Report]) -> Callable[[], bytes]:
-    """A function rendering ``source()``'s report in the text exposition format."""
+    """A function rendering ``source()``'s report, and this process's standard
+    figures, in the text exposition format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ReportCollector(source))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     return lambda: generate_latest(registry)
 
 
+class StartError(Exception):
+    """A listener that cannot be opened, said in one line for the operator."""
+
+
+def serve_metrics(
+    loop: EventLoop, host: str, port: int, source: Callable[[], Report]
+) -> MetricsEndpoint:
+    """A MetricsEndpoint on host:port; raises StartError if it cannot listen."""
+    try:
+        return MetricsEndpoint(loop, host, port, source)
+    except OSError as exc:
+        raise StartError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+
+
 class MetricsEndpoint:
-    """An HTTP listener on ``loop`` answering ``GET /metrics`` with ``render()``."""
+    """An HTTP listener on ``loop`` answering ``GET /metrics`` and ``GET /healthz``
+    from ``source()``."""
 
     def __init__(self, loop: EventLoop, host: str, port: int, source: Callable[[], Report]) -> None:
         self.loop = loop
+        self.source = source
         self.render = exposition(source)
-        self._listener = make_listener(host, port, MAX_EXCHANGES)
-        self._exchanges: set[_Exchange] = set()
-        loop.add_reader(self._listener.fileno(), self._accept)
+        # Ordered oldest first: a dict as an insertion-ordered set.
+        self._exchanges: dict[_Exchange, None] = {}
+        self._acceptor = Acceptor(
+            loop,
+            make_listener(host, port, MAX_EXCHANGES),
+            self._adopt,
+            batch=MAX_EXCHANGES,
+            farewell=UNAVAILABLE,
+            on_shed=lambda count: None,  # the warning says it; no figure counts scrapes
+            log=log,
+            label="metrics: ",
+        )
         log.info("metrics on http://%s:%d/metrics", *self.address)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._listener.getsockname()[:2]
-        return host, port
+        return self._acceptor.address
 
-    def _accept(self) -> None:
-        for _ in range(MAX_EXCHANGES):
-            try:
-                sock, _address = self._listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:  # out of descriptors, or reset before accept
-                log.warning("metrics: accept failed: %s", exc.strerror or exc)
-                return
-            if len(self._exchanges) >= MAX_EXCHANGES:
-                sock.close()
-            else:
-                self._exchanges.add(_Exchange(self, sock))
+    def _adopt(self, sock: socket.socket, _address: tuple[str, int]) -> None:
+        if len(self._exchanges) >= MAX_EXCHANGES:
+            next(iter(self._exchanges)).close()  # the oldest
+        self._exchanges[_Exchange(self, sock)] = None
 
-    def answer(self, head: bytes) -> tuple[int, bytes]:
-        """The status and body for a request whose line and headers are ``head``."""
+    def answer(self, head: bytes) -> tuple[int, str, bytes]:
+        """The status, content type and body for a request whose line and headers
+        are ``head``."""
         parts = head.split(b"\n", 1)[0].split()
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return http.HTTPStatus.BAD_REQUEST, b"bad request\n"
-        method, target = parts[0], parts[1]
-        if target.split(b"?", 1)[0] != b"/metrics":
-            return http.HTTPStatus.NOT_FOUND, b"not found: try /metrics\n"
+            return http.HTTPStatus.BAD_REQUEST, TEXT_CONTENT_TYPE, b"bad request\n"
+        method, path = parts[0], parts[1].split(b"?", 1)[0]
+        if path not in (b"/metrics", b"/healthz"):
+            return http.HTTPStatus.NOT_FOUND, TEXT_CONTENT_TYPE, b"not found: try /metrics\n"
         if method != b"GET":
-            return http.HTTPStatus.METHOD_NOT_ALLOWED, b"GET only\n"
-        return http.HTTPStatus.OK, self.render()
+            return http.HTTPStatus.METHOD_NOT_ALLOWED, TEXT_CONTENT_TYPE, b"GET only\n"
+        if path == b"/metrics":
+            return http.HTTPStatus.OK, CONTENT_TYPE_LATEST, self.render()
+        return self.health()
+
+    def health(self) -> tuple[int, str, bytes]:
+        """200 and ``{"status": "serving", ...}`` while serving; 503 and
+        ``"stopping"`` once a shutdown has begun, so that a load balancer stops
+        sending new connections."""
+        report = self.source()
+        body = {
+            "status": "serving" if report.serving else "stopping",
+            "version": __version__,
+            "connections": report.total["connections"],
+            "workers": len(report.workers),
+        }
+        status = http.HTTPStatus.OK if report.serving else http.HTTPStatus.SERVICE_UNAVAILABLE
+        return status, JSON_CONTENT_TYPE, json.dumps(body).encode() + b"\n"
 
     def discard(self, exchange: _Exchange) -> None:
-        self._exchanges.discard(exchange)
+        self._exchanges.pop(exchange, None)
 
     def close(self) -> None:
         for exchange in list(self._exchanges):
             exchange.close()
-        self.loop.forget_fd(self._listener.fileno())
-        self._listener.close()
+        self._acceptor.close()
 
 
 class _Exchange:
@@ -205,11 +321,14 @@ class _Exchange:
         if end >= 0:
             self._respond(*self.endpoint.answer(bytes(self.request[:end])))
         elif len(self.request) > MAX_REQUEST_BYTES:
-            self._respond(http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"request too large\n")
+            self._respond(
+                http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                TEXT_CONTENT_TYPE,
+                b"request too large\n",
+            )
 
-    def _respond(self, status: int, body: bytes) -> None:
+    def _respond(self, status: int, content_type: str, body: bytes) -> None:
         self.loop.remove_reader(self.fd)
-        content_type = CONTENT_TYPE_LATEST if status == http.HTTPStatus.OK else "text/plain"
         head = (
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
             f"Content-Type: {content_type}\r\n"

@@ -179,9 +179,7 @@ def _is_printable_name(name: str) -> bool:
 
 
 def _escape(char: str) -> str:
-    """One character as ``printable`` shows it: Python's own escapes, unambiguous."""
-    if char == "\\":
-        return "\\\\"
+    """One character as ``escape_unsafe`` shows it: Python's own escapes."""
     if not _is_unsafe(char):
         return char
     code = ord(char)
@@ -190,13 +188,19 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def printable(text: str, limit: int = PRINTABLE_LIMIT) -> str:
-    """``text`` from a peer, safe to put in a log line or on a terminal: backslashes and
-    characters of UNSAFE_CATEGORIES escaped (``\\x1b``, ``\\u202e``), and cut to
-    ``limit`` characters of the original, marked by "...", if longer."""
-    cut = text[:limit]
+def escape_unsafe(text: str) -> str:
+    """``text`` with the characters of UNSAFE_CATEGORIES escaped (``\\x0a``,
+    ``\\u202e``), so that it stays on one line and reads as its characters: what a log
+    formatter applies to every message."""
     # The common case, text with nothing to escape, costs no per-character work.
-    safe = cut if cut.isprintable() and "\\" not in cut else "".join(map(_escape, cut))
+    return text if text.isprintable() else "".join(map(_escape, text))
+
+
+def printable(text: str, limit: int = PRINTABLE_LIMIT) -> str:
+    """``text`` from a peer, safe and unambiguous in a log line or on a terminal:
+    backslashes doubled, then ``escape_unsafe``, and cut to ``limit`` characters of
+    the original, marked by "...", if longer."""
+    safe = escape_unsafe(text[:limit].replace("\\", "\\\\"))
     return safe + "..." if len(text) > limit else safe
 
 

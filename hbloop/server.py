@@ -14,16 +14,15 @@ per timeout period.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import os
 import signal
 import socket
 import time
 from collections.abc import Callable
 
+from hbloop.acceptor import Acceptor
 from hbloop.channel import Channel, IoCounters
+from hbloop.logs import fields
 from hbloop.loop import EventLoop, call_guarded
 from hbloop.netutil import apply_tcp_options, make_listener
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
@@ -49,17 +48,6 @@ log = logging.getLogger("hbloop.server")
 # Accept at most this many connections per wake-up (Redis uses the same figure), so
 # that a connection storm cannot starve heartbeats of already connected peers.
 MAX_ACCEPTS_PER_WAKEUP = 1000
-
-# When accept() fails for lack of descriptors and the spare one cannot be reopened,
-# stop accepting for this long rather than spin on a listener that stays readable.
-EMFILE_PAUSE = 1.0
-
-# Errors from accept() that concern only the connection being accepted.
-_TRANSIENT_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
-_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-# A flood of refused connections logs one warning at most this often, s.
-SHED_LOG_PERIOD = 1.0
 
 # Distinct interval requests whose grants are cached. Clients of one fleet ask for
 # a handful of intervals; the cap keeps hostile requests from growing the cache.
@@ -227,28 +215,31 @@ class Server:
         self._grants: dict[int, Grant] = {}
         # Peer host strings are interned: thousands of peers share a few addresses.
         self._hosts: dict[str, str] = {}
-        self._listener: socket.socket | None = None
-        self._spare_fd: int | None = None
+        self._acceptor: Acceptor | None = None
         self._stopping = False
-        self._last_shed_log = float("-inf")
         self._handshakes = 0  # peers accepted and not yet through their handshake
-        self._out_of_descriptors = encode_error(Code.SERVER_FULL, "out of file descriptors")
         self._too_many_handshakes = encode_error(Code.SERVER_FULL, "too many handshakes")
 
     # --- lifecycle -------------------------------------------------------------
 
     def start(self) -> tuple[str, int]:
         """Bind and listen; return the bound address (useful with port 0)."""
-        self._listener = make_listener(self.host, self.port, self.backlog, self.reuse_port)
-        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-        self.loop.add_reader(self._listener.fileno(), self._accept_connections)
-        address = self._listener.getsockname()
-        self.port = address[1]
-        return address[0], address[1]
+        listener = make_listener(self.host, self.port, self.backlog, self.reuse_port)
+        self._acceptor = Acceptor(
+            self.loop,
+            listener,
+            self._adopt,
+            batch=MAX_ACCEPTS_PER_WAKEUP,
+            farewell=encode_error(Code.SERVER_FULL, "out of file descriptors"),
+            on_shed=self._count_shed,
+            log=log,
+        )
+        host, self.port = self._acceptor.address
+        return host, self.port
 
     def serve_forever(self, install_signal_handlers: bool = True) -> None:
         """Run until ``shutdown()`` completes; SIGINT/SIGTERM call it."""
-        if self._listener is None:
+        if self._acceptor is None:
             self.start()
         if install_signal_handlers:
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -257,9 +248,6 @@ class Server:
             self.loop.run_forever()
         finally:
             self._close_listener()
-            if self._spare_fd is not None:
-                os.close(self._spare_fd)
-                self._spare_fd = None
 
     def shutdown(self) -> None:
         """Stop gracefully: CLOSE(GOING_AWAY) to every peer, flush, then stop the loop.
@@ -294,10 +282,8 @@ class Server:
             self.loop.stop()
 
     def _close_listener(self) -> None:
-        if self._listener is not None:
-            self.loop.forget_fd(self._listener.fileno())
-            self._listener.close()
-            self._listener = None
+        if self._acceptor is not None:
+            self._acceptor.close()
 
     # --- the application's view ------------------------------------------------
 
@@ -312,26 +298,6 @@ class Server:
 
     # --- accepting -------------------------------------------------------------
 
-    def _accept_connections(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        for _ in range(MAX_ACCEPTS_PER_WAKEUP):
-            try:
-                sock, address = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in _OUT_OF_DESCRIPTORS:
-                    self._shed_connections(exc)
-                    return
-                if exc.errno in _TRANSIENT_ACCEPT_ERRNOS:
-                    continue
-                # Unexpected: keep serving the connected peers, retry accepting later.
-                log.error("accept failed: %s; pausing accepts for %.0fs", exc, EMFILE_PAUSE)
-                self._pause_accepting()
-                return
-            self._adopt(sock, address)
-
     def _adopt(self, sock: socket.socket, address: tuple[str, int]) -> None:
         try:
             sock.setblocking(False)
@@ -341,8 +307,10 @@ class Server:
             return
         self.stats.accepted += 1
         if self._handshakes >= self.policy.max_handshakes:
-            self._turn_away(sock, self._too_many_handshakes)
-            self._log_shedding(f"{self._handshakes} handshakes in progress", 1)
+            assert self._acceptor is not None
+            self._acceptor.turn_away(sock, self._too_many_handshakes)
+            self._count_shed(1)
+            self._acceptor.warn_shed(f"{self._handshakes} handshakes in progress", 1)
             return
         self._handshakes += 1
         host = self._hosts.get(address[0], address[0])
@@ -353,64 +321,8 @@ class Server:
         peer.start_reading()
         peer.arm()  # the handshake deadline (H5)
 
-    def _shed_connections(self, exc: OSError) -> None:
-        """Out of descriptors: accept-and-close what is queued, as libev/libuv do.
-
-        Linux keeps a connection we cannot accept in the queue and the listener stays
-        readable, so doing nothing would spin the loop at 100% CPU. The spare
-        descriptor is given up to make room for each accept.
-        """
-        shed = 0
-        listener = self._listener
-        assert listener is not None
-        if self._spare_fd is not None:
-            os.close(self._spare_fd)
-            self._spare_fd = None
-            for _ in range(MAX_ACCEPTS_PER_WAKEUP):
-                try:
-                    sock, _address = listener.accept()
-                except OSError:
-                    break
-                self._turn_away(sock, self._out_of_descriptors)
-                shed += 1
-            with contextlib.suppress(OSError):
-                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-        if self._spare_fd is None:
-            # Still no descriptor to spare: stop watching the listener for a while.
-            self._pause_accepting()
-        self._log_shedding(exc.strerror or str(exc), shed)
-
-    def _turn_away(self, sock: socket.socket, refusal: bytes) -> None:
-        """Refuse a connection as soon as it is accepted: its ERROR, best effort."""
-        try:
-            sock.setblocking(False)
-            sock.send(refusal)
-        except OSError:
-            pass
-        sock.close()
-        self.stats.shed += 1
-
-    def _log_shedding(self, why: str, shed: int) -> None:
-        now = self.loop.now
-        if now - self._last_shed_log >= SHED_LOG_PERIOD:
-            self._last_shed_log = now
-            log.warning("%s: shed %d connections (%d open)", why, shed, len(self._live))
-
-    def _pause_accepting(self) -> None:
-        assert self._listener is not None
-        self.loop.remove_reader(self._listener.fileno())
-        self.loop.call_later(EMFILE_PAUSE, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        if self._listener is None:
-            return
-        if self._spare_fd is None:
-            try:
-                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-            except OSError:
-                self.loop.call_later(EMFILE_PAUSE, self._resume_accepting)
-                return
-        self.loop.add_reader(self._listener.fileno(), self._accept_connections)
+    def _count_shed(self, count: int) -> None:
+        self.stats.shed += count
 
     # --- peer lifecycle (called by Peer) ---------------------------------------
 
@@ -446,6 +358,7 @@ class Server:
             peer.name,
             peer.interval,
             peer.timeout,
+            extra=fields(event="connect", peer=peer.label, name=peer.name),
         )
         if self.on_connect is not None:
             call_guarded(log, "on_connect", self.on_connect, peer)
@@ -462,6 +375,9 @@ class Server:
             peer.name or "-",
             peer.age,
             disconnect,
+            extra=fields(
+                event="disconnect", peer=peer.label, name=peer.name, reason=disconnect.reason.value
+            ),
         )
         if not peer.session.handshaken:
             self._handshakes -= 1

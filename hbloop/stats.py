@@ -2,12 +2,14 @@
 samples them once a second for the log line, the supervisor and /metrics.
 
 A *snapshot* is a plain dict (it crosses a pipe as JSON): the ServerStats counters,
-``iterations`` of the event loop and ``lag_max``, the worst lateness of a due timer
-over the last stats interval, in seconds.
+``iterations`` of the event loop, ``lag_max``, the worst lateness of a due timer over
+the last stats interval, in seconds, and ``lag``, the histogram of the worst lateness
+in each sample period (``Buckets.to_json()``).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections import Counter, deque
@@ -41,6 +43,15 @@ WORST = ("peak", "lag_max")
 # negligible cost (one timer and one small JSON line a second).
 SAMPLE_PERIOD = 1.0
 
+# Upper bounds of the loop-lag histogram's buckets, s. epoll sleeps in whole
+# milliseconds, so a healthy loop's worst lag in a sample period is about 1 ms; the
+# buckets above separate a busy loop (tens of ms) from a stalled one (seconds).
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+# Histograms (Buckets.to_json()) by snapshot key, with their bounds; they add up
+# bucket by bucket.
+HISTOGRAMS = {"lag": LAG_BUCKETS}
+
 # The lag window when no stats line is logged (--stats-interval 0): a minute, as
 # Prometheus scrapes typically every 15 to 60 s.
 DEFAULT_LAG_WINDOW = 60.0
@@ -72,16 +83,46 @@ class ServerStats(IoCounters):
         }
 
 
+class Buckets:
+    """A histogram cheap enough for the loop: fixed upper bounds, a count per bucket
+    (the last one unbounded) and the sum of the values. It is observed where figures
+    are sampled, never per frame, and exported as a Prometheus histogram."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # A value equal to a bound belongs to that bucket (Prometheus' "le").
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+
+def add_histograms(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The sum of two ``Buckets.to_json()`` with the same bounds."""
+    counts = [x + y for x, y in zip(a["counts"], b["counts"], strict=True)]
+    return {"bounds": a["bounds"], "counts": counts, "sum": a["sum"] + b["sum"]}
+
+
 def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
-    """The total of several snapshots: counters and connections add up, while the
-    peak and the lag are the worst of them."""
+    """The total of several snapshots: counters, connections and histograms add up,
+    while the peak and the lag are the worst of them."""
     total: Snapshot = dict.fromkeys(SUMMED + WORST, 0)
+    total.update({key: Buckets(bounds).to_json() for key, bounds in HISTOGRAMS.items()})
     closed: Counter[str] = Counter()
     for snapshot in snapshots:
         for key in SUMMED:
             total[key] += snapshot[key]
         for key in WORST:
             total[key] = max(total[key], snapshot[key])
+        for key in HISTOGRAMS:
+            total[key] = add_histograms(total[key], snapshot[key])
         closed.update(snapshot["closed"])
     total["closed"] = dict(closed)
     return total
@@ -140,6 +181,7 @@ class StatsReporter:
         self.label = label
         window = log_interval or DEFAULT_LAG_WINDOW
         self._lags: deque[float] = deque(maxlen=max(1, math.ceil(window / SAMPLE_PERIOD)))
+        self.lag = Buckets(LAG_BUCKETS)
         self._tickers = [Ticker(loop, SAMPLE_PERIOD, self._sample)]
         if log_interval:
             self._tickers.append(Ticker(loop, log_interval, self._log))
@@ -150,10 +192,13 @@ class StatsReporter:
         snapshot = self.stats.snapshot()
         snapshot["iterations"] = self.loop.iterations
         snapshot["lag_max"] = max(self.loop.max_lag, max(self._lags, default=0.0))
+        snapshot["lag"] = self.lag.to_json()
         return snapshot
 
     def _sample(self) -> None:
-        self._lags.append(self.loop.take_max_lag())
+        lag = self.loop.take_max_lag()
+        self._lags.append(lag)
+        self.lag.observe(lag)
         if self.publish is not None:
             self.publish(self.snapshot())
 

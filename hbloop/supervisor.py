@@ -22,6 +22,12 @@ across the workers. The supervisor does nothing on the data path. It
   supervisor exits 0 once every worker is gone, as the stop was requested;
 * restarts a worker that dies, after min(cap, base x 2^n) seconds for the n-th quick
   death in a row;
+* on SIGHUP, re-reads the settings (the command line and its ``--config`` file) and
+  restarts the workers one at a time: a new process is started beside the old one and,
+  once it listens, the old one is sent SIGTERM and closes its peers with GOING_AWAY,
+  so the port never stops accepting. New processes also pick up a newly installed
+  hbloop. The supervisor's own settings (host, port, workers, metrics, stats
+  interval) need a full restart;
 * reads the snapshot each worker writes to its report pipe once a second, and serves
   the totals and per-worker figures in its own stats line and on ``/metrics``. A
   worker whose pipe breaks has lost its supervisor and shuts down;
@@ -38,6 +44,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,8 +52,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from hbloop.config import option_names
 from hbloop.loop import EventLoop, Timer
-from hbloop.metrics import MetricsEndpoint, Report
+from hbloop.metrics import MetricsEndpoint, Report, StartError, serve_metrics
 from hbloop.netutil import bind_socket
 from hbloop.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, summary
 
@@ -83,6 +91,12 @@ STOP_MARGIN = 3.0
 # Five missed reports: far longer than a healthy loop ever stalls, yet short next to a
 # client's connect timeout.
 STALL_TIMEOUT = 5.0
+# Settings that belong to the supervisor itself (its port reservation, its worker
+# count, its /metrics and stats line): a SIGHUP reload keeps their old values.
+SUPERVISOR_SETTINGS = ("host", "port", "workers", "metrics_host", "metrics_port", "stats_interval")
+
+# SIGHUP's re-read of the settings: the new ones, or None if they are bad (logged).
+Reload = Callable[[argparse.Namespace], argparse.Namespace | None]
 
 
 @dataclass(frozen=True)
@@ -135,10 +149,12 @@ class _Worker:
 
 
 class Supervisor:
-    """Runs ``count`` workers of ``args`` (``hbloop serve`` arguments) until signalled."""
+    """Runs ``count`` workers of ``args`` (``hbloop serve`` arguments) until signalled;
+    ``reload`` re-reads the settings on SIGHUP."""
 
-    def __init__(self, args: argparse.Namespace, count: int) -> None:
+    def __init__(self, args: argparse.Namespace, count: int, reload: Reload) -> None:
         self.args = args
+        self.reload = reload
         self.loop = EventLoop()
         self.workers = [_Worker(index) for index in range(1, count + 1)]
         self.port = args.port
@@ -149,29 +165,36 @@ class Supervisor:
         self.failed = False
         self._retired = combine([])  # counters of workers that have exited
         self._peak = 0
+        self._reservation: socket.socket | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        # The rolling restart: positions still to replace, the replacement starting
+        # now, and replaced workers still closing their peers.
+        self._roll: list[_Worker] = []
+        self._incoming: _Worker | None = None
+        self._retiring: list[_Worker] = []
 
     # --- lifecycle ---------------------------------------------------------------
 
-    def run(self) -> int:
+    def start(self) -> None:
+        """Reserve the port and open /metrics; raises StartError if either fails."""
+        host, port = self.args.host, self.args.port
         try:
             # Bound, never listening: the kernel queues no connection on it. Without
             # SO_REUSEPORT, so that it fails on a port in use (see the module's doc).
-            reservation = bind_socket(self.args.host, self.args.port)
+            self._reservation = bind_socket(host, port)
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", self.args.host, self.args.port, exc.strerror)
-            return 1
-        self.port = reservation.getsockname()[1]
-        endpoint = None
+            raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.port = self._reservation.getsockname()[1]
         if self.args.metrics_port is not None:
-            try:
-                endpoint = MetricsEndpoint(
-                    self.loop, self.args.metrics_host, self.args.metrics_port, self.report
-                )
-            except OSError as exc:
-                log.error("cannot serve metrics: %s", exc.strerror)
-                return 1
+            self._endpoint = serve_metrics(
+                self.loop, self.args.metrics_host, self.args.metrics_port, self.report
+            )
+
+    def run(self) -> int:
+        """Start the workers and supervise them until they have all stopped."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, partial(self.stop, signum))
+        self.loop.add_signal_handler(signal.SIGHUP, self._rolling_restart)
         self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
         if self.args.stats_interval:
             Ticker(self.loop, self.args.stats_interval, self._log_stats)
@@ -181,10 +204,11 @@ class Supervisor:
         try:
             self.loop.run_forever()
         finally:
-            if endpoint is not None:
-                endpoint.close()
+            if self._endpoint is not None:
+                self._endpoint.close()
             self.loop.close()
-            reservation.close()
+            if self._reservation is not None:
+                self._reservation.close()
         if self.failed:
             return 1
         log.info("stopped")
@@ -192,12 +216,16 @@ class Supervisor:
 
     def stop(self, signum: int) -> None:
         """Forward ``signum`` to every worker; stop once they are all gone. The first
-        time, arm the kill of workers that outlive their grace (STOP_MARGIN)."""
+        time, arm the kill of workers that outlive their grace (STOP_MARGIN). Workers
+        retiring after a rolling restart are stopping already: only a second signal,
+        which stops every worker at once, reaches them."""
         name = signal.Signals(signum).name
-        if not self.stopping:
+        first = not self.stopping
+        if first:
             self.stopping = True
             self.stop_signal = name
             self.loop.call_later(self.args.shutdown_grace + STOP_MARGIN, self._kill_stragglers)
+        self._roll.clear()
         log.info("%s: stopping %d workers", name, len(self._running()))
         for worker in self.workers:
             if worker.restart is not None:
@@ -205,7 +233,8 @@ class Supervisor:
                 worker.restart = None
         for worker in self._running():
             assert worker.process is not None
-            worker.process.send_signal(signum)
+            if not (first and worker in self._retiring):
+                worker.process.send_signal(signum)
             # A stopped worker keeps the signal pending until it is continued.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.process.pid, signal.SIGCONT)
@@ -224,7 +253,10 @@ class Supervisor:
             worker.process.kill()
 
     def _running(self) -> list[_Worker]:
-        return [w for w in self.workers if w.process is not None]
+        """Every worker process alive: in place, starting as a replacement, retiring."""
+        incoming = [self._incoming] if self._incoming is not None else []
+        everyone = [*self.workers, *incoming, *self._retiring]
+        return [w for w in everyone if w.process is not None]
 
     def _stop_if_done(self) -> None:
         if self.stopping and not self._running():
@@ -275,6 +307,9 @@ class Supervisor:
 
     def _listening(self, worker: _Worker) -> None:
         assert worker.process is not None
+        if worker is self._incoming:
+            self._replaced(worker)
+            return
         if not self.starting:
             log.info("worker %d (pid %d) is back", worker.index, worker.process.pid)
             return
@@ -330,6 +365,22 @@ class Supervisor:
         pid = worker.process.pid if worker.process else 0
         worker.process = None
         how = f"signal {-status}" if status < 0 else f"code {status}"
+        if worker in self._retiring:
+            self._retiring.remove(worker)
+            log.info("worker %d (pid %d) retired: exited with %s", worker.index, pid, how)
+            return
+        if worker is self._incoming:
+            self._incoming = None
+            if not self.stopping:
+                log.error(
+                    "worker %d's replacement (pid %d) exited with %s before listening; "
+                    "rolling restart abandoned, the old worker keeps serving",
+                    worker.index,
+                    pid,
+                    how,
+                )
+                self._roll.clear()
+            return
         if self.stopping:
             log.info("worker %d (pid %d) exited with %s", worker.index, pid, how)
             return
@@ -352,6 +403,61 @@ class Supervisor:
         self.restarts += 1
         worker.restart = self.loop.call_later(delay, self._spawn, worker)
 
+    # --- SIGHUP: the rolling restart ----------------------------------------------------
+
+    def _rolling_restart(self) -> None:
+        if self.stopping:
+            return
+        if self.starting or self._roll or self._incoming is not None:
+            state = "starting" if self.starting else "already being restarted"
+            log.warning("SIGHUP: the workers are %s; ignored", state)
+            return
+        new = self.reload(self.args)
+        if new is None:
+            return
+        kept = [d for d in SUPERVISOR_SETTINGS if getattr(new, d) != getattr(self.args, d)]
+        if kept:
+            log.warning(
+                "SIGHUP: %s changed; the supervisor keeps the old value until a full restart",
+                option_names(kept),
+            )
+        for dest in SUPERVISOR_SETTINGS:
+            setattr(new, dest, getattr(self.args, dest))
+        self.args = new
+        self._roll = list(self.workers)
+        log.info("SIGHUP: restarting %d workers one by one", len(self._roll))
+        self._replace_next()
+
+    def _replace_next(self) -> None:
+        """Start the replacement of the next worker in the roll, or finish it."""
+        while self._roll:
+            old = self._roll.pop(0)
+            if old.process is None:
+                continue  # dead: its restart, already due, takes the new settings
+            self._incoming = _Worker(old.index)
+            self._spawn(self._incoming)
+            return
+        log.info("rolling restart done")
+
+    def _replaced(self, new: _Worker) -> None:
+        """A replacement listens: it takes its position, and the old worker retires."""
+        assert new.process is not None
+        self._incoming = None
+        old = self.workers[new.index - 1]
+        self.workers[new.index - 1] = new
+        if old.restart is not None:  # it died meanwhile: no need to restart it now
+            old.restart.cancel()
+        if old.process is not None:
+            log.info(
+                "worker %d: pid %d replaces pid %d, which now closes its peers",
+                new.index,
+                new.process.pid,
+                old.process.pid,
+            )
+            self._retiring.append(old)
+            old.process.send_signal(signal.SIGTERM)
+        self._replace_next()
+
     # --- statistics ----------------------------------------------------------------
 
     def _note_peak(self) -> None:
@@ -363,9 +469,12 @@ class Supervisor:
 
     def report(self) -> Report:
         live = {str(w.index): w.snapshot for w in self.workers if w.snapshot is not None}
-        total = combine([self._retired, *live.values()])
+        retiring = [w.snapshot for w in self._retiring if w.snapshot is not None]
+        total = combine([self._retired, *live.values(), *retiring])
         self._peak = total["peak"] = max(self._peak, total["peak"], total["connections"])
-        return Report(total, live, self.restarts)
+        pids = {str(w.index): w.process.pid for w in self.workers if w.process is not None}
+        serving = not self.stopping and bool(live)
+        return Report(total, live, self.restarts, serving, pids)
 
     def _log_stats(self) -> None:
         report = self.report()

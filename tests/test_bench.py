@@ -1,10 +1,17 @@
-"""Smoke test of ``python -m bench``: a small real run against real servers."""
+"""``python -m bench``: a small real run against real servers, its reports, and its
+refusal to run without its dependencies."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+from bench.config import BenchConfig
+from bench.plot import colours, title
+from bench.report import MIN_HEARTBEATS_FOR_CPU, SUMMARY_WIDTH, summary_table
+from bench.results import RunResult, ServerFigures
 
 from conftest import ROOT
 
@@ -15,10 +22,30 @@ BENCH_TIMEOUT = 90
 FIGURE_KEYS = {"clients", "connected", "dropped", "errors", "rtt_ms", "server", "zombies"}
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+def run_bench(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+    )
+
+
+# `python -m bench` in an interpreter where the bench extra's packages cannot be
+# imported, as after a plain `pip install hbloop`.
+WITHOUT_EXTRA = (
+    "import runpy, sys\n"
+    "sys.modules['hdrh'] = sys.modules['psutil'] = None  # ImportError, find_spec None\n"
+    "sys.argv = ['bench', *sys.argv[1:]]\n"
+    "runpy.run_module('bench', run_name='__main__')\n"
+)
+
+
+def run_without_extra(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRA, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=BENCH_TIMEOUT,
@@ -63,15 +90,71 @@ def test_bench_smoke_run_is_clean_and_reports_every_key(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "connected" in result.stdout  # progress lines
     assert "hbloop/asyncio" in result.stdout  # the comparison in the summary
+    summary = result.stdout[result.stdout.index("\n40 clients") : result.stdout.index("\nwrote ")]
+    assert max(map(len, summary.splitlines())) <= SUMMARY_WIDTH, summary
+    assert "CPU figures and ratios are mostly noise" in summary  # a few hundred heartbeats
     figures = json.loads(out.read_text())
-    check_run(figures, clients)
-    reference = figures["against"]["asyncio"]
-    check_run(reference, clients)
-    assert set(reference["ratio"]) == {"cpu", "rss", "rtt_p99"}
-    assert reference["ratio"]["cpu"] > 0
+    assert figures["cpu_noise_dominated"] is True
+    runs = {"hbloop": figures, "asyncio": figures["against"]["asyncio"]}
+    for server, run in runs.items():
+        spectrum = (tmp_path / f"bench.{server}.hgrm").read_text().splitlines()
+        assert spectrum[0].split() == ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
+        assert spectrum[-2].startswith("#[Max     =")
+        assert float(spectrum[-2].rsplit("=", 1)[1].strip(" ]")) == run["heartbeats"]
 
 
 def test_bench_refuses_a_timeout_shorter_than_two_intervals():
     result = run_bench("--clients", "2", "--interval", "1", "--timeout", "1.5")
     assert result.returncode == 2
     assert "--timeout must be at least 2x --interval" in result.stderr
+
+
+def test_bench_without_its_extra_helps_and_refuses_in_one_line(tmp_path):
+    # Run outside the repository: the bench package comes from the installation.
+    helped = run_without_extra("--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "--clients" in helped.stdout and "hbloop[bench]" in helped.stdout
+    refused = run_without_extra("--clients", "2", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "bench: error: the bench needs hdrhistogram and psutil: pip install 'hbloop[bench]'\n"
+    )
+
+
+def test_bench_refuses_an_output_directory_that_does_not_exist(tmp_path):
+    result = run_bench("--clients", "2", "--json", str(tmp_path / "nowhere" / "bench.json"))
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("nowhere is not a directory")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def big_result(server: str) -> RunResult:
+    """A large run's figures, with every number at its widest."""
+    result = RunResult(server, clients=999_999, window_s=60.0, ramp_s=99.9)
+    result.heartbeats = 10 * MIN_HEARTBEATS_FOR_CPU
+    result.counts.established = 999_999
+    result.zombies = 99_999
+    result.figures = ServerFigures(9999.0, 9999.0, 1e6, 9e6, 999_999, result.heartbeats)
+    for value in (1_000, 250_000, 9_999_999):  # microseconds
+        result.rtt.record_value(value)
+        result.zombie_late.record_value(value)
+    return result
+
+
+def test_summary_fits_100_columns_and_a_big_run_has_no_noise_note():
+    table = summary_table(big_result("hbloop"), [big_result("asyncio"), big_result("uvloop")])
+    assert max(map(len, table.splitlines())) <= SUMMARY_WIDTH, table
+    assert "hbloop/uvloop: CPU per heartbeat 1.00x" in table
+    assert "noise" not in table
+
+
+def test_plot_title_and_colours():
+    config = BenchConfig(
+        clients=19_000, interval=2, timeout=6, zombies=0.02, server_args=("--coalesce=1",)
+    )
+    results = [big_result("hbloop"), big_result("uvloop")]
+    text = title(config, results[0])
+    assert "19,000 clients, interval 2s, timeout 6s, zombies 0.02, window 60s" in text
+    assert text.endswith("hbloop serve --coalesce=1")
+    assert colours(results) == {"hbloop": "C0", "uvloop": "C1"}

@@ -1,7 +1,8 @@
-"""The `hbloop` command line: help, errors, the quick start, clean stops."""
+"""The `hbloop` command line: help, errors and exit codes, the quick start, clean stops."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import pytest
 from fakeserver import FakeServer, say, welcome
 
+from hbloop import __version__
 from hbloop.wire import Code, Scheme, encode_error
 
 from conftest import HBLOOP, HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, ROOT, raw_unsafe
@@ -27,11 +29,30 @@ def test_console_script_is_installed():
     assert "serve" in result.stdout and "client" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["serve", "client"])
-def test_help_lists_defaults(command):
+def test_version_comes_from_the_package_metadata():
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"hbloop {__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", __version__), __version__
+
+
+@pytest.mark.parametrize("command", ["serve", "client", "check"])
+def test_help_shows_each_default_once(command):
     result = run(command, "--help")
     assert result.returncode == 0
-    assert "--port" in result.stdout and "(default:" in result.stdout
+    text = " ".join(result.stdout.split())  # undo the wrapping
+    assert "--port" in text or "HOST:PORT" in text
+    assert "(default:" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert not re.search(r"\(default:[^)]*\)\s*\(default:", text), text
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The only line on stderr, which must be an hbloop error."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hbloop: error: "), lines[0]
+    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -43,36 +64,46 @@ def test_help_lists_defaults(command):
         (["serve", "--tcp-keepalive", "60"], "IDLE,INTERVAL,COUNT"),
         (["client", "--interval", "soon"], "is not a number"),
         (["serve", "--bogus"], "unrecognized arguments"),
+        ([], "required: command"),
+        # Inconsistent settings are refused, never widened to fit.
+        (["serve", "--interval", "10", "--timeout", "15"], "timeout 15s must be at least 2x"),
+        (
+            ["serve", "--min-interval", "5", "--max-interval", "1"],
+            "minimum interval 5s exceeds the maximum",
+        ),
+        (["serve", "--interval", "0.05"], "interval 0.05s must lie within [0.1s, 300s]"),
+        (["serve", "--interval", "400", "--timeout", "1200"], "must lie within"),
+        (["serve", "--max-frame", "1000000"], "max pending output must hold"),
+        (["client", "--backoff-base", "5", "--backoff-max", "1"], "--backoff-base 5s is above"),
+        (["client", "--port", "1", "-n", "x" * 65], "name must be 1 to 64"),
     ],
 )
-def test_bad_arguments_give_one_line_and_exit_2(args, expected):
+def test_usage_errors_are_one_line_and_exit_2(args, expected):
     result = run(*args)
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0]
+    assert expected in error_line(result)
 
 
-def test_inconsistent_timing_is_a_one_line_error():
-    result = run("serve", "--port", "0", "--interval", "10", "--timeout", "15")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("hbloop: error: timeout 15s")
-
-
-def test_port_in_use_is_a_one_line_error():
+def test_port_in_use_is_a_one_line_error_and_exit_1():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
         result = run("serve", "--port", str(port))
-    assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "in use" in result.stderr
+        supervised = run("serve", "--port", str(port), "--workers", "2")
+    assert result.returncode == supervised.returncode == 1
+    for line in (error_line(result), error_line(supervised)):
+        assert f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line
 
 
-def test_a_bad_name_is_refused_locally():
-    result = run("client", "--port", "1", "-n", "x" * 65)
+def test_metrics_port_in_use_is_a_one_line_error_and_exit_1():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run("serve", "--port", "0", "--metrics-port", str(port), "--log-level", "error")
     assert result.returncode == 1
-    assert "name must be 1 to 64" in result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in error_line(result)
 
 
 def test_quick_start_two_named_clients(serve, spawn):
@@ -110,11 +141,12 @@ def test_client_keeps_heartbeating_after_stdin_ends(serve, spawn):
     assert not server.find("name=presence.*reason")
 
 
-def test_ctrl_c_closes_the_client_cleanly(serve, spawn):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_ctrl_c_or_hangup_closes_the_client_cleanly(serve, spawn, signum):
     server = serve()
     client = spawn("client", "--port", str(server.port), "-n", "leaving")
     client.wait_line("connected to")
-    client.signal(signal.SIGINT)
+    client.signal(signum)
     assert client.wait() == 0
     server.wait_line(r"name=leaving .*reason=peer_closed NORMAL")
 

@@ -1,14 +1,20 @@
-"""Statistics: /metrics against a known workload, the periodic stats line, and an
-HTTP endpoint that bad requests do not hurt."""
+"""Statistics: /metrics against a known workload, the periodic stats line, /healthz,
+and an HTTP endpoint that bad requests, idle connections and descriptor exhaustion
+do not hurt."""
 
 from __future__ import annotations
 
+import json
+import platform
+import signal
 import socket
 import time
 
 import pytest
 
-from hbloop.stats import SAMPLE_PERIOD
+from hbloop import __version__
+from hbloop.metrics import MAX_EXCHANGES
+from hbloop.stats import LAG_BUCKETS, SAMPLE_PERIOD, Buckets, combine
 from hbloop.wire import FrameType
 
 from conftest import (
@@ -16,6 +22,7 @@ from conftest import (
     http_get,
     metrics_address,
     scrape,
+    wait_for,
     wait_for_metrics,
 )
 
@@ -55,12 +62,30 @@ def test_metrics_count_a_known_workload(serve, good_peers, raw_peer, workers):
     )
     live.assert_served(server)
     assert after["hbloop_heartbeats_total"] > 0
-    assert after["hbloop_frames_in_total"] >= after["hbloop_heartbeats_total"] + LIVE + SILENT
-    assert after["hbloop_bytes_out_total"] > after["hbloop_frames_out_total"] > 0
+    assert after["hbloop_in_frames_total"] >= after["hbloop_heartbeats_total"] + LIVE + SILENT
+    assert after["hbloop_out_bytes_total"] > after["hbloop_out_frames_total"] > 0
+    assert after["hbloop_in_bytes_total"] > after["hbloop_in_frames_total"]
     assert after["hbloop_loop_iterations_total"] > 0
     assert 0 <= after["hbloop_loop_lag_max_seconds"] < WAIT_TIMEOUT
+    # One lag observation per worker per sample period, cumulative buckets.
+    assert after["hbloop_loop_lag_seconds_count"] >= int(workers)
+    assert (
+        after['hbloop_loop_lag_seconds_bucket{le="+Inf"}'] == after["hbloop_loop_lag_seconds_count"]
+    )
+    assert (
+        after['hbloop_loop_lag_seconds_bucket{le="0.001"}']
+        <= after['hbloop_loop_lag_seconds_bucket{le="5.0"}']
+    )
     per_worker = [n for key, n in after.items() if key.startswith("hbloop_worker_connections{")]
     assert len(per_worker) == int(workers) and sum(per_worker) == LIVE
+    # The standard series: build info, and the process that answers (and each worker).
+    build = f'hbloop_build_info{{python="{platform.python_version()}",version="{__version__}"}}'
+    assert after[build] == 1
+    assert after["process_cpu_seconds_total"] > 0
+    assert after["process_open_fds"] > 0
+    assert any(key.startswith("python_info{") for key in after)
+    worker_cpu = [k for k in after if k.startswith("hbloop_worker_process_cpu_seconds_total{")]
+    assert len(worker_cpu) == (int(workers) if workers != "1" else 0)
 
 
 def test_stats_line_is_logged_every_interval(serve, raw_peer):
@@ -122,3 +147,116 @@ def test_total_peak_counts_connections_nobody_scraped(serve, raw_peer):
         peer.close()
     after = wait_for_metrics(metrics, {"hbloop_accepted_total": LIVE, "hbloop_connections": 0})
     assert after["hbloop_connections_peak"] == LIVE
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_healthz_serves_200_then_503_while_shutting_down(serve, raw_peer, workers):
+    # A long grace and a peer that never closes: the shutdown lasts until we let go.
+    server = serve(*FAST, "--workers", workers, "--metrics-port", "0", "--shutdown-grace", "60")
+    metrics = metrics_address(server)
+    peer = raw_peer(server.address)
+    assert peer.hello("lingering")[0] == FrameType.WELCOME
+    wait_for_metrics(metrics, {"hbloop_connections": 1})
+    status, body = http_get(metrics, "/healthz")
+    assert status == 200
+    assert json.loads(body) == {
+        "status": "serving",
+        "version": __version__,
+        "connections": 1,
+        "workers": int(workers),
+    }
+
+    server.signal(signal.SIGTERM)
+    assert peer.recv()[0] == FrameType.CLOSE  # GOING_AWAY: the shutdown has begun
+    status, body = http_get(metrics, "/healthz")
+    assert status == 503
+    assert json.loads(body)["status"] == "stopping"
+    peer.close()
+    assert server.wait() == 0
+
+
+def test_idle_connections_do_not_lock_out_scrapes(serve):
+    server = serve(*FAST, "--metrics-port", "0")
+    metrics = metrics_address(server)
+    idle = [socket.create_connection(metrics, timeout=WAIT_TIMEOUT) for _ in range(MAX_EXCHANGES)]
+    try:
+        idle[-1].sendall(b"GET /metr")  # half a request, and never the rest
+        # Every slot is held, yet a scrape is answered at once (well inside the
+        # idle connections' request deadline), and the oldest idle one made room.
+        started = time.monotonic()
+        assert scrape(metrics)["hbloop_connections"] == 0
+        assert time.monotonic() - started < 1.0
+        assert idle[0].recv(1) == b"", "the oldest idle connection was not evicted"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+# Out of descriptors: the process's limit, and how many connections fill it.
+FD_LIMIT = 64
+FLOOD_CONNECTIONS = 2 * FD_LIMIT
+# A listener that spins on EMFILE logs a warning per loop iteration: thousands a
+# second. The acceptor logs at most one a second; the run below takes a few.
+MAX_METRICS_WARNINGS = 5
+
+
+def test_metrics_out_of_descriptors_answers_503_without_spinning(serve):
+    server = serve(
+        *FAST,
+        "--metrics-port",
+        "0",
+        "--handshake-timeout",
+        "60",  # the flood stays accepted, holding descriptors
+        prefix=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"],
+    )
+    metrics = metrics_address(server)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(FLOOD_CONNECTIONS):
+            flood.append(socket.create_connection(server.address, timeout=WAIT_TIMEOUT))
+        server.wait_line(r"hbloop\.server: Too many open files: shed \d+ connections")
+        with socket.create_connection(metrics, timeout=WAIT_TIMEOUT) as scraper:
+            scraper.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            answer = scraper.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert answer.endswith(b"out of file descriptors")
+        server.wait_line(r"metrics: Too many open files: shed 1 connections")
+    finally:
+        for sock in flood:
+            sock.close()
+    # Descriptors free up as the flood leaves: scrapes are served again.
+    assert wait_for(lambda: http_get(metrics, "/metrics")[0] == 200)
+    warnings = server.find(r"metrics: .*Too many open files")
+    assert 1 <= len(warnings) <= MAX_METRICS_WARNINGS, warnings
+    assert server.proc.poll() is None
+
+
+def test_lag_histogram_buckets_are_upper_bounds_and_add_up():
+    first = Buckets(LAG_BUCKETS)
+    for value in (0.0, 0.001, 0.0011, 3.0, 60.0):
+        first.observe(value)
+    # A value equal to a bound belongs to that bucket, as Prometheus' "le" says.
+    assert first.counts[0] == 2  # 0.0 and 0.001
+    assert first.counts[1] == 1  # 0.0011 <= 0.002
+    assert first.counts[LAG_BUCKETS.index(5.0)] == 1  # 3.0
+    assert first.counts[-1] == 1  # 60 s: past the last bound
+    assert first.sum == pytest.approx(63.0021)
+    snapshot = {
+        "connections": 0,
+        "accepted": 0,
+        "shed": 0,
+        "frames_in": 0,
+        "frames_out": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "heartbeats": 0,
+        "iterations": 0,
+        "peak": 0,
+        "lag_max": 0.0,
+        "closed": {},
+        "lag": first.to_json(),
+    }
+    total = combine([snapshot, snapshot])
+    assert total["lag"]["counts"] == [2 * n for n in first.counts]
+    assert total["lag"]["sum"] == pytest.approx(2 * first.sum)
+    assert combine([])["lag"]["counts"] == [0] * (len(LAG_BUCKETS) + 1)

@@ -1,0 +1,95 @@
+"""SIGHUP: a lone server re-reads its settings and applies the log settings in place;
+a supervisor restarts its workers one by one with the new settings. Neither dies."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from hbloop.protocol import parse_welcome
+from hbloop.wire import PING_FRAME, Code, FrameType, encode_close
+
+from conftest import WAIT_TIMEOUT, RawPeer, expect_last_word, pid_alive, wait_for
+
+FAST = "interval = 0.5\ntimeout = 1.5\nstats-interval = 0\n"
+
+
+def config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "hbloop.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def granted_interval_ms(address: tuple[str, int], name: str) -> int:
+    with RawPeer(address) as peer:
+        ftype, payload = peer.hello(name)
+        assert ftype == FrameType.WELCOME
+        peer.send(encode_close(Code.NORMAL))
+        return parse_welcome(payload).interval_ms
+
+
+def test_sighup_without_a_config_file_is_logged_and_harmless(serve, raw_peer):
+    server = serve("--interval", "0.5", "--timeout", "1.5")
+    peer = raw_peer(server.address)
+    assert peer.hello("steady")[0] == FrameType.WELCOME
+    server.signal(signal.SIGHUP)
+    server.wait_line("SIGHUP: settings reloaded from the command line")
+    peer.send(PING_FRAME)
+    assert peer.recv()[0] == FrameType.PONG
+    assert server.terminate() == 0
+
+
+def test_sighup_applies_the_log_format_and_names_what_needs_a_restart(serve, tmp_path):
+    path = config(tmp_path, FAST)
+    server = serve("--config", path)
+    Path(path).write_text(FAST.replace("interval = 0.5", "interval = 0.6") + 'log-format = "json"')
+    server.signal(signal.SIGHUP)
+    reloaded = json.loads(server.wait_line(r'"message": "SIGHUP: settings reloaded').string)
+    assert reloaded["message"].endswith("log-level info, log-format json")
+    warning = json.loads(server.wait_line(r"SIGHUP: --interval changed").string)
+    assert warning["level"] == "warning" and "restart" in warning["message"]
+    # The interval needs a restart: a newcomer still gets the old one.
+    assert granted_interval_ms(server.address, "newcomer") == 500
+    connect = json.loads(server.wait_line(r'"event": "connect"').string)
+    assert connect["name"] == "newcomer"
+    assert server.terminate() == 0
+
+
+def test_sighup_with_a_bad_file_changes_nothing(serve, tmp_path):
+    path = config(tmp_path, FAST)
+    server = serve("--config", path)
+    Path(path).write_text(FAST + "bogus = 1\n")
+    server.signal(signal.SIGHUP)
+    server.wait_line(
+        r"ERROR hbloop.cli: SIGHUP: config file .*: unknown key 'bogus'.*nothing changed"
+    )
+    assert granted_interval_ms(server.address, "after") == 500
+    assert server.terminate() == 0
+
+
+def test_sighup_restarts_the_workers_one_by_one(serve, tmp_path):
+    path = config(tmp_path, FAST)
+    server = serve("--config", path, "--workers", "2")
+    old_pids = [int(p) for p in server.wait_line(r"pids=(\d+) (\d+)").groups()]
+    peers = [RawPeer(server.address) for _ in range(6)]
+    try:
+        for i, peer in enumerate(peers):
+            assert peer.hello(f"old-{i}")[0] == FrameType.WELCOME
+        Path(path).write_text(FAST.replace("interval = 0.5", "interval = 1").replace("1.5", "3"))
+        server.signal(signal.SIGHUP)
+        # Every old worker closes its peers gracefully, whichever worker held them.
+        for peer in peers:
+            expect_last_word(peer, FrameType.CLOSE, Code.GOING_AWAY)
+    finally:
+        for peer in peers:
+            peer.close()
+    server.wait_line("rolling restart done")
+    replaced = server.find(r"worker (\d): pid (\d+) replaces pid (\d+)")
+    assert sorted(int(m[3]) for m in replaced) == sorted(old_pids)
+    assert wait_for(lambda: not any(pid_alive(pid) for pid in old_pids), WAIT_TIMEOUT)
+    assert len(server.find(r"retired: exited with code 0")) == 2
+    # The new workers serve the new settings, on the same port.
+    assert granted_interval_ms(server.address, "new") == 1000
+    assert server.terminate() == 0
+    assert len(server.find(r"worker \d \(pid \d+\) exited with code 0")) == 2
