@@ -168,6 +168,7 @@ class Client:
         reconnect: bool = True,
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         raw = name.encode("utf-8")
         if not 1 <= len(raw) <= MAX_NAME_BYTES:
@@ -191,7 +192,7 @@ class Client:
         self.max_pending = MAX_PENDING
         self.session_config = SessionConfig(
             Role.CLIENT,
-            handshake_timeout=HANDSHAKE_TIMEOUT,
+            handshake_timeout=handshake_timeout,
             ping_strikes=DEFAULT_PING_STRIKES,
             linger=LINGER_SECONDS,
             hello=encode_hello(name, round(interval * 1000)),

@@ -331,7 +331,8 @@ class Session:
         self.name: str | None = None
         #: The handshake deadline, then (CLOSING) the end of the linger.
         self.deadline = now + config.handshake_timeout
-        #: When the last complete frame arrived, and when this side last sent one.
+        #: When the last complete frame arrived, and when this side last sent one;
+        #: last_ping_in is the time credited to the last on-time PING (T8).
         self.last_recv = now
         self.last_sent = now
         self.last_ping_out = NEVER
@@ -476,6 +477,7 @@ class Session:
             return self._receive_unopened(frames, now)
         # The per-frame path of every heartbeat: few bytecodes, no calls. Most reads
         # hold a single frame, so counters are bumped per frame, not summed after.
+        previous_read = self.last_recv
         self.last_recv = now
         counters = self.config.counters
         out = b""
@@ -484,14 +486,19 @@ class Session:
         for ftype, payload in frames:
             if ftype == T_PING:
                 counters.heartbeats += 1
-                if now - self.last_ping_in < self.grant.ping_floor:
+                # T8: each on-time PING is credited I/2 after the previous one, but no
+                # earlier than our previous read: PINGs that waited in the socket while
+                # we were not reading share the time since then, and are no flood.
+                credit = self.last_ping_in + self.grant.ping_floor
+                if credit > now:
                     self.strikes += 1
                     if self.strikes >= self.config.ping_strikes:
                         out, events = self._strike_out(out, events, now)
                         break
                 else:
                     self.strikes = 0
-                self.last_ping_in = self.last_sent = now
+                    self.last_ping_in = credit if credit > previous_read else previous_read
+                self.last_sent = now
                 out += PONG_FRAME
                 counters.frames_out += 1
             elif ftype == T_PONG:

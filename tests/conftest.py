@@ -302,12 +302,18 @@ class GoodPeers:
     the granted timeout, in a background thread. Hostile-peer tests run them alongside
     the abuse to prove that nobody else's service is affected."""
 
-    def __init__(self, address: tuple[str, int], count: int = 3, prefix: str = "good") -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        count: int = 3,
+        prefix: str = "good",
+        interval_ms: int = GOOD_INTERVAL_MS,
+    ) -> None:
         self.names = [f"{prefix}-{i}" for i in range(count)]
         self.peers = [RawPeer(address) for _ in range(count)]
         self.interval = self.timeout = 0.0
         for peer, name in zip(self.peers, self.names, strict=True):
-            ftype, payload = peer.hello(name, GOOD_INTERVAL_MS)
+            ftype, payload = peer.hello(name, interval_ms)
             assert ftype == FrameType.WELCOME, f"{name} was refused: {payload!r}"
             welcome = parse_welcome(payload)
             self.interval = welcome.interval_ms / 1000
@@ -372,8 +378,13 @@ def good_peers() -> Iterator[Callable[..., GoodPeers]]:
     """Factory: ``good_peers(server.address)`` starts heartbeating peers, stopped after."""
     started: list[GoodPeers] = []
 
-    def start(address: tuple[str, int], count: int = 3, prefix: str = "good") -> GoodPeers:
-        peers = GoodPeers(address, count, prefix)
+    def start(
+        address: tuple[str, int],
+        count: int = 3,
+        prefix: str = "good",
+        interval_ms: int = GOOD_INTERVAL_MS,
+    ) -> GoodPeers:
+        peers = GoodPeers(address, count, prefix, interval_ms)
         started.append(peers)
         return peers
 
