@@ -1,7 +1,7 @@
 """One connection's protocol state machine, for both roles, with no I/O at all.
 
 This is protocol.md sections 2 to 4 as code: the states it names, the handshake
-rules (H1-H8), the timing rules (T1-T8) and the closing rules (C1-C3). A ``Session``
+rules (H1-H9), the timing rules (T1-T9) and the closing rules (C1-C5). A ``Session``
 is told what happened, always with the time it happened, and answers with the bytes
 to send and the events the application should hear of::
 
