@@ -19,6 +19,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 from hbloop.channel import NEVER, Channel, Disconnect, Reason
 from hbloop.loop import EventLoop, call_guarded
@@ -52,6 +54,9 @@ from hbloop.wire import (
     encode_error,
     encode_welcome,
 )
+
+if TYPE_CHECKING:
+    from hbloop.presence import Member, Presence
 
 log = logging.getLogger("hbloop.server")
 
@@ -108,6 +113,7 @@ class Peer(Channel):
         "name",
         "open",
         "grant",
+        "member",
         "_connected",
         "_last_ping_in",
         "_strikes",
@@ -125,6 +131,7 @@ class Peer(Channel):
         self.name: str | None = None
         self.open = False
         self.grant = _NO_GRANT
+        self.member: Member | None = None  # its handle in server.presence
         self._connected = self.loop.now
         self._last_ping_in = NEVER
         self._strikes = 0
@@ -233,6 +240,11 @@ class Peer(Channel):
         if server.stats.connections >= server.policy.max_connections:
             server.refuse(self, Code.SERVER_FULL, f"{server.policy.max_connections} connections")
             return
+        if server.presence is not None:
+            refusal = server.presence.check(hello.name)
+            if refusal is not None:
+                server.refuse(self, refusal, f"{hello.name} is already connected")
+                return
         self.grant = grant = server.grant_for(hello.interval_ms)
         self.name = hello.name
         if not self.write(grant.welcome):
@@ -301,6 +313,9 @@ class Server:
     * ``on_connect(peer)`` after a successful handshake;
     * ``on_message(peer, data)`` for each DATA frame;
     * ``on_disconnect(peer, disconnect)`` once for each peer that had connected.
+
+    ``presence`` (optional, also settable after ``start()``) is told of every peer that
+    connects and leaves, and may refuse or evict one by name (``hbloop.presence``).
     """
 
     def __init__(
@@ -315,6 +330,7 @@ class Server:
         loop: EventLoop | None = None,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
+        presence: Presence | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -325,6 +341,7 @@ class Server:
         self.loop = loop or EventLoop()
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.presence = presence
         self.stats = ServerStats()
         self.started_at = time.time()
         self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
@@ -540,12 +557,24 @@ class Server:
             peer.interval,
             peer.timeout,
         )
+        if self.presence is not None:
+            assert peer.name is not None
+            evict = partial(self.evict, peer)
+            peer.member = self.presence.joined(peer.name, peer.label, peer.connected_at, evict)
         if self.on_connect is not None:
             call_guarded(log, "on_connect", self.on_connect, peer)
 
     def deliver(self, peer: Peer, payload: bytes) -> None:
         if self.on_message is not None:
             call_guarded(log, "on_message", self.on_message, peer, payload)
+
+    def evict(self, peer: Peer, code: Code, message: str) -> None:
+        """End ``peer`` at presence's request: CLOSE for TAKEN_OVER (its client must not
+        reconnect), ERROR for a refusal such as NAME_TAKEN."""
+        if code is Code.TAKEN_OVER:
+            self.end(peer, Disconnect(Reason.CLOSED_LOCALLY, code, message), encode_close(code))
+        else:
+            self.refuse(peer, code, message)
 
     def refuse(self, peer: Peer, code: Code, message: str) -> None:
         self.end(peer, Disconnect(Reason.REFUSED, code, message), encode_error(code, message))
@@ -571,6 +600,10 @@ class Server:
         if peer.open:
             peer.open = False
             self.stats.connections -= 1
+            if peer.member is not None:
+                assert self.presence is not None
+                self.presence.left(peer.member, disconnect.reason.value)
+                peer.member = None
             if self.on_disconnect is not None:
                 call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
 
