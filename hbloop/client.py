@@ -64,6 +64,10 @@ MAX_PENDING = 1024 * 1024
 # Refusals that a retry cannot fix: the client stops instead of reconnecting.
 FATAL_CODES = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME})
 
+# A newer connection with this client's name replaced it (protocol.md H8): reconnecting
+# would evict that one in turn, and two clients with one name would take turns forever.
+FINAL_CLOSE_CODES = frozenset({Code.TAKEN_OVER})
+
 
 class Backoff:
     """Capped exponential back-off with full jitter."""
@@ -327,7 +331,9 @@ class Client:
     def lost(self, conn: Connection, disconnect: Disconnect) -> None:
         if conn is not self.connection or self._closing:
             return
-        if disconnect.code in FATAL_CODES and disconnect.reason is Reason.PEER_ERROR:
+        if (disconnect.code in FATAL_CODES and disconnect.reason is Reason.PEER_ERROR) or (
+            disconnect.code in FINAL_CLOSE_CODES and disconnect.reason is Reason.PEER_CLOSED
+        ):
             self._stop(disconnect)
             return
         self._schedule_retry(disconnect)
