@@ -1,4 +1,4 @@
-"""The ``hbloop`` command: ``serve``, ``client`` and ``check``."""
+"""The ``hbloop`` command: ``serve``, ``client``, ``check``, ``who`` and ``watch``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from hbloop import check as check_cases
+from hbloop import presence_tools
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.client_app import ClientApp
 from hbloop.loop import EventLoop
@@ -29,7 +30,17 @@ from hbloop.policy import (
     ServerPolicy,
     TcpKeepalive,
 )
+from hbloop.presence import (
+    DEFAULT_NODE_TTL,
+    DEFAULT_PREFIX,
+    DEFAULT_REAP_INTERVAL,
+    Node,
+    Policy,
+    Presence,
+    PresenceConfig,
+)
 from hbloop.protocol import ProtocolError
+from hbloop.redis_link import RedisAddress, parse_url
 from hbloop.server import Peer, Server
 from hbloop.stats import StatsReporter
 from hbloop.supervisor import Supervisor, WorkerLink
@@ -101,6 +112,30 @@ def _keepalive(text: str) -> TcpKeepalive:
     if min(idle, interval, count) < 1:
         raise argparse.ArgumentTypeError("keepalive values must be at least 1")
     return TcpKeepalive(idle, interval, count)
+
+
+def _redis_url(text: str) -> RedisAddress:
+    try:
+        return parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_redis(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--redis",
+        type=_redis_url,
+        required=required,
+        default=None,
+        metavar="URL",
+        help="Redis for cluster-wide presence: redis://host:port/db or unix:///path?db=N",
+    )
+    parser.add_argument(
+        "--redis-prefix",
+        default=DEFAULT_PREFIX,
+        metavar="P",
+        help="prefix of every presence key, so that clusters can share a Redis",
+    )
 
 
 def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
@@ -230,6 +265,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://METRICS_HOST:P/metrics (0: any free port)",
     )
     serve.add_argument("--metrics-host", default=DEFAULT_HOST, help="address for --metrics-port")
+    _add_redis(serve, required=False)
+    serve.add_argument(
+        "--node-id",
+        default=None,
+        metavar="ID",
+        help="this server's name in presence (default: HOST:PID); the start time is "
+        "appended, and /wN for each worker",
+    )
+    serve.add_argument(
+        "--on-duplicate",
+        choices=[p.value for p in Policy],
+        default=Policy.ALLOW.value,
+        help="a name already online connects again: allow both, refuse the newcomer "
+        "(ERROR NAME_TAKEN) or replace the older (CLOSE TAKEN_OVER); needs --redis",
+    )
+    serve.add_argument(
+        "--node-ttl",
+        type=_positive,
+        default=DEFAULT_NODE_TTL,
+        metavar="S",
+        help="lifetime of this node's liveness key, refreshed every third of it",
+    )
+    serve.add_argument(
+        "--reap-interval",
+        type=_positive,
+        default=DEFAULT_REAP_INTERVAL,
+        metavar="S",
+        help="how often this node removes the members of nodes whose key expired",
+    )
     _add_log_level(serve, "info")
     serve.set_defaults(run=run_serve)
 
@@ -299,6 +363,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's handshake deadline; the H5 case is skipped without it",
     )
     check.set_defaults(run=run_check)
+
+    who = commands.add_parser(
+        "who",
+        help="who is online across the servers sharing a Redis (or where NAME is)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    who.add_argument("name", nargs="?", default=None, metavar="NAME", help="one name only")
+    _add_redis(who, required=True)
+    who.add_argument("--json", action="store_true", help="print JSON")
+    who.set_defaults(run=run_who)
+
+    watch = commands.add_parser(
+        "watch",
+        help="print join and leave events as they happen",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_redis(watch, required=True)
+    watch.add_argument(
+        "--from",
+        dest="start",
+        default="$",
+        metavar="ID",
+        help="print the events after this stream id ($: from now on, 0: all kept)",
+    )
+    watch.add_argument(
+        "--count", type=_count, default=None, metavar="N", help="exit after N events"
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object a line")
+    watch.set_defaults(run=run_watch)
     return parser
 
 
@@ -348,6 +441,8 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         policy = policy_from_args(args, fd_limit)
     except ValueError as exc:
         return _fail(str(exc))
+    if args.on_duplicate != Policy.ALLOW.value and args.redis is None:
+        return _fail("--on-duplicate needs --redis")
     if worker is None and args.workers > 1:
         return Supervisor(args, args.workers).run()
     port = args.port if worker is None else worker.port
@@ -376,14 +471,42 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         policy.max_connections,
         fd_limit,
     )
+    presence = None
+    if args.redis is not None:
+        presence = _start_presence(server, args, f"{host}:{port}", worker)
     try:
         reporter = _start_reporting(server, args, worker)
     except OSError as exc:
         return _fail(f"cannot serve metrics on port {args.metrics_port}: {exc.strerror or exc}")
     server.serve_forever()
     reporter.close()
+    if presence is not None:
+        presence.close()
     log.info("stopped")
     return 0
+
+
+def _start_presence(
+    server: Server, args: argparse.Namespace, address: str, worker: WorkerLink | None
+) -> Presence:
+    config = PresenceConfig(
+        policy=Policy(args.on_duplicate),
+        prefix=args.redis_prefix,
+        node_ttl=args.node_ttl,
+        reap_interval=args.reap_interval,
+    )
+    node = Node.make(args.node_id, address, None if worker is None else worker.index)
+    presence = Presence(server.loop, args.redis, node, config)
+    logging.getLogger("hbloop.presence").info(
+        "presence: node %s on %s, duplicates: %s, stale members gone within %.1fs",
+        node.id,
+        args.redis,
+        config.policy.value,
+        config.stale_bound,
+    )
+    server.presence = presence
+    presence.start()
+    return presence
 
 
 def _start_reporting(
@@ -391,11 +514,14 @@ def _start_reporting(
 ) -> StatsReporter:
     """The stats line; a worker's snapshots to its supervisor, or a lone server's
     /metrics."""
+    presence = server.presence.snapshot if server.presence is not None else None
     if worker is not None:
         publish = worker.publisher(orphaned=server.shutdown)
         label = f"worker={worker.index} "
-        return StatsReporter(server.loop, server.stats, args.stats_interval, publish, label)
-    reporter = StatsReporter(server.loop, server.stats, args.stats_interval)
+        return StatsReporter(
+            server.loop, server.stats, args.stats_interval, publish, label, presence
+        )
+    reporter = StatsReporter(server.loop, server.stats, args.stats_interval, presence=presence)
     if args.metrics_port is not None:
         MetricsEndpoint(
             server.loop,
@@ -435,6 +561,16 @@ def run_check(args: argparse.Namespace) -> int:
         return 2
     print(report.to_json() if args.json else report.to_text())
     return 0 if report.conforms else 1
+
+
+def run_who(args: argparse.Namespace) -> int:
+    return presence_tools.who(args.redis, args.redis_prefix, args.name, args.json, sys.stdout)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    return presence_tools.watch(
+        args.redis, args.redis_prefix, args.start, args.json, args.count, sys.stdout
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import Metric
 from hbloop.channel import Reason
 from hbloop.loop import EventLoop
 from hbloop.netutil import make_listener
+from hbloop.presence import PRESENCE_FIGURES
 from hbloop.stats import Snapshot
 
 log = logging.getLogger("hbloop.metrics")
@@ -90,6 +91,14 @@ def _families(
         for reason in Reason:
             closed.add_metric([*values, reason.value], snapshot["closed"].get(reason.value, 0))
     yield closed
+    with_presence = {values: s["presence"] for values, s in rows.items() if "presence" in s}
+    if with_presence:
+        for key, name, is_counter, doc in PRESENCE_FIGURES:
+            kind = CounterMetricFamily if is_counter else GaugeMetricFamily
+            family = kind(f"{prefix}presence_{name}", doc, labels=labels)
+            for values, figures in with_presence.items():
+                family.add_metric(list(values), figures[key])
+            yield family
 
 
 class _ReportCollector:

@@ -3,7 +3,8 @@ samples them once a second for the log line, the supervisor and /metrics.
 
 A *snapshot* is a plain dict (it crosses a pipe as JSON): the ServerStats counters,
 ``iterations`` of the event loop and ``lag_max``, the worst lateness of a due timer
-over the last stats interval, in seconds.
+over the last stats interval, in seconds; with presence on, ``presence`` holds its
+figures (``hbloop.presence.PRESENCE_FIGURES``), which add up across workers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from hbloop.channel import IoCounters
 from hbloop.loop import EventLoop
+from hbloop.presence import PRESENCE_FIGURES
 
 log = logging.getLogger("hbloop.stats")
 
@@ -78,14 +80,32 @@ def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
     peak and the lag are the worst of them."""
     total: Snapshot = dict.fromkeys(SUMMED + WORST, 0)
     closed: Counter[str] = Counter()
+    presence: Counter[str] | None = None
     for snapshot in snapshots:
         for key in SUMMED:
             total[key] += snapshot[key]
         for key in WORST:
             total[key] = max(total[key], snapshot[key])
         closed.update(snapshot["closed"])
+        if "presence" in snapshot:
+            presence = presence or Counter()
+            presence.update(snapshot["presence"])
     total["closed"] = dict(closed)
+    if presence is not None:
+        total["presence"] = {key: presence[key] for key, *_ in PRESENCE_FIGURES}
     return total
+
+
+def retired(snapshot: Snapshot) -> Snapshot:
+    """The part of an exited worker's last snapshot that still counts: its counters,
+    with every gauge (connections, lag, presence's) back to zero."""
+    gone = {**snapshot, "connections": 0, "lag_max": 0.0}
+    if "presence" in snapshot:
+        gone["presence"] = {
+            key: snapshot["presence"][key] if counter else 0
+            for key, _, counter, _ in PRESENCE_FIGURES
+        }
+    return gone
 
 
 def summary(snapshot: Snapshot) -> str:
@@ -97,7 +117,19 @@ def summary(snapshot: Snapshot) -> str:
         f"in={snapshot['frames_in']}f/{snapshot['bytes_in']}B "
         f"out={snapshot['frames_out']}f/{snapshot['bytes_out']}B "
         f"hb={snapshot['heartbeats']} iters={snapshot['iterations']} "
-        f"lag_max={snapshot['lag_max'] * 1000:.1f}ms"
+        f"lag_max={snapshot['lag_max'] * 1000:.1f}ms" + _presence_summary(snapshot)
+    )
+
+
+def _presence_summary(snapshot: Snapshot) -> str:
+    presence = snapshot.get("presence")
+    if presence is None:
+        return ""
+    return (
+        f" redis_up={presence['redis_up']} members={presence['members']} "
+        f"backlog={presence['backlog']} joins={presence['joins']} "
+        f"leaves={presence['leaves']} resyncs={presence['resyncs']} "
+        f"overflows={presence['overflows']}"
     )
 
 
@@ -124,7 +156,7 @@ class StatsReporter:
     Every SAMPLE_PERIOD it moves the loop's worst lag into a window covering the last
     stats interval and hands a snapshot to ``publish`` (a worker's pipe to its
     supervisor); every ``log_interval`` seconds (0: never) it logs the summary line,
-    prefixed with ``label``.
+    prefixed with ``label``. ``presence`` gives presence's figures, if it is on.
     """
 
     def __init__(
@@ -134,9 +166,11 @@ class StatsReporter:
         log_interval: float,
         publish: Callable[[Snapshot], None] | None = None,
         label: str = "",
+        presence: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.loop = loop
         self.stats = stats
+        self.presence = presence
         self.publish = publish
         self.label = label
         window = log_interval or DEFAULT_LAG_WINDOW
@@ -151,6 +185,8 @@ class StatsReporter:
         snapshot = self.stats.snapshot()
         snapshot["iterations"] = self.loop.iterations
         snapshot["lag_max"] = max(self.loop.max_lag, max(self._lags, default=0.0))
+        if self.presence is not None:
+            snapshot["presence"] = self.presence()
         return snapshot
 
     def _sample(self) -> None:
