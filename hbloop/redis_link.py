@@ -316,6 +316,9 @@ class RedisLink:
         self.loop.remove_writer(self._fd)
         self.loop.add_reader(self._fd, self._on_readable)
         self.state = _State.HANDSHAKE
+        if self._timer is not None:  # the connect deadline; replies are watched from now
+            self._timer.cancel()
+            self._timer = None
         for command in handshake_commands(self.address, self.client_name):
             self._send(self._handshake_step, command)
         for script in self.scripts:

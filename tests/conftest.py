@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +26,7 @@ from hbloop.client import Client
 from hbloop.loop import EventLoop
 from hbloop.policy import ServerPolicy
 from hbloop.protocol import Frame, FrameDecoder, parse_welcome
+from hbloop.redis_link import BlockingRedis, RedisAddress, RedisUnavailable, parse_url
 from hbloop.server import Server
 from hbloop.wire import (
     CODE_STRUCT,
@@ -481,3 +485,102 @@ def tcp_socket(local_port: int, remote_port: int) -> TcpSocketState:
             timer, left = (int(t, 16) for t in fields[5].split(":"))
             return TcpSocketState(tx, rx, timer, left / ticks)
     raise AssertionError(f"no socket {local_port} -> {remote_port} in /proc/net/tcp")
+
+
+# --- Redis for the presence tests ---------------------------------------------------------
+
+# Debian's redis-server starts in about 13 ms; a loaded machine may take far longer.
+REDIS_START_TIMEOUT = 10.0
+
+
+class RedisServer:
+    """A real redis-server on a Unix socket in ``directory``, no persistence unless
+    asked (``shutdown(save=True)`` writes a snapshot that the next ``start`` loads)."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            message = "redis-server is not installed (apt-get install redis-server)"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        self.binary = binary
+        self.directory = directory
+        self.socket_path = directory / "redis.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def address(self) -> RedisAddress:
+        return parse_url(self.url)
+
+    def start(self) -> None:
+        argv = [self.binary, "--port", "0", "--unixsocket", str(self.socket_path)]
+        argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(self.directory), "--loglevel", "warning"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        assert wait_for(self._answers, REDIS_START_TIMEOUT), "redis-server did not start"
+
+    def _answers(self) -> bool:
+        try:
+            connection = BlockingRedis(self.address, 1.0, "test-probe")
+        except RedisUnavailable:
+            return False
+        connection.close()
+        return True
+
+    def client(self) -> BlockingRedis:
+        return BlockingRedis(self.address, WAIT_TIMEOUT, "test")
+
+    def command(self, *args: object) -> object:
+        connection = self.client()
+        try:
+            return connection.execute(args)[0]
+        finally:
+            connection.close()
+
+    def shutdown(self, save: bool = False) -> None:
+        """Stop Redis (saving its data first if asked) and wait for it to exit."""
+        assert self.process is not None
+        if save:
+            with contextlib.suppress(RedisUnavailable):
+                self.command("SHUTDOWN", "SAVE")
+        else:
+            self.process.kill()
+        self.process.wait(WAIT_TIMEOUT)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(WAIT_TIMEOUT)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart with their own key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that stop and restart it."""
+    # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="hbr-"))
+    server = RedisServer(directory)
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own, so that tests share the session's Redis."""
+    return f"t:{request.node.name}:"
