@@ -362,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="the server's handshake deadline; the H5 case is skipped without it",
     )
+    check.add_argument(
+        "--duplicates",
+        choices=check_cases.DUPLICATE_POLICIES,
+        default=None,
+        help="the server's duplicate-name policy; the P1 or P2 case is skipped without it",
+    )
     check.set_defaults(run=run_check)
 
     who = commands.add_parser(
@@ -551,7 +557,7 @@ def _target(text: str) -> tuple[str, int]:
 def run_check(args: argparse.Namespace) -> int:
     host, port = args.target
     settings = check_cases.Settings(
-        host, port, args.interval, args.max_wait, args.handshake_timeout
+        host, port, args.interval, args.max_wait, args.handshake_timeout, args.duplicates
     )
     try:
         report = check_cases.run_checks(settings)
