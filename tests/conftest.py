@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import re
@@ -22,11 +21,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.redis_server import RedisNotInstalled, RedisProcess
 from hbloop.client import Client
 from hbloop.loop import EventLoop
 from hbloop.policy import ServerPolicy
 from hbloop.protocol import Frame, FrameDecoder, parse_welcome
-from hbloop.redis_link import BlockingRedis, RedisAddress, RedisUnavailable, parse_url
 from hbloop.server import Server
 from hbloop.wire import (
     CODE_STRUCT,
@@ -489,92 +488,31 @@ def tcp_socket(local_port: int, remote_port: int) -> TcpSocketState:
 
 # --- Redis for the presence tests ---------------------------------------------------------
 
-# Debian's redis-server starts in about 13 ms; a loaded machine may take far longer.
-REDIS_START_TIMEOUT = 10.0
 
-
-class RedisServer:
-    """A real redis-server on a Unix socket in ``directory``, no persistence unless
-    asked (``shutdown(save=True)`` writes a snapshot that the next ``start`` loads)."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            message = "redis-server is not installed (apt-get install redis-server)"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
-        self.binary = binary
-        self.directory = directory
-        self.socket_path = directory / "redis.sock"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    @property
-    def address(self) -> RedisAddress:
-        return parse_url(self.url)
-
-    def start(self) -> None:
-        argv = [self.binary, "--port", "0", "--unixsocket", str(self.socket_path)]
-        argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.directory), "--loglevel", "warning"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        assert wait_for(self._answers, REDIS_START_TIMEOUT), "redis-server did not start"
-
-    def _answers(self) -> bool:
-        try:
-            connection = BlockingRedis(self.address, 1.0, "test-probe")
-        except RedisUnavailable:
-            return False
-        connection.close()
-        return True
-
-    def client(self) -> BlockingRedis:
-        return BlockingRedis(self.address, WAIT_TIMEOUT, "test")
-
-    def command(self, *args: object) -> object:
-        connection = self.client()
-        try:
-            return connection.execute(args)[0]
-        finally:
-            connection.close()
-
-    def shutdown(self, save: bool = False) -> None:
-        """Stop Redis (saving its data first if asked) and wait for it to exit."""
-        assert self.process is not None
-        if save:
-            with contextlib.suppress(RedisUnavailable):
-                self.command("SHUTDOWN", "SAVE")
-        else:
-            self.process.kill()
-        self.process.wait(WAIT_TIMEOUT)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(WAIT_TIMEOUT)
-            self.process = None
+def _redis(directory: Path) -> RedisProcess:
+    """A redis-server; without the binary the test is skipped, or fails under CI."""
+    try:
+        return RedisProcess(directory)
+    except RedisNotInstalled as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """One redis-server for the session; tests keep apart with their own key prefix."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server = _redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def own_redis() -> Iterator[RedisProcess]:
     """A redis-server of this test's own, for tests that stop and restart it."""
     # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
     directory = Path(tempfile.mkdtemp(prefix="hbr-"))
-    server = RedisServer(directory)
+    server = _redis(directory)
     yield server
     server.stop()
     shutil.rmtree(directory, ignore_errors=True)

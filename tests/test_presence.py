@@ -22,7 +22,7 @@ from conftest import (
     ROOT,
     GoodPeers,
     RawPeer,
-    RedisServer,
+    RedisProcess,
     ServerProcess,
     expect_last_word,
     frame_code,
@@ -40,7 +40,7 @@ CLI_TIMEOUT = 30.0
 
 def start_node(
     serve: Callable[..., ServerProcess],
-    redis: RedisServer,
+    redis: RedisProcess,
     prefix: str,
     node_id: str,
     *extra: str,
@@ -55,7 +55,7 @@ def start_node(
     return server
 
 
-def cli(redis: RedisServer, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(redis: RedisProcess, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*HBLOOP, *args, "--redis", redis.url, "--redis-prefix", prefix],
         cwd=ROOT,
@@ -65,13 +65,13 @@ def cli(redis: RedisServer, prefix: str, *args: str) -> subprocess.CompletedProc
     )
 
 
-def who(redis: RedisServer, prefix: str, name: str | None = None) -> list[dict]:
+def who(redis: RedisProcess, prefix: str, name: str | None = None) -> list[dict]:
     result = cli(redis, prefix, "who", *([name] if name else []), "--json")
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout)["online"]
 
 
-def members(redis: RedisServer, prefix: str) -> set[tuple[str, str]]:
+def members(redis: RedisProcess, prefix: str) -> set[tuple[str, str]]:
     """(name, node label) of every member, read straight from Redis."""
     connection = redis.client()
     try:
@@ -86,7 +86,7 @@ def members(redis: RedisServer, prefix: str) -> set[tuple[str, str]]:
         connection.close()
 
 
-def events(redis: RedisServer, prefix: str, after: str = "-") -> list[dict[str, str]]:
+def events(redis: RedisProcess, prefix: str, after: str = "-") -> list[dict[str, str]]:
     raw = redis.command("XRANGE", Keys(prefix).events, after, "+")
     assert isinstance(raw, list)
     return [
@@ -104,7 +104,7 @@ def joined(address: tuple[str, int], name: str, interval_ms: int = 0) -> RawPeer
 
 
 def test_joins_and_leaves_are_visible_with_their_reasons(
-    serve, redis_server: RedisServer, prefix: str
+    serve, redis_server: RedisProcess, prefix: str
 ) -> None:
     server = start_node(serve, redis_server, prefix, "alpha")
     stays = joined(server.address, "sensor-7")
@@ -148,7 +148,7 @@ def test_joins_and_leaves_are_visible_with_their_reasons(
 
 
 def test_a_leave_erases_the_index_only_if_it_still_points_to_its_node(
-    serve, redis_server: RedisServer, prefix: str
+    serve, redis_server: RedisProcess, prefix: str
 ) -> None:
     a = start_node(serve, redis_server, prefix, "a")
     b = start_node(serve, redis_server, prefix, "b")
@@ -168,7 +168,7 @@ def test_a_leave_erases_the_index_only_if_it_still_points_to_its_node(
 
 
 def test_the_members_of_a_killed_node_are_reaped_within_the_bound(
-    serve, redis_server: RedisServer, prefix: str
+    serve, redis_server: RedisProcess, prefix: str
 ) -> None:
     a = start_node(serve, redis_server, prefix, "a")
     b = start_node(serve, redis_server, prefix, "b")
@@ -189,7 +189,7 @@ def test_the_members_of_a_killed_node_are_reaped_within_the_bound(
 
 
 def test_a_redis_outage_leaves_heartbeats_alone_and_ends_in_a_resync(
-    serve, own_redis: RedisServer, good_peers, prefix: str
+    serve, own_redis: RedisProcess, good_peers, prefix: str
 ) -> None:
     server = start_node(serve, own_redis, prefix, "n")
     good: GoodPeers = good_peers(server.address)
@@ -220,7 +220,7 @@ def test_a_redis_outage_leaves_heartbeats_alone_and_ends_in_a_resync(
 
 
 def test_refuse_keeps_the_first_connection_of_a_name_across_servers(
-    serve, redis_server: RedisServer, prefix: str
+    serve, redis_server: RedisProcess, prefix: str
 ) -> None:
     a = start_node(serve, redis_server, prefix, "a", "--on-duplicate", "refuse")
     b = start_node(serve, redis_server, prefix, "b", "--on-duplicate", "refuse")
@@ -243,7 +243,7 @@ def test_refuse_keeps_the_first_connection_of_a_name_across_servers(
 
 
 def test_replace_closes_the_older_connection_which_does_not_reconnect(
-    serve, spawn, redis_server: RedisServer, prefix: str
+    serve, spawn, redis_server: RedisProcess, prefix: str
 ) -> None:
     a = start_node(serve, redis_server, prefix, "a", "--on-duplicate", "replace")
     b = start_node(serve, redis_server, prefix, "b", "--on-duplicate", "replace")
@@ -267,7 +267,7 @@ def test_replace_closes_the_older_connection_which_does_not_reconnect(
 
 
 def test_allow_lists_a_name_once_per_server(
-    serve, redis_server: RedisServer, prefix: str
+    serve, redis_server: RedisProcess, prefix: str
 ) -> None:
     a = start_node(serve, redis_server, prefix, "a")
     b = start_node(serve, redis_server, prefix, "b")
@@ -285,7 +285,7 @@ def test_allow_lists_a_name_once_per_server(
 
 @pytest.mark.parametrize("policy", ["refuse", "replace"])
 def test_hbloop_check_confirms_the_duplicate_policy(
-    serve, redis_server: RedisServer, prefix: str, policy: str
+    serve, redis_server: RedisProcess, prefix: str, policy: str
 ) -> None:
     server = start_node(serve, redis_server, prefix, "c", "--on-duplicate", policy)
     target = f"{server.host}:{server.port}"
@@ -306,7 +306,7 @@ def test_hbloop_check_confirms_the_duplicate_policy(
 
 
 def test_each_worker_is_a_node_and_presence_has_metrics(
-    serve, redis_server: RedisServer, prefix: str
+    serve, redis_server: RedisProcess, prefix: str
 ) -> None:
     server = serve(
         *("--workers", "2", "--redis", redis_server.url, "--redis-prefix", prefix),

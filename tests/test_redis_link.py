@@ -11,7 +11,7 @@ import pytest
 from hbloop.loop import EventLoop
 from hbloop.redis_link import RedisLink, RedisUnavailable, Script, parse_url
 
-from conftest import RedisServer
+from conftest import RedisProcess
 
 ECHO = Script("return ARGV[1]")
 
@@ -19,7 +19,7 @@ ECHO = Script("return ARGV[1]")
 class Recorder:
     """A link on its own loop, with what its callbacks saw."""
 
-    def __init__(self, redis: RedisServer, **options: Any) -> None:
+    def __init__(self, redis: RedisProcess, **options: Any) -> None:
         self.loop = EventLoop()
         self.events: list[str] = []
         self.link = RedisLink(
@@ -47,7 +47,7 @@ class Recorder:
 def recorder():
     made: list[Recorder] = []
 
-    def make(redis: RedisServer, **options: Any) -> Recorder:
+    def make(redis: RedisProcess, **options: Any) -> Recorder:
         made.append(Recorder(redis, **options))
         return made[-1]
 
@@ -74,7 +74,7 @@ def test_urls_are_parsed_and_printed_without_the_password() -> None:
 
 
 def test_commands_of_one_iteration_leave_in_one_write_and_replies_keep_order(
-    redis_server: RedisServer, recorder, prefix: str
+    redis_server: RedisProcess, recorder, prefix: str
 ) -> None:
     rec = recorder(redis_server)
     replies: list[Any] = []
@@ -103,7 +103,7 @@ def test_commands_of_one_iteration_leave_in_one_write_and_replies_keep_order(
 
 
 def test_a_lost_connection_fails_waiting_commands_and_comes_back(
-    own_redis: RedisServer, recorder
+    own_redis: RedisProcess, recorder
 ) -> None:
     rec = recorder(own_redis)
     replies: list[Any] = []
@@ -122,7 +122,7 @@ def test_a_lost_connection_fails_waiting_commands_and_comes_back(
 
 
 def test_a_stalled_redis_meets_the_bound_then_the_reply_timeout(
-    own_redis: RedisServer, recorder
+    own_redis: RedisProcess, recorder
 ) -> None:
     rec = recorder(own_redis, max_pending=5, reply_timeout=0.5)
     assert own_redis.process is not None
@@ -143,7 +143,7 @@ def test_a_stalled_redis_meets_the_bound_then_the_reply_timeout(
 
 
 def test_a_flushed_script_cache_falls_back_to_eval_and_says_so(
-    redis_server: RedisServer, recorder
+    redis_server: RedisProcess, recorder
 ) -> None:
     rec = recorder(redis_server)
     replies: list[Any] = []
@@ -155,7 +155,7 @@ def test_a_flushed_script_cache_falls_back_to_eval_and_says_so(
     assert "flushed" in rec.events
 
 
-def test_a_refused_handshake_is_not_ready(redis_server: RedisServer) -> None:
+def test_a_refused_handshake_is_not_ready(redis_server: RedisProcess) -> None:
     loop = EventLoop()
     address = parse_url(f"{redis_server.url}?db=99")  # Redis has 16 databases
     ready: list[bool] = []
