@@ -88,8 +88,13 @@ RESYNC_SPREAD = 1.0
 # fell behind to catch up from its last-seen id.
 STREAM_MAXLEN = 100_000
 
-# How long a stopping node waits for Redis to record its departure.
+# How long a stopping node waits for Redis to take its queued updates, then to record
+# its departure: a fraction of the server's default shutdown grace (5 s).
 DEREGISTER_TIMEOUT = 2.0
+
+# The server's reason for the peers it closes when it stops. Their leaves are not sent
+# one by one: the node's departure removes all its members with this reason at once.
+SHUTDOWN_REASON = "shutdown"
 
 
 class Policy(enum.Enum):
@@ -239,7 +244,9 @@ class Presence:
             timer.cancel()
         if self._resync_timer is not None:
             self._resync_timer.cancel()
-        args = (self.config.prefix, self.node.id, "shutdown", self.config.stream_maxlen)
+        args = (self.config.prefix, self.node.id, SHUTDOWN_REASON, self.config.stream_maxlen)
+        if self.link.ready:
+            self.link.drain(DEREGISTER_TIMEOUT)
         if self.link.run(DEREGISTER, (), args, self._deregistered):
             self.link.drain(DEREGISTER_TIMEOUT)
         self.link.close()
@@ -306,8 +313,8 @@ class Presence:
         if members:
             return  # the name is still online here (duplicates allowed)
         del self._local[member.name]
-        if state is State.DROPPED:
-            return  # Redis removed it already
+        if state is State.DROPPED or reason == SHUTDOWN_REASON:
+            return  # Redis removed it already, or will with the whole node (close)
         if self._synced:
             self._send_leave(member.name, reason)
         elif member.known:
