@@ -19,9 +19,8 @@ from bench.config import (
     DEFAULT_TIMEOUT,
     BenchConfig,
 )
-from bench.orchestrator import BenchError, Run
+from bench.orchestrator import BenchError, run_and_stop
 from bench.reference_server import LOOPS
-from bench.results import RunResult, Second
 from bench.servers import ServerStartError, ServerUnderTest, spawn_hbloop, spawn_reference
 from bench.sizing import worker_count
 from hbloop.netutil import raise_open_files_limit
@@ -208,16 +207,6 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _run_one(config: BenchConfig, server: ServerUnderTest) -> RunResult:
-    def show(result: RunResult, second: Second) -> None:
-        print(report.progress_line(result, second), flush=True)
-
-    try:
-        return Run(config, server, show).execute()
-    finally:
-        server.stop()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -246,12 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         if args.target is not None:
-            main_result = _run_one(config, ServerUnderTest("target", args.target))
+            main_result = run_and_stop(config, ServerUnderTest("target", args.target))
         else:
             server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
-            main_result = _run_one(config, server)
+            main_result = run_and_stop(config, server)
         references = [
-            _run_one(config, spawn_reference(loop, args.host, args.interval, args.timeout))
+            run_and_stop(config, spawn_reference(loop, args.host, args.interval, args.timeout))
             for loop in args.against
         ]
     except (BenchError, ServerStartError) as exc:

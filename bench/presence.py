@@ -41,7 +41,7 @@ import psutil
 from bench import report
 from bench.config import BenchConfig
 from bench.histograms import new_histogram, record_seconds, summary_ms
-from bench.orchestrator import Run
+from bench.orchestrator import Run, run_and_stop
 from bench.redis_server import RedisProcess
 from bench.results import RunResult, Second
 from bench.servers import ServerUnderTest, spawn_hbloop
@@ -309,16 +309,6 @@ def outage(
 # --- the whole ----------------------------------------------------------------------------
 
 
-def _heartbeats(config: BenchConfig, server: ServerUnderTest) -> RunResult:
-    def show(result: RunResult, second: Second) -> None:
-        print(report.progress_line(result, second), flush=True)
-
-    try:
-        return Run(config, server, show).execute()
-    finally:
-        server.stop()
-
-
 def measure(
     config: BenchConfig,
     host: str,
@@ -341,7 +331,7 @@ def measure(
             server = spawn_hbloop(
                 host, config.interval, config.timeout, (*config.server_args, *extra)
             )
-            result = _heartbeats(config, server)
+            result = run_and_stop(config, server)
             result.server = f"presence {label}"
             runs.append(result)
             cpu = result.figures.cpu_us_per_heartbeat if result.figures else None

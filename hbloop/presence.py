@@ -227,8 +227,12 @@ class Presence:
         self._resync_timer: Timer | None = None
         self._timers: list[Timer] = []
         self._registered = False  # the liveness key was set on this connection
-        #: Counters for the metrics (PRESENCE_FIGURES); the link keeps its own.
-        self.counts = dict.fromkeys((key for key, *_ in PRESENCE_FIGURES[5:]), 0)
+        #: The counters of PRESENCE_FIGURES, but the link's own.
+        self.counts = {
+            key: 0
+            for key, _, counter, _ in PRESENCE_FIGURES
+            if counter and key not in ("connects", "disconnects")
+        }
 
     # --- lifecycle ----------------------------------------------------------------------
 

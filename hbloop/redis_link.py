@@ -528,9 +528,6 @@ class BlockingRedis:
         except OSError as exc:
             raise RedisUnavailable(f"{self.address}: {exc.strerror or exc}") from None
 
-    def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
-
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
