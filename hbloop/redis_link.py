@@ -327,9 +327,10 @@ class RedisLink:
 
     def _handshake_step(self, reply: Reply) -> None:
         if isinstance(reply, hiredis.ReplyError):
-            # A refusal (bad password, no such database): log it at each attempt, as
-            # it will not mend itself without someone's help.
-            log.error("redis: %s refused the handshake: %s", self.address, reply)
+            # A refusal (bad password, no such database) will not mend itself without
+            # someone's help: an error, once per outage; the retries go on quietly.
+            level = logging.ERROR if self._down_since is None else logging.DEBUG
+            log.log(level, "redis: %s refused the handshake: %s", self.address, reply)
             self._fail(f"handshake refused: {reply}")
 
     def _handshake_done(self, reply: Reply) -> None:
@@ -373,7 +374,7 @@ class RedisLink:
         """The connection (or the attempt) is lost: drop it and try again later."""
         was = self.state
         self._drop(reason, _State.IDLE)
-        if was in (_State.READY, _State.HANDSHAKE):
+        if was == _State.READY:
             self.disconnects += 1
             self._down_since = self.loop.now
             self._attempts = 0

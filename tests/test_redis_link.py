@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 from typing import Any
@@ -155,7 +156,10 @@ def test_a_flushed_script_cache_falls_back_to_eval_and_says_so(
     assert "flushed" in rec.events
 
 
-def test_a_refused_handshake_is_not_ready(redis_server: RedisProcess) -> None:
+def test_a_refused_handshake_is_retried_and_logged_once(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hbloop.redis")
     loop = EventLoop()
     address = parse_url(f"{redis_server.url}?db=99")  # Redis has 16 databases
     ready: list[bool] = []
@@ -168,9 +172,11 @@ def test_a_refused_handshake_is_not_ready(redis_server: RedisProcess) -> None:
     )
     link.start()
     try:
-        assert loop.run_until(lambda: link.disconnects >= 1, 5.0)
+        assert loop.run_until(lambda: link.backoff.attempt >= 3, 10.0)
         assert not ready and not link.ready
         assert not link.call(lambda reply: None, "PING")
+        refusals = [r for r in caplog.records if "refused the handshake" in r.getMessage()]
+        assert [r.levelname for r in refusals[:2]] == ["ERROR", "DEBUG"]
     finally:
         link.close()
         loop.close()
