@@ -36,7 +36,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +116,7 @@ class State(enum.Enum):
 class Member:
     """One connection as presence sees it."""
 
-    __slots__ = ("name", "address", "since", "evict", "state", "known", "reason")
+    __slots__ = ("name", "address", "since", "evict", "state", "known", "reason", "older")
 
     def __init__(
         self, name: str, address: str, since: float, evict: Callable[[Code, str], None]
@@ -128,6 +128,9 @@ class Member:
         self.state = State.LOCAL
         self.known = False  # a join or resync with it was sent: Redis may have it
         self.reason: str | None = None  # set when presence itself ends the connection
+        # The next older connection with the same name on this node (duplicates allowed):
+        # a chain rather than a list per name, which would cost every member ~90 bytes.
+        self.older: Member | None = None
 
     def __repr__(self) -> str:
         return f"Member({self.name!r}, {self.address}, {self.state.value})"
@@ -221,7 +224,7 @@ class Presence:
             scripts=SCRIPTS,
             channels=[self.keys.takeover(node.id)],
         )
-        self._local: dict[str, list[Member]] = {}  # name -> its connections, oldest first
+        self._local: dict[str, Member] = {}  # name -> its newest connection (see Member.older)
         self._leaves: dict[str, str] = {}  # name -> reason, for Redis when it is back
         self._synced = False  # Redis has (or is being sent) the whole table
         self._resync_timer: Timer | None = None
@@ -280,13 +283,12 @@ class Presence:
         refuses duplicates. Under replace, the connections holding it here are closed
         with TAKEN_OVER now. Other nodes are not asked: Redis settles those conflicts
         when the join arrives (see ``joined``)."""
-        members = self._local.get(name)
-        if not members or self.config.policy is Policy.ALLOW:
+        if name not in self._local or self.config.policy is Policy.ALLOW:
             return None
         if self.config.policy is Policy.REFUSE:
             self.counts["refusals"] += 1
             return Code.NAME_TAKEN
-        for member in list(members):
+        for member in list(self._chain(name)):
             member.reason = "taken_over"
             self.counts["takeovers"] += 1
             log.info("presence: %s reconnected to this node; closing its older connection", name)
@@ -298,7 +300,8 @@ class Presence:
     ) -> Member:
         """A connection completed its handshake; returns its handle for ``left``."""
         member = Member(name, address, since, evict)
-        self._local.setdefault(name, []).append(member)
+        member.older = self._local.get(name)
+        self._local[name] = member
         self._leaves.pop(name, None)
         if self._synced:
             self._send_join(member)
@@ -312,17 +315,33 @@ class Presence:
             return
         member.state = State.LEFT
         reason = member.reason or reason
-        members = self._local[member.name]
-        members.remove(member)
-        if members:
+        name = member.name
+        newer = self._local[name]
+        if newer is member:
+            if member.older is None:
+                del self._local[name]
+            else:
+                self._local[name] = member.older
+        else:
+            while newer.older is not member:
+                newer = newer.older  # type: ignore[assignment]
+            newer.older = member.older
+        member.older = None
+        if name in self._local:
             return  # the name is still online here (duplicates allowed)
-        del self._local[member.name]
         if state is State.DROPPED or reason == SHUTDOWN_REASON:
             return  # Redis removed it already, or will with the whole node (close)
         if self._synced:
             self._send_leave(member.name, reason)
         elif member.known:
             self._leaves[member.name] = reason
+
+    def _chain(self, name: str) -> Iterator[Member]:
+        """The connections of ``name`` on this node, newest first."""
+        member = self._local.get(name)
+        while member is not None:
+            yield member
+            member = member.older
 
     # --- joins and leaves -----------------------------------------------------------------
 
@@ -396,7 +415,7 @@ class Presence:
         if len(message) != 3 or message[0] != b"message":
             return  # subscription confirmations
         name = _text(message[2])
-        for member in list(self._local.get(name, ())):
+        for member in list(self._chain(name)):
             # A join still pending reached Redis after the takeover: it is the newer.
             if member.state in (State.ONLINE, State.LOCAL):
                 self._drop(
@@ -417,8 +436,8 @@ class Presence:
         if self._resync_timer is not None:
             self._resync_timer.cancel()
             self._resync_timer = None
-        for members in self._local.values():
-            for member in members:
+        for name in self._local:
+            for member in self._chain(name):
                 if member.state in (State.PENDING, State.ONLINE):
                     member.state = State.LOCAL
 
@@ -447,10 +466,10 @@ class Presence:
         args: list[Any] = [config.prefix, self.node.id, self.node.info()]
         args += [round(config.node_ttl * 1000), config.policy.value, config.stream_maxlen]
         names: list[Any] = []
-        for name, members in self._local.items():
-            live = [m for m in members if m.state is not State.DROPPED]
+        for name in self._local:
+            live = [m for m in self._chain(name) if m.state is not State.DROPPED]
             if live:
-                newest = live[-1]
+                newest = live[0]
                 names += [name, newest.address, repr(newest.since)]
                 batch += live
         args.append(len(names) // 3)
