@@ -19,7 +19,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
 from hbloop.channel import NEVER, Channel, Disconnect, Reason
@@ -185,6 +184,15 @@ class Peer(Channel):
     def close(self, code: Code = Code.NORMAL) -> None:
         """Send CLOSE with ``code`` and end the connection."""
         self.server.end(self, Disconnect(Reason.CLOSED_LOCALLY, code), encode_close(code))
+
+    def evict(self, code: Code, message: str) -> None:
+        """End the connection at presence's request: CLOSE for TAKEN_OVER (its client
+        must not reconnect), ERROR for a refusal such as NAME_TAKEN."""
+        if code is Code.TAKEN_OVER:
+            disconnect = Disconnect(Reason.CLOSED_LOCALLY, code, message)
+            self.server.end(self, disconnect, encode_close(code))
+        else:
+            self.server.refuse(self, code, message)
 
     # --- frames ---------------------------------------------------------------
 
@@ -559,22 +567,13 @@ class Server:
         )
         if self.presence is not None:
             assert peer.name is not None
-            evict = partial(self.evict, peer)
-            peer.member = self.presence.joined(peer.name, peer.label, peer.connected_at, evict)
+            peer.member = self.presence.joined(peer.name, peer.label, peer.connected_at, peer.evict)
         if self.on_connect is not None:
             call_guarded(log, "on_connect", self.on_connect, peer)
 
     def deliver(self, peer: Peer, payload: bytes) -> None:
         if self.on_message is not None:
             call_guarded(log, "on_message", self.on_message, peer, payload)
-
-    def evict(self, peer: Peer, code: Code, message: str) -> None:
-        """End ``peer`` at presence's request: CLOSE for TAKEN_OVER (its client must not
-        reconnect), ERROR for a refusal such as NAME_TAKEN."""
-        if code is Code.TAKEN_OVER:
-            self.end(peer, Disconnect(Reason.CLOSED_LOCALLY, code, message), encode_close(code))
-        else:
-            self.refuse(peer, code, message)
 
     def refuse(self, peer: Peer, code: Code, message: str) -> None:
         self.end(peer, Disconnect(Reason.REFUSED, code, message), encode_error(code, message))
