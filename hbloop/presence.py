@@ -22,6 +22,15 @@ that Redis has not heard about) and, once Redis can be reached again, one atomic
 RESYNC script makes Redis agree with it, after a random delay so that the nodes of a
 cluster do not all resync at the same moment.
 
+Conflicts between nodes are settled by the order in which Redis runs their scripts.
+Under refuse, the join script turns down a name that another live node holds, and the
+node evicts its connection (welcomed already: HELLO never waits) with NAME_TAKEN.
+Under replace, the join script removes the name from its holder and publishes it on
+the holder's takeover channel. The holder is subscribed on its own connection (RESP3
+push), so the notice reaches it in Redis' order among its replies: a member whose join
+was answered before the notice is the older one and is closed with TAKEN_OVER; one
+whose join is still on its way reached Redis later, is the newer, and stays.
+
 The node proves it is alive by refreshing a key with a TTL every third of it, with
 jitter; every node also runs the reaper, which removes the members of nodes whose key
 expired. See ``presence_scripts`` for the keys and the scripts.
