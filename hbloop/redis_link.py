@@ -51,10 +51,13 @@ log = logging.getLogger("hbloop.redis")
 DEFAULT_PORT = 6379
 
 # Commands queued or awaiting replies, at most. Presence sends one command per connect
-# and per disconnect, answered within a millisecond by a healthy Redis, so a few are in
-# flight at a time; the bound is reached only when Redis stalls, and then keeps the
-# backlog to about 1-2 MB (commands are 100-200 bytes) however long the stall lasts.
-MAX_PENDING = 8192
+# and per disconnect. When a node's clients all drop at once (a network blip, a load
+# balancer failover), their leaves leave in a few loop iterations, thousands at a time,
+# faster than Redis answers: the bound lets a whole node's burst through (about 20,000
+# connections with the default descriptor limit) and otherwise only bites when Redis
+# stalls, capping the backlog at about 30 MB (some 900 bytes a command, measured with
+# its encoding and its callbacks).
+MAX_PENDING = 32_768
 
 # A command unanswered this long means that Redis (or the path to it) is stopped: the
 # connection is dropped and made anew. Redis answers in well under a millisecond; a
