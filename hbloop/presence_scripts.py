@@ -102,11 +102,15 @@ local function register(node, info, ttl_ms)
 end
 """
 
+
+def _script(body: str) -> Script:
+    return Script(_HELPERS + body)
+
+
 # ARGV: prefix, node, name, address, since, policy, maxlen.
 # Returns {1, previous owner or ''} when joined, {0, owner} when refused.
-JOIN = Script(
-    _HELPERS
-    + """
+JOIN = _script(
+    """
 local node, name, address, since, policy, maxlen =
   ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local owner = live_owner(name, node)
@@ -122,26 +126,23 @@ return {1, owner or ''}
 )
 
 # ARGV: prefix, node, name, reason, maxlen. Returns 1 if the member was there.
-LEAVE = Script(
-    _HELPERS
-    + """
+LEAVE = _script(
+    """
 return remove_member(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 )
 
 # ARGV: prefix, node, node info, ttl in ms. Returns 1, or 0 if the key had expired.
-HEARTBEAT = Script(
-    _HELPERS
-    + """
+HEARTBEAT = _script(
+    """
 return register(ARGV[2], ARGV[3], ARGV[4])
 """
 )
 
 # ARGV: prefix, maxlen. Removes every node whose liveness key has expired, with its
 # members (leave events with reason node_lost). Returns {node, members, ...}.
-REAP = Script(
-    _HELPERS
-    + """
+REAP = _script(
+    """
 local reaped = {}
 for _, node in ipairs(redis.call('SMEMBERS', nodes_key)) do
   if redis.call('EXISTS', node_key(node)) == 0 then
@@ -154,9 +155,8 @@ return reaped
 )
 
 # ARGV: prefix, node, reason, maxlen. A node's graceful stop. Returns its members.
-DEREGISTER = Script(
-    _HELPERS
-    + """
+DEREGISTER = _script(
+    """
 return remove_node(ARGV[2], ARGV[3], ARGV[4])
 """
 )
@@ -168,9 +168,8 @@ return remove_node(ARGV[2], ARGV[3], ARGV[4])
 # ones leave with their recorded reason. A name that another live node holds is, under
 # refuse, "lost" (the holder keeps it); under replace, the later connection (by
 # ``since``) keeps it. Returns {joined, left, lost names...}.
-RESYNC = Script(
-    _HELPERS
-    + """
+RESYNC = _script(
+    """
 local node, policy, maxlen, n = ARGV[2], ARGV[5], ARGV[6], tonumber(ARGV[7])
 register(node, ARGV[3], ARGV[4])
 local keep, result = {}, {0, 0}
