@@ -25,6 +25,15 @@ DEFAULT_CONNECT_RATE = 2000.0
 DEFAULT_MAX_IN_FLIGHT = 1024
 
 
+# `--redis`: connects and disconnects timed with and without presence; members of the
+# node killed with SIGKILL; seconds Redis is stopped, and clients heartbeating
+# meanwhile (issue 11's targets: a 30 s outage under 10,000 clients).
+DEFAULT_CHURN = 2000
+DEFAULT_KILL_CLIENTS = 1000
+DEFAULT_OUTAGE = 30.0
+DEFAULT_OUTAGE_CLIENTS = 10_000
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     clients: int = DEFAULT_CLIENTS

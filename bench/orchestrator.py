@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 
 import psutil
 
+from bench import report
 from bench.config import BenchConfig
 from bench.histograms import merge_encoded, new_histogram, record_seconds, summary_ms
 from bench.loadgen import WELCOME_DEADLINE, worker_main
@@ -267,3 +268,16 @@ class Run:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
+
+
+def run_and_stop(config: BenchConfig, server: ServerUnderTest) -> RunResult:
+    """Run ``config``'s workload against ``server`` with a progress line a second, then
+    stop the server."""
+
+    def show(result: RunResult, second: Second) -> None:
+        print(report.progress_line(result, second), flush=True)
+
+    try:
+        return Run(config, server, show).execute()
+    finally:
+        server.stop()

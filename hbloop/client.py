@@ -66,10 +66,14 @@ def is_final(disconnect: Disconnect) -> bool:
     would evict that one, and so on forever)."""
     if disconnect.reason is Reason.PEER_ERROR:
         return disconnect.code in FATAL_ERRORS
-    return disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TAKEN_OVER
+    return disconnect.reason is Reason.PEER_CLOSED and disconnect.code in FINAL_CLOSE_CODES
 
 # The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# A newer connection with this client's name replaced it (protocol.md H8): reconnecting
+# would evict that one in turn, and two clients with one name would take turns forever.
+FINAL_CLOSE_CODES = frozenset({Code.TAKEN_OVER})
 
 
 class Backoff:

@@ -463,8 +463,11 @@ class Session:
         return welcome + out, (*opened, *events)
 
     def refuse(self, code: Code, message: str, now: float) -> Step:
-        """Server: refuse the pending HELLO with ERROR ``code`` (H2)."""
-        if self.state is not State.AWAIT_HELLO or self._pending is None:
+        """Server: refuse the pending HELLO with ERROR ``code`` (H2), or withdraw the
+        admission of an OPEN connection (a duplicate name found out later, P1)."""
+        if not (self.state is State.AWAIT_HELLO and self._pending is not None) and (
+            self.state is not State.OPEN
+        ):
             raise LocalProtocolError(Code.MALFORMED, "refuse() needs a pending HELLO")
         self._pending = None
         return self._fail(RemoteProtocolError(code, message), now, Reason.REFUSED)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.redis_server import RedisNotInstalled, RedisProcess
 from hbloop.client import Client
 from hbloop.loop import EventLoop
 from hbloop.policy import ServerPolicy
@@ -523,3 +526,41 @@ def tcp_socket(local_port: int, remote_port: int) -> TcpSocketState:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA, server and client certificates and JWT keys, made once per test run."""
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+# --- Redis for the presence tests ---------------------------------------------------------
+
+
+def _redis(directory: Path) -> RedisProcess:
+    """A redis-server; without the binary the test is skipped, or fails under CI."""
+    try:
+        return RedisProcess(directory)
+    except RedisNotInstalled as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One redis-server for the session; tests keep apart with their own key prefix."""
+    server = _redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, for tests that stop and restart it."""
+    # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="hbr-"))
+    server = _redis(directory)
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own, so that tests share the session's Redis."""
+    return f"t:{request.node.name}:"

@@ -158,3 +158,24 @@ def test_plot_title_and_colours():
     assert "19,000 clients, interval 2s, timeout 6s, zombies 0.02, window 60s" in text
     assert text.endswith("hbloop serve --coalesce=1")
     assert colours(results) == {"hbloop": "C0", "uvloop": "C1"}
+
+
+def test_bench_redis_measures_presence_in_one_run(tmp_path):
+    """Tiny sizes, every phase: heartbeats off and on, churn, a killed node, an outage."""
+    out = tmp_path / "presence.json"
+    result = run_bench(
+        *("--redis", "--clients", "30", "--interval", "0.5", "--timeout", "1.5"),
+        *("--duration", "1", "--churn", "50", "--kill-clients", "10", "--outage", "1"),
+        *("--outage-clients", "30", "--node-ttl", "1", "--reap-interval", "0.25"),
+        *("--json", str(out)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "presence cost and bounds" in result.stdout
+    figures = json.loads(out.read_text())["presence"]
+    assert figures["hb_cpu_off_us"] > 0 and figures["hb_cpu_on_us"] > 0
+    assert figures["churn_cpu_on_us"] > 0
+    latency = figures["join_visible_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+    assert 0 < figures["stale_s"] <= figures["stale_bound_s"] + 1.5
+    assert figures["outage_dropped"] == 0 and figures["outage_errors"] == 0
+    assert 0 < figures["resync_s"] <= 5.0
