@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from bench import flood
 from bench.config import (
     DEFAULT_CHURN,
     DEFAULT_CLIENTS,
@@ -26,6 +27,7 @@ from bench.config import (
     DEFAULT_OUTAGE,
     DEFAULT_OUTAGE_CLIENTS,
     DEFAULT_TIMEOUT,
+    STALL_AFTER,
 )
 from bench.reference_server import LOOPS
 from bench.sizing import worker_count
@@ -122,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="F",
         help="fraction of clients that go silent after the ramp without closing",
+    )
+    parser.add_argument(
+        "--flooders",
+        type=_positive(int),
+        default=0,
+        metavar="N",
+        help="N flooding connections beside the clients during the window; the clients "
+        "are their bystanders (see the summary's flood line and the JSON's 'flood')",
+    )
+    parser.add_argument(
+        "--flood-kind",
+        choices=flood.KINDS,
+        default="pong",
+        help="what the flooders stream: unsolicited PONGs or empty DATA (echoed)",
+    )
+    parser.add_argument(
+        "--stall",
+        type=_positive(float),
+        default=0.0,
+        metavar="S",
+        help="stop the spawned server (SIGSTOP) for S seconds in the window, then "
+        "continue it; no live client may be closed for it (the JSON's 'stall')",
     )
     parser.add_argument(
         "--workers",
@@ -229,6 +253,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return str(exc)
     if args.baseline is not None and not (args.baseline / "hbloop" / "server.py").is_file():
         return f"--baseline {args.baseline}: no hbloop checkout there"
+    if args.stall and args.target is not None:
+        return "--stall stops the server the bench starts: not with --target"
+    if args.stall and args.duration < args.stall + STALL_AFTER + 1:
+        return f"--duration must exceed --stall by {STALL_AFTER + 1:g}s: the window holds it"
     for path in (args.json, args.plot):
         if path is not None and not path.parent.is_dir():
             return f"cannot write {path}: {path.parent} is not a directory"

@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_in_flight=args.max_in_flight,
         server_args=tuple(args.server_arg),
+        flooders=args.flooders,
+        flood_kind=args.flood_kind,
+        stall=args.stall,
     )
     if args.redis:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -14,6 +13,7 @@ import psutil
 import pytest
 from fakeserver import FakeServer, record_silently, welcome
 
+from bench import flood
 from hbloop.client import Client
 from hbloop.loop import EventLoop
 from hbloop.protocol import FrameDecoder
@@ -29,7 +29,7 @@ from hbloop.wire import (
     encode_hello,
 )
 
-from conftest import HBLOOP, ROOT, WAIT_TIMEOUT, RawPeer, expect_last_word, wait_for
+from conftest import HBLOOP, WAIT_TIMEOUT, RawPeer, expect_last_word, wait_for
 
 # The strict end of common practice (6-9 s) scaled down: a server that stalls for
 # half a second with peers on a 0.6 s timeout drops them unless it is fair.
@@ -39,19 +39,6 @@ STRICT_INTERVAL_MS = 200
 # Forty flooding connections in one process, as in the report that found the problem.
 FLOODERS = 40
 FLOOD_SECONDS = 4.0
-
-
-def flood(address: tuple[str, int], kind: str, count: int = FLOODERS) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "flooder.py"),
-            *(address[0], str(address[1]), str(count), kind, str(FLOOD_SECONDS)),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
 
 
 @pytest.mark.parametrize(
@@ -66,10 +53,8 @@ def test_flooders_cannot_get_bystanders_dropped(serve, good_peers, kind, rate):
     args = [*STRICT] if rate is None else [*STRICT, "--max-peer-rate", rate]
     server = serve(*args)
     bystanders = good_peers(server.address, count=20, interval_ms=STRICT_INTERVAL_MS)
-    flooder = flood(server.address, kind)
-    out, _ = flooder.communicate(timeout=FLOOD_SECONDS + WAIT_TIMEOUT)
-    assert out.startswith("sent "), out
-    assert int(out.split()[1]) > 0
+    flooder = flood.start(server.address, FLOODERS, kind, FLOOD_SECONDS)
+    assert flood.frames_sent(flooder, FLOOD_SECONDS + WAIT_TIMEOUT) > 0
     bystanders.assert_served(server)
     assert not server.find(r"reason=timeout"), "a live peer was closed as silent"
 

@@ -1,14 +1,18 @@
-"""A flooding client, run as its own process so that it competes with the server for
-the CPU as a real attacker would: ``python tests/flooder.py HOST PORT COUNT KIND
+"""Flooding peers, run as a process of their own so that they compete with the server
+for the CPU as a real attacker would: ``python -m bench.flood HOST PORT COUNT KIND
 SECONDS`` opens COUNT connections, completes the handshake on each, then sends KIND
-frames ("pong" or "data", empty DATA) as fast as the kernel takes them for SECONDS,
-reading and discarding whatever comes back. It prints one line: ``sent N frames``.
+frames ("pong": unsolicited PONGs, or "data": empty DATA, which the server echoes) as
+fast as the kernel takes them for SECONDS, reading and discarding whatever comes back.
+It prints one line: ``sent N frames``. The bench's ``--flooders`` and the tests both
+start it.
 """
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
+import subprocess
 import sys
 import time
 
@@ -16,9 +20,29 @@ from hbloop.protocol import FrameDecoder
 from hbloop.wire import DEFAULT_MAX_PAYLOAD, PONG_FRAME, FrameType, encode_data, encode_hello
 
 FRAMES = {"pong": PONG_FRAME, "data": encode_data(b"")}
+KINDS = tuple(FRAMES)
 
 # Frames written per send call: a burst large enough to fill the socket buffer.
 BURST = 4096
+
+# The one line a run prints: "sent N frames".
+SENT_PREFIX = "sent "
+
+
+def start(address: tuple[str, int], count: int, kind: str, seconds: float) -> subprocess.Popen[str]:
+    """A flooding process against ``address``; read its stdout for the frames sent."""
+    argv = [sys.executable, "-m", "bench.flood", address[0], str(address[1])]
+    return subprocess.Popen(
+        [*argv, str(count), kind, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
+def frames_sent(process: subprocess.Popen[str], timeout: float) -> int:
+    """Wait for a flooding process to end; the frames it sent."""
+    out, _ = process.communicate(timeout=timeout)
+    if not out.startswith(SENT_PREFIX):
+        raise RuntimeError(f"the flooding process failed (exit {process.returncode})")
+    return int(out[len(SENT_PREFIX) :].split()[0])
 
 
 def main() -> int:
@@ -28,7 +52,7 @@ def main() -> int:
     socks = []
     for i in range(int(count)):
         sock = socket.create_connection((host, int(port)))
-        sock.sendall(encode_hello(f"flooder-{i}", 0))
+        sock.sendall(encode_hello(f"flooder-{os.getpid()}-{i}", 0))
         first = FrameDecoder(DEFAULT_MAX_PAYLOAD).feed(sock.recv(64))
         assert first and first[0][0] == FrameType.WELCOME, first
         sock.setblocking(False)
@@ -50,7 +74,7 @@ def main() -> int:
                     sent += sock.send(burst) // len(frame)
             except (BlockingIOError, ConnectionError):
                 continue
-    print(f"sent {sent} frames", flush=True)
+    print(f"{SENT_PREFIX}{sent} frames", flush=True)
     for sock in socks:
         sock.close()
     return 0
