@@ -121,24 +121,22 @@ def _non_negative(text: str) -> float:
     return _seconds(text, allow_zero=True)
 
 
-def _count(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
     return value
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _non_negative_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-    return value
+    return _whole_number(text, 0)
 
 
 def _workers(text: str) -> int:
