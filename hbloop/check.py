@@ -13,6 +13,7 @@ import enum
 import itertools
 import json
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -112,6 +113,23 @@ class Settings:
     max_wait: float = DEFAULT_MAX_WAIT
     handshake_timeout: float | None = None  # the server's deadline; H5 is skipped without it
     answer_timeout: float = ANSWER_TIMEOUT
+    tls: ssl.SSLContext | None = None  # connect with TLS (hbloop.tls.client_context)
+    token: str | None = None  # the credential every HELLO of the checker carries
+
+    def hello(self, interval_ms: int) -> bytes:
+        """The checker's HELLO, with its credential if it has one."""
+        return encode_hello(CHECK_NAME, interval_ms, token=self.token)
+
+    def connect(self) -> socket.socket:
+        """A connection to the server, through TLS (its handshake done) if asked."""
+        sock = socket.create_connection((self.host, self.port), self.answer_timeout)
+        if self.tls is None:
+            return sock
+        try:
+            return self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
     @property
     def target(self) -> str:
@@ -174,8 +192,9 @@ class Probe:
     """
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.answer_timeout = settings.answer_timeout
-        self.sock = socket.create_connection((settings.host, settings.port), self.answer_timeout)
+        self.sock = settings.connect()
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = FrameDecoder(PROBE_MAX_PAYLOAD)
         self.frames: deque[Frame] = deque()
@@ -253,7 +272,7 @@ class Probe:
         return self.await_frame("answer", HEARTBEATS_AND_DATA)
 
     def hello(self, interval_ms: int) -> Welcome:
-        self.send(encode_hello(CHECK_NAME, interval_ms))
+        self.send(self.settings.hello(interval_ms))
         return self.expect_welcome()
 
     def expect_welcome(self) -> Welcome:
@@ -475,7 +494,7 @@ def _ratio(checker: Checker) -> str:
 @case("F4", MUST, "a HELLO sent one byte per segment is decoded")
 def _trickled_hello(checker: Checker) -> str:
     probe = checker.connect()
-    for byte in encode_hello(CHECK_NAME, checker.interval_ms):
+    for byte in checker.settings.hello(checker.interval_ms):
         probe.send(bytes([byte]))
         time.sleep(TRICKLE_GAP)
     return describe_welcome(probe.expect_welcome())
@@ -484,7 +503,7 @@ def _trickled_hello(checker: Checker) -> str:
 @case("F4", MUST, "HELLO, PING and DATA coalesced in one segment are all decoded")
 def _coalesced(checker: Checker) -> str:
     probe = checker.connect()
-    probe.send(encode_hello(CHECK_NAME, checker.interval_ms) + PING_FRAME + encode_data(b"x"))
+    probe.send(checker.settings.hello(checker.interval_ms) + PING_FRAME + encode_data(b"x"))
     probe.expect_welcome()
     probe.expect_pong()
     return "WELCOME, then PONG"
@@ -727,7 +746,7 @@ def _handshake_deadline(checker: Checker) -> str:
     checker.require_time(late_limit(deadline))
     probe = checker.connect()
     start = time.monotonic()
-    probe.send(encode_hello(CHECK_NAME, 0)[:5])  # a partial frame proves nothing (T5)
+    probe.send(checker.settings.hello(0)[:5])  # a partial frame proves nothing (T5)
     try:
         frame = probe.recv(start + late_limit(deadline))
     except TimeoutError:
@@ -807,8 +826,9 @@ def run_case(checker: Checker, number: int, spec: Case) -> Result:
 
 
 def run_checks(settings: Settings) -> Report:
-    """Run every case; raises OSError if the server cannot be reached at all."""
-    socket.create_connection((settings.host, settings.port), settings.answer_timeout).close()
+    """Run every case; raises OSError if the server cannot be reached at all (an
+    ssl.SSLError, one, if TLS fails)."""
+    settings.connect().close()
     checker = Checker(settings)
     results = [run_case(checker, n, spec) for n, spec in enumerate(CASES, start=1)]
     return Report(settings.target, results)

@@ -22,7 +22,6 @@ from hbloop.channel import Channel, IoCounters, TlsChannel
 from hbloop.loop import EventLoop, Timer, call_guarded
 from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
 from hbloop.protocol import LocalProtocolError, token_problem
-from hbloop.tls import TlsLayer
 from hbloop.session import (
     Closed,
     Disconnect,
@@ -35,6 +34,7 @@ from hbloop.session import (
     SessionConfig,
     State,
 )
+from hbloop.tls import TlsLayer
 from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
@@ -69,6 +69,7 @@ def is_final(disconnect: Disconnect) -> bool:
     if disconnect.reason is Reason.PEER_ERROR:
         return disconnect.code in FATAL_ERRORS
     return disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TAKEN_OVER
+
 
 # The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
