@@ -135,7 +135,9 @@ def big_result(server: str) -> RunResult:
     result.heartbeats = 10 * MIN_HEARTBEATS_FOR_CPU
     result.counts.established = 999_999
     result.zombies = 99_999
-    result.figures = ServerFigures(9999.0, 9999.0, 1e6, 9e6, 999_999, result.heartbeats)
+    result.figures = ServerFigures(
+        9999.0, 9999.0, 1e6, 9e6, 999_999, result.heartbeats, 9999.0, 999_999
+    )
     for value in (1_000, 250_000, 9_999_999):  # microseconds
         result.rtt.record_value(value)
         result.zombie_late.record_value(value)
