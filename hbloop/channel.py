@@ -407,21 +407,20 @@ class TlsChannel(Channel[OwnerT]):
 
     def on_readable(self) -> None:
         try:
-            ciphertext = self.sock.recv(READ_CHUNK)
-        except BlockingIOError:
-            return
+            n = self.sock.recv_into(_read_buffer)
         except OSError as exc:
-            self._read_failed(exc)
+            if not isinstance(exc, BlockingIOError):
+                self._read_failed(exc)
             return
-        if not ciphertext:
+        if n and self.session.state is not S_CLOSING:  # else drain to the peer's EOF
+            self.owner.counters.bytes_in += n
+            self._receive_records(_read_view[:n])
+        elif not n:
             self._read_eof()
-        elif self.session.state is not S_CLOSING:  # else drain to the peer's EOF
-            self.owner.counters.bytes_in += len(ciphertext)
-            self._receive_records(ciphertext)
 
     __call__ = on_readable
 
-    def _receive_records(self, ciphertext: bytes) -> None:
+    def _receive_records(self, ciphertext: memoryview) -> None:
         tls = self.tls
         established = tls.handshake_done
         try:

@@ -423,16 +423,15 @@ def build_parser(raise_errors: bool = False) -> _Parser:
     return parser
 
 
+def _file_option(group: argparse._ArgumentGroup, option: str, text: str) -> None:
+    group.add_argument(option, type=Path, metavar="FILE", help=text)
+
+
 def _add_server_security(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group("TLS and authentication (off by default)")
-    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS: PEM chain")
-    group.add_argument("--tls-key", type=Path, metavar="FILE", help="the key of --tls-cert (PEM)")
-    group.add_argument(
-        "--tls-client-ca",
-        type=Path,
-        metavar="FILE",
-        help="require client certificates issued by these CAs (mutual TLS)",
-    )
+    _file_option(group, "--tls-cert", "serve TLS with this certificate chain (PEM)")
+    _file_option(group, "--tls-key", "the private key of --tls-cert (PEM)")
+    _file_option(group, "--tls-client-ca", "require client certificates from these CAs (mTLS)")
     group.add_argument(
         "--tls-handshake-rate",
         type=_positive,
@@ -445,17 +444,9 @@ def _add_server_security(serve: argparse.ArgumentParser) -> None:
         action="store_true",
         help="HELLO's name must be the client certificate's subject CN (needs --tls-client-ca)",
     )
-    group.add_argument(
-        "--jwt-secret-file",
-        type=Path,
-        metavar="FILE",
-        help="HELLO must carry a JWT signed HS256 with the secret in FILE",
-    )
-    group.add_argument(
-        "--jwt-public-key",
-        type=Path,
-        metavar="FILE",
-        help="HELLO must carry a JWT signed ES256 or RS256, verified with this PEM public key",
+    _file_option(group, "--jwt-secret-file", "HELLO must carry a JWT signed HS256 with this secret")
+    _file_option(
+        group, "--jwt-public-key", "HELLO must carry a JWT signed ES256 or RS256 (PEM public key)"
     )
     group.add_argument("--jwt-audience", metavar="AUD", help="the 'aud' HELLO tokens must have")
     group.add_argument("--jwt-issuer", metavar="ISS", help="the 'iss' HELLO tokens must have")
@@ -464,20 +455,10 @@ def _add_server_security(serve: argparse.ArgumentParser) -> None:
 def _add_client_security(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS and authentication")
     group.add_argument("--tls", action="store_true", help="connect with TLS")
-    group.add_argument(
-        "--ca",
-        type=Path,
-        metavar="FILE",
-        help="trust the server certificates these CAs issued (default: the system's)",
-    )
-    group.add_argument("--cert", type=Path, metavar="FILE", help="client certificate (PEM)")
-    group.add_argument("--key", type=Path, metavar="FILE", help="the key of --cert (PEM)")
-    group.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="FILE",
-        help=f"send the token in FILE with HELLO (default: ${TOKEN_ENV}, if set)",
-    )
+    _file_option(group, "--ca", "trust server certificates from these CAs (default: the system's)")
+    _file_option(group, "--cert", "client certificate (PEM), for mutual TLS")
+    _file_option(group, "--key", "the private key of --cert (PEM)")
+    _file_option(group, "--token-file", f"send this token with HELLO (default: ${TOKEN_ENV})")
 
 
 def server_security(

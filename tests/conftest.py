@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -384,18 +385,12 @@ class GoodPeers:
 
 @pytest.fixture
 def good_peers() -> Iterator[Callable[..., GoodPeers]]:
-    """Factory: ``good_peers(server.address)`` starts heartbeating peers, stopped after;
-    ``tls=`` and ``token=`` (name -> token) for a server with TLS and authentication."""
+    """Factory: ``good_peers(server.address, **GoodPeers options)`` starts heartbeating
+    peers, stopped after."""
     started: list[GoodPeers] = []
 
-    def start(
-        address: tuple[str, int],
-        count: int = 3,
-        prefix: str = "good",
-        tls: ssl.SSLContext | None = None,
-        token: Callable[[str], str] | None = None,
-    ) -> GoodPeers:
-        peers = GoodPeers(address, count, prefix, tls, token)
+    def start(address: tuple[str, int], **options: Any) -> GoodPeers:
+        peers = GoodPeers(address, **options)
         started.append(peers)
         return peers
 
