@@ -456,3 +456,26 @@ def test_tls_and_jwt_options_from_a_config_file(pki: Pki, tmp_path: Path) -> Non
     assert authenticator.jwt_verifier.key.algorithm == "RS256"
     assert authenticator.jwt_verifier.audience == "fleet"
     assert args.tls_handshake_rate == 200
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["serve", "--tls-cert", "server.crt"], "--tls-cert and --tls-key go together"),
+        (["serve", "--auth-client-cert"], "--auth-client-cert needs --tls-client-ca"),
+        (["serve", "--jwt-audience", "fleet"], "--jwt-audience and --jwt-issuer need"),
+        (["serve", "--jwt-secret-file", "missing.secret"], "cannot read JWT secret"),
+        (["client", "--ca", "ca.crt"], "--ca, --cert and --key need --tls"),
+        (["check", "127.0.0.1:1", "--tls", "--cert", "a.crt"], "--cert and --key go together"),
+    ],
+    ids=["cert-alone", "names-without-ca", "audience-without-key", "no-secret", "ca", "cert"],
+)
+def test_inconsistent_tls_options_are_one_line_usage_errors(
+    args: list[str], error: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [*HBLOOP, *args], cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_TIMEOUT
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"hbloop: error: {error}")
+    assert len(result.stderr.splitlines()) == 1
