@@ -48,7 +48,13 @@ from hbloop.protocol import ProtocolError
 from hbloop.server import Peer, Server
 from hbloop.stats import StatsReporter
 from hbloop.supervisor import Supervisor, WorkerLink
-from hbloop.tls import DEFAULT_HANDSHAKE_RATE, TlsConfigError, client_context, server_context
+from hbloop.tls import (
+    DEFAULT_HANDSHAKE_RATE,
+    TlsConfigError,
+    client_context,
+    describe_ssl_error,
+    server_context,
+)
 from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme
 
 DEFAULT_HOST = "127.0.0.1"
@@ -750,6 +756,9 @@ def run_check(args: argparse.Namespace) -> int:
     )
     try:
         report = check_cases.run_checks(settings)
+    except ssl.SSLError as exc:
+        failure = describe_ssl_error(exc)
+        return _error(f"TLS with {settings.target} failed: {failure}", CHECK_UNREACHABLE)
     except OSError as exc:
         reason = exc.strerror or exc
         return _error(f"cannot reach {settings.target}: {reason}", CHECK_UNREACHABLE)

@@ -384,27 +384,27 @@ def test_hbloop_check_over_tls_with_a_token(
 ) -> None:
     token_file = tmp_path / "check.jwt"
     token_file.write_text(token(pki, "hbloop-check"))
-    result = subprocess.run(
-        [
-            *HBLOOP,
-            "check",
-            f"127.0.0.1:{jwt_server.port}",
-            "--tls",
-            "--ca",
-            str(pki.ca),
-            "--token-file",
-            str(token_file),
-            "--max-wait",
-            "0.5",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def check(ca: Path) -> subprocess.CompletedProcess[str]:
+        options = ["--tls", "--ca", str(ca), "--token-file", str(token_file), "--max-wait", "0.5"]
+        return subprocess.run(
+            [*HBLOOP, "check", f"127.0.0.1:{jwt_server.port}", *options],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    result = check(pki.ca)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "The server conforms" in result.stdout
     assert " FAIL " not in result.stdout
+    untrusted = check(pki.rogue_ca)
+    assert untrusted.returncode == 2
+    assert untrusted.stderr == (
+        f"hbloop: error: TLS with 127.0.0.1:{jwt_server.port} failed: "
+        "certificate verify failed: unknown CA\n"
+    )
 
 
 # --- the embedding API and the configuration -------------------------------------------------
