@@ -179,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "git worktree of main), to compare a change with what it replaces in one run",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="run the spawned servers on TLS with a throwaway ECDSA certificate (the --against "
+        "servers too), plus plain hbloop for comparison: memory per TLS connection and the CPU "
+        "TLS adds per heartbeat and per handshake",
+    )
+    parser.add_argument(
         "--host", default=DEFAULT_HOST, help="address for the servers the bench starts"
     )
     parser.add_argument(
@@ -251,6 +258,8 @@ def _check(args: argparse.Namespace) -> str | None:
             worker_count(args.outage_clients, args.workers)
     except ValueError as exc:
         return str(exc)
+    if args.tls and args.target is not None:
+        return "--tls runs servers the bench starts, not --target"
     if args.baseline is not None and not (args.baseline / "hbloop" / "server.py").is_file():
         return f"--baseline {args.baseline}: no hbloop checkout there"
     if args.stall and args.target is not None:

@@ -17,14 +17,16 @@ import dataclasses
 import errno
 import signal
 import socket
+import ssl
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
 from bench.histograms import new_histogram, record_seconds
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
-from hbloop.channel import Channel, IoCounters
+from hbloop.channel import Channel, IoCounters, TlsChannel
 from hbloop.client import HANDSHAKE_TIMEOUT, MAX_PENDING
 from hbloop.loop import EventLoop, Timer
 from hbloop.netutil import raise_open_files_limit
@@ -41,6 +43,7 @@ from hbloop.session import (
     SessionConfig,
     State,
 )
+from hbloop.tls import TlsLayer, client_context
 from hbloop.wire import DEFAULT_MAX_PAYLOAD, Code, encode_hello
 
 # How often the ramp starts the connects that the rate allows: fine enough that
@@ -89,11 +92,9 @@ class BenchClient(Channel["Worker"]):
         if err:
             self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode[err]}")
             return
-        loop = self.owner.loop
-        loop.remove_writer(self.fd)
-        self.start_reading()
+        self.owner.loop.remove_writer(self.fd)
         self.last_frame_at = time.monotonic()
-        self._write(self.session.connected(loop.now))
+        self.connection_made()
 
     def handle(self, events: Events) -> None:
         now = time.monotonic()
@@ -158,6 +159,16 @@ class BenchClient(Channel["Worker"]):
         super().arm()
 
 
+class TlsBenchClient(TlsChannel["Worker"], BenchClient):
+    """A BenchClient through TLS (the server's certificate verified as any client's)."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, worker: Worker, sock: socket.socket, index: int, tls: TlsLayer) -> None:
+        super().__init__(worker, sock, index)
+        self.tls = tls
+
+
 class Worker:
     """Runs one ``WorkerPlan`` and reports a ``Tick`` a second to the orchestrator."""
 
@@ -180,6 +191,9 @@ class Worker:
         self.stopping = False
         self.done = False
         self._ramp_start = 0.0
+        self.tls: ssl.SSLContext | None = None
+        if plan.tls_ca is not None:
+            self.tls = client_context(Path(plan.tls_ca))
 
     # --- running -----------------------------------------------------------------
 
@@ -230,7 +244,11 @@ class Worker:
             self.counts.connect_failures += 1
             self._sample_error(f"connect: {errno.errorcode.get(err, err)}")
             return
-        client = BenchClient(self, sock, index)
+        if self.tls is None:
+            client = BenchClient(self, sock, index)
+        else:
+            layer = TlsLayer(self.tls, server_side=False, server_hostname=self.plan.target[0])
+            client = TlsBenchClient(self, sock, index, layer)
         self.clients.append(client)
         self.in_flight += 1
         self.loop.add_writer(client.fd, client.on_connected)

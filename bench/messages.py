@@ -20,6 +20,7 @@ class WorkerPlan:
     sources: list[str]  # loopback source addresses, empty to let the kernel choose
     epoch: float  # time.monotonic() origin shared by every process (CLOCK_MONOTONIC)
     zombies: int
+    tls_ca: str | None = None  # connect with TLS, trusting this certificate file
 
 
 class Command(enum.Enum):

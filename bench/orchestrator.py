@@ -4,6 +4,7 @@ Timeline, on the ``time.monotonic()`` clock every process shares (the epoch is w
 the run starts; worker ticks fall on whole seconds after it)::
 
     ramp: connects at --connect-rate until every client has connected or failed
+          (server CPU is sampled at both ends: the cost of setting connections up)
     ZOMBIFY: the zombies go silent
     settle: one interval, so the last clients have started their schedule
     window: --duration seconds; server CPU and memory are sampled at its two ends
@@ -74,7 +75,12 @@ class _Sampler:
     def __init__(self, process: psutil.Process) -> None:
         self.process = process
         self.rss_before_kb = process.memory_info().rss / KB
+        self.cpu_before = sum(self.cpu())
+        self.cpu_ramp = 0.0
         self.cpu_start = (0.0, 0.0)
+
+    def end_ramp(self) -> None:
+        self.cpu_ramp = sum(self.cpu()) - self.cpu_before
 
     def cpu(self) -> tuple[float, float]:
         times = self.process.cpu_times()
@@ -121,6 +127,8 @@ class Run:
             ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
             self._follow_until(self.epoch + ramp_budget, self._ramp_done)
             ramp_end = time.monotonic()
+            if sampler is not None:
+                sampler.end_ramp()
             self.result.ramp_s = ramp_end - self.epoch
             self._send(Command.ZOMBIFY)
 
@@ -154,6 +162,8 @@ class Run:
                     rss_steady_kb=rss_kb,
                     connections=self.counts.open,
                     heartbeats=self.result.heartbeats,
+                    cpu_ramp_s=sampler.cpu_ramp,
+                    connects=self.counts.established,
                 )
             if config.zombie_count:
                 self._follow_until(ramp_end + config.timeout + ZOMBIE_GRACE)
@@ -195,6 +205,7 @@ class Run:
                 sources=sources,
                 epoch=self.epoch,
                 zombies=share.zombies,
+                tls_ca=None if self.server.tls_ca is None else str(self.server.tls_ca),
             )
             parent_end, child_end = context.Pipe()
             process = context.Process(

@@ -1,7 +1,9 @@
 """The reference server: the same protocol on asyncio Protocols, or on uvloop.
 
-``python -m bench.reference_server --loop asyncio|uvloop --interval I --timeout T``
-prints ``listening on HOST:PORT`` once ready. It runs hbloop's sans-IO session
+``python -m bench.reference_server --loop asyncio|uvloop --interval I --timeout T
+[--tls-cert FILE --tls-key FILE]`` prints ``listening on HOST:PORT`` once ready; with
+a certificate it serves TLS through the loop's own TLS transport (the same
+``hbloop.tls.server_context`` as ``hbloop serve``). It runs hbloop's sans-IO session
 (``hbloop.session``) and decoder, so a comparison with ``hbloop serve`` measures the
 event loop and transport, not the protocol code: the same handshake, PING/PONG,
 timeouts, CLOSE and ERROR, with every HELLO admitted (no connection limit).
@@ -19,7 +21,9 @@ import argparse
 import asyncio
 import signal
 import socket
+import ssl
 import sys
+from pathlib import Path
 
 from hbloop.netutil import raise_open_files_limit
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
@@ -35,6 +39,7 @@ from hbloop.session import (
     State,
     Step,
 )
+from hbloop.tls import server_context
 from hbloop.wire import MAX_HELLO_PAYLOAD
 
 LOOPS = ("asyncio", "uvloop")
@@ -134,11 +139,13 @@ class ReferenceServer:
         return grant
 
 
-async def serve(policy: ServerPolicy, host: str, port: int) -> None:
+async def serve(
+    policy: ServerPolicy, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     shared = ReferenceServer(policy, loop)
     server = await loop.create_server(
-        lambda: HeartbeatProtocol(shared), host, port, backlog=DEFAULT_BACKLOG
+        lambda: HeartbeatProtocol(shared), host, port, backlog=DEFAULT_BACKLOG, ssl=tls
     )
     bound = server.sockets[0].getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", flush=True)
@@ -156,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--interval", type=float, required=True, help="granted interval, s")
     parser.add_argument("--timeout", type=float, required=True, help="peer timeout, s")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="serve TLS: PEM chain")
+    parser.add_argument("--tls-key", type=Path, default=None, help="the key of --tls-cert")
     return parser
 
 
@@ -181,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     else:
         runner = asyncio.run
-    runner(serve(policy, args.host, args.port))
+    tls = None if args.tls_cert is None else server_context(args.tls_cert, args.tls_key)
+    runner(serve(policy, args.host, args.port, tls))
     return 0
 
 

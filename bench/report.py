@@ -26,6 +26,12 @@ MIN_WINDOW_FOR_CPU = 10.0
 # Every line of the summary fits a terminal this wide.
 SUMMARY_WIDTH = 100
 
+# What TLS may cost over plain TCP (issue 12's goals): server memory per connection,
+# CPU per heartbeat, and CPU per handshake with an ECDSA certificate.
+TLS_GOAL_KB_PER_CONN = 20.0
+TLS_GOAL_EXTRA_US_PER_HEARTBEAT = 3.0
+TLS_GOAL_MS_PER_HANDSHAKE = 0.5
+
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
@@ -65,8 +71,15 @@ def cpu_is_noise(result: RunResult) -> bool:
     return result.heartbeats < MIN_HEARTBEATS_FOR_CPU or result.window_s < MIN_WINDOW_FOR_CPU
 
 
-def to_json(config: BenchConfig, main: RunResult, references: list[RunResult]) -> dict[str, Any]:
+def to_json(
+    config: BenchConfig,
+    main: RunResult,
+    references: list[RunResult],
+    plain: RunResult | None = None,
+) -> dict[str, Any]:
     document = main.to_json()
+    if plain is not None:
+        document["tls_over_plain"] = tls_costs(main, plain)
     document["config"] = dataclasses.asdict(config)
     document["cpu_noise_dominated"] = any(cpu_is_noise(r) for r in (main, *references))
     document["against"] = {
@@ -95,7 +108,7 @@ def write_percentiles(json_path: Path, results: list[RunResult]) -> list[Path]:
 
 # The summary is two tables, each within SUMMARY_WIDTH: load and cost, then latency.
 _LOAD_COLUMNS = (
-    ("server", 8),
+    ("server", 11),
     ("connected", 9),
     ("dropped", 7),
     ("errors", 6),
@@ -104,7 +117,7 @@ _LOAD_COLUMNS = (
     ("RSS KB/conn", 11),
 )
 _LATENCY_COLUMNS = (
-    ("server", 8),
+    ("server", 11),
     ("RTT p50", 7),
     ("p99", 6),
     ("p99.9", 6),
@@ -177,6 +190,57 @@ def summary_table(main: RunResult, references: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def _difference(tls: float | None, plain: float | None) -> float | None:
+    return None if tls is None or plain is None else tls - plain
+
+
+def tls_costs(tls: RunResult, plain: RunResult) -> dict[str, float | None]:
+    """What TLS cost hbloop's server over plain TCP in the same invocation: memory per
+    TLS connection (and its excess over plain), CPU per heartbeat over plain, and CPU
+    per handshake (the excess of a TLS connect over a plain one during the ramps)."""
+    ours, theirs = tls.to_json()["server"], plain.to_json()["server"]
+    return {
+        "kb_per_conn": ours["rss_kb_per_conn"],
+        "extra_kb_per_conn": _difference(ours["rss_kb_per_conn"], theirs["rss_kb_per_conn"]),
+        "extra_us_per_heartbeat": _difference(
+            ours["cpu_us_per_heartbeat"], theirs["cpu_us_per_heartbeat"]
+        ),
+        "ms_per_handshake": _difference(ours["cpu_ms_per_connect"], theirs["cpu_ms_per_connect"]),
+    }
+
+
+def tls_summary(tls: RunResult, plain: RunResult) -> str:
+    costs = tls_costs(tls, plain)
+    ours, theirs = tls.to_json()["server"], plain.to_json()["server"]
+    rows = [
+        (
+            "memory per TLS connection",
+            f"{_num(costs['kb_per_conn'], 2)} KB",
+            f"plain {_num(theirs['rss_kb_per_conn'], 2)} KB, "
+            f"+{_num(costs['extra_kb_per_conn'], 2)} KB",
+            f"<= {TLS_GOAL_KB_PER_CONN:g} KB",
+        ),
+        (
+            "extra CPU per heartbeat",
+            f"{_num(costs['extra_us_per_heartbeat'], 2)} us",
+            f"{_num(ours['cpu_us_per_heartbeat'], 2)} vs {_num(theirs['cpu_us_per_heartbeat'], 2)}",
+            f"<= {TLS_GOAL_EXTRA_US_PER_HEARTBEAT:g} us",
+        ),
+        (
+            "server CPU per handshake",
+            f"{_num(costs['ms_per_handshake'], 3)} ms",
+            f"{_num(ours['cpu_ms_per_connect'], 3)} vs {_num(theirs['cpu_ms_per_connect'], 3)} "
+            "ms a connect",
+            f"<= {TLS_GOAL_MS_PER_HANDSHAKE:g} ms",
+        ),
+    ]
+    lines = [f"{tls.server} over {plain.server}, same workload in this invocation:"]
+    lines += [
+        f"  {what:<26} {value:>10}  ({detail}; goal {goal})" for what, value, detail, goal in rows
+    ]
+    return "\n".join(lines)
+
+
 def describe_run(config: BenchConfig, main: RunResult) -> str:
     """The workload of a run in one line, for the summary and the plot's title."""
     return (
@@ -187,10 +251,17 @@ def describe_run(config: BenchConfig, main: RunResult) -> str:
 
 
 def print_summary(
-    main: RunResult, references: list[RunResult], config: BenchConfig, out: TextIO
+    main: RunResult,
+    references: list[RunResult],
+    config: BenchConfig,
+    out: TextIO,
+    plain: RunResult | None = None,
 ) -> None:
+    """The tables; with ``plain``, ``main`` is a TLS run and what TLS cost follows."""
     print(f"\n{describe_run(config, main)}", file=out)
     print(summary_table(main, references), file=out)
+    if plain is not None:
+        print(tls_summary(main, plain), file=out)
     for result in (main, *references):
         for sample in result.error_samples:
             print(f"[{result.server}] {sample}", file=out)

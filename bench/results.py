@@ -33,6 +33,8 @@ class ServerFigures:
     rss_steady_kb: float  # at the end of the window
     connections: int  # open at the end of the window
     heartbeats: int  # PONGs received by the clients in the window
+    cpu_ramp_s: float  # user + system over the ramp: accepts, handshakes (TLS's too)
+    connects: int  # handshakes completed (by the end of the window)
 
     @property
     def cpu_seconds(self) -> float:
@@ -41,6 +43,11 @@ class ServerFigures:
     @property
     def cpu_us_per_heartbeat(self) -> float | None:
         return self.cpu_seconds * 1e6 / self.heartbeats if self.heartbeats else None
+
+    @property
+    def cpu_ms_per_connect(self) -> float | None:
+        """Server CPU per connection set up, heartbeats during the ramp included."""
+        return self.cpu_ramp_s * 1000 / self.connects if self.connects else None
 
     @property
     def rss_kb_per_conn(self) -> float | None:
@@ -96,6 +103,8 @@ class RunResult:
             "rtt_ms": summary_ms(self.rtt),
             "server": {
                 "cpu_us_per_heartbeat": figures and figures.cpu_us_per_heartbeat,
+                "cpu_ms_per_connect": figures and figures.cpu_ms_per_connect,
+                "cpu_ramp_s": figures and figures.cpu_ramp_s,
                 "rss_kb_per_conn": figures and figures.rss_kb_per_conn,
                 "cpu_user_s": figures and figures.cpu_user_s,
                 "cpu_system_s": figures and figures.cpu_system_s,

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 from bench import plot, presence, report
 from bench.cli import EXIT_ERROR
 from bench.config import BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
-from bench.servers import ServerStartError, ServerUnderTest, spawn_hbloop, spawn_reference
+from bench.servers import (
+    ServerStartError,
+    ServerUnderTest,
+    make_certificate,
+    spawn_hbloop,
+    spawn_reference,
+)
 from hbloop.netutil import raise_open_files_limit
 
 
@@ -38,28 +46,42 @@ def run(args: argparse.Namespace) -> int:
         except (BenchError, ServerStartError, RuntimeError) as exc:
             print(f"bench: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
+    plain = None  # with --tls: the same workload on plain hbloop, for what TLS costs
     try:
-        if args.target is not None:
-            main_result = run_and_stop(config, ServerUnderTest("target", args.target))
-        else:
-            server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
-            main_result = run_and_stop(config, server)
-        references = [
-            run_and_stop(config, spawn_reference(loop, args.host, args.interval, args.timeout))
-            for loop in args.against
-        ]
-        if args.baseline is not None:
-            baseline = spawn_hbloop(
-                args.host, args.interval, args.timeout, config.server_args, args.baseline
-            )
-            references.append(run_and_stop(config, baseline))
+        with tempfile.TemporaryDirectory(prefix="hbloop-bench-") as scratch:
+            tls = make_certificate(Path(scratch)) if args.tls else None
+            if args.target is not None:
+                main_result = run_and_stop(config, ServerUnderTest("target", args.target))
+            else:
+                server = spawn_hbloop(
+                    args.host,
+                    args.interval,
+                    args.timeout,
+                    config.server_args,
+                    tls=tls,
+                    connect_rate=args.connect_rate,
+                )
+                main_result = run_and_stop(config, server)
+            references = []
+            if tls is not None:
+                server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
+                plain = run_and_stop(config, server)
+                references.append(plain)
+            for loop in args.against:
+                server = spawn_reference(loop, args.host, args.interval, args.timeout, tls)
+                references.append(run_and_stop(config, server))
+            if args.baseline is not None:
+                baseline = spawn_hbloop(
+                    args.host, args.interval, args.timeout, config.server_args, args.baseline
+                )
+                references.append(run_and_stop(config, baseline))
     except (BenchError, ServerStartError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     results = [main_result, *references]
-    report.print_summary(main_result, references, config, sys.stdout)
+    report.print_summary(main_result, references, config, sys.stdout, plain)
     if args.json is not None:
-        report.write_json(args.json, report.to_json(config, main_result, references))
+        report.write_json(args.json, report.to_json(config, main_result, references, plain))
         for path in report.write_percentiles(args.json, results):
             print(f"wrote {path}")
     if args.plot is not None:

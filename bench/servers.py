@@ -4,10 +4,15 @@ A spawned server's port is chosen by the kernel (port 0) and read back: the
 reference server prints it, and for ``hbloop serve`` (which logs at warning level
 during a benchmark, so that per-connection log lines do not distort its CPU time)
 psutil finds the listening socket.
+
+With ``--tls`` the servers are given a throwaway ECDSA P-256 certificate made here
+(``make_certificate``), and the load generator trusts it.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import subprocess
 import sys
@@ -17,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from hbloop.policy import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL
 
@@ -31,17 +40,65 @@ STOP_TIMEOUT = 15.0
 POLL_STEP = 0.05
 
 
+# The throwaway certificate outlives any run by far.
+CERTIFICATE_DAYS = 1
+
+# A TLS run measures what handshakes cost, not what the rate limit refuses: a
+# spawned hbloop may start this many times the bench's connect rate a second.
+HANDSHAKE_HEADROOM = 4
+
+
 class ServerStartError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate and its key, PEM; the clients trust the certificate."""
+
+    cert: Path
+    key: Path
+
+
+def make_certificate(directory: Path) -> TlsFiles:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1 (the
+    server cost REFERENCE.md measured is ECDSA's) with its key, in ``directory``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    addresses = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERTIFICATE_DAYS))
+        .add_extension(x509.SubjectAlternativeName(addresses), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "bench.crt", directory / "bench.key")
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
 @dataclass
 class ServerUnderTest:
-    """A server to load; ``process`` is None for one the bench did not start."""
+    """A server to load; ``process`` is None for one the bench did not start, and
+    ``tls_ca`` the certificate its clients trust if it speaks TLS."""
 
     name: str
     address: tuple[str, int]
     process: subprocess.Popen[str] | None = None
+    tls_ca: Path | None = None
 
     @property
     def psutil_process(self) -> psutil.Process | None:
@@ -64,9 +121,12 @@ def spawn_hbloop(
     timeout: float,
     extra: Sequence[str] = (),
     checkout: Path | None = None,
+    tls: TlsFiles | None = None,
+    connect_rate: float = 0.0,
 ) -> ServerUnderTest:
     """``hbloop serve`` from this installation, or from the source tree ``checkout``
-    (then named "baseline")."""
+    (then named "baseline"); with ``tls``, on TLS ("hbloop-tls"), its handshake rate
+    limit kept above ``connect_rate``."""
     argv = [sys.executable, "-m", "hbloop", "serve", "--host", host, "--port", "0"]
     argv += ["--interval", str(interval), "--timeout", str(timeout)]
     # hbloop refuses an interval outside its bounds, and the bench's interval is the one
@@ -74,6 +134,9 @@ def spawn_hbloop(
     argv += ["--min-interval", str(min(interval, DEFAULT_MIN_INTERVAL))]
     argv += ["--max-interval", str(max(interval, DEFAULT_MAX_INTERVAL))]
     argv += ["--log-level", SERVER_LOG_LEVEL, *extra]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+        argv += ["--tls-handshake-rate", str(HANDSHAKE_HEADROOM * connect_rate)]
     env = None
     if checkout is not None:
         env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
@@ -84,12 +147,17 @@ def spawn_hbloop(
         process.kill()
         process.wait()
         raise
-    return ServerUnderTest("hbloop" if checkout is None else "baseline", (host, port), process)
+    name = "hbloop" if checkout is None else "baseline"
+    return _tested(name, (host, port), process, tls)
 
 
-def spawn_reference(loop: str, host: str, interval: float, timeout: float) -> ServerUnderTest:
+def spawn_reference(
+    loop: str, host: str, interval: float, timeout: float, tls: TlsFiles | None = None
+) -> ServerUnderTest:
     argv = [sys.executable, "-m", "bench.reference_server", "--loop", loop, "--host", host]
     argv += ["--interval", str(interval), "--timeout", str(timeout)]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()  # the server's first line, or "" if it died
@@ -100,7 +168,15 @@ def spawn_reference(loop: str, host: str, interval: float, timeout: float) -> Se
             f"reference server ({loop}) did not start: exit {process.returncode}"
         )
     port = int(line.rsplit(":", 1)[1])
-    return ServerUnderTest(loop, (host, port), process)
+    return _tested(loop, (host, port), process, tls)
+
+
+def _tested(
+    name: str, address: tuple[str, int], process: subprocess.Popen[str], tls: TlsFiles | None
+) -> ServerUnderTest:
+    if tls is None:
+        return ServerUnderTest(name, address, process)
+    return ServerUnderTest(f"{name}-tls", address, process, tls.cert)
 
 
 def _listening_port(process: subprocess.Popen[str]) -> int:

@@ -22,6 +22,10 @@ nothing about the protocol.
 * **Ending.** When the session is CLOSING its last frame is flushed, then the
   writing half is shut down (TCP FIN), and input is drained until the peer's EOF or
   the linger deadline; CLOSED releases the socket.
+* **TLS** is a subclass, ``TlsChannel``, so that a plain channel never asks whether
+  it is one: its read callback decrypts, its writes encrypt into the same output
+  buffer (the slow-consumer cap counts ciphertext) and its last frame is followed by
+  close_notify. The session never knows.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ from hbloop.session import (
     Events,
     Reason,
     Session,
+    State,
     Step,
     Throttled,
 )
+from hbloop.tls import NotTlsError, TlsError, TlsLayer
 
 # Fairness: what one peer may make the loop do per iteration. One recv() takes at
 # most READ_CHUNK bytes (a maximum-size DATA frame at the default --max-frame) and
@@ -171,16 +177,21 @@ class Channel(Generic[OwnerT]):
         # in the loop's table would cost 64 bytes per connection.
         self.owner.loop.add_reader(self.fd, self)
 
+    def connection_made(self) -> None:
+        """Client side: the TCP connect completed; read, and say HELLO (H1)."""
+        self.start_reading()
+        self._write(self.session.connected(self.owner.loop.now))
+
     def on_readable(self) -> None:
         try:
             n = self.sock.recv_into(_read_buffer)
         except BlockingIOError:
             return
         except OSError as exc:
-            self.apply(self.session.abort(Reason.PEER_RESET, exc.strerror or str(exc)))
+            self._read_failed(exc)
             return
         if not n:
-            self.apply(self.session.eof_received(self.owner.loop.now, self.decoder.buffered))
+            self._read_eof()
             return
         session = self.session
         if session.state is S_CLOSING:
@@ -193,6 +204,12 @@ class Channel(Generic[OwnerT]):
             return
         if frames:
             self._process(frames)
+
+    def _read_failed(self, exc: OSError) -> None:
+        self.apply(self.session.abort(Reason.PEER_RESET, exc.strerror or str(exc)))
+
+    def _read_eof(self) -> None:
+        self.apply(self.session.eof_received(self.owner.loop.now, self.decoder.buffered))
 
     def _process(self, frames: list[Frame]) -> bool:
         """Hand the session complete frames; pause reading if it throttled the peer
@@ -235,13 +252,18 @@ class Channel(Generic[OwnerT]):
         if until > loop.now:
             loop.call_at(until, self._resume)
             return
+        if self._decode(b"") and self.fd >= 0:
+            loop.add_reader(self.fd, self)
+
+    def _decode(self, data: bytes) -> bool:
+        """Feed ``data`` to the decoder and act on this iteration's share of frames;
+        False if the channel paused or refused the input."""
         try:
-            frames = self.decoder.feed(b"", MAX_FRAMES_PER_READ)
+            frames = self.decoder.feed(data, MAX_FRAMES_PER_READ)
         except RemoteProtocolError as exc:
             self._refuse_input(exc)
-            return
-        if (not frames or self._process(frames)) and self.fd >= 0:
-            loop.add_reader(self.fd, self)
+            return False
+        return not frames or self._process(frames)
 
     def _refuse_input(self, error: RemoteProtocolError) -> None:
         """A bad header (F1): act on the good frames before it, then ERROR (C3)."""
@@ -338,3 +360,103 @@ class Channel(Generic[OwnerT]):
         self.out = None
         self.sock.close()
         self.on_released()
+
+
+class TlsChannel(Channel[OwnerT]):
+    """A Channel whose bytes on the socket are TLS records (``hbloop.tls.TlsLayer``).
+
+    Mixed in before the endpoint's channel class (``class TlsPeer(TlsChannel["Server"],
+    Peer)``), which declares the ``tls`` slot: a mixin with a slot of its own would
+    clash with the endpoint class's slots. A plain channel runs none of this code.
+
+    * Reading: every ciphertext read is decrypted whole (``TlsLayer.receive`` leaves
+      nothing inside OpenSSL, which level-triggered epoll could not see) and the
+      plaintext goes to the decoder, which keeps what exceeds this iteration's frame
+      share for the pause and resume of ``Channel._process``. Handshake records are
+      sent as soon as they are produced.
+    * Writing: each write is encrypted and the ciphertext goes through
+      ``Channel._write``, so ``max_pending`` caps what the socket has yet to take.
+      Before the TLS handshake (a handshake timeout's CLOSE) nothing can be said.
+    * Ending: close_notify once, right behind the last frame, before the FIN. A TLS
+      failure sends OpenSSL's alert and ends the connection with ``Reason.TLS_ERROR``.
+    """
+
+    __slots__ = ()
+
+    tls: TlsLayer
+
+    def connection_made(self) -> None:
+        """Client side: TCP is up; the ClientHello now, HELLO once TLS is."""
+        self.start_reading()
+        self._write_raw(self.tls.start())
+
+    def tls_established(self) -> None:
+        """The TLS handshake completed: a client says HELLO now (H1)."""
+        if self.session.state is State.CONNECTING:
+            self._write(self.session.connected(self.owner.loop.now))
+
+    def not_tls(self, error: NotTlsError) -> None:
+        """The peer sent plain text where a TLS record was due."""
+        self._tls_failed(error.reason)
+
+    def _tls_failed(self, reason: str) -> None:
+        alert = self.tls.data_to_send()  # tells the peer why, if OpenSSL has a word
+        if alert:
+            self._write_raw(alert)
+        self._abort(Reason.TLS_ERROR, reason)
+
+    def on_readable(self) -> None:
+        try:
+            n = self.sock.recv_into(_read_buffer)
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):
+                self._read_failed(exc)
+            return
+        if n and self.session.state is not S_CLOSING:  # else drain to the peer's EOF
+            self.owner.counters.bytes_in += n
+            self._receive_records(_read_view[:n])
+        elif not n:
+            self._read_eof()
+
+    __call__ = on_readable
+
+    def _receive_records(self, ciphertext: memoryview) -> None:
+        tls = self.tls
+        established = tls.handshake_done
+        try:
+            plaintext = tls.receive(ciphertext)
+        except NotTlsError as exc:
+            self.not_tls(exc)
+            return
+        except TlsError as exc:
+            self._tls_failed(exc.reason)
+            return
+        records = tls.data_to_send()
+        if records and not self._write_raw(records):
+            return
+        if not established and tls.handshake_done:
+            self.tls_established()
+        if plaintext and self.fd >= 0 and not self._decode(plaintext):
+            return  # paused (the rest waits in the decoder) or refused
+        if tls.peer_closed and self.fd >= 0:
+            self._read_eof()  # close_notify: the peer will send nothing more
+
+    def _write(self, data: bytes) -> bool:
+        tls = self.tls
+        if not tls.can_send:
+            return self.fd >= 0  # before the TLS handshake or after close_notify
+        return super()._write(tls.send(data))
+
+    def _write_raw(self, data: bytes) -> bool:
+        """Bytes for the socket as they are: TLS records, or plain text for a peer
+        that speaks no TLS."""
+        return super()._write(data)
+
+    def _flush(self) -> None:
+        tls = self.tls
+        if self.session.state is S_CLOSING and not tls.closed:
+            # The last frame is queued (or sent): close_notify goes right behind it.
+            notify = tls.close()
+            if notify and not self._write_raw(notify):
+                return
+        super()._flush()

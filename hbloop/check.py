@@ -14,6 +14,7 @@ import enum
 import itertools
 import json
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -119,6 +120,28 @@ class Settings:
     handshake_timeout: float | None = None  # the server's deadline; H5 is skipped without it
     answer_timeout: float = ANSWER_TIMEOUT
     duplicates: str | None = None  # the server's duplicate-name policy; P1/P2 skipped without
+    tls: ssl.SSLContext | None = None  # connect with TLS (hbloop.tls.client_context)
+    token: str | None = None  # the credential every HELLO of the checker carries
+
+    def probe_name(self, number: int) -> str:
+        """Probe ``number``'s name: one of its own, except that a token binds every
+        probe to the name it was issued for, CHECK_NAME."""
+        return CHECK_NAME if self.token is not None else f"{CHECK_NAME}-{number}"
+
+    def hello(self, name: str, interval_ms: int) -> bytes:
+        """A HELLO of the checker's, with its credential if it has one."""
+        return encode_hello(name, interval_ms, token=self.token)
+
+    def connect(self) -> socket.socket:
+        """A connection to the server, through TLS (its handshake done) if asked."""
+        sock = socket.create_connection((self.host, self.port), self.answer_timeout)
+        if self.tls is None:
+            return sock
+        try:
+            return self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
     @property
     def target(self) -> str:
@@ -181,9 +204,10 @@ class Probe:
     """
 
     def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
         self.name = name
         self.answer_timeout = settings.answer_timeout
-        self.sock = socket.create_connection((settings.host, settings.port), self.answer_timeout)
+        self.sock = settings.connect()
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = FrameDecoder(PROBE_MAX_PAYLOAD)
         self.frames: deque[Frame] = deque()
@@ -261,7 +285,7 @@ class Probe:
         return self.await_frame("answer", HEARTBEATS_AND_DATA)
 
     def hello(self, interval_ms: int) -> Welcome:
-        self.send(encode_hello(self.name, interval_ms))
+        self.send(self.settings.hello(self.name, interval_ms))
         return self.expect_welcome()
 
     def expect_welcome(self) -> Welcome:
@@ -336,7 +360,7 @@ class Checker:
 
     def connect(self) -> Probe:
         try:
-            probe = Probe(self.settings, f"{CHECK_NAME}-{next(self._names)}")
+            probe = Probe(self.settings, self.settings.probe_name(next(self._names)))
         except OSError as exc:
             raise CaseFailed(f"cannot connect: {exc.strerror or exc}") from None
         self._probes.append(probe)
@@ -484,7 +508,7 @@ def _ratio(checker: Checker) -> str:
 @case("F4", MUST, "a HELLO sent one byte per segment is decoded")
 def _trickled_hello(checker: Checker) -> str:
     probe = checker.connect()
-    for byte in encode_hello(probe.name, checker.interval_ms):
+    for byte in checker.settings.hello(probe.name, checker.interval_ms):
         probe.send(bytes([byte]))
         time.sleep(TRICKLE_GAP)
     return describe_welcome(probe.expect_welcome())
@@ -493,7 +517,9 @@ def _trickled_hello(checker: Checker) -> str:
 @case("F4", MUST, "HELLO, PING and DATA coalesced in one segment are all decoded")
 def _coalesced(checker: Checker) -> str:
     probe = checker.connect()
-    probe.send(encode_hello(probe.name, checker.interval_ms) + PING_FRAME + encode_data(b"x"))
+    probe.send(
+        checker.settings.hello(probe.name, checker.interval_ms) + PING_FRAME + encode_data(b"x")
+    )
     probe.expect_welcome()
     probe.expect_pong()
     return "WELCOME, then PONG"
@@ -736,7 +762,7 @@ def _handshake_deadline(checker: Checker) -> str:
     checker.require_time(late_limit(deadline))
     probe = checker.connect()
     start = time.monotonic()
-    probe.send(encode_hello(probe.name, 0)[:5])  # a partial frame proves nothing (T5)
+    probe.send(checker.settings.hello(probe.name, 0)[:5])  # a partial frame proves nothing (T5)
     try:
         frame = probe.recv(start + late_limit(deadline))
     except TimeoutError:
@@ -844,8 +870,9 @@ def run_case(checker: Checker, number: int, spec: Case) -> Result:
 
 
 def run_checks(settings: Settings) -> Report:
-    """Run every case; raises OSError if the server cannot be reached at all."""
-    socket.create_connection((settings.host, settings.port), settings.answer_timeout).close()
+    """Run every case; raises OSError if the server cannot be reached at all (an
+    ssl.SSLError, one, if TLS fails)."""
+    settings.connect().close()
     checker = Checker(settings)
     results = [run_case(checker, n, spec) for n, spec in enumerate(CASES, start=1)]
     return Report(settings.target, results)

@@ -14,12 +14,15 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from hbloop import __version__, logs, presence_tools
 from hbloop import check as check_cases
+from hbloop.auth import AuthConfigError, Authenticator, JwtKey, JwtVerifier
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.client_app import ClientApp
 from hbloop.config import ConfigError, TomlTypes, option_defaults, option_names, read_table
@@ -55,6 +58,13 @@ from hbloop.redis_link import RedisAddress, parse_url
 from hbloop.server import Peer, Server
 from hbloop.stats import StatsReporter
 from hbloop.supervisor import Supervisor, WorkerLink
+from hbloop.tls import (
+    DEFAULT_HANDSHAKE_RATE,
+    TlsConfigError,
+    client_context,
+    describe_ssl_error,
+    server_context,
+)
 from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme
 
 DEFAULT_HOST = "127.0.0.1"
@@ -73,6 +83,10 @@ log = logging.getLogger("hbloop.cli")
 # A stats line a minute: enough to follow a server's life in its log without
 # drowning the connect and disconnect lines.
 DEFAULT_STATS_INTERVAL = 60.0
+
+# Where `hbloop client` and `hbloop check` find a HELLO token when no --token-file is
+# given: a command line would show it to everyone running `ps`.
+TOKEN_ENV = "HBLOOP_TOKEN"
 
 
 class UsageError(Exception):
@@ -392,6 +406,7 @@ def build_parser(raise_errors: bool = False) -> _Parser:
         metavar="S",
         help="how often this node removes the members of nodes whose key expired",
     )
+    _add_server_security(serve)
     _add_common(serve, log_level="info")
     serve.set_defaults(run=run_serve)
 
@@ -431,6 +446,7 @@ def build_parser(raise_errors: bool = False) -> _Parser:
         default=DEFAULT_BACKOFF_CAP,
         help="reconnect back-off cap, s (at least --backoff-base)",
     )
+    _add_client_security(client)
     _add_common(client, log_level="warning")
     client.set_defaults(run=run_client)
 
@@ -473,6 +489,7 @@ def build_parser(raise_errors: bool = False) -> _Parser:
         default=None,
         help="the server's duplicate-name policy; the P1 or P2 case is skipped without it",
     )
+    _add_client_security(check)
     check.set_defaults(run=run_check)
 
     who = commands.add_parser(
@@ -506,6 +523,104 @@ def build_parser(raise_errors: bool = False) -> _Parser:
     for each in (parser, *parser.commands.values()):
         each.raise_errors = raise_errors
     return parser
+
+
+def _file_option(group: argparse._ArgumentGroup, option: str, text: str) -> None:
+    group.add_argument(option, type=Path, metavar="FILE", help=text)
+
+
+def _add_server_security(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("TLS and authentication (off by default)")
+    _file_option(group, "--tls-cert", "serve TLS with this certificate chain (PEM)")
+    _file_option(group, "--tls-key", "the private key of --tls-cert (PEM)")
+    _file_option(group, "--tls-client-ca", "require client certificates from these CAs (mTLS)")
+    group.add_argument(
+        "--tls-handshake-rate",
+        type=_positive,
+        default=DEFAULT_HANDSHAKE_RATE,
+        metavar="N",
+        help="new TLS handshakes a second per process; connections past it are closed at accept",
+    )
+    group.add_argument(
+        "--auth-client-cert",
+        action="store_true",
+        help="HELLO's name must be the client certificate's subject CN (needs --tls-client-ca)",
+    )
+    _file_option(group, "--jwt-secret-file", "HELLO must carry a JWT signed HS256 with this secret")
+    _file_option(
+        group, "--jwt-public-key", "HELLO must carry a JWT signed ES256 or RS256 (PEM public key)"
+    )
+    group.add_argument("--jwt-audience", metavar="AUD", help="the 'aud' HELLO tokens must have")
+    group.add_argument("--jwt-issuer", metavar="ISS", help="the 'iss' HELLO tokens must have")
+
+
+def _add_client_security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS and authentication")
+    group.add_argument("--tls", action="store_true", help="connect with TLS")
+    _file_option(group, "--ca", "trust server certificates from these CAs (default: the system's)")
+    _file_option(group, "--cert", "client certificate (PEM), for mutual TLS")
+    _file_option(group, "--key", "the private key of --cert (PEM)")
+    _file_option(group, "--token-file", f"send this token with HELLO (default: ${TOKEN_ENV})")
+
+
+def server_security(
+    args: argparse.Namespace,
+) -> tuple[ssl.SSLContext | None, Authenticator | None]:
+    """``hbloop serve``'s TLS context and authenticator, or None for each that is off;
+    UsageError (one line) for options that do not fit together or unusable files."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.auth_client_cert and args.tls_client_ca is None:
+        raise UsageError("--auth-client-cert needs --tls-client-ca")
+    if args.jwt_secret_file is not None and args.jwt_public_key is not None:
+        raise UsageError("--jwt-secret-file and --jwt-public-key exclude each other")
+    jwt_file = args.jwt_secret_file or args.jwt_public_key
+    if jwt_file is None and (args.jwt_audience or args.jwt_issuer):
+        raise UsageError(
+            "--jwt-audience and --jwt-issuer need --jwt-secret-file or --jwt-public-key"
+        )
+    try:
+        context = None
+        if args.tls_cert is not None:
+            context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+        verifier = None
+        if jwt_file is not None:
+            key = (
+                JwtKey.secret_file(jwt_file)
+                if args.jwt_secret_file is not None
+                else JwtKey.public_key_file(jwt_file)
+            )
+            verifier = JwtVerifier(key, audience=args.jwt_audience, issuer=args.jwt_issuer)
+    except (TlsConfigError, AuthConfigError) as exc:
+        raise UsageError(str(exc)) from None
+    if verifier is None and not args.auth_client_cert:
+        return context, None
+    return context, Authenticator(jwt_verifier=verifier, certificate_names=args.auth_client_cert)
+
+
+def client_security(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, str | None]:
+    """``hbloop client``'s and ``check``'s TLS context (None without --tls) and HELLO
+    token (from --token-file or $HBLOOP_TOKEN); UsageError if they cannot be had."""
+    if not args.tls and (args.ca or args.cert or args.key):
+        raise UsageError("--ca, --cert and --key need --tls")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    context = None
+    if args.tls:
+        try:
+            context = client_context(args.ca, args.cert, args.key)
+        except TlsConfigError as exc:
+            raise UsageError(str(exc)) from None
+    if args.token_file is None:
+        return context, os.environ.get(TOKEN_ENV) or None
+    try:
+        # One trailing newline, as an editor or `echo` leaves it, is not part of it.
+        return context, args.token_file.read_text().removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise UsageError(f"cannot read token file {args.token_file}: {reason}") from None
 
 
 def _error(message: str, code: int = EXIT_FAILURE) -> int:
@@ -578,6 +693,7 @@ def reload_settings(current: argparse.Namespace) -> argparse.Namespace | None:
     try:
         new = parse_args(current.command_line, raise_errors=True)
         policy_from_args(new, raise_open_files_limit())
+        server_security(new)
     except (UsageError, ConfigError) as exc:
         log.error("SIGHUP: %s; nothing changed", exc)
         return None
@@ -634,6 +750,7 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
     logs.configure(args.log_level, args.log_format)
     fd_limit = raise_open_files_limit()
     policy = policy_from_args(args, fd_limit)
+    tls_context, authenticator = server_security(args)
     if worker is None and args.workers > 1:
         supervisor = Supervisor(args, args.workers, reload_settings)
         try:
@@ -650,6 +767,9 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         loop=EventLoop(coalesce=args.coalesce / 1000),
         backlog=args.backlog,
         reuse_port=worker is not None,
+        tls_context=tls_context,
+        tls_handshake_rate=args.tls_handshake_rate,
+        authenticator=authenticator,
     )
     try:
         host, port = server.start()
@@ -657,10 +777,11 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         return _error(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
     server_log = logging.getLogger("hbloop.server")
     server_log.info(
-        "%s %s:%d scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
+        "%s %s:%d%s scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
         "listening on" if worker is None else f"worker {worker.index} serving",
         host,
         port,
+        "" if tls_context is None else " tls",
         policy.scheme.name.lower(),
         policy.interval,
         policy.timeout,
@@ -732,7 +853,7 @@ def _start_reporting(
 def run_client(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
-        app = ClientApp(args)
+        app = ClientApp(args, *client_security(args))
     except ProtocolError as exc:
         raise UsageError(exc.message) from None
     return app.run()
@@ -751,6 +872,12 @@ CHECK_UNREACHABLE = 2
 
 def run_check(args: argparse.Namespace) -> int:
     host, port = args.target
+    tls, token = client_security(args)
+    if token is not None and args.duplicates not in (None, "allow"):
+        raise UsageError(
+            "--duplicates needs probes with names of their own, and a token binds them "
+            f"to one ({check_cases.CHECK_NAME})"
+        )
     settings = check_cases.Settings(
         host,
         port,
@@ -759,9 +886,14 @@ def run_check(args: argparse.Namespace) -> int:
         args.handshake_timeout,
         answer_timeout=args.answer_timeout,
         duplicates=args.duplicates,
+        tls=tls,
+        token=token,
     )
     try:
         report = check_cases.run_checks(settings)
+    except ssl.SSLError as exc:
+        failure = describe_ssl_error(exc)
+        return _error(f"TLS with {settings.target} failed: {failure}", CHECK_UNREACHABLE)
     except OSError as exc:
         reason = exc.strerror or exc
         return _error(f"cannot reach {settings.target}: {reason}", CHECK_UNREACHABLE)

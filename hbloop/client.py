@@ -14,13 +14,14 @@ import logging
 import random
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
-from hbloop.channel import Channel, IoCounters
+from hbloop.channel import Channel, IoCounters, TlsChannel
 from hbloop.loop import EventLoop, Timer, call_guarded
 from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
-from hbloop.protocol import LocalProtocolError
+from hbloop.protocol import LocalProtocolError, token_problem
 from hbloop.session import (
     Closed,
     Disconnect,
@@ -33,6 +34,7 @@ from hbloop.session import (
     SessionConfig,
     State,
 )
+from hbloop.tls import TlsLayer
 from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
@@ -67,6 +69,7 @@ def is_final(disconnect: Disconnect) -> bool:
     if disconnect.reason is Reason.PEER_ERROR:
         return disconnect.code in FATAL_ERRORS
     return disconnect.reason is Reason.PEER_CLOSED and disconnect.code in FINAL_CLOSE_CODES
+
 
 # The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -128,10 +131,8 @@ class Connection(Channel["Client"]):
         if err:
             self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode.get(err, err)}")
             return
-        loop = self.owner.loop
-        loop.remove_writer(self.fd)
-        self.start_reading()
-        self._write(self.session.connected(loop.now))
+        self.owner.loop.remove_writer(self.fd)
+        self.connection_made()
 
     def handle(self, events: Events) -> None:
         client = self.owner
@@ -146,6 +147,16 @@ class Connection(Channel["Client"]):
                 client.lost(self, event.disconnect)
 
 
+class TlsConnection(TlsChannel["Client"], Connection):
+    """A Connection through TLS: the ClientHello at connect, HELLO once TLS is up."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, client: Client, sock: socket.socket, tls: TlsLayer) -> None:
+        super().__init__(client, sock)
+        self.tls = tls
+
+
 class Client:
     """A reconnecting heartbeat client.
 
@@ -156,6 +167,10 @@ class Client:
     * ``on_message(data)`` for each DATA frame;
     * ``on_disconnect(disconnect, retry_in)`` when a connection ends; ``retry_in`` is
       the back-off delay before the next attempt, or None if the client has stopped.
+
+    ``tls`` (``hbloop.tls.client_context``) speaks TLS, verifying the server's
+    certificate for ``server_hostname`` (default: ``host``); ``token`` is the credential
+    HELLO carries (a JWT for a server that checks them).
     """
 
     def __init__(
@@ -173,6 +188,9 @@ class Client:
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        token: str | None = None,
     ) -> None:
         raw = name.encode("utf-8")
         if not 1 <= len(raw) <= MAX_NAME_BYTES:
@@ -181,6 +199,10 @@ class Client:
             )
         if interval < 0 or interval * 1000 > U32_MAX:
             raise LocalProtocolError(Code.MALFORMED, "interval out of range")
+        if token is not None:
+            problem = token_problem(token.encode("utf-8"))
+            if problem is not None:
+                raise LocalProtocolError(Code.UNAUTHORIZED, problem)
         self.host = host
         self.port = port
         self.name = name
@@ -192,6 +214,8 @@ class Client:
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
         self.source_address = source_address
+        self.tls = tls
+        self.server_hostname = server_hostname or host
         self.counters = IoCounters()
         self.max_pending = MAX_PENDING
         self.session_config = SessionConfig(
@@ -199,7 +223,7 @@ class Client:
             handshake_timeout=handshake_timeout,
             ping_strikes=DEFAULT_PING_STRIKES,
             linger=LINGER_SECONDS,
-            hello=encode_hello(name, round(interval * 1000)),
+            hello=encode_hello(name, round(interval * 1000), token=token),
             counters=self.counters,
         )
         self.connection: Connection | None = None
@@ -284,7 +308,11 @@ class Client:
             sock.close()
             self._schedule_retry(Disconnect(Reason.PEER_RESET, detail=str(exc)))
             return
-        conn = Connection(self, sock)
+        if self.tls is None:
+            conn = Connection(self, sock)
+        else:
+            layer = TlsLayer(self.tls, server_side=False, server_hostname=self.server_hostname)
+            conn = TlsConnection(self, sock, layer)
         self.connection = conn
         conn.begin(address)
 

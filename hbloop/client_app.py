@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import ssl
 import sys
 
 from hbloop.client import STOP_SIGNALS, Backoff, Client
@@ -26,7 +27,9 @@ APP_STOP_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 class ClientApp:
     """``hbloop client``: stdin lines out as DATA, DATA in to stdout, status to stderr."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(
+        self, args: argparse.Namespace, tls: ssl.SSLContext | None, token: str | None
+    ) -> None:
         self.loop = EventLoop()
         self.queued: list[bytes] = []
         self._partial = b""
@@ -41,6 +44,8 @@ class ClientApp:
             on_disconnect=self.on_disconnect,
             reconnect=not args.no_reconnect,
             backoff=Backoff(args.backoff_base, args.backoff_max),
+            tls=tls,
+            token=token,
         )
         self.target = f"{args.host}:{args.port}"
 

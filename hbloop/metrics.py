@@ -37,6 +37,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from hbloop import __version__
 from hbloop.acceptor import Acceptor
+from hbloop.auth import CHECKS
 from hbloop.loop import EventLoop
 from hbloop.netutil import make_listener
 from hbloop.presence import PRESENCE_FIGURES
@@ -89,6 +90,19 @@ _FIGURES = (
     ("bytes_out", "out_bytes", True, "Bytes sent."),
     ("heartbeats", "heartbeats", True, "PING and PONG frames received."),
     ("iterations", "loop_iterations", True, "Event loop iterations."),
+    ("tls_handshakes", "tls_handshakes", True, "TLS handshakes completed."),
+    (
+        "tls_handshakes_refused",
+        "tls_handshakes_refused",
+        True,
+        "TLS connections closed at accept: over --tls-handshake-rate.",
+    ),
+    (
+        "tls_handshakes_failed",
+        "tls_handshakes_failed",
+        True,
+        "TLS handshakes that failed, plain text on the TLS port included.",
+    ),
     ("lag_max", "loop_lag_max_seconds", False, "Worst lateness of a due timer, last interval."),
 )
 
@@ -153,6 +167,15 @@ def _families(
         for reason in Reason:
             closed.add_metric([*values, reason.value], snapshot["closed"].get(reason.value, 0))
     yield closed
+    refused = CounterMetricFamily(
+        prefix + "auth_refused",
+        "HELLOs refused UNAUTHORIZED, by the check that refused them.",
+        labels=[*labels, "check"],
+    )
+    for values, snapshot in rows.items():
+        for check in CHECKS:
+            refused.add_metric([*values, check], snapshot["auth_refused"].get(check, 0))
+    yield refused
     presence = {values: s["presence"] for values, s in rows.items() if "presence" in s}
     if presence:
         yield from _table(PRESENCE_FIGURES, prefix + "presence_", labels, presence)

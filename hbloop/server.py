@@ -2,9 +2,13 @@
 
 Each accepted socket becomes a ``Peer``: the I/O shell (``hbloop.channel``) around
 a server-side ``hbloop.session.Session``, which implements protocol.md. The server
-owns what the protocol leaves to it: admission (capacity now; credentials and
-duplicate names are decided at the same place), the grants, the statistics, the log
-lines and the application's callbacks.
+owns what the protocol leaves to it: admission (credentials, then capacity;
+duplicate names are to be decided at the same place), the grants, the statistics,
+the log lines and the application's callbacks.
+
+With a TLS context every accepted socket becomes a ``TlsPeer`` instead (the same
+Peer through ``hbloop.channel.TlsChannel``), after a per-process rate limit on new
+handshakes; the TLS handshake runs inside the session's handshake deadline.
 
 Liveness costs no timer operation per heartbeat: a frame only overwrites the
 session's ``last_recv``; the peer's one timer re-arms itself when it comes due (see
@@ -17,16 +21,19 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hbloop.acceptor import Acceptor
-from hbloop.channel import Channel, IoCounters
+from hbloop.auth import Authenticator
+from hbloop.channel import Channel, IoCounters, TlsChannel
 from hbloop.logs import fields
 from hbloop.loop import EventLoop, call_guarded
 from hbloop.netutil import apply_tcp_options, make_listener
 from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
+from hbloop.protocol import RemoteProtocolError
 from hbloop.session import (
     Closed,
     Disconnect,
@@ -42,6 +49,13 @@ from hbloop.session import (
     State,
 )
 from hbloop.stats import ServerStats
+from hbloop.tls import (
+    DEFAULT_HANDSHAKE_RATE,
+    Certificate,
+    HandshakeLimiter,
+    NotTlsError,
+    TlsLayer,
+)
 from hbloop.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
 
 if TYPE_CHECKING:
@@ -71,7 +85,7 @@ class Peer(Channel["Server"]):
 
     Read-only: ``name`` (None until HELLO), ``address``, ``connected_at`` (wall
     clock), ``interval`` and ``timeout`` (granted, seconds), ``idle``, ``last_heard``
-    and ``open``. Methods: ``send(data)`` and ``close(code)``.
+    and ``open``. Methods: ``send(data)``, ``close(code)`` and ``peer_certificate()``.
     """
 
     __slots__ = ("host", "port", "_accepted", "member")
@@ -159,6 +173,10 @@ class Peer(Channel["Server"]):
         elif session.state is State.OPEN:
             self.apply(session.refuse(code, message, now))
 
+    def peer_certificate(self) -> Certificate | None:
+        """The client's verified certificate under mutual TLS, else None."""
+        return None
+
     # --- the session's events --------------------------------------------------
 
     def handle(self, events: Events) -> None:
@@ -180,6 +198,40 @@ class Peer(Channel["Server"]):
         self.owner._forget(self)
 
 
+class TlsPeer(TlsChannel["Server"], Peer):
+    """A Peer on a TLS port."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, server: Server, sock: socket.socket, host: str, port: int) -> None:
+        super().__init__(server, sock, host, port)
+        assert server.tls_context is not None
+        self.tls = TlsLayer(server.tls_context, server_side=True)
+
+    def peer_certificate(self) -> Certificate | None:
+        return self.tls.peer_certificate()
+
+    def tls_established(self) -> None:
+        self.owner.stats.tls_handshakes += 1
+
+    def not_tls(self, error: NotTlsError) -> None:
+        # Say why in plain text, which a plain client can read (protocol.md, section 8).
+        self.owner.stats.tls_handshakes_failed += 1
+        out, events = self.session.protocol_error(
+            RemoteProtocolError(Code.UNAUTHORIZED, f"TLS required on this port ({error.reason})"),
+            self.owner.loop.now,
+            Reason.TLS_ERROR,
+        )
+        self.out = bytearray()  # corked: the ERROR leaves before the FIN apply() sends
+        self._write_raw(out)
+        self.apply((b"", events))
+
+    def _tls_failed(self, reason: str) -> None:
+        if not self.tls.handshake_done:
+            self.owner.stats.tls_handshakes_failed += 1
+        super()._tls_failed(reason)
+
+
 class Server:
     """An hbloop server on an EventLoop.
 
@@ -192,6 +244,12 @@ class Server:
 
     ``presence`` (optional, also settable after ``start()``) is told of every peer that
     connects and leaves, and may refuse or evict one by name (``hbloop.presence``).
+
+    ``tls_context`` (``hbloop.tls.server_context``) makes the port speak TLS, with at
+    most ``tls_handshake_rate`` new handshakes a second (the excess is closed at
+    accept); ``authenticator`` (``hbloop.auth.Authenticator``: JWTs, client
+    certificate names, an ``authorize(hello, peer) -> bool`` hook) judges every HELLO's
+    credential, refusing with ERROR UNAUTHORIZED.
     """
 
     def __init__(
@@ -207,6 +265,9 @@ class Server:
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
         presence: Presence | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        tls_handshake_rate: float = DEFAULT_HANDSHAKE_RATE,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -239,6 +300,14 @@ class Server:
         self._stopping = False
         self._handshakes = 0  # peers accepted and not yet through their handshake
         self._too_many_handshakes = encode_error(Code.SERVER_FULL, "too many handshakes")
+        self.tls_context = tls_context
+        self.authenticator = authenticator
+        self._peer_class = Peer if tls_context is None else TlsPeer
+        self._tls_limiter = (
+            None
+            if tls_context is None
+            else HandshakeLimiter.per_second(tls_handshake_rate, self.loop.now)
+        )
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -332,11 +401,20 @@ class Server:
             self._count_shed(1)
             self._acceptor.warn_shed(f"{self._handshakes} handshakes in progress", 1)
             return
+        limiter = self._tls_limiter
+        if limiter is not None and not limiter.allow(self.loop.now):
+            # Over the TLS handshake rate: closed now, before OpenSSL costs anything;
+            # the client's jittered back-off spreads its retry.
+            sock.close()
+            self.stats.tls_handshakes_refused += 1
+            assert self._acceptor is not None
+            self._acceptor.warn_shed(f"over {limiter.rate:g} TLS handshakes/s", 1)
+            return
         self._handshakes += 1
         host = self._hosts.get(address[0], address[0])
         if len(self._hosts) < MAX_INTERNED_HOSTS:
             self._hosts.setdefault(host, host)
-        peer = Peer(self, sock, host, address[1])
+        peer = self._peer_class(self, sock, host, address[1])
         self._live.add(peer)
         peer.start_reading()
         peer.arm()  # the handshake deadline (H5)
@@ -357,21 +435,41 @@ class Server:
         return grant
 
     def _admit(self, peer: Peer, hello: Hello) -> None:
-        """H2's admission rules in order (capacity, then duplicate names), then
+        """H2's last checks in order (the credential, capacity, duplicate names), then
         WELCOME: the one place a HELLO is judged."""
         session = peer.session
+        now = self.loop.now
+        if self.authenticator is not None:
+            refusal = self.authenticator.check(hello, peer)
+            if refusal is not None:
+                self.stats.auth_refused[refusal.check] += 1
+                # The reason names the problem, never the token (hbloop.auth).
+                log.warning(
+                    "unauthorized %s name=%s check=%s reason=%s",
+                    peer.label,
+                    hello.name,
+                    refusal.check,
+                    refusal.reason,
+                    extra=fields(
+                        event="unauthorized",
+                        peer=peer.label,
+                        name=hello.name,
+                        reason=refusal.reason,
+                    ),
+                )
+                peer.apply(session.refuse(refusal.code, refusal.reason, now))
+                return
         limit = self.policy.max_connections
         if self.stats.connections >= limit:
-            peer.apply(session.refuse(Code.SERVER_FULL, f"{limit} connections", self.loop.now))
+            peer.apply(session.refuse(Code.SERVER_FULL, f"{limit} connections", now))
             return
         if self.presence is not None:
             # May evict older connections with this name (replace), which re-enters here.
-            refusal = self.presence.check(hello.name)
-            if refusal is not None:
-                message = f"{hello.name} is already connected"
-                peer.apply(session.refuse(refusal, message, self.loop.now))
+            taken = self.presence.check(hello.name)
+            if taken is not None:
+                peer.apply(session.refuse(taken, f"{hello.name} is already connected", now))
                 return
-        peer.apply(session.accept(self.grant_for(hello.interval_ms), self.loop.now))
+        peer.apply(session.accept(self.grant_for(hello.interval_ms), now))
 
     def _opened(self, peer: Peer) -> None:
         self._handshakes -= 1

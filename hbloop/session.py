@@ -116,6 +116,7 @@ class Reason(enum.Enum):
     PROTOCOL_ERROR = "protocol_error"  # the peer broke the protocol; we sent ERROR
     REFUSED = "refused"  # we refused the handshake (server full, ...)
     SLOW_CONSUMER = "slow_consumer"  # pending output passed the cap
+    TLS_ERROR = "tls_error"  # TLS failed (handshake, record, certificate), or plain text came
     SHUTDOWN = "shutdown"  # this side is stopping
     CLOSED_LOCALLY = "closed_locally"  # the application asked
 
@@ -663,11 +664,15 @@ class Session:
             return self._end(disconnect)
         return self._close(code, now, disconnect, self.config.linger if linger is None else linger)
 
-    def protocol_error(self, error: RemoteProtocolError, now: float) -> Step:
-        """The decoder refused the peer's bytes (F1): ERROR, then close (C3)."""
+    def protocol_error(
+        self, error: RemoteProtocolError, now: float, reason: Reason = Reason.PROTOCOL_ERROR
+    ) -> Step:
+        """The decoder refused the peer's bytes (F1): ERROR, then close (C3). The
+        transport may name another ``reason`` for what it refused (plain text where TLS
+        was due: ``TLS_ERROR``)."""
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return NOTHING
-        return self._fail(error, now)
+        return self._fail(error, now, reason)
 
     def eof_received(self, now: float, partial: int = 0) -> Step:
         """The peer shut down its sending half; ``partial`` bytes of an unfinished

@@ -36,9 +36,16 @@ SUMMED = (
     "bytes_out",
     "heartbeats",
     "iterations",
+    "tls_handshakes",
+    "tls_handshakes_refused",
+    "tls_handshakes_failed",
 )
 # Figures whose total is the worst (largest) of the workers'.
 WORST = ("peak", "lag_max")
+
+# Counters by label (a dict each), which add up label by label: disconnects by reason,
+# HELLOs refused by the check that refused them.
+LABELLED = ("closed", "auth_refused")
 
 # The reporter samples the loop's lag (and publishes to the supervisor) this often:
 # fine enough for the lag window and for metrics scraped every few seconds, and a
@@ -60,7 +67,17 @@ DEFAULT_LAG_WINDOW = 60.0
 
 
 class ServerStats(IoCounters):
-    __slots__ = ("accepted", "connections", "peak", "closed", "shed")
+    __slots__ = (
+        "accepted",
+        "connections",
+        "peak",
+        "closed",
+        "shed",
+        "auth_refused",
+        "tls_handshakes",
+        "tls_handshakes_refused",
+        "tls_handshakes_failed",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,6 +86,10 @@ class ServerStats(IoCounters):
         self.peak = 0
         self.closed: Counter[str] = Counter()  # by Reason value
         self.shed = 0  # accepted and refused at once: no descriptors, or handshakes full
+        self.auth_refused: Counter[str] = Counter()  # HELLOs refused, by Refusal.check
+        self.tls_handshakes = 0  # TLS handshakes completed
+        self.tls_handshakes_refused = 0  # closed at accept: over the handshake rate
+        self.tls_handshakes_failed = 0  # TLS errors and plain text before the handshake
 
     def snapshot(self) -> Snapshot:
         return {
@@ -82,6 +103,10 @@ class ServerStats(IoCounters):
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "heartbeats": self.heartbeats,
+            "auth_refused": dict(self.auth_refused),
+            "tls_handshakes": self.tls_handshakes,
+            "tls_handshakes_refused": self.tls_handshakes_refused,
+            "tls_handshakes_failed": self.tls_handshakes_failed,
         }
 
 
@@ -117,7 +142,7 @@ def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
     while the peak and the lag are the worst of them."""
     total: Snapshot = dict.fromkeys(SUMMED + WORST, 0)
     total.update({key: Buckets(bounds).to_json() for key, bounds in HISTOGRAMS.items()})
-    closed: Counter[str] = Counter()
+    labelled: dict[str, Counter[str]] = {key: Counter() for key in LABELLED}
     presence: Counter[str] | None = None
     for snapshot in snapshots:
         for key in SUMMED:
@@ -126,11 +151,12 @@ def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
             total[key] = max(total[key], snapshot[key])
         for key in HISTOGRAMS:
             total[key] = add_histograms(total[key], snapshot[key])
-        closed.update(snapshot["closed"])
+        for key, counter in labelled.items():
+            counter.update(snapshot[key])
         if "presence" in snapshot:
             presence = presence or Counter()
             presence.update(snapshot["presence"])
-    total["closed"] = dict(closed)
+    total.update({key: dict(counter) for key, counter in labelled.items()})
     if presence is not None:
         total["presence"] = {key: presence[key] for key, *_ in PRESENCE_FIGURES}
     return total

@@ -339,9 +339,10 @@ class TlsLayer:
 # about 20%, README's benchmark).
 DEFAULT_HANDSHAKE_RATE = 1000.0
 
-# A quarter of a second's worth at once: a burst of reconnects right after a restart
-# is absorbed without refusals, and costs at most about 0.1 s of loop time.
-DEFAULT_HANDSHAKE_BURST = 250.0
+# The bucket holds a quarter of a second's worth (250 at the default rate): a burst of
+# reconnects right after a restart is absorbed without refusals, and costs at most
+# about 0.1 s of loop time.
+HANDSHAKE_BURST_SECONDS = 0.25
 
 
 class HandshakeLimiter:
@@ -365,6 +366,12 @@ class HandshakeLimiter:
         self.refused = 0
         self._tokens = burst
         self._updated = now
+
+    @classmethod
+    def per_second(cls, rate: float, now: float) -> HandshakeLimiter:
+        """``rate`` handshakes a second, with a burst of HANDSHAKE_BURST_SECONDS' worth
+        (at least one)."""
+        return cls(rate, max(1.0, rate * HANDSHAKE_BURST_SECONDS), now)
 
     def allow(self, now: float) -> bool:
         tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)

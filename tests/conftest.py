@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -174,10 +176,15 @@ def spawn() -> Iterator[Callable[..., LoggedProcess]]:
 
 
 class RawPeer:
-    """A blocking, frame-level peer for driving a server by hand."""
+    """A blocking, frame-level peer for driving a server by hand; with ``tls`` (a
+    client SSLContext) its socket speaks TLS, the handshake done on connect."""
 
     def __init__(
-        self, address: tuple[str, int], timeout: float = WAIT_TIMEOUT, rcvbuf: int | None = None
+        self,
+        address: tuple[str, int],
+        timeout: float = WAIT_TIMEOUT,
+        rcvbuf: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if rcvbuf is None:
             self.sock = socket.create_connection(address, timeout=timeout)
@@ -188,14 +195,16 @@ class RawPeer:
             self.sock.settimeout(timeout)
             self.sock.connect(address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=address[0])
         self.decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
         self.frames: list[Frame] = []
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def hello(self, name: str = "raw", interval_ms: int = 0) -> Frame:
-        self.send(encode_hello(name, interval_ms))
+    def hello(self, name: str = "raw", interval_ms: int = 0, token: str | None = None) -> Frame:
+        self.send(encode_hello(name, interval_ms, token=token))
         return self.recv()
 
     def recv(self, timeout: float = WAIT_TIMEOUT) -> Frame:
@@ -311,12 +320,14 @@ class GoodPeers:
         count: int = 3,
         prefix: str = "good",
         interval_ms: int = GOOD_INTERVAL_MS,
+        tls: ssl.SSLContext | None = None,
+        token: Callable[[str], str] | None = None,
     ) -> None:
         self.names = [f"{prefix}-{i}" for i in range(count)]
-        self.peers = [RawPeer(address) for _ in range(count)]
+        self.peers = [RawPeer(address, tls=tls) for _ in range(count)]
         self.interval = self.timeout = 0.0
         for peer, name in zip(self.peers, self.names, strict=True):
-            ftype, payload = peer.hello(name, interval_ms)
+            ftype, payload = peer.hello(name, interval_ms, token and token(name))
             assert ftype == FrameType.WELCOME, f"{name} was refused: {payload!r}"
             welcome = parse_welcome(payload)
             self.interval = welcome.interval_ms / 1000
@@ -378,16 +389,12 @@ class GoodPeers:
 
 @pytest.fixture
 def good_peers() -> Iterator[Callable[..., GoodPeers]]:
-    """Factory: ``good_peers(server.address)`` starts heartbeating peers, stopped after."""
+    """Factory: ``good_peers(server.address, **GoodPeers options)`` starts heartbeating
+    peers, stopped after."""
     started: list[GoodPeers] = []
 
-    def start(
-        address: tuple[str, int],
-        count: int = 3,
-        prefix: str = "good",
-        interval_ms: int = GOOD_INTERVAL_MS,
-    ) -> GoodPeers:
-        peers = GoodPeers(address, count, prefix, interval_ms)
+    def start(address: tuple[str, int], **options: Any) -> GoodPeers:
+        peers = GoodPeers(address, **options)
         started.append(peers)
         return peers
 

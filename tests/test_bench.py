@@ -103,6 +103,30 @@ def test_bench_smoke_run_is_clean_and_reports_every_key(tmp_path):
         assert float(spectrum[-2].rsplit("=", 1)[1].strip(" ]")) == run["heartbeats"]
 
 
+def test_bench_tls_runs_plain_hbloop_beside_and_reports_what_tls_costs(tmp_path):
+    out = tmp_path / "tls.json"
+    result = run_bench(
+        *("--clients", "20", "--interval", "0.5", "--timeout", "1.5", "--duration", "1"),
+        *("--tls", "--json", str(out)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hbloop-tls over hbloop, same workload in this invocation:" in result.stdout
+    for line in ("memory per TLS connection", "extra CPU per heartbeat", "CPU per handshake"):
+        assert line in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["server_name"] == "hbloop-tls"
+    runs = [figures, figures["against"]["hbloop"]]
+    assert [(run["connected"], run["errors"]) for run in runs] == [(20, 0), (20, 0)]
+    costs = figures["tls_over_plain"]
+    assert costs.keys() == {
+        "kb_per_conn",
+        "extra_kb_per_conn",
+        "extra_us_per_heartbeat",
+        "ms_per_handshake",
+    }
+    assert costs["kb_per_conn"] > 0  # 20 TLS connections are some pages of memory
+
+
 def test_bench_refuses_a_timeout_shorter_than_two_intervals():
     result = run_bench("--clients", "2", "--interval", "1", "--timeout", "1.5")
     assert result.returncode == 2
@@ -135,7 +159,9 @@ def big_result(server: str) -> RunResult:
     result.heartbeats = 10 * MIN_HEARTBEATS_FOR_CPU
     result.counts.established = 999_999
     result.zombies = 99_999
-    result.figures = ServerFigures(9999.0, 9999.0, 1e6, 9e6, 999_999, result.heartbeats)
+    result.figures = ServerFigures(
+        9999.0, 9999.0, 1e6, 9e6, 999_999, result.heartbeats, 9999.0, 999_999
+    )
     for value in (1_000, 250_000, 9_999_999):  # microseconds
         result.rtt.record_value(value)
         result.zombie_late.record_value(value)

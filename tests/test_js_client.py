@@ -7,10 +7,13 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 
+import jwt
 import psutil
 import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from fakeserver import FakeServer, deaf, ping_flood, record_silently, say, welcome
 
 from hbloop.protocol import parse_close
@@ -81,6 +84,37 @@ def test_session_with_hbloop_serve(serve, node, scheme: str, pinger: str, ponger
     assert out[-1] == "close reason=closed_locally code=NORMAL"
     server.wait_line(rf"connect \S+ name={name} interval=0.5s timeout=1.5s")
     server.wait_line(rf"disconnect \S+ name={name} .*reason=peer_closed NORMAL")
+
+
+def test_session_over_tls_with_a_token(serve, node, pki, tmp_path) -> None:
+    server = serve(
+        *SERVER_ARGS,
+        *("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)),
+        *("--jwt-public-key", str(pki.es256_public)),
+    )
+    key = load_pem_private_key(pki.es256_private.read_bytes(), password=None)
+    token_file = tmp_path / "js.jwt"
+    claims = {"sub": "js-tls", "exp": int(time.time()) + 3600}
+    token_file.write_text(jwt.encode(claims, key, algorithm="ES256") + "\n")
+    client = node(
+        str(JS / "cli.js"),
+        *("--port", str(server.port), "--name", "js-tls", "--interval", "0.5"),
+        *("--tls", "--ca", str(pki.ca), "--token-file", str(token_file)),
+        *("--send", "sealed", "--duration", STAY_SECONDS),
+    )
+    assert client.wait(NODE_TIMEOUT) == 0, client.lines("stdout") + client.lines("stderr")
+    out = client.lines("stdout")
+    assert out[:2] == ["welcome scheme=client interval_ms=500 timeout_ms=1500", "data sealed"]
+    assert out.count("got PONG") >= MIN_HEARTBEATS
+    assert out[-1] == "close reason=closed_locally code=NORMAL"
+    # A server certificate from a CA it does not trust: the TLS handshake fails.
+    rogue = node(
+        str(JS / "cli.js"),
+        *("--port", str(server.port), "--tls", "--ca", str(pki.rogue_ca)),
+    )
+    assert rogue.wait(NODE_TIMEOUT) == 1
+    assert rogue.lines("stdout")[-1].startswith("close reason=tls_error code=- message=")
+    server.wait_line(r"disconnect .* name=js-tls .*reason=peer_closed NORMAL")
 
 
 def test_server_shutdown_reaches_the_client_as_going_away(serve, node) -> None:

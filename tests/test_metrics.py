@@ -14,7 +14,7 @@ import pytest
 
 from hbloop import __version__
 from hbloop.metrics import MAX_EXCHANGES
-from hbloop.stats import LAG_BUCKETS, SAMPLE_PERIOD, Buckets, combine
+from hbloop.stats import LAG_BUCKETS, SAMPLE_PERIOD, Buckets, ServerStats, combine
 from hbloop.wire import FrameType
 
 from conftest import (
@@ -241,22 +241,11 @@ def test_lag_histogram_buckets_are_upper_bounds_and_add_up():
     assert first.counts[LAG_BUCKETS.index(5.0)] == 1  # 3.0
     assert first.counts[-1] == 1  # 60 s: past the last bound
     assert first.sum == pytest.approx(63.0021)
-    snapshot = {
-        "connections": 0,
-        "accepted": 0,
-        "shed": 0,
-        "frames_in": 0,
-        "frames_out": 0,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "heartbeats": 0,
-        "iterations": 0,
-        "peak": 0,
-        "lag_max": 0.0,
-        "closed": {},
-        "lag": first.to_json(),
-    }
+    snapshot = {**ServerStats().snapshot(), "iterations": 0, "lag_max": 0.0}
+    snapshot["lag"] = first.to_json()
+    snapshot["auth_refused"] = {"token": 2}
     total = combine([snapshot, snapshot])
+    assert total["auth_refused"] == {"token": 4}
     assert total["lag"]["counts"] == [2 * n for n in first.counts]
     assert total["lag"]["sum"] == pytest.approx(2 * first.sum)
     assert combine([])["lag"]["counts"] == [0] * (len(LAG_BUCKETS) + 1)

@@ -88,6 +88,7 @@ def test_sighup_restarts_the_workers_one_by_one(serve, tmp_path):
     replaced = server.find(r"worker (\d): pid (\d+) replaces pid (\d+)")
     assert sorted(int(m[3]) for m in replaced) == sorted(old_pids)
     assert wait_for(lambda: not any(pid_alive(pid) for pid in old_pids), WAIT_TIMEOUT)
+    server.wait_line(r"retired: exited with code 0", count=2)  # logged just after the reap
     assert len(server.find(r"retired: exited with code 0")) == 2
     # The new workers serve the new settings, on the same port.
     assert granted_interval_ms(server.address, "new") == 1000

@@ -313,3 +313,10 @@ def test_the_limiter_needs_sane_settings() -> None:
         HandshakeLimiter(rate=0, burst=10, now=0.0)
     with pytest.raises(ValueError):
         HandshakeLimiter(rate=10, burst=0.5, now=0.0)
+
+
+def test_a_limiter_per_second_bursts_a_quarter_second_worth() -> None:
+    assert HandshakeLimiter.per_second(1000, now=0.0).burst == 250
+    slow = HandshakeLimiter.per_second(2, now=0.0)  # a quarter second is half a handshake
+    assert slow.burst == 1
+    assert [slow.allow(0.0), slow.allow(0.1), slow.allow(0.5)] == [True, False, True]

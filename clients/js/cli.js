@@ -4,11 +4,17 @@
 // as DATA, prints one line per event on stdout, and exits 0 only after a clean,
 // locally requested CLOSE (on --duration, SIGINT or SIGTERM).
 
+const fs = require('node:fs');
 const { parseArgs } = require('node:util');
 const { Client, Code, printable } = require('./hbloop.js');
 
 const USAGE = 'usage: node cli.js --port PORT [--host HOST] [--name NAME] [--interval S] '
-  + '[--send TEXT]... [--duration S]';
+  + '[--send TEXT]... [--duration S] [--tls [--ca FILE] [--cert FILE --key FILE]] '
+  + '[--token-file FILE]';
+
+// Where the HELLO token comes from without --token-file: a command line would show it
+// to everyone running `ps`. The same variable as `hbloop client`'s.
+const TOKEN_ENV = 'HBLOOP_TOKEN';
 
 function main() {
   let options;
@@ -21,6 +27,11 @@ function main() {
         interval: { type: 'string', default: '0' },
         send: { type: 'string', multiple: true, default: [] },
         duration: { type: 'string' },
+        tls: { type: 'boolean', default: false },
+        ca: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        'token-file': { type: 'string' },
       },
     }));
   } catch (err) {
@@ -33,9 +44,21 @@ function main() {
   if (!(interval >= 0)) return usage('--interval must be a number >= 0');
   if (duration !== null && !(duration > 0)) return usage('--duration must be a number > 0');
 
+  if (!options.tls && (options.ca || options.cert || options.key)) return usage('--ca, --cert and --key need --tls');
+  if (!options.cert !== !options.key) return usage('--cert and --key go together');
+
   let client;
   try {
-    client = new Client({ host: options.host, port, name: options.name, interval });
+    const read = (file) => (file === undefined ? undefined : fs.readFileSync(file));
+    const tlsOptions = options.tls
+      ? { ca: read(options.ca), cert: read(options.cert), key: read(options.key) }
+      : null;
+    const tokenFile = options['token-file'];
+    // One trailing newline, as an editor or `echo` leaves it, is not part of the token.
+    const token = tokenFile === undefined
+      ? (process.env[TOKEN_ENV] || null)
+      : fs.readFileSync(tokenFile, 'ascii').replace(/\n$/, '');
+    client = new Client({ host: options.host, port, name: options.name, interval, token, tls: tlsOptions });
   } catch (err) {
     return usage(err.message);
   }

@@ -1,9 +1,10 @@
 'use strict';
 // An hbloop protocol v1 client for Node.js, written from protocol.md alone.
 // Standard library only. The codec (FrameDecoder, parse*, encode*) is sans-IO; Client
-// puts it on a TCP socket. Statement ids (H3, T6, ...) refer to protocol.md.
+// puts it on a TCP socket, or a TLS one. Statement ids (H3, T6, ...) refer to protocol.md.
 
 const net = require('node:net');
+const tls = require('node:tls');
 const { EventEmitter } = require('node:events');
 
 const PROTOCOL_VERSION = 1;
@@ -311,17 +312,22 @@ const State = Object.freeze({
  *   'heartbeat' {direction: 'in'|'out', type: 'PING'|'PONG'}
  *   'close' {reason, code, codeName, message}           once, when the connection ends
  * reason is one of: closed_locally, peer_closed, peer_error, timeout,
- * handshake_timeout, protocol_error, slow_consumer, socket_error.
+ * handshake_timeout, protocol_error, slow_consumer, socket_error, tls_error.
+ * `tls`: null for plain TCP, else options for tls.connect() such as {ca, cert, key,
+ * servername} (PEM strings or Buffers; the server's certificate is always verified).
+ * HELLO then goes out once the TLS handshake is done, within the handshake deadline.
  * No reconnection here: a caller that wants it follows rule R1.
  */
 class Client extends EventEmitter {
   constructor({
-    host = '127.0.0.1', port, name, interval = 0, token = null,
+    host = '127.0.0.1', port, name, interval = 0, token = null, tls: tlsOptions = null,
     maxPayload = DEFAULT_MAX_PAYLOAD, maxPending = DEFAULT_MAX_PENDING,
   }) {
     super();
     this.host = host;
     this.port = port;
+    this.tls = tlsOptions;
+    this.connected = false; // TCP is up (TLS, if any, not necessarily)
     // Checks the name and the token early.
     this.hello = encodeHello(name, Math.round(interval * 1000), PROTOCOL_VERSION, token);
     this.decoder = new FrameDecoder(maxPayload);
@@ -339,20 +345,34 @@ class Client extends EventEmitter {
   }
 
   connect() {
-    const socket = net.connect({ host: this.host, port: this.port });
+    const address = { host: this.host, port: this.port };
+    const socket = this.tls === null
+      ? net.connect(address)
+      : tls.connect({ ...address, ...this.tls, rejectUnauthorized: true });
     this.socket = socket;
     socket.setNoDelay(true); // heartbeats must not wait for Nagle (section 8)
     this.arm(HANDSHAKE_TIMEOUT_MS);
     socket.on('connect', () => {
-      this.state = State.AWAIT_WELCOME;
-      this.lastRecv = now();
-      this.write(this.hello);
+      this.connected = true;
+      if (this.tls === null) this.sayHello();
     });
+    socket.on('secureConnect', () => this.sayHello());
     socket.on('data', (chunk) => this.received(chunk));
     socket.on('end', () => this.finished({ reason: 'peer_closed', detail: 'EOF' }));
-    socket.on('error', (err) => this.finished({ reason: 'socket_error', detail: err.message }));
+    socket.on('error', (err) => {
+      // A failure after TCP is up and before HELLO could go out is TLS's.
+      const inTls = this.tls !== null && this.connected && this.state === State.CONNECTING;
+      this.finished({ reason: inTls ? 'tls_error' : 'socket_error', detail: err.message });
+    });
     socket.on('close', () => this.finished({ reason: 'socket_error', detail: 'socket closed' }));
     return this;
+  }
+
+  /** H1: HELLO, once the connection (and TLS, if any) is up. */
+  sayHello() {
+    this.state = State.AWAIT_WELCOME;
+    this.lastRecv = now();
+    this.write(this.hello);
   }
 
   /** Send DATA; false when not open, or if the server has left too much unread. */
