@@ -33,6 +33,7 @@ from hbloop.session import (
     SessionConfig,
     State,
 )
+from hbloop.trace import TracingChannel
 from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
@@ -111,6 +112,10 @@ class Connection(Channel["Client"]):
         session = self.session
         return session.grant.welcome if session.state is State.OPEN else None
 
+    @property
+    def label(self) -> str:
+        return f"{self.owner.host}:{self.owner.port}"
+
     def begin(self, address: tuple[Any, ...]) -> None:
         err = self.sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
@@ -142,6 +147,12 @@ class Connection(Channel["Client"]):
                 client.lost(self, event.disconnect)
 
 
+class TracingConnection(TracingChannel["Client"], Connection):
+    """A Connection whose frames are logged (``Client(trace=True)``, ``hbloop client -v``)."""
+
+    __slots__ = ()
+
+
 class Client:
     """A reconnecting heartbeat client.
 
@@ -152,6 +163,8 @@ class Client:
     * ``on_message(data)`` for each DATA frame;
     * ``on_disconnect(disconnect, retry_in)`` when a connection ends; ``retry_in`` is
       the back-off delay before the next attempt, or None if the client has stopped.
+
+    With ``trace``, every frame in and out is logged at debug level (``hbloop.trace``).
     """
 
     def __init__(
@@ -168,6 +181,7 @@ class Client:
         reconnect: bool = True,
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
+        trace: bool = False,
     ) -> None:
         raw = name.encode("utf-8")
         if not 1 <= len(raw) <= MAX_NAME_BYTES:
@@ -187,6 +201,7 @@ class Client:
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
         self.source_address = source_address
+        self._connection_class = TracingConnection if trace else Connection
         self.counters = IoCounters()
         self.max_pending = MAX_PENDING
         self.session_config = SessionConfig(
@@ -279,7 +294,7 @@ class Client:
             sock.close()
             self._schedule_retry(Disconnect(Reason.PEER_RESET, detail=str(exc)))
             return
-        conn = Connection(self, sock)
+        conn = self._connection_class(self, sock)
         self.connection = conn
         conn.begin(address)
 

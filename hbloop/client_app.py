@@ -41,6 +41,7 @@ class ClientApp:
             on_disconnect=self.on_disconnect,
             reconnect=not args.no_reconnect,
             backoff=Backoff(args.backoff_base, args.backoff_max),
+            trace=args.verbose,
         )
         self.target = f"{args.host}:{args.port}"
 

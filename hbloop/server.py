@@ -41,6 +41,7 @@ from hbloop.session import (
     State,
 )
 from hbloop.stats import ServerStats
+from hbloop.trace import TracingChannel
 from hbloop.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
 
 log = logging.getLogger("hbloop.server")
@@ -165,6 +166,12 @@ class Peer(Channel["Server"]):
         self.owner._forget(self)
 
 
+class TracingPeer(TracingChannel["Server"], Peer):
+    """A Peer whose frames are logged (``Server(trace=True)``, ``hbloop serve -v``)."""
+
+    __slots__ = ()
+
+
 class Server:
     """An hbloop server on an EventLoop.
 
@@ -174,6 +181,8 @@ class Server:
     * ``on_connect(peer)`` after a successful handshake;
     * ``on_message(peer, data)`` for each DATA frame;
     * ``on_disconnect(peer, disconnect)`` once for each peer that had connected.
+
+    With ``trace``, every frame in and out is logged at debug level (``hbloop.trace``).
     """
 
     def __init__(
@@ -188,6 +197,7 @@ class Server:
         loop: EventLoop | None = None,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
+        trace: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -198,6 +208,8 @@ class Server:
         self.loop = loop or EventLoop()
         self.backlog = backlog
         self.reuse_port = reuse_port
+        # Chosen here, once: untraced peers run a hot path without a trace of tracing.
+        self._peer_class = TracingPeer if trace else Peer
         self.stats = ServerStats()
         self.counters: IoCounters = self.stats  # what the peers' channels count into
         self.max_pending = policy.max_pending
@@ -316,7 +328,7 @@ class Server:
         host = self._hosts.get(address[0], address[0])
         if len(self._hosts) < MAX_INTERNED_HOSTS:
             self._hosts.setdefault(host, host)
-        peer = Peer(self, sock, host, address[1])
+        peer = self._peer_class(self, sock, host, address[1])
         self._live.add(peer)
         peer.start_reading()
         peer.arm()  # the handshake deadline (H5)
