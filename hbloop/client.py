@@ -31,6 +31,7 @@ from hbloop.session import (
     Role,
     Session,
     SessionConfig,
+    SessionCounters,
     State,
 )
 from hbloop.trace import TracingChannel
@@ -69,6 +70,26 @@ def is_final(disconnect: Disconnect) -> bool:
         return disconnect.code in FATAL_ERRORS
     return disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TAKEN_OVER
 
+
+def session_config(name: str, interval: float, counters: SessionCounters) -> SessionConfig:
+    """The session configuration of a client called ``name`` that asks for ``interval``
+    seconds (0: the server's default), counting into ``counters``: what every hbloop
+    client (this module's, ``hbloop.aio``'s) runs its sessions with. Raises
+    LocalProtocolError for a name or an interval that a HELLO cannot carry."""
+    raw = name.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_NAME_BYTES:
+        raise LocalProtocolError(Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes")
+    if interval < 0 or interval * 1000 > U32_MAX:
+        raise LocalProtocolError(Code.MALFORMED, "interval out of range")
+    return SessionConfig(
+        Role.CLIENT,
+        handshake_timeout=HANDSHAKE_TIMEOUT,
+        ping_strikes=DEFAULT_PING_STRIKES,
+        linger=LINGER_SECONDS,
+        hello=encode_hello(name, round(interval * 1000)),
+        counters=counters,
+    )
+
 # The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -96,6 +117,14 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def retry_delay(disconnect: Disconnect, reconnect: bool, backoff: Backoff) -> float | None:
+    """After ``disconnect``, how long a client waits before its next attempt; None if
+    it stops for good instead (it does not reconnect, or the end is final)."""
+    if not reconnect or is_final(disconnect):
+        return None
+    return backoff.next_delay()
 
 
 class Connection(Channel["Client"]):
@@ -183,13 +212,8 @@ class Client:
         source_address: tuple[str, int] | None = None,
         trace: bool = False,
     ) -> None:
-        raw = name.encode("utf-8")
-        if not 1 <= len(raw) <= MAX_NAME_BYTES:
-            raise LocalProtocolError(
-                Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
-            )
-        if interval < 0 or interval * 1000 > U32_MAX:
-            raise LocalProtocolError(Code.MALFORMED, "interval out of range")
+        self.counters = IoCounters()
+        self.session_config = session_config(name, interval, self.counters)
         self.host = host
         self.port = port
         self.name = name
@@ -202,16 +226,7 @@ class Client:
         self.backoff = backoff or Backoff()
         self.source_address = source_address
         self._connection_class = TracingConnection if trace else Connection
-        self.counters = IoCounters()
         self.max_pending = MAX_PENDING
-        self.session_config = SessionConfig(
-            Role.CLIENT,
-            handshake_timeout=HANDSHAKE_TIMEOUT,
-            ping_strikes=DEFAULT_PING_STRIKES,
-            linger=LINGER_SECONDS,
-            hello=encode_hello(name, round(interval * 1000)),
-            counters=self.counters,
-        )
         self.connection: Connection | None = None
         #: Set once the client has stopped for good (closed, or refused for good).
         self.stopped: Disconnect | None = None
@@ -311,16 +326,13 @@ class Client:
     def lost(self, conn: Connection, disconnect: Disconnect) -> None:
         if conn is not self.connection or self._closing:
             return
-        if is_final(disconnect):
-            self._stop(disconnect)
-            return
         self._schedule_retry(disconnect)
 
     def _schedule_retry(self, disconnect: Disconnect) -> None:
-        if not self.reconnect or self._closing:
+        delay = None if self._closing else retry_delay(disconnect, self.reconnect, self.backoff)
+        if delay is None:
             self._stop(disconnect)
             return
-        delay = self.backoff.next_delay()
         self._retry = self.loop.call_later(delay, self._connect)
         if self.on_disconnect is not None:
             call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, delay)
