@@ -15,17 +15,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from bench import flood
 from bench.config import (
+    DEFAULT_CHURN,
     DEFAULT_CLIENTS,
     DEFAULT_CONNECT_RATE,
     DEFAULT_DURATION,
     DEFAULT_INTERVAL,
+    DEFAULT_KILL_CLIENTS,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_OUTAGE,
+    DEFAULT_OUTAGE_CLIENTS,
     DEFAULT_TIMEOUT,
+    STALL_AFTER,
 )
 from bench.reference_server import LOOPS
 from bench.sizing import worker_count
 from hbloop.policy import MIN_TIMEOUT_RATIO
+from hbloop.presence import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -119,6 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of clients that go silent after the ramp without closing",
     )
     parser.add_argument(
+        "--flooders",
+        type=_positive(int),
+        default=0,
+        metavar="N",
+        help="N flooding connections beside the clients during the window; the clients "
+        "are their bystanders (see the summary's flood line and the JSON's 'flood')",
+    )
+    parser.add_argument(
+        "--flood-kind",
+        choices=flood.KINDS,
+        default="pong",
+        help="what the flooders stream: unsolicited PONGs or empty DATA (echoed)",
+    )
+    parser.add_argument(
+        "--stall",
+        type=_positive(float),
+        default=0.0,
+        metavar="S",
+        help="stop the spawned server (SIGSTOP) for S seconds in the window, then "
+        "continue it; no live client may be closed for it (the JSON's 'stall')",
+    )
+    parser.add_argument(
         "--workers",
         type=_positive(int),
         default=None,
@@ -160,6 +189,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra argument for the spawned `hbloop serve` (repeatable), e.g. "
         "--server-arg=--coalesce=1",
     )
+    group = parser.add_argument_group(
+        "presence", "--redis measures cluster-wide presence instead (see bench/presence.py)"
+    )
+    group.add_argument(
+        "--redis",
+        action="store_true",
+        help="measure presence: heartbeat and connect CPU with and without it, join-to-"
+        "visible latency, a killed node's stale time, a Redis outage under load "
+        "(starts its own redis-server)",
+    )
+    group.add_argument(
+        "--churn",
+        type=_positive(int),
+        default=DEFAULT_CHURN,
+        help="connects and disconnects timed, with and without presence",
+    )
+    group.add_argument(
+        "--kill-clients",
+        type=_positive(int),
+        default=DEFAULT_KILL_CLIENTS,
+        help="members of the node killed with SIGKILL",
+    )
+    group.add_argument(
+        "--outage",
+        type=_positive(float),
+        default=DEFAULT_OUTAGE,
+        metavar="S",
+        help="seconds Redis is stopped under load",
+    )
+    group.add_argument(
+        "--outage-clients",
+        type=_positive(int),
+        default=DEFAULT_OUTAGE_CLIENTS,
+        help="heartbeating clients during the Redis outage",
+    )
+    group.add_argument(
+        "--node-ttl",
+        type=_positive(float),
+        default=DEFAULT_NODE_TTL,
+        help="hbloop serve --node-ttl",
+    )
+    group.add_argument(
+        "--reap-interval",
+        type=_positive(float),
+        default=DEFAULT_REAP_INTERVAL,
+        help="hbloop serve --reap-interval",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write figures")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="draw a plot")
     return parser
@@ -171,13 +247,21 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--timeout must be at least {MIN_TIMEOUT_RATIO:g}x --interval"
     try:
         worker_count(args.clients, args.workers)
+        if args.redis:
+            worker_count(args.outage_clients, args.workers)
     except ValueError as exc:
         return str(exc)
     if args.baseline is not None and not (args.baseline / "hbloop" / "server.py").is_file():
         return f"--baseline {args.baseline}: no hbloop checkout there"
+    if args.stall and args.target is not None:
+        return "--stall stops the server the bench starts: not with --target"
+    if args.stall and args.duration < args.stall + STALL_AFTER + 1:
+        return f"--duration must exceed --stall by {STALL_AFTER + 1:g}s: the window holds it"
     for path in (args.json, args.plot):
         if path is not None and not path.parent.is_dir():
             return f"cannot write {path}: {path.parent} is not a directory"
+    if args.redis and (args.target is not None or args.against or args.zombies or args.plot):
+        return "--redis starts its own servers: no --target, --against, --zombies or --plot"
     if "uvloop" in args.against and importlib.util.find_spec("uvloop") is None:
         return "--against uvloop needs uvloop: pip install 'hbloop[bench]' (or pip install uvloop)"
     return None

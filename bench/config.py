@@ -25,6 +25,20 @@ DEFAULT_CONNECT_RATE = 2000.0
 DEFAULT_MAX_IN_FLIGHT = 1024
 
 
+# `--redis`: connects and disconnects timed with and without presence; members of the
+# node killed with SIGKILL; seconds Redis is stopped, and clients heartbeating
+# meanwhile (issue 11's targets: a 30 s outage under 10,000 clients).
+DEFAULT_CHURN = 2000
+DEFAULT_KILL_CLIENTS = 1000
+DEFAULT_OUTAGE = 30.0
+DEFAULT_OUTAGE_CLIENTS = 10_000
+
+
+# With --stall, the server is stopped this many seconds into the window, so that the
+# clients are all in their steady state first.
+STALL_AFTER = 1.0
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     clients: int = DEFAULT_CLIENTS
@@ -36,6 +50,9 @@ class BenchConfig:
     workers: int | None = None  # None: as few as the descriptor limit allows
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     server_args: tuple[str, ...] = ()  # extra arguments for a spawned `hbloop serve`
+    flooders: int = 0  # flooding connections beside the clients, during the window
+    flood_kind: str = "pong"  # what they stream: unsolicited PONGs or empty DATA
+    stall: float = 0.0  # seconds the spawned server is stopped (SIGSTOP) in the window
 
     @property
     def zombie_count(self) -> int:

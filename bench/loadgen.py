@@ -326,6 +326,8 @@ class Worker:
             self.zombie_late.append(now - client.last_frame_at - client.session.grant.timeout)
         else:
             counts.dropped += 1
+            if disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TIMEOUT:
+                counts.timeouts += 1
             self._sample_error(f"dropped: {disconnect}")
 
     def _sample_error(self, text: str) -> None:

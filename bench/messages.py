@@ -36,6 +36,7 @@ class Counts:
     connect_failures: int = 0  # refused, timed out, or closed before WELCOME
     protocol_errors: int = 0  # ERROR frames and malformed or unexpected frames
     dropped: int = 0  # non-zombies the server closed without being asked
+    timeouts: int = 0  # of those, closed with CLOSE TIMEOUT: live peers judged silent
 
     @property
     def errors(self) -> int:

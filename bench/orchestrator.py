@@ -21,7 +21,8 @@ from multiprocessing.process import BaseProcess
 
 import psutil
 
-from bench.config import BenchConfig
+from bench import flood, report
+from bench.config import STALL_AFTER, BenchConfig
 from bench.histograms import merge_encoded, new_histogram, record_seconds, summary_ms
 from bench.loadgen import WELCOME_DEADLINE, worker_main
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
@@ -43,6 +44,9 @@ ZOMBIE_GRACE = 2.0
 # A zombie closed this much before its timeout (measured from its last frame) was
 # closed early: the server's clock starts when the frame arrives, a little later.
 EARLY_TOLERANCE = 0.005
+
+# The flooders end with the window; they get this long to report.
+FLOOD_STOP_TIMEOUT = 15.0
 
 # How long workers get to start, and to close their clients and report at the end.
 WORKER_START_TIMEOUT = 30.0
@@ -128,8 +132,18 @@ class Run:
             self._follow_until(self.epoch + first)
             if sampler is not None:
                 sampler.start_window()
+            flooder = None
+            if config.flooders:
+                self.result.flooders = config.flooders
+                address = self.server.address
+                flooder = flood.start(address, config.flooders, config.flood_kind, last - first)
+            if config.stall:
+                self._follow_until(self.epoch + first + STALL_AFTER)
+                self._stall(config.stall)
             self._follow_until(self.epoch + last)
             snapshot = sampler.end_window() if sampler is not None else None
+            if flooder is not None:
+                self.result.flood_frames = flood.frames_sent(flooder, FLOOD_STOP_TIMEOUT)
             self._follow_until(self.epoch + last + 1, lambda: last in self.completed)
             if sampler is not None and snapshot is not None:
                 user, system, rss_kb = snapshot
@@ -148,6 +162,20 @@ class Run:
         finally:
             self._reap_workers()
         return self.result
+
+    def _stall(self, seconds: float) -> None:
+        """Stop the spawned server for ``seconds`` (SIGSTOP) while the clients go on,
+        then continue it (SIGCONT): a live peer must not be closed for the server's own
+        delay."""
+        process = self.server.psutil_process
+        if process is None:
+            raise BenchError("--stall needs a server the bench starts")
+        process.suspend()
+        try:
+            self._follow_until(time.monotonic() + seconds)
+        finally:
+            process.resume()
+        self.result.stalled_s = seconds
 
     def _start_workers(self) -> None:
         config = self.config
@@ -267,3 +295,16 @@ class Run:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
+
+
+def run_and_stop(config: BenchConfig, server: ServerUnderTest) -> RunResult:
+    """Run ``config``'s workload against ``server`` with a progress line a second, then
+    stop the server."""
+
+    def show(result: RunResult, second: Second) -> None:
+        print(report.progress_line(result, second), flush=True)
+
+    try:
+        return Run(config, server, show).execute()
+    finally:
+        server.stop()

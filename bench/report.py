@@ -200,6 +200,22 @@ def print_summary(
                 "heartbeat slots recorded late",
                 file=out,
             )
+        doc = result.to_json()
+        if doc["flood"]:
+            rtt = doc["flood"]["bystander_rtt_ms"]
+            print(
+                f"[{result.server}] flood: {result.flooders} flooders sent "
+                f"{result.flood_frames:,} {config.flood_kind} frames; bystanders dropped "
+                f"{result.counts.dropped}, false timeouts {result.counts.timeouts}, "
+                f"RTT p99 {_ms(rtt['p99'])} ms, max {_ms(rtt['max'])} ms",
+                file=out,
+            )
+        if doc["stall"]:
+            print(
+                f"[{result.server}] stall: stopped {result.stalled_s:g}s; live peers closed "
+                f"{result.counts.dropped} (false timeouts {result.counts.timeouts})",
+                file=out,
+            )
         if result.zombies_early:
             print(
                 f"[{result.server}] {result.zombies_early} zombies closed before their timeout",

@@ -66,6 +66,9 @@ class RunResult:
     skipped_slots: int = 0
     error_samples: list[str] = field(default_factory=list)
     seconds: list[Second] = field(default_factory=list)
+    flooders: int = 0  # flooding connections beside the clients (--flooders)
+    flood_frames: int = 0  # frames they sent
+    stalled_s: float = 0.0  # the server was stopped this long (--stall)
 
     @property
     def heartbeats_per_s(self) -> float:
@@ -109,4 +112,26 @@ class RunResult:
             },
             "error_samples": self.error_samples,
             "timeline": [vars(second) for second in self.seconds],
+            # Every client is a bystander of the flood, or a live peer through the stall:
+            # the server must drop none of them, and judge none silent.
+            "flood": (
+                self.flooders
+                and {
+                    "flooders": self.flooders,
+                    "frames_sent": self.flood_frames,
+                    "bystanders_dropped": self.counts.dropped,
+                    "false_timeouts": self.counts.timeouts,
+                    "bystander_rtt_ms": summary_ms(self.rtt),
+                }
+            )
+            or None,
+            "stall": (
+                self.stalled_s
+                and {
+                    "seconds": self.stalled_s,
+                    "live_peers_closed": self.counts.dropped,
+                    "false_timeouts": self.counts.timeouts,
+                }
+            )
+            or None,
         }

@@ -5,23 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import plot, report
+from bench import plot, presence, report
 from bench.cli import EXIT_ERROR
 from bench.config import BenchConfig
-from bench.orchestrator import BenchError, Run
-from bench.results import RunResult, Second
+from bench.orchestrator import BenchError, run_and_stop
 from bench.servers import ServerStartError, ServerUnderTest, spawn_hbloop, spawn_reference
 from hbloop.netutil import raise_open_files_limit
-
-
-def _run_one(config: BenchConfig, server: ServerUnderTest) -> RunResult:
-    def show(result: RunResult, second: Second) -> None:
-        print(report.progress_line(result, second), flush=True)
-
-    try:
-        return Run(config, server, show).execute()
-    finally:
-        server.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,22 +28,31 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_in_flight=args.max_in_flight,
         server_args=tuple(args.server_arg),
+        flooders=args.flooders,
+        flood_kind=args.flood_kind,
+        stall=args.stall,
     )
+    if args.redis:
+        try:
+            return presence.main(args, config)
+        except (BenchError, ServerStartError, RuntimeError) as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         if args.target is not None:
-            main_result = _run_one(config, ServerUnderTest("target", args.target))
+            main_result = run_and_stop(config, ServerUnderTest("target", args.target))
         else:
             server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
-            main_result = _run_one(config, server)
+            main_result = run_and_stop(config, server)
         references = [
-            _run_one(config, spawn_reference(loop, args.host, args.interval, args.timeout))
+            run_and_stop(config, spawn_reference(loop, args.host, args.interval, args.timeout))
             for loop in args.against
         ]
         if args.baseline is not None:
             baseline = spawn_hbloop(
                 args.host, args.interval, args.timeout, config.server_args, args.baseline
             )
-            references.append(_run_one(config, baseline))
+            references.append(run_and_stop(config, baseline))
     except (BenchError, ServerStartError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -33,15 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import cast
 
-from hbloop.channel import IoCounters
-from hbloop.client import MAX_PENDING, Backoff, retry_delay, session_config
-from hbloop.loop import call_guarded
+from hbloop.client import (
+    HANDSHAKE_TIMEOUT,
+    MAX_PENDING,
+    Backoff,
+    ClientBase,
+    DisconnectCallback,
+)
 from hbloop.protocol import FrameDecoder, RemoteProtocolError
 from hbloop.session import (
     FOREVER,
@@ -60,8 +63,6 @@ from hbloop.session import (
 )
 from hbloop.wire import DEFAULT_MAX_PAYLOAD, Code, Welcome
 
-log = logging.getLogger("hbloop.aio")
-
 # DATA frames held for the iterator before the client stops reading from the server:
 # a burst a consumer catches up with at once, at most 64 MiB of maximum-size frames.
 MAX_QUEUED_MESSAGES = 1024
@@ -73,9 +74,6 @@ RESUME_QUEUED_MESSAGES = MAX_QUEUED_MESSAGES // 2
 # more. A timer due at once would not do: uvloop runs it as call_soon, before its
 # poll. A millisecond is libuv's timer resolution.
 JUDGE_AFTER = 0.001
-
-DisconnectCallback = Callable[[Disconnect, float | None], None]
-
 
 class ClientStopped(Exception):
     """The client has stopped for good (closed, refused, or told not to reconnect);
@@ -280,12 +278,13 @@ class _Connection(asyncio.Protocol):
             self.ended.set_result(self.disconnect)
 
 
-class Client:
+class Client(ClientBase):
     """A reconnecting heartbeat client on the running asyncio loop.
 
-    ``hbloop.Client``'s rules: it reconnects after any end but a final one (``is_final``:
-    a refusal a retry cannot fix) with full-jitter back-off, unless ``reconnect`` is
-    False. Start it with ``async with`` (or ``start()`` and, at the end, ``close()``).
+    ``hbloop.Client``'s rules (``hbloop.client.ClientBase``): it reconnects after any
+    end but a final one (a refusal a retry cannot fix) with full-jitter back-off, unless
+    ``reconnect`` is False. Start it with ``async with`` (or ``start()`` and, at the
+    end, ``close()``).
 
     * ``await welcome()``: the current connection's grant; waits for the next handshake
       if not connected, and raises ClientStopped once the client has stopped.
@@ -311,23 +310,23 @@ class Client:
         reconnect: bool = True,
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         on_welcome: Callable[[Welcome], None] | None = None,
         on_disconnect: DisconnectCallback | None = None,
     ) -> None:
-        self.counters = IoCounters()
-        self.session_config = session_config(name, interval, self.counters)
-        self.host = host
-        self.port = port
-        self.name = name
-        self.reconnect = reconnect
-        self.backoff = backoff or Backoff()
-        self.source_address = source_address
-        self.on_welcome = on_welcome
-        self.on_disconnect = on_disconnect
+        super().__init__(
+            host,
+            port,
+            name,
+            interval=interval,
+            reconnect=reconnect,
+            backoff=backoff,
+            source_address=source_address,
+            handshake_timeout=handshake_timeout,
+            on_welcome=on_welcome,
+            on_disconnect=on_disconnect,
+        )
         self.connection: _Connection | None = None
-        #: Set once the client has stopped for good (closed, or refused for good).
-        self.stopped: Disconnect | None = None
-        self.connects = 0  # successful handshakes
         #: DATA received and not yet taken by the iterator.
         self.messages: deque[bytes] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -418,12 +417,10 @@ class Client:
         try:
             while True:
                 disconnect = await self._attempt()
-                delay = retry_delay(disconnect, self.reconnect, self.backoff)
+                delay = self._retry_delay(disconnect)
                 if delay is None:
-                    self._stop(disconnect)
-                    return
-                if self.on_disconnect is not None:
-                    call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, delay)
+                    return  # stopped for good
+                self._disconnected(disconnect, delay)
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
             await self._goodbye()
@@ -468,21 +465,14 @@ class Client:
                 self.messages.append(event.data)
                 conn.update_reading()
             elif isinstance(event, Opened):
-                self.connects += 1
-                self.backoff.reset()
-                if self.on_welcome is not None:
-                    call_guarded(log, "on_welcome", self.on_welcome, event.grant.welcome)
+                self.opened(event.grant.welcome)
             elif isinstance(event, Closed):
                 conn.disconnect = event.disconnect
         self._changed_now()
 
     def _stop(self, disconnect: Disconnect) -> None:
-        if self.stopped is not None:
-            return
-        self.stopped = disconnect
+        super()._stop(disconnect)
         self._changed_now()
-        if self.on_disconnect is not None:
-            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, None)
 
     async def _next_change(self) -> None:
         if self._loop is None:

@@ -1,10 +1,11 @@
 """``hbloop check HOST:PORT``: does a server speak protocol.md? In the spirit of Autobahn.
 
 Each numbered case drives the server through real connections and tests one MUST or
-SHOULD statement of protocol.md (H1..H8, F1..F4, T1..T8, C1..C4), reporting what it
-saw. The server's scheme is whatever it grants; the cases of the other scheme are
-skipped. Plain blocking sockets with timeouts: a checker is a diagnostic, not a hot
-path, and each case reads best as a straight-line script.
+SHOULD statement of protocol.md (H1..H8, F1..F4, T1..T8, C1..C4, and P1 or P2 when
+told the server's duplicate-name policy), reporting what it saw. The server's scheme
+is whatever it grants; the cases of the other scheme are skipped. Plain blocking
+sockets with timeouts: a checker is a diagnostic, not a hot path, and each case reads
+best as a straight-line script.
 """
 
 from __future__ import annotations
@@ -87,7 +88,12 @@ RECV_CHUNK = 65536
 # expected, and a flooding server's millions would drown the report.
 GAPS_SHOWN = 5
 
+# Each probe says HELLO with its own name, CHECK_NAME-N, so that a server refusing or
+# replacing duplicate names treats the cases' connections as strangers.
 CHECK_NAME = "hbloop-check"
+
+# The duplicate-name policies a server may announce to the checker (protocol.md P1, P2).
+DUPLICATE_POLICIES = ("refuse", "replace")
 
 
 class Verdict(enum.Enum):
@@ -112,6 +118,7 @@ class Settings:
     max_wait: float = DEFAULT_MAX_WAIT
     handshake_timeout: float | None = None  # the server's deadline; H5 is skipped without it
     answer_timeout: float = ANSWER_TIMEOUT
+    duplicates: str | None = None  # the server's duplicate-name policy; P1/P2 skipped without
 
     @property
     def target(self) -> str:
@@ -173,7 +180,8 @@ class Probe:
     flood of PINGs gets a trickle of PONGs.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.name = name
         self.answer_timeout = settings.answer_timeout
         self.sock = socket.create_connection((settings.host, settings.port), self.answer_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -253,7 +261,7 @@ class Probe:
         return self.await_frame("answer", HEARTBEATS_AND_DATA)
 
     def hello(self, interval_ms: int) -> Welcome:
-        self.send(encode_hello(CHECK_NAME, interval_ms))
+        self.send(encode_hello(self.name, interval_ms))
         return self.expect_welcome()
 
     def expect_welcome(self) -> Welcome:
@@ -322,12 +330,13 @@ class Checker:
         self._welcome: Welcome | None = None
         self._silence: Silence | None = None
         self._probes: list[Probe] = []
+        self._names = itertools.count(1)
 
     # --- connections ---------------------------------------------------------------
 
     def connect(self) -> Probe:
         try:
-            probe = Probe(self.settings)
+            probe = Probe(self.settings, f"{CHECK_NAME}-{next(self._names)}")
         except OSError as exc:
             raise CaseFailed(f"cannot connect: {exc.strerror or exc}") from None
         self._probes.append(probe)
@@ -475,7 +484,7 @@ def _ratio(checker: Checker) -> str:
 @case("F4", MUST, "a HELLO sent one byte per segment is decoded")
 def _trickled_hello(checker: Checker) -> str:
     probe = checker.connect()
-    for byte in encode_hello(CHECK_NAME, checker.interval_ms):
+    for byte in encode_hello(probe.name, checker.interval_ms):
         probe.send(bytes([byte]))
         time.sleep(TRICKLE_GAP)
     return describe_welcome(probe.expect_welcome())
@@ -484,7 +493,7 @@ def _trickled_hello(checker: Checker) -> str:
 @case("F4", MUST, "HELLO, PING and DATA coalesced in one segment are all decoded")
 def _coalesced(checker: Checker) -> str:
     probe = checker.connect()
-    probe.send(encode_hello(CHECK_NAME, checker.interval_ms) + PING_FRAME + encode_data(b"x"))
+    probe.send(encode_hello(probe.name, checker.interval_ms) + PING_FRAME + encode_data(b"x"))
     probe.expect_welcome()
     probe.expect_pong()
     return "WELCOME, then PONG"
@@ -727,7 +736,7 @@ def _handshake_deadline(checker: Checker) -> str:
     checker.require_time(late_limit(deadline))
     probe = checker.connect()
     start = time.monotonic()
-    probe.send(encode_hello(CHECK_NAME, 0)[:5])  # a partial frame proves nothing (T5)
+    probe.send(encode_hello(probe.name, 0)[:5])  # a partial frame proves nothing (T5)
     try:
         frame = probe.recv(start + late_limit(deadline))
     except TimeoutError:
@@ -743,6 +752,34 @@ def _handshake_deadline(checker: Checker) -> str:
     if not deadline - EARLY_TOLERANCE <= elapsed <= late_limit(deadline):
         raise CaseFailed(f"{seen}, expected about {deadline:g}s")
     return seen
+
+
+def _second_with_same_name(checker: Checker, policy: str) -> tuple[Probe, Probe]:
+    if checker.settings.duplicates != policy:
+        raise CaseSkipped(f"needs a server that {policy}s duplicates: --duplicates {policy}")
+    first, _ = checker.open()
+    second = checker.connect()
+    second.send(encode_hello(first.name, checker.interval_ms))
+    return first, second
+
+
+@case("P1", MUST, "refuse: a HELLO with a name already connected gets ERROR NAME_TAKEN")
+def _duplicate_refused(checker: Checker) -> str:
+    first, second = _second_with_same_name(checker, "refuse")
+    seen = second.expect_error(Code.NAME_TAKEN)
+    first.send(PING_FRAME)
+    first.expect_pong()
+    return f"{seen}; the first connection still answers PING"
+
+
+@case("P2", MUST, "replace: the older connection gets CLOSE TAKEN_OVER, the newer WELCOME")
+def _duplicate_replaced(checker: Checker) -> str:
+    first, second = _second_with_same_name(checker, "replace")
+    second.expect_welcome()
+    frame = first.recv_answer()
+    if frame is None or frame[0] != FrameType.CLOSE or parse_close(frame[1]) != Code.TAKEN_OVER:
+        raise CaseFailed(f"the older connection got {describe(frame)}, not CLOSE TAKEN_OVER")
+    return f"newer: WELCOME; older: CLOSE TAKEN_OVER, then {first.expect_close()}"
 
 
 # --- running and reporting -------------------------------------------------------------

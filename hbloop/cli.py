@@ -1,4 +1,4 @@
-"""The ``hbloop`` command: ``serve``, ``client`` and ``check``.
+"""The ``hbloop`` command: ``serve``, ``client``, ``check``, ``who`` and ``watch``.
 
 Exit codes, the same for every command: 0 success; 1 a failure at run time (a port
 in use, a client whose connection ended for good, ``check``: a MUST failed); 2 a
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from hbloop import __version__, logs
+from hbloop import __version__, logs, presence_tools
 from hbloop import check as check_cases
 from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.client_app import ClientApp
@@ -41,7 +41,17 @@ from hbloop.policy import (
     ServerPolicy,
     TcpKeepalive,
 )
+from hbloop.presence import (
+    DEFAULT_NODE_TTL,
+    DEFAULT_PREFIX,
+    DEFAULT_REAP_INTERVAL,
+    Node,
+    Policy,
+    Presence,
+    PresenceConfig,
+)
 from hbloop.protocol import ProtocolError
+from hbloop.redis_link import RedisAddress, parse_url
 from hbloop.server import Peer, Server
 from hbloop.stats import StatsReporter
 from hbloop.supervisor import Supervisor, WorkerLink
@@ -111,24 +121,22 @@ def _non_negative(text: str) -> float:
     return _seconds(text, allow_zero=True)
 
 
-def _count(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
     return value
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _non_negative_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-    return value
+    return _whole_number(text, 0)
 
 
 def _workers(text: str) -> int:
@@ -179,6 +187,30 @@ def _add_common(parser: argparse.ArgumentParser, log_level: str) -> None:
         action="store_true",
         help="log every frame in and out (direction, peer, type, length, code; never a "
         "payload) at debug level; implies --log-level debug",
+    )
+
+
+def _redis_url(text: str) -> RedisAddress:
+    try:
+        return parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_redis(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--redis",
+        type=_redis_url,
+        required=required,
+        default=None,
+        metavar="URL",
+        help="Redis for cluster-wide presence: redis://host:port/db or unix:///path?db=N",
+    )
+    parser.add_argument(
+        "--redis-prefix",
+        default=DEFAULT_PREFIX,
+        metavar="P",
+        help="prefix of every presence key, so that clusters can share a Redis",
     )
 
 
@@ -338,6 +370,35 @@ def build_parser(raise_errors: bool = False) -> _Parser:
         help="serve Prometheus metrics at http://METRICS_HOST:P/metrics (0: any free port)",
     )
     serve.add_argument("--metrics-host", default=DEFAULT_HOST, help="address for --metrics-port")
+    _add_redis(serve, required=False)
+    serve.add_argument(
+        "--node-id",
+        default=None,
+        metavar="ID",
+        help="this server's name in presence (default: HOST:PID); the start time is "
+        "appended, and /wN for each worker",
+    )
+    serve.add_argument(
+        "--on-duplicate",
+        choices=[p.value for p in Policy],
+        default=Policy.ALLOW.value,
+        help="a name already online connects again: allow both, refuse the newcomer "
+        "(ERROR NAME_TAKEN) or replace the older (CLOSE TAKEN_OVER); needs --redis",
+    )
+    serve.add_argument(
+        "--node-ttl",
+        type=_positive,
+        default=DEFAULT_NODE_TTL,
+        metavar="S",
+        help="lifetime of this node's liveness key, refreshed every third of it",
+    )
+    serve.add_argument(
+        "--reap-interval",
+        type=_positive,
+        default=DEFAULT_REAP_INTERVAL,
+        metavar="S",
+        help="how often this node removes the members of nodes whose key expired",
+    )
     _add_common(serve, log_level="info")
     serve.set_defaults(run=run_serve)
 
@@ -413,7 +474,42 @@ def build_parser(raise_errors: bool = False) -> _Parser:
         metavar="S",
         help="time the server has for an answer it owes at once; a case waits no longer",
     )
+    check.add_argument(
+        "--duplicates",
+        choices=check_cases.DUPLICATE_POLICIES,
+        default=None,
+        help="the server's duplicate-name policy; the P1 or P2 case is skipped without it",
+    )
     check.set_defaults(run=run_check)
+
+    who = commands.add_parser(
+        "who",
+        help="who is online across the servers sharing a Redis (or where NAME is)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    who.add_argument("name", nargs="?", default=None, metavar="NAME", help="one name only")
+    _add_redis(who, required=True)
+    who.add_argument("--json", action="store_true", help="print JSON")
+    who.set_defaults(run=run_who)
+
+    watch = commands.add_parser(
+        "watch",
+        help="print join and leave events as they happen",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_redis(watch, required=True)
+    watch.add_argument(
+        "--from",
+        dest="start",
+        default="$",
+        metavar="ID",
+        help="print the events after this stream id ($: from now on, 0: all kept)",
+    )
+    watch.add_argument(
+        "--count", type=_count, default=None, metavar="N", help="exit after N events"
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object a line")
+    watch.set_defaults(run=run_watch)
     for each in (parser, *parser.commands.values()):
         each.raise_errors = raise_errors
     return parser
@@ -444,6 +540,8 @@ def parse_args(argv: Sequence[str] | None = None, raise_errors: bool = False) ->
         raise UsageError(
             f"--backoff-base {args.backoff_base:g}s is above --backoff-max {args.backoff_max:g}s"
         )
+    if args.command == "serve" and args.on_duplicate != Policy.ALLOW.value and not args.redis:
+        raise UsageError("--on-duplicate needs --redis")
     return args
 
 
@@ -580,14 +678,42 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         fd_limit,
     )
     signals = _Signals(server, args)
+    presence = None
+    if args.redis is not None:
+        presence = _start_presence(server, args, f"{host}:{port}", worker)
     try:
         reporter = _start_reporting(server, args, worker, signals)
     except StartError as exc:
         return _error(str(exc))
     server.serve_forever(install_signal_handlers=False)
     reporter.close()
+    if presence is not None:
+        presence.close()
     server_log.info("stopped")
     return EXIT_OK
+
+
+def _start_presence(
+    server: Server, args: argparse.Namespace, address: str, worker: WorkerLink | None
+) -> Presence:
+    config = PresenceConfig(
+        policy=Policy(args.on_duplicate),
+        prefix=args.redis_prefix,
+        node_ttl=args.node_ttl,
+        reap_interval=args.reap_interval,
+    )
+    node = Node.make(args.node_id, address, None if worker is None else worker.index)
+    presence = Presence(server.loop, args.redis, node, config)
+    logging.getLogger("hbloop.presence").info(
+        "presence: node %s on %s, duplicates: %s, stale members gone within %.1fs",
+        node.id,
+        args.redis,
+        config.policy.value,
+        config.stale_bound,
+    )
+    server.presence = presence
+    presence.start()
+    return presence
 
 
 def _start_reporting(
@@ -595,11 +721,14 @@ def _start_reporting(
 ) -> StatsReporter:
     """The stats line; a worker's snapshots to its supervisor, or a lone server's
     /metrics."""
+    presence = server.presence.snapshot if server.presence is not None else None
     if worker is not None:
         publish = worker.publisher(orphaned=server.shutdown)
         label = f"worker={worker.index} "
-        return StatsReporter(server.loop, server.stats, args.stats_interval, publish, label)
-    reporter = StatsReporter(server.loop, server.stats, args.stats_interval)
+        return StatsReporter(
+            server.loop, server.stats, args.stats_interval, publish, label, presence
+        )
+    reporter = StatsReporter(server.loop, server.stats, args.stats_interval, presence=presence)
     if args.metrics_port is not None:
         serve_metrics(
             server.loop,
@@ -633,7 +762,13 @@ CHECK_UNREACHABLE = 2
 def run_check(args: argparse.Namespace) -> int:
     host, port = args.target
     settings = check_cases.Settings(
-        host, port, args.interval, args.max_wait, args.handshake_timeout, args.answer_timeout
+        host,
+        port,
+        args.interval,
+        args.max_wait,
+        args.handshake_timeout,
+        answer_timeout=args.answer_timeout,
+        duplicates=args.duplicates,
     )
     try:
         report = check_cases.run_checks(settings)
@@ -642,6 +777,16 @@ def run_check(args: argparse.Namespace) -> int:
         return _error(f"cannot reach {settings.target}: {reason}", CHECK_UNREACHABLE)
     print(report.to_json() if args.json else report.to_text())
     return EXIT_OK if report.conforms else EXIT_FAILURE
+
+
+def run_who(args: argparse.Namespace) -> int:
+    return presence_tools.who(args.redis, args.redis_prefix, args.name, args.json, sys.stdout)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    return presence_tools.watch(
+        args.redis, args.redis_prefix, args.start, args.json, args.count, sys.stdout
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

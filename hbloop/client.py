@@ -31,7 +31,6 @@ from hbloop.session import (
     Role,
     Session,
     SessionConfig,
-    SessionCounters,
     State,
 )
 from hbloop.trace import TracingChannel
@@ -68,30 +67,15 @@ def is_final(disconnect: Disconnect) -> bool:
     would evict that one, and so on forever)."""
     if disconnect.reason is Reason.PEER_ERROR:
         return disconnect.code in FATAL_ERRORS
-    return disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TAKEN_OVER
+    return disconnect.reason is Reason.PEER_CLOSED and disconnect.code in FINAL_CLOSE_CODES
 
-
-def session_config(name: str, interval: float, counters: SessionCounters) -> SessionConfig:
-    """The session configuration of a client called ``name`` that asks for ``interval``
-    seconds (0: the server's default), counting into ``counters``: what every hbloop
-    client (this module's, ``hbloop.aio``'s) runs its sessions with. Raises
-    LocalProtocolError for a name or an interval that a HELLO cannot carry."""
-    raw = name.encode("utf-8")
-    if not 1 <= len(raw) <= MAX_NAME_BYTES:
-        raise LocalProtocolError(Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes")
-    if interval < 0 or interval * 1000 > U32_MAX:
-        raise LocalProtocolError(Code.MALFORMED, "interval out of range")
-    return SessionConfig(
-        Role.CLIENT,
-        handshake_timeout=HANDSHAKE_TIMEOUT,
-        ping_strikes=DEFAULT_PING_STRIKES,
-        linger=LINGER_SECONDS,
-        hello=encode_hello(name, round(interval * 1000)),
-        counters=counters,
-    )
 
 # The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# A newer connection with this client's name replaced it (protocol.md H8): reconnecting
+# would evict that one in turn, and two clients with one name would take turns forever.
+FINAL_CLOSE_CODES = frozenset({Code.TAKEN_OVER})
 
 
 class Backoff:
@@ -119,12 +103,86 @@ class Backoff:
         self.attempt = 0
 
 
-def retry_delay(disconnect: Disconnect, reconnect: bool, backoff: Backoff) -> float | None:
-    """After ``disconnect``, how long a client waits before its next attempt; None if
-    it stops for good instead (it does not reconnect, or the end is final)."""
-    if not reconnect or is_final(disconnect):
-        return None
-    return backoff.next_delay()
+DisconnectCallback = Callable[[Disconnect, float | None], None]
+
+
+class ClientBase:
+    """What every hbloop client keeps and decides, whatever runs its I/O: the server,
+    the name, the session configuration all its connections share, the back-off and
+    when to stop (``is_final``), the figures, and the callbacks ``on_welcome(welcome)``
+    and ``on_disconnect(disconnect, retry_in)``. ``Client`` (on an EventLoop) and
+    ``hbloop.aio.Client`` (on asyncio) are made of it.
+
+    Raises LocalProtocolError for a name or an interval that a HELLO cannot carry.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        name: str,
+        *,
+        interval: float,
+        reconnect: bool,
+        backoff: Backoff | None,
+        source_address: tuple[str, int] | None,
+        handshake_timeout: float,
+        on_welcome: Callable[[Welcome], None] | None,
+        on_disconnect: DisconnectCallback | None,
+    ) -> None:
+        raw = name.encode("utf-8")
+        if not 1 <= len(raw) <= MAX_NAME_BYTES:
+            raise LocalProtocolError(
+                Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
+            )
+        if interval < 0 or interval * 1000 > U32_MAX:
+            raise LocalProtocolError(Code.MALFORMED, "interval out of range")
+        self.host = host
+        self.port = port
+        self.name = name
+        self.interval = interval
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.source_address = source_address
+        self.on_welcome = on_welcome
+        self.on_disconnect = on_disconnect
+        self.counters = IoCounters()
+        self.session_config = SessionConfig(
+            Role.CLIENT,
+            handshake_timeout=handshake_timeout,
+            ping_strikes=DEFAULT_PING_STRIKES,
+            linger=LINGER_SECONDS,
+            hello=encode_hello(name, round(interval * 1000)),
+            counters=self.counters,
+        )
+        #: Set once the client has stopped for good (closed, or refused for good).
+        self.stopped: Disconnect | None = None
+        self.connects = 0  # successful handshakes
+
+    def opened(self, welcome: Welcome) -> None:
+        """A handshake succeeded: the back-off starts again from its base."""
+        self.connects += 1
+        self.backoff.reset()
+        if self.on_welcome is not None:
+            call_guarded(log, "on_welcome", self.on_welcome, welcome)
+
+    def _retry_delay(self, disconnect: Disconnect) -> float | None:
+        """After ``disconnect``: how long to wait before the next attempt; or None,
+        when the client does not reconnect or the end is final, and it has stopped."""
+        if not self.reconnect or is_final(disconnect):
+            self._stop(disconnect)
+            return None
+        return self.backoff.next_delay()
+
+    def _disconnected(self, disconnect: Disconnect, retry_in: float | None) -> None:
+        if self.on_disconnect is not None:
+            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, retry_in)
+
+    def _stop(self, disconnect: Disconnect) -> None:
+        if self.stopped is not None:
+            return
+        self.stopped = disconnect
+        self._disconnected(disconnect, None)
 
 
 class Connection(Channel["Client"]):
@@ -171,7 +229,7 @@ class Connection(Channel["Client"]):
                     return
                 client.deliver(event.data)
             elif isinstance(event, Opened):
-                client.established(self)
+                client.opened(event.grant.welcome)
             elif isinstance(event, Closed):
                 client.lost(self, event.disconnect)
 
@@ -182,8 +240,8 @@ class TracingConnection(TracingChannel["Client"], Connection):
     __slots__ = ()
 
 
-class Client:
-    """A reconnecting heartbeat client.
+class Client(ClientBase):
+    """A reconnecting heartbeat client on an EventLoop.
 
     Callbacks, all optional and run on the loop; an exception in one is logged and
     the client carries on:
@@ -206,31 +264,30 @@ class Client:
         loop: EventLoop | None = None,
         on_welcome: Callable[[Welcome], None] | None = None,
         on_message: Callable[[bytes], None] | None = None,
-        on_disconnect: Callable[[Disconnect, float | None], None] | None = None,
+        on_disconnect: DisconnectCallback | None = None,
         reconnect: bool = True,
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         trace: bool = False,
     ) -> None:
-        self.counters = IoCounters()
-        self.session_config = session_config(name, interval, self.counters)
-        self.host = host
-        self.port = port
-        self.name = name
-        self.interval = interval
+        super().__init__(
+            host,
+            port,
+            name,
+            interval=interval,
+            reconnect=reconnect,
+            backoff=backoff,
+            source_address=source_address,
+            handshake_timeout=handshake_timeout,
+            on_welcome=on_welcome,
+            on_disconnect=on_disconnect,
+        )
         self.loop = loop or EventLoop()
-        self.on_welcome = on_welcome
         self.on_message = on_message
-        self.on_disconnect = on_disconnect
-        self.reconnect = reconnect
-        self.backoff = backoff or Backoff()
-        self.source_address = source_address
         self._connection_class = TracingConnection if trace else Connection
         self.max_pending = MAX_PENDING
         self.connection: Connection | None = None
-        #: Set once the client has stopped for good (closed, or refused for good).
-        self.stopped: Disconnect | None = None
-        self.connects = 0  # successful handshakes
         self._retry: Timer | None = None
         self._closing = False
 
@@ -313,12 +370,6 @@ class Client:
         self.connection = conn
         conn.begin(address)
 
-    def established(self, conn: Connection) -> None:
-        self.connects += 1
-        self.backoff.reset()
-        if self.on_welcome is not None and conn.welcome is not None:
-            call_guarded(log, "on_welcome", self.on_welcome, conn.welcome)
-
     def deliver(self, data: bytes) -> None:
         if self.on_message is not None:
             call_guarded(log, "on_message", self.on_message, data)
@@ -329,17 +380,10 @@ class Client:
         self._schedule_retry(disconnect)
 
     def _schedule_retry(self, disconnect: Disconnect) -> None:
-        delay = None if self._closing else retry_delay(disconnect, self.reconnect, self.backoff)
-        if delay is None:
+        if self._closing:
             self._stop(disconnect)
             return
-        self._retry = self.loop.call_later(delay, self._connect)
-        if self.on_disconnect is not None:
-            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, delay)
-
-    def _stop(self, disconnect: Disconnect) -> None:
-        if self.stopped is not None:
-            return
-        self.stopped = disconnect
-        if self.on_disconnect is not None:
-            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, None)
+        delay = self._retry_delay(disconnect)
+        if delay is not None:
+            self._retry = self.loop.call_later(delay, self._connect)
+            self._disconnected(disconnect, delay)

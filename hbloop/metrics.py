@@ -39,6 +39,7 @@ from hbloop import __version__
 from hbloop.acceptor import Acceptor
 from hbloop.loop import EventLoop
 from hbloop.netutil import make_listener
+from hbloop.presence import PRESENCE_FIGURES
 from hbloop.session import Reason
 from hbloop.stats import Snapshot
 
@@ -134,16 +135,26 @@ def _histogram(
     return family
 
 
-def _families(
-    prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
+Figures = tuple[tuple[str, str, bool, str], ...]  # (key, name, counter?, help)
+
+
+def _table(
+    figures: Figures, prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
 ) -> Iterator[Metric]:
     """One family per figure; ``rows`` maps the values of ``labels`` to snapshots."""
-    for key, name, is_counter, doc in _FIGURES:
+    for key, name, is_counter, doc in figures:
         kind = CounterMetricFamily if is_counter else GaugeMetricFamily
         family = kind(prefix + name, doc, labels=labels)
         for values, snapshot in rows.items():
             family.add_metric(list(values), snapshot[key])
         yield family
+
+
+def _families(
+    prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
+) -> Iterator[Metric]:
+    """The server's figures, then presence's where the snapshots have them."""
+    yield from _table(_FIGURES, prefix, labels, rows)
     for key, name, doc in _HISTOGRAMS:
         yield _histogram(key, prefix + name, doc, labels, rows)
     closed = CounterMetricFamily(
@@ -153,6 +164,9 @@ def _families(
         for reason in Reason:
             closed.add_metric([*values, reason.value], snapshot["closed"].get(reason.value, 0))
     yield closed
+    presence = {values: s["presence"] for values, s in rows.items() if "presence" in s}
+    if presence:
+        yield from _table(PRESENCE_FIGURES, prefix + "presence_", labels, presence)
 
 
 class _WorkerProcesses:

@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hbloop.acceptor import Acceptor
 from hbloop.channel import Channel, IoCounters
@@ -43,6 +44,9 @@ from hbloop.session import (
 from hbloop.stats import ServerStats
 from hbloop.trace import TracingChannel
 from hbloop.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
+
+if TYPE_CHECKING:
+    from hbloop.presence import Member, Presence
 
 log = logging.getLogger("hbloop.server")
 
@@ -71,7 +75,7 @@ class Peer(Channel["Server"]):
     and ``open``. Methods: ``send(data)`` and ``close(code)``.
     """
 
-    __slots__ = ("host", "port", "_accepted")
+    __slots__ = ("host", "port", "_accepted", "member")
 
     def __init__(self, server: Server, sock: socket.socket, host: str, port: int) -> None:
         now = server.loop.now
@@ -85,6 +89,7 @@ class Peer(Channel["Server"]):
         self.host = host
         self.port = port
         self._accepted = now
+        self.member: Member | None = None  # its handle in server.presence
 
     # --- the application's view ----------------------------------------------
 
@@ -145,6 +150,16 @@ class Peer(Channel["Server"]):
         """Send CLOSE with ``code`` and end the connection."""
         self.apply(self.session.close(code, self.owner.loop.now))
 
+    def evict(self, code: Code, message: str) -> None:
+        """End the connection at presence's request: CLOSE for TAKEN_OVER (its client
+        must not reconnect), ERROR for a refusal found out after WELCOME (NAME_TAKEN)."""
+        session = self.session
+        now = self.owner.loop.now
+        if code is Code.TAKEN_OVER:
+            self.apply(session.close(code, now))
+        elif session.state is State.OPEN:
+            self.apply(session.refuse(code, message, now))
+
     # --- the session's events --------------------------------------------------
 
     def handle(self, events: Events) -> None:
@@ -182,6 +197,9 @@ class Server:
     * ``on_message(peer, data)`` for each DATA frame;
     * ``on_disconnect(peer, disconnect)`` once for each peer that had connected.
 
+    ``presence`` (optional, also settable after ``start()``) is told of every peer that
+    connects and leaves, and may refuse or evict one by name (``hbloop.presence``).
+
     With ``trace``, every frame in and out is logged at debug level (``hbloop.trace``).
     """
 
@@ -197,6 +215,7 @@ class Server:
         loop: EventLoop | None = None,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
+        presence: Presence | None = None,
         trace: bool = False,
     ) -> None:
         self.host = host
@@ -208,6 +227,7 @@ class Server:
         self.loop = loop or EventLoop()
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.presence = presence
         # Chosen here, once: untraced peers run a hot path without a trace of tracing.
         self._peer_class = TracingPeer if trace else Peer
         self.stats = ServerStats()
@@ -349,14 +369,21 @@ class Server:
         return grant
 
     def _admit(self, peer: Peer, hello: Hello) -> None:
-        """H2's last check, capacity, then WELCOME: the one place a HELLO is judged."""
+        """H2's admission rules in order (capacity, then duplicate names), then
+        WELCOME: the one place a HELLO is judged."""
         session = peer.session
-        now = self.loop.now
         limit = self.policy.max_connections
         if self.stats.connections >= limit:
-            peer.apply(session.refuse(Code.SERVER_FULL, f"{limit} connections", now))
+            peer.apply(session.refuse(Code.SERVER_FULL, f"{limit} connections", self.loop.now))
             return
-        peer.apply(session.accept(self.grant_for(hello.interval_ms), now))
+        if self.presence is not None:
+            # May evict older connections with this name (replace), which re-enters here.
+            refusal = self.presence.check(hello.name)
+            if refusal is not None:
+                message = f"{hello.name} is already connected"
+                peer.apply(session.refuse(refusal, message, self.loop.now))
+                return
+        peer.apply(session.accept(self.grant_for(hello.interval_ms), self.loop.now))
 
     def _opened(self, peer: Peer) -> None:
         self._handshakes -= 1
@@ -372,6 +399,9 @@ class Server:
             peer.timeout,
             extra=fields(event="connect", peer=peer.label, name=peer.name),
         )
+        if self.presence is not None:
+            assert peer.name is not None
+            peer.member = self.presence.joined(peer.name, peer.label, peer.connected_at, peer.evict)
         if self.on_connect is not None:
             call_guarded(log, "on_connect", self.on_connect, peer)
 
@@ -395,6 +425,10 @@ class Server:
             self._handshakes -= 1
             return
         self.stats.connections -= 1
+        if peer.member is not None:
+            assert self.presence is not None
+            self.presence.left(peer.member, disconnect.reason.value)
+            peer.member = None
         if self.on_disconnect is not None:
             call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
 

@@ -1,7 +1,7 @@
 """One connection's protocol state machine, for both roles, with no I/O at all.
 
 This is protocol.md sections 2 to 4 as code: the states it names, the handshake
-rules (H1-H8), the timing rules (T1-T8) and the closing rules (C1-C3). A ``Session``
+rules (H1-H9), the timing rules (T1-T9) and the closing rules (C1-C5). A ``Session``
 is told what happened, always with the time it happened, and answers with the bytes
 to send and the events the application should hear of::
 
@@ -344,7 +344,8 @@ class Session:
         self.name: str | None = None
         #: The handshake deadline, then (CLOSING) the end of the linger.
         self.deadline = now + config.handshake_timeout
-        #: When the last complete frame arrived, and when this side last sent one.
+        #: When the last complete frame arrived, and when this side last sent one;
+        #: last_ping_in is the time credited to the last on-time PING (T8).
         self.last_recv = now
         self.last_sent = now
         self.last_ping_out = NEVER
@@ -475,8 +476,11 @@ class Session:
         return welcome + out, (*opened, *events)
 
     def refuse(self, code: Code, message: str, now: float) -> Step:
-        """Server: refuse the pending HELLO with ERROR ``code`` (H2)."""
-        if self.state is not State.AWAIT_HELLO or self._pending is None:
+        """Server: refuse the pending HELLO with ERROR ``code`` (H2), or withdraw the
+        admission of an OPEN connection (a duplicate name found out later, P1)."""
+        if not (self.state is State.AWAIT_HELLO and self._pending is not None) and (
+            self.state is not State.OPEN
+        ):
             raise LocalProtocolError(Code.MALFORMED, "refuse() needs a pending HELLO")
         self._pending = None
         return self._fail(RemoteProtocolError(code, message), now, Reason.REFUSED)
@@ -489,10 +493,11 @@ class Session:
             return self._receive_unopened(frames, now)
         # The per-frame path of every heartbeat: few bytecodes, one call. Most reads
         # hold a single frame, so counters are bumped per frame, not summed after.
+        previous_read = self.last_recv
         # ``gap`` is the silence this read ended: each heartbeat observes it, which
         # tells how close the peer runs to its timeout (a second one in the same read
         # ended no silence of its own).
-        gap = now - self.last_recv
+        gap = now - previous_read
         self.last_recv = now
         counters = self.config.counters
         out = b""
@@ -503,14 +508,19 @@ class Session:
                 counters.heartbeats += 1
                 counters.heartbeat_intervals.observe(gap)
                 gap = 0.0
-                if now - self.last_ping_in < self.grant.ping_floor:
+                # T8: each on-time PING is credited I/2 after the previous one, but no
+                # earlier than our previous read: PINGs that waited in the socket while
+                # we were not reading share the time since then, and are no flood.
+                credit = self.last_ping_in + self.grant.ping_floor
+                if credit > now:
                     self.strikes += 1
                     if self.strikes >= self.config.ping_strikes:
                         out, events = self._strike_out(out, events, now)
                         break
                 else:
                     self.strikes = 0
-                self.last_ping_in = self.last_sent = now
+                    self.last_ping_in = credit if credit > previous_read else previous_read
+                self.last_sent = now
                 out += PONG_FRAME
                 counters.frames_out += 1
             elif ftype == T_PONG:

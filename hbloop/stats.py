@@ -5,7 +5,9 @@ A *snapshot* is a plain dict (it crosses a pipe as JSON): the ServerStats counte
 ``iterations`` of the event loop, ``lag_max``, the worst lateness of a due timer over
 the last stats interval, in seconds, and two histograms (``Buckets.to_json()``):
 ``lag``, of the worst lateness in each sample period, and ``heartbeat_interval``, of
-the silence each heartbeat received ended (the sessions observe it).
+the silence each heartbeat received ended (the sessions observe it); with presence on,
+``presence`` holds its figures (``hbloop.presence.PRESENCE_FIGURES``), which add up
+across workers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from hbloop.channel import IoCounters
 from hbloop.histogram import Buckets
 from hbloop.loop import EventLoop
+from hbloop.presence import PRESENCE_FIGURES
 from hbloop.session import HEARTBEAT_BUCKETS
 
 log = logging.getLogger("hbloop.stats")
@@ -98,6 +101,7 @@ def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
     total: Snapshot = dict.fromkeys(SUMMED + WORST, 0)
     total.update({key: Buckets(bounds).to_json() for key, bounds in HISTOGRAMS.items()})
     closed: Counter[str] = Counter()
+    presence: Counter[str] | None = None
     for snapshot in snapshots:
         for key in SUMMED:
             total[key] += snapshot[key]
@@ -106,8 +110,25 @@ def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
         for key in HISTOGRAMS:
             total[key] = add_histograms(total[key], snapshot[key])
         closed.update(snapshot["closed"])
+        if "presence" in snapshot:
+            presence = presence or Counter()
+            presence.update(snapshot["presence"])
     total["closed"] = dict(closed)
+    if presence is not None:
+        total["presence"] = {key: presence[key] for key, *_ in PRESENCE_FIGURES}
     return total
+
+
+def retired(snapshot: Snapshot) -> Snapshot:
+    """The part of an exited worker's last snapshot that still counts: its counters,
+    with every gauge (connections, lag, presence's) back to zero."""
+    gone = {**snapshot, "connections": 0, "lag_max": 0.0}
+    if "presence" in snapshot:
+        gone["presence"] = {
+            key: snapshot["presence"][key] if counter else 0
+            for key, _, counter, _ in PRESENCE_FIGURES
+        }
+    return gone
 
 
 def summary(snapshot: Snapshot) -> str:
@@ -119,7 +140,19 @@ def summary(snapshot: Snapshot) -> str:
         f"in={snapshot['frames_in']}f/{snapshot['bytes_in']}B "
         f"out={snapshot['frames_out']}f/{snapshot['bytes_out']}B "
         f"hb={snapshot['heartbeats']} iters={snapshot['iterations']} "
-        f"lag_max={snapshot['lag_max'] * 1000:.1f}ms"
+        f"lag_max={snapshot['lag_max'] * 1000:.1f}ms" + _presence_summary(snapshot)
+    )
+
+
+def _presence_summary(snapshot: Snapshot) -> str:
+    presence = snapshot.get("presence")
+    if presence is None:
+        return ""
+    return (
+        f" redis_up={presence['redis_up']} members={presence['members']} "
+        f"backlog={presence['backlog']} joins={presence['joins']} "
+        f"leaves={presence['leaves']} resyncs={presence['resyncs']} "
+        f"overflows={presence['overflows']}"
     )
 
 
@@ -146,7 +179,7 @@ class StatsReporter:
     Every SAMPLE_PERIOD it moves the loop's worst lag into a window covering the last
     stats interval and hands a snapshot to ``publish`` (a worker's pipe to its
     supervisor); every ``log_interval`` seconds (0: never) it logs the summary line,
-    prefixed with ``label``.
+    prefixed with ``label``. ``presence`` gives presence's figures, if it is on.
     """
 
     def __init__(
@@ -156,9 +189,11 @@ class StatsReporter:
         log_interval: float,
         publish: Callable[[Snapshot], None] | None = None,
         label: str = "",
+        presence: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.loop = loop
         self.stats = stats
+        self.presence = presence
         self.publish = publish
         self.label = label
         window = log_interval or DEFAULT_LAG_WINDOW
@@ -175,6 +210,8 @@ class StatsReporter:
         snapshot["iterations"] = self.loop.iterations
         snapshot["lag_max"] = max(self.loop.max_lag, max(self._lags, default=0.0))
         snapshot["lag"] = self.lag.to_json()
+        if self.presence is not None:
+            snapshot["presence"] = self.presence()
         return snapshot
 
     def _sample(self) -> None:

@@ -56,7 +56,7 @@ from hbloop.config import option_names
 from hbloop.loop import EventLoop, Timer
 from hbloop.metrics import MetricsEndpoint, Report, StartError, serve_metrics
 from hbloop.netutil import bind_socket
-from hbloop.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, summary
+from hbloop.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, retired, summary
 
 log = logging.getLogger("hbloop.supervisor")
 
@@ -357,9 +357,7 @@ class Supervisor:
         if worker.pipe >= 0:
             self._read_reports(worker)  # the last snapshots, then EOF
         if worker.snapshot is not None:
-            self._retired = combine(
-                [self._retired, {**worker.snapshot, "connections": 0, "lag_max": 0.0}]
-            )
+            self._retired = combine([self._retired, retired(worker.snapshot)])
         listened = worker.snapshot is not None
         worker.snapshot = None
         pid = worker.process.pid if worker.process else 0

@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.redis_server import RedisNotInstalled, RedisProcess
 from hbloop.client import Client
 from hbloop.loop import EventLoop
 from hbloop.policy import ServerPolicy
@@ -302,12 +305,18 @@ class GoodPeers:
     the granted timeout, in a background thread. Hostile-peer tests run them alongside
     the abuse to prove that nobody else's service is affected."""
 
-    def __init__(self, address: tuple[str, int], count: int = 3, prefix: str = "good") -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        count: int = 3,
+        prefix: str = "good",
+        interval_ms: int = GOOD_INTERVAL_MS,
+    ) -> None:
         self.names = [f"{prefix}-{i}" for i in range(count)]
         self.peers = [RawPeer(address) for _ in range(count)]
         self.interval = self.timeout = 0.0
         for peer, name in zip(self.peers, self.names, strict=True):
-            ftype, payload = peer.hello(name, GOOD_INTERVAL_MS)
+            ftype, payload = peer.hello(name, interval_ms)
             assert ftype == FrameType.WELCOME, f"{name} was refused: {payload!r}"
             welcome = parse_welcome(payload)
             self.interval = welcome.interval_ms / 1000
@@ -372,8 +381,13 @@ def good_peers() -> Iterator[Callable[..., GoodPeers]]:
     """Factory: ``good_peers(server.address)`` starts heartbeating peers, stopped after."""
     started: list[GoodPeers] = []
 
-    def start(address: tuple[str, int], count: int = 3, prefix: str = "good") -> GoodPeers:
-        peers = GoodPeers(address, count, prefix)
+    def start(
+        address: tuple[str, int],
+        count: int = 3,
+        prefix: str = "good",
+        interval_ms: int = GOOD_INTERVAL_MS,
+    ) -> GoodPeers:
+        peers = GoodPeers(address, count, prefix, interval_ms)
         started.append(peers)
         return peers
 
@@ -512,3 +526,41 @@ def tcp_socket(local_port: int, remote_port: int) -> TcpSocketState:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA, server and client certificates and JWT keys, made once per test run."""
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+# --- Redis for the presence tests ---------------------------------------------------------
+
+
+def _redis(directory: Path) -> RedisProcess:
+    """A redis-server; without the binary the test is skipped, or fails under CI."""
+    try:
+        return RedisProcess(directory)
+    except RedisNotInstalled as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One redis-server for the session; tests keep apart with their own key prefix."""
+    server = _redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, for tests that stop and restart it."""
+    # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="hbr-"))
+    server = _redis(directory)
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own, so that tests share the session's Redis."""
+    return f"t:{request.node.name}:"

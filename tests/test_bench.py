@@ -158,3 +158,49 @@ def test_plot_title_and_colours():
     assert "19,000 clients, interval 2s, timeout 6s, zombies 0.02, window 60s" in text
     assert text.endswith("hbloop serve --coalesce=1")
     assert colours(results) == {"hbloop": "C0", "uvloop": "C1"}
+
+
+def test_bench_redis_measures_presence_in_one_run(tmp_path):
+    """Tiny sizes, every phase: heartbeats off and on, churn, a killed node, an outage."""
+    out = tmp_path / "presence.json"
+    result = run_bench(
+        *("--redis", "--clients", "30", "--interval", "0.5", "--timeout", "1.5"),
+        *("--duration", "1", "--churn", "50", "--kill-clients", "10", "--outage", "1"),
+        *("--outage-clients", "30", "--node-ttl", "1", "--reap-interval", "0.25"),
+        *("--json", str(out)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "presence cost and bounds" in result.stdout
+    figures = json.loads(out.read_text())["presence"]
+    assert figures["hb_cpu_off_us"] > 0 and figures["hb_cpu_on_us"] > 0
+    assert figures["churn_cpu_on_us"] > 0
+    latency = figures["join_visible_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+    assert 0 < figures["stale_s"] <= figures["stale_bound_s"] + 1.5
+    assert figures["outage_dropped"] == 0 and figures["outage_errors"] == 0
+    assert 0 < figures["resync_s"] <= 5.0
+
+
+def test_bench_floods_and_stalls_the_server_and_reports_its_bystanders(tmp_path):
+    """--flooders and --stall in one small run: the server stopped for longer than the
+    timeout, flooders streaming beside the clients; none of the clients is dropped."""
+    out = tmp_path / "flood.json"
+    result = run_bench(
+        *("--clients", "50", "--interval", "0.5", "--timeout", "1.5", "--duration", "4"),
+        *("--flooders", "4", "--stall", "2", "--json", str(out)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "flood: 4 flooders sent" in result.stdout
+    assert "stall: stopped 2s; live peers closed 0 (false timeouts 0)" in result.stdout
+    document = json.loads(out.read_text())
+    flood = document["flood"]
+    assert flood["frames_sent"] > 0
+    assert flood["bystanders_dropped"] == flood["false_timeouts"] == 0
+    assert flood["bystander_rtt_ms"]["p50"] is not None
+    assert document["stall"] == {"seconds": 2.0, "live_peers_closed": 0, "false_timeouts": 0}
+
+
+def test_bench_refuses_a_stall_it_cannot_hold():
+    result = run_bench("--clients", "2", "--duration", "2", "--stall", "5")
+    assert result.returncode == 2
+    assert "--duration must exceed --stall" in result.stderr

@@ -87,6 +87,8 @@ class Side:
         self.events: list[Event] = []
         self.decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)  # decodes what *it* receives
         self.muted = False  # a muted side's output is lost on the way (a dead peer)
+        self.held = False  # a held side's output waits on the way (the other stalls)
+        self.waiting = b""
 
     def sent_types(self) -> list[FrameType]:
         return [FrameType(ftype) for ftype, _ in self.sent]
@@ -135,6 +137,18 @@ class Link:
         side.sent.extend(frames_of(data))
         if side.muted:
             return
+        if side.held:
+            side.waiting += data
+            return
+        self.deliver(side, data)
+
+    def release(self, side: Side) -> None:
+        """Deliver what ``side`` sent while held, in one read, now."""
+        side.held = False
+        data, side.waiting = side.waiting, b""
+        self.deliver(side, data)
+
+    def deliver(self, side: Side, data: bytes) -> None:
         receiver = self.other(side)
         frames = receiver.decoder.feed(data)
         if frames:
@@ -149,11 +163,13 @@ class Link:
         self.transmit(side, data)
 
     def advance(self, ms: int) -> None:
-        """Move the clock ``ms`` on, firing each deadline at its exact time."""
+        """Move the clock ``ms`` on, firing each deadline at its exact time (but not
+        the deadlines of a side whose peer's output is held: that side is stopped)."""
         self.ms += ms
         end = seconds(self.ms)
-        while True:
-            side = min((self.server, self.client), key=lambda s: s.session.next_deadline())
+        running = [side for side in (self.server, self.client) if not self.other(side).held]
+        while running:
+            side = min(running, key=lambda s: s.session.next_deadline())
             due = side.session.next_deadline()
             if due > end:
                 break
@@ -529,13 +545,33 @@ def test_T7_and_T8_pings_faster_than_half_the_interval_are_strikes(link: Link) -
     link.advance(100)
     for _ in range(STRIKES):
         link.transmit(link.client, link.client.session.ping(link.now))
-        link.advance(INTERVAL_MS // 2 - 1)
+        link.advance(INTERVAL_MS // 10)
     # The first PING is never a strike; the next STRIKES - 1 were; one more ends it.
     assert link.server.closed() is None
     link.transmit(link.client, link.client.session.ping(link.now))
     disconnect = link.server.closed()
     assert disconnect is not None and disconnect.code == Code.TOO_MANY_PINGS
     assert link.server.sent_types().count(FrameType.PONG) == STRIKES  # all earlier answered
+
+
+def test_T8_pings_that_waited_while_the_receiver_was_not_reading_are_no_flood(
+    link: Link,
+) -> None:
+    """Well-spaced PINGs that pile up in the socket while the server stalls arrive
+    together; each is credited I/2 of the time since the server's previous read."""
+    link.client.held = True  # the server reads nothing (it is stopped) for 2.9 s
+    for _ in range(STRIKES + 1):
+        link.advance(INTERVAL_MS * 6 // 10)  # a PING every 0.6 I: never too soon
+        link.transmit(link.client, link.client.session.ping(link.now))
+    link.advance(500)
+    link.release(link.client)  # all four read at once when the server resumes
+    assert link.server.sent_types().count(FrameType.PONG) == STRIKES + 1
+    assert link.server.closed() is None
+    # A burst right after that is a flood again: the credit was spent.
+    link.advance(10)
+    link.send(link.client, PING_FRAME * (STRIKES + 1))
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.code == Code.TOO_MANY_PINGS
 
 
 def test_T8_a_well_spaced_ping_resets_the_strikes(link: Link) -> None:

@@ -1,0 +1,84 @@
+"""Flooding peers, run as a process of their own so that they compete with the server
+for the CPU as a real attacker would: ``python -m bench.flood HOST PORT COUNT KIND
+SECONDS`` opens COUNT connections, completes the handshake on each, then sends KIND
+frames ("pong": unsolicited PONGs, or "data": empty DATA, which the server echoes) as
+fast as the kernel takes them for SECONDS, reading and discarding whatever comes back.
+It prints one line: ``sent N frames``. The bench's ``--flooders`` and the tests both
+start it.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+
+from hbloop.protocol import FrameDecoder
+from hbloop.wire import DEFAULT_MAX_PAYLOAD, PONG_FRAME, FrameType, encode_data, encode_hello
+
+FRAMES = {"pong": PONG_FRAME, "data": encode_data(b"")}
+KINDS = tuple(FRAMES)
+
+# Frames written per send call: a burst large enough to fill the socket buffer.
+BURST = 4096
+
+# The one line a run prints: "sent N frames".
+SENT_PREFIX = "sent "
+
+
+def start(address: tuple[str, int], count: int, kind: str, seconds: float) -> subprocess.Popen[str]:
+    """A flooding process against ``address``; read its stdout for the frames sent."""
+    argv = [sys.executable, "-m", "bench.flood", address[0], str(address[1])]
+    return subprocess.Popen(
+        [*argv, str(count), kind, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
+def frames_sent(process: subprocess.Popen[str], timeout: float) -> int:
+    """Wait for a flooding process to end; the frames it sent."""
+    out, _ = process.communicate(timeout=timeout)
+    if not out.startswith(SENT_PREFIX):
+        raise RuntimeError(f"the flooding process failed (exit {process.returncode})")
+    return int(out[len(SENT_PREFIX) :].split()[0])
+
+
+def main() -> int:
+    host, port, count, kind, seconds = sys.argv[1:6]
+    frame = FRAMES[kind]
+    burst = frame * BURST
+    socks = []
+    for i in range(int(count)):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(encode_hello(f"flooder-{os.getpid()}-{i}", 0))
+        first = FrameDecoder(DEFAULT_MAX_PAYLOAD).feed(sock.recv(64))
+        assert first and first[0][0] == FrameType.WELCOME, first
+        sock.setblocking(False)
+        socks.append(sock)
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    sent = 0
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        for key, events in selector.select(timeout=0.1):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                if events & selectors.EVENT_READ and not sock.recv(65536):
+                    selector.unregister(sock)  # the server closed it
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    sent += sock.send(burst) // len(frame)
+            except (BlockingIOError, ConnectionError):
+                continue
+    print(f"{SENT_PREFIX}{sent} frames", flush=True)
+    for sock in socks:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,598 @@
+"""Cluster-wide presence through Redis: who is online, on which node, since when.
+
+A ``Presence`` belongs to one process (one *node*) and runs on its EventLoop beside the
+server. The server tells it three things, and nothing else, all synchronously and
+without ever waiting for Redis:
+
+* ``check(name)`` when a HELLO arrives: the duplicate policy's verdict on this node
+  (a code to refuse with, or None);
+* ``joined(name, address, since, evict)`` after WELCOME, returning a ``Member``;
+* ``left(member, reason)`` when that connection ends, whatever the reason.
+
+``evict(code, message)`` is how presence ends a connection later, when Redis has the
+last word: the name was taken over by a newer connection on another node (CLOSE
+TAKEN_OVER), or another node holds it and the policy refuses duplicates (ERROR
+NAME_TAKEN).
+
+What reaches Redis is per (name, node): one join when a name comes online on this
+node, one leave when its last connection here ends. The node keeps its own table of
+members, which is the truth for its part: when Redis is unreachable, or the command
+backlog overflows, the table goes on changing locally (with the reasons of the leaves
+that Redis has not heard about) and, once Redis can be reached again, one atomic
+RESYNC script makes Redis agree with it, after a random delay so that the nodes of a
+cluster do not all resync at the same moment.
+
+Conflicts between nodes are settled by the order in which Redis runs their scripts.
+Under refuse, the join script turns down a name that another live node holds, and the
+node evicts its connection (welcomed already: HELLO never waits) with NAME_TAKEN.
+Under replace, the join script removes the name from its holder and publishes it on
+the holder's takeover channel. The holder is subscribed on its own connection (RESP3
+push), so the notice reaches it in Redis' order among its replies: a member whose join
+was answered before the notice is the older one and is closed with TAKEN_OVER; one
+whose join is still on its way reached Redis later, is the newer, and stays.
+
+The node proves it is alive by refreshing a key with a TTL every third of it, with
+jitter; every node also runs the reaper, which removes the members of nodes whose key
+expired. See ``presence_scripts`` for the keys and the scripts.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from hbloop.loop import EventLoop, Timer
+from hbloop.presence_scripts import (
+    DEREGISTER,
+    HEARTBEAT,
+    JOIN,
+    LEAVE,
+    REAP,
+    RESYNC,
+    SCRIPTS,
+    Keys,
+)
+from hbloop.redis_link import RedisAddress, RedisLink, RedisUnavailable, Reply
+from hbloop.wire import Code
+
+log = logging.getLogger("hbloop.presence")
+
+DEFAULT_PREFIX = "hbloop:"
+
+# A node's liveness key lives this long unless refreshed. It bounds how long the
+# members of a killed server stay "online": at most NODE_TTL + REAP_INTERVAL x (1 +
+# JITTER), 12.4 s with these values, inside the 15 s goal (Phoenix takes about 30 s,
+# Ably 60 s, Pusher 75 s).
+DEFAULT_NODE_TTL = 10.0
+
+# The key is refreshed every TTL / REFRESHES_PER_TTL: two refreshes may be lost (or
+# delayed by a slow Redis) before a live node is taken for dead, the same two-misses
+# rule as the heartbeat timeout (protocol.md T2).
+REFRESHES_PER_TTL = 3
+
+# How often each node looks for expired nodes to reap. One script of a few EXISTS per
+# node every 2 s is nothing for Redis; it adds at most that much to the stale time.
+DEFAULT_REAP_INTERVAL = 2.0
+
+# Periodic work is spread by +/- this fraction, so that nodes started together do not
+# refresh and reap in lockstep forever.
+JITTER = 0.2
+
+# After Redis comes back, each node resyncs after a delay drawn from [0, this], so a
+# cluster's rewrites are spread instead of arriving together; with the link's 2 s
+# reconnect cap, a node is whole again within about 3 s of Redis' return.
+RESYNC_SPREAD = 1.0
+
+# The event stream keeps about this many entries (XADD MAXLEN ~, trimmed by whole
+# radix-tree nodes, so cheaply). At about 150 bytes an entry that is some 15 MB of
+# Redis memory: ten connect-and-disconnect storms of 10,000 clients for a reader that
+# fell behind to catch up from its last-seen id.
+STREAM_MAXLEN = 100_000
+
+# How long a stopping node waits for Redis to take its queued updates, then to record
+# its departure: a fraction of the server's default shutdown grace (5 s).
+DEREGISTER_TIMEOUT = 2.0
+
+# The server's reason for the peers it closes when it stops. Their leaves are not sent
+# one by one: the node's departure removes all its members with this reason at once.
+SHUTDOWN_REASON = "shutdown"
+
+
+class Policy(enum.Enum):
+    """What happens when a name that is online connects again."""
+
+    ALLOW = "allow"  # both stay; presence lists the name once per node
+    REFUSE = "refuse"  # the newcomer gets ERROR NAME_TAKEN
+    REPLACE = "replace"  # the older connection gets CLOSE TAKEN_OVER
+
+
+class State(enum.Enum):
+    LOCAL = "local"  # Redis has not been told (unreachable, or not yet resynced)
+    PENDING = "pending"  # a join (or resync) with it is on its way
+    ONLINE = "online"  # Redis has it
+    DROPPED = "dropped"  # Redis already removed it (taken over, refused): being evicted
+    LEFT = "left"
+
+
+class Member:
+    """One connection as presence sees it."""
+
+    __slots__ = ("name", "address", "since", "evict", "state", "known", "reason", "older")
+
+    def __init__(
+        self, name: str, address: str, since: float, evict: Callable[[Code, str], None]
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.since = since
+        self.evict = evict
+        self.state = State.LOCAL
+        self.known = False  # a join or resync with it was sent: Redis may have it
+        self.reason: str | None = None  # set when presence itself ends the connection
+        # The next older connection with the same name on this node (duplicates allowed):
+        # a chain rather than a list per name, which would cost every member ~90 bytes.
+        self.older: Member | None = None
+
+    def __repr__(self) -> str:
+        return f"Member({self.name!r}, {self.address}, {self.state.value})"
+
+
+@dataclass(frozen=True)
+class Node:
+    """This process as a presence node. ``id`` carries the start time, so that a
+    restarted server never collides with its former self."""
+
+    id: str
+    address: str  # host:port its clients connect to
+    pid: int
+    started: float
+
+    @classmethod
+    def make(cls, label: str | None, address: str, worker: int | None = None) -> Node:
+        started = time.time()
+        pid = os.getpid()
+        base = label or f"{socket.gethostname()}:{pid}"
+        if worker is not None:
+            base += f"/w{worker}"
+        return cls(f"{base}@{int(started * 1000):x}", address, pid, started)
+
+    def info(self) -> str:
+        return json.dumps({"address": self.address, "pid": self.pid, "started": self.started})
+
+
+@dataclass(frozen=True)
+class PresenceConfig:
+    policy: Policy = Policy.ALLOW
+    prefix: str = DEFAULT_PREFIX
+    node_ttl: float = DEFAULT_NODE_TTL
+    reap_interval: float = DEFAULT_REAP_INTERVAL
+    resync_spread: float = RESYNC_SPREAD
+    stream_maxlen: int = STREAM_MAXLEN
+
+    def __post_init__(self) -> None:
+        if self.node_ttl <= 0 or self.reap_interval <= 0 or self.resync_spread < 0:
+            raise ValueError("presence intervals must be positive")
+
+    @property
+    def stale_bound(self) -> float:
+        """The longest a killed node's members stay listed, s."""
+        return self.node_ttl + self.reap_interval * (1 + JITTER)
+
+
+# (snapshot key, metric name after hbloop_presence_, counter?, help)
+PRESENCE_FIGURES = (
+    ("redis_up", "redis_up", False, "1 while the Redis connection is ready."),
+    ("backlog", "redis_backlog", False, "Redis commands queued or awaiting a reply."),
+    ("members", "members", False, "Names online on this node, as presence sees them."),
+    ("connects", "redis_connects", True, "Redis connections made ready."),
+    ("disconnects", "redis_disconnects", True, "Redis connections lost."),
+    ("overflows", "backlog_overflows", True, "Updates not sent: backlog full or Redis down."),
+    ("joins", "joins", True, "Joins recorded by Redis."),
+    ("leaves", "leaves", True, "Leaves recorded by Redis."),
+    ("resyncs", "resyncs", True, "Full rewrites of this node's members."),
+    ("takeovers", "taken_over", True, "Connections here closed: a newer one took the name."),
+    ("refusals", "name_taken", True, "Connections refused: the name is online elsewhere."),
+    ("reaped_nodes", "reaped_nodes", True, "Dead nodes whose members this node removed."),
+    ("reaped_members", "reaped_members", True, "Members of dead nodes removed by this node."),
+    ("lapses", "liveness_lapses", True, "Times this node's liveness key had expired."),
+)
+
+
+class Presence:
+    """This node's presence in Redis; see the module's docstring."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        redis: RedisAddress,
+        node: Node,
+        config: PresenceConfig,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.loop = loop
+        self.node = node
+        self.config = config
+        self.keys = Keys(config.prefix)
+        self.rng = rng
+        self.link = RedisLink(
+            loop,
+            redis,
+            client_name=f"hbloop:{node.id}",
+            on_ready=self._on_ready,
+            on_lost=self._on_lost,
+            on_push=self._on_push,
+            on_script_flush=self._resync_soon,
+            scripts=SCRIPTS,
+            channels=[self.keys.takeover(node.id)],
+        )
+        self._local: dict[str, Member] = {}  # name -> its newest connection (see Member.older)
+        self._leaves: dict[str, str] = {}  # name -> reason, for Redis when it is back
+        self._synced = False  # Redis has (or is being sent) the whole table
+        self._resync_timer: Timer | None = None
+        self._timers: list[Timer] = []
+        self._registered = False  # the liveness key was set on this connection
+        #: The counters of PRESENCE_FIGURES, but the link's own.
+        self.counts = {
+            key: 0
+            for key, _, counter, _ in PRESENCE_FIGURES
+            if counter and key not in ("connects", "disconnects")
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.link.start()
+        self._every(self.config.node_ttl / REFRESHES_PER_TTL, self._heartbeat)
+        self._every(self.config.reap_interval, self._reap)
+
+    def close(self) -> None:
+        """Leave the cluster: remove this node and its members (reason ``shutdown``)
+        from Redis, waiting at most DEREGISTER_TIMEOUT, then drop the connection."""
+        for timer in self._timers:
+            timer.cancel()
+        if self._resync_timer is not None:
+            self._resync_timer.cancel()
+        args = (self.config.prefix, self.node.id, SHUTDOWN_REASON, self.config.stream_maxlen)
+        if self.link.ready:
+            self.link.drain(DEREGISTER_TIMEOUT)
+        if self.link.run(DEREGISTER, (), args, self._deregistered):
+            self.link.drain(DEREGISTER_TIMEOUT)
+        self.link.close()
+
+    def _deregistered(self, reply: Reply) -> None:
+        if isinstance(reply, int):
+            log.info("presence: node %s left the cluster with %d members", self.node.id, reply)
+        else:
+            log.warning("presence: could not deregister node %s: %s", self.node.id, reply)
+
+    def _every(self, period: float, action: Callable[[], None]) -> None:
+        """Run ``action`` every ``period`` s, +/- JITTER, from a random phase."""
+        index = len(self._timers)
+        self._timers.append(
+            self.loop.call_later(self.rng() * period, self._tick, index, period, action)
+        )
+
+    def _tick(self, index: int, period: float, action: Callable[[], None]) -> None:
+        action()
+        delay = period * (1 + JITTER * (2 * self.rng() - 1))
+        self._timers[index] = self.loop.call_later(delay, self._tick, index, period, action)
+
+    # --- the server's three calls ---------------------------------------------------------
+
+    def check(self, name: str) -> Code | None:
+        """At HELLO: NAME_TAKEN if the name is online on this node and the policy
+        refuses duplicates. Under replace, the connections holding it here are closed
+        with TAKEN_OVER now. Other nodes are not asked: Redis settles those conflicts
+        when the join arrives (see ``joined``)."""
+        if name not in self._local or self.config.policy is Policy.ALLOW:
+            return None
+        if self.config.policy is Policy.REFUSE:
+            self.counts["refusals"] += 1
+            return Code.NAME_TAKEN
+        for member in list(self._chain(name)):
+            member.reason = "taken_over"
+            self.counts["takeovers"] += 1
+            log.info("presence: %s reconnected to this node; closing its older connection", name)
+            member.evict(Code.TAKEN_OVER, "a newer connection took this name")
+        return None
+
+    def joined(
+        self, name: str, address: str, since: float, evict: Callable[[Code, str], None]
+    ) -> Member:
+        """A connection completed its handshake; returns its handle for ``left``."""
+        member = Member(name, address, since, evict)
+        member.older = self._local.get(name)
+        self._local[name] = member
+        self._leaves.pop(name, None)
+        if self._synced:
+            self._send_join(member)
+        return member
+
+    def left(self, member: Member, reason: str) -> None:
+        """The connection of ``member`` ended; ``reason`` is the server's (timeout,
+        peer_closed, ...), unless presence itself had ended it."""
+        state = member.state
+        if state is State.LEFT:
+            return
+        member.state = State.LEFT
+        reason = member.reason or reason
+        name = member.name
+        newer = self._local[name]
+        if newer is member:
+            if member.older is None:
+                del self._local[name]
+            else:
+                self._local[name] = member.older
+        else:
+            while newer.older is not member:
+                newer = newer.older  # type: ignore[assignment]
+            newer.older = member.older
+        member.older = None
+        if name in self._local:
+            return  # the name is still online here (duplicates allowed)
+        if state is State.DROPPED or reason == SHUTDOWN_REASON:
+            return  # Redis removed it already, or will with the whole node (close)
+        if self._synced:
+            self._send_leave(member.name, reason)
+        elif member.known:
+            self._leaves[member.name] = reason
+
+    def _chain(self, name: str) -> Iterator[Member]:
+        """The connections of ``name`` on this node, newest first."""
+        member = self._local.get(name)
+        while member is not None:
+            yield member
+            member = member.older
+
+    # --- joins and leaves -----------------------------------------------------------------
+
+    def _send_join(self, member: Member) -> None:
+        config = self.config
+        args = (
+            config.prefix,
+            self.node.id,
+            member.name,
+            member.address,
+            repr(member.since),
+            config.policy.value,
+            config.stream_maxlen,
+        )
+        if self.link.run(JOIN, (), args, lambda reply: self._join_answered(member, reply)):
+            member.state = State.PENDING
+            member.known = True
+        else:
+            self._overflow()
+
+    def _join_answered(self, member: Member, reply: Reply) -> None:
+        if member.state is not State.PENDING:
+            return  # it left meanwhile (its leave follows), or the link was lost
+        if isinstance(reply, RedisUnavailable):
+            member.state = State.LOCAL  # the resync will carry it
+            return
+        if not isinstance(reply, list):
+            self._script_failed("join", reply)
+            member.state = State.LOCAL
+            return
+        joined, owner = reply[0], _text(reply[1])
+        if joined:
+            member.state = State.ONLINE
+            self.counts["joins"] += 1
+            if owner and self.config.policy is Policy.REPLACE:
+                log.info(
+                    "presence: %s took over %s from node %s", member.address, member.name, owner
+                )
+            return
+        self._drop(member, Code.NAME_TAKEN, f"{member.name} is online on node {owner}")
+
+    def _send_leave(self, name: str, reason: str) -> None:
+        args = (self.config.prefix, self.node.id, name, reason, self.config.stream_maxlen)
+        if not self.link.run(
+            LEAVE, (), args, lambda reply: self._leave_answered(name, reason, reply)
+        ):
+            self._leaves[name] = reason
+            self._overflow()
+
+    def _leave_answered(self, name: str, reason: str, reply: Reply) -> None:
+        if isinstance(reply, int):
+            self.counts["leaves"] += reply
+        elif isinstance(reply, RedisUnavailable):
+            if name not in self._local:
+                self._leaves[name] = reason
+        else:
+            self._script_failed("leave", reply)
+
+    def _drop(self, member: Member, code: Code, message: str) -> None:
+        """Redis gave the name to another node: close this connection."""
+        member.state = State.DROPPED
+        key = "takeovers" if code is Code.TAKEN_OVER else "refusals"
+        self.counts[key] += 1
+        log.info(
+            "presence: closing %s %s with %s: %s", member.name, member.address, code.name, message
+        )
+        member.evict(code, message)
+
+    def _on_push(self, message: list[Any]) -> None:
+        """Another node's join took over a name from this node (policy replace)."""
+        if len(message) != 3 or message[0] != b"message":
+            return  # subscription confirmations
+        name = _text(message[2])
+        for member in list(self._chain(name)):
+            # A join still pending reached Redis after the takeover: it is the newer.
+            if member.state in (State.ONLINE, State.LOCAL):
+                self._drop(
+                    member, Code.TAKEN_OVER, "a newer connection on another node took this name"
+                )
+
+    # --- Redis coming and going -------------------------------------------------------
+
+    def _on_ready(self) -> None:
+        self._registered = False
+        self._heartbeat()
+        first = self.counts["resyncs"] == 0 and not self._leaves
+        self._resync_soon(0.0 if first else None)
+
+    def _on_lost(self, reason: str) -> None:
+        self._synced = False
+        self._registered = False
+        if self._resync_timer is not None:
+            self._resync_timer.cancel()
+            self._resync_timer = None
+        for name in self._local:
+            for member in self._chain(name):
+                if member.state in (State.PENDING, State.ONLINE):
+                    member.state = State.LOCAL
+
+    def _overflow(self) -> None:
+        self.counts["overflows"] += 1
+        if self._synced and self.link.ready:
+            log.warning(
+                "presence: %d Redis commands awaiting replies (the bound): updates are "
+                "kept here and rewritten in one resync",
+                self.link.backlog,
+            )
+            self._resync_soon()
+        self._synced = False
+
+    def _resync_soon(self, delay: float | None = None) -> None:
+        self._synced = False
+        if self._resync_timer is None:
+            wait = self.rng() * self.config.resync_spread if delay is None else delay
+            self._resync_timer = self.loop.call_later(wait, self._resync)
+
+    def _resync(self) -> None:
+        """Make Redis' view of this node exactly the local table, in one script."""
+        self._resync_timer = None
+        config = self.config
+        batch: list[Member] = []
+        args: list[Any] = [config.prefix, self.node.id, self.node.info()]
+        args += [round(config.node_ttl * 1000), config.policy.value, config.stream_maxlen]
+        names: list[Any] = []
+        for name in self._local:
+            live = [m for m in self._chain(name) if m.state is not State.DROPPED]
+            if live:
+                newest = live[0]
+                names += [name, newest.address, repr(newest.since)]
+                batch += live
+        args.append(len(names) // 3)
+        args += names
+        leaves = self._leaves
+        for name, reason in leaves.items():
+            args += [name, reason]
+        started = self.loop.time()
+
+        def answered(reply: Reply) -> None:
+            self._resynced(batch, leaves, started, reply)
+
+        if not self.link.run(RESYNC, (), args, answered):
+            if self.link.ready:  # the backlog is full: try again once it has drained
+                self._resync_soon()
+            return
+        self._leaves = {}
+        self._synced = True
+        for member in batch:
+            member.state = State.PENDING
+            member.known = True
+
+    def _resynced(
+        self, batch: list[Member], leaves: dict[str, str], started: float, reply: Reply
+    ) -> None:
+        if not isinstance(reply, list):
+            for name, reason in leaves.items():  # not told yet: keep them for next time
+                if name not in self._local:
+                    self._leaves.setdefault(name, reason)
+            if not isinstance(reply, RedisUnavailable):
+                self._script_failed("resync", reply)
+                self._resync_soon()
+            return
+        self.counts["resyncs"] += 1
+        self._registered = True
+        joined, left, lost = reply[0], reply[1], {_text(name) for name in reply[2:]}
+        self.counts["joins"] += joined
+        self.counts["leaves"] += left
+        for member in batch:
+            if member.state is State.PENDING:
+                if member.name in lost:
+                    code = (
+                        Code.TAKEN_OVER if self.config.policy is Policy.REPLACE else Code.NAME_TAKEN
+                    )
+                    self._drop(member, code, f"{member.name} is held by another node")
+                else:
+                    member.state = State.ONLINE
+        log.info(
+            "presence: resync of node %s: %d members in %.0f ms (%d joined, %d left, %d lost "
+            "to other nodes)",
+            self.node.id,
+            len({m.name for m in batch}),
+            (self.loop.time() - started) * 1000,
+            joined,
+            left,
+            len(lost),
+        )
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        if not self.link.ready:
+            return
+        ttl_ms = round(self.config.node_ttl * 1000)
+        args = (self.config.prefix, self.node.id, self.node.info(), ttl_ms)
+        self.link.run(HEARTBEAT, (), args, self._heartbeat_answered)
+
+    def _heartbeat_answered(self, reply: Reply) -> None:
+        if reply == 0 and self._registered:
+            self.counts["lapses"] += 1
+            log.warning(
+                "presence: the liveness key of node %s had expired (Redis was slow or "
+                "unreachable for over %gs); its members may have been reaped: resyncing",
+                self.node.id,
+                self.config.node_ttl,
+            )
+            self._resync_soon(0.0)
+        elif isinstance(reply, int):
+            self._registered = True
+
+    def _reap(self) -> None:
+        if self.link.ready:
+            args = (self.config.prefix, self.config.stream_maxlen)
+            self.link.run(REAP, (), args, self._reaped)
+
+    def _reaped(self, reply: Reply) -> None:
+        if not isinstance(reply, list):
+            return
+        for i in range(0, len(reply), 2):
+            node, count = _text(reply[i]), reply[i + 1]
+            self.counts["reaped_nodes"] += 1
+            self.counts["reaped_members"] += count
+            log.warning(
+                "presence: reaped node %s: its liveness key expired; %d members removed "
+                "(reason node_lost)",
+                node,
+                count,
+            )
+
+    # --- figures --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "redis_up": int(self.link.ready),
+            "backlog": self.link.backlog,
+            "members": len(self._local),
+            "connects": self.link.connects,
+            "disconnects": self.link.disconnects,
+            **self.counts,
+        }
+
+    def _script_failed(self, what: str, reply: Reply) -> None:
+        log.error("presence: the %s script failed: %s", what, reply)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

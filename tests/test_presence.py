@@ -1,0 +1,338 @@
+"""Cluster-wide presence with real `hbloop serve --redis` processes and a real Redis.
+
+The servers run with a 1 s node TTL and a 0.25 s reaper, so that the bounds the
+defaults give in seconds tens (12.4 s) are checked here in about one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from hbloop.presence import JITTER
+from hbloop.presence_scripts import Keys
+from hbloop.wire import PING_FRAME, Code, FrameType, encode_close
+
+from conftest import (
+    HBLOOP,
+    ROOT,
+    GoodPeers,
+    RawPeer,
+    RedisProcess,
+    ServerProcess,
+    expect_last_word,
+    frame_code,
+    metrics_address,
+    wait_for,
+    wait_for_metrics,
+)
+
+NODE_TTL = 1.0
+REAP_INTERVAL = 0.25
+# Slack over the computed bound for a loaded 2-core machine.
+SLACK = 1.5
+CLI_TIMEOUT = 30.0
+
+
+def start_node(
+    serve: Callable[..., ServerProcess],
+    redis: RedisProcess,
+    prefix: str,
+    node_id: str,
+    *extra: str,
+) -> ServerProcess:
+    """A server registered in Redis (its first resync done)."""
+    server = serve(
+        *("--redis", redis.url, "--redis-prefix", prefix, "--node-id", node_id),
+        *("--node-ttl", str(NODE_TTL), "--reap-interval", str(REAP_INTERVAL)),
+        *extra,
+    )
+    server.wait_line(r"presence: resync of node")
+    return server
+
+
+def cli(redis: RedisProcess, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HBLOOP, *args, "--redis", redis.url, "--redis-prefix", prefix],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+def who(redis: RedisProcess, prefix: str, name: str | None = None) -> list[dict]:
+    result = cli(redis, prefix, "who", *([name] if name else []), "--json")
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)["online"]
+
+
+def members(redis: RedisProcess, prefix: str) -> set[tuple[str, str]]:
+    """(name, node label) of every member, read straight from Redis."""
+    connection = redis.client()
+    try:
+        keys = Keys(prefix)
+        nodes = [n.decode() for n in connection.execute(("SMEMBERS", keys.nodes))[0]]
+        found = set()
+        for node in nodes:
+            for name in connection.execute(("HKEYS", keys.members(node)))[0]:
+                found.add((name.decode(), node.split("@")[0]))
+        return found
+    finally:
+        connection.close()
+
+
+def events(redis: RedisProcess, prefix: str, after: str = "-") -> list[dict[str, str]]:
+    raw = redis.command("XRANGE", Keys(prefix).events, after, "+")
+    assert isinstance(raw, list)
+    return [
+        {"id": entry_id.decode()}
+        | {k.decode(): v.decode() for k, v in zip(fields[::2], fields[1::2], strict=True)}
+        for entry_id, fields in raw
+    ]
+
+
+def joined(address: tuple[str, int], name: str, interval_ms: int = 0) -> RawPeer:
+    peer = RawPeer(address)
+    ftype, payload = peer.hello(name, interval_ms)
+    assert ftype == FrameType.WELCOME, f"{name}: {payload!r}"
+    return peer
+
+
+def test_joins_and_leaves_are_visible_with_their_reasons(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    server = start_node(serve, redis_server, prefix, "alpha")
+    stays = joined(server.address, "sensor-7")
+    assert wait_for(lambda: members(redis_server, prefix) == {("sensor-7", "alpha")})
+
+    rows = who(redis_server, prefix, "sensor-7")
+    assert len(rows) == 1
+    row = rows[0]
+    host, port = stays.sock.getsockname()
+    assert row["address"] == f"{host}:{port}"
+    assert row["node"].startswith("alpha@")
+    assert row["node_address"] == f"{server.host}:{server.port}"
+    assert row["node_alive"] is True
+    assert abs(row["since"] - time.time()) < 10
+    table = cli(redis_server, prefix, "who")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "NODE", "ADDRESS", "CONNECTED"]
+    assert lines[1].startswith("sensor-7  alpha@") and f"  {host}:{port}  " in lines[1]
+    assert lines[1].endswith("s ago)")
+    assert lines[-1] == "1 online on 1 node"
+
+    silent = joined(server.address, "sensor-8", interval_ms=100)  # timed out after 0.3 s
+    stays.send(encode_close(Code.NORMAL))
+    server.wait_line(r"disconnect \S+ name=sensor-8 .*reason=timeout")
+    assert wait_for(lambda: not members(redis_server, prefix))
+    watched = cli(redis_server, prefix, "watch", "--from", "0", "--count", "4", "--json")
+    assert watched.returncode == 0, watched.stderr
+    seen = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert {(e["event"], e["name"], e.get("reason")) for e in seen} == {
+        ("join", "sensor-7", None),
+        ("join", "sensor-8", None),
+        ("leave", "sensor-7", "peer_closed"),
+        ("leave", "sensor-8", "timeout"),
+    }
+    assert seen[0]["id"] < seen[-1]["id"]
+    gone = cli(redis_server, prefix, "who", "sensor-7")
+    assert (gone.returncode, gone.stdout.strip()) == (1, "sensor-7 is not online")
+    silent.close()
+    stays.close()
+
+
+def test_a_leave_erases_the_index_only_if_it_still_points_to_its_node(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    a = start_node(serve, redis_server, prefix, "a")
+    b = start_node(serve, redis_server, prefix, "b")
+    index = Keys(prefix).index
+    on_a = joined(a.address, "phone")
+    assert wait_for(lambda: ("phone", "a") in members(redis_server, prefix))
+    on_b = joined(b.address, "phone")  # reconnected elsewhere before the old one left
+    assert wait_for(lambda: redis_server.command("HGET", index, "phone").startswith(b"b@"))
+    on_a.send(encode_close(Code.NORMAL))
+    assert wait_for(lambda: members(redis_server, prefix) == {("phone", "b")})
+    assert redis_server.command("HGET", index, "phone").startswith(b"b@")
+    assert [row["node"].split("@")[0] for row in who(redis_server, prefix, "phone")] == ["b"]
+    on_b.send(encode_close(Code.NORMAL))
+    assert wait_for(lambda: redis_server.command("HGET", index, "phone") is None)
+    on_a.close()
+    on_b.close()
+
+
+def test_the_members_of_a_killed_node_are_reaped_within_the_bound(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    a = start_node(serve, redis_server, prefix, "a")
+    b = start_node(serve, redis_server, prefix, "b")
+    peers = [joined(a.address, "on-a")] + [joined(b.address, f"on-b-{i}") for i in range(3)]
+    assert wait_for(lambda: len(members(redis_server, prefix)) == 4)
+    b.proc.kill()
+    killed = time.monotonic()
+    bound = NODE_TTL + REAP_INTERVAL * (1 + JITTER)
+    assert wait_for(lambda: members(redis_server, prefix) == {("on-a", "a")}, bound + SLACK)
+    elapsed = time.monotonic() - killed
+    assert elapsed <= bound + SLACK
+    lost = [e for e in events(redis_server, prefix) if e.get("reason") == "node_lost"]
+    assert sorted(e["name"] for e in lost) == ["on-b-0", "on-b-1", "on-b-2"]
+    a.wait_line(r"presence: reaped node b@\w+: its liveness key expired; 3 members removed")
+    assert not redis_server.command("SISMEMBER", Keys(prefix).nodes, lost[0]["node"])
+    for peer in peers:
+        peer.close()
+
+
+def test_a_redis_outage_leaves_heartbeats_alone_and_ends_in_a_resync(
+    serve, own_redis: RedisProcess, good_peers, prefix: str
+) -> None:
+    server = start_node(serve, own_redis, prefix, "n")
+    good: GoodPeers = good_peers(server.address)
+    stays = joined(server.address, "stays")
+    leaves = joined(server.address, "leaves")
+    assert wait_for(lambda: len(members(own_redis, prefix)) == 5)
+    before = events(own_redis, prefix)[-1]["id"]
+
+    own_redis.shutdown(save=True)  # its data is back when it restarts
+    server.wait_line(r"redis: lost the connection to unix://\S+: closed by Redis")
+    leaves.send(encode_close(Code.NORMAL))
+    arrives = joined(server.address, "arrives")  # connects while Redis is away
+    server.wait_line(r"disconnect \S+ name=leaves .*reason=peer_closed")
+    good.assert_served(server)
+
+    own_redis.start()
+    back = time.monotonic()
+    server.wait_line(r"presence: resync of node n@\w+: 5 members .* \(1 joined, 1 left, 0 lost")
+    assert time.monotonic() - back < 5.0, "whole again within 5 s of Redis' return"
+    expected = {(name, "n") for name in ("good-0", "good-1", "good-2", "stays", "arrives")}
+    assert members(own_redis, prefix) == expected
+    after = {(e["event"], e["name"], e.get("reason")) for e in events(own_redis, prefix, before)}
+    assert ("leave", "leaves", "peer_closed") in after
+    assert ("join", "arrives", None) in after
+    good.assert_served(server)
+    for peer in (stays, leaves, arrives):
+        peer.close()
+
+
+def test_refuse_keeps_the_first_connection_of_a_name_across_servers(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    a = start_node(serve, redis_server, prefix, "a", "--on-duplicate", "refuse")
+    b = start_node(serve, redis_server, prefix, "b", "--on-duplicate", "refuse")
+    first = joined(a.address, "cam")
+    assert wait_for(lambda: ("cam", "a") in members(redis_server, prefix))
+    # Another server: welcomed at once (HELLO never waits for Redis), then refused.
+    late = joined(b.address, "cam")
+    expect_last_word(late, FrameType.ERROR, Code.NAME_TAKEN)
+    b.wait_line(r"presence: closing cam \S+ with NAME_TAKEN: cam is online on node a@")
+    # The same server: refused before WELCOME.
+    local = RawPeer(a.address)
+    ftype, payload = local.hello("cam")
+    assert (ftype, frame_code((ftype, payload))) == (FrameType.ERROR, Code.NAME_TAKEN)
+    first.send(PING_FRAME)
+    assert first.recv()[0] == FrameType.PONG
+    assert members(redis_server, prefix) == {("cam", "a")}
+    assert not any(e["node"].startswith("b@") for e in events(redis_server, prefix))
+    for peer in (first, late, local):
+        peer.close()
+
+
+def test_replace_closes_the_older_connection_which_does_not_reconnect(
+    serve, spawn, redis_server: RedisProcess, prefix: str
+) -> None:
+    a = start_node(serve, redis_server, prefix, "a", "--on-duplicate", "replace")
+    b = start_node(serve, redis_server, prefix, "b", "--on-duplicate", "replace")
+    older = spawn("client", "-n", "cam", "--port", str(a.port), "--backoff-base", "0.05")
+    older.wait_line(r"connected to .* as cam")
+    assert wait_for(lambda: ("cam", "a") in members(redis_server, prefix))
+    newer = joined(b.address, "cam")
+    assert older.wait() == 1
+    assert "disconnected: peer_closed TAKEN_OVER" in older.lines()
+    assert not older.find("reconnecting")
+    assert wait_for(lambda: members(redis_server, prefix) == {("cam", "b")})
+    taken = [e for e in events(redis_server, prefix) if e.get("reason") == "taken_over"]
+    assert [e["node"].split("@")[0] for e in taken] == ["a"]
+    # On one server, the newer connection wins too.
+    newest = joined(b.address, "cam")
+    expect_last_word(newer, FrameType.CLOSE, Code.TAKEN_OVER)
+    newest.send(PING_FRAME)
+    assert newest.recv()[0] == FrameType.PONG
+    assert wait_for(lambda: members(redis_server, prefix) == {("cam", "b")})
+    newest.close()
+
+
+def test_allow_lists_a_name_once_per_server(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    a = start_node(serve, redis_server, prefix, "a")
+    b = start_node(serve, redis_server, prefix, "b")
+    peers = [joined(a.address, "tv"), joined(b.address, "tv"), joined(b.address, "tv")]
+    assert wait_for(lambda: members(redis_server, prefix) == {("tv", "a"), ("tv", "b")})
+    assert [row["node"].split("@")[0] for row in who(redis_server, prefix, "tv")] == ["a", "b"]
+    peers[1].send(encode_close(Code.NORMAL))  # b still has the other one
+    b.wait_line(r"disconnect \S+ name=tv .*reason=peer_closed")
+    peers[2].send(PING_FRAME)
+    assert peers[2].recv()[0] == FrameType.PONG  # a round trip later, nothing was sent
+    assert members(redis_server, prefix) == {("tv", "a"), ("tv", "b")}
+    for peer in peers:
+        peer.close()
+
+
+@pytest.mark.parametrize("policy", ["refuse", "replace"])
+def test_hbloop_check_confirms_the_duplicate_policy(
+    serve, redis_server: RedisProcess, prefix: str, policy: str
+) -> None:
+    server = start_node(serve, redis_server, prefix, "c", "--on-duplicate", policy)
+    target = f"{server.host}:{server.port}"
+    result = subprocess.run(
+        [*HBLOOP, "check", target, "--json", "--max-wait", "0.1", "--duplicates", policy],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, [c for c in report["cases"] if c["result"] == "fail"]
+    by_statement = {case["statement"]: case for case in report["cases"]}
+    statement = "P1" if policy == "refuse" else "P2"
+    assert by_statement[statement]["result"] == "pass"
+    other = "P2" if policy == "refuse" else "P1"
+    assert by_statement[other]["result"] == "skip"
+
+
+def test_each_worker_is_a_node_and_presence_has_metrics(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    server = serve(
+        *("--workers", "2", "--redis", redis_server.url, "--redis-prefix", prefix),
+        *("--node-id", "pool", "--metrics-port", "0"),
+    )
+    nodes = Keys(prefix).nodes
+    assert wait_for(lambda: redis_server.command("SCARD", nodes) == 2)
+    labels = sorted(n.decode().split("@")[0] for n in redis_server.command("SMEMBERS", nodes))
+    assert labels == ["pool/w1", "pool/w2"]
+    peer = joined(server.address, "probe")
+    address = metrics_address(server)
+    scraped = wait_for_metrics(
+        address, {"hbloop_presence_redis_up": 2, "hbloop_presence_members": 1}
+    )
+    assert scraped["hbloop_presence_joins_total"] == 1
+    assert scraped["hbloop_presence_redis_backlog"] == 0
+    peer.close()
+
+
+def test_on_duplicate_needs_redis() -> None:
+    result = subprocess.run(
+        [*HBLOOP, "serve", "--port", "0", "--on-duplicate", "refuse"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+    assert result.returncode == 2  # a usage error
+    assert result.stderr == "hbloop: error: --on-duplicate needs --redis\n"

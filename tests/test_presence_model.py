@@ -1,0 +1,134 @@
+"""The presence model in this process, on a real loop against a real Redis: the paths
+that server processes cannot be steered into (a full backlog, an expired liveness key,
+a resync that settles a conflict)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bench.redis_server import RedisProcess
+from hbloop.loop import EventLoop
+from hbloop.presence import Member, Node, Policy, Presence, PresenceConfig, State
+from hbloop.presence_scripts import Keys
+from hbloop.wire import Code
+
+TIMEOUT = 10.0
+
+
+class Cluster:
+    """Presence nodes on one loop."""
+
+    def __init__(self, redis: RedisProcess, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.loop = EventLoop()
+        self.nodes: list[Presence] = []
+        self.evicted: list[tuple[str, Code]] = []
+
+    def node(self, label: str, policy: Policy = Policy.ALLOW, **config: float) -> Presence:
+        settings = PresenceConfig(policy=policy, prefix=self.prefix, resync_spread=0.1, **config)
+        presence = Presence(
+            self.loop, self.redis.address, Node.make(label, "127.0.0.1:1"), settings
+        )
+        presence.start()
+        self.nodes.append(presence)
+        self.run_until(lambda: presence.counts["resyncs"] >= 1)
+        return presence
+
+    def join(self, presence: Presence, name: str, since: float | None = None) -> Member:
+        def evict(code: Code, message: str) -> None:
+            self.evicted.append((name, code))
+            presence.left(member, "closed_locally")
+
+        member = presence.joined(name, "127.0.0.1:9", since or time.time(), evict)
+        return member
+
+    def members(self, presence: Presence) -> set[str]:
+        names = self.redis.command("HKEYS", Keys(self.prefix).members(presence.node.id))
+        assert isinstance(names, list)
+        return {name.decode() for name in names}
+
+    def run_until(self, condition, timeout: float = TIMEOUT) -> None:  # type: ignore[no-untyped-def]
+        assert self.loop.run_until(condition, timeout), "condition not met in time"
+
+    def close(self) -> None:
+        for presence in self.nodes:
+            presence.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def cluster(redis_server: RedisProcess, prefix: str) -> Iterator[Cluster]:
+    made = Cluster(redis_server, prefix)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def own_cluster(own_redis: RedisProcess, prefix: str) -> Iterator[Cluster]:
+    made = Cluster(own_redis, prefix)
+    yield made
+    made.close()
+
+
+def test_a_full_backlog_keeps_updates_here_and_resyncs_them(own_cluster: Cluster) -> None:
+    node = own_cluster.node("n")
+    node.link.max_pending = 2
+    redis = own_cluster.redis
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)  # answers stop; the backlog fills
+    try:
+        members = [own_cluster.join(node, f"m{i}") for i in range(5)]
+        node.left(members[0], "peer_closed")
+        assert node.counts["overflows"] >= 1
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    own_cluster.run_until(lambda: all(m.state is State.ONLINE for m in members[1:]))
+    assert own_cluster.members(node) == {"m1", "m2", "m3", "m4"}
+    assert node.counts["resyncs"] == 2
+
+
+def test_an_expired_liveness_key_is_noticed_and_repaired(cluster: Cluster) -> None:
+    node = cluster.node("n", node_ttl=0.6)
+    member = cluster.join(node, "x")
+    cluster.run_until(lambda: member.state is State.ONLINE)
+    keys = Keys(cluster.prefix)
+    # As the reaper does for a node it believes dead:
+    cluster.redis.command("DEL", keys.node(node.node.id), keys.members(node.node.id))
+    cluster.run_until(lambda: node.counts["lapses"] == 1 and cluster.members(node) == {"x"})
+    assert cluster.redis.command("EXISTS", keys.node(node.node.id)) == 1
+
+
+def test_a_resync_under_replace_keeps_the_later_connection(cluster: Cluster) -> None:
+    a = cluster.node("a", Policy.REPLACE)
+    b = cluster.node("b", Policy.REPLACE)
+    held = cluster.join(a, "cam", since=time.time() - 60)
+    cluster.run_until(lambda: held.state is State.ONLINE)
+    # b connected later but Redis has not heard of it (as during an outage):
+    b._synced = False
+    later = cluster.join(b, "cam")
+    older = cluster.join(b, "old", since=time.time() - 120)
+    b._resync()
+    cluster.run_until(
+        lambda: later.state is State.ONLINE and ("cam", Code.TAKEN_OVER) in cluster.evicted
+    )
+    assert cluster.members(a) == set()
+    assert cluster.members(b) == {"cam", "old"}
+    assert older.state is State.ONLINE
+
+
+def test_a_resync_under_refuse_yields_to_the_holder(cluster: Cluster) -> None:
+    a = cluster.node("a", Policy.REFUSE)
+    b = cluster.node("b", Policy.REFUSE)
+    held = cluster.join(a, "cam")
+    cluster.run_until(lambda: held.state is State.ONLINE)
+    b._synced = False
+    cluster.join(b, "cam")
+    b._resync()
+    cluster.run_until(lambda: ("cam", Code.NAME_TAKEN) in cluster.evicted)
+    assert cluster.members(a) == {"cam"} and cluster.members(b) == set()
+    assert b.counts["refusals"] == 1
