@@ -275,7 +275,6 @@ class SessionConfig:
         "ping_strikes",
         "linger",
         "hello",
-        "auto_ping",
         "report_pongs",
         "counters",
         "pinging_scheme",
@@ -298,13 +297,16 @@ class SessionConfig:
         if role is Role.CLIENT and not hello:
             raise LocalProtocolError(Code.MALFORMED, "a client session needs its HELLO")
         if handshake_timeout <= 0 or ping_strikes < 1 or linger < 0 or peer_rate < 0:
-            raise LocalProtocolError(Code.MALFORMED, "timeouts and strikes must be positive")
+            raise LocalProtocolError(
+                Code.MALFORMED,
+                "the handshake timeout and strikes must be positive, linger and rate not "
+                "negative",
+            )
         self.role = role
         self.handshake_timeout = handshake_timeout
         self.ping_strikes = ping_strikes
         self.linger = linger
         self.hello = hello
-        self.auto_ping = auto_ping
         self.report_pongs = report_pongs
         self.counters: SessionCounters = counters if counters is not None else _Tally()
         self.peer_rate = peer_rate

