@@ -75,6 +75,7 @@ RESUME_QUEUED_MESSAGES = MAX_QUEUED_MESSAGES // 2
 # poll. A millisecond is libuv's timer resolution.
 JUDGE_AFTER = 0.001
 
+
 class ClientStopped(Exception):
     """The client has stopped for good (closed, refused, or told not to reconnect);
     ``disconnect`` says why."""
@@ -141,10 +142,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         detail = "connection lost" if exc is None else str(exc)
-        self.apply(self.session.abort(Reason.PEER_RESET, detail))
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.apply(self.session.abort(Reason.PEER_RESET, detail))  # CLOSED: no timer left
         self._wake_drainers()
         self._end()
 
@@ -403,8 +401,9 @@ class Client(ClientBase):
             self._stop(Disconnect(Reason.CLOSED_LOCALLY, code))
         else:
             if not task.done():
-                self._close_code = code
-                task.cancel()
+                if not task.cancelling():  # a second close() waits for the first
+                    self._close_code = code
+                    task.cancel()
                 await asyncio.wait({task})  # waiting must not cancel it a second time
             if not task.cancelled():
                 task.result()  # a bug of the client's own surfaces here
@@ -451,12 +450,14 @@ class Client(ClientBase):
     async def _goodbye(self) -> None:
         """The client's task is cancelled (by ``close()``, or by whoever owns the loop):
         CLOSE, and wait for the connection to end."""
-        conn = self.connection
-        if conn is not None and not conn.ended.done():
-            assert self._loop is not None
-            conn.apply(conn.session.close(self._close_code, self._loop.time()))
-            await asyncio.shield(conn.ended)
-        self._stop(Disconnect(Reason.CLOSED_LOCALLY, self._close_code))
+        try:
+            conn = self.connection
+            if conn is not None and not conn.ended.done():
+                assert self._loop is not None
+                conn.apply(conn.session.close(self._close_code, self._loop.time()))
+                await asyncio.shield(conn.ended)
+        finally:  # cancelled again while waiting: stopped all the same
+            self._stop(Disconnect(Reason.CLOSED_LOCALLY, self._close_code))
 
     def handle(self, conn: _Connection, events: Events) -> None:
         """The session's events, from ``conn``'s ``apply``."""
