@@ -33,10 +33,12 @@ from __future__ import annotations
 import socket
 from typing import Generic, Protocol, TypeVar
 
+from hbloop.histogram import Buckets
 from hbloop.loop import EventLoop, Timer
 from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError
 from hbloop.session import (
     FOREVER,
+    HEARTBEAT_BUCKETS,
     S_CLOSED,
     S_CLOSING,
     S_OPEN,
@@ -65,11 +67,21 @@ _read_view = memoryview(_read_buffer)
 class IoCounters:
     """Traffic totals, shared by every channel that reports into them."""
 
-    __slots__ = ("bytes_in", "bytes_out", "frames_in", "frames_out", "heartbeats")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "frames_in",
+        "frames_out",
+        "heartbeats",
+        "heartbeat_intervals",
+    )
 
     def __init__(self) -> None:
         self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = 0
-        self.heartbeats = 0  # PING and PONG frames received (counted by the sessions)
+        # Counted by the sessions: PING and PONG frames received, and the silence
+        # each of them ended.
+        self.heartbeats = 0
+        self.heartbeat_intervals = Buckets(HEARTBEAT_BUCKETS)
 
 
 class ChannelOwner(Protocol):

@@ -178,7 +178,7 @@ def _keepalive(text: str) -> TcpKeepalive:
 
 
 def _add_common(parser: argparse.ArgumentParser, log_level: str) -> None:
-    """--config, --log-level and --log-format."""
+    """--config, --log-level, --log-format and -v."""
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -194,6 +194,13 @@ def _add_common(parser: argparse.ArgumentParser, log_level: str) -> None:
         default="text",
         choices=logs.LOG_FORMATS,
         help="log lines as text or as JSON objects (time, level, logger, message, fields)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every frame in and out (direction, peer, type, length, code; never a "
+        "payload) at debug level; implies --log-level debug",
     )
 
 
@@ -642,6 +649,8 @@ def parse_args(argv: Sequence[str] | None = None, raise_errors: bool = False) ->
         command.set_defaults(**option_defaults(command, table, args.config, _TOML_TYPES))
         args = parser.parse_args(command_line)
     args.command_line = command_line
+    if getattr(args, "verbose", False):
+        args.log_level = "debug"  # the frame trace is logged at debug level
     if args.command == "client" and args.backoff_base > args.backoff_max:
         raise UsageError(
             f"--backoff-base {args.backoff_base:g}s is above --backoff-max {args.backoff_max:g}s"
@@ -770,6 +779,7 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         tls_context=tls_context,
         tls_handshake_rate=args.tls_handshake_rate,
         authenticator=authenticator,
+        trace=args.verbose,
     )
     try:
         host, port = server.start()

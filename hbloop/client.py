@@ -35,6 +35,7 @@ from hbloop.session import (
     State,
 )
 from hbloop.tls import TlsLayer
+from hbloop.trace import TracingChannel
 from hbloop.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
@@ -104,6 +105,93 @@ class Backoff:
         self.attempt = 0
 
 
+DisconnectCallback = Callable[[Disconnect, float | None], None]
+
+
+class ClientBase:
+    """What every hbloop client keeps and decides, whatever runs its I/O: the server,
+    the name, the session configuration all its connections share, the back-off and
+    when to stop (``is_final``), the figures, and the callbacks ``on_welcome(welcome)``
+    and ``on_disconnect(disconnect, retry_in)``. ``Client`` (on an EventLoop) and
+    ``hbloop.aio.Client`` (on asyncio) are made of it.
+
+    Raises LocalProtocolError for a name, an interval or a token that a HELLO cannot carry.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        name: str,
+        *,
+        interval: float,
+        reconnect: bool,
+        backoff: Backoff | None,
+        source_address: tuple[str, int] | None,
+        handshake_timeout: float,
+        on_welcome: Callable[[Welcome], None] | None,
+        on_disconnect: DisconnectCallback | None,
+        token: str | None = None,
+    ) -> None:
+        raw = name.encode("utf-8")
+        if not 1 <= len(raw) <= MAX_NAME_BYTES:
+            raise LocalProtocolError(
+                Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
+            )
+        if interval < 0 or interval * 1000 > U32_MAX:
+            raise LocalProtocolError(Code.MALFORMED, "interval out of range")
+        if token is not None:
+            problem = token_problem(token.encode("utf-8"))
+            if problem is not None:
+                raise LocalProtocolError(Code.UNAUTHORIZED, problem)
+        self.host = host
+        self.port = port
+        self.name = name
+        self.interval = interval
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.source_address = source_address
+        self.on_welcome = on_welcome
+        self.on_disconnect = on_disconnect
+        self.counters = IoCounters()
+        self.session_config = SessionConfig(
+            Role.CLIENT,
+            handshake_timeout=handshake_timeout,
+            ping_strikes=DEFAULT_PING_STRIKES,
+            linger=LINGER_SECONDS,
+            hello=encode_hello(name, round(interval * 1000), token=token),
+            counters=self.counters,
+        )
+        #: Set once the client has stopped for good (closed, or refused for good).
+        self.stopped: Disconnect | None = None
+        self.connects = 0  # successful handshakes
+
+    def opened(self, welcome: Welcome) -> None:
+        """A handshake succeeded: the back-off starts again from its base."""
+        self.connects += 1
+        self.backoff.reset()
+        if self.on_welcome is not None:
+            call_guarded(log, "on_welcome", self.on_welcome, welcome)
+
+    def _retry_delay(self, disconnect: Disconnect) -> float | None:
+        """After ``disconnect``: how long to wait before the next attempt; or None,
+        when the client does not reconnect or the end is final, and it has stopped."""
+        if not self.reconnect or is_final(disconnect):
+            self._stop(disconnect)
+            return None
+        return self.backoff.next_delay()
+
+    def _disconnected(self, disconnect: Disconnect, retry_in: float | None) -> None:
+        if self.on_disconnect is not None:
+            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, retry_in)
+
+    def _stop(self, disconnect: Disconnect) -> None:
+        if self.stopped is not None:
+            return
+        self.stopped = disconnect
+        self._disconnected(disconnect, None)
+
+
 class Connection(Channel["Client"]):
     """One connection attempt of a ``Client``."""
 
@@ -117,6 +205,10 @@ class Connection(Channel["Client"]):
     def welcome(self) -> Welcome | None:
         session = self.session
         return session.grant.welcome if session.state is State.OPEN else None
+
+    @property
+    def label(self) -> str:
+        return f"{self.owner.host}:{self.owner.port}"
 
     def begin(self, address: tuple[Any, ...]) -> None:
         err = self.sock.connect_ex(address)
@@ -142,7 +234,7 @@ class Connection(Channel["Client"]):
                     return
                 client.deliver(event.data)
             elif isinstance(event, Opened):
-                client.established(self)
+                client.opened(event.grant.welcome)
             elif isinstance(event, Closed):
                 client.lost(self, event.disconnect)
 
@@ -152,13 +244,35 @@ class TlsConnection(TlsChannel["Client"], Connection):
 
     __slots__ = ("tls",)
 
-    def __init__(self, client: Client, sock: socket.socket, tls: TlsLayer) -> None:
+    def __init__(self, client: Client, sock: socket.socket) -> None:
         super().__init__(client, sock)
-        self.tls = tls
+        assert client.tls is not None
+        self.tls = TlsLayer(client.tls, server_side=False, server_hostname=client.server_hostname)
 
 
-class Client:
-    """A reconnecting heartbeat client.
+class TracingConnection(TracingChannel["Client"], Connection):
+    """A Connection whose frames are logged (``Client(trace=True)``, ``hbloop client -v``)."""
+
+    __slots__ = ()
+
+
+class TracingTlsConnection(TracingChannel["Client"], TlsConnection):
+    """A TLS Connection whose frames (the plaintext ones) are logged."""
+
+    __slots__ = ()
+
+
+# The connection class of a client, by (TLS, trace): chosen once, not per frame.
+_CONNECTION_CLASSES: dict[tuple[bool, bool], type[Connection]] = {
+    (False, False): Connection,
+    (False, True): TracingConnection,
+    (True, False): TlsConnection,
+    (True, True): TracingTlsConnection,
+}
+
+
+class Client(ClientBase):
+    """A reconnecting heartbeat client on an EventLoop.
 
     Callbacks, all optional and run on the loop; an exception in one is logged and
     the client carries on:
@@ -170,7 +284,8 @@ class Client:
 
     ``tls`` (``hbloop.tls.client_context``) speaks TLS, verifying the server's
     certificate for ``server_hostname`` (default: ``host``); ``token`` is the credential
-    HELLO carries (a JWT for a server that checks them).
+    HELLO carries (a JWT for a server that checks them). With ``trace``, every frame in
+    and out is logged at debug level (``hbloop.trace``).
     """
 
     def __init__(
@@ -183,53 +298,36 @@ class Client:
         loop: EventLoop | None = None,
         on_welcome: Callable[[Welcome], None] | None = None,
         on_message: Callable[[bytes], None] | None = None,
-        on_disconnect: Callable[[Disconnect, float | None], None] | None = None,
+        on_disconnect: DisconnectCallback | None = None,
         reconnect: bool = True,
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        trace: bool = False,
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         token: str | None = None,
     ) -> None:
-        raw = name.encode("utf-8")
-        if not 1 <= len(raw) <= MAX_NAME_BYTES:
-            raise LocalProtocolError(
-                Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
-            )
-        if interval < 0 or interval * 1000 > U32_MAX:
-            raise LocalProtocolError(Code.MALFORMED, "interval out of range")
-        if token is not None:
-            problem = token_problem(token.encode("utf-8"))
-            if problem is not None:
-                raise LocalProtocolError(Code.UNAUTHORIZED, problem)
-        self.host = host
-        self.port = port
-        self.name = name
-        self.interval = interval
+        super().__init__(
+            host,
+            port,
+            name,
+            interval=interval,
+            reconnect=reconnect,
+            backoff=backoff,
+            source_address=source_address,
+            handshake_timeout=handshake_timeout,
+            on_welcome=on_welcome,
+            on_disconnect=on_disconnect,
+            token=token,
+        )
         self.loop = loop or EventLoop()
-        self.on_welcome = on_welcome
         self.on_message = on_message
-        self.on_disconnect = on_disconnect
-        self.reconnect = reconnect
-        self.backoff = backoff or Backoff()
-        self.source_address = source_address
         self.tls = tls
         self.server_hostname = server_hostname or host
-        self.counters = IoCounters()
+        self._connection_class = _CONNECTION_CLASSES[tls is not None, trace]
         self.max_pending = MAX_PENDING
-        self.session_config = SessionConfig(
-            Role.CLIENT,
-            handshake_timeout=handshake_timeout,
-            ping_strikes=DEFAULT_PING_STRIKES,
-            linger=LINGER_SECONDS,
-            hello=encode_hello(name, round(interval * 1000), token=token),
-            counters=self.counters,
-        )
         self.connection: Connection | None = None
-        #: Set once the client has stopped for good (closed, or refused for good).
-        self.stopped: Disconnect | None = None
-        self.connects = 0  # successful handshakes
         self._retry: Timer | None = None
         self._closing = False
 
@@ -308,19 +406,9 @@ class Client:
             sock.close()
             self._schedule_retry(Disconnect(Reason.PEER_RESET, detail=str(exc)))
             return
-        if self.tls is None:
-            conn = Connection(self, sock)
-        else:
-            layer = TlsLayer(self.tls, server_side=False, server_hostname=self.server_hostname)
-            conn = TlsConnection(self, sock, layer)
+        conn = self._connection_class(self, sock)
         self.connection = conn
         conn.begin(address)
-
-    def established(self, conn: Connection) -> None:
-        self.connects += 1
-        self.backoff.reset()
-        if self.on_welcome is not None and conn.welcome is not None:
-            call_guarded(log, "on_welcome", self.on_welcome, conn.welcome)
 
     def deliver(self, data: bytes) -> None:
         if self.on_message is not None:
@@ -329,23 +417,13 @@ class Client:
     def lost(self, conn: Connection, disconnect: Disconnect) -> None:
         if conn is not self.connection or self._closing:
             return
-        if is_final(disconnect):
-            self._stop(disconnect)
-            return
         self._schedule_retry(disconnect)
 
     def _schedule_retry(self, disconnect: Disconnect) -> None:
-        if not self.reconnect or self._closing:
+        if self._closing:
             self._stop(disconnect)
             return
-        delay = self.backoff.next_delay()
-        self._retry = self.loop.call_later(delay, self._connect)
-        if self.on_disconnect is not None:
-            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, delay)
-
-    def _stop(self, disconnect: Disconnect) -> None:
-        if self.stopped is not None:
-            return
-        self.stopped = disconnect
-        if self.on_disconnect is not None:
-            call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, None)
+        delay = self._retry_delay(disconnect)
+        if delay is not None:
+            self._retry = self.loop.call_later(delay, self._connect)
+            self._disconnected(disconnect, delay)

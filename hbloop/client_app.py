@@ -46,6 +46,7 @@ class ClientApp:
             backoff=Backoff(args.backoff_base, args.backoff_max),
             tls=tls,
             token=token,
+            trace=args.verbose,
         )
         self.target = f"{args.host}:{args.port}"
 

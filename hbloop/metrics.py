@@ -106,7 +106,15 @@ _FIGURES = (
     ("lag_max", "loop_lag_max_seconds", False, "Worst lateness of a due timer, last interval."),
 )
 
-_LAG_HELP = "Worst lateness of a due timer in each 1 s sample period."
+# (snapshot key, metric name after the prefix, help) of the histograms.
+_HISTOGRAMS = (
+    ("lag", "loop_lag_seconds", "Worst lateness of a due timer in each 1 s sample period."),
+    (
+        "heartbeat_interval",
+        "heartbeat_interval_seconds",
+        "Silence each PING or PONG received ended: time since the peer's previous frame.",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -126,16 +134,18 @@ class Report:
         return cls(snapshot, {"1": snapshot}, serving=serving)
 
 
-def _histogram(name: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]) -> Metric:
-    """The loop-lag histogram of each row, with Prometheus' cumulative buckets."""
-    family = HistogramMetricFamily(name, _LAG_HELP, labels=labels)
+def _histogram(
+    key: str, name: str, doc: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
+) -> Metric:
+    """The histogram ``key`` of each row, with Prometheus' cumulative buckets."""
+    family = HistogramMetricFamily(name, doc, labels=labels)
     for values, snapshot in rows.items():
-        lag = snapshot["lag"]
+        histogram = snapshot[key]
         cumulative, buckets = 0, []
-        for bound, count in zip([*lag["bounds"], "+Inf"], lag["counts"], strict=True):
+        for bound, count in zip([*histogram["bounds"], "+Inf"], histogram["counts"], strict=True):
             cumulative += count
             buckets.append((str(bound), cumulative))
-        family.add_metric(list(values), buckets, lag["sum"])
+        family.add_metric(list(values), buckets, histogram["sum"])
     return family
 
 
@@ -159,7 +169,8 @@ def _families(
 ) -> Iterator[Metric]:
     """The server's figures, then presence's where the snapshots have them."""
     yield from _table(_FIGURES, prefix, labels, rows)
-    yield _histogram(prefix + "loop_lag_seconds", labels, rows)
+    for key, name, doc in _HISTOGRAMS:
+        yield _histogram(key, prefix + name, doc, labels, rows)
     closed = CounterMetricFamily(
         prefix + "closed", "Connections closed, by reason.", labels=[*labels, "reason"]
     )

@@ -56,6 +56,7 @@ from hbloop.tls import (
     NotTlsError,
     TlsLayer,
 )
+from hbloop.trace import TracingChannel
 from hbloop.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
 
 if TYPE_CHECKING:
@@ -232,6 +233,27 @@ class TlsPeer(TlsChannel["Server"], Peer):
         super()._tls_failed(reason)
 
 
+class TracingPeer(TracingChannel["Server"], Peer):
+    """A Peer whose frames are logged (``Server(trace=True)``, ``hbloop serve -v``)."""
+
+    __slots__ = ()
+
+
+class TracingTlsPeer(TracingChannel["Server"], TlsPeer):
+    """A TLS Peer whose frames (the plaintext ones) are logged."""
+
+    __slots__ = ()
+
+
+# The peer class of a server, by (TLS, trace): chosen once, not per frame.
+_PEER_CLASSES: dict[tuple[bool, bool], type[Peer]] = {
+    (False, False): Peer,
+    (False, True): TracingPeer,
+    (True, False): TlsPeer,
+    (True, True): TracingTlsPeer,
+}
+
+
 class Server:
     """An hbloop server on an EventLoop.
 
@@ -250,6 +272,7 @@ class Server:
     accept); ``authenticator`` (``hbloop.auth.Authenticator``: JWTs, client
     certificate names, an ``authorize(hello, peer) -> bool`` hook) judges every HELLO's
     credential, refusing with ERROR UNAUTHORIZED.
+    With ``trace``, every frame in and out is logged at debug level (``hbloop.trace``).
     """
 
     def __init__(
@@ -268,6 +291,7 @@ class Server:
         tls_context: ssl.SSLContext | None = None,
         tls_handshake_rate: float = DEFAULT_HANDSHAKE_RATE,
         authenticator: Authenticator | None = None,
+        trace: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -279,6 +303,7 @@ class Server:
         self.backlog = backlog
         self.reuse_port = reuse_port
         self.presence = presence
+        # Chosen here, once: untraced peers run a hot path without a trace of tracing.
         self.stats = ServerStats()
         self.counters: IoCounters = self.stats  # what the peers' channels count into
         self.max_pending = policy.max_pending
@@ -302,7 +327,7 @@ class Server:
         self._too_many_handshakes = encode_error(Code.SERVER_FULL, "too many handshakes")
         self.tls_context = tls_context
         self.authenticator = authenticator
-        self._peer_class = Peer if tls_context is None else TlsPeer
+        self._peer_class = _PEER_CLASSES[tls_context is not None, trace]
         self._tls_limiter = (
             None
             if tls_context is None

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hbloop.histogram import Buckets
 from hbloop.protocol import (
     Frame,
     LocalProtocolError,
@@ -75,6 +76,16 @@ PING_STRIKE_FRACTION = 0.5
 # A second is the unit operators state rates in, and short enough that a throttled
 # peer is read again long before anyone's timeout.
 RATE_WINDOW = 1.0
+
+# Upper bounds, s, of the histogram of the silence each heartbeat received ends (see
+# Session.receive). Steps of 1, 1.5, 2, 3, 5, 7.5 a decade put an on-time heartbeat of
+# any common interval I in the bucket just above I, with 1.5I, 2I and 3I (the default
+# timeout) as bounds close by; they span the grantable intervals (0.1 to 300 s) and
+# their timeouts. 25 bounds: a bisection of five comparisons.
+HEARTBEAT_BUCKETS = (
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+    50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0,
+)  # fmt: skip
 
 # "Long ago": the time of a PING never sent or received (T3 starts last_ping there).
 NEVER = float("-inf")
@@ -230,15 +241,17 @@ NOTHING: Step = (b"", NO_EVENTS)
 class SessionCounters(Protocol):
     heartbeats: int  # PING and PONG frames received
     frames_out: int  # frames produced
+    heartbeat_intervals: Buckets  # the silence each heartbeat ended, s (HEARTBEAT_BUCKETS)
 
 
 class _Tally:
     """Counters for sessions whose owner keeps no statistics."""
 
-    __slots__ = ("heartbeats", "frames_out")
+    __slots__ = ("heartbeats", "frames_out", "heartbeat_intervals")
 
     def __init__(self) -> None:
         self.heartbeats = self.frames_out = 0
+        self.heartbeat_intervals = Buckets(HEARTBEAT_BUCKETS)
 
 
 class SessionConfig:
@@ -481,9 +494,13 @@ class Session:
         """Act on complete frames from the peer, in order, received at ``now``."""
         if self.state is not S_OPEN:
             return self._receive_unopened(frames, now)
-        # The per-frame path of every heartbeat: few bytecodes, no calls. Most reads
+        # The per-frame path of every heartbeat: few bytecodes, one call. Most reads
         # hold a single frame, so counters are bumped per frame, not summed after.
         previous_read = self.last_recv
+        # ``gap`` is the silence this read ended: each heartbeat observes it, which
+        # tells how close the peer runs to its timeout (a second one in the same read
+        # ended no silence of its own).
+        gap = now - previous_read
         self.last_recv = now
         counters = self.config.counters
         out = b""
@@ -492,6 +509,8 @@ class Session:
         for ftype, payload in frames:
             if ftype == T_PING:
                 counters.heartbeats += 1
+                counters.heartbeat_intervals.observe(gap)
+                gap = 0.0
                 # T8: each on-time PING is credited I/2 after the previous one, but no
                 # earlier than our previous read: PINGs that waited in the socket while
                 # we were not reading share the time since then, and are no flood.
@@ -509,6 +528,8 @@ class Session:
                 counters.frames_out += 1
             elif ftype == T_PONG:
                 counters.heartbeats += 1
+                counters.heartbeat_intervals.observe(gap)
+                gap = 0.0
                 rated += 1
                 if self.config.report_pongs:
                     if events is NO_EVENTS:

@@ -3,14 +3,15 @@ samples them once a second for the log line, the supervisor and /metrics.
 
 A *snapshot* is a plain dict (it crosses a pipe as JSON): the ServerStats counters,
 ``iterations`` of the event loop, ``lag_max``, the worst lateness of a due timer over
-the last stats interval, in seconds, and ``lag``, the histogram of the worst lateness
-in each sample period (``Buckets.to_json()``); with presence on, ``presence`` holds its
-figures (``hbloop.presence.PRESENCE_FIGURES``), which add up across workers.
+the last stats interval, in seconds, and two histograms (``Buckets.to_json()``):
+``lag``, of the worst lateness in each sample period, and ``heartbeat_interval``, of
+the silence each heartbeat received ended (the sessions observe it); with presence on,
+``presence`` holds its figures (``hbloop.presence.PRESENCE_FIGURES``), which add up
+across workers.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 from collections import Counter, deque
@@ -18,8 +19,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hbloop.channel import IoCounters
+from hbloop.histogram import Buckets
 from hbloop.loop import EventLoop
 from hbloop.presence import PRESENCE_FIGURES
+from hbloop.session import HEARTBEAT_BUCKETS
 
 log = logging.getLogger("hbloop.stats")
 
@@ -59,7 +62,7 @@ LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5
 
 # Histograms (Buckets.to_json()) by snapshot key, with their bounds; they add up
 # bucket by bucket.
-HISTOGRAMS = {"lag": LAG_BUCKETS}
+HISTOGRAMS = {"lag": LAG_BUCKETS, "heartbeat_interval": HEARTBEAT_BUCKETS}
 
 # The lag window when no stats line is logged (--stats-interval 0): a minute, as
 # Prometheus scrapes typically every 15 to 60 s.
@@ -107,28 +110,8 @@ class ServerStats(IoCounters):
             "tls_handshakes": self.tls_handshakes,
             "tls_handshakes_refused": self.tls_handshakes_refused,
             "tls_handshakes_failed": self.tls_handshakes_failed,
+            "heartbeat_interval": self.heartbeat_intervals.to_json(),
         }
-
-
-class Buckets:
-    """A histogram cheap enough for the loop: fixed upper bounds, a count per bucket
-    (the last one unbounded) and the sum of the values. It is observed where figures
-    are sampled, never per frame, and exported as a Prometheus histogram."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        # A value equal to a bound belongs to that bucket (Prometheus' "le").
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def to_json(self) -> dict[str, Any]:
-        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
 
 
 def add_histograms(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

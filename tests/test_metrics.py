@@ -13,8 +13,13 @@ import time
 import pytest
 
 from hbloop import __version__
+from hbloop.client import Client
+from hbloop.histogram import Buckets
+from hbloop.loop import EventLoop
 from hbloop.metrics import MAX_EXCHANGES
-from hbloop.stats import LAG_BUCKETS, SAMPLE_PERIOD, Buckets, ServerStats, combine
+from hbloop.histogram import Buckets
+from hbloop.session import HEARTBEAT_BUCKETS
+from hbloop.stats import LAG_BUCKETS, SAMPLE_PERIOD, combine
 from hbloop.wire import FrameType
 
 from conftest import (
@@ -231,21 +236,93 @@ def test_metrics_out_of_descriptors_answers_503_without_spinning(serve):
     assert server.proc.poll() is None
 
 
-def test_lag_histogram_buckets_are_upper_bounds_and_add_up():
-    first = Buckets(LAG_BUCKETS)
+def test_histogram_buckets_are_upper_bounds_and_add_up():
+    lag = Buckets(LAG_BUCKETS)
     for value in (0.0, 0.001, 0.0011, 3.0, 60.0):
-        first.observe(value)
+        lag.observe(value)
     # A value equal to a bound belongs to that bucket, as Prometheus' "le" says.
-    assert first.counts[0] == 2  # 0.0 and 0.001
-    assert first.counts[1] == 1  # 0.0011 <= 0.002
-    assert first.counts[LAG_BUCKETS.index(5.0)] == 1  # 3.0
-    assert first.counts[-1] == 1  # 60 s: past the last bound
-    assert first.sum == pytest.approx(63.0021)
-    snapshot = {**ServerStats().snapshot(), "iterations": 0, "lag_max": 0.0}
-    snapshot["lag"] = first.to_json()
-    snapshot["auth_refused"] = {"token": 2}
+    assert lag.counts[0] == 2  # 0.0 and 0.001
+    assert lag.counts[1] == 1  # 0.0011 <= 0.002
+    assert lag.counts[LAG_BUCKETS.index(5.0)] == 1  # 3.0
+    assert lag.counts[-1] == 1  # 60 s: past the last bound
+    assert lag.sum == pytest.approx(63.0021)
+    beats = Buckets(HEARTBEAT_BUCKETS)
+    for value in (10.0, 10.004, 29.0):
+        beats.observe(value)
+    assert beats.counts[HEARTBEAT_BUCKETS.index(10.0)] == 1
+    assert beats.counts[HEARTBEAT_BUCKETS.index(15.0)] == 1  # an on-time 10 s heartbeat
+    assert beats.counts[HEARTBEAT_BUCKETS.index(30.0)] == 1
+    snapshot = {
+        "connections": 0,
+        "accepted": 0,
+        "shed": 0,
+        "frames_in": 0,
+        "frames_out": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "heartbeats": 0,
+        "iterations": 0,
+        "peak": 0,
+        "lag_max": 0.0,
+        "closed": {},
+        "auth_refused": {"token": 2},
+        "tls_handshakes": 0,
+        "tls_handshakes_refused": 0,
+        "tls_handshakes_failed": 0,
+        "lag": lag.to_json(),
+        "heartbeat_interval": beats.to_json(),
+    }
     total = combine([snapshot, snapshot])
     assert total["auth_refused"] == {"token": 4}
-    assert total["lag"]["counts"] == [2 * n for n in first.counts]
-    assert total["lag"]["sum"] == pytest.approx(2 * first.sum)
-    assert combine([])["lag"]["counts"] == [0] * (len(LAG_BUCKETS) + 1)
+    for key, histogram in (("lag", lag), ("heartbeat_interval", beats)):
+        assert total[key]["counts"] == [2 * n for n in histogram.counts]
+        assert total[key]["sum"] == pytest.approx(2 * histogram.sum)
+        assert combine([])[key]["counts"] == [0] * (len(histogram.bounds) + 1)
+
+
+# Peers heartbeating at a known interval, for the heartbeat histogram: 0.4 s lies in
+# the middle of its bucket (0.3, 0.5], far from both bounds, so that neither the
+# clients' timer lateness nor loopback jitter moves an on-time heartbeat out of it.
+BEATING = 4
+BEAT_INTERVAL = 0.4
+BEATS_EACH = 4
+# Share of heartbeats that must land in that bucket: one late one in ten is allowed
+# for a stall of this shared machine.
+ON_TIME_SHARE = 0.9
+
+
+def test_heartbeat_interval_histogram_shows_the_peers_interval(serve):
+    """Clients that PING every 0.4 s, on two workers: the combined histogram has their
+    heartbeats in the bucket (0.3, 0.5], none sooner, and equals the workers' sum."""
+    server = serve("--interval", "1", "--timeout", "3", "--workers", "2", "--metrics-port", "0")
+    metrics = metrics_address(server)
+    loop = EventLoop()
+    clients = [
+        Client(*server.address, f"beat-{i}", interval=BEAT_INTERVAL, loop=loop, reconnect=False)
+        for i in range(BEATING)
+    ]
+    for client in clients:
+        client.start()
+    try:
+        assert loop.run_until(
+            lambda: all(c.counters.heartbeats >= BEATS_EACH for c in clients), WAIT_TIMEOUT
+        )
+        assert all(c.stopped is None for c in clients)
+    finally:
+        for client in clients:
+            client.close()
+        loop.run_until(lambda: all(c.done for c in clients), WAIT_TIMEOUT)
+        loop.close()
+    answered = sum(c.counters.heartbeats for c in clients)  # PONGs: PINGs the server had
+
+    name = "hbloop_heartbeat_interval_seconds"
+    per_worker = "hbloop_worker_heartbeat_interval_seconds_count{"
+    last: dict[str, float] = {}
+    assert wait_for(lambda: last.update(scrape(metrics)) or last[f"{name}_count"] >= answered)
+    count = last[f"{name}_count"]
+    assert last[f'{name}_bucket{{le="0.3"}}'] == 0
+    on_time = last[f'{name}_bucket{{le="0.5"}}']
+    assert on_time >= ON_TIME_SHARE * count, f"{on_time} of {count} heartbeats within 0.5 s"
+    assert BEAT_INTERVAL <= last[f"{name}_sum"] / count < 0.5
+    workers = [value for key, value in last.items() if key.startswith(per_worker)]
+    assert len(workers) == 2 and sum(workers) == count
