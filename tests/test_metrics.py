@@ -17,7 +17,6 @@ from hbloop.client import Client
 from hbloop.histogram import Buckets
 from hbloop.loop import EventLoop
 from hbloop.metrics import MAX_EXCHANGES
-from hbloop.histogram import Buckets
 from hbloop.session import HEARTBEAT_BUCKETS
 from hbloop.stats import LAG_BUCKETS, SAMPLE_PERIOD, combine
 from hbloop.wire import FrameType
