@@ -27,17 +27,15 @@ from bench.config import (
     DEFAULT_OUTAGE,
     DEFAULT_OUTAGE_CLIENTS,
     DEFAULT_TIMEOUT,
+    EXIT_ERROR,
     STALL_AFTER,
 )
 from bench.reference_server import LOOPS
 from bench.sizing import worker_count
-from hbloop.policy import MIN_TIMEOUT_RATIO
-from hbloop.presence import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL
+from hbloop.core.policy import MIN_TIMEOUT_RATIO
+from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL
 
 DEFAULT_HOST = "127.0.0.1"
-
-# Exit code for a usage error, a missing dependency, or a bench that could not run.
-EXIT_ERROR = 2
 
 # The bench's dependencies (the `bench` extra), by importable module and by package.
 REQUIRED = {"hdrh": "hdrhistogram", "psutil": "psutil"}

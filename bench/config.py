@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Exit code for a usage error, a missing dependency, or a bench that could not run.
+EXIT_ERROR = 2
+
 DEFAULT_CLIENTS = 10_000
 
 # One heartbeat a second per client, with hbloop's 3x timeout ratio: 10,000 clients

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from hbloop.protocol import FrameDecoder
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, PONG_FRAME, FrameType, encode_data, encode_hello
+from hbloop.core.protocol import FrameDecoder
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, PONG_FRAME, FrameType, encode_data, encode_hello
 
 FRAMES = {"pong": PONG_FRAME, "data": encode_data(b"")}
 KINDS = tuple(FRAMES)

@@ -26,12 +26,9 @@ from hdrh.histogram import HdrHistogram
 
 from bench.histograms import new_histogram, record_seconds
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
-from hbloop.channel import Channel, IoCounters, TlsChannel
 from hbloop.client import HANDSHAKE_TIMEOUT, MAX_PENDING
-from hbloop.loop import EventLoop, Timer
-from hbloop.netutil import raise_open_files_limit
-from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
-from hbloop.session import (
+from hbloop.core.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
+from hbloop.core.session import (
     Closed,
     Disconnect,
     Events,
@@ -43,8 +40,12 @@ from hbloop.session import (
     SessionConfig,
     State,
 )
-from hbloop.tls import TlsLayer, client_context
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, Code, encode_hello
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, encode_hello
+from hbloop.net.channel import Channel, TlsChannel
+from hbloop.net.counters import IoCounters
+from hbloop.net.loop import EventLoop, Timer
+from hbloop.net.sockets import raise_open_files_limit
+from hbloop.net.tls import TlsLayer, client_context
 
 # How often the ramp starts the connects that the rate allows: fine enough that
 # connects are not bunched, coarse enough to cost nothing.

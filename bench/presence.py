@@ -45,11 +45,11 @@ from bench.orchestrator import Run, run_and_stop
 from bench.redis_server import RedisProcess
 from bench.results import RunResult, Second
 from bench.servers import ServerUnderTest, spawn_hbloop
-from hbloop.presence import JITTER
-from hbloop.presence_scripts import Keys
-from hbloop.presence_tools import follow, last_id
-from hbloop.redis_link import BlockingRedis, parse_url
-from hbloop.wire import HEADER_SIZE, WELCOME_STRUCT, Code, encode_close, encode_hello
+from hbloop.core.wire import HEADER_SIZE, WELCOME_STRUCT, Code, encode_close, encode_hello
+from hbloop.presence.node import JITTER
+from hbloop.presence.redis_link import BlockingRedis, parse_url
+from hbloop.presence.scripts import Keys
+from hbloop.presence.tools import follow, last_id
 
 # The servers of phases 2 and 3 grant a long interval: their clients never need to
 # heartbeat while the phase runs.

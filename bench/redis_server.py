@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hbloop.redis_link import BlockingRedis, RedisAddress, RedisUnavailable, parse_url
+from hbloop.presence.redis_link import BlockingRedis, RedisAddress, RedisUnavailable, parse_url
 
 # Debian's redis-server starts in about 13 ms; a loaded machine may take far longer.
 START_TIMEOUT = 10.0

@@ -3,15 +3,15 @@
 ``python -m bench.reference_server --loop asyncio|uvloop --interval I --timeout T
 [--tls-cert FILE --tls-key FILE]`` prints ``listening on HOST:PORT`` once ready; with
 a certificate it serves TLS through the loop's own TLS transport (the same
-``hbloop.tls.server_context`` as ``hbloop serve``). It runs hbloop's sans-IO session
-(``hbloop.session``) and decoder, so a comparison with ``hbloop serve`` measures the
+``hbloop.net.tls.server_context`` as ``hbloop serve``). It runs hbloop's sans-IO session
+(``hbloop.core.session``) and decoder, so a comparison with ``hbloop serve`` measures the
 event loop and transport, not the protocol code: the same handshake, PING/PONG,
 timeouts, CLOSE and ERROR, with every HELLO admitted (no connection limit).
 
 Liveness is written the way asyncio servers usually write it (uvicorn's keep-alive
 timer, for one): every read cancels the peer's timer and ``call_at``s a new one for
 the session's next deadline. That is what a straightforward asyncio server costs;
-hbloop instead re-arms lazily, about once per timeout (see hbloop/channel.py). On
+hbloop instead re-arms lazily, about once per timeout (see hbloop/net/channel.py). On
 uvloop the same code is cheap, since its timers are libuv's, in C.
 """
 
@@ -25,10 +25,9 @@ import ssl
 import sys
 from pathlib import Path
 
-from hbloop.netutil import raise_open_files_limit
-from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.protocol import FrameDecoder, RemoteProtocolError
-from hbloop.session import (
+from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
+from hbloop.core.protocol import FrameDecoder, RemoteProtocolError
+from hbloop.core.session import (
     FOREVER,
     Closed,
     Grant,
@@ -39,8 +38,9 @@ from hbloop.session import (
     State,
     Step,
 )
-from hbloop.tls import server_context
-from hbloop.wire import MAX_HELLO_PAYLOAD
+from hbloop.core.wire import MAX_HELLO_PAYLOAD
+from hbloop.net.sockets import raise_open_files_limit
+from hbloop.net.tls import server_context
 
 LOOPS = ("asyncio", "uvloop")
 

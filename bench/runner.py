@@ -8,8 +8,7 @@ import tempfile
 from pathlib import Path
 
 from bench import plot, presence, report
-from bench.cli import EXIT_ERROR
-from bench.config import BenchConfig
+from bench.config import EXIT_ERROR, BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
 from bench.servers import (
     ServerStartError,
@@ -18,7 +17,7 @@ from bench.servers import (
     spawn_hbloop,
     spawn_reference,
 )
-from hbloop.netutil import raise_open_files_limit
+from hbloop.net.sockets import raise_open_files_limit
 
 
 def run(args: argparse.Namespace) -> int:

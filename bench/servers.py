@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hbloop.policy import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL
+from hbloop.core.policy import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL
 
 # hbloop logs every connect and disconnect at info level; at 19,000 connections that
 # would be a measurable share of its CPU, so a benchmarked server logs warnings only.

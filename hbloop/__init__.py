@@ -1,19 +1,14 @@
 """hbloop: a TCP heartbeat server and client on a hand-rolled epoll loop."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-from hbloop.client import Backoff, Client
-from hbloop.loop import EventLoop, Timer
-from hbloop.policy import ServerPolicy, TcpKeepalive
-from hbloop.protocol import LocalProtocolError, ProtocolError, RemoteProtocolError
+from hbloop.client import Client
+from hbloop.core.backoff import Backoff
+from hbloop.core.policy import ServerPolicy, TcpKeepalive
+from hbloop.core.protocol import LocalProtocolError, ProtocolError, RemoteProtocolError
+from hbloop.core.session import Disconnect, Reason
+from hbloop.core.version import __version__
+from hbloop.core.wire import Code, FrameType, Scheme, Welcome
+from hbloop.net.loop import EventLoop, Timer
 from hbloop.server import Peer, Server
-from hbloop.session import Disconnect, Reason
-from hbloop.wire import Code, FrameType, Scheme, Welcome
-
-try:  # pyproject.toml is the single source of the version
-    __version__ = version("hbloop")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "Backoff",
@@ -33,4 +28,5 @@ __all__ = [
     "TcpKeepalive",
     "Timer",
     "Welcome",
+    "__version__",
 ]

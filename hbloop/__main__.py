@@ -1,5 +1,5 @@
 import sys
 
-from hbloop.cli import main
+from hbloop.cli.main import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """``hbloop.aio``: the heartbeat client for applications on asyncio (or uvloop).
 
 The protocol is ``hbloop.Client``'s, from the same parts: the sans-IO
-``hbloop.session.Session`` (the handshake, T3's PING timing, the T6 timeout, strikes,
+``hbloop.core.session.Session`` (the handshake, T3's PING timing, the T6 timeout, strikes,
 CLOSE and ERROR) fed by a ``FrameDecoder``, with ``hbloop.client``'s session
 configuration, back-off and rules for when to stop. Only the I/O shell is asyncio's:
 an ``asyncio.Protocol`` per connection attempt, and one ``loop.call_at`` timer per
@@ -41,12 +41,12 @@ from typing import cast
 from hbloop.client import (
     HANDSHAKE_TIMEOUT,
     MAX_PENDING,
-    Backoff,
     ClientBase,
     DisconnectCallback,
 )
-from hbloop.protocol import FrameDecoder, RemoteProtocolError
-from hbloop.session import (
+from hbloop.core.backoff import Backoff
+from hbloop.core.protocol import FrameDecoder, RemoteProtocolError
+from hbloop.core.session import (
     FOREVER,
     S_CLOSED,
     S_CLOSING,
@@ -61,7 +61,7 @@ from hbloop.session import (
     State,
     Step,
 )
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, Code, Welcome
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, Welcome
 
 # DATA frames held for the iterator before the client stops reading from the server:
 # a burst a consumer catches up with at once, at most 64 MiB of maximum-size frames.

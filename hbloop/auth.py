@@ -31,8 +31,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from hbloop.tls import Certificate
-from hbloop.wire import Code, Hello
+from hbloop.core.wire import Code, Hello
+from hbloop.net.tls import Certificate
 
 log = logging.getLogger("hbloop.auth")
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hbloop.protocol import (
+from hbloop.core.protocol import (
     Frame,
     FrameDecoder,
     RemoteProtocolError,
@@ -30,7 +30,7 @@ from hbloop.protocol import (
     parse_welcome,
     printable,
 )
-from hbloop.wire import (
+from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     HEADER_STRUCT,
     HELLO_FIXED,

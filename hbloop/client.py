@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import errno
 import logging
-import random
 import signal
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
 
-from hbloop.channel import Channel, IoCounters, TlsChannel
-from hbloop.loop import EventLoop, Timer, call_guarded
-from hbloop.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
-from hbloop.protocol import LocalProtocolError, token_problem
-from hbloop.session import (
+from hbloop.core.backoff import Backoff
+from hbloop.core.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
+from hbloop.core.protocol import LocalProtocolError, token_problem
+from hbloop.core.session import (
     Closed,
     Disconnect,
     Events,
@@ -34,9 +32,7 @@ from hbloop.session import (
     SessionConfig,
     State,
 )
-from hbloop.tls import TlsLayer
-from hbloop.trace import TracingChannel
-from hbloop.wire import (
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
     U32_MAX,
@@ -44,13 +40,14 @@ from hbloop.wire import (
     Welcome,
     encode_hello,
 )
+from hbloop.net.channel import Channel, TlsChannel
+from hbloop.net.counters import IoCounters
+from hbloop.net.loop import EventLoop, Timer, call_guarded
+from hbloop.net.tls import TlsLayer
+from hbloop.net.trace import TracingChannel
 
 log = logging.getLogger("hbloop.client")
 
-# gRPC's reconnect parameters start at 1 s; half that keeps a restart short for
-# interactive use, while the 30 s cap bounds how long a client sits out an outage.
-DEFAULT_BACKOFF_BASE = 0.5
-DEFAULT_BACKOFF_CAP = 30.0
 
 # How long an attempt may take, from the start of the TCP connect to WELCOME, before
 # it counts as failed (protocol.md H3): the reference server's own handshake deadline.
@@ -78,31 +75,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # A newer connection with this client's name replaced it (protocol.md H8): reconnecting
 # would evict that one in turn, and two clients with one name would take turns forever.
 FINAL_CLOSE_CODES = frozenset({Code.TAKEN_OVER})
-
-
-class Backoff:
-    """Capped exponential back-off with full jitter."""
-
-    def __init__(
-        self,
-        base: float = DEFAULT_BACKOFF_BASE,
-        cap: float = DEFAULT_BACKOFF_CAP,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        if base <= 0 or cap < base:
-            raise ValueError("back-off needs 0 < base <= cap")
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-        self._rng = rng
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * (2**self.attempt))
-        self.attempt = min(self.attempt + 1, 62)  # keeps 2**attempt a sane float
-        return float(self._rng() * ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 DisconnectCallback = Callable[[Disconnect, float | None], None]
@@ -282,10 +254,10 @@ class Client(ClientBase):
     * ``on_disconnect(disconnect, retry_in)`` when a connection ends; ``retry_in`` is
       the back-off delay before the next attempt, or None if the client has stopped.
 
-    ``tls`` (``hbloop.tls.client_context``) speaks TLS, verifying the server's
+    ``tls`` (``hbloop.net.tls.client_context``) speaks TLS, verifying the server's
     certificate for ``server_hostname`` (default: ``host``); ``token`` is the credential
     HELLO carries (a JWT for a server that checks them). With ``trace``, every frame in
-    and out is logged at debug level (``hbloop.trace``).
+    and out is logged at debug level (``hbloop.net.trace``).
     """
 
     def __init__(

@@ -1,13 +1,13 @@
 """The heartbeat server: accepts peers, runs their sessions, tracks liveness.
 
-Each accepted socket becomes a ``Peer``: the I/O shell (``hbloop.channel``) around
-a server-side ``hbloop.session.Session``, which implements protocol.md. The server
+Each accepted socket becomes a ``Peer``: the I/O shell (``hbloop.net.channel``) around
+a server-side ``hbloop.core.session.Session``, which implements protocol.md. The server
 owns what the protocol leaves to it: admission (credentials, then capacity;
 duplicate names are to be decided at the same place), the grants, the statistics,
 the log lines and the application's callbacks.
 
 With a TLS context every accepted socket becomes a ``TlsPeer`` instead (the same
-Peer through ``hbloop.channel.TlsChannel``), after a per-process rate limit on new
+Peer through ``hbloop.net.channel.TlsChannel``), after a per-process rate limit on new
 handshakes; the TLS handshake runs inside the session's handshake deadline.
 
 Liveness costs no timer operation per heartbeat: a frame only overwrites the
@@ -24,17 +24,13 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from hbloop.acceptor import Acceptor
 from hbloop.auth import Authenticator
-from hbloop.channel import Channel, IoCounters, TlsChannel
-from hbloop.logs import fields
-from hbloop.loop import EventLoop, call_guarded
-from hbloop.netutil import apply_tcp_options, make_listener
-from hbloop.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.protocol import RemoteProtocolError
-from hbloop.session import (
+from hbloop.core.logfields import fields
+from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
+from hbloop.core.protocol import RemoteProtocolError
+from hbloop.core.session import (
     Closed,
     Disconnect,
     Events,
@@ -48,19 +44,34 @@ from hbloop.session import (
     SessionConfig,
     State,
 )
-from hbloop.stats import ServerStats
-from hbloop.tls import (
+from hbloop.core.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
+from hbloop.net.acceptor import Acceptor
+from hbloop.net.channel import Channel, TlsChannel
+from hbloop.net.counters import IoCounters, ServerStats
+from hbloop.net.loop import EventLoop, call_guarded
+from hbloop.net.sockets import apply_tcp_options, make_listener
+from hbloop.net.tls import (
     DEFAULT_HANDSHAKE_RATE,
     Certificate,
     HandshakeLimiter,
     NotTlsError,
     TlsLayer,
 )
-from hbloop.trace import TracingChannel
-from hbloop.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
+from hbloop.net.trace import TracingChannel
 
-if TYPE_CHECKING:
-    from hbloop.presence import Member, Presence
+
+class Registry(Protocol):
+    """What the server asks of a name registry (``hbloop.presence.node.Presence``):
+    whether a HELLO's name may be admitted, and to be told of each peer that joins and
+    leaves. ``joined`` returns the handle ``left`` is given back."""
+
+    def check(self, name: str) -> Code | None: ...
+
+    def joined(
+        self, name: str, address: str, since: float, evict: Callable[[Code, str], None]
+    ) -> object: ...
+
+    def left(self, member: Any, reason: str) -> None: ...
 
 log = logging.getLogger("hbloop.server")
 
@@ -103,7 +114,7 @@ class Peer(Channel["Server"]):
         self.host = host
         self.port = port
         self._accepted = now
-        self.member: Member | None = None  # its handle in server.presence
+        self.member: object = None  # its handle in server.presence
 
     # --- the application's view ----------------------------------------------
 
@@ -264,15 +275,16 @@ class Server:
     * ``on_message(peer, data)`` for each DATA frame;
     * ``on_disconnect(peer, disconnect)`` once for each peer that had connected.
 
-    ``presence`` (optional, also settable after ``start()``) is told of every peer that
-    connects and leaves, and may refuse or evict one by name (``hbloop.presence``).
+    ``presence`` (optional, also settable after ``start()``), a ``Registry`` such as
+    ``hbloop.presence.node.Presence``, is told of every peer that connects and leaves,
+    and may refuse or evict one by name.
 
-    ``tls_context`` (``hbloop.tls.server_context``) makes the port speak TLS, with at
-    most ``tls_handshake_rate`` new handshakes a second (the excess is closed at
+    ``tls_context`` (``hbloop.net.tls.server_context``) makes the port speak TLS, with
+    at most ``tls_handshake_rate`` new handshakes a second (the excess is closed at
     accept); ``authenticator`` (``hbloop.auth.Authenticator``: JWTs, client
     certificate names, an ``authorize(hello, peer) -> bool`` hook) judges every HELLO's
     credential, refusing with ERROR UNAUTHORIZED.
-    With ``trace``, every frame in and out is logged at debug level (``hbloop.trace``).
+    With ``trace``, every frame in and out is logged at debug level (``hbloop.net.trace``).
     """
 
     def __init__(
@@ -287,7 +299,7 @@ class Server:
         loop: EventLoop | None = None,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
-        presence: Presence | None = None,
+        presence: Registry | None = None,
         tls_context: ssl.SSLContext | None = None,
         tls_handshake_rate: float = DEFAULT_HANDSHAKE_RATE,
         authenticator: Authenticator | None = None,

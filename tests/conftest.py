@@ -26,11 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.redis_server import RedisNotInstalled, RedisProcess
 from hbloop.client import Client
-from hbloop.loop import EventLoop
-from hbloop.policy import ServerPolicy
-from hbloop.protocol import Frame, FrameDecoder, parse_welcome
-from hbloop.server import Server
-from hbloop.wire import (
+from hbloop.core.policy import ServerPolicy
+from hbloop.core.protocol import Frame, FrameDecoder, parse_welcome
+from hbloop.core.wire import (
     CODE_STRUCT,
     DEFAULT_MAX_PAYLOAD,
     PING_FRAME,
@@ -38,6 +36,8 @@ from hbloop.wire import (
     FrameType,
     encode_hello,
 )
+from hbloop.net.loop import EventLoop
+from hbloop.server import Server
 
 from pki import Pki, make_pki
 

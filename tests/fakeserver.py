@@ -15,8 +15,8 @@ import socket
 import threading
 from collections.abc import Callable
 
-from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError
-from hbloop.wire import (
+from hbloop.core.protocol import Frame, FrameDecoder, RemoteProtocolError
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     PING_FRAME,
     PROTOCOL_VERSION,

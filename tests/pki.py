@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hbloop.tls import TlsLayer
+from hbloop.net.tls import TlsLayer
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 

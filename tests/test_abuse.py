@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from hbloop.protocol import Frame, FrameDecoder
-from hbloop.wire import (
+from hbloop.core.protocol import Frame, FrameDecoder
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
     PING_FRAME,

@@ -15,10 +15,11 @@ import uvloop
 from fakeserver import FakeServer, deaf, record_silently, welcome
 
 from hbloop.aio import MAX_QUEUED_MESSAGES, ClientStopped, connect
-from hbloop.client import MAX_PENDING, Backoff
-from hbloop.protocol import Frame, FrameDecoder, parse_close
-from hbloop.session import Disconnect, Reason
-from hbloop.wire import Code, FrameType, Scheme, Welcome, encode_data
+from hbloop.client import MAX_PENDING
+from hbloop.core.backoff import Backoff
+from hbloop.core.protocol import Frame, FrameDecoder, parse_close
+from hbloop.core.session import Disconnect, Reason
+from hbloop.core.wire import Code, FrameType, Scheme, Welcome, encode_data
 
 from conftest import WAIT_TIMEOUT, wait_for
 

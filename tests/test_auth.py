@@ -30,8 +30,8 @@ from hbloop.auth import (
     Refusal,
     certificate_name,
 )
-from hbloop.tls import Certificate, TlsLayer, client_context, server_context
-from hbloop.wire import Code, Hello
+from hbloop.core.wire import Code, Hello
+from hbloop.net.tls import Certificate, TlsLayer, client_context, server_context
 
 from pki import Pki, handshake
 

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from hbloop.client import Backoff, Client
-from hbloop.loop import EventLoop
-from hbloop.session import Disconnect, Reason
-from hbloop.wire import Code, Welcome
+from hbloop.client import Client
+from hbloop.core.backoff import Backoff
+from hbloop.core.session import Disconnect, Reason
+from hbloop.core.wire import Code, Welcome
+from hbloop.net.loop import EventLoop
 
 from conftest import WAIT_TIMEOUT
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 from fakeserver import FakeServer, ping_flood, welcome
 
-from hbloop.protocol import Frame, FrameDecoder
-from hbloop.wire import FrameType, Scheme
+from hbloop.core.protocol import Frame, FrameDecoder
+from hbloop.core.wire import FrameType, Scheme
 
 from conftest import HBLOOP, ROOT
 

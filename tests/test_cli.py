@@ -12,7 +12,7 @@ import pytest
 from fakeserver import FakeServer, say, welcome
 
 from hbloop import __version__
-from hbloop.wire import Code, Scheme, encode_error
+from hbloop.core.wire import Code, Scheme, encode_error
 
 from conftest import HBLOOP, HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, ROOT, raw_unsafe
 

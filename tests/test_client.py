@@ -6,11 +6,12 @@ import signal
 
 import pytest
 
-from hbloop.client import Backoff, Client
-from hbloop.loop import EventLoop
-from hbloop.protocol import LocalProtocolError
-from hbloop.session import Disconnect, Reason
-from hbloop.wire import Code, Scheme, Welcome, encode_hello
+from hbloop.client import Client
+from hbloop.core.backoff import Backoff
+from hbloop.core.protocol import LocalProtocolError
+from hbloop.core.session import Disconnect, Reason
+from hbloop.core.wire import Code, Scheme, Welcome, encode_hello
+from hbloop.net.loop import EventLoop
 
 WAIT = 15.0
 

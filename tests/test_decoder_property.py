@@ -11,8 +11,15 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError
-from hbloop.wire import HEADER_ONLY_TYPES, HEADER_SIZE, HEADER_STRUCT, KNOWN_TYPES, Code, FrameType
+from hbloop.core.protocol import Frame, FrameDecoder, RemoteProtocolError
+from hbloop.core.wire import (
+    HEADER_ONLY_TYPES,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    KNOWN_TYPES,
+    Code,
+    FrameType,
+)
 
 # A small maximum payload, so that FRAME_TOO_LARGE is as reachable as the other errors.
 MAX_PAYLOAD = 64

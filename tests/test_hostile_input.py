@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from hbloop.protocol import Frame, FrameDecoder
-from hbloop.wire import (
+from hbloop.core.protocol import Frame, FrameDecoder
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_STRUCT,
     HELLO_FIXED,

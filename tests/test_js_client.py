@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from fakeserver import FakeServer, deaf, ping_flood, record_silently, say, welcome
 
-from hbloop.protocol import parse_close
-from hbloop.wire import Code, FrameType, Scheme, encode_data, encode_error
+from hbloop.core.protocol import parse_close
+from hbloop.core.wire import Code, FrameType, Scheme, encode_data, encode_error
 
 from conftest import HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, ROOT, LoggedProcess, raw_unsafe, wait_for
 

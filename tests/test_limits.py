@@ -9,8 +9,8 @@ import socket
 
 import psutil
 
-from hbloop.protocol import Frame, FrameDecoder
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, Code, FrameType, encode_close, encode_hello
+from hbloop.core.protocol import Frame, FrameDecoder
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, FrameType, encode_close, encode_hello
 
 from conftest import WAIT_TIMEOUT, RawPeer, expect_last_word, frame_code, wait_for
 

@@ -15,9 +15,8 @@ from fakeserver import FakeServer, record_silently, welcome
 
 from bench import flood
 from hbloop.client import Client
-from hbloop.loop import EventLoop
-from hbloop.protocol import FrameDecoder
-from hbloop.wire import (
+from hbloop.core.protocol import FrameDecoder
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     MAX_HELLO_PAYLOAD,
     PING_FRAME,
@@ -28,6 +27,7 @@ from hbloop.wire import (
     encode_data,
     encode_hello,
 )
+from hbloop.net.loop import EventLoop
 
 from conftest import HBLOOP, WAIT_TIMEOUT, RawPeer, expect_last_word, wait_for
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
-from hbloop.logs import JsonFormatter, TextFormatter, fields
-from hbloop.protocol import escape_unsafe
-from hbloop.wire import Code, FrameType, encode_error
+from hbloop.core.logfields import fields
+from hbloop.core.protocol import escape_unsafe
+from hbloop.core.wire import Code, FrameType, encode_error
+from hbloop.ops.logs import JsonFormatter, TextFormatter
 
 # A line a hostile peer would like to appear in our log, smuggled in its ERROR message.
 FORGED = "2026-01-01 00:00:00,000 INFO hbloop.server: connect 10.0.0.1:1 name=admin"

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from hbloop.loop import COALESCE_BELOW, MIN_CANCELLED_FOR_PURGE, EventLoop
+from hbloop.net.loop import COALESCE_BELOW, MIN_CANCELLED_FOR_PURGE, EventLoop
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ import pytest
 
 from hbloop import __version__
 from hbloop.client import Client
-from hbloop.histogram import Buckets
-from hbloop.loop import EventLoop
-from hbloop.metrics import MAX_EXCHANGES
-from hbloop.session import HEARTBEAT_BUCKETS
-from hbloop.stats import LAG_BUCKETS, SAMPLE_PERIOD, combine
-from hbloop.wire import FrameType
+from hbloop.core.histogram import Buckets
+from hbloop.core.session import HEARTBEAT_BUCKETS
+from hbloop.core.wire import FrameType
+from hbloop.net.loop import EventLoop
+from hbloop.ops.metrics import MAX_EXCHANGES
+from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD, combine
 
 from conftest import (
     WAIT_TIMEOUT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hbloop.policy import ServerPolicy, grant
+from hbloop.core.policy import ServerPolicy, grant
 
 
 def test_default_request_gets_the_configured_interval_and_timeout() -> None:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from hbloop.presence import JITTER
-from hbloop.presence_scripts import Keys
-from hbloop.wire import PING_FRAME, Code, FrameType, encode_close
+from hbloop.core.wire import PING_FRAME, Code, FrameType, encode_close
+from hbloop.presence.node import JITTER
+from hbloop.presence.scripts import Keys
 
 from conftest import (
     HBLOOP,

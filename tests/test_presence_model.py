@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from bench.redis_server import RedisProcess
-from hbloop.loop import EventLoop
-from hbloop.presence import Member, Node, Policy, Presence, PresenceConfig, State
-from hbloop.presence_scripts import Keys
-from hbloop.wire import Code
+from hbloop.core.wire import Code
+from hbloop.net.loop import EventLoop
+from hbloop.presence.node import Member, Node, Policy, Presence, PresenceConfig, State
+from hbloop.presence.scripts import Keys
 
 TIMEOUT = 10.0
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from hbloop.protocol import (
+from hbloop.core.protocol import (
     FrameDecoder,
     RemoteProtocolError,
     looks_like_tls,
@@ -17,7 +17,7 @@ from hbloop.protocol import (
     parse_welcome,
     token_problem,
 )
-from hbloop.wire import (
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAX_TOKEN_BYTES,

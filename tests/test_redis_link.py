@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from hbloop.loop import EventLoop
-from hbloop.redis_link import RedisLink, RedisUnavailable, Script, parse_url
+from hbloop.net.loop import EventLoop
+from hbloop.presence.redis_link import RedisLink, RedisUnavailable, Script, parse_url
 
 from conftest import RedisProcess
 

@@ -10,10 +10,10 @@ import socket
 
 import pytest
 
-from hbloop.policy import ServerPolicy
+from hbloop.core.policy import ServerPolicy
+from hbloop.core.session import Disconnect, Reason
+from hbloop.core.wire import FrameType, encode_hello
 from hbloop.server import Peer
-from hbloop.session import Disconnect, Reason
-from hbloop.wire import FrameType, encode_hello
 
 from conftest import WAIT_TIMEOUT, RawPeer, rst_close
 

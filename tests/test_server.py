@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from hbloop.protocol import parse_close, parse_welcome
-from hbloop.wire import (
+from hbloop.core.protocol import parse_close, parse_welcome
+from hbloop.core.wire import (
     PING_FRAME,
     PONG_FRAME,
     Code,

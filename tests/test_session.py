@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from hbloop.client import Backoff, is_final
-from hbloop.protocol import FrameDecoder, LocalProtocolError, RemoteProtocolError
-from hbloop.session import (
+from hbloop.client import is_final
+from hbloop.core.backoff import Backoff
+from hbloop.core.protocol import FrameDecoder, LocalProtocolError, RemoteProtocolError
+from hbloop.core.session import (
     NEVER,
     Closed,
     Disconnect,
@@ -30,7 +31,7 @@ from hbloop.session import (
     State,
     Step,
 )
-from hbloop.wire import (
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAX_HELLO_PAYLOAD,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hbloop.wire import Code, FrameType, encode_data
+from hbloop.core.wire import Code, FrameType, encode_data
 
 from conftest import RawPeer, expect_last_word, tcp_socket, wait_for
 

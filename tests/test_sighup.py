@@ -7,8 +7,8 @@ import json
 import signal
 from pathlib import Path
 
-from hbloop.protocol import parse_welcome
-from hbloop.wire import PING_FRAME, Code, FrameType, encode_close
+from hbloop.core.protocol import parse_welcome
+from hbloop.core.wire import PING_FRAME, Code, FrameType, encode_close
 
 from conftest import WAIT_TIMEOUT, RawPeer, expect_last_word, pid_alive, wait_for
 

@@ -1,4 +1,5 @@
-"""The code base stays ruff clean, and hbloop/ type-checks under mypy --strict."""
+"""The code base stays ruff clean, type-checks under mypy --strict, and keeps its layers
+(the import-linter contracts in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,11 @@ def test_mypy_strict_is_clean():
 
 def test_the_package_is_marked_typed():
     assert (ROOT / "hbloop" / "py.typed").is_file()
+
+
+def test_lower_layers_never_import_higher_ones():
+    lint_imports = shutil.which("lint-imports")
+    assert lint_imports, "import-linter is part of the test extra"
+    result = subprocess.run([lint_imports], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout

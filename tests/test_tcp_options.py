@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from hbloop.cli import build_parser, policy_from_args
-from hbloop.policy import ServerPolicy, TcpKeepalive
+from hbloop.cli.main import build_parser, policy_from_args
+from hbloop.core.policy import ServerPolicy, TcpKeepalive
+from hbloop.core.wire import FrameType
 from hbloop.server import Peer
-from hbloop.wire import FrameType
 
 from conftest import TCP_TIMER_KEEPALIVE, RawPeer, tcp_socket
 

@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from hbloop import tls
-from hbloop.protocol import FrameDecoder, RemoteProtocolError
-from hbloop.tls import (
+from hbloop.core.protocol import FrameDecoder, RemoteProtocolError
+from hbloop.core.wire import (
+    DEFAULT_MAX_PAYLOAD,
+    PING_FRAME,
+    FrameType,
+    encode_data,
+    encode_error,
+    encode_hello,
+)
+from hbloop.net import tls
+from hbloop.net.tls import (
     HandshakeLimiter,
     NotTlsError,
     TlsConfigError,
@@ -17,14 +25,6 @@ from hbloop.tls import (
     TlsLayer,
     client_context,
     server_context,
-)
-from hbloop.wire import (
-    DEFAULT_MAX_PAYLOAD,
-    PING_FRAME,
-    FrameType,
-    encode_data,
-    encode_error,
-    encode_hello,
 )
 
 from pki import Pki, handshake

@@ -21,13 +21,12 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from hbloop.auth import Authenticator, AuthPeer, certificate_name
-from hbloop.cli import parse_args, server_security
+from hbloop.cli.main import parse_args, server_security
 from hbloop.client import Client
-from hbloop.policy import ServerPolicy
-from hbloop.protocol import Frame, FrameDecoder, parse_error
-from hbloop.session import Reason
-from hbloop.tls import TlsLayer, client_context, server_context
-from hbloop.wire import (
+from hbloop.core.policy import ServerPolicy
+from hbloop.core.protocol import Frame, FrameDecoder, parse_error
+from hbloop.core.session import Reason
+from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     PING_FRAME,
     Code,
@@ -36,6 +35,7 @@ from hbloop.wire import (
     encode_data,
     encode_hello,
 )
+from hbloop.net.tls import TlsLayer, client_context, server_context
 
 from conftest import (
     HBLOOP,

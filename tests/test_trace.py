@@ -12,10 +12,8 @@ from typing import Any
 
 from fakeserver import FakeServer, say, welcome
 
-from hbloop.loop import EventLoop
-from hbloop.policy import ServerPolicy
-from hbloop.server import Server
-from hbloop.wire import (
+from hbloop.core.policy import ServerPolicy
+from hbloop.core.wire import (
     HEADER_SIZE,
     PING_FRAME,
     Code,
@@ -26,6 +24,8 @@ from hbloop.wire import (
     encode_error,
     encode_hello,
 )
+from hbloop.net.loop import EventLoop
+from hbloop.server import Server
 
 from conftest import HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, WAIT_TIMEOUT, RawPeer, raw_unsafe
 

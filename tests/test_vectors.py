@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from construct import ConstructError, GreedyRange
 
-from hbloop.policy import grant, grant_problems
-from hbloop.protocol import (
+from hbloop.core.policy import grant, grant_problems
+from hbloop.core.protocol import (
     FrameDecoder,
     RemoteProtocolError,
     parse_close,
@@ -22,7 +22,7 @@ from hbloop.protocol import (
     parse_hello,
     parse_welcome,
 )
-from hbloop.wire import (
+from hbloop.core.wire import (
     FRAME,
     HEADER,
     HEADER_SIZE,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hbloop.protocol import parse_hello
-from hbloop.wire import (
+from hbloop.core.protocol import parse_hello
+from hbloop.core.wire import (
     CLOSE,
     ERROR,
     FRAME,

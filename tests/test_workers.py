@@ -13,9 +13,9 @@ from collections import Counter
 import psutil
 import pytest
 
-from hbloop.cli import build_parser
-from hbloop.supervisor import STOP_MARGIN
-from hbloop.wire import Code, FrameType, encode_hello
+from hbloop.cli.main import build_parser
+from hbloop.core.wire import Code, FrameType, encode_hello
+from hbloop.ops.supervisor import STOP_MARGIN
 
 from conftest import (
     HBLOOP,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from hbloop.wire import Code, FrameType
+from hbloop.core.wire import Code, FrameType
 
 from conftest import LoggedProcess, expect_last_word
 
@@ -32,7 +32,7 @@ PROMPT_RELEASE = 3.0  # seconds; a fifth of the timeout
 # its receive buffer (checked with MSG_PEEK), so that its kernel answers SIGKILL with RST.
 UNREAD_DATA_CLIENT = """
 import socket, sys, time
-from hbloop.wire import encode_data, encode_hello, encode_welcome, Welcome
+from hbloop.core.wire import encode_data, encode_hello, encode_welcome, Welcome
 sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 sock.sendall(encode_hello("unread", 0) + encode_data(b"echo me"))
 expected = len(encode_welcome(Welcome(1, 0, 1, 2))) + len(encode_data(b"echo me"))

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from hbloop.client import Backoff
-from hbloop.presence_scripts import Keys
-from hbloop.redis_link import BlockingRedis, RedisAddress, RedisUnavailable
+from hbloop.core.backoff import Backoff
+from hbloop.presence.redis_link import BlockingRedis, RedisAddress, RedisUnavailable
+from hbloop.presence.scripts import Keys
 
 # How long one command of these tools may wait for Redis.
 TOOL_TIMEOUT = 5.0

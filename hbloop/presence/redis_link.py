@@ -43,8 +43,8 @@ from typing import Any
 
 import hiredis
 
-from hbloop.client import Backoff
-from hbloop.loop import EventLoop, Timer, call_guarded
+from hbloop.core.backoff import Backoff
+from hbloop.net.loop import EventLoop, Timer, call_guarded
 
 log = logging.getLogger("hbloop.redis")
 

@@ -6,7 +6,7 @@ A *snapshot* is a plain dict (it crosses a pipe as JSON): the ServerStats counte
 the last stats interval, in seconds, and two histograms (``Buckets.to_json()``):
 ``lag``, of the worst lateness in each sample period, and ``heartbeat_interval``, of
 the silence each heartbeat received ended (the sessions observe it); with presence on,
-``presence`` holds its figures (``hbloop.presence.PRESENCE_FIGURES``), which add up
+``presence`` holds its figures (``hbloop.presence.node.node.PRESENCE_FIGURES``), which add up
 across workers.
 """
 
@@ -18,11 +18,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hbloop.channel import IoCounters
-from hbloop.histogram import Buckets
-from hbloop.loop import EventLoop
-from hbloop.presence import PRESENCE_FIGURES
-from hbloop.session import HEARTBEAT_BUCKETS
+from hbloop.core.histogram import Buckets
+from hbloop.core.session import HEARTBEAT_BUCKETS
+from hbloop.net.counters import ServerStats
+from hbloop.net.loop import EventLoop
+from hbloop.presence.node import PRESENCE_FIGURES
 
 log = logging.getLogger("hbloop.stats")
 
@@ -67,51 +67,6 @@ HISTOGRAMS = {"lag": LAG_BUCKETS, "heartbeat_interval": HEARTBEAT_BUCKETS}
 # The lag window when no stats line is logged (--stats-interval 0): a minute, as
 # Prometheus scrapes typically every 15 to 60 s.
 DEFAULT_LAG_WINDOW = 60.0
-
-
-class ServerStats(IoCounters):
-    __slots__ = (
-        "accepted",
-        "connections",
-        "peak",
-        "closed",
-        "shed",
-        "auth_refused",
-        "tls_handshakes",
-        "tls_handshakes_refused",
-        "tls_handshakes_failed",
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.accepted = 0  # sockets accepted, handshaken or not
-        self.connections = 0  # peers past the handshake, now
-        self.peak = 0
-        self.closed: Counter[str] = Counter()  # by Reason value
-        self.shed = 0  # accepted and refused at once: no descriptors, or handshakes full
-        self.auth_refused: Counter[str] = Counter()  # HELLOs refused, by Refusal.check
-        self.tls_handshakes = 0  # TLS handshakes completed
-        self.tls_handshakes_refused = 0  # closed at accept: over the handshake rate
-        self.tls_handshakes_failed = 0  # TLS errors and plain text before the handshake
-
-    def snapshot(self) -> Snapshot:
-        return {
-            "connections": self.connections,
-            "peak": self.peak,
-            "accepted": self.accepted,
-            "closed": dict(self.closed),
-            "shed": self.shed,
-            "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "heartbeats": self.heartbeats,
-            "auth_refused": dict(self.auth_refused),
-            "tls_handshakes": self.tls_handshakes,
-            "tls_handshakes_refused": self.tls_handshakes_refused,
-            "tls_handshakes_failed": self.tls_handshakes_failed,
-            "heartbeat_interval": self.heartbeat_intervals.to_json(),
-        }
 
 
 def add_histograms(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -35,14 +35,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from hbloop import __version__
-from hbloop.acceptor import Acceptor
 from hbloop.auth import CHECKS
-from hbloop.loop import EventLoop
-from hbloop.netutil import make_listener
-from hbloop.presence import PRESENCE_FIGURES
-from hbloop.session import Reason
-from hbloop.stats import Snapshot
+from hbloop.core.session import Reason
+from hbloop.core.version import __version__
+from hbloop.net.acceptor import Acceptor
+from hbloop.net.loop import EventLoop
+from hbloop.net.sockets import make_listener
+from hbloop.ops.stats import Snapshot
+from hbloop.presence.node import PRESENCE_FIGURES
 
 log = logging.getLogger("hbloop.metrics")
 

@@ -19,24 +19,17 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from hbloop.protocol import escape_unsafe
+from hbloop.core.logfields import FIELDS_ATTRIBUTE
+from hbloop.core.protocol import escape_unsafe
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# The LogRecord attribute holding a record's structured fields.
-FIELDS_ATTRIBUTE = "hbloop_fields"
-
 # The one handler this module installs on the root logger; configure() replaces its
 # formatter in place, so that SIGHUP can change the format without losing records.
 _handler: logging.Handler | None = None
-
-
-def fields(**values: Any) -> dict[str, dict[str, Any]]:
-    """``extra=`` for a log call whose record carries structured fields."""
-    return {FIELDS_ATTRIBUTE: values}
 
 
 class TextFormatter(logging.Formatter):

@@ -1,7 +1,7 @@
 """The I/O shell around a Session: one non-blocking socket on an EventLoop.
 
 A ``Channel`` moves bytes and time between the socket, the loop and its
-``hbloop.session.Session``, and hands the session's events to its subclass (the
+``hbloop.core.session.Session``, and hands the session's events to its subclass (the
 server's ``Peer``, the client's ``Connection``, the bench's clients). It decides
 nothing about the protocol.
 
@@ -33,12 +33,9 @@ from __future__ import annotations
 import socket
 from typing import Generic, Protocol, TypeVar
 
-from hbloop.histogram import Buckets
-from hbloop.loop import EventLoop, Timer
-from hbloop.protocol import Frame, FrameDecoder, RemoteProtocolError
-from hbloop.session import (
+from hbloop.core.protocol import Frame, FrameDecoder, RemoteProtocolError
+from hbloop.core.session import (
     FOREVER,
-    HEARTBEAT_BUCKETS,
     S_CLOSED,
     S_CLOSING,
     S_OPEN,
@@ -49,7 +46,9 @@ from hbloop.session import (
     Step,
     Throttled,
 )
-from hbloop.tls import NotTlsError, TlsError, TlsLayer
+from hbloop.net.counters import IoCounters
+from hbloop.net.loop import EventLoop, Timer
+from hbloop.net.tls import NotTlsError, TlsError, TlsLayer
 
 # Fairness: what one peer may make the loop do per iteration. One recv() takes at
 # most READ_CHUNK bytes (a maximum-size DATA frame at the default --max-frame) and
@@ -62,26 +61,6 @@ MAX_FRAMES_PER_READ = 256
 
 _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
-
-
-class IoCounters:
-    """Traffic totals, shared by every channel that reports into them."""
-
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "frames_in",
-        "frames_out",
-        "heartbeats",
-        "heartbeat_intervals",
-    )
-
-    def __init__(self) -> None:
-        self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = 0
-        # Counted by the sessions: PING and PONG frames received, and the silence
-        # each of them ended.
-        self.heartbeats = 0
-        self.heartbeat_intervals = Buckets(HEARTBEAT_BUCKETS)
 
 
 class ChannelOwner(Protocol):
@@ -375,7 +354,7 @@ class Channel(Generic[OwnerT]):
 
 
 class TlsChannel(Channel[OwnerT]):
-    """A Channel whose bytes on the socket are TLS records (``hbloop.tls.TlsLayer``).
+    """A Channel whose bytes on the socket are TLS records (``hbloop.net.tls.TlsLayer``).
 
     Mixed in before the endpoint's channel class (``class TlsPeer(TlsChannel["Server"],
     Peer)``), which declares the ``tls`` slot: a mixin with a slot of its own would

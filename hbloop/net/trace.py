@@ -24,9 +24,8 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from hbloop.channel import Channel, OwnerT
-from hbloop.logs import fields
-from hbloop.protocol import (
+from hbloop.core.logfields import fields
+from hbloop.core.protocol import (
     Frame,
     FrameDecoder,
     RemoteProtocolError,
@@ -35,7 +34,8 @@ from hbloop.protocol import (
     parse_error,
     printable,
 )
-from hbloop.wire import ABSOLUTE_MAX_PAYLOAD, T_CLOSE, T_ERROR, FrameType
+from hbloop.core.wire import ABSOLUTE_MAX_PAYLOAD, T_CLOSE, T_ERROR, FrameType
+from hbloop.net.channel import Channel, OwnerT
 
 log = logging.getLogger("hbloop.trace")
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hbloop.wire import ABSOLUTE_MAX_PAYLOAD, DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD, U32_MAX, Scheme
+from hbloop.core.wire import (
+    ABSOLUTE_MAX_PAYLOAD,
+    DEFAULT_MAX_PAYLOAD,
+    MIN_MAX_PAYLOAD,
+    U32_MAX,
+    Scheme,
+)
 
 # Defaults for a general-purpose deployment: a 10 s interval and a 30 s timeout sit
 # well inside every common NAT and load-balancer idle limit (AWS ELB: 60 s) and, at

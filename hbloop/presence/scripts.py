@@ -24,7 +24,7 @@ with replicas), not Redis Cluster.
 
 from __future__ import annotations
 
-from hbloop.redis_link import Script
+from hbloop.presence.redis_link import Script
 
 # Shared Lua helpers, prepended to each script that needs them. ``prefix`` is a
 # global set by each script from ARGV[1].

@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 import socket
 
-from hbloop.policy import RESERVED_FDS, TcpKeepalive
+from hbloop.core.policy import RESERVED_FDS, TcpKeepalive
 
 
 def raise_open_files_limit() -> int:

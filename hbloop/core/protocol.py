@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import unicodedata
 
-from hbloop.wire import (
+from hbloop.core.wire import (
     CODE_STRUCT,
     HEADER_ONLY_TYPES,
     HEADER_SIZE,

@@ -8,10 +8,11 @@ import signal
 import ssl
 import sys
 
-from hbloop.client import STOP_SIGNALS, Backoff, Client
-from hbloop.loop import EventLoop
-from hbloop.session import Disconnect, Reason
-from hbloop.wire import Welcome
+from hbloop.client import STOP_SIGNALS, Client
+from hbloop.core.backoff import Backoff
+from hbloop.core.session import Disconnect, Reason
+from hbloop.core.wire import Welcome
+from hbloop.net.loop import EventLoop
 
 # Lines typed before the connection is up are queued, up to this many.
 MAX_QUEUED_LINES = 1000

@@ -21,7 +21,7 @@ caller: a valid HELLO yields ``HelloReceived`` and the caller answers ``accept(g
 or ``refuse(code)``. Frames that arrived behind the HELLO are held until then, so a
 client may pipeline its first PING behind its HELLO.
 
-Errors come in the two kinds of ``hbloop.protocol``: the peer's violations become an
+Errors come in the two kinds of ``hbloop.core.protocol``: the peer's violations become an
 ERROR frame and a ``Closed`` event (never an exception out of here), while calling a
 method in a state where it makes no sense raises ``LocalProtocolError``.
 """
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hbloop.histogram import Buckets
-from hbloop.protocol import (
+from hbloop.core.histogram import Buckets
+from hbloop.core.protocol import (
     Frame,
     LocalProtocolError,
     RemoteProtocolError,
@@ -45,7 +45,7 @@ from hbloop.protocol import (
     parse_welcome,
     printable,
 )
-from hbloop.wire import (
+from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     PING_FRAME,
     PONG_FRAME,

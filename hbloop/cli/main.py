@@ -20,16 +20,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hbloop import __version__, logs, presence_tools
 from hbloop import check as check_cases
 from hbloop.auth import AuthConfigError, Authenticator, JwtKey, JwtVerifier
-from hbloop.client import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
-from hbloop.client_app import ClientApp
-from hbloop.config import ConfigError, TomlTypes, option_defaults, option_names, read_table
-from hbloop.loop import EventLoop
-from hbloop.metrics import Report, StartError, serve_metrics
-from hbloop.netutil import default_max_connections, raise_open_files_limit
-from hbloop.policy import (
+from hbloop.cli.client_app import ClientApp
+from hbloop.cli.config import ConfigError, TomlTypes, option_defaults, option_names, read_table
+from hbloop.core.backoff import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
+from hbloop.core.policy import (
     DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_INTERVAL,
@@ -44,7 +40,24 @@ from hbloop.policy import (
     ServerPolicy,
     TcpKeepalive,
 )
-from hbloop.presence import (
+from hbloop.core.protocol import ProtocolError
+from hbloop.core.version import __version__
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
+from hbloop.net.loop import EventLoop
+from hbloop.net.sockets import default_max_connections, raise_open_files_limit
+from hbloop.net.tls import (
+    DEFAULT_HANDSHAKE_RATE,
+    TlsConfigError,
+    client_context,
+    describe_ssl_error,
+    server_context,
+)
+from hbloop.ops import logs
+from hbloop.ops.metrics import Report, StartError, serve_metrics
+from hbloop.ops.stats import StatsReporter
+from hbloop.ops.supervisor import Supervisor, WorkerLink
+from hbloop.presence import tools as presence_tools
+from hbloop.presence.node import (
     DEFAULT_NODE_TTL,
     DEFAULT_PREFIX,
     DEFAULT_REAP_INTERVAL,
@@ -53,19 +66,8 @@ from hbloop.presence import (
     Presence,
     PresenceConfig,
 )
-from hbloop.protocol import ProtocolError
-from hbloop.redis_link import RedisAddress, parse_url
+from hbloop.presence.redis_link import RedisAddress, parse_url
 from hbloop.server import Peer, Server
-from hbloop.stats import StatsReporter
-from hbloop.supervisor import Supervisor, WorkerLink
-from hbloop.tls import (
-    DEFAULT_HANDSHAKE_RATE,
-    TlsConfigError,
-    client_context,
-    describe_ssl_error,
-    server_context,
-)
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, Scheme
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
@@ -803,7 +805,7 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
     if args.redis is not None:
         presence = _start_presence(server, args, f"{host}:{port}", worker)
     try:
-        reporter = _start_reporting(server, args, worker, signals)
+        reporter = _start_reporting(server, args, worker, signals, presence)
     except StartError as exc:
         return _error(str(exc))
     server.serve_forever(install_signal_handlers=False)
@@ -838,11 +840,15 @@ def _start_presence(
 
 
 def _start_reporting(
-    server: Server, args: argparse.Namespace, worker: WorkerLink | None, signals: _Signals
+    server: Server,
+    args: argparse.Namespace,
+    worker: WorkerLink | None,
+    signals: _Signals,
+    node: Presence | None,
 ) -> StatsReporter:
     """The stats line; a worker's snapshots to its supervisor, or a lone server's
     /metrics."""
-    presence = server.presence.snapshot if server.presence is not None else None
+    presence = node.snapshot if node is not None else None
     if worker is not None:
         publish = worker.publisher(orphaned=server.shutdown)
         label = f"worker={worker.index} "

@@ -49,8 +49,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from hbloop.loop import EventLoop, Timer
-from hbloop.presence_scripts import (
+from hbloop.core.wire import Code
+from hbloop.net.loop import EventLoop, Timer
+from hbloop.presence.redis_link import RedisAddress, RedisLink, RedisUnavailable, Reply
+from hbloop.presence.scripts import (
     DEREGISTER,
     HEARTBEAT,
     JOIN,
@@ -60,8 +62,6 @@ from hbloop.presence_scripts import (
     SCRIPTS,
     Keys,
 )
-from hbloop.redis_link import RedisAddress, RedisLink, RedisUnavailable, Reply
-from hbloop.wire import Code
 
 log = logging.getLogger("hbloop.presence")
 

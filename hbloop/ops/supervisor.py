@@ -12,7 +12,7 @@ across the workers. The supervisor does nothing on the data path. It
   EADDRINUSE whenever anything listens on the port, while this supervisor's own
   workers (SO_REUSEPORT, bound after it) may still share the port, because a bound
   socket that does not listen only conflicts with listeners;
-* starts the workers, each as ``python -m hbloop.supervisor`` reading its parsed
+* starts the workers, each as ``python -m hbloop.ops.supervisor`` reading its parsed
   arguments from a pipe on stdin: a fresh interpreter inherits no loop, socket or
   signal state from the supervisor, which a bare ``fork()`` would;
 * puts each worker in its own process group, so that a terminal's Ctrl-C reaches the
@@ -52,11 +52,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from hbloop.config import option_names
-from hbloop.loop import EventLoop, Timer
-from hbloop.metrics import MetricsEndpoint, Report, StartError, serve_metrics
-from hbloop.netutil import bind_socket
-from hbloop.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, retired, summary
+from hbloop.cli.config import option_names
+from hbloop.net.loop import EventLoop, Timer
+from hbloop.net.sockets import bind_socket
+from hbloop.ops.metrics import MetricsEndpoint, Report, StartError, serve_metrics
+from hbloop.ops.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, retired, summary
 
 log = logging.getLogger("hbloop.supervisor")
 
@@ -269,7 +269,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         link = WorkerLink(worker.index, self.port, write_fd)
         worker.process = subprocess.Popen(
-            [sys.executable, "-m", "hbloop.supervisor"],
+            [sys.executable, "-m", "hbloop.ops.supervisor"],
             stdin=subprocess.PIPE,
             pass_fds=(write_fd,),
             process_group=0,

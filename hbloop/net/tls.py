@@ -31,8 +31,8 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from hbloop.protocol import FrameDecoder, RemoteProtocolError, code_name, parse_error
-from hbloop.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, T_ERROR, T_HELLO
+from hbloop.core.protocol import FrameDecoder, RemoteProtocolError, code_name, parse_error
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, T_ERROR, T_HELLO
 
 # What ``ssl.SSLObject.getpeercert()`` returns for a verified certificate: subject,
 # issuer, subjectAltName, validity, as nested tuples.

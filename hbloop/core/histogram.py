@@ -1,8 +1,8 @@
 """``Buckets``: a histogram cheap enough for the event loop's hot path.
 
 Fixed upper bounds, a count per bucket (the last one unbounded) and the sum of the
-values; exported as a Prometheus histogram (``hbloop.metrics``) and added up across
-workers bucket by bucket (``hbloop.stats.combine``). An observation is one bisection
+values; exported as a Prometheus histogram (``hbloop.ops.metrics``) and added up across
+workers bucket by bucket (``hbloop.ops.stats.combine``). An observation is one bisection
 of a small tuple, one list increment and one float addition: about 0.2 us in CPython
 3.11, cheap enough for once per heartbeat.
 

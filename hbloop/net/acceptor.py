@@ -18,7 +18,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from hbloop.loop import EventLoop
+from hbloop.net.loop import EventLoop
 
 # When accept() fails for lack of descriptors and the spare one cannot be reopened, or
 # fails unexpectedly, stop accepting for this long rather than spin on a listener that

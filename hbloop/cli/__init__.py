@@ -1,0 +1,2 @@
+"""The ``hbloop`` command: settings from flags and config files, one module per
+subcommand."""
