@@ -78,7 +78,7 @@ def compiler_problem() -> str | None:
         return None
     configured = os.environ.get("CC", "").strip()
     if configured:
-        return f"{NO_COMPILER} (CC={configured!r} is not on the PATH)"
+        return f"{NO_COMPILER} (CC={configured!r} not found)"
     return NO_COMPILER
 
 

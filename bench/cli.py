@@ -59,7 +59,7 @@ def _address(text: str) -> tuple[str, int]:
     return str(address[0]), int(address[1])
 
 
-def _positive(kind: type[int] | type[float]) -> argparse._ActionType:  # type: ignore[name-defined]
+def _positive(kind: type[int] | type[float]) -> argparse._ActionType:
     def parse(text: str) -> float:
         try:
             value = kind(text)
