@@ -79,9 +79,9 @@ CONNECTIONS = 100
 
 # Heartbeats of the two callgrind runs. The short run already spans four intervals
 # past every handshake, so the difference covers only the steady state, in which every
-# timer has come due and re-armed on its own schedule; 2,000 heartbeats between them
-# make the start-up's own jitter (about 2,000 instructions) under one instruction per
-# heartbeat.
+# timer comes due and re-arms on its own schedule. A run's start-up varies by up to
+# some 15,000 instructions from one run to the next: under 8 per heartbeat over the
+# 2,000 heartbeats between the runs (the figure itself has moved by 2).
 HEARTBEATS_SHORT = 400
 HEARTBEATS_LONG = 2400
 
@@ -89,11 +89,11 @@ HEARTBEATS_LONG = 2400
 # server's one-off allocations and table resizes to a few bytes each.
 MEMORY_CONNECTIONS = 1000
 
-# A budget is the measured figure plus this fraction. Both figures repeat exactly, or
-# within a few instructions, on one machine; 2 % leaves room for what differs between
-# machines with the same Python minor version (its patch release, compiler and libc)
-# while still catching a change that adds one attribute look-up to every heartbeat
-# (some 60 instructions) only with others, and two dozen such changes at once.
+# A budget is the measured figure plus this fraction. On one machine both figures repeat
+# to within 0.01 %, and budgets hold only for the interpreter build they were measured
+# with (see interpreter()); 2 % covers what that leaves open (another libc or valgrind)
+# while a change that adds a few attribute look-ups and a call to every heartbeat, or
+# a field to every connection, still fails (2 % is about 720 instructions and 17 bytes).
 MARGIN = 0.02
 
 # The child's whole environment: no variable of the caller's changes what it runs.
@@ -127,10 +127,14 @@ class CallgrindRun:
     late_pongs: int
 
 
-def python_version() -> str:
-    """The interpreter the figures belong to: they differ from one minor version to
-    the next."""
-    return f"{platform.python_implementation()} {sys.version_info[0]}.{sys.version_info[1]}"
+def interpreter() -> str:
+    """The interpreter build the figures belong to: the same CPython version built by
+    Debian and by pyenv differs by 6 % in instructions per heartbeat."""
+    build = " ".join(" ".join(platform.python_build()).split())
+    return (
+        f"{platform.python_implementation()} {platform.python_version()} "
+        f"({build}, {platform.python_compiler()}, {platform.machine()})"
+    )
 
 
 # --- the measurements ------------------------------------------------------------------
@@ -234,13 +238,15 @@ def load_budget(path: Path) -> dict[str, Any]:
         budget: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CostError(f"cannot read the budget file {path}: {exc}") from None
-    if budget.get("python") != python_version():
+    if budget.get("interpreter") != interpreter():
         raise CostError(
-            f"{path} holds budgets for {budget.get('python')}, and this is {python_version()}, "
-            "whose figures differ: measure them with --update"
+            f"{path} holds budgets for {budget.get('interpreter')}, and this is "
+            f"{interpreter()}: figures differ from one interpreter build to another (measure "
+            "this one's with --update)"
         )
     for key in FIGURES:
-        if not isinstance(budget.get(key, {}).get("budget"), int):
+        entry = budget.get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("budget"), int):
             raise CostError(f"{path} has no integer {key}.budget")
     return budget
 
@@ -249,17 +255,14 @@ def write_budget(path: Path, measured: dict[str, int], valgrind: str) -> None:
     version = subprocess.run(
         [valgrind, "--version"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    how = (
-        f"python -m bench.cost on CPython {platform.python_version()}, {platform.machine()}, "
-        f"{version}"
-    )
-    workloads = {
-        "instructions_per_heartbeat": f"callgrind, {HEARTBEATS_LONG} minus {HEARTBEATS_SHORT} "
-        f"heartbeats over {CONNECTIONS} connections",
-        "bytes_per_connection": f"tracemalloc over {MEMORY_CONNECTIONS} connections",
+    how = {
+        "instructions_per_heartbeat": f"python -m bench.cost: callgrind ({version}), "
+        f"{HEARTBEATS_LONG} minus {HEARTBEATS_SHORT} heartbeats over {CONNECTIONS} connections",
+        "bytes_per_connection": f"python -m bench.cost: tracemalloc over {MEMORY_CONNECTIONS} "
+        "connections",
     }
     budget: dict[str, Any] = {
-        "python": python_version(),
+        "interpreter": interpreter(),
         "margin": f"each budget is its measured figure plus {MARGIN:.0%} (bench.cost.MARGIN), "
         "rounded up",
     }
@@ -268,7 +271,7 @@ def write_budget(path: Path, measured: dict[str, int], valgrind: str) -> None:
             "budget": math.ceil(value * (1 + MARGIN)),
             "measured": value,
             "when": datetime.date.today().isoformat(),
-            "how": f"{how}; {workloads[key]}",
+            "how": how[key],
         }
     path.write_text(json.dumps(budget, indent=2) + "\n")
 
@@ -373,7 +376,7 @@ def json_report(
 ) -> dict[str, Any]:
     return {
         "budget_file": str(path),
-        "python": python_version(),
+        "interpreter": interpreter(),
         "figures": {
             key: {
                 "measured": value,
@@ -397,7 +400,7 @@ def print_report(
     over: list[str],
     seconds: float,
 ) -> None:
-    print(f"hbloop cost gate, budgets from {path} ({budget['python']})")
+    print(f"hbloop cost gate, budgets from {path}")
     for key, label in FIGURES.items():
         if key not in measured:
             print(f"  {label:<28} not measured (--no-instructions)")
