@@ -34,9 +34,10 @@ of the server's tables), not the kernel's socket buffers.
 
 Both figures are compared with the budgets in ``bench/cost_budget.json`` (``--budget``
 names another file). Exit 0: both within budget; 1: a figure is over its budget; 2: a
-usage error, valgrind missing (``--no-instructions`` skips that figure), no budget for
-this Python, or a run that failed. ``--update`` rewrites the budget file from this
-run's figures plus ``MARGIN``; commit it saying why the cost changed.
+usage error, valgrind missing (``--no-instructions`` skips that figure), budgets
+measured on another interpreter build, or a run that failed. ``--update`` rewrites the
+budget file from this run's figures plus ``MARGIN``; commit it saying why the cost
+changed.
 """
 
 from __future__ import annotations
@@ -356,7 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.monotonic() - started
     if budget is None:
         assert valgrind is not None  # --update needs the instructions
-        write_budget(args.budget, measured, valgrind)
+        try:
+            write_budget(args.budget, measured, valgrind)
+        except OSError as exc:
+            print(f"bench.cost: error: cannot write {args.budget}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         budget = load_budget(args.budget)
     over = overruns(measured, budget)
     if args.json:
@@ -402,7 +407,11 @@ def print_report(
     over: list[str],
     seconds: float,
 ) -> None:
-    print(f"hbloop cost gate, budgets from {path}")
+    try:
+        shown = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = path
+    print(f"hbloop cost gate, budgets from {shown}")
     for key, label in FIGURES.items():
         if key not in measured:
             print(f"  {label:<28} not measured (--no-instructions)")
@@ -411,8 +420,11 @@ def print_report(
         verdict = "within budget" if value <= limit else "OVER BUDGET"
         print(f"  {label:<28} {value:>9,}   budget {limit:>9,}   {verdict}")
     if runs:
-        counts = ", ".join(f"{run.instructions:,} for {run.heartbeats}" for run in runs)
-        print(f"  callgrind: instructions for heartbeats over {CONNECTIONS} connections: {counts}")
+        short, long = runs
+        print(
+            f"  callgrind, {CONNECTIONS} connections: {short.instructions:,} instructions for "
+            f"{short.heartbeats} heartbeats, {long.instructions:,} for {long.heartbeats}"
+        )
     late = sum(run.late_pongs for run in runs)
     if late:
         print(
