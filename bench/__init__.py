@@ -5,4 +5,8 @@ addresses; ``loadgen`` is a worker process full of open-loop clients; ``servers`
 starts the server under test (hbloop or ``reference_server``) and samples it;
 ``orchestrator`` runs one workload against one server; ``report`` and ``plot`` show
 the results; ``cli`` ties them together.
+
+``python -m bench.cost`` is apart: the deterministic cost gate (instructions per
+heartbeat under callgrind, bytes per connection under tracemalloc, checked against
+``cost_budget.json``), with its workload in ``cost_workload``.
 """
