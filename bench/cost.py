@@ -227,6 +227,8 @@ def bytes_per_connection() -> int:
         rig.handshake()
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
+    except (OSError, RuntimeError) as exc:
+        raise CostError(f"the connections whose memory is measured failed: {exc}") from None
     finally:
         tracemalloc.stop()
         rig.close()
