@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--update",
         action="store_true",
-        help=f"write this run's figures plus {MARGIN:.0%} to the budget file instead of "
+        # argparse %-formats help texts: the percent sign is doubled.
+        help=f"write this run's figures plus {MARGIN:.0%}% to the budget file instead of "
         "checking them",
     )
     return parser

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.cost import BUDGET_FILE, interpreter, overruns
+from bench.cost import BUDGET_FILE, MARGIN, interpreter, overruns
 
 from conftest import ROOT
 
@@ -92,6 +92,12 @@ def test_every_figure_over_its_budget_is_named():
     measured["instructions_per_heartbeat"] += 1
     (line,) = overruns(measured, budget)
     assert line.startswith("instructions per heartbeat: ") and " by 1 (" in line
+
+
+def test_help_names_the_margin():
+    result = run_cost("--help")
+    assert result.returncode == 0, result.stderr
+    assert f"plus {MARGIN:.0%} to the budget file" in " ".join(result.stdout.split())
 
 
 def test_without_valgrind_the_gate_says_so_and_exits_2():
