@@ -36,7 +36,7 @@ from hbloop.core.wire import (
     FrameType,
     encode_hello,
 )
-from hbloop.net.loop import EventLoop
+from hbloop.net.loop import Clock, EventLoop
 from hbloop.server import Server
 
 from pki import Pki, make_pki
@@ -452,12 +452,23 @@ def wait_for_metrics(
     return last
 
 
+# Real seconds an in-process loop on a MockClock must find nothing to do before its
+# clock jumps to the next deadline. Loopback TCP delivers within the sending call
+# (none of 20,000 sends was late beside two busy loops); this margin covers delivery
+# deferred to ksoftirqd on a machine busier still, and costs that much real time per
+# jump.
+MOCK_AUTOJUMP = 0.05
+
+
 class InProcessServer:
     """An ``hbloop.Server`` on an ``EventLoop`` in this process, driven by ``run_until``,
-    for tests that need the server's own objects (its sockets, its callbacks)."""
+    for tests that need the server's own objects (its sockets, its callbacks). With a
+    ``clock`` (a ``MockClock``) its time is the test's to move."""
 
-    def __init__(self, policy: ServerPolicy, **callbacks: Callable[..., None]) -> None:
-        self.loop = EventLoop()
+    def __init__(
+        self, policy: ServerPolicy, clock: Clock = time.monotonic, **callbacks: Callable[..., None]
+    ) -> None:
+        self.loop = EventLoop(clock=clock)
         self.server = Server("127.0.0.1", 0, policy, loop=self.loop, **callbacks)  # type: ignore[arg-type]
         self.address = self.server.start()
         self.clients: list[Client] = []
@@ -483,11 +494,14 @@ class InProcessServer:
 
 @pytest.fixture
 def in_process_server() -> Iterator[Callable[..., InProcessServer]]:
-    """Factory: ``in_process_server(ServerPolicy(...), on_message=...)``, closed after."""
+    """Factory: ``in_process_server(ServerPolicy(...), [clock], on_message=...)``, closed
+    after."""
     made: list[InProcessServer] = []
 
-    def make(policy: ServerPolicy, **callbacks: Callable[..., None]) -> InProcessServer:
-        instance = InProcessServer(policy, **callbacks)
+    def make(
+        policy: ServerPolicy, clock: Clock = time.monotonic, **callbacks: Callable[..., None]
+    ) -> InProcessServer:
+        instance = InProcessServer(policy, clock, **callbacks)
         made.append(instance)
         return instance
 

@@ -1,0 +1,113 @@
+"""The server's timing rules, exactly and without sleeping: an ``hbloop.Server`` in this
+process on a ``MockClock``, its peers raw sockets on loopback. What the peers do at a
+given time is a timer on the server's loop; the clock jumps from deadline to deadline,
+so the default 30 s timeout takes a fraction of a second to test."""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable
+
+import pytest
+
+from hbloop import Code, Disconnect, FrameType, Peer, Reason, ServerPolicy
+from hbloop.core.wire import PING_FRAME, encode_hello
+from hbloop.net.clock import MockClock
+
+from conftest import MOCK_AUTOJUMP, InProcessServer, RawPeer, expect_last_word
+
+# Every test runs on the defaults operators run on: a 10 s interval, a 30 s timeout,
+# a 10 s handshake deadline, 3 PING strikes.
+POLICY = ServerPolicy()
+# The longest any test here waits, in clock seconds.
+PATIENCE = 600.0
+
+
+class Timed:
+    """An in-process server on a mock clock that notes when its peers connect and
+    disconnect, on its clock."""
+
+    def __init__(self, make: Callable[..., InProcessServer]) -> None:
+        self.connects: list[float] = []
+        self.disconnects: list[tuple[float, Disconnect]] = []
+        self.clock = MockClock(autojump_threshold=MOCK_AUTOJUMP)
+        self.server = make(
+            POLICY,
+            self.clock,
+            on_connect=lambda peer: self.connects.append(self.loop.now),
+            on_disconnect=self._disconnected,
+        )
+        self.loop = self.server.loop
+
+    def _disconnected(self, peer: Peer, disconnect: Disconnect) -> None:
+        self.disconnects.append((self.loop.now, disconnect))
+
+    def connect(self, name: str) -> tuple[RawPeer, float]:
+        """A raw peer through its handshake; the clock time it was admitted."""
+        peer = RawPeer(self.server.address)
+        peer.send(encode_hello(name, 0))
+        self.server.run_until(lambda: self.connects, PATIENCE)
+        assert peer.recv()[0] == FrameType.WELCOME
+        return peer, self.connects[-1]
+
+    def at(self, when: float, peer: RawPeer, frame: bytes) -> None:
+        """``peer`` sends ``frame`` at clock time ``when``."""
+        self.loop.call_at(when, peer.send, frame)
+
+
+@pytest.fixture
+def timed(in_process_server: Callable[..., InProcessServer]) -> Timed:
+    return Timed(in_process_server)
+
+
+def test_a_silent_peer_is_closed_exactly_a_timeout_after_its_last_frame(timed: Timed) -> None:
+    peer, opened = timed.connect("quiet")
+    # One PING just before the deadline postpones it by a whole timeout; the peer's
+    # timer finds out when it fires (lazy re-arming) and the peer is then silent.
+    last = opened + POLICY.timeout - 0.25
+    timed.at(last, peer, PING_FRAME)
+    timed.server.run_until(lambda: timed.disconnects, PATIENCE)
+    closed, disconnect = timed.disconnects[0]
+    assert (disconnect.reason, disconnect.code) == (Reason.TIMEOUT, Code.TIMEOUT)
+    assert closed == last + POLICY.timeout
+    assert [f for f, _ in expect_last_word(peer, FrameType.CLOSE, Code.TIMEOUT, before=1)] == [
+        FrameType.PONG
+    ]
+
+
+def test_a_socket_that_never_says_hello_is_closed_at_the_handshake_deadline(
+    timed: Timed,
+) -> None:
+    server = timed.server.server
+    peer = RawPeer(timed.server.address)
+    peer.send(encode_hello("slow", 0)[:3])  # a HELLO begun, never finished
+    timed.server.run_until(lambda: server.stats.accepted == 1, PATIENCE)
+    accepted = timed.loop.now
+    timed.server.run_until(lambda: select.select([peer.sock], [], [], 0)[0], PATIENCE)
+    assert timed.loop.now == accepted + POLICY.handshake_timeout
+    expect_last_word(peer, FrameType.CLOSE, Code.HANDSHAKE_TIMEOUT)
+    assert not timed.connects and not timed.disconnects  # it never connected
+
+
+def test_pings_half_an_interval_apart_are_on_time(timed: Timed) -> None:
+    peer, opened = timed.connect("steady")
+    floor = POLICY.interval / 2  # T8: PINGs sooner than this after the last are strikes
+    pings = 2 * POLICY.ping_strikes
+    for k in range(1, pings + 1):
+        timed.at(opened + k * floor, peer, PING_FRAME)
+    assert not timed.loop.run_until(lambda: timed.disconnects, (pings + 1) * floor)
+    assert [peer.recv()[0] for _ in range(pings)] == [FrameType.PONG] * pings
+    assert not select.select([peer.sock], [], [], 0)[0]  # and nothing else
+
+
+def test_pings_in_a_row_sooner_than_half_an_interval_are_refused(timed: Timed) -> None:
+    peer, opened = timed.connect("eager")
+    # The first PING is on time; each of the next is a second after the previous one.
+    for k in range(1, POLICY.ping_strikes + 2):
+        timed.at(opened + k, peer, PING_FRAME)
+    timed.server.run_until(lambda: timed.disconnects, PATIENCE)
+    closed, disconnect = timed.disconnects[0]
+    assert closed == opened + POLICY.ping_strikes + 1  # at the last strike
+    assert (disconnect.reason, disconnect.code) == (Reason.PROTOCOL_ERROR, Code.TOO_MANY_PINGS)
+    answers = expect_last_word(peer, FrameType.ERROR, Code.TOO_MANY_PINGS, POLICY.ping_strikes)
+    assert [f for f, _ in answers] == [FrameType.PONG] * POLICY.ping_strikes
