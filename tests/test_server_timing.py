@@ -6,15 +6,20 @@ so the default 30 s timeout takes a fraction of a second to test."""
 from __future__ import annotations
 
 import select
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
+from test_embedding import readme_example
 
 from hbloop import Code, Disconnect, FrameType, Peer, Reason, ServerPolicy
 from hbloop.core.wire import PING_FRAME, encode_hello
 from hbloop.net.clock import MockClock
 
-from conftest import MOCK_AUTOJUMP, InProcessServer, RawPeer, expect_last_word
+from conftest import MOCK_AUTOJUMP, WAIT_TIMEOUT, InProcessServer, RawPeer, expect_last_word
+
+README_MARKER = "<!-- tests/test_server_timing.py runs this example -->"
 
 # Every test runs on the defaults operators run on: a 10 s interval, a 30 s timeout,
 # a 10 s handshake deadline, 3 PING strikes.
@@ -111,3 +116,12 @@ def test_pings_in_a_row_sooner_than_half_an_interval_are_refused(timed: Timed) -
     assert (disconnect.reason, disconnect.code) == (Reason.PROTOCOL_ERROR, Code.TOO_MANY_PINGS)
     answers = expect_last_word(peer, FrameType.ERROR, Code.TOO_MANY_PINGS, POLICY.ping_strikes)
     assert [f for f, _ in answers] == [FrameType.PONG] * POLICY.ping_strikes
+
+
+def test_the_readme_example_closes_a_silent_peer_at_30_s() -> None:
+    code = readme_example(README_MARKER)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT_TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[(30.0, 'timeout TIMEOUT silent for 30.000s')]\n"
