@@ -61,8 +61,15 @@ def wait_for(
     return bool(predicate())
 
 
+# How often a wait for a line also checks whether the process has exited: its output
+# ends (and wakes the wait) when it exits, unless a child of its own holds it open.
+EXIT_CHECK = 0.1
+
+
 class LoggedProcess:
-    """A subprocess whose stdout and stderr lines are collected as they arrive."""
+    """A subprocess whose stdout and stderr lines are collected as they arrive. Waits
+    for a line wake up as each line comes; once the process has exited, a line is
+    known to be missing only after all its output has been read."""
 
     def __init__(
         self, argv: list[str], stdin: int | None = subprocess.DEVNULL, **kwargs: object
@@ -80,17 +87,28 @@ class LoggedProcess:
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        self._lock = threading.Lock()
-        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+        self._changed = threading.Condition()  # a line came, or an output ended
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
+        ]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump(self, stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
         for line in stream:
-            with self._lock:
+            with self._changed:
                 sink.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _read_all(self) -> bool:
+        """True once both outputs have ended and every line is in."""
+        return not any(pump.is_alive() for pump in self._pumps)
 
     def lines(self, which: str = "stderr") -> list[str]:
-        with self._lock:
+        with self._changed:
             return list(self.stderr if which == "stderr" else self.stdout)
 
     def find(self, pattern: str, which: str = "stderr") -> list[re.Match[str]]:
@@ -100,25 +118,42 @@ class LoggedProcess:
     def wait_line(
         self, pattern: str, which: str = "stderr", timeout: float = WAIT_TIMEOUT, count: int = 1
     ) -> re.Match[str]:
-        if not wait_for(
-            lambda: len(self.find(pattern, which)) >= count or self.proc.poll() is not None, timeout
-        ):
-            raise AssertionError(
-                f"no {pattern!r} in {which} within {timeout}s:\n" + "\n".join(self.lines(which))
-            )
-        found = self.find(pattern, which)
-        if len(found) < count:
-            raise AssertionError(
-                f"process exited ({self.proc.returncode}) before {pattern!r}:\n"
-                + "\n".join(self.lines("stderr") + self.lines("stdout"))
-            )
-        return found[count - 1]
+        """The ``count``-th line matching ``pattern``, waiting for it at most ``timeout``
+        seconds; AssertionError, with the output, if it does not come."""
+        regex = re.compile(pattern)
+        sink = self.stderr if which == "stderr" else self.stdout
+        found: list[re.Match[str]] = []
+        seen = 0  # lines of sink already searched
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found += [m for line in sink[seen:] if (m := regex.search(line))]
+                seen = len(sink)
+                if len(found) >= count:
+                    return found[count - 1]
+                if self.proc.poll() is not None and self._read_all():
+                    raise AssertionError(
+                        f"process exited ({self.proc.returncode}) before {pattern!r}:\n"
+                        + "\n".join(self.stderr + self.stdout)
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no {pattern!r} in {which} within {timeout}s:\n" + "\n".join(sink)
+                    )
+                self._changed.wait(min(left, EXIT_CHECK))
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float = WAIT_TIMEOUT) -> int:
-        return self.proc.wait(timeout)
+        """The exit code, once the process has exited and its output has been read (if
+        it ends within ``timeout``: a child of its own may hold it open)."""
+        deadline = time.monotonic() + timeout
+        code = self.proc.wait(timeout)
+        for pump in self._pumps:
+            pump.join(max(0.0, deadline - time.monotonic()))
+        return code
 
     def stop(self) -> None:
         if self.proc.poll() is None:
