@@ -1,25 +1,47 @@
-"""The server's timing rules, exactly and without sleeping: an ``hbloop.Server`` in this
-process on a ``MockClock``, its peers raw sockets on loopback. What the peers do at a
-given time is a timer on the server's loop; the clock jumps from deadline to deadline,
-so the default 30 s timeout takes a fraction of a second to test."""
+"""Timing rules of the endpoints, exactly and without sleeping: an ``hbloop.Server`` (or
+``Client``) in this process on a ``MockClock``, the other end a raw socket on loopback.
+What that end does at a given time is a timer on the loop; the clock jumps from
+deadline to deadline, so the default 30 s timeout takes a fraction of a second to
+test."""
 
 from __future__ import annotations
 
 import select
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
+from fakeserver import welcome
 from test_embedding import readme_example
 
-from hbloop import Code, Disconnect, FrameType, Peer, Reason, ServerPolicy
-from hbloop.core.wire import PING_FRAME, encode_hello
+from hbloop import (
+    Client,
+    Code,
+    Disconnect,
+    EventLoop,
+    FrameType,
+    Peer,
+    Reason,
+    Scheme,
+    ServerPolicy,
+)
+from hbloop.core.policy import LINGER_SECONDS
+from hbloop.core.protocol import FrameDecoder
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, PING_FRAME, encode_hello, encode_welcome
 from hbloop.net.clock import MockClock
 
-from conftest import MOCK_AUTOJUMP, WAIT_TIMEOUT, InProcessServer, RawPeer, expect_last_word
+from conftest import (
+    MOCK_AUTOJUMP,
+    WAIT_TIMEOUT,
+    InProcessServer,
+    RawPeer,
+    expect_last_word,
+    frame_code,
+)
 
-README_MARKER = "<!-- tests/test_server_timing.py runs this example -->"
+README_MARKER = "<!-- tests/test_timing.py runs this example -->"
 
 # Every test runs on the defaults operators run on: a 10 s interval, a 30 s timeout,
 # a 10 s handshake deadline, 3 PING strikes.
@@ -32,7 +54,10 @@ class Timed:
     """An in-process server on a mock clock that notes when its peers connect and
     disconnect, on its clock."""
 
-    def __init__(self, make: Callable[..., InProcessServer]) -> None:
+    def __init__(
+        self, make: Callable[..., InProcessServer], raw: Callable[[tuple[str, int]], RawPeer]
+    ) -> None:
+        self.raw = raw
         self.connects: list[float] = []
         self.disconnects: list[tuple[float, Disconnect]] = []
         self.clock = MockClock(autojump_threshold=MOCK_AUTOJUMP)
@@ -49,7 +74,7 @@ class Timed:
 
     def connect(self, name: str) -> tuple[RawPeer, float]:
         """A raw peer through its handshake; the clock time it was admitted."""
-        peer = RawPeer(self.server.address)
+        peer = self.raw(self.server.address)
         peer.send(encode_hello(name, 0))
         self.server.run_until(lambda: self.connects, PATIENCE)
         assert peer.recv()[0] == FrameType.WELCOME
@@ -61,8 +86,11 @@ class Timed:
 
 
 @pytest.fixture
-def timed(in_process_server: Callable[..., InProcessServer]) -> Timed:
-    return Timed(in_process_server)
+def timed(
+    in_process_server: Callable[..., InProcessServer],
+    raw_peer: Callable[[tuple[str, int]], RawPeer],
+) -> Timed:
+    return Timed(in_process_server, raw_peer)
 
 
 def test_a_silent_peer_is_closed_exactly_a_timeout_after_its_last_frame(timed: Timed) -> None:
@@ -84,11 +112,11 @@ def test_a_socket_that_never_says_hello_is_closed_at_the_handshake_deadline(
     timed: Timed,
 ) -> None:
     server = timed.server.server
-    peer = RawPeer(timed.server.address)
+    peer = timed.raw(timed.server.address)
     peer.send(encode_hello("slow", 0)[:3])  # a HELLO begun, never finished
     timed.server.run_until(lambda: server.stats.accepted == 1, PATIENCE)
     accepted = timed.loop.now
-    timed.server.run_until(lambda: select.select([peer.sock], [], [], 0)[0], PATIENCE)
+    timed.server.run_until(lambda: readable(peer.sock), PATIENCE)
     assert timed.loop.now == accepted + POLICY.handshake_timeout
     expect_last_word(peer, FrameType.CLOSE, Code.HANDSHAKE_TIMEOUT)
     assert not timed.connects and not timed.disconnects  # it never connected
@@ -102,7 +130,7 @@ def test_pings_half_an_interval_apart_are_on_time(timed: Timed) -> None:
         timed.at(opened + k * floor, peer, PING_FRAME)
     assert not timed.loop.run_until(lambda: timed.disconnects, (pings + 1) * floor)
     assert [peer.recv()[0] for _ in range(pings)] == [FrameType.PONG] * pings
-    assert not select.select([peer.sock], [], [], 0)[0]  # and nothing else
+    assert not readable(peer.sock)  # and nothing else
 
 
 def test_pings_in_a_row_sooner_than_half_an_interval_are_refused(timed: Timed) -> None:
@@ -116,6 +144,37 @@ def test_pings_in_a_row_sooner_than_half_an_interval_are_refused(timed: Timed) -
     assert (disconnect.reason, disconnect.code) == (Reason.PROTOCOL_ERROR, Code.TOO_MANY_PINGS)
     answers = expect_last_word(peer, FrameType.ERROR, Code.TOO_MANY_PINGS, POLICY.ping_strikes)
     assert [f for f, _ in answers] == [FrameType.PONG] * POLICY.ping_strikes
+
+
+def test_a_closing_client_waits_its_linger_for_the_servers_eof_then_lets_go() -> None:
+    """C1: after its CLOSE the client half-closes and waits for the server's EOF, at most
+    the linger; a server that never closes its end is let go of exactly then."""
+    loop = EventLoop(clock=MockClock(autojump_threshold=MOCK_AUTOJUMP))
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = Client(*listener.getsockname(), "leaving", loop=loop, reconnect=False)
+    try:
+        client.start()
+        server_end, _ = listener.accept()  # the kernel completed the connect already
+        with server_end:
+            assert loop.run_until(lambda: readable(server_end), PATIENCE)  # the HELLO
+            decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
+            assert decoder.feed(server_end.recv(4096))[0][0] == FrameType.HELLO
+            server_end.sendall(encode_welcome(welcome(Scheme.CLIENT, 10_000, 30_000)))
+            assert loop.run_until(lambda: client.welcome, PATIENCE)
+            closed_at = loop.now
+            client.close()
+            assert loop.run_until(lambda: client.done, PATIENCE)
+            assert loop.now == closed_at + LINGER_SECONDS
+            frames = decoder.feed(server_end.recv(4096))
+            assert [(t, frame_code((t, p))) for t, p in frames] == [(FrameType.CLOSE, Code.NORMAL)]
+            assert server_end.recv(4096) == b""  # and its FIN
+    finally:
+        listener.close()
+        loop.close()
+
+
+def readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def test_the_readme_example_closes_a_silent_peer_at_30_s() -> None:
