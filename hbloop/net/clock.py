@@ -3,12 +3,12 @@
 ``MockClock`` is trio's MockClock (trio/_core/_mock_clock.py) for ``EventLoop``.
 Timing rules (deadlines, timeouts, lingers, the order of timers) are then tested
 without sleeping, and exactly: a peer silent for a 30 s timeout is closed at 30.0 s
-of clock time, in a few milliseconds of real time::
+of clock time, in a fraction of a second of real time::
 
     from hbloop import EventLoop, Server, ServerPolicy
     from hbloop.net.clock import MockClock
 
-    clock = MockClock(autojump_threshold=0.1)
+    clock = MockClock(autojump_threshold=0.05)
     loop = EventLoop(clock=clock)
     server = Server("127.0.0.1", 0, ServerPolicy(), loop=loop)
     ...
@@ -26,9 +26,10 @@ Time moves in three ways:
 The threshold is what real I/O needs: 0 is right when nothing is in flight outside
 the loop (the loop's own timers, a socketpair written before the loop runs). Bytes
 on a TCP loopback connection may still be in the kernel when the loop polls, if the
-machine is busy; a threshold of a tenth of a second lets them land before the clock
-jumps over the deadline they would have beaten, and costs that much real time per
-jump only when the loop is really idle.
+machine is busy; a threshold of some tens of milliseconds lets them land before the
+clock jumps over the deadline they would have met, and costs that much real time per
+jump, only when the loop is really idle. A loop that always has I/O ready is never
+idle: its clock does not autojump.
 """
 
 from __future__ import annotations

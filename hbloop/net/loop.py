@@ -279,7 +279,7 @@ class EventLoop:
     # --- timers -----------------------------------------------------------------
 
     def time(self) -> float:
-        """The loop's clock now (``now`` is its value at the start of the iteration)."""
+        """The loop's clock now (``now`` is its value when the iteration woke up)."""
         return self.clock()
 
     def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
