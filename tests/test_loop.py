@@ -387,6 +387,20 @@ def test_the_mock_clock_runs_at_its_rate() -> None:
     assert clock() == stopped >= start + 1.0
 
 
+def test_at_a_rate_a_wait_lasts_its_share_of_real_time() -> None:
+    loop = EventLoop(clock=MockClock(rate=100))
+    try:
+        fired: list[float] = []
+        loop.call_later(5.0, lambda: fired.append(loop.now))
+        start = time.monotonic()
+        loop.run_once()  # 5 clock seconds: 50 ms of real time
+        assert fired and fired[0] >= 5.0
+        assert time.monotonic() - start < 5.0
+        assert loop.iterations == 1
+    finally:
+        loop.close()
+
+
 def test_without_autojump_the_loop_waits_for_io_not_for_time(clock: MockClock) -> None:
     clock.autojump_threshold = math.inf
     loop = EventLoop(clock=clock)
