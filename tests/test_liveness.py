@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import psutil
@@ -15,11 +14,8 @@ from fakeserver import FakeServer, record_silently, welcome
 
 from bench import flood
 from hbloop.client import Client
-from hbloop.core.protocol import FrameDecoder
 from hbloop.core.wire import (
-    DEFAULT_MAX_PAYLOAD,
     MAX_HELLO_PAYLOAD,
-    PING_FRAME,
     Code,
     FrameType,
     Scheme,
@@ -79,66 +75,20 @@ def test_a_throttled_peer_is_slowed_by_not_reading_not_dropped(serve, raw_peer):
     assert not server.find(r"disconnect .* name=chatty"), "throttling must not end it"
 
 
-class OneWayHeartbeats:
-    """Peers that PING every interval whatever happens, never waiting for an answer (a
-    stalled server must not slow them down), and count the PONGs that come back."""
-
-    def __init__(self, address: tuple[str, int], count: int, interval_ms: int) -> None:
-        self.peers = [RawPeer(address) for _ in range(count)]
-        for i, peer in enumerate(self.peers):
-            assert peer.hello(f"steady-{i}", interval_ms)[0] == FrameType.WELCOME
-            peer.sock.setblocking(False)
-        self.interval = interval_ms / 1000
-        self.pongs = [0] * count
-        self.closed = [False] * count
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        decoders = [FrameDecoder(DEFAULT_MAX_PAYLOAD) for _ in self.peers]
-        while not self._stop.wait(self.interval):
-            for i, peer in enumerate(self.peers):
-                try:
-                    peer.sock.send(PING_FRAME)
-                    data = peer.sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    self.closed[i] = True
-                    continue
-                self.pongs[i] += sum(t == FrameType.PONG for t, _ in decoders[i].feed(data))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(WAIT_TIMEOUT)
-        for peer in self.peers:
-            peer.close()
-
-
-def test_a_server_stopped_past_the_timeout_closes_no_live_peer(serve):
+def test_a_server_stopped_past_the_timeout_closes_no_live_peer(serve, good_peers):
     """SIGSTOP the server for twice the timeout while its peers keep heartbeating, then
     SIGCONT: their PINGs wait in the sockets, and the server reads them before judging
     anyone (T6). It used to wake up, find every deadline past, and close them all."""
     # A timeout of four intervals, so that a busy machine starving this test's own
     # heartbeat thread for a moment is not mistaken for the server's fault.
     server = serve("--interval", "0.5", "--timeout", "2")
-    steady = OneWayHeartbeats(server.address, count=5, interval_ms=500)
-    try:
-        assert wait_for(lambda: min(steady.pongs) >= 2)
-        server.signal(signal.SIGSTOP)
-        time.sleep(4.0)  # the stall under test: twice the timeout
-        server.signal(signal.SIGCONT)
-        before = list(steady.pongs)
-        # Every peer is answered again after the stall, and none was closed.
-        assert wait_for(lambda: all(n > b for n, b in zip(steady.pongs, before, strict=True)))
-        assert not any(steady.closed)
-        dropped = [m.string for m in server.find(r"disconnect .* name=steady-")]
-        assert not dropped, f"live peers were dropped: {dropped}"
-    finally:
-        steady.close()
+    steady = good_peers(server.address, count=5, prefix="steady", interval_ms=500)
+    assert wait_for(lambda: min(steady.pong_counts()) >= 2)
+    server.signal(signal.SIGSTOP)
+    time.sleep(4.0)  # the stall under test: twice the timeout
+    server.signal(signal.SIGCONT)
+    # Every peer is answered again after the stall, and none was closed.
+    steady.assert_served(server, rounds=1)
 
 
 def test_a_socket_before_hello_cannot_make_the_server_buffer_a_frame(serve):

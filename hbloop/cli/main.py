@@ -787,6 +787,9 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         host, port = server.start()
     except OSError as exc:
         return _error(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
+    # Before the line that says it listens: whoever waits for that line may signal at
+    # once, and a SIGHUP or SIGTERM before the handlers would kill the process.
+    signals = _Signals(server, args)
     server_log = logging.getLogger("hbloop.server")
     server_log.info(
         "%s %s:%d%s scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
@@ -800,7 +803,6 @@ def run_serve(args: argparse.Namespace, worker: WorkerLink | None = None) -> int
         policy.max_connections,
         fd_limit,
     )
-    signals = _Signals(server, args)
     presence = None
     if args.redis is not None:
         presence = _start_presence(server, args, f"{host}:{port}", worker)

@@ -24,6 +24,10 @@ layer costs Python function calls, and with tens of thousands of peers those cal
 * **Sleep exactly until the next deadline.** The poll timeout is the time to the
   heap's head; epoll rounds it up to the millisecond, never down, so a timer is never
   run early. How late one runs is measured (``max_lag``) and reported.
+* **Time is injectable.** The loop reads its clock (``time.monotonic`` by default)
+  and never the kernel's time directly; a ``VirtualClock`` such as
+  ``hbloop.net.clock.MockClock`` also decides how long each wait really lasts and
+  how far its time moves, so tests of deadlines run without sleeping.
 * **Signals become events.** ``signal.set_wakeup_fd`` writes the signal number to a
   socketpair that the loop watches, so handlers run as ordinary callbacks between
   iterations, never in the middle of a send.
@@ -32,14 +36,15 @@ layer costs Python function calls, and with tens of thousands of peers those cal
   logged with its traceback and the loop goes on, as asyncio's does: one bug in the
   handling of one peer must not drop tens of thousands of others.
 
-What it gives up: portability (epoll is Linux-only, and isolated in ``_Epoll`` so that
-another backend is a small class), and fairness guarantees beyond one read per socket
-per iteration.
+What it gives up: portability (epoll is Linux-only, and isolated in ``_Epoll``, as
+Redis isolates it in ae_epoll.c, so that another backend is a small class), and
+fairness guarantees beyond one read per socket per iteration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import select
@@ -47,7 +52,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 # The heap is rebuilt when it holds more than this many timers and more than half of
 # them are cancelled: below it, skipping dead entries is cheaper than rebuilding.
@@ -63,16 +68,38 @@ COALESCE_BELOW = 16
 # whole burst of heartbeats; the kernel hands out the rest on the next call.
 MAX_EVENTS_PER_POLL = 4096
 
-# The longest the loop sleeps in one poll, s. epoll_wait takes a C int of
-# milliseconds, so a deadline 2^31 ms away (a peer granted a huge interval) would
+# The longest the loop sleeps in one poll for a deadline, s. epoll_wait takes a C int
+# of milliseconds, so a deadline 2^31 ms away (a peer granted a huge interval) would
 # overflow it; waking once an hour to find nothing due costs nothing.
 MAX_POLL_TIMEOUT = 3600.0
 
-_READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
-_WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+# The poll timeout that means "no deadline": wait for I/O (or a signal) only.
+NO_DEADLINE = -1.0
 
 Callback = Callable[..., Any]
 Clock = Callable[[], float]
+#: The backend's poll: ``poll(timeout_s, maxevents)`` returns ``[(fd, mask), ...]``.
+Poll = Callable[[float, int], list[tuple[int, int]]]
+
+
+@runtime_checkable
+class VirtualClock(Protocol):
+    """A clock whose time is not the kernel's (``hbloop.net.clock.MockClock``). The
+    loop's waits go through it, so that it decides how long they really last and how
+    far its time moves meanwhile."""
+
+    def __call__(self) -> float:
+        """The time now, s."""
+        ...
+
+    def wait(self, poll: Poll, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        """Poll for I/O until ``timeout`` clock seconds have passed (``NO_DEADLINE``:
+        until I/O comes); return the events."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` of clock time pass with nothing happening."""
+        ...
 
 log = logging.getLogger("hbloop.loop")
 
@@ -105,10 +132,6 @@ class Timer(float):
         timer.cancelled = False
         return timer
 
-    @property
-    def when(self) -> float:
-        return float(self)
-
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
@@ -117,7 +140,16 @@ class Timer(float):
 
 class _Epoll:
     """The OS backend: the only code that knows about epoll. The loop tells it the
-    old and new interest of an fd, so it keeps no table of its own."""
+    old and new interest of an fd, so it keeps no table of its own.
+
+    Interest and readiness are masks the loop builds and tests with ``READABLE`` and
+    ``WRITABLE`` alone, as ae.c does with AE_READABLE and AE_WRITABLE. Here they are
+    the epoll bits that wake a reader and a writer, so that an event's mask needs no
+    translation on its way from the kernel to the loop.
+    """
+
+    READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+    WRITABLE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
     def __init__(self) -> None:
         self._ep = select.epoll()
@@ -129,6 +161,7 @@ class _Epoll:
         return self._ep.fileno()
 
     def set_interest(self, fd: int, old: int, new: int) -> None:
+        """Tell the kernel; raises OSError (EBADF, ENOENT, ...) if it refuses."""
         if new == old:
             return
         if not new:
@@ -156,6 +189,11 @@ class EventLoop:
     wake-up serves the events that arrived meanwhile in one batch. Each event then
     waits up to ``coalesce`` longer, and each heartbeat costs a fraction of an
     ``epoll_wait`` and of one loop iteration instead of a whole one.
+
+    ``clock`` is where the loop's time comes from, ``time.monotonic`` by default. Any
+    callable returning seconds will do for the loop's time, with waits still measured
+    by the kernel; a ``VirtualClock`` (``hbloop.net.clock.MockClock``) runs the waits
+    too, so that a test decides when time passes.
     """
 
     def __init__(self, coalesce: float = 0.0, clock: Clock = time.monotonic) -> None:
@@ -164,8 +202,14 @@ class EventLoop:
         self.coalesce = coalesce
         #: The loop's clock: ``time.monotonic`` unless a test injects another.
         self.clock = clock
-        self._backend = _Epoll()
-        self._wait = self._backend.wait
+        self._backend = backend = _Epoll()
+        self._readable = backend.READABLE
+        self._writable = backend.WRITABLE
+        self._wait: Poll = backend.wait
+        self._sleep: Callable[[float], None] = time.sleep
+        if isinstance(clock, VirtualClock):
+            self._wait = functools.partial(clock.wait, backend.wait)
+            self._sleep = clock.sleep
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self._timers: list[Timer] = []
@@ -187,18 +231,31 @@ class EventLoop:
     # --- file events ------------------------------------------------------------
 
     def _interest(self, fd: int) -> int:
-        return (_READ_EVENTS if fd in self._readers else 0) | (
-            _WRITE_EVENTS if fd in self._writers else 0
+        return (self._readable if fd in self._readers else 0) | (
+            self._writable if fd in self._writers else 0
         )
 
     def _change(self, fd: int, table: dict[int, Callback], callback: Callback | None) -> None:
+        """Set (or, with None, remove) ``fd``'s callback in ``table`` and tell the
+        kernel. If the kernel refuses (a closed fd: EBADF), the table is put back as it
+        was before the OSError propagates: a stale entry would make the kernel and
+        the loop disagree, and the next registration of that fd number a no-op."""
         old = self._interest(fd)
+        previous = table.get(fd)
         if callback is None:
-            if table.pop(fd, None) is None:
+            if previous is None:
                 return
+            del table[fd]
         else:
             table[fd] = callback
-        self._backend.set_interest(fd, old, self._interest(fd))
+        try:
+            self._backend.set_interest(fd, old, self._interest(fd))
+        except OSError:
+            if previous is None:
+                del table[fd]
+            else:
+                table[fd] = previous
+            raise
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._change(fd, self._readers, callback)
@@ -222,6 +279,7 @@ class EventLoop:
     # --- timers -----------------------------------------------------------------
 
     def time(self) -> float:
+        """The loop's clock now (``now`` is its value when the iteration woke up)."""
         return self.clock()
 
     def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
@@ -334,7 +392,7 @@ class EventLoop:
             elif timeout > MAX_POLL_TIMEOUT:
                 timeout = MAX_POLL_TIMEOUT
         else:
-            timeout = MAX_POLL_TIMEOUT
+            timeout = NO_DEADLINE
 
         events = self._wait(timeout, MAX_EVENTS_PER_POLL)
         now = self.now = clock()
@@ -342,8 +400,8 @@ class EventLoop:
 
         readers = self._readers
         writers = self._writers
-        read_events = _READ_EVENTS
-        write_events = _WRITE_EVENTS
+        read_events = self._readable
+        write_events = self._writable
         for fd, mask in events:
             try:  # free in CPython 3.11 unless something raises
                 if mask & read_events:
@@ -370,7 +428,7 @@ class EventLoop:
         if timers:
             delay = min(delay, timers[0] - self.clock())
         if delay > 0:
-            time.sleep(delay)
+            self._sleep(delay)
 
     def _run_due_timers(self) -> None:
         # Take the due timers out first so that a callback scheduling another timer
