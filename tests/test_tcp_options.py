@@ -86,7 +86,7 @@ def test_the_policy_refuses_what_the_kernel_would():
     """An embedder's policy is checked against the same limits as the CLI's."""
     with pytest.raises(ValueError, match="keepalive count 128 is out of range 1-127"):
         TcpKeepalive(30, 5, 128)
-    with pytest.raises(ValueError, match="TCP user timeout must be from 0[.]001 to 2147483[.]647 s"):
+    with pytest.raises(ValueError, match=r"TCP user timeout must be from 0\.001 to 2147483\.647 s"):
         ServerPolicy(tcp_user_timeout=1e7)
 
 

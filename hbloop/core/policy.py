@@ -33,11 +33,13 @@ DEFAULT_MIN_INTERVAL = 0.1
 DEFAULT_MAX_INTERVAL = 300.0
 
 # A connection must finish its handshake within this many seconds: a socket that
-# never speaks (or trickles bytes) would otherwise be held forever.
+# never speaks (or trickles bytes) would otherwise be held forever. A client gives an
+# attempt as long, from its TCP connect to WELCOME, before it counts as failed (H3).
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
-# Per-connection cap on output the peer has not read yet. A peer behind it by more
-# is a slow consumer and is closed; this bounds the server's memory per peer.
+# Per-connection cap on output the other end has not read yet, the server's to each
+# peer as a client's to its server. A peer behind it by more is a slow consumer and
+# is closed; this bounds the memory each connection can hold.
 DEFAULT_MAX_PENDING = 256 * 1024
 
 # PINGs sooner than half an interval after the previous one are strikes (T8, in

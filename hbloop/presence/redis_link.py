@@ -57,7 +57,7 @@ DEFAULT_PORT = 6379
 # connections with the default descriptor limit) and otherwise only bites when Redis
 # stalls, capping the backlog at about 30 MB (some 900 bytes a command, measured with
 # its encoding and its callbacks).
-MAX_PENDING = 32_768
+MAX_PENDING_COMMANDS = 32_768
 
 # A command unanswered this long means that Redis (or the path to it) is stopped: the
 # connection is dropped and made anew. Redis answers in well under a millisecond; a
@@ -225,7 +225,7 @@ class RedisLink:
         on_script_flush: Callable[[], None] | None = None,
         scripts: Iterable[Script] = (),
         channels: Sequence[str] = (),
-        max_pending: int = MAX_PENDING,
+        max_pending: int = MAX_PENDING_COMMANDS,
         reply_timeout: float = REPLY_TIMEOUT,
     ) -> None:
         self.loop = loop
