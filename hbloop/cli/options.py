@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from hbloop.core.policy import TcpKeepalive
 from hbloop.presence.redis_link import RedisAddress, parse_url
@@ -55,9 +55,9 @@ def number_text(value: float) -> str:
 class Kind(Generic[T_co]):
     """How a setting is read: from a flag's text, or from a config file's TOML value."""
 
-    metavar: str | None = None
+    metavar: ClassVar[str | None] = None
     #: The TOML value types a config file may give; checked before ``parse``.
-    toml_types: tuple[type, ...] = (str,)
+    toml_types: ClassVar[tuple[type, ...]] = (str,)
     #: For a fixed set of words: the words, which --help lists.
     choices: tuple[str, ...] | None = None
 
@@ -137,56 +137,56 @@ class Count(Kind[int]):
     least: int = 1
     most: int = MAX_COUNT
 
-    toml_types = (int,)
+    toml_types: ClassVar[tuple[type, ...]] = (int,)
     metavar = "N"
 
     def parse(self, text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"{text!r} is not a whole number") from None
+            raise ValueError(self.not_whole(text)) from None
         if not self.least <= value <= self.most:
-            raise ValueError(f"{text!r} must be {self.allowed}")
+            raise ValueError(self.out_of_range(text))
         return value
 
-    @property
-    def allowed(self) -> str:
-        return f"at least {self.least} and at most {self.most}"
+    def not_whole(self, text: str) -> str:
+        return f"{text!r} is not a whole number"
+
+    def out_of_range(self, text: str) -> str:
+        return f"{text!r} must be at least {self.least} and at most {self.most}"
 
 
-class Port(Kind[int]):
-    toml_types = (int,)
+@dataclass(frozen=True)
+class Port(Count):
+    least: int = 0
+    most: int = 65535
+
     metavar = "P"
 
-    def parse(self, text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a port number") from None
-        if not 0 <= value <= 65535:
-            raise ValueError(f"port {value} is out of range 0-65535")
-        return value
+    def not_whole(self, text: str) -> str:
+        return f"{text!r} is not a port number"
+
+    def out_of_range(self, text: str) -> str:
+        return f"port {text} is out of range {self.least}-{self.most}"
 
 
-class Workers(Kind[int]):
+@dataclass(frozen=True)
+class Workers(Count):
     """A number of worker processes, or ``auto``: one per CPU this process may use."""
+
+    most: int = MAX_WORKERS
 
     toml_types = (int, str)
     metavar = "N|auto"
 
     def parse(self, text: str) -> int:
-        if text == "auto":
-            return len(os.sched_getaffinity(0))
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is neither a whole number nor auto") from None
-        if not 1 <= value <= MAX_WORKERS:
-            raise ValueError(
-                f"{text!r} must be at least 1 and at most {MAX_WORKERS} "
-                f"({WORKERS_PER_CPU} per CPU), or auto"
-            )
-        return value
+        return len(os.sched_getaffinity(0)) if text == "auto" else super().parse(text)
+
+    def not_whole(self, text: str) -> str:
+        return f"{text!r} is neither a whole number nor auto"
+
+    def out_of_range(self, text: str) -> str:
+        return f"{super().out_of_range(text)} ({WORKERS_PER_CPU} per CPU), or auto"
 
 
 class Keepalive(Kind[TcpKeepalive]):
