@@ -26,8 +26,12 @@ from hdrh.histogram import HdrHistogram
 
 from bench.histograms import new_histogram, record_seconds
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
-from hbloop.client import HANDSHAKE_TIMEOUT, MAX_PENDING
-from hbloop.core.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
+from hbloop.core.policy import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_PING_STRIKES,
+    LINGER_SECONDS,
+)
 from hbloop.core.session import (
     Closed,
     Disconnect,
@@ -54,7 +58,7 @@ RAMP_STEP = 0.01
 # A connect must be answered by WELCOME within this long, or it counts as failed:
 # twice a client's usual deadline, since under a ramp of thousands of connects a
 # second the accept queue is long.
-WELCOME_DEADLINE = 2 * HANDSHAKE_TIMEOUT
+WELCOME_DEADLINE = 2 * DEFAULT_HANDSHAKE_TIMEOUT
 
 # Error messages kept verbatim for the report; the rest are only counted.
 MAX_ERROR_SAMPLES = 5
@@ -178,7 +182,7 @@ class Worker:
         self.pipe = pipe
         self.loop = EventLoop()
         self.counters = IoCounters()
-        self.max_pending = MAX_PENDING
+        self.max_pending = DEFAULT_MAX_PENDING
         self.clients: list[BenchClient] = []
         self.started = 0
         self.in_flight = 0

@@ -49,8 +49,7 @@ EARLY_TOLERANCE = 0.005
 # The flooders end with the window; they get this long to report.
 FLOOD_STOP_TIMEOUT = 15.0
 
-# How long workers get to start, and to close their clients and report at the end.
-WORKER_START_TIMEOUT = 30.0
+# How long workers get to close their clients and report at the end.
 WORKER_STOP_TIMEOUT = 60.0
 
 KB = 1024.0

@@ -19,7 +19,7 @@ Flow control, both ways, as asyncio's streams do it:
 
 * **Out.** While the transport's buffer is above its high-water mark, ``send`` waits
   for it to drain. What the session itself sends (PONGs, CLOSE) is never held back;
-  output past ``MAX_PENDING`` drops the connection as a slow consumer, as
+  output past ``DEFAULT_MAX_PENDING`` drops the connection as a slow consumer, as
   ``hbloop.Client`` does. (Reading goes on meanwhile: a client that stopped reading
   because its own output is stuck would stall a server that echoes.)
 * **In.** DATA waits in a queue for the iterator. Once ``MAX_QUEUED_MESSAGES`` are
@@ -38,13 +38,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import cast
 
-from hbloop.client import (
-    HANDSHAKE_TIMEOUT,
-    MAX_PENDING,
-    ClientBase,
-    DisconnectCallback,
-)
+from hbloop.client import ClientBase, DisconnectCallback
 from hbloop.core.backoff import Backoff
+from hbloop.core.policy import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING
 from hbloop.core.protocol import FrameDecoder, RemoteProtocolError
 from hbloop.core.session import (
     FOREVER,
@@ -206,14 +202,14 @@ class _Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> bool:
         """Hand ``data`` to the transport; False if the connection is gone, or just
-        dropped because the server does not read (MAX_PENDING)."""
+        dropped because the server does not read (DEFAULT_MAX_PENDING)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
         transport.write(data)
         self.client.counters.bytes_out += len(data)
         pending = transport.get_write_buffer_size()
-        if pending > MAX_PENDING:
+        if pending > DEFAULT_MAX_PENDING:
             transport.abort()
             self.apply(self.session.abort(Reason.SLOW_CONSUMER, f"{pending} bytes pending"))
             return False
@@ -308,7 +304,7 @@ class Client(ClientBase):
         reconnect: bool = True,
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         on_welcome: Callable[[Welcome], None] | None = None,
         on_disconnect: DisconnectCallback | None = None,
     ) -> None:

@@ -60,7 +60,7 @@ ANSWER_TIMEOUT = 5.0
 
 # The interval the liveness cases ask for by default: short so that a run takes
 # seconds, yet well above the reference server's 0.1 s minimum.
-DEFAULT_INTERVAL = 0.5
+PROBE_INTERVAL = 0.5
 
 # Time-based cases that would wait longer than this are skipped rather than run.
 DEFAULT_MAX_WAIT = 20.0
@@ -115,7 +115,7 @@ class CaseSkipped(Exception):
 class Settings:
     host: str
     port: int
-    interval: float = DEFAULT_INTERVAL
+    interval: float = PROBE_INTERVAL
     max_wait: float = DEFAULT_MAX_WAIT
     handshake_timeout: float | None = None  # the server's deadline; H5 is skipped without it
     answer_timeout: float = ANSWER_TIMEOUT

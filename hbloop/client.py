@@ -18,7 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from hbloop.core.backoff import Backoff
-from hbloop.core.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
+from hbloop.core.policy import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_PING_STRIKES,
+    LINGER_SECONDS,
+)
 from hbloop.core.protocol import LocalProtocolError, token_problem
 from hbloop.core.session import (
     Closed,
@@ -48,13 +53,6 @@ from hbloop.net.trace import TracingChannel
 
 log = logging.getLogger("hbloop.client")
 
-
-# How long an attempt may take, from the start of the TCP connect to WELCOME, before
-# it counts as failed (protocol.md H3): the reference server's own handshake deadline.
-HANDSHAKE_TIMEOUT = 10.0
-
-# Output a client may queue before it considers the server a slow consumer.
-MAX_PENDING = 1024 * 1024
 
 # Refusals that a retry with the same HELLO cannot fix (H8): the client stops.
 FATAL_ERRORS = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED})
@@ -274,7 +272,7 @@ class Client(ClientBase):
         reconnect: bool = True,
         backoff: Backoff | None = None,
         source_address: tuple[str, int] | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         trace: bool = False,
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
@@ -298,7 +296,7 @@ class Client(ClientBase):
         self.tls = tls
         self.server_hostname = server_hostname or host
         self._connection_class = _CONNECTION_CLASSES[tls is not None, trace]
-        self.max_pending = MAX_PENDING
+        self.max_pending = DEFAULT_MAX_PENDING
         self.connection: Connection | None = None
         self._retry: Timer | None = None
         self._closing = False

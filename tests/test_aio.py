@@ -15,8 +15,8 @@ import uvloop
 from fakeserver import FakeServer, deaf, record_silently, welcome
 
 from hbloop.aio import MAX_QUEUED_MESSAGES, ClientStopped, connect
-from hbloop.client import MAX_PENDING
 from hbloop.core.backoff import Backoff
+from hbloop.core.policy import DEFAULT_MAX_PENDING
 from hbloop.core.protocol import Frame, FrameDecoder, parse_close
 from hbloop.core.session import Disconnect, Reason
 from hbloop.core.wire import Code, FrameType, Scheme, Welcome, encode_data
@@ -255,7 +255,7 @@ def test_output_a_server_does_not_read_waits_in_send(run):
             # send() then waits instead of buffering on.
             await until(lambda: connection.writing_paused)
             assert not writer.done()
-            assert connection.transport.get_write_buffer_size() < MAX_PENDING
+            assert connection.transport.get_write_buffer_size() < DEFAULT_MAX_PENDING
             assert client.connected  # a sender that waits is no slow consumer
         await writer  # closing ended the wait
 

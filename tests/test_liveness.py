@@ -185,6 +185,8 @@ def test_a_grant_of_2_31_ms_is_refused_as_malformed_not_a_crash():
 
 
 def test_serve_refuses_a_grant_that_would_not_fit_the_wire():
+    """Each value is in range, but the longest grant's timeout (the maximum interval at
+    the timeout/interval ratio of 10,000) is 10^13 ms, past the wire's 32 bits."""
     result = subprocess.run(
         [
             *HBLOOP,
@@ -192,11 +194,11 @@ def test_serve_refuses_a_grant_that_would_not_fit_the_wire():
             "--port",
             "0",
             "--interval",
-            "1500000",
+            "1",
             "--timeout",
-            "4500000",
+            "10000",
             "--max-interval",
-            "1500000",
+            "1000000",
         ],
         capture_output=True,
         text=True,

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from hbloop.cli.main import build_parser, policy_from_args
+from hbloop.cli.parser import parse
+from hbloop.cli.settings import ServeSettings
 from hbloop.core.policy import ServerPolicy, TcpKeepalive
 from hbloop.core.wire import FrameType
 from hbloop.server import Peer
@@ -48,31 +49,45 @@ def test_both_are_off_by_default(in_process_server):
 
 
 def test_cli_options_reach_the_policy():
-    args = build_parser().parse_args(
-        ["serve", "--tcp-keepalive", "30,5,3", "--tcp-user-timeout", "10"]
-    )
-    policy = policy_from_args(args, fd_limit=1024)
+    settings = parse(["serve", "--tcp-keepalive", "30,5,3", "--tcp-user-timeout", "10"])
+    assert isinstance(settings, ServeSettings)
+    policy = settings.policy(fd_limit=1024)
     assert policy.tcp_keepalive == KEEPALIVE
     assert policy.tcp_user_timeout == USER_TIMEOUT
-    defaults = policy_from_args(build_parser().parse_args(["serve"]), fd_limit=1024)
+    defaults = ServeSettings().policy(fd_limit=1024)
     assert defaults.tcp_keepalive is None and defaults.tcp_user_timeout is None
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "error"),
     [
-        ["--tcp-keepalive", "0,5,3"],
-        ["--tcp-keepalive", "30,5"],
-        ["--tcp-keepalive", "a,b,c"],
-        ["--tcp-user-timeout", "0"],
-        ["--tcp-user-timeout", "-1"],
+        (["--tcp-keepalive", "0,5,3"], "keepalive idle 0 is out of range 1-32767"),
+        (["--tcp-keepalive", "30,5"], "'30,5' is not IDLE,INTERVAL,COUNT"),
+        (["--tcp-keepalive", "a,b,c"], "'a,b,c' is not IDLE,INTERVAL,COUNT"),
+        # Past the kernel's limits, setsockopt would fail each accept (EINVAL).
+        (["--tcp-keepalive", "32768,5,3"], "keepalive idle 32768 is out of range 1-32767"),
+        (["--tcp-keepalive", "30,32768,3"], "keepalive interval 32768 is out of range"),
+        (["--tcp-keepalive", "30,5,128"], "keepalive count 128 is out of range 1-127"),
+        (["--tcp-user-timeout", "0"], "'0' must be >= 0.001 and at most 1000000"),
+        (["--tcp-user-timeout", "-1"], "'-1' must be >= 0.001"),
+        # Below a millisecond it would be 0 (off); past 2**31-1 ms, a C int overflows.
+        (["--tcp-user-timeout", "0.0004"], "'0.0004' must be >= 0.001"),
+        (["--tcp-user-timeout", "1e7"], "'1e7' must be >= 0.001 and at most 1000000"),
     ],
 )
-def test_bad_tcp_options_are_refused(argv: list[str], capsys):
+def test_bad_tcp_options_are_refused(argv: list[str], error: str, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(["serve", *argv])
+        parse(["serve", *argv])
     assert exit_info.value.code == 2
-    assert "error" in capsys.readouterr().err
+    assert error in capsys.readouterr().err
+
+
+def test_the_policy_refuses_what_the_kernel_would():
+    """An embedder's policy is checked against the same limits as the CLI's."""
+    with pytest.raises(ValueError, match="keepalive count 128 is out of range 1-127"):
+        TcpKeepalive(30, 5, 128)
+    with pytest.raises(ValueError, match=r"TCP user timeout must be from 0\.001 to 2147483\.647 s"):
+        ServerPolicy(tcp_user_timeout=1e7)
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["--tcp-keepalive", "default"])

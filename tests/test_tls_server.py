@@ -21,7 +21,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from hbloop.auth import Authenticator, AuthPeer, certificate_name
-from hbloop.cli.main import parse_args, server_security
+from hbloop.cli.parser import parse
+from hbloop.cli.security import server_security
+from hbloop.cli.settings import ServeSettings
 from hbloop.client import Client
 from hbloop.core.policy import ServerPolicy
 from hbloop.core.protocol import Frame, FrameDecoder, parse_error
@@ -448,14 +450,15 @@ def test_tls_and_jwt_options_from_a_config_file(pki: Pki, tmp_path: Path) -> Non
         'jwt-audience = "fleet"\n'
         "tls-handshake-rate = 200\n"
     )
-    args = parse_args(["serve", "--config", str(config)])
-    context, authenticator = server_security(args)
+    settings = parse(["serve", "--config", str(config)])
+    assert isinstance(settings, ServeSettings)
+    context, authenticator = server_security(settings)
     assert context is not None and context.verify_mode == ssl.CERT_REQUIRED
     assert authenticator is not None and authenticator.certificate_names
     assert authenticator.jwt_verifier is not None
     assert authenticator.jwt_verifier.key.algorithm == "RS256"
     assert authenticator.jwt_verifier.audience == "fleet"
-    assert args.tls_handshake_rate == 200
+    assert settings.tls_handshake_rate == 200
 
 
 @pytest.mark.parametrize(

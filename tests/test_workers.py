@@ -13,7 +13,9 @@ from collections import Counter
 import psutil
 import pytest
 
-from hbloop.cli.main import build_parser
+from hbloop.cli.options import MAX_WORKERS
+from hbloop.cli.parser import parse
+from hbloop.cli.settings import ServeSettings
 from hbloop.core.wire import Code, FrameType, encode_hello
 from hbloop.ops.supervisor import STOP_MARGIN
 
@@ -232,10 +234,17 @@ def test_workers_stop_when_the_supervisor_is_killed(serve):
     assert len(server.find(r"the supervisor is gone; shutting down")) == 2
 
 
-def test_workers_option():
-    parser = build_parser()
-    assert parser.parse_args(["serve"]).workers == 1
-    auto = parser.parse_args(["serve", "--workers", "auto"]).workers
-    assert auto == len(os.sched_getaffinity(0))
-    with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--workers", "0"])
+def workers(*argv: str) -> int:
+    settings = parse(["serve", *argv])
+    assert isinstance(settings, ServeSettings)
+    return settings.workers
+
+
+def test_workers_option(capsys):
+    assert workers() == 1
+    assert workers("--workers", "auto") == len(os.sched_getaffinity(0))
+    assert workers("--workers", str(MAX_WORKERS)) == MAX_WORKERS
+    for bad in ("0", str(MAX_WORKERS + 1)):
+        with pytest.raises(SystemExit):
+            workers("--workers", bad)
+        assert f"must be at least 1 and at most {MAX_WORKERS}" in capsys.readouterr().err

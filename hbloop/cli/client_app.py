@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import ssl
 import sys
 
+from hbloop.cli.settings import ClientSettings
 from hbloop.client import STOP_SIGNALS, Client
 from hbloop.core.backoff import Backoff
 from hbloop.core.session import Disconnect, Reason
@@ -29,27 +29,27 @@ class ClientApp:
     """``hbloop client``: stdin lines out as DATA, DATA in to stdout, status to stderr."""
 
     def __init__(
-        self, args: argparse.Namespace, tls: ssl.SSLContext | None, token: str | None
+        self, settings: ClientSettings, tls: ssl.SSLContext | None, token: str | None
     ) -> None:
         self.loop = EventLoop()
         self.queued: list[bytes] = []
         self._partial = b""
         self.client = Client(
-            args.host,
-            args.port,
-            args.name,
-            interval=args.interval,
+            settings.host,
+            settings.port,
+            settings.name or f"client-{os.getpid()}",
+            interval=settings.interval,
             loop=self.loop,
             on_welcome=self.on_welcome,
             on_message=self.on_message,
             on_disconnect=self.on_disconnect,
-            reconnect=not args.no_reconnect,
-            backoff=Backoff(args.backoff_base, args.backoff_max),
+            reconnect=not settings.no_reconnect,
+            backoff=Backoff(settings.backoff_base, settings.backoff_max),
             tls=tls,
             token=token,
-            trace=args.verbose,
+            trace=settings.verbose,
         )
-        self.target = f"{args.host}:{args.port}"
+        self.target = f"{settings.host}:{settings.port}"
 
     def status(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)

@@ -33,11 +33,13 @@ DEFAULT_MIN_INTERVAL = 0.1
 DEFAULT_MAX_INTERVAL = 300.0
 
 # A connection must finish its handshake within this many seconds: a socket that
-# never speaks (or trickles bytes) would otherwise be held forever.
+# never speaks (or trickles bytes) would otherwise be held forever. A client gives an
+# attempt as long, from its TCP connect to WELCOME, before it counts as failed (H3).
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
-# Per-connection cap on output the peer has not read yet. A peer behind it by more
-# is a slow consumer and is closed; this bounds the server's memory per peer.
+# Per-connection cap on output the other end has not read yet, the server's to each
+# peer as a client's to its server. A peer behind it by more is a slow consumer and
+# is closed; this bounds the memory each connection can hold.
 DEFAULT_MAX_PENDING = 256 * 1024
 
 # PINGs sooner than half an interval after the previous one are strikes (T8, in
@@ -71,6 +73,17 @@ RESERVED_FDS = 64
 
 # Linux caps the accept queue at net.core.somaxconn (4096 here).
 DEFAULT_BACKLOG = 4096
+
+# What Linux accepts for keepalive probes (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL and
+# MAX_TCP_KEEPCNT in include/net/tcp.h): setsockopt refuses more with EINVAL, which
+# would fail every accept rather than the start.
+MAX_KEEPALIVE_IDLE = 32767
+MAX_KEEPALIVE_INTERVAL = 32767
+MAX_KEEPALIVE_COUNT = 127
+
+# TCP_USER_TIMEOUT is a C int of milliseconds: at most 2**31 - 1 ms, about 24.8 days;
+# and less than a millisecond would be 0, which turns it off.
+MAX_TCP_USER_TIMEOUT_MS = 2**31 - 1
 
 
 def seconds_to_ms(seconds: float) -> int:
@@ -126,6 +139,15 @@ class TcpKeepalive:
     interval: int
     count: int
 
+    def __post_init__(self) -> None:
+        for what, value, most in (
+            ("idle", self.idle, MAX_KEEPALIVE_IDLE),
+            ("interval", self.interval, MAX_KEEPALIVE_INTERVAL),
+            ("count", self.count, MAX_KEEPALIVE_COUNT),
+        ):
+            if not 1 <= value <= most:
+                raise ValueError(f"keepalive {what} {value} is out of range 1-{most}")
+
 
 @dataclass(frozen=True)
 class ServerPolicy:
@@ -166,8 +188,12 @@ class ServerPolicy:
             problems.append("max handshakes must be at least 1")
         if self.shutdown_grace < 0 or self.linger < 0:
             problems.append("grace and linger periods cannot be negative")
-        if self.tcp_user_timeout is not None and self.tcp_user_timeout <= 0:
-            problems.append("TCP user timeout must be positive")
+        if self.tcp_user_timeout is not None and not (
+            0.001 <= self.tcp_user_timeout <= MAX_TCP_USER_TIMEOUT_MS / 1000
+        ):
+            problems.append(
+                f"TCP user timeout must be from 0.001 to {MAX_TCP_USER_TIMEOUT_MS / 1000} s"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

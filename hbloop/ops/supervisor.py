@@ -12,9 +12,13 @@ across the workers. The supervisor does nothing on the data path. It
   EADDRINUSE whenever anything listens on the port, while this supervisor's own
   workers (SO_REUSEPORT, bound after it) may still share the port, because a bound
   socket that does not listen only conflicts with listeners;
-* starts the workers, each as ``python -m hbloop.ops.supervisor`` reading its parsed
-  arguments from a pipe on stdin: a fresh interpreter inherits no loop, socket or
-  signal state from the supervisor, which a bare ``fork()`` would;
+* starts the workers, each as ``python -m hbloop.ops.supervisor`` reading its target
+  function, its settings and its ``WorkerLink`` (pickled) from a pipe on stdin, and
+  calling ``target(settings, link)``, as uvicorn's ``Multiprocess(config, target,
+  sockets)`` does: a fresh interpreter inherits no loop, socket or signal state from
+  the supervisor, which a bare ``fork()`` would. The settings are a frozen object of
+  the caller's (``hbloop.cli.settings.ServeSettings``) that this module reads only
+  through ``SupervisorSettings``;
 * puts each worker in its own process group, so that a terminal's Ctrl-C reaches the
   supervisor only, and forwards SIGTERM and SIGINT (a second one too, which makes the
   workers stop at once), each followed by SIGCONT so that a stopped worker acts on it.
@@ -22,8 +26,9 @@ across the workers. The supervisor does nothing on the data path. It
   supervisor exits 0 once every worker is gone, as the stop was requested;
 * restarts a worker that dies, after min(cap, base x 2^n) seconds for the n-th quick
   death in a row;
-* on SIGHUP, re-reads the settings (the command line and its ``--config`` file) and
-  restarts the workers one at a time: a new process is started beside the old one and,
+* on SIGHUP, asks its ``reload`` for new settings (the command line and its
+  ``--config`` file read again, its own SUPERVISOR_SETTINGS kept) and restarts the
+  workers one at a time: a new process is started beside the old one and,
   once it listens, the old one is sent SIGTERM and closes its peers with GOING_AWAY,
   so the port never stops accepting. New processes also pick up a newly installed
   hbloop. The supervisor's own settings (host, port, workers, metrics, stats
@@ -37,7 +42,6 @@ across the workers. The supervisor does nothing on the data path. It
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -51,8 +55,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Generic, Protocol, TypeVar
 
-from hbloop.cli.config import option_names
 from hbloop.net.loop import EventLoop, Timer
 from hbloop.net.sockets import bind_socket
 from hbloop.ops.metrics import MetricsEndpoint, Report, StartError, serve_metrics
@@ -91,12 +95,32 @@ STOP_MARGIN = 3.0
 # Five missed reports: far longer than a healthy loop ever stalls, yet short next to a
 # client's connect timeout.
 STALL_TIMEOUT = 5.0
+
 # Settings that belong to the supervisor itself (its port reservation, its worker
 # count, its /metrics and stats line): a SIGHUP reload keeps their old values.
 SUPERVISOR_SETTINGS = ("host", "port", "workers", "metrics_host", "metrics_port", "stats_interval")
 
-# SIGHUP's re-read of the settings: the new ones, or None if they are bad (logged).
-Reload = Callable[[argparse.Namespace], argparse.Namespace | None]
+
+class SupervisorSettings(Protocol):
+    """What the supervisor reads of its settings; the workers get them whole."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def metrics_host(self) -> str: ...
+    @property
+    def metrics_port(self) -> int | None: ...
+    @property
+    def stats_interval(self) -> float: ...
+    @property
+    def shutdown_grace(self) -> float: ...
+
+
+S = TypeVar("S", bound=SupervisorSettings)
 
 
 @dataclass(frozen=True)
@@ -148,16 +172,24 @@ class _Worker:
         self.restart: Timer | None = None
 
 
-class Supervisor:
-    """Runs ``count`` workers of ``args`` (``hbloop serve`` arguments) until signalled;
-    ``reload`` re-reads the settings on SIGHUP."""
+class Supervisor(Generic[S]):
+    """Runs ``settings.workers`` processes, each calling ``target(settings, link)``,
+    until signalled. On SIGHUP, ``reload(settings)`` gives the settings of the new
+    workers (their SUPERVISOR_SETTINGS unchanged), or None to keep things as they are.
+    ``target`` must be a module-level function, which pickle sends by name."""
 
-    def __init__(self, args: argparse.Namespace, count: int, reload: Reload) -> None:
-        self.args = args
+    def __init__(
+        self,
+        settings: S,
+        target: Callable[[S, WorkerLink], int],
+        reload: Callable[[S], S | None],
+    ) -> None:
+        self.settings = settings
+        self.target = target
         self.reload = reload
         self.loop = EventLoop()
-        self.workers = [_Worker(index) for index in range(1, count + 1)]
-        self.port = args.port
+        self.workers = [_Worker(index) for index in range(1, settings.workers + 1)]
+        self.port = settings.port
         self.restarts = 0
         self.stopping = False
         self.stop_signal = ""  # the first stop signal's name, once stopping
@@ -177,7 +209,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Reserve the port and open /metrics; raises StartError if either fails."""
-        host, port = self.args.host, self.args.port
+        host, port = self.settings.host, self.settings.port
         try:
             # Bound, never listening: the kernel queues no connection on it. Without
             # SO_REUSEPORT, so that it fails on a port in use (see the module's doc).
@@ -185,9 +217,9 @@ class Supervisor:
         except OSError as exc:
             raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.port = self._reservation.getsockname()[1]
-        if self.args.metrics_port is not None:
+        if self.settings.metrics_port is not None:
             self._endpoint = serve_metrics(
-                self.loop, self.args.metrics_host, self.args.metrics_port, self.report
+                self.loop, self.settings.metrics_host, self.settings.metrics_port, self.report
             )
 
     def run(self) -> int:
@@ -196,8 +228,8 @@ class Supervisor:
             self.loop.add_signal_handler(signum, partial(self.stop, signum))
         self.loop.add_signal_handler(signal.SIGHUP, self._rolling_restart)
         self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        if self.args.stats_interval:
-            Ticker(self.loop, self.args.stats_interval, self._log_stats)
+        if self.settings.stats_interval:
+            Ticker(self.loop, self.settings.stats_interval, self._log_stats)
         Ticker(self.loop, SAMPLE_PERIOD, self._kill_stalled)
         for worker in self.workers:
             self._spawn(worker)
@@ -224,7 +256,7 @@ class Supervisor:
         if first:
             self.stopping = True
             self.stop_signal = name
-            self.loop.call_later(self.args.shutdown_grace + STOP_MARGIN, self._kill_stragglers)
+            self.loop.call_later(self.settings.shutdown_grace + STOP_MARGIN, self._kill_stragglers)
         self._roll.clear()
         log.info("%s: stopping %d workers", name, len(self._running()))
         for worker in self.workers:
@@ -247,7 +279,7 @@ class Supervisor:
                 "worker %d (pid %d) still running %.1fs after %s; killing it",
                 worker.index,
                 worker.process.pid,
-                self.args.shutdown_grace + STOP_MARGIN,
+                self.settings.shutdown_grace + STOP_MARGIN,
                 self.stop_signal,
             )
             worker.process.kill()
@@ -277,7 +309,7 @@ class Supervisor:
         os.close(write_fd)
         assert worker.process.stdin is not None
         with worker.process.stdin as stdin:
-            stdin.write(pickle.dumps((self.args, link)))
+            stdin.write(pickle.dumps((self.target, self.settings, link)))
         worker.started = time.monotonic()
         worker.pipe = read_fd
         worker.partial = b""
@@ -318,7 +350,7 @@ class Supervisor:
             pids = " ".join(str(w.process.pid) for w in self.workers if w.process)
             log.info(
                 "listening on %s:%d workers=%d pids=%s",
-                self.args.host,
+                self.settings.host,
                 self.port,
                 len(self.workers),
                 pids,
@@ -410,18 +442,10 @@ class Supervisor:
             state = "starting" if self.starting else "already being restarted"
             log.warning("SIGHUP: the workers are %s; ignored", state)
             return
-        new = self.reload(self.args)
+        new = self.reload(self.settings)
         if new is None:
             return
-        kept = [d for d in SUPERVISOR_SETTINGS if getattr(new, d) != getattr(self.args, d)]
-        if kept:
-            log.warning(
-                "SIGHUP: %s changed; the supervisor keeps the old value until a full restart",
-                option_names(kept),
-            )
-        for dest in SUPERVISOR_SETTINGS:
-            setattr(new, dest, getattr(self.args, dest))
-        self.args = new
+        self.settings = new
         self._roll = list(self.workers)
         log.info("SIGHUP: restarting %d workers one by one", len(self._roll))
         self._replace_next()
@@ -480,9 +504,10 @@ class Supervisor:
 
 
 def _worker_main() -> int:
-    """A worker process: read ``(args, link)`` from stdin and serve."""
-    args, link = pickle.load(sys.stdin.buffer)
-    return int(args.run(args, link))
+    """A worker process: read ``(target, settings, link)`` from stdin and call the
+    target."""
+    target, settings, link = pickle.load(sys.stdin.buffer)
+    return int(target(settings, link))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ DEFAULT_PORT = 6379
 # connections with the default descriptor limit) and otherwise only bites when Redis
 # stalls, capping the backlog at about 30 MB (some 900 bytes a command, measured with
 # its encoding and its callbacks).
-MAX_PENDING = 32_768
+MAX_PENDING_COMMANDS = 32_768
 
 # A command unanswered this long means that Redis (or the path to it) is stopped: the
 # connection is dropped and made anew. Redis answers in well under a millisecond; a
@@ -115,18 +115,40 @@ def parse_url(url: str) -> RedisAddress:
             if not parts.path:
                 raise ValueError("a unix:// URL needs a socket path")
             query = urllib.parse.parse_qs(parts.query)
-            db = int(query.get("db", ["0"])[0])
+            db = _database(query.get("db", ["0"])[0])
             return RedisAddress(socket.AF_UNIX, parts.path, db, username, password)
         if parts.scheme == "redis":
             if not parts.hostname:
                 raise ValueError("a redis:// URL needs a host")
-            path = parts.path.strip("/")
-            db = int(path) if path else 0
-            target = (parts.hostname, parts.port or DEFAULT_PORT)
+            target = (parts.hostname, _port(parts))
+            db = _database(parts.path.strip("/"))
             return RedisAddress(socket.AF_INET, target, db, username, password)
     except ValueError as exc:
         raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
     raise ValueError(f"bad Redis URL {url!r}: use redis://host:port/db or unix:///path?db=N")
+
+
+def _port(parts: urllib.parse.SplitResult) -> int:
+    try:
+        port = parts.port  # ValueError for a word, or a number out of 0-65535
+    except ValueError:
+        port = 0
+    if port is None:
+        return DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        text = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"the port {text!r} is not a number from 1 to 65535")
+    return port
+
+
+def _database(text: str) -> int:
+    """A database number, 0 if none is given (Redis has databases 0 to 15 unless its
+    ``databases`` setting says otherwise)."""
+    if not text:
+        return 0
+    if not text.isdigit() or not text.isascii():
+        raise ValueError(f"the database {text!r} is not a whole number (0 or more)")
+    return int(text)
 
 
 def handshake_commands(address: RedisAddress, client_name: str) -> list[tuple[Any, ...]]:
@@ -203,7 +225,7 @@ class RedisLink:
         on_script_flush: Callable[[], None] | None = None,
         scripts: Iterable[Script] = (),
         channels: Sequence[str] = (),
-        max_pending: int = MAX_PENDING,
+        max_pending: int = MAX_PENDING_COMMANDS,
         reply_timeout: float = REPLY_TIMEOUT,
     ) -> None:
         self.loop = loop

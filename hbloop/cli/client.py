@@ -1,0 +1,20 @@
+"""``hbloop client``: connect, heartbeat, send stdin lines as DATA and print what comes
+back (``hbloop.cli.client_app``)."""
+
+from __future__ import annotations
+
+from hbloop.cli.client_app import ClientApp
+from hbloop.cli.errors import UsageError
+from hbloop.cli.security import client_security
+from hbloop.cli.settings import ClientSettings
+from hbloop.core.protocol import ProtocolError
+from hbloop.ops import logs
+
+
+def run(settings: ClientSettings) -> int:
+    logs.configure(settings.level, settings.log_format)
+    try:
+        app = ClientApp(settings, *client_security(settings))
+    except ProtocolError as exc:  # a name HELLO cannot carry
+        raise UsageError(exc.message) from None
+    return app.run()

@@ -1,0 +1,501 @@
+"""Typed settings at the CLI boundary: one frozen dataclass per command.
+
+Each field that is an option declares its flag and config key, its kind (type and
+range) and its help at once (``hbloop.cli.options``); defaults are the library's own
+constants, so each is defined once. A value out of range never gets this far: the
+parser and the config reader refuse it. What no single value can say (the interval
+within its bounds, TLS options that need each other) is checked by ``__post_init__``,
+so a settings object that exists is consistent. The objects pickle, which is how the
+supervisor hands them to its workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from hbloop.check import ANSWER_TIMEOUT, DEFAULT_MAX_WAIT, DUPLICATE_POLICIES, PROBE_INTERVAL
+from hbloop.cli.errors import UsageError
+from hbloop.cli.options import (
+    MAX_COUNT,
+    Choice,
+    Count,
+    File,
+    Flag,
+    Keepalive,
+    Number,
+    Port,
+    RedisUrl,
+    Target,
+    Text,
+    Workers,
+    option,
+    required,
+    table,
+    words,
+)
+from hbloop.core.backoff import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
+from hbloop.core.policy import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_INTERVAL,
+    DEFAULT_MAX_PEER_RATE,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MIN_INTERVAL,
+    DEFAULT_PING_STRIKES,
+    DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_TIMEOUT,
+    ServerPolicy,
+    TcpKeepalive,
+)
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
+from hbloop.net.sockets import default_max_connections
+from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
+from hbloop.ops.logs import LOG_FORMATS, LOG_LEVELS
+from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_PREFIX, DEFAULT_REAP_INTERVAL, Policy
+from hbloop.presence.redis_link import RedisAddress
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7878
+
+# A stats line a minute: enough to follow a server's life in its log without
+# drowning the connect and disconnect lines.
+DEFAULT_STATS_INTERVAL = 60.0
+
+# The --help headings of options shared by several commands.
+TLS_CLIENT = "TLS and authentication"
+TLS_SERVER = "TLS and authentication (off by default)"
+PRESENCE = "presence across servers (Redis)"
+COMMON = "config file and logs"
+
+REDIS_HELP = "Redis for cluster-wide presence: redis://host:port/db or unix:///path?db=N"
+PREFIX_HELP = "prefix of every presence key, so that clusters can share a Redis"
+JSON_HELP = "print JSON"
+
+
+def flags(fields: Sequence[str]) -> str:
+    """Settings fields as the flags that set them: ``--max-connections, --port``."""
+    return ", ".join("--" + field.replace("_", "-") for field in fields)
+
+
+def changed(old: Settings, new: Settings) -> list[str]:
+    """The options (field names) whose values differ between ``old`` and ``new``."""
+    return [
+        entry.field
+        for entry in table(type(new))
+        if getattr(old, entry.field) != getattr(new, entry.field)
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """What every command has: the --config file, and the command line (kept so that
+    SIGHUP can read both again)."""
+
+    command: ClassVar[str]  # the subcommand's name
+    summary: ClassVar[str]  # its line in ``hbloop --help``
+
+    config: Path | None = option(
+        None,
+        File(),
+        "TOML file of options: its keys are the long options without '--' (e.g. {example}); "
+        "options given here override it",
+        in_file=False,
+        group=COMMON,
+    )
+    command_line: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        """Checks that need several fields; UsageError for the first that fails."""
+
+
+def log_level(default: str) -> str:
+    return option(default, words(LOG_LEVELS), "log verbosity", group=COMMON)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSettings(Settings):
+    log_level: str = log_level("info")
+    log_format: str = option(
+        "text",
+        words(LOG_FORMATS),
+        "log lines as text or as JSON objects (time, level, logger, message, fields)",
+        group=COMMON,
+    )
+    verbose: bool = option(
+        False,
+        Flag(),
+        "log every frame in and out (direction, peer, type, length, code; never a "
+        "payload) at debug level; implies --log-level debug",
+        short="-v",
+        group=COMMON,
+    )
+
+    @property
+    def level(self) -> str:
+        """The log level in force: -v's frame trace is logged at debug level."""
+        return "debug" if self.verbose else self.log_level
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientTlsSettings(Settings):
+    """``hbloop client``'s and ``check``'s TLS and HELLO token."""
+
+    tls: bool = option(False, Flag(), "connect with TLS", group=TLS_CLIENT)
+    ca: Path | None = option(
+        None, File(), "trust server certificates from these CAs (default: the system's)",
+        group=TLS_CLIENT,
+    )
+    cert: Path | None = option(
+        None, File(), "client certificate (PEM), for mutual TLS", group=TLS_CLIENT
+    )
+    key: Path | None = option(None, File(), "the private key of --cert (PEM)", group=TLS_CLIENT)
+    token_file: Path | None = option(
+        None, File(), "send this token with HELLO (default: $HBLOOP_TOKEN)", group=TLS_CLIENT
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.tls and (self.ca or self.cert or self.key):
+            raise UsageError("--ca, --cert and --key need --tls")
+        if (self.cert is None) != (self.key is None):
+            raise UsageError("--cert and --key go together")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings(LogSettings):
+    command = "serve"
+    summary = "run a heartbeat server that echoes DATA"
+
+    host: str = option(DEFAULT_HOST, Text(), "address to listen on", metavar="H")
+    port: int = option(DEFAULT_PORT, Port(), "TCP port (0: any free)")
+    interval: float = option(
+        DEFAULT_INTERVAL,
+        Number(),
+        "heartbeat interval granted to clients that ask for the default, s",
+    )
+    timeout: float = option(
+        DEFAULT_TIMEOUT,
+        Number(),
+        "silence after which a peer is closed, s; must be >= 2x --interval; "
+        "clients granted another interval get the same timeout/interval ratio",
+    )
+    scheme: Scheme = option(
+        Scheme.CLIENT,
+        Choice({s.name.lower(): s for s in Scheme}),
+        "who sends PINGs: the client (server answers) or the server",
+    )
+    max_connections: int | None = option(
+        None,
+        Count(),
+        "handshaken connections allowed",
+        default_text="the open-files limit less 64",
+    )
+    min_interval: float = option(
+        DEFAULT_MIN_INTERVAL, Number(), "smallest interval granted, s (at most --interval)"
+    )
+    max_interval: float = option(
+        DEFAULT_MAX_INTERVAL, Number(), "largest interval granted, s (at least --interval)"
+    )
+    handshake_timeout: float = option(
+        DEFAULT_HANDSHAKE_TIMEOUT, Number(), "time a new connection has to send HELLO, s"
+    )
+    max_frame: int = option(
+        DEFAULT_MAX_PAYLOAD, Count(), "largest frame payload accepted, bytes", metavar="BYTES"
+    )
+    max_pending: int = option(
+        DEFAULT_MAX_PENDING,
+        Count(),
+        "unsent output per connection before it is closed as a slow consumer, bytes",
+        metavar="BYTES",
+    )
+    ping_strikes: int = option(
+        DEFAULT_PING_STRIKES,
+        Count(),
+        "PINGs in a row sooner than half the interval before TOO_MANY_PINGS",
+    )
+    max_peer_rate: int = option(
+        DEFAULT_MAX_PEER_RATE,
+        Count(least=0),
+        "PONG and DATA frames a second one peer may send before the server stops "
+        "reading from it for the rest of that second (0: no limit)",
+    )
+    max_handshakes: int = option(
+        DEFAULT_MAX_HANDSHAKES,
+        Count(),
+        "connections still in their handshake at once; newcomers past it get "
+        "ERROR SERVER_FULL at once",
+    )
+    shutdown_grace: float = option(
+        DEFAULT_SHUTDOWN_GRACE,
+        Number(inclusive=True),
+        "time to flush output on SIGTERM/SIGINT, s",
+    )
+    tcp_keepalive: TcpKeepalive | None = option(
+        None, Keepalive(), "enable TCP keepalive probes (a supplement to heartbeats)"
+    )
+    # Below a millisecond TCP_USER_TIMEOUT would be 0, which is off.
+    tcp_user_timeout: float | None = option(
+        None,
+        Number(least=0.001, inclusive=True),
+        "TCP_USER_TIMEOUT: close when sent data stays unacknowledged this long, s",
+    )
+    coalesce: float = option(
+        0.0,
+        Number(inclusive=True),
+        "after a quiet wake-up, let events gather this many milliseconds before "
+        "polling again: less CPU per heartbeat for up to MS more latency (0: off)",
+        metavar="MS",
+    )
+    backlog: int = option(
+        DEFAULT_BACKLOG, Count(), "listen backlog (Linux caps it at net.core.somaxconn)"
+    )
+    workers: int = option(
+        1, Workers(), "worker processes sharing the port with SO_REUSEPORT (auto: one per CPU)"
+    )
+    stats_interval: float = option(
+        DEFAULT_STATS_INTERVAL,
+        Number(inclusive=True),
+        "log a statistics line every S seconds (0: never)",
+    )
+    metrics_port: int | None = option(
+        None,
+        Port(),
+        "serve Prometheus metrics at http://METRICS_HOST:P/metrics (0: any free port)",
+    )
+    metrics_host: str = option(DEFAULT_HOST, Text(), "address for --metrics-port", metavar="H")
+    redis: RedisAddress | None = option(None, RedisUrl(), REDIS_HELP, group=PRESENCE)
+    redis_prefix: str = option(
+        DEFAULT_PREFIX, Text(), PREFIX_HELP, metavar="P", group=PRESENCE
+    )
+    node_id: str | None = option(
+        None,
+        Text(),
+        "this server's name in presence; the start time is appended, and /wN for each "
+        "worker",
+        metavar="ID",
+        default_text="HOST:PID",
+        group=PRESENCE,
+    )
+    on_duplicate: Policy = option(
+        Policy.ALLOW,
+        Choice({p.value: p for p in Policy}),
+        "a name already online connects again: allow both, refuse the newcomer "
+        "(ERROR NAME_TAKEN) or replace the older (CLOSE TAKEN_OVER); needs --redis",
+        group=PRESENCE,
+    )
+    node_ttl: float = option(
+        DEFAULT_NODE_TTL,
+        Number(),
+        "lifetime of this node's liveness key, refreshed every third of it",
+        group=PRESENCE,
+    )
+    reap_interval: float = option(
+        DEFAULT_REAP_INTERVAL,
+        Number(),
+        "how often this node removes the members of nodes whose key expired",
+        group=PRESENCE,
+    )
+    tls_cert: Path | None = option(
+        None, File(), "serve TLS with this certificate chain (PEM)", group=TLS_SERVER
+    )
+    tls_key: Path | None = option(
+        None, File(), "the private key of --tls-cert (PEM)", group=TLS_SERVER
+    )
+    tls_client_ca: Path | None = option(
+        None, File(), "require client certificates from these CAs (mTLS)", group=TLS_SERVER
+    )
+    tls_handshake_rate: float = option(
+        DEFAULT_HANDSHAKE_RATE,
+        Number(most=MAX_COUNT),
+        "new TLS handshakes a second per process; connections past it are closed at accept",
+        metavar="N",
+        group=TLS_SERVER,
+    )
+    auth_client_cert: bool = option(
+        False,
+        Flag(),
+        "HELLO's name must be the client certificate's subject CN (needs --tls-client-ca)",
+        group=TLS_SERVER,
+    )
+    jwt_secret_file: Path | None = option(
+        None, File(), "HELLO must carry a JWT signed HS256 with this secret", group=TLS_SERVER
+    )
+    jwt_public_key: Path | None = option(
+        None,
+        File(),
+        "HELLO must carry a JWT signed ES256 or RS256 (PEM public key)",
+        group=TLS_SERVER,
+    )
+    jwt_audience: str | None = option(
+        None, Text(), "the 'aud' HELLO tokens must have", metavar="AUD", group=TLS_SERVER
+    )
+    jwt_issuer: str | None = option(
+        None, Text(), "the 'iss' HELLO tokens must have", metavar="ISS", group=TLS_SERVER
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The descriptor budget sizes only the default connection limit, which is
+        # always valid: today's soft limit will do (serving raises it first).
+        self.policy(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        if self.on_duplicate is not Policy.ALLOW and self.redis is None:
+            raise UsageError("--on-duplicate needs --redis")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.auth_client_cert and self.tls_client_ca is None:
+            raise UsageError("--auth-client-cert needs --tls-client-ca")
+        if self.jwt_secret_file is not None and self.jwt_public_key is not None:
+            raise UsageError("--jwt-secret-file and --jwt-public-key exclude each other")
+        if self.jwt_file is None and (self.jwt_audience or self.jwt_issuer):
+            raise UsageError(
+                "--jwt-audience and --jwt-issuer need --jwt-secret-file or --jwt-public-key"
+            )
+
+    @property
+    def jwt_file(self) -> Path | None:
+        return self.jwt_secret_file or self.jwt_public_key
+
+    def policy(self, fd_limit: int) -> ServerPolicy:
+        """The server policy; the default connection limit is sized from ``fd_limit``.
+        UsageError if the settings are inconsistent (nothing is widened to fit)."""
+        try:
+            return ServerPolicy(
+                interval=self.interval,
+                timeout=self.timeout,
+                scheme=self.scheme,
+                min_interval=self.min_interval,
+                max_interval=self.max_interval,
+                handshake_timeout=self.handshake_timeout,
+                max_connections=self.max_connections or default_max_connections(fd_limit),
+                max_payload=self.max_frame,
+                max_pending=self.max_pending,
+                ping_strikes=self.ping_strikes,
+                max_peer_rate=self.max_peer_rate,
+                max_handshakes=self.max_handshakes,
+                shutdown_grace=self.shutdown_grace,
+                tcp_keepalive=self.tcp_keepalive,
+                tcp_user_timeout=self.tcp_user_timeout,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientSettings(LogSettings, ClientTlsSettings):
+    command = "client"
+    summary = "connect, heartbeat, send stdin lines as DATA and print what comes back"
+
+    host: str = option(DEFAULT_HOST, Text(), "server address", metavar="H")
+    port: int = option(DEFAULT_PORT, Port(), "server port")
+    name: str | None = option(
+        None,
+        Text(),
+        "this client's name (1-64 UTF-8 bytes)",
+        short="-n",
+        metavar="NAME",
+        default_text="client-PID",
+    )
+    interval: float = option(
+        0.0,
+        Number(inclusive=True),
+        "heartbeat interval to ask for, s (0: the server's default)",
+    )
+    no_reconnect: bool = option(
+        False, Flag(), "exit when the connection ends instead of reconnecting"
+    )
+    backoff_base: float = option(
+        DEFAULT_BACKOFF_BASE,
+        Number(),
+        "reconnect back-off base, s (delays are drawn from 0..base*2^n)",
+    )
+    backoff_max: float = option(
+        DEFAULT_BACKOFF_CAP, Number(), "reconnect back-off cap, s (at least --backoff-base)"
+    )
+    log_level: str = log_level("warning")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backoff_base > self.backoff_max:
+            raise UsageError(
+                f"--backoff-base {self.backoff_base:g}s is above "
+                f"--backoff-max {self.backoff_max:g}s"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckSettings(ClientTlsSettings):
+    command = "check"
+    summary = "check that a server speaks protocol.md, case by case"
+
+    target: tuple[str, int] = required(Target(), "server to check", positional=True)
+    json: bool = option(False, Flag(), "print the report as JSON")
+    interval: float = option(
+        PROBE_INTERVAL, Number(), "interval to ask for in the liveness cases, s"
+    )
+    max_wait: float = option(
+        DEFAULT_MAX_WAIT,
+        Number(),
+        "skip time-based cases that would take longer than this, s",
+    )
+    handshake_timeout: float | None = option(
+        None,
+        Number(),
+        "the server's handshake deadline; the H5 case is skipped without it",
+    )
+    answer_timeout: float = option(
+        ANSWER_TIMEOUT,
+        Number(),
+        "time the server has for an answer it owes at once; a case waits no longer",
+    )
+    duplicates: str | None = option(
+        None,
+        words(DUPLICATE_POLICIES),
+        "the server's duplicate-name policy; the P1 or P2 case is skipped without it",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhoSettings(Settings):
+    command = "who"
+    summary = "who is online across the servers sharing a Redis (or where NAME is)"
+
+    name: str | None = option(None, Text(), "one name only", positional=True, metavar="NAME")
+    redis: RedisAddress = required(RedisUrl(), REDIS_HELP)
+    redis_prefix: str = option(DEFAULT_PREFIX, Text(), PREFIX_HELP, metavar="P")
+    json: bool = option(False, Flag(), JSON_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchSettings(Settings):
+    command = "watch"
+    summary = "print join and leave events as they happen"
+
+    redis: RedisAddress = required(RedisUrl(), REDIS_HELP)
+    redis_prefix: str = option(DEFAULT_PREFIX, Text(), PREFIX_HELP, metavar="P")
+    start: str = option(
+        "$",
+        Text(),
+        "print the events after this stream id ($: from now on, 0: all kept)",
+        name="from",
+        metavar="ID",
+    )
+    count: int | None = option(None, Count(), "exit after N events")
+    json: bool = option(False, Flag(), "one JSON object a line")
+
+
+COMMANDS: tuple[type[Settings], ...] = (
+    ServeSettings,
+    ClientSettings,
+    CheckSettings,
+    WhoSettings,
+    WatchSettings,
+)
