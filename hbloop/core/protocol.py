@@ -80,22 +80,32 @@ class FrameDecoder:
     keeps the rest too, for a later ``feed`` (with no new data if need be). It raises
     ``RemoteProtocolError`` on the first invalid header; the stream is unusable after
     that.
+
+    Buffering is linear in the bytes fed, however they are split: what is held back
+    lives in one ``bytearray`` that new data is appended to and decoded frames are cut
+    from the front of (CPython moves a bytearray's start for that rather than its
+    bytes). A 16 MiB frame fed in 1 KiB pieces costs about one copy of 16 MiB, not a
+    copy of everything held so far per piece. Data that ends on a frame boundary, the
+    common case, is decoded where it lies and nothing is held.
     """
 
-    __slots__ = ("max_payload", "_pending")
+    __slots__ = ("max_payload", "_held")
 
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
-        self._pending = _EMPTY
+        self._held: bytearray | None = None  # None rather than empty: 56 bytes less
 
     @property
     def buffered(self) -> int:
-        """Bytes of an incomplete frame held back."""
-        return len(self._pending)
+        """Bytes held back: an incomplete frame, or frames past a ``limit``."""
+        held = self._held
+        return 0 if held is None else len(held)
 
     def feed(self, data: bytes | bytearray | memoryview, limit: int = UNLIMITED) -> list[Frame]:
-        if self._pending:
-            data = self._pending + bytes(data)
+        held = self._held
+        if held is not None:
+            held += data
+            data = held
         end = len(data)
         pos = 0
         frames: list[Frame] = []
@@ -109,14 +119,19 @@ class FrameDecoder:
                 or length > max_payload
                 or (length and ftype in HEADER_ONLY_TYPES)
             ):
-                self._pending = _EMPTY  # the stream cannot be resynchronised
+                self._held = None  # the stream cannot be resynchronised
                 raise _header_error(bytes(data[pos : pos + HEADER_SIZE]), max_payload, frames)
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 break
             frames.append((ftype, bytes(data[pos + HEADER_SIZE : stop]) if length else _EMPTY))
             pos = stop
-        self._pending = bytes(data[pos:]) if pos < end else _EMPTY
+        if pos == end:
+            self._held = None
+        elif held is None:
+            self._held = bytearray(data[pos:])
+        elif pos:
+            del held[:pos]
         return frames
 
 
