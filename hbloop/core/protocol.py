@@ -72,28 +72,67 @@ UNLIMITED = sys.maxsize
 PRINTABLE_LIMIT = 200
 
 
+def take_frames(
+    held: bytearray | None, data: bytes | bytearray | memoryview, max_payload: int, limit: int
+) -> tuple[list[Frame], bytearray | None]:
+    """The complete frames at the start of ``held`` followed by ``data`` (at most
+    ``limit`` of them), and what is left to hold for later: None when nothing is.
+
+    Each header is checked as soon as its six bytes are in, before its payload is
+    buffered (F1); the first that fails raises ``RemoteProtocolError`` carrying the
+    frames before it. ``held`` is appended to and cut from the front of in place: a
+    ``bytearray`` grows by amortized doubling and CPython moves its start rather than
+    its bytes to cut, so holding is linear in the bytes fed however they are split (a
+    16 MiB frame fed 1 KiB at a time costs about one copy of 16 MiB, not one of
+    everything held so far per piece). Data that ends on a frame boundary, the common
+    case, is decoded where it lies and nothing is held.
+    """
+    if held is not None:
+        held += data
+        data = held
+    end = len(data)
+    pos = 0
+    frames: list[Frame] = []
+    unpack = HEADER_STRUCT.unpack_from
+    while end - pos >= HEADER_SIZE and len(frames) < limit:
+        length, ftype, flags = unpack(data, pos)
+        if (
+            flags
+            or ftype not in KNOWN_TYPES
+            or length > max_payload
+            or (length and ftype in HEADER_ONLY_TYPES)
+        ):
+            raise _header_error(bytes(data[pos : pos + HEADER_SIZE]), max_payload, frames)
+        stop = pos + HEADER_SIZE + length
+        if stop > end:
+            break
+        frames.append((ftype, bytes(data[pos + HEADER_SIZE : stop]) if length else _EMPTY))
+        pos = stop
+    if pos == end:
+        return frames, None
+    if held is None:
+        return frames, bytearray(data[pos:])
+    if pos:
+        del held[:pos]
+    return frames, held
+
+
 class FrameDecoder:
-    """Incremental frame decoder: feed it any split of the byte stream.
+    """Incremental frame decoder for a byte stream split anywhere (``take_frames``
+    with the held bytes kept here).
 
     ``feed`` returns the complete frames as ``(type, payload)`` tuples and keeps any
     partial frame for the next call; with a ``limit`` it returns at most that many and
     keeps the rest too, for a later ``feed`` (with no new data if need be). It raises
     ``RemoteProtocolError`` on the first invalid header; the stream is unusable after
     that.
-
-    Buffering is linear in the bytes fed, however they are split: what is held back
-    lives in one ``bytearray`` that new data is appended to and decoded frames are cut
-    from the front of (CPython moves a bytearray's start for that rather than its
-    bytes). A 16 MiB frame fed in 1 KiB pieces costs about one copy of 16 MiB, not a
-    copy of everything held so far per piece. Data that ends on a frame boundary, the
-    common case, is decoded where it lies and nothing is held.
     """
 
     __slots__ = ("max_payload", "_held")
 
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
-        self._held: bytearray | None = None  # None rather than empty: 56 bytes less
+        self._held: bytearray | None = None
 
     @property
     def buffered(self) -> int:
@@ -102,36 +141,11 @@ class FrameDecoder:
         return 0 if held is None else len(held)
 
     def feed(self, data: bytes | bytearray | memoryview, limit: int = UNLIMITED) -> list[Frame]:
-        held = self._held
-        if held is not None:
-            held += data
-            data = held
-        end = len(data)
-        pos = 0
-        frames: list[Frame] = []
-        unpack = HEADER_STRUCT.unpack_from
-        max_payload = self.max_payload
-        while end - pos >= HEADER_SIZE and len(frames) < limit:
-            length, ftype, flags = unpack(data, pos)
-            if (
-                flags
-                or ftype not in KNOWN_TYPES
-                or length > max_payload
-                or (length and ftype in HEADER_ONLY_TYPES)
-            ):
-                self._held = None  # the stream cannot be resynchronised
-                raise _header_error(bytes(data[pos : pos + HEADER_SIZE]), max_payload, frames)
-            stop = pos + HEADER_SIZE + length
-            if stop > end:
-                break
-            frames.append((ftype, bytes(data[pos + HEADER_SIZE : stop]) if length else _EMPTY))
-            pos = stop
-        if pos == end:
-            self._held = None
-        elif held is None:
-            self._held = bytearray(data[pos:])
-        elif pos:
-            del held[:pos]
+        try:
+            frames, self._held = take_frames(self._held, data, self.max_payload, limit)
+        except RemoteProtocolError:
+            self._held = None  # the stream cannot be resynchronised
+            raise
         return frames
 
 

@@ -49,7 +49,6 @@ from typing import Protocol
 
 from hbloop.core.histogram import Buckets
 from hbloop.core.protocol import (
-    FrameDecoder,
     LocalProtocolError,
     RemoteProtocolError,
     code_name,
@@ -58,6 +57,7 @@ from hbloop.core.protocol import (
     parse_hello,
     parse_welcome,
     printable,
+    take_frames,
 )
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
@@ -374,7 +374,7 @@ class Session:
         "rate_count",
         "paused",
         "_hello",
-        "_decoder",
+        "_held",
     )
 
     def __init__(self, config: SessionConfig, state: State, now: float) -> None:
@@ -400,10 +400,9 @@ class Session:
         self.paused = False
         # A HELLO awaiting accept() or refuse(); the bytes behind it wait in the buffer.
         self._hello: Hello | None = None
-        # The receive buffer. Before its handshake a server accepts the longest HELLO
-        # (F2), so that a connection that never completes one holds no more.
-        limit = MAX_HELLO_PAYLOAD if state is State.AWAIT_HELLO else config.max_payload
-        self._decoder = FrameDecoder(limit)
+        # The receive buffer: bytes of frames not yet acted on (None when there are
+        # none, which costs no bytearray per idle connection).
+        self._held: bytearray | None = None
 
     @classmethod
     def server(cls, config: SessionConfig, now: float) -> Session:
@@ -472,13 +471,14 @@ class Session:
     def buffered(self) -> int:
         """Bytes received and not yet acted on: a partial frame, or frames held behind
         a pending HELLO or past one read's share."""
-        return self._decoder.buffered
+        held = self._held
+        return 0 if held is None else len(held)
 
     def deadline_reached(self, now: float) -> Step:
         state = self.state
         if state is State.OPEN:
-            if self.expired(now):
-                silent = now - self.last_recv
+            silent = now - self.last_recv
+            if silent >= self.grant.timeout and self.config.enforce_timeout:
                 return self._close(
                     Code.TIMEOUT,
                     now,
@@ -520,7 +520,6 @@ class Session:
         if self.state is not State.AWAIT_HELLO or self._hello is None:
             raise LocalProtocolError(Code.MALFORMED, "accept() needs a pending HELLO")
         self._hello = None
-        self._decoder.max_payload = self.config.max_payload
         self.state = State.OPEN
         self.grant = grant
         self.deadline = FOREVER  # a shared float: OPEN needs no deadline of its own
@@ -528,7 +527,7 @@ class Session:
         self.config.counters.frames_out += 1
         welcome = encode_welcome(grant.welcome)
         opened: tuple[Event, ...] = (Opened(grant),)
-        if not self._decoder.buffered:
+        if self._held is None:
             return welcome, opened
         out, events = self.receive_data(b"", now)  # what came behind the HELLO (H7)
         return welcome + out, (*opened, *events)
@@ -559,19 +558,20 @@ class Session:
         limit = config.max_frames
         failure = None
         try:
-            frames = self._decoder.feed(data, limit)
+            frames, self._held = take_frames(self._held, data, config.max_payload, limit)
         except RemoteProtocolError as error:
             frames = error.frames  # served first: the stream was good up to the header
             failure = error
-        self.paused = len(frames) == limit
+        count = len(frames)
+        self.paused = count == limit
         counters = config.counters
-        counters.frames_in += len(frames)
+        counters.frames_in += count
         previous_read = self.last_recv
         # ``gap`` is the silence this read ended: each heartbeat observes it, which
         # tells how close the peer runs to its timeout (a second one in the same read
         # ended no silence of its own).
         gap = now - previous_read
-        if frames:
+        if count:
             self.last_recv = now  # T5: only complete frames prove the peer alive
         out = b""
         events: list[Event] | tuple[Event, ...] = NO_EVENTS
@@ -588,8 +588,7 @@ class Session:
                 if credit > now:
                     self.strikes += 1
                     if self.strikes >= config.ping_strikes:
-                        out, events = self._strike_out(out, events, now)
-                        break
+                        return self._strike_out(out, events, now)
                 else:
                     self.strikes = 0
                     self.last_ping_in = credit if credit > previous_read else previous_read
@@ -616,15 +615,11 @@ class Session:
                 if extra:
                     events = [*events, *extra]
                 if self.state is not S_OPEN:
-                    break
-        if self.state is not S_OPEN:
-            self.paused = False
-        elif failure is not None:
+                    return out, events  # the rest is discarded (C2, C3)
+        if failure is not None:
             more, extra = self._fail(failure, now)
-            out += more
-            events = [*events, *extra]
-            self.paused = False
-        elif rated and config.peer_rate:
+            return out + more, [*events, *extra]
+        if rated and config.peer_rate:
             self._charge(rated, now)
         return out, events
 
@@ -678,12 +673,13 @@ class Session:
             return NOTHING  # input is drained and ignored (C1, C2)
         if state is State.CONNECTING:
             raise LocalProtocolError(Code.MALFORMED, "data received before connected()")
-        decoder = self._decoder
-        if self._hello is not None:  # awaiting accept() or refuse(): keep what follows
-            decoder.feed(data, 0)
-            return NOTHING
+        # Before its handshake a server accepts the longest HELLO (F2), so that a
+        # connection that never completes one holds no more.
+        max_payload = MAX_HELLO_PAYLOAD if state is State.AWAIT_HELLO else self.config.max_payload
+        # Awaiting accept() or refuse(), what follows the HELLO is only kept.
+        limit = 0 if self._hello is not None else 1
         try:
-            frames = decoder.feed(data, 1)
+            frames, self._held = take_frames(self._held, data, max_payload, limit)
         except RemoteProtocolError as exc:
             return self._fail(exc, now)  # F1 comes before H1: no frame is needed
         if not frames:
@@ -725,7 +721,7 @@ class Session:
         self.deadline = FOREVER
         self.last_recv = now  # the client's timeout clock starts at WELCOME (H3)
         opened = (Opened(grant),)
-        if not self._decoder.buffered:
+        if self._held is None:
             return b"", opened
         out, events = self.receive_data(b"", now)
         return out, (*opened, *events)
@@ -796,7 +792,7 @@ class Session:
             events = [*events, *extra]
         if self.state is S_CLOSING or self.state is S_CLOSED:
             return out, events
-        partial = self._decoder.buffered
+        partial = self.buffered
         if partial:
             more, extra = self._fail(
                 RemoteProtocolError(Code.MALFORMED, f"EOF inside a frame, {partial} bytes in"),
@@ -816,6 +812,8 @@ class Session:
 
     def _close(self, code: Code, now: float, disconnect: Disconnect, linger: float) -> Step:
         self.state = State.CLOSING
+        self.paused = False  # from now on input is discarded, never held
+        self._held = None
         self.deadline = now + linger
         self.last_sent = now
         self.config.counters.frames_out += 1
@@ -825,6 +823,8 @@ class Session:
         self, error: RemoteProtocolError, now: float, reason: Reason = Reason.PROTOCOL_ERROR
     ) -> Step:
         self.state = State.CLOSING
+        self.paused = False
+        self._held = None
         self.deadline = now + self.config.linger
         self.last_sent = now
         self.config.counters.frames_out += 1
@@ -834,4 +834,6 @@ class Session:
 
     def _end(self, disconnect: Disconnect) -> Step:
         self.state = State.CLOSED
+        self.paused = False
+        self._held = None
         return b"", (Closed(disconnect),)

@@ -182,7 +182,9 @@ class Channel(Generic[AppT]):
             timer.cancel()
             self.timer = None
         if due != FOREVER:
-            self.timer = self.endpoint.loop.call_at(due, self._on_deadline)
+            # The channel as an argument rather than a bound method: 16 bytes less
+            # per armed connection.
+            self.timer = self.endpoint.loop.call_at(due, Channel._on_deadline, self)
 
     def _on_deadline(self) -> None:
         self.timer = None
@@ -246,23 +248,23 @@ class Channel(Generic[AppT]):
             return
         endpoint = self.endpoint
         endpoint.counters.bytes_in += n
-        data: bytes | memoryview = _read_view[:n]
         tls = self.tls
-        if tls is not None:
-            data = self._decrypt(tls, data)
+        if tls is None:
+            data: bytes | memoryview = _read_view[:n]
+        else:
+            data = self._decrypt(tls, _read_view[:n])
             if not data:
                 return
-        tracer = self.tracer
-        if tracer is not None:
-            tracer.received(data)
+        if self.tracer is not None:
+            self.tracer.received(data)
         session = self.session
-        step = session.receive_data(data, endpoint.loop.now)
-        if step[1]:
-            self.apply(step)
-        elif step[0]:
+        out, events = session.receive_data(data, endpoint.loop.now)
+        if events:
+            self.apply((out, events))
+        elif out:
             # A heartbeat: no state changed, so no deadline moved earlier and nothing
             # is closing; only the answer needs sending.
-            self._write(step[0])
+            self._write(out)
         if session.paused and self.fd >= 0:
             self._pause()
         if tls is not None and tls.peer_closed and self.fd >= 0:
