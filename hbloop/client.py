@@ -37,7 +37,7 @@ from hbloop.core.wire import (
     Welcome,
     encode_hello,
 )
-from hbloop.net.channel import Channel
+from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters
 from hbloop.net.loop import EventLoop, Timer, call_guarded
 from hbloop.net.tls import TlsLayer
@@ -298,7 +298,7 @@ class Client(ClientBase):
             self._schedule_retry(Disconnect(Reason.PEER_RESET, detail=str(exc)))
             return
         tls = self.tls
-        conn = Channel(
+        conn = make_channel(
             self,
             None,
             sock,

@@ -46,7 +46,7 @@ from hbloop.core.session import (
 )
 from hbloop.core.wire import Code, Hello, encode_error
 from hbloop.net.acceptor import Acceptor
-from hbloop.net.channel import Channel
+from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters, ServerStats
 from hbloop.net.loop import EventLoop, call_guarded
 from hbloop.net.sockets import apply_tcp_options, make_listener
@@ -110,7 +110,7 @@ class Peer:
         self._accepted = now
         self._member: object = None  # its handle in server.presence
         tls_context = server.tls_context
-        self._channel: Channel[Peer] = Channel(
+        self._channel: Channel[Peer] = make_channel(
             server,
             self,
             sock,
@@ -167,8 +167,7 @@ class Peer:
 
     def peer_certificate(self) -> Certificate | None:
         """The client's verified certificate under mutual TLS, else None."""
-        tls = self._channel.tls
-        return None if tls is None else tls.peer_certificate()
+        return self._channel.peer_certificate()
 
     def __repr__(self) -> str:
         return f"<Peer {self._label} name={self.name} {self.state.value}>"

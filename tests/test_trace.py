@@ -99,10 +99,12 @@ HOT_PATH = {
     "Channel._write",
 }
 
-# The bytecodes they execute for it, by CPython version. Any change to the hot path
+# The bytecodes they execute for it, by CPython version (341 since the session owns its
+# buffer: one call fewer than 348 before, and no test for TLS or tracing, which only
+# a LayeredChannel has). Any change to the hot path
 # changes this number: update it deliberately, saying why in the commit, and never to
 # make room for a per-frame check of a setting.
-HEARTBEAT_BYTECODES = {(3, 11): 348}
+HEARTBEAT_BYTECODES = {(3, 11): 341}
 
 
 def heartbeat_bytecodes(trace: bool) -> Counter[str]:
@@ -152,4 +154,4 @@ def test_tracing_off_runs_the_plain_heartbeat_path():
         assert sum(off.values()) == expected, dict(off)
     # The count sees tracing when it is on: the same path, and the trace's code.
     on = heartbeat_bytecodes(trace=True)
-    assert set(on) > HOT_PATH | {"trace_frames", "Tracer.received", "Tracer.sent"}
+    assert set(on) > {"LayeredChannel.on_readable", "trace_frames", "Tracer.received"}

@@ -16,7 +16,7 @@ header before buffering its payload, F1), acts on the complete frames in order, 
 answers a bad header with ERROR after the frames before it have been served (C3).
 Every shell, epoll or asyncio, client or server, thus runs one copy of that sequence.
 
-**Fairness.** One ``receive_data`` acts on at most ``config.max_frames`` frames and
+**Fairness.** One ``receive_data`` acts on at most ``MAX_FRAMES_PER_READ`` frames and
 keeps the rest; it then sets ``paused``, as it does when the peer has spent its rate
 of unsolicited frames (T9). A paused session wants no more input for now: its shell
 stops reading from the socket (so TCP flow control holds the sender back) and, at
@@ -285,7 +285,6 @@ class SessionConfig:
       session pauses, to stop reading from it for the rest of the second (0: no limit).
     * ``max_payload``: the largest payload accepted once OPEN (F2; before that a
       server accepts the longest HELLO).
-    * ``max_frames``: frames one ``receive_data`` acts on before the session pauses.
     * ``enforce_timeout``: the session closes a silent peer (T6); off for load
       generators, which measure the server and leave judging to it.
     """
@@ -301,7 +300,6 @@ class SessionConfig:
         "pinging_scheme",
         "peer_rate",
         "max_payload",
-        "max_frames",
         "enforce_timeout",
     )
 
@@ -318,7 +316,6 @@ class SessionConfig:
         counters: SessionCounters | None = None,
         peer_rate: int = 0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
-        max_frames: int = MAX_FRAMES_PER_READ,
         enforce_timeout: bool = True,
     ) -> None:
         if role is Role.CLIENT and not hello:
@@ -326,15 +323,14 @@ class SessionConfig:
         if (
             handshake_timeout <= 0
             or ping_strikes < 1
-            or max_frames < 1
             or linger < 0
             or peer_rate < 0
             or not 0 <= max_payload <= ABSOLUTE_MAX_PAYLOAD
         ):
             raise LocalProtocolError(
                 Code.MALFORMED,
-                "the handshake timeout, strikes and frames per read must be positive, "
-                "linger, rate and maximum payload not negative",
+                "the handshake timeout and strikes must be positive, linger, rate and "
+                "maximum payload not negative",
             )
         self.role = role
         self.handshake_timeout = handshake_timeout
@@ -345,7 +341,6 @@ class SessionConfig:
         self.counters: SessionCounters = counters if counters is not None else _Tally()
         self.peer_rate = peer_rate
         self.max_payload = max_payload
-        self.max_frames = max_frames
         self.enforce_timeout = enforce_timeout
         # The scheme under which this side sends PINGs (T3), or None if it never does.
         own = Scheme.SERVER if role is Role.SERVER else Scheme.CLIENT
@@ -546,7 +541,7 @@ class Session:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> Step:
         """Bytes from the peer, read at ``now``: act on the complete frames buffered, in
-        order, at most ``config.max_frames`` of them (then ``paused`` is set). A bad
+        order, at most MAX_FRAMES_PER_READ of them (then ``paused`` is set). A bad
         header (F1) is answered with ERROR once the frames before it are served (C3).
         Input after this side's last frame (CLOSING) is discarded."""
         if self.state is not S_OPEN:
@@ -555,15 +550,16 @@ class Session:
         # Most reads hold a single frame, so counters are bumped per frame, not summed
         # after.
         config = self.config
-        limit = config.max_frames
         failure = None
         try:
-            frames, self._held = take_frames(self._held, data, config.max_payload, limit)
+            frames, self._held = take_frames(
+                self._held, data, config.max_payload, MAX_FRAMES_PER_READ
+            )
         except RemoteProtocolError as error:
             frames = error.frames  # served first: the stream was good up to the header
             failure = error
         count = len(frames)
-        self.paused = count == limit
+        self.paused = count == MAX_FRAMES_PER_READ
         counters = config.counters
         counters.frames_in += count
         previous_read = self.last_recv
