@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 
-from hbloop.core.protocol import FrameDecoder
-from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, PONG_FRAME, FrameType, encode_data, encode_hello
+from hbloop.core.policy import DEFAULT_PING_STRIKES, LINGER_SECONDS
+from hbloop.core.session import Events, Opened, Role, Session, SessionConfig
+from hbloop.core.wire import PONG_FRAME, encode_data, encode_hello
 
 FRAMES = {"pong": PONG_FRAME, "data": encode_data(b"")}
 KINDS = tuple(FRAMES)
@@ -27,6 +28,9 @@ BURST = 4096
 
 # The one line a run prints: "sent N frames".
 SENT_PREFIX = "sent "
+
+# Seconds a flooder's handshake may take: it connects to a server started for it.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def start(address: tuple[str, int], count: int, kind: str, seconds: float) -> subprocess.Popen[str]:
@@ -51,10 +55,25 @@ def main() -> int:
     burst = frame * BURST
     socks = []
     for i in range(int(count)):
-        sock = socket.create_connection((host, int(port)))
-        sock.sendall(encode_hello(f"flooder-{os.getpid()}-{i}", 0))
-        first = FrameDecoder(DEFAULT_MAX_PAYLOAD).feed(sock.recv(64))
-        assert first and first[0][0] == FrameType.WELCOME, first
+        # The handshake through a client session, which judges the WELCOME; the flood
+        # that follows is raw bytes.
+        config = SessionConfig(
+            Role.CLIENT,
+            handshake_timeout=HANDSHAKE_TIMEOUT,
+            ping_strikes=DEFAULT_PING_STRIKES,
+            linger=LINGER_SECONDS,
+            hello=encode_hello(f"flooder-{os.getpid()}-{i}", 0),
+        )
+        session = Session.client(config, time.monotonic())
+        sock = socket.create_connection((host, int(port)), timeout=HANDSHAKE_TIMEOUT)
+        sock.sendall(session.connected(time.monotonic()))
+        events: Events = ()
+        while not events:
+            data = sock.recv(64)
+            if not data:
+                raise ConnectionError("the server closed the connection before WELCOME")
+            _, events = session.receive_data(data, time.monotonic())
+        assert isinstance(events[0], Opened), events
         sock.setblocking(False)
         socks.append(sock)
     selector = selectors.DefaultSelector()

@@ -33,6 +33,7 @@ from hbloop.core.policy import (
     LINGER_SECONDS,
 )
 from hbloop.core.session import (
+    NO_EVENTS,
     Closed,
     Disconnect,
     Events,
@@ -44,8 +45,8 @@ from hbloop.core.session import (
     SessionConfig,
     State,
 )
-from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, encode_hello
-from hbloop.net.channel import Channel, TlsChannel
+from hbloop.core.wire import Code, encode_hello
+from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters
 from hbloop.net.loop import EventLoop, Timer
 from hbloop.net.sockets import raise_open_files_limit
@@ -68,38 +69,44 @@ MAX_ERROR_SAMPLES = 5
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
-class BenchClient(Channel["Worker"]):
-    """One heartbeat client on the shared session; the worker does the bookkeeping.
+class BenchClient:
+    """One heartbeat client: its channel runs a client session, the worker does the
+    bookkeeping.
 
     The session answers the server's PINGs, judges WELCOME, CLOSE and ERROR; this
     class only replaces rule T3's PINGs (``auto_ping`` off) with the open-loop
-    schedule and times each PONG (``report_pongs``).
+    schedule and times each PONG (``report_pongs``). The session never judges the
+    server dead (``enforce_timeout`` off): a stalled server or a zombie is closed by
+    the server alone, which is what the bench measures.
     """
 
-    __slots__ = ("index", "next_slot", "outstanding", "last_frame_at", "zombie", "schedule")
+    __slots__ = (
+        "worker",
+        "channel",
+        "index",
+        "next_slot",
+        "outstanding",
+        "last_frame_at",
+        "zombie",
+        "schedule",
+    )
 
-    def __init__(self, worker: Worker, sock: socket.socket, index: int) -> None:
+    def __init__(
+        self, worker: Worker, sock: socket.socket, index: int, tls: TlsLayer | None
+    ) -> None:
+        self.worker = worker
         session = Session.client(worker.session_config(index), worker.loop.now)
-        super().__init__(worker, sock, session, DEFAULT_MAX_PAYLOAD)
+        self.channel: Channel[BenchClient] = make_channel(worker, self, sock, session, tls)
         self.index = index
         self.next_slot = 0.0
         self.outstanding: list[tuple[float, int]] = []  # (first slot, slots it stands for)
-        self.last_frame_at = 0.0
+        self.last_frame_at = time.monotonic()
         self.zombie = False
         self.schedule: Timer | None = None
 
     @property
     def welcomed(self) -> bool:
-        return self.session.handshaken
-
-    def on_connected(self) -> None:
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode[err]}")
-            return
-        self.owner.loop.remove_writer(self.fd)
-        self.last_frame_at = time.monotonic()
-        self.connection_made()
+        return self.channel.session.handshaken
 
     def handle(self, events: Events) -> None:
         now = time.monotonic()
@@ -110,37 +117,39 @@ class BenchClient(Channel["Worker"]):
                 self._on_welcome(now)
             elif isinstance(event, Closed):
                 self._stop_schedule()
-                self.owner.ended(self, event.disconnect)
+                self.worker.ended(self, event.disconnect)
 
     def _on_welcome(self, now: float) -> None:
         # This client's phase, then the first slot of the schedule not yet past.
-        plan = self.owner.plan
-        interval = self.session.grant.interval
+        plan = self.worker.plan
+        interval = self.channel.session.grant.interval
         first = plan.epoch + self.index / plan.clients * interval
         self.next_slot = first + max(0, -int((first - now) // interval)) * interval
-        self.schedule = self.owner.loop.call_at(self.next_slot, self.on_slot)
-        self.owner.welcomed(self)
+        self.schedule = self.worker.loop.call_at(self.next_slot, self.on_slot)
+        self.worker.welcomed(self)
 
     def on_slot(self) -> None:
         now = time.monotonic()
         slot = self.next_slot
-        interval = self.session.grant.interval
+        channel = self.channel
+        interval = channel.session.grant.interval
         slots = 1 + int((now - slot) // interval)  # more than 1: the worker fell behind
-        if not self._write(self.session.ping(self.owner.loop.now)):
+        channel.apply((channel.session.ping(self.worker.loop.now), NO_EVENTS))
+        if channel.released:
             return
         self.last_frame_at = now
         self.outstanding.append((slot, slots))
         self.next_slot = slot + slots * interval
-        self.owner.skipped_slots += slots - 1
-        self.schedule = self.owner.loop.call_at(self.next_slot, self.on_slot)
+        self.worker.skipped_slots += slots - 1
+        self.schedule = self.worker.loop.call_at(self.next_slot, self.on_slot)
 
     def _on_pong(self, now: float) -> None:
         if not self.outstanding:
             return  # an unsolicited PONG is a legal one-way heartbeat
         slot, slots = self.outstanding.pop(0)
-        interval = self.session.grant.interval
+        interval = self.channel.session.grant.interval
         for k in range(slots):
-            self.owner.record_rtt(now - (slot + k * interval))
+            self.worker.record_rtt(now - (slot + k * interval))
 
     def _stop_schedule(self) -> None:
         if self.schedule is not None:
@@ -151,27 +160,6 @@ class BenchClient(Channel["Worker"]):
         """Become a zombie: keep the socket open and reading, never send again."""
         self.zombie = True
         self._stop_schedule()
-
-    def arm(self) -> None:
-        # The load generator measures the server and never judges it dead itself: on
-        # an OPEN connection the session's deadlines (the server's timeout) are
-        # ignored, so a stalled server or a zombie is closed by the server alone.
-        if self.session.state is State.OPEN:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            return
-        super().arm()
-
-
-class TlsBenchClient(TlsChannel["Worker"], BenchClient):
-    """A BenchClient through TLS (the server's certificate verified as any client's)."""
-
-    __slots__ = ("tls",)
-
-    def __init__(self, worker: Worker, sock: socket.socket, index: int, tls: TlsLayer) -> None:
-        super().__init__(worker, sock, index)
-        self.tls = tls
 
 
 class Worker:
@@ -241,23 +229,18 @@ class Worker:
             if sources:
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((sources[index % len(sources)], 0))
-            err = sock.connect_ex(self.plan.target)
         except OSError as exc:
-            err = exc.errno or errno.EIO
-        if err not in (0, errno.EINPROGRESS):
             sock.close()
             self.counts.connect_failures += 1
-            self._sample_error(f"connect: {errno.errorcode.get(err, err)}")
+            self._sample_error(f"connect: {errno.errorcode.get(exc.errno or errno.EIO)}")
             return
-        if self.tls is None:
-            client = BenchClient(self, sock, index)
-        else:
-            layer = TlsLayer(self.tls, server_side=False, server_hostname=self.plan.target[0])
-            client = TlsBenchClient(self, sock, index, layer)
+        tls = None
+        if self.tls is not None:
+            tls = TlsLayer(self.tls, server_side=False, server_hostname=self.plan.target[0])
+        client = BenchClient(self, sock, index, tls)
         self.clients.append(client)
         self.in_flight += 1
-        self.loop.add_writer(client.fd, client.on_connected)
-        client.arm()  # the WELCOME deadline
+        client.channel.connect(self.plan.target)  # a failure ends it as connect_failures
 
     def tick(self, second: int) -> None:
         self.pipe.send(
@@ -276,7 +259,7 @@ class Worker:
 
     def zombify(self) -> None:
         """Silence ``plan.zombies`` open clients, evenly spaced over the phases."""
-        live = [c for c in self.clients if c.session.state is State.OPEN]
+        live = [c for c in self.clients if c.channel.session.state is State.OPEN]
         count = min(self.plan.zombies, len(live))
         for k in range(count):
             client = live[k * len(live) // count]
@@ -285,12 +268,12 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping = True
-        unclosed = sum(1 for c in self.zombies if c.session.state is State.OPEN)
-        now = self.loop.now
+        unclosed = sum(1 for c in self.zombies if c.channel.session.state is State.OPEN)
         for client in self.clients:
-            if not client.released:
-                client.apply(client.session.close(Code.NORMAL, now))
-                client.drop(Reason.CLOSED_LOCALLY)
+            channel = client.channel
+            if not channel.released:
+                channel.close(Code.NORMAL)
+                channel.drop(Reason.CLOSED_LOCALLY)
         final = Final(
             worker=self.plan.worker,
             counts=self.counts,
@@ -318,7 +301,17 @@ class Worker:
             auto_ping=False,
             report_pongs=True,
             counters=self.counters,
+            enforce_timeout=False,
         )
+
+    def channel_events(self, channel: Channel[BenchClient], events: Events) -> None:
+        channel.app.handle(events)
+
+    def channel_released(self, channel: Channel[BenchClient]) -> None:
+        """Nothing to do: the worker counts connections by their session's events."""
+
+    def tls_handshake(self, done: bool) -> None:
+        """Nothing to count: a failed handshake ends the client as a connect failure."""
 
     def record_rtt(self, seconds: float) -> None:
         self.pongs += 1
@@ -346,7 +339,8 @@ class Worker:
             counts.connect_failures += 1
             self._sample_error(f"connect failed: {disconnect}")
         elif client.zombie:
-            self.zombie_late.append(now - client.last_frame_at - client.session.grant.timeout)
+            timeout = client.channel.session.grant.timeout
+            self.zombie_late.append(now - client.last_frame_at - timeout)
         else:
             counts.dropped += 1
             if disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TIMEOUT:

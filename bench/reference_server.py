@@ -4,8 +4,8 @@
 [--tls-cert FILE --tls-key FILE]`` prints ``listening on HOST:PORT`` once ready; with
 a certificate it serves TLS through the loop's own TLS transport (the same
 ``hbloop.net.tls.server_context`` as ``hbloop serve``). It runs hbloop's sans-IO session
-(``hbloop.core.session``) and decoder, so a comparison with ``hbloop serve`` measures the
-event loop and transport, not the protocol code: the same handshake, PING/PONG,
+(``hbloop.core.session``, which decodes too), so a comparison with ``hbloop serve``
+measures the event loop and transport, not the protocol code: the same handshake, PING/PONG,
 timeouts, CLOSE and ERROR, with every HELLO admitted (no connection limit).
 
 Liveness is written the way asyncio servers usually write it (uvicorn's keep-alive
@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.core.protocol import FrameDecoder, RemoteProtocolError
 from hbloop.core.session import (
     FOREVER,
     Closed,
@@ -38,7 +37,6 @@ from hbloop.core.session import (
     State,
     Step,
 )
-from hbloop.core.wire import MAX_HELLO_PAYLOAD
 from hbloop.net.sockets import raise_open_files_limit
 from hbloop.net.tls import server_context
 
@@ -46,14 +44,13 @@ LOOPS = ("asyncio", "uvloop")
 
 
 class HeartbeatProtocol(asyncio.Protocol):
-    """One peer: the transport's bytes through the decoder into the session."""
+    """One peer: the transport's bytes into the session."""
 
-    __slots__ = ("server", "transport", "decoder", "session", "deadline")
+    __slots__ = ("server", "transport", "session", "deadline")
 
     def __init__(self, server: ReferenceServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder(MAX_HELLO_PAYLOAD)
         self.session = Session.server(server.config, server.loop.time())
         self.deadline: asyncio.TimerHandle | None = None
 
@@ -65,19 +62,14 @@ class HeartbeatProtocol(asyncio.Protocol):
         self._rearm()
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
         now = self.server.loop.time()
-        try:
-            frames = self.decoder.feed(data)
-        except RemoteProtocolError as exc:
-            if exc.frames:  # the good frames before the bad header still count
-                self._apply(self.session.receive(exc.frames, now))
-            self._apply(self.session.protocol_error(exc, now))
-            return
-        if frames:
-            self._apply(self.session.receive(frames, now))
+        self._apply(session.receive_data(data, now))
+        while session.paused:  # a share of frames at a time: serve the rest now
+            self._apply(session.receive_data(b"", now))
 
     def eof_received(self) -> bool:
-        self._apply(self.session.eof_received(self.server.loop.time(), self.decoder.buffered))
+        self._apply(self.session.eof_received(self.server.loop.time()))
         return False
 
     def _apply(self, step: Step) -> None:
@@ -90,7 +82,6 @@ class HeartbeatProtocol(asyncio.Protocol):
         for event in events:
             if isinstance(event, HelloReceived):
                 grant = self.server.grant_for(event.hello.interval_ms)
-                self.decoder.max_payload = self.server.policy.max_payload
                 self._apply(self.session.accept(grant, self.server.loop.time()))
             elif isinstance(event, Closed) and self.session.state is State.CLOSED:
                 transport.close()
@@ -127,6 +118,7 @@ class ReferenceServer:
             handshake_timeout=policy.handshake_timeout,
             ping_strikes=policy.ping_strikes,
             linger=policy.linger,
+            max_payload=policy.max_payload,
         )
         self._grants: dict[int, Grant] = {}
 

@@ -1,9 +1,9 @@
 """``hbloop.aio``: the heartbeat client for applications on asyncio (or uvloop).
 
 The protocol is ``hbloop.Client``'s, from the same parts: the sans-IO
-``hbloop.core.session.Session`` (the handshake, T3's PING timing, the T6 timeout, strikes,
-CLOSE and ERROR) fed by a ``FrameDecoder``, with ``hbloop.client``'s session
-configuration, back-off and rules for when to stop. Only the I/O shell is asyncio's:
+``hbloop.core.session.Session`` (its receive buffer and decoding, the handshake, T3's
+PING timing, the T6 timeout, strikes, CLOSE and ERROR), with ``hbloop.client``'s
+session configuration, back-off and rules for when to stop. Only the I/O shell is asyncio's:
 an ``asyncio.Protocol`` per connection attempt, and one ``loop.call_at`` timer per
 connection, re-armed at ``session.next_deadline()`` when it fires or when that
 deadline moves earlier (a state change), so a heartbeat costs no timer operation::
@@ -41,7 +41,6 @@ from typing import cast
 from hbloop.client import ClientBase, DisconnectCallback
 from hbloop.core.backoff import Backoff
 from hbloop.core.policy import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING
-from hbloop.core.protocol import FrameDecoder, RemoteProtocolError
 from hbloop.core.session import (
     FOREVER,
     S_CLOSED,
@@ -57,7 +56,7 @@ from hbloop.core.session import (
     State,
     Step,
 )
-from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, Welcome
+from hbloop.core.wire import Code, Welcome
 
 # DATA frames held for the iterator before the client stops reading from the server:
 # a burst a consumer catches up with at once, at most 64 MiB of maximum-size frames.
@@ -88,7 +87,6 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.loop = loop
         self.session = Session.client(client.session_config, loop.time())
-        self.decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
         self.transport: asyncio.Transport | None = None
         # The one timer and when it is due (uvloop makes a timer due at once a plain
         # Handle, which does not say when).
@@ -114,26 +112,17 @@ class _Connection(asyncio.Protocol):
         self.arm()
 
     def data_received(self, data: bytes) -> None:
+        self.client.counters.bytes_in += len(data)
         session = self.session
-        if session.state is S_CLOSING or session.state is S_CLOSED:
-            return  # draining input until the server's EOF
-        counters = self.client.counters
-        counters.bytes_in += len(data)
         now = self.loop.time()
-        try:
-            frames = self.decoder.feed(data)
-        except RemoteProtocolError as exc:  # a bad header (F1): the frames before it count
-            counters.frames_in += len(exc.frames)
-            if exc.frames:
-                self.apply(session.receive(exc.frames, now))
-            self.apply(session.protocol_error(exc, now))
-            return
-        if frames:
-            counters.frames_in += len(frames)
-            self.apply(session.receive(frames, now))
+        self.apply(session.receive_data(data, now))
+        # The session acts on a share of frames at a time; asyncio already bounds a
+        # read (256 KiB), so the rest is served now rather than on another turn.
+        while session.paused:
+            self.apply(session.receive_data(b"", now))
 
     def eof_received(self) -> bool:
-        self.apply(self.session.eof_received(self.loop.time(), self.decoder.buffered))
+        self.apply(self.session.eof_received(self.loop.time()))
         return True  # keep the transport: apply() closes it once the session is CLOSED
 
     def connection_lost(self, exc: Exception | None) -> None:

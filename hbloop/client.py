@@ -9,13 +9,11 @@ come back in lockstep.
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from hbloop.core.backoff import Backoff
 from hbloop.core.policy import (
@@ -38,18 +36,17 @@ from hbloop.core.session import (
     State,
 )
 from hbloop.core.wire import (
-    DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
     U32_MAX,
     Code,
     Welcome,
     encode_hello,
 )
-from hbloop.net.channel import Channel, TlsChannel
+from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters
 from hbloop.net.loop import EventLoop, Timer, call_guarded
 from hbloop.net.tls import TlsLayer
-from hbloop.net.trace import TracingChannel
+from hbloop.net.trace import Tracer
 
 log = logging.getLogger("hbloop.client")
 
@@ -162,85 +159,6 @@ class ClientBase:
         self._disconnected(disconnect, None)
 
 
-class Connection(Channel["Client"]):
-    """One connection attempt of a ``Client``."""
-
-    __slots__ = ()
-
-    def __init__(self, client: Client, sock: socket.socket) -> None:
-        session = Session.client(client.session_config, client.loop.now)
-        super().__init__(client, sock, session, DEFAULT_MAX_PAYLOAD)
-
-    @property
-    def welcome(self) -> Welcome | None:
-        session = self.session
-        return session.grant.welcome if session.state is State.OPEN else None
-
-    @property
-    def label(self) -> str:
-        return f"{self.owner.host}:{self.owner.port}"
-
-    def begin(self, address: tuple[Any, ...]) -> None:
-        err = self.sock.connect_ex(address)
-        if err not in (0, errno.EINPROGRESS):
-            self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode.get(err, err)}")
-            return
-        self.owner.loop.add_writer(self.fd, self._on_connected)
-        self.arm()  # the handshake deadline covers the connect too
-
-    def _on_connected(self) -> None:
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode.get(err, err)}")
-            return
-        self.owner.loop.remove_writer(self.fd)
-        self.connection_made()
-
-    def handle(self, events: Events) -> None:
-        client = self.owner
-        for event in events:
-            if isinstance(event, Message):
-                if self.fd < 0:
-                    return
-                client.deliver(event.data)
-            elif isinstance(event, Opened):
-                client.opened(event.grant.welcome)
-            elif isinstance(event, Closed):
-                client.lost(self, event.disconnect)
-
-
-class TlsConnection(TlsChannel["Client"], Connection):
-    """A Connection through TLS: the ClientHello at connect, HELLO once TLS is up."""
-
-    __slots__ = ("tls",)
-
-    def __init__(self, client: Client, sock: socket.socket) -> None:
-        super().__init__(client, sock)
-        assert client.tls is not None
-        self.tls = TlsLayer(client.tls, server_side=False, server_hostname=client.server_hostname)
-
-
-class TracingConnection(TracingChannel["Client"], Connection):
-    """A Connection whose frames are logged (``Client(trace=True)``, ``hbloop client -v``)."""
-
-    __slots__ = ()
-
-
-class TracingTlsConnection(TracingChannel["Client"], TlsConnection):
-    """A TLS Connection whose frames (the plaintext ones) are logged."""
-
-    __slots__ = ()
-
-
-# The connection class of a client, by (TLS, trace): chosen once, not per frame.
-_CONNECTION_CLASSES: dict[tuple[bool, bool], type[Connection]] = {
-    (False, False): Connection,
-    (False, True): TracingConnection,
-    (True, False): TlsConnection,
-    (True, True): TracingTlsConnection,
-}
-
-
 class Client(ClientBase):
     """A reconnecting heartbeat client on an EventLoop.
 
@@ -295,16 +213,19 @@ class Client(ClientBase):
         self.on_message = on_message
         self.tls = tls
         self.server_hostname = server_hostname or host
-        self._connection_class = _CONNECTION_CLASSES[tls is not None, trace]
+        self.trace = trace
         self.max_pending = DEFAULT_MAX_PENDING
-        self.connection: Connection | None = None
+        #: The current connection attempt's channel, once one was made.
+        self.connection: Channel[None] | None = None
         self._retry: Timer | None = None
         self._closing = False
 
     @property
     def welcome(self) -> Welcome | None:
         conn = self.connection
-        return None if conn is None else conn.welcome
+        if conn is None or conn.session.state is not State.OPEN:
+            return None
+        return conn.session.grant.welcome
 
     def start(self) -> None:
         """Make the first connection attempt now."""
@@ -313,9 +234,7 @@ class Client(ClientBase):
     def send(self, data: bytes) -> bool:
         """Send DATA; False when not connected (nothing is queued across reconnects)."""
         conn = self.connection
-        if conn is None or conn.session.state is not State.OPEN:
-            return False
-        return conn._write(conn.session.send_data(data, self.loop.now))
+        return conn is not None and conn.send(data)
 
     def close(self, code: Code = Code.NORMAL, linger: float | None = None) -> None:
         """Send CLOSE, stop reconnecting, and end the connection cleanly."""
@@ -325,7 +244,7 @@ class Client(ClientBase):
             self._retry = None
         conn = self.connection
         if conn is not None:
-            conn.apply(conn.session.close(code, self.loop.now, linger=linger))
+            conn.close(code, linger=linger)
         self._stop(Disconnect(Reason.CLOSED_LOCALLY, code))
 
     def run(self, stop_signals: tuple[int, ...] = STOP_SIGNALS) -> Disconnect:
@@ -376,18 +295,39 @@ class Client(ClientBase):
             sock.close()
             self._schedule_retry(Disconnect(Reason.PEER_RESET, detail=str(exc)))
             return
-        conn = self._connection_class(self, sock)
+        tls = self.tls
+        conn = make_channel(
+            self,
+            None,
+            sock,
+            Session.client(self.session_config, self.loop.now),
+            tls=None
+            if tls is None
+            else TlsLayer(tls, server_side=False, server_hostname=self.server_hostname),
+            tracer=Tracer(f"{self.host}:{self.port}") if self.trace else None,
+        )
         self.connection = conn
-        conn.begin(address)
+        conn.connect(address)
 
-    def deliver(self, data: bytes) -> None:
-        if self.on_message is not None:
-            call_guarded(log, "on_message", self.on_message, data)
+    # --- what the connection's channel reports ----------------------------------
 
-    def lost(self, conn: Connection, disconnect: Disconnect) -> None:
-        if conn is not self.connection or self._closing:
-            return
-        self._schedule_retry(disconnect)
+    def channel_events(self, channel: Channel[None], events: Events) -> None:
+        for event in events:
+            if isinstance(event, Message):
+                if channel.fd < 0:
+                    return  # an earlier callback's send found the connection gone
+                if self.on_message is not None:
+                    call_guarded(log, "on_message", self.on_message, event.data)
+            elif isinstance(event, Opened):
+                self.opened(event.grant.welcome)
+            elif isinstance(event, Closed) and channel is self.connection and not self._closing:
+                self._schedule_retry(event.disconnect)
+
+    def channel_released(self, channel: Channel[None]) -> None:
+        """Nothing to do: ``done`` looks at the connection."""
+
+    def tls_handshake(self, done: bool) -> None:
+        """The client keeps no TLS figures: a failure ends the attempt (``tls_error``)."""
 
     def _schedule_retry(self, disconnect: Disconnect) -> None:
         if self._closing:

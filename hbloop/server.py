@@ -1,14 +1,15 @@
 """The heartbeat server: accepts peers, runs their sessions, tracks liveness.
 
-Each accepted socket becomes a ``Peer``: the I/O shell (``hbloop.net.channel``) around
-a server-side ``hbloop.core.session.Session``, which implements protocol.md. The server
-owns what the protocol leaves to it: admission (credentials, then capacity;
-duplicate names are to be decided at the same place), the grants, the statistics,
-the log lines and the application's callbacks.
+Each accepted socket becomes a ``Peer``, the application's handle on it, whose
+``hbloop.net.channel.Channel`` (the I/O shell) drives a server-side
+``hbloop.core.session.Session``, which implements protocol.md. The server owns what
+the protocol leaves to it: admission (credentials, then capacity, then duplicate
+names), the grants, the statistics, the log lines and the application's callbacks;
+its channels report to it (``channel_events``).
 
-With a TLS context every accepted socket becomes a ``TlsPeer`` instead (the same
-Peer through ``hbloop.net.channel.TlsChannel``), after a per-process rate limit on new
-handshakes; the TLS handshake runs inside the session's handshake deadline.
+With a TLS context each channel holds a ``hbloop.net.tls.TlsLayer``, after a
+per-process rate limit on new handshakes; the TLS handshake runs inside the session's
+handshake deadline. With ``trace`` each holds a ``hbloop.net.trace.Tracer``.
 
 Liveness costs no timer operation per heartbeat: a frame only overwrites the
 session's ``last_recv``; the peer's one timer re-arms itself when it comes due (see
@@ -29,7 +30,6 @@ from typing import Any, Protocol
 from hbloop.auth import Authenticator
 from hbloop.core.logfields import fields
 from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
-from hbloop.core.protocol import RemoteProtocolError
 from hbloop.core.session import (
     Closed,
     Disconnect,
@@ -44,20 +44,14 @@ from hbloop.core.session import (
     SessionConfig,
     State,
 )
-from hbloop.core.wire import MAX_HELLO_PAYLOAD, Code, Hello, encode_error
+from hbloop.core.wire import Code, Hello, encode_error
 from hbloop.net.acceptor import Acceptor
-from hbloop.net.channel import Channel, TlsChannel
+from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters, ServerStats
 from hbloop.net.loop import EventLoop, call_guarded
 from hbloop.net.sockets import apply_tcp_options, make_listener
-from hbloop.net.tls import (
-    DEFAULT_HANDSHAKE_RATE,
-    Certificate,
-    HandshakeLimiter,
-    NotTlsError,
-    TlsLayer,
-)
-from hbloop.net.trace import TracingChannel
+from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE, Certificate, HandshakeLimiter, TlsLayer
+from hbloop.net.trace import Tracer
 
 
 class Registry(Protocol):
@@ -92,177 +86,112 @@ MessageCallback = Callable[["Peer", bytes], None]
 DisconnectCallback = Callable[["Peer", Disconnect], None]
 
 
-class Peer(Channel["Server"]):
+class Peer:
     """One accepted connection, as the application sees it.
 
-    Read-only: ``name`` (None until HELLO), ``address``, ``connected_at`` (wall
-    clock), ``interval`` and ``timeout`` (granted, seconds), ``idle``, ``last_heard``
-    and ``open``. Methods: ``send(data)``, ``close(code)`` and ``peer_certificate()``.
+    Read-only: ``name`` (None until HELLO), ``address`` (host, port), ``state`` (a
+    ``State``) and ``open`` (past the handshake and not ending), ``connected_at`` (wall
+    clock), ``idle`` (seconds since its last complete frame), and the granted
+    ``interval`` and ``timeout`` (seconds; 0 before the handshake). Methods:
+    ``send(data)``, ``close(code)`` and, under TLS, ``peer_certificate()``.
+
+    The connection's I/O is its ``hbloop.net.channel.Channel``, which the server drives.
     """
 
-    __slots__ = ("host", "port", "_accepted", "member")
+    __slots__ = ("_channel", "_host", "_port", "_accepted", "_member")
 
     def __init__(self, server: Server, sock: socket.socket, host: str, port: int) -> None:
         now = server.loop.now
-        # Before HELLO the receive limit is the largest valid HELLO (F2).
-        super().__init__(
-            server, sock, Session.server(server.session_config, now), MAX_HELLO_PAYLOAD
-        )
         # Host and port apart rather than an address tuple, and the loop's clock rather
         # than a float of our own: both are shared objects, which saves about 100 bytes
         # per connection.
-        self.host = host
-        self.port = port
+        self._host = host
+        self._port = port
         self._accepted = now
-        self.member: object = None  # its handle in server.presence
-
-    # --- the application's view ----------------------------------------------
+        self._member: object = None  # its handle in server.presence
+        tls_context = server.tls_context
+        self._channel: Channel[Peer] = make_channel(
+            server,
+            self,
+            sock,
+            Session.server(server.session_config, now),
+            tls=None if tls_context is None else TlsLayer(tls_context, server_side=True),
+            tracer=Tracer(self._label) if server.trace else None,
+        )
 
     @property
     def name(self) -> str | None:
-        return self.session.name
+        return self._channel.session.name
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._host, self._port
+
+    @property
+    def state(self) -> State:
+        return self._channel.session.state
 
     @property
     def open(self) -> bool:
         """Past the handshake and not ending."""
-        return self.session.state is State.OPEN
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
-
-    @property
-    def age(self) -> float:
-        """Seconds since the connection was accepted."""
-        return self.owner.loop.time() - self._accepted
+        return self._channel.session.state is State.OPEN
 
     @property
     def connected_at(self) -> float:
         """Wall-clock time the connection was accepted."""
-        return time.time() - self.age
-
-    @property
-    def interval(self) -> float:
-        """The granted heartbeat interval, s (0 before the handshake)."""
-        return self.session.grant.interval
-
-    @property
-    def timeout(self) -> float:
-        """The granted timeout, s (0 before the handshake)."""
-        return self.session.grant.timeout
+        return time.time() - self._age
 
     @property
     def idle(self) -> float:
         """Seconds since the last complete frame from this peer."""
-        return self.owner.loop.time() - self.session.last_recv
+        channel = self._channel
+        return channel.endpoint.loop.time() - channel.session.last_recv
 
     @property
-    def last_heard(self) -> float:
-        """Wall-clock time of the last complete frame from this peer."""
-        return time.time() - self.idle
+    def interval(self) -> float:
+        """The granted heartbeat interval, s (0 before the handshake)."""
+        return self._channel.session.grant.interval
 
     @property
-    def label(self) -> str:
-        return f"{self.host}:{self.port}"
+    def timeout(self) -> float:
+        """The granted timeout, s (0 before the handshake)."""
+        return self._channel.session.grant.timeout
 
     def send(self, data: bytes) -> bool:
         """Send application DATA; False if the peer is gone or closing."""
-        if self.session.state is not State.OPEN:
-            return False
-        return self._write(self.session.send_data(data, self.owner.loop.now))
+        return self._channel.send(data)
 
     def close(self, code: Code = Code.NORMAL) -> None:
         """Send CLOSE with ``code`` and end the connection."""
-        self.apply(self.session.close(code, self.owner.loop.now))
-
-    def evict(self, code: Code, message: str) -> None:
-        """End the connection at presence's request: CLOSE for TAKEN_OVER (its client
-        must not reconnect), ERROR for a refusal found out after WELCOME (NAME_TAKEN)."""
-        session = self.session
-        now = self.owner.loop.now
-        if code is Code.TAKEN_OVER:
-            self.apply(session.close(code, now))
-        elif session.state is State.OPEN:
-            self.apply(session.refuse(code, message, now))
+        self._channel.close(code)
 
     def peer_certificate(self) -> Certificate | None:
         """The client's verified certificate under mutual TLS, else None."""
-        return None
+        return self._channel.peer_certificate()
 
-    # --- the session's events --------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<Peer {self._label} name={self.name} {self.state.value}>"
 
-    def handle(self, events: Events) -> None:
-        server = self.owner
-        for event in events:
-            if isinstance(event, Message):
-                if self.fd < 0:
-                    return  # an earlier callback's send found the peer gone
-                server._deliver(self, event.data)
-            elif isinstance(event, HelloReceived):
-                server._admit(self, event.hello)
-            elif isinstance(event, Opened):
-                self.decoder.max_payload = server.policy.max_payload
-                server._opened(self)
-            elif isinstance(event, Closed):
-                server._closed(self, event.disconnect)
+    # --- for the server -------------------------------------------------------------
 
-    def on_released(self) -> None:
-        self.owner._forget(self)
+    @property
+    def _label(self) -> str:
+        return f"{self._host}:{self._port}"
 
+    @property
+    def _age(self) -> float:
+        """Seconds since the connection was accepted."""
+        return self._channel.endpoint.loop.time() - self._accepted
 
-class TlsPeer(TlsChannel["Server"], Peer):
-    """A Peer on a TLS port."""
-
-    __slots__ = ("tls",)
-
-    def __init__(self, server: Server, sock: socket.socket, host: str, port: int) -> None:
-        super().__init__(server, sock, host, port)
-        assert server.tls_context is not None
-        self.tls = TlsLayer(server.tls_context, server_side=True)
-
-    def peer_certificate(self) -> Certificate | None:
-        return self.tls.peer_certificate()
-
-    def tls_established(self) -> None:
-        self.owner.stats.tls_handshakes += 1
-
-    def not_tls(self, error: NotTlsError) -> None:
-        # Say why in plain text, which a plain client can read (protocol.md, section 8).
-        self.owner.stats.tls_handshakes_failed += 1
-        out, events = self.session.protocol_error(
-            RemoteProtocolError(Code.UNAUTHORIZED, f"TLS required on this port ({error.reason})"),
-            self.owner.loop.now,
-            Reason.TLS_ERROR,
-        )
-        self.out = bytearray()  # corked: the ERROR leaves before the FIN apply() sends
-        self._write_raw(out)
-        self.apply((b"", events))
-
-    def _tls_failed(self, reason: str) -> None:
-        if not self.tls.handshake_done:
-            self.owner.stats.tls_handshakes_failed += 1
-        super()._tls_failed(reason)
-
-
-class TracingPeer(TracingChannel["Server"], Peer):
-    """A Peer whose frames are logged (``Server(trace=True)``, ``hbloop serve -v``)."""
-
-    __slots__ = ()
-
-
-class TracingTlsPeer(TracingChannel["Server"], TlsPeer):
-    """A TLS Peer whose frames (the plaintext ones) are logged."""
-
-    __slots__ = ()
-
-
-# The peer class of a server, by (TLS, trace): chosen once, not per frame.
-_PEER_CLASSES: dict[tuple[bool, bool], type[Peer]] = {
-    (False, False): Peer,
-    (False, True): TracingPeer,
-    (True, False): TlsPeer,
-    (True, True): TracingTlsPeer,
-}
+    def _evict(self, code: Code, message: str) -> None:
+        """End the connection at presence's request: CLOSE for TAKEN_OVER (its client
+        must not reconnect), ERROR for a refusal found out after WELCOME (NAME_TAKEN)."""
+        channel = self._channel
+        session = channel.session
+        if code is Code.TAKEN_OVER:
+            channel.close(code)
+        elif session.state is State.OPEN:
+            channel.apply(session.refuse(code, message, channel.endpoint.loop.now))
 
 
 class Server:
@@ -315,7 +244,6 @@ class Server:
         self.backlog = backlog
         self.reuse_port = reuse_port
         self.presence = presence
-        # Chosen here, once: untraced peers run a hot path without a trace of tracing.
         self.stats = ServerStats()
         self.counters: IoCounters = self.stats  # what the peers' channels count into
         self.max_pending = policy.max_pending
@@ -326,8 +254,8 @@ class Server:
             linger=policy.linger,
             counters=self.stats,
             peer_rate=policy.max_peer_rate,
+            max_payload=policy.max_payload,
         )
-        self.started_at = time.time()
         self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
         # requested interval_ms -> its Grant, shared by every peer that asked the same.
         self._grants: dict[int, Grant] = {}
@@ -339,7 +267,7 @@ class Server:
         self._too_many_handshakes = encode_error(Code.SERVER_FULL, "too many handshakes")
         self.tls_context = tls_context
         self.authenticator = authenticator
-        self._peer_class = _PEER_CLASSES[tls_context is not None, trace]
+        self.trace = trace
         self._tls_limiter = (
             None
             if tls_context is None
@@ -383,16 +311,15 @@ class Server:
         if self._stopping:
             log.warning("second stop request: closing %d connections now", len(self._live))
             for peer in list(self._live):
-                peer.drop(Reason.SHUTDOWN, "second stop request")
+                peer._channel.drop(Reason.SHUTDOWN, "second stop request")
             self.loop.stop()
             return
         self._stopping = True
         self._close_listener()
         grace = self.policy.shutdown_grace
         log.info("shutting down: closing %d connections (grace %.1fs)", len(self._live), grace)
-        now = self.loop.now
         for peer in list(self._live):
-            peer.apply(peer.session.close(Code.GOING_AWAY, now, Reason.SHUTDOWN, grace))
+            peer._channel.close(Code.GOING_AWAY, Reason.SHUTDOWN, grace)
         self.loop.call_later(grace, self._grace_expired)
         self._stop_if_drained()
 
@@ -400,7 +327,7 @@ class Server:
         if self._live:
             log.warning("grace period over: dropping %d connections", len(self._live))
             for peer in list(self._live):
-                peer.drop(Reason.SHUTDOWN, "grace period over")
+                peer._channel.drop(Reason.SHUTDOWN, "grace period over")
         self.loop.stop()
 
     def _stop_if_drained(self) -> None:
@@ -451,15 +378,44 @@ class Server:
         host = self._hosts.get(address[0], address[0])
         if len(self._hosts) < MAX_INTERNED_HOSTS:
             self._hosts.setdefault(host, host)
-        peer = self._peer_class(self, sock, host, address[1])
+        peer = Peer(self, sock, host, address[1])
         self._live.add(peer)
-        peer.start_reading()
-        peer.arm()  # the handshake deadline (H5)
+        channel = peer._channel
+        channel.start_reading()
+        channel.arm()  # the handshake deadline (H5)
 
     def _count_shed(self, count: int) -> None:
         self.stats.shed += count
 
-    # --- peer lifecycle (called by Peer) ---------------------------------------
+    # --- what the peers' channels report ------------------------------------------
+
+    def channel_events(self, channel: Channel[Peer], events: Events) -> None:
+        peer = channel.app
+        for event in events:
+            if isinstance(event, Message):
+                if channel.fd < 0:
+                    return  # an earlier callback's send found the peer gone
+                if self.on_message is not None:
+                    call_guarded(log, "on_message", self.on_message, peer, event.data)
+            elif isinstance(event, HelloReceived):
+                self._admit(channel, event.hello)
+            elif isinstance(event, Opened):
+                self._opened(peer)
+            elif isinstance(event, Closed):
+                self._closed(peer, event.disconnect)
+
+    def channel_released(self, channel: Channel[Peer]) -> None:
+        self._live.discard(channel.app)
+        if self._stopping:
+            self._stop_if_drained()
+
+    def tls_handshake(self, done: bool) -> None:
+        if done:
+            self.stats.tls_handshakes += 1
+        else:
+            self.stats.tls_handshakes_failed += 1
+
+    # --- peer lifecycle -----------------------------------------------------------------
 
     def grant_for(self, requested_ms: int) -> Grant:
         """What a client asking for ``requested_ms`` gets; shared by all who asked so."""
@@ -471,10 +427,11 @@ class Server:
                 self._grants[requested_ms] = grant
         return grant
 
-    def _admit(self, peer: Peer, hello: Hello) -> None:
+    def _admit(self, channel: Channel[Peer], hello: Hello) -> None:
         """H2's last checks in order (the credential, capacity, duplicate names), then
         WELCOME: the one place a HELLO is judged."""
-        session = peer.session
+        peer = channel.app
+        session = channel.session
         now = self.loop.now
         if self.authenticator is not None:
             refusal = self.authenticator.check(hello, peer)
@@ -483,30 +440,30 @@ class Server:
                 # The reason names the problem, never the token (hbloop.auth).
                 log.warning(
                     "unauthorized %s name=%s check=%s reason=%s",
-                    peer.label,
+                    peer._label,
                     hello.name,
                     refusal.check,
                     refusal.reason,
                     extra=fields(
                         event="unauthorized",
-                        peer=peer.label,
+                        peer=peer._label,
                         name=hello.name,
                         reason=refusal.reason,
                     ),
                 )
-                peer.apply(session.refuse(refusal.code, refusal.reason, now))
+                channel.apply(session.refuse(refusal.code, refusal.reason, now))
                 return
         limit = self.policy.max_connections
         if self.stats.connections >= limit:
-            peer.apply(session.refuse(Code.SERVER_FULL, f"{limit} connections", now))
+            channel.apply(session.refuse(Code.SERVER_FULL, f"{limit} connections", now))
             return
         if self.presence is not None:
             # May evict older connections with this name (replace), which re-enters here.
             taken = self.presence.check(hello.name)
             if taken is not None:
-                peer.apply(session.refuse(taken, f"{hello.name} is already connected", now))
+                channel.apply(session.refuse(taken, f"{hello.name} is already connected", now))
                 return
-        peer.apply(session.accept(self.grant_for(hello.interval_ms), now))
+        channel.apply(session.accept(self.grant_for(hello.interval_ms), now))
 
     def _opened(self, peer: Peer) -> None:
         self._handshakes -= 1
@@ -516,46 +473,40 @@ class Server:
             stats.peak = stats.connections
         log.info(
             "connect %s name=%s interval=%gs timeout=%gs",
-            peer.label,
+            peer._label,
             peer.name,
             peer.interval,
             peer.timeout,
-            extra=fields(event="connect", peer=peer.label, name=peer.name),
+            extra=fields(event="connect", peer=peer._label, name=peer.name),
         )
         if self.presence is not None:
             assert peer.name is not None
-            peer.member = self.presence.joined(peer.name, peer.label, peer.connected_at, peer.evict)
+            peer._member = self.presence.joined(
+                peer.name, peer._label, peer.connected_at, peer._evict
+            )
         if self.on_connect is not None:
             call_guarded(log, "on_connect", self.on_connect, peer)
-
-    def _deliver(self, peer: Peer, payload: bytes) -> None:
-        if self.on_message is not None:
-            call_guarded(log, "on_message", self.on_message, peer, payload)
 
     def _closed(self, peer: Peer, disconnect: Disconnect) -> None:
         self.stats.closed[disconnect.reason.value] += 1
         log.info(
             "disconnect %s name=%s age=%.1fs reason=%s",
-            peer.label,
+            peer._label,
             peer.name or "-",
-            peer.age,
+            peer._age,
             disconnect,
             extra=fields(
-                event="disconnect", peer=peer.label, name=peer.name, reason=disconnect.reason.value
+                event="disconnect", peer=peer._label, name=peer.name, reason=disconnect.reason.value
             ),
         )
-        if not peer.session.handshaken:
+        if not peer._channel.session.handshaken:
             self._handshakes -= 1
             return
         self.stats.connections -= 1
-        if peer.member is not None:
+        if peer._member is not None:
             assert self.presence is not None
-            self.presence.left(peer.member, disconnect.reason.value)
-            peer.member = None
+            self.presence.left(peer._member, disconnect.reason.value)
+            peer._member = None
         if self.on_disconnect is not None:
             call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
 
-    def _forget(self, peer: Peer) -> None:
-        self._live.discard(peer)
-        if self._stopping:
-            self._stop_if_drained()

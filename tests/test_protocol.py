@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import struct
+import time
 
 import pytest
 
@@ -34,6 +35,10 @@ from hbloop.core.wire import (
     encode_hello,
     encode_welcome,
 )
+
+# The linear-time test: its piece size, and the CPU time 16 MiB of them may take.
+LINEAR_PIECE = 1024
+LINEAR_CPU_BOUND = 1.0
 
 STREAM = [
     encode_hello("alice", 5000),
@@ -114,6 +119,33 @@ def test_oversized_length_is_refused_before_any_payload_arrives() -> None:
         dec.feed(header(10 * DEFAULT_MAX_PAYLOAD, FrameType.DATA))
     assert info.value.code == Code.FRAME_TOO_LARGE
     assert dec.buffered == 0
+
+
+def test_held_bytes_cost_linear_time_however_the_stream_is_split() -> None:
+    """A 16 MiB frame fed 1 KiB at a time: copying everything held for each piece
+    costs seconds of CPU (main's decoder passed 1 s after 7.5 MiB), appending to one
+    buffer about 0.05 s (process_time, which
+    other load on the machine does not inflate; checked as it goes, so that a
+    quadratic decoder fails within the bound rather than minutes later)."""
+    size = 16 * 1024 * 1024
+    frame = encode_data(bytes(size))
+    decoding = FrameDecoder(size)
+    frames = []
+    started = time.process_time()
+    for offset in range(0, len(frame), LINEAR_PIECE):
+        frames += decoding.feed(frame[offset : offset + LINEAR_PIECE])
+        assert time.process_time() - started < LINEAR_CPU_BOUND, f"{offset} bytes in"
+    assert frames == [(FrameType.DATA, bytes(size))]
+    assert decoding.buffered == 0
+
+
+def test_frames_past_a_limit_are_held_for_a_feed_without_data() -> None:
+    decoding = decoder()
+    assert decoding.feed(PING_FRAME * 3 + PONG_FRAME[:2], limit=2) == [(FrameType.PING, b"")] * 2
+    assert decoding.buffered == HEADER_SIZE + 2
+    assert decoding.feed(b"", limit=2) == [(FrameType.PING, b"")]
+    assert decoding.feed(PONG_FRAME[2:]) == [(FrameType.PONG, b"")]
+    assert decoding.buffered == 0
 
 
 def test_max_payload_is_inclusive() -> None:

@@ -65,7 +65,7 @@ def test_half_close_is_a_disconnect_and_the_server_closes_too(serve, raw_peer, g
 def server_side_is_hung_up(peer: Peer) -> bool:
     """The RST has reached the server's socket (seen without consuming the error)."""
     poller = select.poll()
-    poller.register(peer.fd, select.POLLIN)
+    poller.register(peer._channel.fd, select.POLLIN)
     return any(mask & (select.POLLHUP | select.POLLERR) for _, mask in poller.poll(0))
 
 
@@ -86,7 +86,7 @@ def test_write_to_a_reset_peer_is_a_disconnect(in_process_server, consume_error,
     harness.run_until(lambda: server_side_is_hung_up(peer))
     if consume_error:
         # Once the pending ECONNRESET has been collected, the kernel reports EPIPE.
-        peer.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        peer._channel.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
     # The application writes before the loop has noticed the reset.
     assert peer.send(b"anyone there?") is False

@@ -24,7 +24,7 @@ def accepted_socket(harness) -> socket.socket:  # type: ignore[no-untyped-def]
     harness.client("probe")
     harness.run_until(lambda: harness.server.peers)
     peer: Peer = harness.server.peers[0]
-    return peer.sock
+    return peer._channel.sock
 
 
 def test_keepalive_and_user_timeout_are_set_on_accepted_sockets(in_process_server):

@@ -72,8 +72,54 @@ UNLIMITED = sys.maxsize
 PRINTABLE_LIMIT = 200
 
 
+def take_frames(
+    held: bytearray | None, data: bytes | bytearray | memoryview, max_payload: int, limit: int
+) -> tuple[list[Frame], bytearray | None]:
+    """The complete frames at the start of ``held`` followed by ``data`` (at most
+    ``limit`` of them), and what is left to hold for later: None when nothing is.
+
+    Each header is checked as soon as its six bytes are in, before its payload is
+    buffered (F1); the first that fails raises ``RemoteProtocolError`` carrying the
+    frames before it. ``held`` is appended to and cut from the front of in place: a
+    ``bytearray`` grows by amortized doubling and CPython moves its start rather than
+    its bytes to cut, so holding is linear in the bytes fed however they are split (a
+    16 MiB frame fed 1 KiB at a time costs about one copy of 16 MiB, not one of
+    everything held so far per piece). Data that ends on a frame boundary, the common
+    case, is decoded where it lies and nothing is held.
+    """
+    if held is not None:
+        held += data
+        data = held
+    end = len(data)
+    pos = 0
+    frames: list[Frame] = []
+    unpack = HEADER_STRUCT.unpack_from
+    while end - pos >= HEADER_SIZE and len(frames) < limit:
+        length, ftype, flags = unpack(data, pos)
+        if (
+            flags
+            or ftype not in KNOWN_TYPES
+            or length > max_payload
+            or (length and ftype in HEADER_ONLY_TYPES)
+        ):
+            raise _header_error(bytes(data[pos : pos + HEADER_SIZE]), max_payload, frames)
+        stop = pos + HEADER_SIZE + length
+        if stop > end:
+            break
+        frames.append((ftype, bytes(data[pos + HEADER_SIZE : stop]) if length else _EMPTY))
+        pos = stop
+    if pos == end:
+        return frames, None
+    if held is None:
+        return frames, bytearray(data[pos:])
+    if pos:
+        del held[:pos]
+    return frames, held
+
+
 class FrameDecoder:
-    """Incremental frame decoder: feed it any split of the byte stream.
+    """Incremental frame decoder for a byte stream split anywhere (``take_frames``
+    with the held bytes kept here).
 
     ``feed`` returns the complete frames as ``(type, payload)`` tuples and keeps any
     partial frame for the next call; with a ``limit`` it returns at most that many and
@@ -82,41 +128,24 @@ class FrameDecoder:
     that.
     """
 
-    __slots__ = ("max_payload", "_pending")
+    __slots__ = ("max_payload", "_held")
 
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
-        self._pending = _EMPTY
+        self._held: bytearray | None = None
 
     @property
     def buffered(self) -> int:
-        """Bytes of an incomplete frame held back."""
-        return len(self._pending)
+        """Bytes held back: an incomplete frame, or frames past a ``limit``."""
+        held = self._held
+        return 0 if held is None else len(held)
 
     def feed(self, data: bytes | bytearray | memoryview, limit: int = UNLIMITED) -> list[Frame]:
-        if self._pending:
-            data = self._pending + bytes(data)
-        end = len(data)
-        pos = 0
-        frames: list[Frame] = []
-        unpack = HEADER_STRUCT.unpack_from
-        max_payload = self.max_payload
-        while end - pos >= HEADER_SIZE and len(frames) < limit:
-            length, ftype, flags = unpack(data, pos)
-            if (
-                flags
-                or ftype not in KNOWN_TYPES
-                or length > max_payload
-                or (length and ftype in HEADER_ONLY_TYPES)
-            ):
-                self._pending = _EMPTY  # the stream cannot be resynchronised
-                raise _header_error(bytes(data[pos : pos + HEADER_SIZE]), max_payload, frames)
-            stop = pos + HEADER_SIZE + length
-            if stop > end:
-                break
-            frames.append((ftype, bytes(data[pos + HEADER_SIZE : stop]) if length else _EMPTY))
-            pos = stop
-        self._pending = bytes(data[pos:]) if pos < end else _EMPTY
+        try:
+            frames, self._held = take_frames(self._held, data, self.max_payload, limit)
+        except RemoteProtocolError:
+            self._held = None  # the stream cannot be resynchronised
+            raise
         return frames
 
 

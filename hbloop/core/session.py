@@ -5,9 +5,23 @@ rules (H1-H9), the timing rules (T1-T9) and the closing rules (C1-C5). A ``Sessi
 is told what happened, always with the time it happened, and answers with the bytes
 to send and the events the application should hear of::
 
-    out, events = session.receive(frames, now)      # complete frames from the peer
+    out, events = session.receive_data(data, now)   # bytes read from the peer
+    out, events = session.eof_received(now)         # the peer sent its FIN
     out, events = session.deadline_reached(now)     # the one timer came due
     out, events = session.close(Code.NORMAL, now)   # we want to end it
+
+As in h11, the session owns its receive buffer: a shell hands it whatever bytes it
+read, however the stream was split, and the session decodes them (checking each
+header before buffering its payload, F1), acts on the complete frames in order, and
+answers a bad header with ERROR after the frames before it have been served (C3).
+Every shell, epoll or asyncio, client or server, thus runs one copy of that sequence.
+
+**Fairness.** One ``receive_data`` acts on at most ``MAX_FRAMES_PER_READ`` frames and
+keeps the rest; it then sets ``paused``, as it does when the peer has spent its rate
+of unsolicited frames (T9). A paused session wants no more input for now: its shell
+stops reading from the socket (so TCP flow control holds the sender back) and, at
+``resume_at()``, calls ``receive_data(b"", now)`` for the next share before reading
+again.
 
 ``next_deadline()`` says when the session next needs ``deadline_reached``: the
 handshake deadline, the peer's timeout, this side's next PING or the end of the
@@ -18,8 +32,8 @@ needs a timer operation (re-arming happens about once per timeout period).
 In the spirit of h11: no socket is imported here, the clock is a parameter, and the
 server's admission decision (capacity, credentials, duplicate names) stays with the
 caller: a valid HELLO yields ``HelloReceived`` and the caller answers ``accept(grant)``
-or ``refuse(code)``. Frames that arrived behind the HELLO are held until then, so a
-client may pipeline its first PING behind its HELLO.
+or ``refuse(code)``. Bytes that arrived behind the HELLO stay in the buffer until then,
+so a client may pipeline its first PING behind its HELLO (H7).
 
 Errors come in the two kinds of ``hbloop.core.protocol``: the peer's violations become an
 ERROR frame and a ``Closed`` event (never an exception out of here), while calling a
@@ -35,7 +49,6 @@ from typing import Protocol
 
 from hbloop.core.histogram import Buckets
 from hbloop.core.protocol import (
-    Frame,
     LocalProtocolError,
     RemoteProtocolError,
     code_name,
@@ -44,9 +57,12 @@ from hbloop.core.protocol import (
     parse_hello,
     parse_welcome,
     printable,
+    take_frames,
 )
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
+    DEFAULT_MAX_PAYLOAD,
+    MAX_HELLO_PAYLOAD,
     PING_FRAME,
     PONG_FRAME,
     PROTOCOL_VERSION,
@@ -71,6 +87,12 @@ from hbloop.core.wire import (
 # T8: a PING arriving sooner than this fraction of the interval after the previous
 # one is a strike. Half an interval leaves room for jittered and catching-up clients.
 PING_STRIKE_FRACTION = 0.5
+
+# Fairness: the frames one receive_data acts on; the rest wait in the session's buffer,
+# with the session paused, for the shell's next turn. At about a microsecond a frame, a
+# peer that floods tiny frames holds the loop for at most a few hundred microseconds
+# per turn, and a turn still answers a whole burst of ordinary traffic.
+MAX_FRAMES_PER_READ = 256
 
 # T9: PONG and DATA frames are counted against the peer's rate in windows this long.
 # A second is the unit operators state rates in, and short enough that a throttled
@@ -215,14 +237,6 @@ class PongReceived(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Throttled(Event):
-    """The peer's PONG and DATA passed its rate (T9): stop reading from it until
-    ``until``, so that TCP flow control slows it down. Always the last event."""
-
-    until: float
-
-
-@dataclass(frozen=True, slots=True)
 class Closed(Event):
     """The connection is over for the application; reported exactly once."""
 
@@ -239,6 +253,7 @@ NOTHING: Step = (b"", NO_EVENTS)
 
 
 class SessionCounters(Protocol):
+    frames_in: int  # complete frames decoded
     heartbeats: int  # PING and PONG frames received
     frames_out: int  # frames produced
     heartbeat_intervals: Buckets  # the silence each heartbeat ended, s (HEARTBEAT_BUCKETS)
@@ -247,10 +262,10 @@ class SessionCounters(Protocol):
 class _Tally:
     """Counters for sessions whose owner keeps no statistics."""
 
-    __slots__ = ("heartbeats", "frames_out", "heartbeat_intervals")
+    __slots__ = ("frames_in", "heartbeats", "frames_out", "heartbeat_intervals")
 
     def __init__(self) -> None:
-        self.heartbeats = self.frames_out = 0
+        self.frames_in = self.heartbeats = self.frames_out = 0
         self.heartbeat_intervals = Buckets(HEARTBEAT_BUCKETS)
 
 
@@ -267,7 +282,11 @@ class SessionConfig:
     * ``report_pongs``: emit ``PongReceived`` for every PONG.
     * ``counters``: where the sessions count heartbeats received and frames sent.
     * ``peer_rate``: PONG and DATA frames a second the peer may send before the
-      session asks, with ``Throttled``, to stop reading from it (0: no limit).
+      session pauses, to stop reading from it for the rest of the second (0: no limit).
+    * ``max_payload``: the largest payload accepted once OPEN (F2; before that a
+      server accepts the longest HELLO).
+    * ``enforce_timeout``: the session closes a silent peer (T6); off for load
+      generators, which measure the server and leave judging to it.
     """
 
     __slots__ = (
@@ -280,6 +299,8 @@ class SessionConfig:
         "counters",
         "pinging_scheme",
         "peer_rate",
+        "max_payload",
+        "enforce_timeout",
     )
 
     def __init__(
@@ -294,14 +315,22 @@ class SessionConfig:
         report_pongs: bool = False,
         counters: SessionCounters | None = None,
         peer_rate: int = 0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        enforce_timeout: bool = True,
     ) -> None:
         if role is Role.CLIENT and not hello:
             raise LocalProtocolError(Code.MALFORMED, "a client session needs its HELLO")
-        if handshake_timeout <= 0 or ping_strikes < 1 or linger < 0 or peer_rate < 0:
+        if (
+            handshake_timeout <= 0
+            or ping_strikes < 1
+            or linger < 0
+            or peer_rate < 0
+            or not 0 <= max_payload <= ABSOLUTE_MAX_PAYLOAD
+        ):
             raise LocalProtocolError(
                 Code.MALFORMED,
-                "the handshake timeout and strikes must be positive, linger and rate not "
-                "negative",
+                "the handshake timeout and strikes must be positive, linger, rate and "
+                "maximum payload not negative",
             )
         self.role = role
         self.handshake_timeout = handshake_timeout
@@ -311,6 +340,8 @@ class SessionConfig:
         self.report_pongs = report_pongs
         self.counters: SessionCounters = counters if counters is not None else _Tally()
         self.peer_rate = peer_rate
+        self.max_payload = max_payload
+        self.enforce_timeout = enforce_timeout
         # The scheme under which this side sends PINGs (T3), or None if it never does.
         own = Scheme.SERVER if role is Role.SERVER else Scheme.CLIENT
         self.pinging_scheme: Scheme | None = own if auto_ping else None
@@ -336,7 +367,9 @@ class Session:
         "strikes",
         "rate_start",
         "rate_count",
-        "_pending",
+        "paused",
+        "_hello",
+        "_held",
     )
 
     def __init__(self, config: SessionConfig, state: State, now: float) -> None:
@@ -357,8 +390,14 @@ class Session:
         # The current rate window (T9): when it started, and PONG and DATA seen in it.
         self.rate_start = NEVER
         self.rate_count = 0
-        # A HELLO awaiting accept() or refuse(), with the frames that came behind it.
-        self._pending: tuple[Hello, Sequence[Frame]] | None = None
+        #: True while the session wants no more input for now (see the module's
+        #: "Fairness"): call ``receive_data(b"", now)`` at ``resume_at()``.
+        self.paused = False
+        # A HELLO awaiting accept() or refuse(); the bytes behind it wait in the buffer.
+        self._hello: Hello | None = None
+        # The receive buffer: bytes of frames not yet acted on (None when there are
+        # none, which costs no bytearray per idle connection).
+        self._held: bytearray | None = None
 
     @classmethod
     def server(cls, config: SessionConfig, now: float) -> Session:
@@ -397,7 +436,7 @@ class Session:
         """When ``deadline_reached`` has something to do (infinity: never)."""
         state = self.state
         if state is S_OPEN:
-            due = self.last_recv + self.grant.timeout
+            due = self.last_recv + self.grant.timeout if self.config.enforce_timeout else FOREVER
             if self._pings():
                 ping_at = self.next_ping()
                 if ping_at < due:
@@ -410,19 +449,31 @@ class Session:
     def expired(self, now: float) -> bool:
         """True if ``deadline_reached(now)`` would end an OPEN connection for silence:
         the caller's cue to read what is already waiting first (T6)."""
-        return self.state is State.OPEN and now >= self.last_recv + self.grant.timeout
+        return (
+            self.state is State.OPEN
+            and self.config.enforce_timeout
+            and now >= self.last_recv + self.grant.timeout
+        )
 
-    def throttled_until(self) -> float:
-        """Until when the peer is throttled (T9), or minus infinity if it is not."""
+    def resume_at(self) -> float:
+        """When a paused session wants input again: the end of the peer's rate window
+        if it has spent its rate (T9), else minus infinity: at the shell's next turn."""
         if self.config.peer_rate and self.rate_count > self.config.peer_rate:
             return self.rate_start + RATE_WINDOW
         return NEVER
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet acted on: a partial frame, or frames held behind
+        a pending HELLO or past one read's share."""
+        held = self._held
+        return 0 if held is None else len(held)
 
     def deadline_reached(self, now: float) -> Step:
         state = self.state
         if state is State.OPEN:
             silent = now - self.last_recv
-            if silent >= self.grant.timeout:
+            if silent >= self.grant.timeout and self.config.enforce_timeout:
                 return self._close(
                     Code.TIMEOUT,
                     now,
@@ -461,10 +512,9 @@ class Session:
     def accept(self, grant: Grant, now: float) -> Step:
         """Server: admit the pending HELLO under ``grant``; WELCOME goes out (H3) and
         the frames held behind the HELLO are acted on."""
-        pending = self._pending
-        if self.state is not State.AWAIT_HELLO or pending is None:
+        if self.state is not State.AWAIT_HELLO or self._hello is None:
             raise LocalProtocolError(Code.MALFORMED, "accept() needs a pending HELLO")
-        self._pending = None
+        self._hello = None
         self.state = State.OPEN
         self.grant = grant
         self.deadline = FOREVER  # a shared float: OPEN needs no deadline of its own
@@ -472,37 +522,53 @@ class Session:
         self.config.counters.frames_out += 1
         welcome = encode_welcome(grant.welcome)
         opened: tuple[Event, ...] = (Opened(grant),)
-        held = pending[1]
-        if not held:
+        if self._held is None:
             return welcome, opened
-        out, events = self.receive(held, now)
+        out, events = self.receive_data(b"", now)  # what came behind the HELLO (H7)
         return welcome + out, (*opened, *events)
 
     def refuse(self, code: Code, message: str, now: float) -> Step:
         """Server: refuse the pending HELLO with ERROR ``code`` (H2), or withdraw the
         admission of an OPEN connection (a duplicate name found out later, P1)."""
-        if not (self.state is State.AWAIT_HELLO and self._pending is not None) and (
+        if not (self.state is State.AWAIT_HELLO and self._hello is not None) and (
             self.state is not State.OPEN
         ):
             raise LocalProtocolError(Code.MALFORMED, "refuse() needs a pending HELLO")
-        self._pending = None
+        self._hello = None
         return self._fail(RemoteProtocolError(code, message), now, Reason.REFUSED)
 
-    # --- frames in ---------------------------------------------------------------------
+    # --- bytes in ----------------------------------------------------------------------
 
-    def receive(self, frames: Sequence[Frame], now: float) -> Step:
-        """Act on complete frames from the peer, in order, received at ``now``."""
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> Step:
+        """Bytes from the peer, read at ``now``: act on the complete frames buffered, in
+        order, at most MAX_FRAMES_PER_READ of them (then ``paused`` is set). A bad
+        header (F1) is answered with ERROR once the frames before it are served (C3).
+        Input after this side's last frame (CLOSING) is discarded."""
         if self.state is not S_OPEN:
-            return self._receive_unopened(frames, now)
-        # The per-frame path of every heartbeat: few bytecodes, one call. Most reads
-        # hold a single frame, so counters are bumped per frame, not summed after.
+            return self._receive_unopened(data, now)
+        # The per-frame path of every heartbeat: few bytecodes, one call (the decoder).
+        # Most reads hold a single frame, so counters are bumped per frame, not summed
+        # after.
+        config = self.config
+        failure = None
+        try:
+            frames, self._held = take_frames(
+                self._held, data, config.max_payload, MAX_FRAMES_PER_READ
+            )
+        except RemoteProtocolError as error:
+            frames = error.frames  # served first: the stream was good up to the header
+            failure = error
+        count = len(frames)
+        self.paused = count == MAX_FRAMES_PER_READ
+        counters = config.counters
+        counters.frames_in += count
         previous_read = self.last_recv
         # ``gap`` is the silence this read ended: each heartbeat observes it, which
         # tells how close the peer runs to its timeout (a second one in the same read
         # ended no silence of its own).
         gap = now - previous_read
-        self.last_recv = now
-        counters = self.config.counters
+        if count:
+            self.last_recv = now  # T5: only complete frames prove the peer alive
         out = b""
         events: list[Event] | tuple[Event, ...] = NO_EVENTS
         rated = 0  # PONG and DATA frames, which count against the peer's rate (T9)
@@ -517,9 +583,8 @@ class Session:
                 credit = self.last_ping_in + self.grant.ping_floor
                 if credit > now:
                     self.strikes += 1
-                    if self.strikes >= self.config.ping_strikes:
-                        out, events = self._strike_out(out, events, now)
-                        break
+                    if self.strikes >= config.ping_strikes:
+                        return self._strike_out(out, events, now)
                 else:
                     self.strikes = 0
                     self.last_ping_in = credit if credit > previous_read else previous_read
@@ -531,7 +596,7 @@ class Session:
                 counters.heartbeat_intervals.observe(gap)
                 gap = 0.0
                 rated += 1
-                if self.config.report_pongs:
+                if config.report_pongs:
                     if events is NO_EVENTS:
                         events = []
                     events.append(PONG_RECEIVED)  # type: ignore[union-attr]
@@ -546,23 +611,24 @@ class Session:
                 if extra:
                     events = [*events, *extra]
                 if self.state is not S_OPEN:
-                    break
-        if rated and self.config.peer_rate and self.state is S_OPEN:
-            throttled = self._charge(rated, now)
-            if throttled is not None:
-                events = [*events, throttled]
+                    return out, events  # the rest is discarded (C2, C3)
+        if failure is not None:
+            more, extra = self._fail(failure, now)
+            return out + more, [*events, *extra]
+        if rated and config.peer_rate:
+            self._charge(rated, now)
         return out, events
 
-    def _charge(self, frames: int, now: float) -> Throttled | None:
-        """T9: count ``frames`` against the peer's rate; Throttled once it is spent."""
+    def _charge(self, frames: int, now: float) -> None:
+        """T9: count ``frames`` against the peer's rate; once it is spent, pause until
+        the window ends (``resume_at``)."""
         if now - self.rate_start >= RATE_WINDOW:
             self.rate_start = now
             self.rate_count = frames
         else:
             self.rate_count += frames
-        if self.rate_count <= self.config.peer_rate:
-            return None
-        return Throttled(self.rate_start + RATE_WINDOW)
+        if self.rate_count > self.config.peer_rate:
+            self.paused = True
 
     def _strike_out(
         self, out: bytes, events: list[Event] | tuple[Event, ...], now: float
@@ -595,20 +661,32 @@ class Session:
         except RemoteProtocolError as exc:
             return self._fail(exc, now)
 
-    def _receive_unopened(self, frames: Sequence[Frame], now: float) -> Step:
+    def _receive_unopened(self, data: bytes | bytearray | memoryview, now: float) -> Step:
+        """The handshake's first frame, one at a time: what follows it is decoded under
+        the OPEN connection's rules and maximum, once the handshake is done."""
         state = self.state
-        if state is State.AWAIT_HELLO:
-            return self._receive_hello(frames, now)
-        if state is State.AWAIT_WELCOME:
-            return self._receive_welcome(frames, now)
+        if state is S_CLOSING or state is S_CLOSED:
+            return NOTHING  # input is drained and ignored (C1, C2)
         if state is State.CONNECTING:
-            raise LocalProtocolError(Code.MALFORMED, "frames received before connected()")
-        return NOTHING  # CLOSING or CLOSED: input is drained and ignored (C2, C3)
-
-    def _receive_hello(self, frames: Sequence[Frame], now: float) -> Step:
-        if self._pending is not None:
-            raise LocalProtocolError(Code.MALFORMED, "accept() or refuse() the pending HELLO")
+            raise LocalProtocolError(Code.MALFORMED, "data received before connected()")
+        # Before its handshake a server accepts the longest HELLO (F2), so that a
+        # connection that never completes one holds no more.
+        max_payload = MAX_HELLO_PAYLOAD if state is State.AWAIT_HELLO else self.config.max_payload
+        # Awaiting accept() or refuse(), what follows the HELLO is only kept.
+        limit = 0 if self._hello is not None else 1
+        try:
+            frames, self._held = take_frames(self._held, data, max_payload, limit)
+        except RemoteProtocolError as exc:
+            return self._fail(exc, now)  # F1 comes before H1: no frame is needed
+        if not frames:
+            return NOTHING
+        self.config.counters.frames_in += 1
         ftype, payload = frames[0]
+        if state is State.AWAIT_HELLO:
+            return self._receive_hello(ftype, payload, now)
+        return self._receive_welcome(ftype, payload, now)
+
+    def _receive_hello(self, ftype: int, payload: bytes, now: float) -> Step:
         self.last_recv = now  # the server's timeout clock starts at HELLO (T6)
         try:
             if ftype != T_HELLO:
@@ -619,11 +697,10 @@ class Session:
         except RemoteProtocolError as exc:
             return self._fail(exc, now)
         self.name = hello.name
-        self._pending = (hello, frames[1:])
+        self._hello = hello
         return b"", (HelloReceived(hello),)
 
-    def _receive_welcome(self, frames: Sequence[Frame], now: float) -> Step:
-        ftype, payload = frames[0]
+    def _receive_welcome(self, ftype: int, payload: bytes, now: float) -> Step:
         try:
             if ftype == T_WELCOME:
                 welcome = parse_welcome(payload)
@@ -640,9 +717,9 @@ class Session:
         self.deadline = FOREVER
         self.last_recv = now  # the client's timeout clock starts at WELCOME (H3)
         opened = (Opened(grant),)
-        if len(frames) == 1:
+        if self._held is None:
             return b"", opened
-        out, events = self.receive(frames[1:], now)
+        out, events = self.receive_data(b"", now)
         return out, (*opened, *events)
 
     # --- frames out --------------------------------------------------------------------
@@ -688,28 +765,38 @@ class Session:
     def protocol_error(
         self, error: RemoteProtocolError, now: float, reason: Reason = Reason.PROTOCOL_ERROR
     ) -> Step:
-        """The decoder refused the peer's bytes (F1): ERROR, then close (C3). The
-        transport may name another ``reason`` for what it refused (plain text where TLS
-        was due: ``TLS_ERROR``)."""
+        """The transport refused the peer's bytes: ERROR, then close (C3), with the
+        ``reason`` it names (plain text where TLS was due: ``TLS_ERROR``)."""
         if self.state is State.CLOSING or self.state is State.CLOSED:
             return NOTHING
         return self._fail(error, now, reason)
 
-    def eof_received(self, now: float, partial: int = 0) -> Step:
-        """The peer shut down its sending half; ``partial`` bytes of an unfinished
-        frame were pending (a truncation, not a split: F4)."""
+    def eof_received(self, now: float) -> Step:
+        """The peer shut down its sending half. Frames still held past a read's share
+        are served first; a partial frame left is a truncation, not a split (F4)."""
         state = self.state
-        if state is State.CLOSING:
-            self.state = State.CLOSED  # the EOF we lingered for
+        if state is S_CLOSING:
+            self.state = S_CLOSED  # the EOF we lingered for
             return NOTHING
-        if state is State.CLOSED:
+        if state is S_CLOSED:
             return NOTHING
+        out = b""
+        events: Events = NO_EVENTS
+        while self.paused and self.state is S_OPEN:
+            more, extra = self.receive_data(b"", now)
+            out += more
+            events = [*events, *extra]
+        if self.state is S_CLOSING or self.state is S_CLOSED:
+            return out, events
+        partial = self.buffered
         if partial:
-            return self._fail(
+            more, extra = self._fail(
                 RemoteProtocolError(Code.MALFORMED, f"EOF inside a frame, {partial} bytes in"),
                 now,
             )
-        return self._end(Disconnect(Reason.PEER_CLOSED, detail="EOF"))
+        else:
+            more, extra = self._end(Disconnect(Reason.PEER_CLOSED, detail="EOF"))
+        return out + more, [*events, *extra] if events else extra
 
     def abort(self, reason: Reason, detail: str = "") -> Step:
         """The transport failed or gave up (reset, refused connect, slow consumer):
@@ -721,6 +808,8 @@ class Session:
 
     def _close(self, code: Code, now: float, disconnect: Disconnect, linger: float) -> Step:
         self.state = State.CLOSING
+        self.paused = False  # from now on input is discarded, never held
+        self._held = None
         self.deadline = now + linger
         self.last_sent = now
         self.config.counters.frames_out += 1
@@ -730,6 +819,8 @@ class Session:
         self, error: RemoteProtocolError, now: float, reason: Reason = Reason.PROTOCOL_ERROR
     ) -> Step:
         self.state = State.CLOSING
+        self.paused = False
+        self._held = None
         self.deadline = now + self.config.linger
         self.last_sent = now
         self.config.counters.frames_out += 1
@@ -739,4 +830,6 @@ class Session:
 
     def _end(self, disconnect: Disconnect) -> Step:
         self.state = State.CLOSED
+        self.paused = False
+        self._held = None
         return b"", (Closed(disconnect),)

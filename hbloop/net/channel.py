@@ -1,112 +1,143 @@
 """The I/O shell around a Session: one non-blocking socket on an EventLoop.
 
 A ``Channel`` moves bytes and time between the socket, the loop and its
-``hbloop.core.session.Session``, and hands the session's events to its subclass (the
-server's ``Peer``, the client's ``Connection``, the bench's clients). It decides
-nothing about the protocol.
+``hbloop.core.session.Session``, and hands the session's events to its endpoint (a
+server, a client, the bench's load generator), which decides what they mean. The
+session decodes, acts and refuses; the channel only carries bytes.
 
-* **Reading.** One ``recv_into`` per readiness into a buffer shared by every channel
-  of the process (single-threaded, so that is safe), which keeps an idle
-  connection's memory to its objects and its socket. Complete frames go to
-  ``session.receive`` with the loop's clock, at most ``MAX_FRAMES_PER_READ`` per
-  iteration; a peer with more, or one the session throttles (T9), is not read again
-  until its turn comes, so one peer's burst cannot stall the others.
+* **Reading.** One ``recv_into`` per readiness, of at most ``READ_CHUNK`` bytes, into
+  a buffer shared by every channel of the process (single-threaded, so that is safe),
+  which keeps an idle connection's memory to its objects and its socket. The bytes go
+  to ``session.receive_data`` with the loop's clock. A session that wants no more
+  input for now (``session.paused``: it holds more frames than one read acts on, or
+  the peer spent its rate, T9) is not read again until ``session.resume_at()``, when
+  it gets its next share first; TCP flow control holds the sender back meanwhile, so
+  one peer's burst cannot stall the others.
 * **Writing** follows asyncio's selector transport: send at once when nothing is
   pending, keep the unsent rest in a bytearray, watch for writability only while that
-  buffer is non-empty. While the events of one read are dispatched, output is corked:
-  the session's answers and whatever the application sends in its callbacks leave in
-  one ``send``.
+  buffer is non-empty. While the events of one step are dispatched, output is corked:
+  the session's answers and whatever the endpoint sends in its callbacks leave in one
+  ``send``. Unsent output past the endpoint's ``max_pending`` drops the connection as
+  a slow consumer.
 * **Time.** One loop timer per connection, armed at ``session.next_deadline()`` and
   re-armed only when it fires or the deadline moves earlier (a state change), so a
   heartbeat costs no timer operation.
 * **Ending.** When the session is CLOSING its last frame is flushed, then the
   writing half is shut down (TCP FIN), and input is drained until the peer's EOF or
   the linger deadline; CLOSED releases the socket.
-* **TLS** is a subclass, ``TlsChannel``, so that a plain channel never asks whether
-  it is one: its read callback decrypts, its writes encrypt into the same output
-  buffer (the slow-consumer cap counts ciphertext) and its last frame is followed by
-  close_notify. The session never knows.
+* **TLS and tracing** are parts a ``LayeredChannel`` holds, either or both: with a
+  ``hbloop.net.tls.TlsLayer`` every read is decrypted before the session sees it and
+  every write encrypted (the slow-consumer cap counts ciphertext), and the last frame
+  is followed by close_notify; with a ``hbloop.net.trace.Tracer`` every frame in and
+  out is logged. ``make_channel`` picks the plain ``Channel`` when there is neither,
+  so that its per-frame path holds no test for them at all (the tests cost about 1 %
+  of a heartbeat's instructions).
 """
 
 from __future__ import annotations
 
+import errno
 import socket
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from hbloop.core.protocol import Frame, FrameDecoder, RemoteProtocolError
+from hbloop.core.protocol import RemoteProtocolError
 from hbloop.core.session import (
     FOREVER,
     S_CLOSED,
     S_CLOSING,
-    S_OPEN,
     Events,
     Reason,
+    Role,
     Session,
     State,
     Step,
-    Throttled,
 )
+from hbloop.core.wire import Code
 from hbloop.net.counters import IoCounters
 from hbloop.net.loop import EventLoop, Timer
-from hbloop.net.tls import NotTlsError, TlsError, TlsLayer
+from hbloop.net.tls import Certificate, NotTlsError, TlsError, TlsLayer
+from hbloop.net.trace import Tracer
 
-# Fairness: what one peer may make the loop do per iteration. One recv() takes at
-# most READ_CHUNK bytes (a maximum-size DATA frame at the default --max-frame) and
-# at most MAX_FRAMES_PER_READ frames of it are acted on; the rest waits in the
-# decoder, with the socket unwatched (so TCP flow control holds the sender back),
-# for the next iteration. At about a microsecond a frame, a peer that floods tiny
-# frames delays everyone else by at most a few hundred microseconds per iteration.
+# Fairness: one recv() takes at most this many bytes (a maximum-size DATA frame at the
+# default --max-frame), and the session acts on at most MAX_FRAMES_PER_READ frames
+# of them (hbloop.core.session); the rest waits in the session's buffer, with the
+# socket unwatched, for the next iteration.
 READ_CHUNK = 64 * 1024
-MAX_FRAMES_PER_READ = 256
 
 _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
 
+AppT = TypeVar("AppT")
 
-class ChannelOwner(Protocol):
-    """What a channel needs from the endpoint it belongs to (a server, a client)."""
+
+class Endpoint(Protocol[AppT]):
+    """What a channel needs from the endpoint it belongs to (a server, a client): the
+    loop, where to count traffic, the cap on unsent output, and the three things a
+    channel reports."""
 
     loop: EventLoop
     counters: IoCounters
     max_pending: int
 
+    def channel_events(self, channel: Channel[AppT], events: Events) -> None:
+        """The session's events (Opened, Message, Closed, ...), in order."""
 
-OwnerT = TypeVar("OwnerT", bound=ChannelOwner)
+    def channel_released(self, channel: Channel[AppT]) -> None:
+        """The socket is closed and every loop registration gone."""
+
+    def tls_handshake(self, done: bool) -> None:
+        """A TLS handshake completed (True), or failed before completing (False)."""
 
 
-class Channel(Generic[OwnerT]):
-    """Buffered frame I/O for one socket, driving one Session.
+class Channel(Generic[AppT]):
+    """Buffered I/O for one socket, driving one Session for an endpoint.
 
-    Subclasses implement ``handle(events)`` and may override ``on_released()``.
+    ``app`` is the endpoint's own object for the connection (a server's Peer), which
+    the channel only carries. The endpoint sends with ``send`` (DATA), ``apply`` (what
+    a session method returned) and ``close``, and ends a connection at once with
+    ``drop``.
     """
 
-    __slots__ = ("owner", "sock", "fd", "decoder", "session", "out", "timer")
+    __slots__ = ("endpoint", "app", "sock", "fd", "session", "out", "timer")
 
     def __init__(
-        self, owner: OwnerT, sock: socket.socket, session: Session, max_payload: int
+        self, endpoint: Endpoint[AppT], app: AppT, sock: socket.socket, session: Session
     ) -> None:
-        self.owner = owner
+        self.endpoint = endpoint
+        self.app = app
         self.sock = sock
         self.fd = sock.fileno()  # -1 once released
-        self.decoder = FrameDecoder(max_payload)
         self.session = session
         self.out: bytearray | None = None  # unsent output, or a cork while dispatching
         self.timer: Timer | None = None
-
-    # --- subclass hooks ---------------------------------------------------------------
-
-    def handle(self, events: Events) -> None:
-        """Act on the session's events (Opened, Message, Closed, ...)."""
-        raise NotImplementedError
-
-    def on_released(self) -> None:
-        """The socket is closed and every loop registration gone."""
 
     @property
     def released(self) -> bool:
         return self.fd < 0
 
-    # --- the session's steps -----------------------------------------------------------
+    def peer_certificate(self) -> Certificate | None:
+        """The peer's verified certificate under TLS, else None."""
+        return None
+
+    # --- the endpoint's requests --------------------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        """Send ``data`` as DATA; False if the connection is not OPEN or is gone."""
+        session = self.session
+        if session.state is not State.OPEN:
+            return False
+        return self._write(session.send_data(data, self.endpoint.loop.now))
+
+    def close(
+        self, code: Code, reason: Reason = Reason.CLOSED_LOCALLY, linger: float | None = None
+    ) -> None:
+        """Send CLOSE ``code`` after the output already queued, and end the connection
+        once the peer has read it (or ``linger`` has passed)."""
+        self.apply(self.session.close(code, self.endpoint.loop.now, reason, linger))
+
+    def drop(self, reason: Reason, detail: str = "") -> None:
+        """Give up on the connection at once: no last frame, no linger."""
+        self._abort(reason, detail)
 
     def apply(self, step: Step) -> None:
         """Send what the session produced, hand its events over, and follow its state:
@@ -114,15 +145,15 @@ class Channel(Generic[OwnerT]):
         frame, release the socket once CLOSED."""
         out, events = step
         if events:
-            # Cork: the session's output and the application's sends from its
-            # callbacks go out together, in order, in one send. A step that moves
-            # the session to CLOSING always has events, so its last frame leaves
-            # through _flush, which then half-closes.
+            # Cork: the session's output and the endpoint's sends from its callbacks go
+            # out together, in order, in one send. A step that moves the session to
+            # CLOSING always has events, so its last frame leaves through _flush, which
+            # then half-closes.
             if self.out is None:
                 self.out = bytearray()
             if out:
                 self._write(out)
-            self.handle(events)
+            self.endpoint.channel_events(self, events)
             if self.fd >= 0:
                 self._flush()
         elif out:
@@ -136,6 +167,8 @@ class Channel(Generic[OwnerT]):
                 # when it fires.
                 self.arm()
 
+    # --- time --------------------------------------------------------------------------
+
     def arm(self) -> None:
         """Make the timer fire no later than the session's next deadline."""
         due = self.session.next_deadline()
@@ -146,12 +179,14 @@ class Channel(Generic[OwnerT]):
             timer.cancel()
             self.timer = None
         if due != FOREVER:
-            self.timer = self.owner.loop.call_at(due, self.on_deadline)
+            # The channel as an argument rather than a bound method: 16 bytes less
+            # per armed connection.
+            self.timer = self.endpoint.loop.call_at(due, Channel._on_deadline, self)
 
-    def on_deadline(self) -> None:
+    def _on_deadline(self) -> None:
         self.timer = None
         session = self.session
-        now = self.owner.loop.now
+        now = self.endpoint.loop.now
         if session.expired(now):
             # T6: never declare a peer dead because *we* were late. Its frames may be
             # waiting in the socket (a long iteration, a stopped process): read them
@@ -161,17 +196,41 @@ class Channel(Generic[OwnerT]):
                 return
         self.apply(session.deadline_reached(now))
 
+    # --- connecting (client side) --------------------------------------------------------
+
+    def connect(self, address: tuple[Any, ...]) -> None:
+        """Start a non-blocking connect to ``address``; once it completes, read and say
+        HELLO (through TLS first, with a layer). The handshake deadline (H9) is armed
+        now: it covers the connect too."""
+        err = self.sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS):
+            self._connect_failed(err)
+            return
+        self.endpoint.loop.add_writer(self.fd, self._on_connected)
+        self.arm()
+
+    def _on_connected(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(err)
+            return
+        self.endpoint.loop.remove_writer(self.fd)
+        self.start_reading()
+        self._say_hello()
+
+    def _say_hello(self) -> None:
+        """The connection is up: HELLO (H1)."""
+        self._write(self.session.connected(self.endpoint.loop.now))
+
+    def _connect_failed(self, err: int) -> None:
+        self.drop(Reason.PEER_RESET, f"connect: {errno.errorcode.get(err, err)}")
+
     # --- reading -----------------------------------------------------------------------
 
     def start_reading(self) -> None:
         # The channel is its own read callback (see __call__): a bound method stored
         # in the loop's table would cost 64 bytes per connection.
-        self.owner.loop.add_reader(self.fd, self)
-
-    def connection_made(self) -> None:
-        """Client side: the TCP connect completed; read, and say HELLO (H1)."""
-        self.start_reading()
-        self._write(self.session.connected(self.owner.loop.now))
+        self.endpoint.loop.add_reader(self.fd, self)
 
     def on_readable(self) -> None:
         try:
@@ -184,101 +243,66 @@ class Channel(Generic[OwnerT]):
         if not n:
             self._read_eof()
             return
+        endpoint = self.endpoint
+        endpoint.counters.bytes_in += n
         session = self.session
-        if session.state is S_CLOSING:
-            return  # draining input until the peer's EOF
-        self.owner.counters.bytes_in += n
-        try:
-            frames = self.decoder.feed(_read_view[:n], MAX_FRAMES_PER_READ)
-        except RemoteProtocolError as exc:
-            self._refuse_input(exc)
-            return
-        if frames:
-            self._process(frames)
+        out, events = session.receive_data(_read_view[:n], endpoint.loop.now)
+        if events:
+            self.apply((out, events))
+        elif out:
+            # A heartbeat: no state changed, so no deadline moved earlier and nothing
+            # is closing; only the answer needs sending.
+            self._write(out)
+        if session.paused and self.fd >= 0:
+            self._pause()
+
+    __call__ = on_readable
 
     def _read_failed(self, exc: OSError) -> None:
         self.apply(self.session.abort(Reason.PEER_RESET, exc.strerror or str(exc)))
 
     def _read_eof(self) -> None:
-        self.apply(self.session.eof_received(self.owner.loop.now, self.decoder.buffered))
-
-    def _process(self, frames: list[Frame]) -> bool:
-        """Hand the session complete frames; pause reading if it throttled the peer
-        or if the decoder may hold more than this iteration's share. False if it
-        paused."""
-        owner = self.owner
-        owner.counters.frames_in += len(frames)
-        out, events = self.session.receive(frames, owner.loop.now)
-        if events:
-            self.apply((out, events))
-            last = events[-1]
-            if type(last) is Throttled and self.fd >= 0:
-                self._pause()
-                owner.loop.call_at(last.until, self._resume)
-                return False
-        elif out:
-            # A heartbeat: no state changed, so no deadline moved earlier and nothing
-            # is closing; only the answer needs sending.
-            self._write(out)
-        if len(frames) == MAX_FRAMES_PER_READ and self.fd >= 0:
-            self._pause()
-            owner.loop.call_soon(self._resume)
-            return False
-        return True
+        self.apply(self.session.eof_received(self.endpoint.loop.now))
 
     def _pause(self) -> None:
-        self.owner.loop.remove_reader(self.fd)
-
-    def _resume(self) -> None:
-        """After a pause: the frames held back first (a share per iteration), then the
-        socket again. Throttled peers wait out their window first."""
-        if self.fd < 0:
-            return
-        session = self.session
-        loop = self.owner.loop
-        if session.state is not S_OPEN:
-            loop.add_reader(self.fd, self)  # closing: drain to the EOF
-            return
-        until = session.throttled_until()
+        """Stop reading until the session wants input again."""
+        loop = self.endpoint.loop
+        loop.remove_reader(self.fd)
+        until = self.session.resume_at()
         if until > loop.now:
             loop.call_at(until, self._resume)
+        else:
+            loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        """After a pause: the session's next share of what it holds, then the socket
+        again (unless it paused once more)."""
+        if self.fd < 0:
             return
-        if self._decode(b"") and self.fd >= 0:
-            loop.add_reader(self.fd, self)
+        self._serve(b"")
+        if self.fd >= 0 and not self.session.paused:
+            self.endpoint.loop.add_reader(self.fd, self)
 
-    def _decode(self, data: bytes) -> bool:
-        """Feed ``data`` to the decoder and act on this iteration's share of frames;
-        False if the channel paused or refused the input."""
-        try:
-            frames = self.decoder.feed(data, MAX_FRAMES_PER_READ)
-        except RemoteProtocolError as exc:
-            self._refuse_input(exc)
-            return False
-        return not frames or self._process(frames)
-
-    def _refuse_input(self, error: RemoteProtocolError) -> None:
-        """A bad header (F1): act on the good frames before it, then ERROR (C3)."""
-        now = self.owner.loop.now
-        if error.frames:
-            self.owner.counters.frames_in += len(error.frames)
-            self.apply(self.session.receive(error.frames, now))
-        if self.fd >= 0:
-            self.apply(self.session.protocol_error(error, now))
-
-    __call__ = on_readable
+    def _serve(self, data: bytes | memoryview) -> None:
+        """Hand the session ``data`` and follow its step; pause if it asks to."""
+        session = self.session
+        self.apply(session.receive_data(data, self.endpoint.loop.now))
+        if session.paused and self.fd >= 0:
+            self._pause()
 
     # --- writing -----------------------------------------------------------------------
 
     def _write(self, data: bytes) -> bool:
-        """Send ``data`` or queue it; False if the channel is gone (or just died)."""
+        """Send ``data`` (frames) at once or queue it; False if the channel is gone (or
+        just died)."""
         if self.fd < 0:
             return False
-        owner = self.owner
-        owner.counters.bytes_out += len(data)
+        endpoint = self.endpoint
+        endpoint.counters.bytes_out += len(data)
         out = self.out
         if out is not None:
             out += data
-            if len(out) > owner.max_pending:
+            if len(out) > endpoint.max_pending:
                 self._abort(Reason.SLOW_CONSUMER, f"{len(out)} bytes pending")
                 return False
             return True
@@ -291,17 +315,17 @@ class Channel(Generic[OwnerT]):
             return False
         if sent == len(data):
             return True
-        if len(data) - sent > owner.max_pending:
+        if len(data) - sent > endpoint.max_pending:
             self._abort(Reason.SLOW_CONSUMER, "frame exceeds pending cap")
             return False
         self.out = bytearray(data[sent:]) if sent else bytearray(data)
-        owner.loop.add_writer(self.fd, self._flush)
+        endpoint.loop.add_writer(self.fd, self._flush)
         return True
 
     def _flush(self) -> None:
         """Send what is pending; the writability callback while anything is left."""
         out = self.out
-        loop = self.owner.loop
+        loop = self.endpoint.loop
         if out:
             try:
                 sent = self.sock.send(out)
@@ -327,16 +351,12 @@ class Channel(Generic[OwnerT]):
         except OSError:
             self._release()
 
-    def drop(self, reason: Reason, detail: str = "") -> None:
-        """Give up on the connection at once: no last frame, no linger."""
-        self._abort(reason, detail)
+    # --- ending ------------------------------------------------------------------------
 
     def _abort(self, reason: Reason, detail: str) -> None:
         self.out = None
         self.apply(self.session.abort(reason, detail))
         self._release()
-
-    # --- ending ------------------------------------------------------------------------
 
     def _release(self) -> None:
         """Close the socket and drop every loop registration. Idempotent."""
@@ -347,107 +367,157 @@ class Channel(Generic[OwnerT]):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.owner.loop.forget_fd(fd)
+        self.endpoint.loop.forget_fd(fd)
         self.out = None
         self.sock.close()
-        self.on_released()
+        self.endpoint.channel_released(self)
 
 
-class TlsChannel(Channel[OwnerT]):
-    """A Channel whose bytes on the socket are TLS records (``hbloop.net.tls.TlsLayer``).
-
-    Mixed in before the endpoint's channel class (``class TlsPeer(TlsChannel["Server"],
-    Peer)``), which declares the ``tls`` slot: a mixin with a slot of its own would
-    clash with the endpoint class's slots. A plain channel runs none of this code.
+class LayeredChannel(Channel[AppT]):
+    """A Channel with a TLS layer, a tracer, or both (see ``make_channel``).
 
     * Reading: every ciphertext read is decrypted whole (``TlsLayer.receive`` leaves
-      nothing inside OpenSSL, which level-triggered epoll could not see) and the
-      plaintext goes to the decoder, which keeps what exceeds this iteration's frame
-      share for the pause and resume of ``Channel._process``. Handshake records are
-      sent as soon as they are produced.
-    * Writing: each write is encrypted and the ciphertext goes through
-      ``Channel._write``, so ``max_pending`` caps what the socket has yet to take.
-      Before the TLS handshake (a handshake timeout's CLOSE) nothing can be said.
+      nothing inside OpenSSL, which level-triggered epoll could not see), handshake
+      records are sent as soon as they are produced, and the plaintext is traced and
+      goes to the session.
+    * Writing: each write of frames is traced, then encrypted, and the ciphertext goes
+      through ``Channel._write``, so ``max_pending`` caps what the socket has yet to
+      take. Before the TLS handshake (a handshake timeout's CLOSE) nothing can be said.
     * Ending: close_notify once, right behind the last frame, before the FIN. A TLS
-      failure sends OpenSSL's alert and ends the connection with ``Reason.TLS_ERROR``.
+      failure sends OpenSSL's alert and ends the connection with ``Reason.TLS_ERROR``;
+      a server answers plain text with a plain ERROR.
     """
 
-    __slots__ = ()
+    __slots__ = ("tls", "tracer")
 
-    tls: TlsLayer
+    def __init__(
+        self,
+        endpoint: Endpoint[AppT],
+        app: AppT,
+        sock: socket.socket,
+        session: Session,
+        tls: TlsLayer | None,
+        tracer: Tracer | None,
+    ) -> None:
+        super().__init__(endpoint, app, sock, session)
+        self.tls = tls
+        self.tracer = tracer
 
-    def connection_made(self) -> None:
-        """Client side: TCP is up; the ClientHello now, HELLO once TLS is."""
-        self.start_reading()
-        self._write_raw(self.tls.start())
+    def peer_certificate(self) -> Certificate | None:
+        return None if self.tls is None else self.tls.peer_certificate()
 
-    def tls_established(self) -> None:
-        """The TLS handshake completed: a client says HELLO now (H1)."""
-        if self.session.state is State.CONNECTING:
-            self._write(self.session.connected(self.owner.loop.now))
-
-    def not_tls(self, error: NotTlsError) -> None:
-        """The peer sent plain text where a TLS record was due."""
-        self._tls_failed(error.reason)
-
-    def _tls_failed(self, reason: str) -> None:
-        alert = self.tls.data_to_send()  # tells the peer why, if OpenSSL has a word
-        if alert:
-            self._write_raw(alert)
-        self._abort(Reason.TLS_ERROR, reason)
+    def _say_hello(self) -> None:
+        if self.tls is None:
+            super()._say_hello()
+        else:
+            self._write_raw(self.tls.start())  # the ClientHello; HELLO once TLS is up
 
     def on_readable(self) -> None:
         try:
-            n = self.sock.recv_into(_read_buffer)
-        except OSError as exc:
-            if not isinstance(exc, BlockingIOError):
-                self._read_failed(exc)
+            data = self.sock.recv(READ_CHUNK)
+        except BlockingIOError:
             return
-        if n and self.session.state is not S_CLOSING:  # else drain to the peer's EOF
-            self.owner.counters.bytes_in += n
-            self._receive_records(_read_view[:n])
-        elif not n:
+        except OSError as exc:
+            self._read_failed(exc)
+            return
+        if not data:
             self._read_eof()
+            return
+        self.endpoint.counters.bytes_in += len(data)
+        tls = self.tls
+        if tls is not None:
+            data = self._decrypt(tls, data)
+        if data:
+            if self.tracer is not None:
+                self.tracer.received(data)
+            self._serve(data)
+        if tls is not None and tls.peer_closed and self.fd >= 0:
+            self._read_eof()  # close_notify: the peer will send nothing more
 
     __call__ = on_readable
 
-    def _receive_records(self, ciphertext: memoryview) -> None:
-        tls = self.tls
+    # --- TLS -----------------------------------------------------------------------------
+
+    def _decrypt(self, tls: TlsLayer, ciphertext: bytes) -> bytes:
+        """The plaintext ``ciphertext`` completes; b"" when there is none, or when TLS
+        failed and the connection is ending."""
+        if self.session.state is S_CLOSING:
+            return b""  # draining to the peer's EOF; our close_notify is sent
         established = tls.handshake_done
         try:
             plaintext = tls.receive(ciphertext)
-        except NotTlsError as exc:
-            self.not_tls(exc)
-            return
         except TlsError as exc:
-            self._tls_failed(exc.reason)
-            return
+            if not established:
+                self.endpoint.tls_handshake(False)
+            self._tls_failed(tls, exc)
+            return b""
         records = tls.data_to_send()
         if records and not self._write_raw(records):
-            return
+            return b""
         if not established and tls.handshake_done:
-            self.tls_established()
-        if plaintext and self.fd >= 0 and not self._decode(plaintext):
-            return  # paused (the rest waits in the decoder) or refused
-        if tls.peer_closed and self.fd >= 0:
-            self._read_eof()  # close_notify: the peer will send nothing more
+            self.endpoint.tls_handshake(True)
+            if self.session.state is State.CONNECTING:  # a client says HELLO now (H1)
+                self._write(self.session.connected(self.endpoint.loop.now))
+        return plaintext
+
+    def _tls_failed(self, tls: TlsLayer, error: TlsError) -> None:
+        session = self.session
+        if isinstance(error, NotTlsError) and session.config.role is Role.SERVER:
+            # A plain client on a TLS port: say why in plain text, which it can read
+            # (protocol.md, section 8), corked so that it leaves before the FIN.
+            out, events = session.protocol_error(
+                RemoteProtocolError(Code.UNAUTHORIZED, f"TLS required on this port ({error})"),
+                self.endpoint.loop.now,
+                Reason.TLS_ERROR,
+            )
+            self.out = bytearray()
+            self._write_raw(out)
+            self.apply((b"", events))
+            return
+        alert = tls.data_to_send()  # tells the peer why, if OpenSSL has a word
+        if alert:
+            self._write_raw(alert)
+        self._abort(Reason.TLS_ERROR, error.reason)
+
+    # --- writing ---------------------------------------------------------------------
 
     def _write(self, data: bytes) -> bool:
+        if self.fd < 0:
+            return False
+        if self.tracer is not None:
+            self.tracer.sent(data)
         tls = self.tls
+        if tls is None:
+            return super()._write(data)
         if not tls.can_send:
-            return self.fd >= 0  # before the TLS handshake or after close_notify
+            return True  # before the TLS handshake (a timeout's CLOSE) or after close_notify
         return super()._write(tls.send(data))
 
     def _write_raw(self, data: bytes) -> bool:
-        """Bytes for the socket as they are: TLS records, or plain text for a peer
-        that speaks no TLS."""
+        """Bytes for the socket as they are: TLS records, or plain text for a peer that
+        speaks no TLS."""
         return super()._write(data)
 
     def _flush(self) -> None:
         tls = self.tls
-        if self.session.state is S_CLOSING and not tls.closed:
+        if tls is not None and self.session.state is S_CLOSING and not tls.closed:
             # The last frame is queued (or sent): close_notify goes right behind it.
             notify = tls.close()
             if notify and not self._write_raw(notify):
                 return
         super()._flush()
+
+
+def make_channel(
+    endpoint: Endpoint[AppT],
+    app: AppT,
+    sock: socket.socket,
+    session: Session,
+    tls: TlsLayer | None = None,
+    tracer: Tracer | None = None,
+) -> Channel[AppT]:
+    """A channel for ``sock``: a ``LayeredChannel`` with TLS, a tracer or both, else
+    the plain ``Channel``, whose per-frame path has no test for either."""
+    if tls is None and tracer is None:
+        return Channel(endpoint, app, sock, session)
+    return LayeredChannel(endpoint, app, sock, session, tls, tracer)

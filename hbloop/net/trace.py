@@ -9,20 +9,17 @@ same is in the fields ``dir``, ``peer``, ``type``, ``length`` and ``code``::
     frame out 127.0.0.1:40312 PONG len=0
     frame in 127.0.0.1:40312 CLOSE len=2 code=NORMAL
 
-Tracing is chosen once per connection object, never per frame: an endpoint made with
-``trace=True`` (``hbloop.Server``, ``hbloop.Client``) makes its connections of a class
-that puts ``TracingChannel`` before its own (``TracingPeer``, ``TracingConnection``).
-``TracingChannel`` overrides the three places frames pass through (``_process`` and
-``_refuse_input`` in, ``_write`` out), logs, and calls the plain method. Without it the
-plain classes run, and the per-frame path holds no check for tracing at all
-(tests/test_trace.py counts its bytecodes).
+Tracing is chosen once per connection, never per frame: an endpoint made with
+``trace=True`` (``hbloop.Server``, ``hbloop.Client``) gives each of its channels a
+``Tracer``, which the channel hands every chunk of plaintext it reads and every frame
+it writes. Without one the channel's per-frame path tests ``tracer is None`` once in
+each direction and calls nothing (tests/test_trace.py counts its bytecodes).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from hbloop.core.logfields import fields
 from hbloop.core.protocol import (
@@ -35,7 +32,6 @@ from hbloop.core.protocol import (
     printable,
 )
 from hbloop.core.wire import ABSOLUTE_MAX_PAYLOAD, T_CLOSE, T_ERROR, FrameType
-from hbloop.net.channel import Channel, OwnerT
 
 log = logging.getLogger("hbloop.trace")
 
@@ -77,28 +73,31 @@ def trace_frames(direction: str, peer: str, frames: Iterable[Frame]) -> None:
         )
 
 
-class TracingChannel(Channel[OwnerT]):
-    """A Channel that logs its frames; put it first among the bases of a traced class
-    (``class TracingPeer(TracingChannel["Server"], Peer)``), so that it sees the frames
-    a subclass's own methods would handle. That class supplies ``label``."""
+class Tracer:
+    """One connection's trace: ``label`` names the other end ("host:port") in each line.
 
-    __slots__ = ()
+    ``received`` takes the plaintext as it is read, split anywhere, and logs each frame
+    once its last byte is in (its own decoder buffers the rest: a cost paid only while
+    tracing); after a header the session refuses, it logs the frames before it and
+    nothing more. ``sent`` takes whole frames: the session's output or one DATA frame.
+    """
 
-    if TYPE_CHECKING:
+    __slots__ = ("label", "_decoder")
 
-        @property
-        def label(self) -> str:
-            """How the log names the other end ("host:port")."""
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._decoder: FrameDecoder | None = FrameDecoder(ABSOLUTE_MAX_PAYLOAD)
 
-    def _process(self, frames: list[Frame]) -> bool:
+    def received(self, data: bytes | memoryview) -> None:
+        decoder = self._decoder
+        if decoder is None:
+            return
+        try:
+            frames = decoder.feed(data)
+        except RemoteProtocolError as exc:  # the session answers it with ERROR
+            self._decoder = None
+            frames = exc.frames
         trace_frames(IN, self.label, frames)
-        return super()._process(frames)
 
-    def _refuse_input(self, error: RemoteProtocolError) -> None:
-        trace_frames(IN, self.label, error.frames)  # the good frames before the bad header
-        super()._refuse_input(error)
-
-    def _write(self, data: bytes) -> bool:
-        # What is written is whole frames: the session's output or one DATA frame.
+    def sent(self, data: bytes) -> None:
         trace_frames(OUT, self.label, FrameDecoder(ABSOLUTE_MAX_PAYLOAD).feed(data))
-        return super()._write(data)
