@@ -23,6 +23,8 @@ import platform
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -35,14 +37,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from hbloop.auth import CHECKS
-from hbloop.core.session import Reason
 from hbloop.core.version import __version__
 from hbloop.net.acceptor import Acceptor
+from hbloop.net.counters import Count, Figure, Figures, Histogram, Labelled
 from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import make_listener
 from hbloop.ops.stats import Snapshot
-from hbloop.presence.node import PRESENCE_FIGURES
 
 log = logging.getLogger("hbloop.metrics")
 
@@ -72,51 +72,6 @@ UNAVAILABLE = (
 JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
-# (snapshot key, metric name after the prefix, counter?, help). Names follow the
-# Prometheus conventions: the unit before the _total suffix of a counter.
-_FIGURES = (
-    ("connections", "connections", False, "Connections past the handshake, now."),
-    ("peak", "connections_peak", False, "Most connections at once."),
-    ("accepted", "accepted", True, "Sockets accepted, handshaken or not."),
-    (
-        "shed",
-        "shed",
-        True,
-        "Sockets accepted and refused at once: out of descriptors, or too many handshakes.",
-    ),
-    ("frames_in", "in_frames", True, "Frames received."),
-    ("frames_out", "out_frames", True, "Frames sent."),
-    ("bytes_in", "in_bytes", True, "Bytes received."),
-    ("bytes_out", "out_bytes", True, "Bytes sent."),
-    ("heartbeats", "heartbeats", True, "PING and PONG frames received."),
-    ("iterations", "loop_iterations", True, "Event loop iterations."),
-    ("tls_handshakes", "tls_handshakes", True, "TLS handshakes completed."),
-    (
-        "tls_handshakes_refused",
-        "tls_handshakes_refused",
-        True,
-        "TLS connections closed at accept: over --tls-handshake-rate.",
-    ),
-    (
-        "tls_handshakes_failed",
-        "tls_handshakes_failed",
-        True,
-        "TLS handshakes that failed, plain text on the TLS port included.",
-    ),
-    ("lag_max", "loop_lag_max_seconds", False, "Worst lateness of a due timer, last interval."),
-)
-
-# (snapshot key, metric name after the prefix, help) of the histograms.
-_HISTOGRAMS = (
-    ("lag", "loop_lag_seconds", "Worst lateness of a due timer in each 1 s sample period."),
-    (
-        "heartbeat_interval",
-        "heartbeat_interval_seconds",
-        "Silence each PING or PONG received ended: time since the peer's previous frame.",
-    ),
-)
-
-
 @dataclass(frozen=True)
 class Report:
     """What a request shows: the totals, each worker's figures and process id, the
@@ -134,62 +89,43 @@ class Report:
         return cls(snapshot, {"1": snapshot}, serving=serving)
 
 
-def _histogram(
-    key: str, name: str, doc: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
+def _family(
+    figure: Figure[Any], name: str, labels: list[str], rows: dict[tuple[str, ...], Any]
 ) -> Metric:
-    """The histogram ``key`` of each row, with Prometheus' cumulative buckets."""
-    family = HistogramMetricFamily(name, doc, labels=labels)
-    for values, snapshot in rows.items():
-        histogram = snapshot[key]
-        cumulative, buckets = 0, []
-        for bound, count in zip([*histogram["bounds"], "+Inf"], histogram["counts"], strict=True):
-            cumulative += count
-            buckets.append((str(bound), cumulative))
-        family.add_metric(list(values), buckets, histogram["sum"])
+    """The family of one figure; ``rows`` maps the values of ``labels`` to its value."""
+    if isinstance(figure, Labelled):
+        labelled = CounterMetricFamily(name, figure.help, labels=[*labels, figure.label])
+        for values, counts in rows.items():
+            for label in figure.values:
+                labelled.add_metric([*values, label], counts.get(label, 0))
+        return labelled
+    if isinstance(figure, Histogram):
+        histogram = HistogramMetricFamily(name, figure.help, labels=labels)
+        for values, buckets in rows.items():
+            bounds = [*map(str, buckets.bounds), "+Inf"]
+            cumulative = zip(bounds, accumulate(buckets.counts), strict=True)  # Prometheus'
+            histogram.add_metric(list(values), list(cumulative), buckets.sum)
+        return histogram
+    kind = CounterMetricFamily if isinstance(figure, Count) else GaugeMetricFamily
+    family = kind(name, figure.help, labels=labels)
+    for values, value in rows.items():
+        family.add_metric(list(values), value)
     return family
-
-
-Figures = tuple[tuple[str, str, bool, str], ...]  # (key, name, counter?, help)
-
-
-def _table(
-    figures: Figures, prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
-) -> Iterator[Metric]:
-    """One family per figure; ``rows`` maps the values of ``labels`` to snapshots."""
-    for key, name, is_counter, doc in figures:
-        kind = CounterMetricFamily if is_counter else GaugeMetricFamily
-        family = kind(prefix + name, doc, labels=labels)
-        for values, snapshot in rows.items():
-            family.add_metric(list(values), snapshot[key])
-        yield family
 
 
 def _families(
     prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
 ) -> Iterator[Metric]:
-    """The server's figures, then presence's where the snapshots have them."""
-    yield from _table(_FIGURES, prefix, labels, rows)
-    for key, name, doc in _HISTOGRAMS:
-        yield _histogram(key, prefix + name, doc, labels, rows)
-    closed = CounterMetricFamily(
-        prefix + "closed", "Connections closed, by reason.", labels=[*labels, "reason"]
-    )
+    """A family for each figure the snapshots have (presence's only where it is on);
+    ``rows`` maps the values of ``labels`` to snapshots."""
+    parts: dict[type[Figures], dict[tuple[str, ...], Figures]] = {}
     for values, snapshot in rows.items():
-        for reason in Reason:
-            closed.add_metric([*values, reason.value], snapshot["closed"].get(reason.value, 0))
-    yield closed
-    refused = CounterMetricFamily(
-        prefix + "auth_refused",
-        "HELLOs refused UNAUTHORIZED, by the check that refused them.",
-        labels=[*labels, "check"],
-    )
-    for values, snapshot in rows.items():
-        for check in CHECKS:
-            refused.add_metric([*values, check], snapshot["auth_refused"].get(check, 0))
-    yield refused
-    presence = {values: s["presence"] for values, s in rows.items() if "presence" in s}
-    if presence:
-        yield from _table(PRESENCE_FIGURES, prefix + "presence_", labels, presence)
+        for part in snapshot.parts():
+            parts.setdefault(type(part), {})[values] = part
+    for kind, by_labels in parts.items():
+        for figure in kind.figures:
+            figure_rows = {key: getattr(part, figure.name) for key, part in by_labels.items()}
+            yield _family(figure, prefix + figure.metric, labels, figure_rows)
 
 
 class _WorkerProcesses:
@@ -324,7 +260,7 @@ class MetricsEndpoint:
         body = {
             "status": "serving" if report.serving else "stopping",
             "version": __version__,
-            "connections": report.total["connections"],
+            "connections": report.total.server.connections,
             "workers": len(report.workers),
         }
         status = http.HTTPStatus.OK if report.serving else http.HTTPStatus.SERVICE_UNAVAILABLE
