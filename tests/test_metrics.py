@@ -18,7 +18,8 @@ from hbloop.core.histogram import Buckets
 from hbloop.core.session import HEARTBEAT_BUCKETS
 from hbloop.core.wire import FrameType
 from hbloop.net.loop import EventLoop
-from hbloop.ops.metrics import MAX_EXCHANGES
+from hbloop.core.wire import encode_hello
+from hbloop.ops.metrics import MAX_EXCHANGES, REQUEST_TIMEOUT
 from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD, combine
 
 from conftest import (
@@ -135,6 +136,40 @@ def test_bad_http_requests_are_answered_and_harmless(serve, raw_peer):
         assert raw_peer(server.address).hello("after", 1000)[0] == FrameType.WELCOME
         assert scrape(metrics)["hbloop_connections"] == 1
     assert server.proc.poll() is None
+
+
+def test_a_request_with_bare_lf_line_endings_is_answered(serve):
+    """RFC 9112 section 2.2 lets a recipient take a bare LF for a line's end; earlier,
+    such a request waited for a CRLF CRLF that never came, and was closed silently
+    when its deadline passed."""
+    server = serve(*FAST, "--metrics-port", "0")
+    metrics = metrics_address(server)
+    answer = _exchange(metrics, b"GET /metrics HTTP/1.1\nHost: x\n\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+    assert b"\nhbloop_connections 0.0\n" in answer
+    # An empty line before the request, and line ends of both kinds.
+    health = _exchange(metrics, b"\r\nGET /healthz HTTP/1.0\r\nHost: x\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200 ") and b'"status": "serving"' in health
+
+
+# Openings of other protocols: binary ones, refused at their first byte that a request
+# line cannot hold, and a line of text that is not a request line.
+NOT_HTTP = (
+    encode_hello("probe", 1000),  # a heartbeat client on the wrong port
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS ClientHello
+    b"SSH-2.0-OpenSSH_9.2p1\r\n",
+)
+
+
+def test_what_is_not_http_gets_400_at_once(serve, raw_peer):
+    server = serve(*FAST, "--metrics-port", "0")
+    metrics = metrics_address(server)
+    for opening in NOT_HTTP:
+        started = time.monotonic()
+        answer = _exchange(metrics, opening)  # which leaves its sending side open
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (opening, answer)
+        assert time.monotonic() - started < REQUEST_TIMEOUT, opening
+    assert raw_peer(server.address).hello("after", 1000)[0] == FrameType.WELCOME
 
 
 def test_total_peak_counts_connections_nobody_scraped(serve, raw_peer):

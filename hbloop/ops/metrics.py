@@ -20,6 +20,7 @@ import http
 import json
 import logging
 import platform
+import re
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,6 +69,15 @@ UNAVAILABLE = (
     b"Content-Type: text/plain\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
     b"out of file descriptors"
 )
+
+# A request line (RFC 9112 section 3): a method token, a target of visible ASCII and
+# the version, split on spaces or tabs, ending in CRLF or a bare LF (section 2.2).
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([!-~]+)[ \t]+HTTP/1\.\d[ \t]*\r?")
+# What a request line may hold before its end: anything else (a binary protocol, TLS)
+# is not HTTP, and is answered at once rather than when the request deadline passes.
+_LINE_SO_FAR = re.compile(rb"[\t -~]*\r?")
+# The empty line that ends a request's head (CRLF or a bare LF).
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
@@ -237,13 +247,9 @@ class MetricsEndpoint:
             next(iter(self._exchanges)).close()  # the oldest
         self._exchanges[_Exchange(self, sock)] = None
 
-    def answer(self, head: bytes) -> tuple[int, str, bytes]:
-        """The status, content type and body for a request whose line and headers
-        are ``head``."""
-        parts = head.split(b"\n", 1)[0].split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return http.HTTPStatus.BAD_REQUEST, TEXT_CONTENT_TYPE, b"bad request\n"
-        method, path = parts[0], parts[1].split(b"?", 1)[0]
+    def answer(self, method: bytes, target: bytes) -> tuple[int, str, bytes]:
+        """The status, content type and body for a request."""
+        path = target.split(b"?", 1)[0]
         if path not in (b"/metrics", b"/healthz"):
             return http.HTTPStatus.NOT_FOUND, TEXT_CONTENT_TYPE, b"not found: try /metrics\n"
         if method != b"GET":
@@ -275,15 +281,48 @@ class MetricsEndpoint:
         self._acceptor.close()
 
 
+def parse_request(data: bytes) -> tuple[bytes, bytes] | http.HTTPStatus | None:
+    """The method and target of the request whose head ``data`` begins; the error to
+    answer if it is not one (or no longer fits MAX_REQUEST_BYTES); None while it may
+    still come. Empty lines before the request line are skipped (RFC 9112 section 2.2),
+    and the headers are not looked at."""
+    head = data.lstrip(b"\r\n")
+    end = head.find(b"\n")
+    if end < 0:
+        if not _LINE_SO_FAR.fullmatch(head):
+            return http.HTTPStatus.BAD_REQUEST
+    else:
+        line = _REQUEST_LINE.fullmatch(head, 0, end)
+        if line is None:
+            return http.HTTPStatus.BAD_REQUEST
+        if _HEAD_END.search(head, end):
+            return line[1], line[2]
+    if len(data) > MAX_REQUEST_BYTES:
+        return http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    return None
+
+
+_ERRORS = {
+    http.HTTPStatus.BAD_REQUEST: b"bad request\n",
+    http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: b"request too large\n",
+}
+
+
 class _Exchange:
-    """One connection: read a request, send the answer, close."""
+    """One connection: read a request, send the answer, close.
+
+    Once the answer is sent the connection is half-closed and read until the client
+    closes it (or the request deadline passes): closing a socket with input unread
+    makes the kernel reset the connection, and a client can lose the answer to that
+    reset before it reads it."""
 
     def __init__(self, endpoint: MetricsEndpoint, sock: socket.socket) -> None:
         self.endpoint = endpoint
         self.loop = endpoint.loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.request = bytearray()
+        self.request = b""
+        self.answered = False
         self.out = memoryview(b"")
         sock.setblocking(False)
         self.timer = self.loop.call_later(REQUEST_TIMEOUT, self.close)
@@ -300,19 +339,17 @@ class _Exchange:
         if not data:
             self.close()
             return
+        if self.answered:
+            return  # dropped: see the class's docstring
         self.request += data
-        end = self.request.find(b"\r\n\r\n")
-        if end >= 0:
-            self._respond(*self.endpoint.answer(bytes(self.request[:end])))
-        elif len(self.request) > MAX_REQUEST_BYTES:
-            self._respond(
-                http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                TEXT_CONTENT_TYPE,
-                b"request too large\n",
-            )
+        request = parse_request(self.request)
+        if isinstance(request, tuple):
+            self._respond(*self.endpoint.answer(*request))
+        elif request is not None:
+            self._respond(request, TEXT_CONTENT_TYPE, _ERRORS[request])
 
     def _respond(self, status: int, content_type: str, body: bytes) -> None:
-        self.loop.remove_reader(self.fd)
+        self.answered = True
         head = (
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
             f"Content-Type: {content_type}\r\n"
@@ -333,7 +370,11 @@ class _Exchange:
         self.out = self.out[sent:]
         if self.out:
             self.loop.add_writer(self.fd, self._on_writable)
-        else:
+            return
+        self.loop.remove_writer(self.fd)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
             self.close()
 
     def close(self) -> None:
