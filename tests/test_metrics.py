@@ -20,7 +20,7 @@ from hbloop.core.wire import FrameType
 from hbloop.net.loop import EventLoop
 from hbloop.core.wire import encode_hello
 from hbloop.ops.metrics import MAX_EXCHANGES, REQUEST_TIMEOUT
-from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD, combine
+from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD
 
 from conftest import (
     WAIT_TIMEOUT,
@@ -286,32 +286,13 @@ def test_histogram_buckets_are_upper_bounds_and_add_up():
     assert beats.counts[HEARTBEAT_BUCKETS.index(10.0)] == 1
     assert beats.counts[HEARTBEAT_BUCKETS.index(15.0)] == 1  # an on-time 10 s heartbeat
     assert beats.counts[HEARTBEAT_BUCKETS.index(30.0)] == 1
-    snapshot = {
-        "connections": 0,
-        "accepted": 0,
-        "shed": 0,
-        "frames_in": 0,
-        "frames_out": 0,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "heartbeats": 0,
-        "iterations": 0,
-        "peak": 0,
-        "lag_max": 0.0,
-        "closed": {},
-        "auth_refused": {"token": 2},
-        "tls_handshakes": 0,
-        "tls_handshakes_refused": 0,
-        "tls_handshakes_failed": 0,
-        "lag": lag.to_json(),
-        "heartbeat_interval": beats.to_json(),
-    }
-    total = combine([snapshot, snapshot])
-    assert total["auth_refused"] == {"token": 4}
-    for key, histogram in (("lag", lag), ("heartbeat_interval", beats)):
-        assert total[key]["counts"] == [2 * n for n in histogram.counts]
-        assert total[key]["sum"] == pytest.approx(2 * histogram.sum)
-        assert combine([])[key]["counts"] == [0] * (len(histogram.bounds) + 1)
+    # Workers' histograms add up bucket by bucket, and only with the same bounds.
+    both = beats.copy()
+    both.add(beats)
+    assert both.counts == [2 * n for n in beats.counts]
+    assert both.sum == pytest.approx(2 * beats.sum)
+    with pytest.raises(ValueError, match="added to buckets"):
+        lag.add(beats)
 
 
 # Peers heartbeating at a known interval, for the heartbeat histogram: 0.4 s lies in
