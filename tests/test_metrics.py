@@ -16,9 +16,8 @@ from hbloop import __version__
 from hbloop.client import Client
 from hbloop.core.histogram import Buckets
 from hbloop.core.session import HEARTBEAT_BUCKETS
-from hbloop.core.wire import FrameType
+from hbloop.core.wire import FrameType, encode_hello
 from hbloop.net.loop import EventLoop
-from hbloop.core.wire import encode_hello
 from hbloop.ops.metrics import MAX_EXCHANGES, REQUEST_TIMEOUT
 from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD
 
