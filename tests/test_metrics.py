@@ -4,6 +4,7 @@ do not hurt."""
 
 from __future__ import annotations
 
+import http
 import json
 import platform
 import signal
@@ -18,7 +19,7 @@ from hbloop.core.histogram import Buckets
 from hbloop.core.session import HEARTBEAT_BUCKETS
 from hbloop.core.wire import FrameType, encode_hello
 from hbloop.net.loop import EventLoop
-from hbloop.ops.metrics import MAX_EXCHANGES, REQUEST_TIMEOUT
+from hbloop.ops.metrics import MAX_EXCHANGES, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, parse_request
 from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD
 
 from conftest import (
@@ -169,6 +170,30 @@ def test_what_is_not_http_gets_400_at_once(serve, raw_peer):
         assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (opening, answer)
         assert time.monotonic() - started < REQUEST_TIMEOUT, opening
     assert raw_peer(server.address).hello("after", 1000)[0] == FrameType.WELCOME
+
+
+TOO_LARGE = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("data", "parsed"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", (b"GET", b"/metrics")),
+        (b"GET /metrics HTTP/1.1\nHost: x\n\n", (b"GET", b"/metrics")),
+        (b"\r\n\nGET\t/healthz?x=1  HTTP/1.0\r\n\r\n", (b"GET", b"/healthz?x=1")),
+        (b"POST / HTTP/1.1\n\r\nbody", (b"POST", b"/")),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n", None),  # the head goes on
+        (b"GET /metr", None),
+        (b"", None),
+        (b"GET /metrics HTTP/2.0\r\n", http.HTTPStatus.BAD_REQUEST),  # at the line's end
+        (b"GET /a b HTTP/1.1\n", http.HTTPStatus.BAD_REQUEST),
+        (b"GET /metrics\x00", http.HTTPStatus.BAD_REQUEST),  # before it
+        (b"GET\r/ HTTP/1.1", http.HTTPStatus.BAD_REQUEST),
+        (b"GET / HTTP/1.1\n" + b"a" * MAX_REQUEST_BYTES, TOO_LARGE),
+    ],
+)
+def test_request_heads_are_parsed_as_rfc_9112_allows(data, parsed):
+    assert parse_request(data) == parsed
 
 
 def test_total_peak_counts_connections_nobody_scraped(serve, raw_peer):
