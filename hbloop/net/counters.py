@@ -22,6 +22,7 @@ then the traffic of ``IoCounters``); the stats line follows that order.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
@@ -34,7 +35,7 @@ V = TypeVar("V")
 Combine = Literal["sum", "max", "labelwise sum", "bucketwise sum"]
 
 
-class Figure(Generic[V]):
+class Figure(ABC, Generic[V]):
     """A figure's declaration. ``metric`` is its name after ``hbloop_`` (a counter's
     ``_total`` is added by the exposition), ``help`` its HELP text, ``line`` its key
     in the stats line (None: not shown; figures with the same key share it, as
@@ -52,22 +53,22 @@ class Figure(Generic[V]):
         self.key = key
         self.name = ""  # the attribute, set by the class that declares it
 
-    def zero(self) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def zero(self) -> V: ...
 
     def copy(self, value: V) -> V:
         """``value``, detached from the object that keeps counting."""
         return value
 
+    @abstractmethod
     def add(self, total: V, value: V) -> V:
         """``total`` with one more worker's ``value`` (``total`` is the caller's)."""
-        raise NotImplementedError
 
     def encode(self, value: V) -> Any:
         return value
 
-    def decode(self, data: Any) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def decode(self, data: Any) -> V: ...
 
     def show(self, value: V) -> str:
         """The value in the stats line."""
@@ -86,10 +87,8 @@ class Count(Figure[int]):
 
     combine = "sum"
 
-    def __init__(
-        self, metric: str, help: str, line: str | None = None, unit: str = "", key: str = ""
-    ) -> None:
-        super().__init__(metric, help, line, key)
+    def __init__(self, metric: str, help: str, line: str | None = None, unit: str = "") -> None:
+        super().__init__(metric, help, line)
         self.unit = unit
 
     def zero(self) -> int:
@@ -252,16 +251,6 @@ class Figures(metaclass=_Declared):
             if figure.key in data:
                 setattr(figures, figure.name, figure.decode(data[figure.key]))
         return figures
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Figures) and type(other) is type(self) and (
-            self.to_json() == other.to_json()
-        )
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.to_json()})"
 
 
 class IoCounters(Figures):

@@ -132,8 +132,8 @@ def _families(
     for values, snapshot in rows.items():
         for part in snapshot.parts():
             parts.setdefault(type(part), {})[values] = part
-    for kind, by_labels in parts.items():
-        for figure in kind.figures:
+    for group, by_labels in parts.items():
+        for figure in group.figures:
             figure_rows = {key: getattr(part, figure.name) for key, part in by_labels.items()}
             yield _family(figure, prefix + figure.metric, labels, figure_rows)
 
