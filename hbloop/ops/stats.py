@@ -7,7 +7,7 @@ the server's ``ServerStats``, its loop's ``LoopFigures`` and, with presence on,
 object, flat as earlier hbloops wrote it (presence's figures under ``presence``), so
 that a supervisor reads the workers a SIGHUP started from a newer hbloop. Totals
 (``combine``), what an exited worker still counts (``retired``) and the stats line
-(``summary``) are derived from the figures' declarations; nothing here names one.
+(``summary``) are derived from the figures' declarations, and name none of them.
 """
 
 from __future__ import annotations
