@@ -172,6 +172,22 @@ def test_what_is_not_http_gets_400_at_once(serve, raw_peer):
     assert raw_peer(server.address).hello("after", 1000)[0] == FrameType.WELCOME
 
 
+# A body far larger than one read and than the socket buffers: most of it is still on
+# its way when the endpoint answers.
+UNREAD_BODY = 1 << 20
+
+
+def test_an_answer_is_not_lost_to_a_reset(serve):
+    """A request whose body the endpoint never reads: closing the socket with input
+    unread would reset the connection under the client, answer and all; the
+    endpoint half-closes and reads on until the client is done."""
+    server = serve(*FAST, "--metrics-port", "0")
+    metrics = metrics_address(server)
+    head = b"POST /metrics HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % UNREAD_BODY
+    answer = _exchange(metrics, head + b"x" * UNREAD_BODY)
+    assert answer.startswith(b"HTTP/1.1 405 "), answer[:100]
+
+
 TOO_LARGE = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
 
 
