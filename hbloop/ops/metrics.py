@@ -5,7 +5,8 @@ the latest snapshots (and /proc) into metric families on each scrape, and
 ``generate_latest`` renders them synchronously, on the loop, without a thread. Its
 own HTTP server (a thread per process) is not used; a request is answered by
 ``MetricsEndpoint``, a small non-blocking HTTP/1.x responder on the same EventLoop:
-read one request (bounded in size and time), answer it, close.
+read one request (bounded in size and time; CRLF or bare LF line ends, and what cannot
+be HTTP refused at once), answer it, close.
 
 Totals are named ``hbloop_*``; the same figures per worker are ``hbloop_worker_*``
 with a ``worker`` label, kept apart so that ``sum()`` over either never counts twice.
