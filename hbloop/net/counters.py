@@ -43,8 +43,8 @@ class Figure(ABC, Generic[V]):
 
     #: How several workers' values combine: sum, max, labelwise or bucketwise sum.
     combine: Combine
-    #: Kept in the totals when its worker exits (a counter), or gone (a gauge).
-    lasting: ClassVar[bool] = True
+    #: Kept in the totals when its worker exits (a counter, a peak), or gone (a level).
+    lasting = True
 
     def __init__(self, metric: str, help: str, line: str | None = None, key: str = "") -> None:
         self.metric = metric
@@ -105,16 +105,15 @@ class Count(Figure[int]):
 
 
 class Gauge(Figure[int]):
-    """A level: the workers' sum (``worst=False``) or the largest of them; zero for a
-    worker that exited."""
-
-    lasting = False
+    """A level: the workers' sum, zero for a worker that exited; or, with ``peak``, a
+    high-water mark: the largest of the workers', kept when a worker exits."""
 
     def __init__(
-        self, metric: str, help: str, line: str | None = None, worst: bool = False
+        self, metric: str, help: str, line: str | None = None, peak: bool = False
     ) -> None:
         super().__init__(metric, help, line)
-        self.combine: Combine = "max" if worst else "sum"
+        self.combine: Combine = "max" if peak else "sum"
+        self.lasting = peak
 
     def zero(self) -> int:
         return 0
@@ -279,7 +278,7 @@ class ServerStats(IoCounters):
     """A server's figures, bumped by the server and its peers' channels and sessions."""
 
     connections = Gauge("connections", "Connections past the handshake, now.", line="conns")
-    peak = Gauge("connections_peak", "Most connections at once.", line="peak", worst=True)
+    peak = Gauge("connections_peak", "Most connections at once.", line="peak", peak=True)
     accepted = Count("accepted", "Sockets accepted, handshaken or not.", line="accepted")
     closed = Labelled(
         "closed",
