@@ -138,8 +138,7 @@ def test_the_stats_line_keeps_its_format():
     snapshot.loop.iterations = 8
     snapshot.loop.lag_max = 0.0011
     assert summary(Snapshot(server, snapshot.loop)) == (
-        "conns=2 peak=2 accepted=2 closed={} shed=0 in=3f/38B out=3f/38B hb=1 iters=8 "
-        "lag_max=1.1ms"
+        "conns=2 peak=2 accepted=2 closed={} shed=0 in=3f/38B out=3f/38B hb=1 iters=8 lag_max=1.1ms"
     )
     server.closed.update(timeout=2, peer_closed=1)
     assert "closed={peer_closed:1,timeout:2}" in summary(snapshot)

@@ -108,9 +108,7 @@ class Gauge(Figure[int]):
     """A level: the workers' sum, zero for a worker that exited; or, with ``peak``, a
     high-water mark: the largest of the workers', kept when a worker exits."""
 
-    def __init__(
-        self, metric: str, help: str, line: str | None = None, peak: bool = False
-    ) -> None:
+    def __init__(self, metric: str, help: str, line: str | None = None, peak: bool = False) -> None:
         super().__init__(metric, help, line)
         self.combine: Combine = "max" if peak else "sum"
         self.lasting = peak
@@ -207,9 +205,7 @@ class Histogram(Figure[Buckets]):
 class _Declared(type):
     """Turns the ``Figure`` attributes of a class body into ``__slots__``."""
 
-    def __new__(
-        mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any]
-    ) -> _Declared:
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> _Declared:
         own = [(attr, value) for attr, value in namespace.items() if isinstance(value, Figure)]
         for attr, figure in own:
             del namespace[attr]

@@ -83,6 +83,7 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
+
 @dataclass(frozen=True)
 class Report:
     """What a request shows: the totals, each worker's figures and process id, the

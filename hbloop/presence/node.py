@@ -189,8 +189,8 @@ class PresenceConfig:
 
 
 class PresenceFigures(Figures):
-    """Presence's figures, in a server's snapshot beside its own. The gauges and the
-    link's counters are read at each snapshot; the node bumps the rest."""
+    """Presence's figures, in a server's snapshot beside its own: the node counts in
+    ``Presence.counts``, and the gauges and the link's counters read at each snapshot."""
 
     redis_up = Gauge("presence_redis_up", "1 while the Redis connection is ready.", line="redis_up")
     members = Gauge(
@@ -209,14 +209,10 @@ class PresenceFigures(Figures):
     )
     connects = Count("presence_redis_connects", "Redis connections made ready.")
     disconnects = Count("presence_redis_disconnects", "Redis connections lost.")
-    takeovers = Count(
-        "presence_taken_over", "Connections here closed: a newer one took the name."
-    )
+    takeovers = Count("presence_taken_over", "Connections here closed: a newer one took the name.")
     refusals = Count("presence_name_taken", "Connections refused: the name is online elsewhere.")
     reaped_nodes = Count("presence_reaped_nodes", "Dead nodes whose members this node removed.")
-    reaped_members = Count(
-        "presence_reaped_members", "Members of dead nodes removed by this node."
-    )
+    reaped_members = Count("presence_reaped_members", "Members of dead nodes removed by this node.")
     lapses = Count("presence_liveness_lapses", "Times this node's liveness key had expired.")
 
 
@@ -253,8 +249,12 @@ class Presence:
         self._resync_timer: Timer | None = None
         self._timers: list[Timer] = []
         self._registered = False  # the liveness key was set on this connection
-        #: The counters the node bumps; ``snapshot`` adds the link's and the gauges.
-        self.counts = PresenceFigures()
+        #: The counters of PresenceFigures, but the link's own.
+        self.counts = {
+            figure.name: 0
+            for figure in PresenceFigures.figures
+            if isinstance(figure, Count) and figure.name not in ("connects", "disconnects")
+        }
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -305,11 +305,11 @@ class Presence:
         if name not in self._local or self.config.policy is Policy.ALLOW:
             return None
         if self.config.policy is Policy.REFUSE:
-            self.counts.refusals += 1
+            self.counts["refusals"] += 1
             return Code.NAME_TAKEN
         for member in list(self._chain(name)):
             member.reason = "taken_over"
-            self.counts.takeovers += 1
+            self.counts["takeovers"] += 1
             log.info("presence: %s reconnected to this node; closing its older connection", name)
             member.evict(Code.TAKEN_OVER, "a newer connection took this name")
         return None
@@ -394,7 +394,7 @@ class Presence:
         joined, owner = reply[0], _text(reply[1])
         if joined:
             member.state = State.ONLINE
-            self.counts.joins += 1
+            self.counts["joins"] += 1
             if owner and self.config.policy is Policy.REPLACE:
                 log.info(
                     "presence: %s took over %s from node %s", member.address, member.name, owner
@@ -412,7 +412,7 @@ class Presence:
 
     def _leave_answered(self, name: str, reason: str, reply: Reply) -> None:
         if isinstance(reply, int):
-            self.counts.leaves += reply
+            self.counts["leaves"] += reply
         elif isinstance(reply, RedisUnavailable):
             if name not in self._local:
                 self._leaves[name] = reason
@@ -422,10 +422,8 @@ class Presence:
     def _drop(self, member: Member, code: Code, message: str) -> None:
         """Redis gave the name to another node: close this connection."""
         member.state = State.DROPPED
-        if code is Code.TAKEN_OVER:
-            self.counts.takeovers += 1
-        else:
-            self.counts.refusals += 1
+        key = "takeovers" if code is Code.TAKEN_OVER else "refusals"
+        self.counts[key] += 1
         log.info(
             "presence: closing %s %s with %s: %s", member.name, member.address, code.name, message
         )
@@ -448,7 +446,7 @@ class Presence:
     def _on_ready(self) -> None:
         self._registered = False
         self._heartbeat()
-        first = self.counts.resyncs == 0 and not self._leaves
+        first = self.counts["resyncs"] == 0 and not self._leaves
         self._resync_soon(0.0 if first else None)
 
     def _on_lost(self, reason: str) -> None:
@@ -463,7 +461,7 @@ class Presence:
                     member.state = State.LOCAL
 
     def _overflow(self) -> None:
-        self.counts.overflows += 1
+        self.counts["overflows"] += 1
         if self._synced and self.link.ready:
             log.warning(
                 "presence: %d Redis commands awaiting replies (the bound): updates are "
@@ -524,11 +522,11 @@ class Presence:
                 self._script_failed("resync", reply)
                 self._resync_soon()
             return
-        self.counts.resyncs += 1
+        self.counts["resyncs"] += 1
         self._registered = True
         joined, left, lost = reply[0], reply[1], {_text(name) for name in reply[2:]}
-        self.counts.joins += joined
-        self.counts.leaves += left
+        self.counts["joins"] += joined
+        self.counts["leaves"] += left
         for member in batch:
             if member.state is State.PENDING:
                 if member.name in lost:
@@ -560,7 +558,7 @@ class Presence:
 
     def _heartbeat_answered(self, reply: Reply) -> None:
         if reply == 0 and self._registered:
-            self.counts.lapses += 1
+            self.counts["lapses"] += 1
             log.warning(
                 "presence: the liveness key of node %s had expired (Redis was slow or "
                 "unreachable for over %gs); its members may have been reaped: resyncing",
@@ -581,8 +579,8 @@ class Presence:
             return
         for i in range(0, len(reply), 2):
             node, count = _text(reply[i]), reply[i + 1]
-            self.counts.reaped_nodes += 1
-            self.counts.reaped_members += count
+            self.counts["reaped_nodes"] += 1
+            self.counts["reaped_members"] += count
             log.warning(
                 "presence: reaped node %s: its liveness key expired; %d members removed "
                 "(reason node_lost)",
@@ -593,13 +591,15 @@ class Presence:
     # --- figures --------------------------------------------------------------------------
 
     def snapshot(self) -> PresenceFigures:
-        figures = self.counts.copy()
-        figures.redis_up = int(self.link.ready)
-        figures.backlog = self.link.backlog
-        figures.members = len(self._local)
-        figures.connects = self.link.connects
-        figures.disconnects = self.link.disconnects
-        return figures
+        figures = {
+            "redis_up": int(self.link.ready),
+            "backlog": self.link.backlog,
+            "members": len(self._local),
+            "connects": self.link.connects,
+            "disconnects": self.link.disconnects,
+            **self.counts,
+        }
+        return PresenceFigures.from_json(figures)
 
     def _script_failed(self, what: str, reply: Reply) -> None:
         log.error("presence: the %s script failed: %s", what, reply)
