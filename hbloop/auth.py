@@ -78,17 +78,13 @@ class AuthPeer(Protocol):
 AuthorizeHook = Callable[[Hello, AuthPeer], bool]
 
 
-# The checks, as ``Refusal.check`` and the metrics name them.
-CHECKS = ("token", "certificate", "hook")
-
-
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A HELLO refused: the code and a one-line reason for ERROR and the log."""
 
     code: Code
     reason: str
-    check: str  # which check refused: one of CHECKS
+    check: str  # which check refused: one of hbloop.net.counters.AUTH_CHECKS
 
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey

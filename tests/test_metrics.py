@@ -4,6 +4,7 @@ do not hurt."""
 
 from __future__ import annotations
 
+import http
 import json
 import platform
 import signal
@@ -16,10 +17,10 @@ from hbloop import __version__
 from hbloop.client import Client
 from hbloop.core.histogram import Buckets
 from hbloop.core.session import HEARTBEAT_BUCKETS
-from hbloop.core.wire import FrameType
+from hbloop.core.wire import FrameType, encode_hello
 from hbloop.net.loop import EventLoop
-from hbloop.ops.metrics import MAX_EXCHANGES
-from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD, combine
+from hbloop.ops.metrics import MAX_EXCHANGES, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, parse_request
+from hbloop.ops.stats import LAG_BUCKETS, SAMPLE_PERIOD
 
 from conftest import (
     WAIT_TIMEOUT,
@@ -137,6 +138,80 @@ def test_bad_http_requests_are_answered_and_harmless(serve, raw_peer):
     assert server.proc.poll() is None
 
 
+def test_a_request_with_bare_lf_line_endings_is_answered(serve):
+    """RFC 9112 section 2.2 lets a recipient take a bare LF for a line's end; earlier,
+    such a request waited for a CRLF CRLF that never came, and was closed silently
+    when its deadline passed."""
+    server = serve(*FAST, "--metrics-port", "0")
+    metrics = metrics_address(server)
+    answer = _exchange(metrics, b"GET /metrics HTTP/1.1\nHost: x\n\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+    assert b"\nhbloop_connections 0.0\n" in answer
+    # An empty line before the request, and line ends of both kinds.
+    health = _exchange(metrics, b"\r\nGET /healthz HTTP/1.0\r\nHost: x\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200 ") and b'"status": "serving"' in health
+
+
+# Openings of other protocols: binary ones, refused at their first byte that a request
+# line cannot hold, and a line of text that is not a request line.
+NOT_HTTP = (
+    encode_hello("probe", 1000),  # a heartbeat client on the wrong port
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS ClientHello
+    b"SSH-2.0-OpenSSH_9.2p1\r\n",
+)
+
+
+def test_what_is_not_http_gets_400_at_once(serve, raw_peer):
+    server = serve(*FAST, "--metrics-port", "0")
+    metrics = metrics_address(server)
+    for opening in NOT_HTTP:
+        started = time.monotonic()
+        answer = _exchange(metrics, opening)  # which leaves its sending side open
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (opening, answer)
+        assert time.monotonic() - started < REQUEST_TIMEOUT, opening
+    assert raw_peer(server.address).hello("after", 1000)[0] == FrameType.WELCOME
+
+
+# A body far larger than one read and than the socket buffers: most of it is still on
+# its way when the endpoint answers.
+UNREAD_BODY = 1 << 20
+
+
+def test_an_answer_is_not_lost_to_a_reset(serve):
+    """A request whose body the endpoint never reads: closing the socket with input
+    unread would reset the connection under the client, answer and all; the
+    endpoint half-closes and reads on until the client is done."""
+    server = serve(*FAST, "--metrics-port", "0")
+    metrics = metrics_address(server)
+    head = b"POST /metrics HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % UNREAD_BODY
+    answer = _exchange(metrics, head + b"x" * UNREAD_BODY)
+    assert answer.startswith(b"HTTP/1.1 405 "), answer[:100]
+
+
+TOO_LARGE = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("data", "parsed"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", (b"GET", b"/metrics")),
+        (b"GET /metrics HTTP/1.1\nHost: x\n\n", (b"GET", b"/metrics")),
+        (b"\r\n\nGET\t/healthz?x=1  HTTP/1.0\r\n\r\n", (b"GET", b"/healthz?x=1")),
+        (b"POST / HTTP/1.1\n\r\nbody", (b"POST", b"/")),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n", None),  # the head goes on
+        (b"GET /metr", None),
+        (b"", None),
+        (b"GET /metrics HTTP/2.0\r\n", http.HTTPStatus.BAD_REQUEST),  # at the line's end
+        (b"GET /a b HTTP/1.1\n", http.HTTPStatus.BAD_REQUEST),
+        (b"GET /metrics\x00", http.HTTPStatus.BAD_REQUEST),  # before it
+        (b"GET\r/ HTTP/1.1", http.HTTPStatus.BAD_REQUEST),
+        (b"GET / HTTP/1.1\n" + b"a" * MAX_REQUEST_BYTES, TOO_LARGE),
+    ],
+)
+def test_request_heads_are_parsed_as_rfc_9112_allows(data, parsed):
+    assert parse_request(data) == parsed
+
+
 def test_total_peak_counts_connections_nobody_scraped(serve, raw_peer):
     """The supervisor tracks the total peak from the workers' snapshots, so a crowd
     that came and went between two scrapes still shows in it."""
@@ -251,32 +326,13 @@ def test_histogram_buckets_are_upper_bounds_and_add_up():
     assert beats.counts[HEARTBEAT_BUCKETS.index(10.0)] == 1
     assert beats.counts[HEARTBEAT_BUCKETS.index(15.0)] == 1  # an on-time 10 s heartbeat
     assert beats.counts[HEARTBEAT_BUCKETS.index(30.0)] == 1
-    snapshot = {
-        "connections": 0,
-        "accepted": 0,
-        "shed": 0,
-        "frames_in": 0,
-        "frames_out": 0,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "heartbeats": 0,
-        "iterations": 0,
-        "peak": 0,
-        "lag_max": 0.0,
-        "closed": {},
-        "auth_refused": {"token": 2},
-        "tls_handshakes": 0,
-        "tls_handshakes_refused": 0,
-        "tls_handshakes_failed": 0,
-        "lag": lag.to_json(),
-        "heartbeat_interval": beats.to_json(),
-    }
-    total = combine([snapshot, snapshot])
-    assert total["auth_refused"] == {"token": 4}
-    for key, histogram in (("lag", lag), ("heartbeat_interval", beats)):
-        assert total[key]["counts"] == [2 * n for n in histogram.counts]
-        assert total[key]["sum"] == pytest.approx(2 * histogram.sum)
-        assert combine([])[key]["counts"] == [0] * (len(histogram.bounds) + 1)
+    # Workers' histograms add up bucket by bucket, and only with the same bounds.
+    both = beats.copy()
+    both.add(beats)
+    assert both.counts == [2 * n for n in beats.counts]
+    assert both.sum == pytest.approx(2 * beats.sum)
+    with pytest.raises(ValueError, match="added to buckets"):
+        lag.add(beats)
 
 
 # Peers heartbeating at a known interval, for the heartbeat histogram: 0.4 s lies in

@@ -29,5 +29,24 @@ class Buckets:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def add(self, other: Buckets) -> None:
+        """Add ``other``'s observations, bucket by bucket; the bounds must be the same."""
+        if other.bounds != self.bounds:
+            raise ValueError(f"buckets {other.bounds} added to buckets {self.bounds}")
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+
+    def copy(self) -> Buckets:
+        copy = Buckets(self.bounds)
+        copy.add(self)
+        return copy
+
     def to_json(self) -> dict[str, Any]:
         return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Buckets:
+        buckets = cls(tuple(data["bounds"]))
+        buckets.counts = [int(n) for n in data["counts"]]
+        buckets.sum = float(data["sum"])
+        return buckets

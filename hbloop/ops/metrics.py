@@ -5,7 +5,8 @@ the latest snapshots (and /proc) into metric families on each scrape, and
 ``generate_latest`` renders them synchronously, on the loop, without a thread. Its
 own HTTP server (a thread per process) is not used; a request is answered by
 ``MetricsEndpoint``, a small non-blocking HTTP/1.x responder on the same EventLoop:
-read one request (bounded in size and time), answer it, close.
+read one request (bounded in size and time; CRLF or bare LF line ends, and what cannot
+be HTTP refused at once), answer it, close.
 
 Totals are named ``hbloop_*``; the same figures per worker are ``hbloop_worker_*``
 with a ``worker`` label, kept apart so that ``sum()`` over either never counts twice.
@@ -20,9 +21,12 @@ import http
 import json
 import logging
 import platform
+import re
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -35,14 +39,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from hbloop.auth import CHECKS
-from hbloop.core.session import Reason
 from hbloop.core.version import __version__
 from hbloop.net.acceptor import Acceptor
+from hbloop.net.counters import Count, Figure, Figures, Histogram, Labelled
 from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import make_listener
 from hbloop.ops.stats import Snapshot
-from hbloop.presence.node import PRESENCE_FIGURES
 
 log = logging.getLogger("hbloop.metrics")
 
@@ -69,52 +71,17 @@ UNAVAILABLE = (
     b"out of file descriptors"
 )
 
+# A request line (RFC 9112 section 3): a method token, a target of visible ASCII and
+# the version, split on spaces or tabs, ending in CRLF or a bare LF (section 2.2).
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([!-~]+)[ \t]+HTTP/1\.\d[ \t]*\r?")
+# What a request line may hold before its end: anything else (a binary protocol, TLS)
+# is not HTTP, and is answered at once rather than when the request deadline passes.
+_LINE_SO_FAR = re.compile(rb"[\t -~]*\r?")
+# The empty line that ends a request's head (CRLF or a bare LF).
+_HEAD_END = re.compile(rb"\n\r?\n")
+
 JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
-
-# (snapshot key, metric name after the prefix, counter?, help). Names follow the
-# Prometheus conventions: the unit before the _total suffix of a counter.
-_FIGURES = (
-    ("connections", "connections", False, "Connections past the handshake, now."),
-    ("peak", "connections_peak", False, "Most connections at once."),
-    ("accepted", "accepted", True, "Sockets accepted, handshaken or not."),
-    (
-        "shed",
-        "shed",
-        True,
-        "Sockets accepted and refused at once: out of descriptors, or too many handshakes.",
-    ),
-    ("frames_in", "in_frames", True, "Frames received."),
-    ("frames_out", "out_frames", True, "Frames sent."),
-    ("bytes_in", "in_bytes", True, "Bytes received."),
-    ("bytes_out", "out_bytes", True, "Bytes sent."),
-    ("heartbeats", "heartbeats", True, "PING and PONG frames received."),
-    ("iterations", "loop_iterations", True, "Event loop iterations."),
-    ("tls_handshakes", "tls_handshakes", True, "TLS handshakes completed."),
-    (
-        "tls_handshakes_refused",
-        "tls_handshakes_refused",
-        True,
-        "TLS connections closed at accept: over --tls-handshake-rate.",
-    ),
-    (
-        "tls_handshakes_failed",
-        "tls_handshakes_failed",
-        True,
-        "TLS handshakes that failed, plain text on the TLS port included.",
-    ),
-    ("lag_max", "loop_lag_max_seconds", False, "Worst lateness of a due timer, last interval."),
-)
-
-# (snapshot key, metric name after the prefix, help) of the histograms.
-_HISTOGRAMS = (
-    ("lag", "loop_lag_seconds", "Worst lateness of a due timer in each 1 s sample period."),
-    (
-        "heartbeat_interval",
-        "heartbeat_interval_seconds",
-        "Silence each PING or PONG received ended: time since the peer's previous frame.",
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -134,62 +101,43 @@ class Report:
         return cls(snapshot, {"1": snapshot}, serving=serving)
 
 
-def _histogram(
-    key: str, name: str, doc: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
+def _family(
+    figure: Figure[Any], name: str, labels: list[str], rows: dict[tuple[str, ...], Any]
 ) -> Metric:
-    """The histogram ``key`` of each row, with Prometheus' cumulative buckets."""
-    family = HistogramMetricFamily(name, doc, labels=labels)
-    for values, snapshot in rows.items():
-        histogram = snapshot[key]
-        cumulative, buckets = 0, []
-        for bound, count in zip([*histogram["bounds"], "+Inf"], histogram["counts"], strict=True):
-            cumulative += count
-            buckets.append((str(bound), cumulative))
-        family.add_metric(list(values), buckets, histogram["sum"])
+    """The family of one figure; ``rows`` maps the values of ``labels`` to its value."""
+    if isinstance(figure, Labelled):
+        labelled = CounterMetricFamily(name, figure.help, labels=[*labels, figure.label])
+        for values, counts in rows.items():
+            for label in figure.values:
+                labelled.add_metric([*values, label], counts.get(label, 0))
+        return labelled
+    if isinstance(figure, Histogram):
+        histogram = HistogramMetricFamily(name, figure.help, labels=labels)
+        for values, buckets in rows.items():
+            bounds = [*map(str, buckets.bounds), "+Inf"]
+            cumulative = zip(bounds, accumulate(buckets.counts), strict=True)  # Prometheus'
+            histogram.add_metric(list(values), list(cumulative), buckets.sum)
+        return histogram
+    kind = CounterMetricFamily if isinstance(figure, Count) else GaugeMetricFamily
+    family = kind(name, figure.help, labels=labels)
+    for values, value in rows.items():
+        family.add_metric(list(values), value)
     return family
-
-
-Figures = tuple[tuple[str, str, bool, str], ...]  # (key, name, counter?, help)
-
-
-def _table(
-    figures: Figures, prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
-) -> Iterator[Metric]:
-    """One family per figure; ``rows`` maps the values of ``labels`` to snapshots."""
-    for key, name, is_counter, doc in figures:
-        kind = CounterMetricFamily if is_counter else GaugeMetricFamily
-        family = kind(prefix + name, doc, labels=labels)
-        for values, snapshot in rows.items():
-            family.add_metric(list(values), snapshot[key])
-        yield family
 
 
 def _families(
     prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
 ) -> Iterator[Metric]:
-    """The server's figures, then presence's where the snapshots have them."""
-    yield from _table(_FIGURES, prefix, labels, rows)
-    for key, name, doc in _HISTOGRAMS:
-        yield _histogram(key, prefix + name, doc, labels, rows)
-    closed = CounterMetricFamily(
-        prefix + "closed", "Connections closed, by reason.", labels=[*labels, "reason"]
-    )
+    """A family for each figure the snapshots have (presence's only where it is on);
+    ``rows`` maps the values of ``labels`` to snapshots."""
+    parts: dict[type[Figures], dict[tuple[str, ...], Figures]] = {}
     for values, snapshot in rows.items():
-        for reason in Reason:
-            closed.add_metric([*values, reason.value], snapshot["closed"].get(reason.value, 0))
-    yield closed
-    refused = CounterMetricFamily(
-        prefix + "auth_refused",
-        "HELLOs refused UNAUTHORIZED, by the check that refused them.",
-        labels=[*labels, "check"],
-    )
-    for values, snapshot in rows.items():
-        for check in CHECKS:
-            refused.add_metric([*values, check], snapshot["auth_refused"].get(check, 0))
-    yield refused
-    presence = {values: s["presence"] for values, s in rows.items() if "presence" in s}
-    if presence:
-        yield from _table(PRESENCE_FIGURES, prefix + "presence_", labels, presence)
+        for part in snapshot.parts():
+            parts.setdefault(type(part), {})[values] = part
+    for group, by_labels in parts.items():
+        for figure in group.figures:
+            figure_rows = {key: getattr(part, figure.name) for key, part in by_labels.items()}
+            yield _family(figure, prefix + figure.metric, labels, figure_rows)
 
 
 class _WorkerProcesses:
@@ -301,13 +249,9 @@ class MetricsEndpoint:
             next(iter(self._exchanges)).close()  # the oldest
         self._exchanges[_Exchange(self, sock)] = None
 
-    def answer(self, head: bytes) -> tuple[int, str, bytes]:
-        """The status, content type and body for a request whose line and headers
-        are ``head``."""
-        parts = head.split(b"\n", 1)[0].split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return http.HTTPStatus.BAD_REQUEST, TEXT_CONTENT_TYPE, b"bad request\n"
-        method, path = parts[0], parts[1].split(b"?", 1)[0]
+    def answer(self, method: bytes, target: bytes) -> tuple[int, str, bytes]:
+        """The status, content type and body for a request."""
+        path = target.split(b"?", 1)[0]
         if path not in (b"/metrics", b"/healthz"):
             return http.HTTPStatus.NOT_FOUND, TEXT_CONTENT_TYPE, b"not found: try /metrics\n"
         if method != b"GET":
@@ -324,7 +268,7 @@ class MetricsEndpoint:
         body = {
             "status": "serving" if report.serving else "stopping",
             "version": __version__,
-            "connections": report.total["connections"],
+            "connections": report.total.server.connections,
             "workers": len(report.workers),
         }
         status = http.HTTPStatus.OK if report.serving else http.HTTPStatus.SERVICE_UNAVAILABLE
@@ -339,15 +283,48 @@ class MetricsEndpoint:
         self._acceptor.close()
 
 
+def parse_request(data: bytes) -> tuple[bytes, bytes] | http.HTTPStatus | None:
+    """The method and target of the request whose head ``data`` begins; the error to
+    answer if it is not one (or no longer fits MAX_REQUEST_BYTES); None while it may
+    still come. Empty lines before the request line are skipped (RFC 9112 section 2.2),
+    and the headers are not looked at."""
+    head = data.lstrip(b"\r\n")
+    end = head.find(b"\n")
+    if end < 0:
+        if not _LINE_SO_FAR.fullmatch(head):
+            return http.HTTPStatus.BAD_REQUEST
+    else:
+        line = _REQUEST_LINE.fullmatch(head, 0, end)
+        if line is None:
+            return http.HTTPStatus.BAD_REQUEST
+        if _HEAD_END.search(head, end):
+            return line[1], line[2]
+    if len(data) > MAX_REQUEST_BYTES:
+        return http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    return None
+
+
+_ERRORS = {
+    http.HTTPStatus.BAD_REQUEST: b"bad request\n",
+    http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: b"request too large\n",
+}
+
+
 class _Exchange:
-    """One connection: read a request, send the answer, close."""
+    """One connection: read a request, send the answer, close.
+
+    Once the answer is sent the connection is half-closed and read until the client
+    closes it (or the request deadline passes): closing a socket with input unread
+    makes the kernel reset the connection, and a client can lose the answer to that
+    reset before it reads it."""
 
     def __init__(self, endpoint: MetricsEndpoint, sock: socket.socket) -> None:
         self.endpoint = endpoint
         self.loop = endpoint.loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.request = bytearray()
+        self.request = b""
+        self.answered = False
         self.out = memoryview(b"")
         sock.setblocking(False)
         self.timer = self.loop.call_later(REQUEST_TIMEOUT, self.close)
@@ -364,19 +341,17 @@ class _Exchange:
         if not data:
             self.close()
             return
+        if self.answered:
+            return  # dropped: see the class's docstring
         self.request += data
-        end = self.request.find(b"\r\n\r\n")
-        if end >= 0:
-            self._respond(*self.endpoint.answer(bytes(self.request[:end])))
-        elif len(self.request) > MAX_REQUEST_BYTES:
-            self._respond(
-                http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                TEXT_CONTENT_TYPE,
-                b"request too large\n",
-            )
+        request = parse_request(self.request)
+        if isinstance(request, tuple):
+            self._respond(*self.endpoint.answer(*request))
+        elif request is not None:
+            self._respond(request, TEXT_CONTENT_TYPE, _ERRORS[request])
 
     def _respond(self, status: int, content_type: str, body: bytes) -> None:
-        self.loop.remove_reader(self.fd)
+        self.answered = True
         head = (
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
             f"Content-Type: {content_type}\r\n"
@@ -397,7 +372,11 @@ class _Exchange:
         self.out = self.out[sent:]
         if self.out:
             self.loop.add_writer(self.fd, self._on_writable)
-        else:
+            return
+        self.loop.remove_writer(self.fd)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
             self.close()
 
     def close(self) -> None:

@@ -1,54 +1,30 @@
-"""Server statistics: plain counters bumped on the hot path, and the reporter that
-samples them once a second for the log line, the supervisor and /metrics.
+"""Server statistics: the figures of a server and its loop, sampled once a second for
+the log line, the supervisor and /metrics.
 
-A *snapshot* is a plain dict (it crosses a pipe as JSON): the ServerStats counters,
-``iterations`` of the event loop, ``lag_max``, the worst lateness of a due timer over
-the last stats interval, in seconds, and two histograms (``Buckets.to_json()``):
-``lag``, of the worst lateness in each sample period, and ``heartbeat_interval``, of
-the silence each heartbeat received ended (the sessions observe it); with presence on,
-``presence`` holds its figures (``hbloop.presence.node.node.PRESENCE_FIGURES``), which add up
-across workers.
+A ``Snapshot`` holds detached copies of a worker's figures (``hbloop.net.counters``):
+the server's ``ServerStats``, its loop's ``LoopFigures`` and, with presence on,
+``PresenceFigures``. It crosses the worker's pipe to its supervisor as one JSON
+object, flat as earlier hbloops wrote it (presence's figures under ``presence``), so
+that a supervisor reads the workers a SIGHUP started from a newer hbloop. Totals
+(``combine``), what an exited worker still counts (``retired``) and the stats line
+(``summary``) are derived from the figures' declarations, and name none of them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from hbloop.core.histogram import Buckets
-from hbloop.core.session import HEARTBEAT_BUCKETS
-from hbloop.net.counters import ServerStats
+from hbloop.net.counters import Count, Figures, Histogram, Seconds, ServerStats
 from hbloop.net.loop import EventLoop
-from hbloop.presence.node import PRESENCE_FIGURES
+from hbloop.presence.node import PresenceFigures
 
 log = logging.getLogger("hbloop.stats")
-
-Snapshot = dict[str, Any]
-
-# Figures that add up across workers, and across the lives of a restarted worker.
-SUMMED = (
-    "connections",
-    "accepted",
-    "shed",
-    "frames_in",
-    "frames_out",
-    "bytes_in",
-    "bytes_out",
-    "heartbeats",
-    "iterations",
-    "tls_handshakes",
-    "tls_handshakes_refused",
-    "tls_handshakes_failed",
-)
-# Figures whose total is the worst (largest) of the workers'.
-WORST = ("peak", "lag_max")
-
-# Counters by label (a dict each), which add up label by label: disconnects by reason,
-# HELLOs refused by the check that refused them.
-LABELLED = ("closed", "auth_refused")
 
 # The reporter samples the loop's lag (and publishes to the supervisor) this often:
 # fine enough for the lag window and for metrics scraped every few seconds, and a
@@ -60,81 +36,120 @@ SAMPLE_PERIOD = 1.0
 # buckets above separate a busy loop (tens of ms) from a stalled one (seconds).
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
-# Histograms (Buckets.to_json()) by snapshot key, with their bounds; they add up
-# bucket by bucket.
-HISTOGRAMS = {"lag": LAG_BUCKETS, "heartbeat_interval": HEARTBEAT_BUCKETS}
-
 # The lag window when no stats line is logged (--stats-interval 0): a minute, as
 # Prometheus scrapes typically every 15 to 60 s.
 DEFAULT_LAG_WINDOW = 60.0
 
 
-def add_histograms(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """The sum of two ``Buckets.to_json()`` with the same bounds."""
-    counts = [x + y for x, y in zip(a["counts"], b["counts"], strict=True)]
-    return {"bounds": a["bounds"], "counts": counts, "sum": a["sum"] + b["sum"]}
+class LoopFigures(Figures):
+    """The event loop's figures, read (``iterations``) and sampled (the lags) by the
+    StatsReporter."""
+
+    iterations = Count("loop_iterations", "Event loop iterations.", line="iters")
+    lag_max = Seconds(
+        "loop_lag_max_seconds", "Worst lateness of a due timer, last interval.", line="lag_max"
+    )
+    lag = Histogram(
+        "loop_lag_seconds", "Worst lateness of a due timer in each 1 s sample period.", LAG_BUCKETS
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A worker's figures at one moment, or the total of several workers'."""
+
+    server: ServerStats
+    loop: LoopFigures
+    presence: PresenceFigures | None = None
+
+    def parts(self) -> tuple[Figures, ...]:
+        """The sets of figures, in the stats line's order."""
+        parts: tuple[Figures, ...] = (self.server, self.loop)
+        return parts if self.presence is None else (*parts, self.presence)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {**self.server.to_json(), **self.loop.to_json()}
+        if self.presence is not None:
+            data["presence"] = self.presence.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        presence = data.get("presence")
+        return cls(
+            ServerStats.from_json(data),
+            LoopFigures.from_json(data),
+            None if presence is None else PresenceFigures.from_json(presence),
+        )
+
+    def encode(self) -> bytes:
+        """One line for the pipe."""
+        return json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, line: bytes) -> Snapshot:
+        return cls.from_json(json.loads(line))
+
+
+F = TypeVar("F", bound=Figures)
+
+
+def total(kind: type[F], parts: Iterable[F]) -> F:
+    """The figures of several workers combined, each as its declaration says."""
+    result = kind()
+    for part in parts:
+        for figure in kind.figures:
+            name = figure.name
+            setattr(result, name, figure.add(getattr(result, name), getattr(part, name)))
+    return result
 
 
 def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
     """The total of several snapshots: counters, connections and histograms add up,
-    while the peak and the lag are the worst of them."""
-    total: Snapshot = dict.fromkeys(SUMMED + WORST, 0)
-    total.update({key: Buckets(bounds).to_json() for key, bounds in HISTOGRAMS.items()})
-    labelled: dict[str, Counter[str]] = {key: Counter() for key in LABELLED}
-    presence: Counter[str] | None = None
-    for snapshot in snapshots:
-        for key in SUMMED:
-            total[key] += snapshot[key]
-        for key in WORST:
-            total[key] = max(total[key], snapshot[key])
-        for key in HISTOGRAMS:
-            total[key] = add_histograms(total[key], snapshot[key])
-        for key, counter in labelled.items():
-            counter.update(snapshot[key])
-        if "presence" in snapshot:
-            presence = presence or Counter()
-            presence.update(snapshot["presence"])
-    total.update({key: dict(counter) for key, counter in labelled.items()})
-    if presence is not None:
-        total["presence"] = {key: presence[key] for key, *_ in PRESENCE_FIGURES}
-    return total
+    while the peak and the lag are the worst of them. Presence's figures are there if
+    any snapshot has them."""
+    snapshots = list(snapshots)
+    presence = [s.presence for s in snapshots if s.presence is not None]
+    return Snapshot(
+        total(ServerStats, (s.server for s in snapshots)),
+        total(LoopFigures, (s.loop for s in snapshots)),
+        total(PresenceFigures, presence) if presence else None,
+    )
+
+
+def _retire(figures: F) -> F:
+    gone = figures.copy()
+    for figure in figures.figures:
+        if not figure.lasting:
+            setattr(gone, figure.name, figure.zero())
+    return gone
 
 
 def retired(snapshot: Snapshot) -> Snapshot:
     """The part of an exited worker's last snapshot that still counts: its counters,
     with every gauge (connections, lag, presence's) back to zero."""
-    gone = {**snapshot, "connections": 0, "lag_max": 0.0}
-    if "presence" in snapshot:
-        gone["presence"] = {
-            key: snapshot["presence"][key] if counter else 0
-            for key, _, counter, _ in PRESENCE_FIGURES
-        }
-    return gone
+    presence = snapshot.presence
+    return Snapshot(
+        _retire(snapshot.server),
+        _retire(snapshot.loop),
+        None if presence is None else _retire(presence),
+    )
+
+
+def _fields(figures: Figures) -> Iterator[str]:
+    """``key=value`` for each figure with a stats-line key; figures sharing a key share
+    the field, as ``in=3f/38B``."""
+    fields: dict[str, list[str]] = {}
+    for figure in figures.figures:
+        if figure.line is not None:
+            fields.setdefault(figure.line, []).append(figure.show(getattr(figures, figure.name)))
+    for key, values in fields.items():
+        yield f"{key}={'/'.join(values)}"
 
 
 def summary(snapshot: Snapshot) -> str:
     """The figures of a snapshot as one log line's worth of ``key=value``."""
-    closed = ",".join(f"{reason}:{n}" for reason, n in sorted(snapshot["closed"].items()))
-    return (
-        f"conns={snapshot['connections']} peak={snapshot['peak']} "
-        f"accepted={snapshot['accepted']} closed={{{closed}}} shed={snapshot['shed']} "
-        f"in={snapshot['frames_in']}f/{snapshot['bytes_in']}B "
-        f"out={snapshot['frames_out']}f/{snapshot['bytes_out']}B "
-        f"hb={snapshot['heartbeats']} iters={snapshot['iterations']} "
-        f"lag_max={snapshot['lag_max'] * 1000:.1f}ms" + _presence_summary(snapshot)
-    )
-
-
-def _presence_summary(snapshot: Snapshot) -> str:
-    presence = snapshot.get("presence")
-    if presence is None:
-        return ""
-    return (
-        f" redis_up={presence['redis_up']} members={presence['members']} "
-        f"backlog={presence['backlog']} joins={presence['joins']} "
-        f"leaves={presence['leaves']} resyncs={presence['resyncs']} "
-        f"overflows={presence['overflows']}"
-    )
+    return " ".join(field for part in snapshot.parts() for field in _fields(part))
 
 
 class Ticker:
@@ -170,7 +185,7 @@ class StatsReporter:
         log_interval: float,
         publish: Callable[[Snapshot], None] | None = None,
         label: str = "",
-        presence: Callable[[], dict[str, int]] | None = None,
+        presence: Callable[[], PresenceFigures] | None = None,
     ) -> None:
         self.loop = loop
         self.stats = stats
@@ -179,7 +194,7 @@ class StatsReporter:
         self.label = label
         window = log_interval or DEFAULT_LAG_WINDOW
         self._lags: deque[float] = deque(maxlen=max(1, math.ceil(window / SAMPLE_PERIOD)))
-        self.lag = Buckets(LAG_BUCKETS)
+        self.figures = LoopFigures()
         self._tickers = [Ticker(loop, SAMPLE_PERIOD, self._sample)]
         if log_interval:
             self._tickers.append(Ticker(loop, log_interval, self._log))
@@ -187,18 +202,16 @@ class StatsReporter:
             publish(self.snapshot())
 
     def snapshot(self) -> Snapshot:
-        snapshot = self.stats.snapshot()
-        snapshot["iterations"] = self.loop.iterations
-        snapshot["lag_max"] = max(self.loop.max_lag, max(self._lags, default=0.0))
-        snapshot["lag"] = self.lag.to_json()
-        if self.presence is not None:
-            snapshot["presence"] = self.presence()
-        return snapshot
+        figures = self.figures
+        figures.iterations = self.loop.iterations
+        figures.lag_max = max(self.loop.max_lag, max(self._lags, default=0.0))
+        presence = None if self.presence is None else self.presence()
+        return Snapshot(self.stats.copy(), figures.copy(), presence)
 
     def _sample(self) -> None:
         lag = self.loop.take_max_lag()
         self._lags.append(lag)
-        self.lag.observe(lag)
+        self.figures.lag.observe(lag)
         if self.publish is not None:
             self.publish(self.snapshot())
 

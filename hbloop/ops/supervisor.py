@@ -43,7 +43,6 @@ across the workers. The supervisor does nothing on the data path. It
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import pickle
@@ -143,7 +142,7 @@ class WorkerLink:
             if pipe < 0:
                 return
             # A line is far below PIPE_BUF, so a non-blocking write is all or nothing.
-            line = json.dumps(snapshot, separators=(",", ":")).encode() + b"\n"
+            line = snapshot.encode()
             try:
                 os.write(pipe, line)
             except BlockingIOError:
@@ -334,7 +333,7 @@ class Supervisor(Generic[S]):
                 worker.last_report = time.monotonic()
                 if worker.snapshot is None:
                     self._listening(worker)
-                worker.snapshot = json.loads(lines[-1])
+                worker.snapshot = Snapshot.decode(lines[-1])
                 self._note_peak()
 
     def _listening(self, worker: _Worker) -> None:
@@ -486,14 +485,15 @@ class Supervisor(Generic[S]):
         """The total peak is the most connections seen at once over all workers: the
         workers' own peaks happened at different times, so it is tracked here, at
         each snapshot, rather than derived from theirs."""
-        now = sum(w.snapshot["connections"] for w in self.workers if w.snapshot is not None)
+        now = sum(w.snapshot.server.connections for w in self.workers if w.snapshot is not None)
         self._peak = max(self._peak, now)
 
     def report(self) -> Report:
         live = {str(w.index): w.snapshot for w in self.workers if w.snapshot is not None}
         retiring = [w.snapshot for w in self._retiring if w.snapshot is not None]
         total = combine([self._retired, *live.values(), *retiring])
-        self._peak = total["peak"] = max(self._peak, total["peak"], total["connections"])
+        peak = max(self._peak, total.server.peak, total.server.connections)
+        self._peak = total.server.peak = peak
         pids = {str(w.index): w.process.pid for w in self.workers if w.process is not None}
         serving = not self.stopping and bool(live)
         return Report(total, live, self.restarts, serving, pids)

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbloop.core.wire import Code
+from hbloop.net.counters import Count, Figures, Gauge
 from hbloop.net.loop import EventLoop, Timer
 from hbloop.presence.redis_link import RedisAddress, RedisLink, RedisUnavailable, Reply
 from hbloop.presence.scripts import (
@@ -187,23 +188,32 @@ class PresenceConfig:
         return self.node_ttl + self.reap_interval * (1 + JITTER)
 
 
-# (snapshot key, metric name after hbloop_presence_, counter?, help)
-PRESENCE_FIGURES = (
-    ("redis_up", "redis_up", False, "1 while the Redis connection is ready."),
-    ("backlog", "redis_backlog", False, "Redis commands queued or awaiting a reply."),
-    ("members", "members", False, "Names online on this node, as presence sees them."),
-    ("connects", "redis_connects", True, "Redis connections made ready."),
-    ("disconnects", "redis_disconnects", True, "Redis connections lost."),
-    ("overflows", "backlog_overflows", True, "Updates not sent: backlog full or Redis down."),
-    ("joins", "joins", True, "Joins recorded by Redis."),
-    ("leaves", "leaves", True, "Leaves recorded by Redis."),
-    ("resyncs", "resyncs", True, "Full rewrites of this node's members."),
-    ("takeovers", "taken_over", True, "Connections here closed: a newer one took the name."),
-    ("refusals", "name_taken", True, "Connections refused: the name is online elsewhere."),
-    ("reaped_nodes", "reaped_nodes", True, "Dead nodes whose members this node removed."),
-    ("reaped_members", "reaped_members", True, "Members of dead nodes removed by this node."),
-    ("lapses", "liveness_lapses", True, "Times this node's liveness key had expired."),
-)
+class PresenceFigures(Figures):
+    """Presence's figures, in a server's snapshot beside its own: the node counts in
+    ``Presence.counts``, and the gauges and the link's counters read at each snapshot."""
+
+    redis_up = Gauge("presence_redis_up", "1 while the Redis connection is ready.", line="redis_up")
+    members = Gauge(
+        "presence_members", "Names online on this node, as presence sees them.", line="members"
+    )
+    backlog = Gauge(
+        "presence_redis_backlog", "Redis commands queued or awaiting a reply.", line="backlog"
+    )
+    joins = Count("presence_joins", "Joins recorded by Redis.", line="joins")
+    leaves = Count("presence_leaves", "Leaves recorded by Redis.", line="leaves")
+    resyncs = Count("presence_resyncs", "Full rewrites of this node's members.", line="resyncs")
+    overflows = Count(
+        "presence_backlog_overflows",
+        "Updates not sent: backlog full or Redis down.",
+        line="overflows",
+    )
+    connects = Count("presence_redis_connects", "Redis connections made ready.")
+    disconnects = Count("presence_redis_disconnects", "Redis connections lost.")
+    takeovers = Count("presence_taken_over", "Connections here closed: a newer one took the name.")
+    refusals = Count("presence_name_taken", "Connections refused: the name is online elsewhere.")
+    reaped_nodes = Count("presence_reaped_nodes", "Dead nodes whose members this node removed.")
+    reaped_members = Count("presence_reaped_members", "Members of dead nodes removed by this node.")
+    lapses = Count("presence_liveness_lapses", "Times this node's liveness key had expired.")
 
 
 class Presence:
@@ -239,11 +249,11 @@ class Presence:
         self._resync_timer: Timer | None = None
         self._timers: list[Timer] = []
         self._registered = False  # the liveness key was set on this connection
-        #: The counters of PRESENCE_FIGURES, but the link's own.
+        #: The counters of PresenceFigures, but the link's own.
         self.counts = {
-            key: 0
-            for key, _, counter, _ in PRESENCE_FIGURES
-            if counter and key not in ("connects", "disconnects")
+            figure.name: 0
+            for figure in PresenceFigures.figures
+            if isinstance(figure, Count) and figure.name not in ("connects", "disconnects")
         }
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -580,8 +590,8 @@ class Presence:
 
     # --- figures --------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, int]:
-        return {
+    def snapshot(self) -> PresenceFigures:
+        figures = {
             "redis_up": int(self.link.ready),
             "backlog": self.link.backlog,
             "members": len(self._local),
@@ -589,6 +599,7 @@ class Presence:
             "disconnects": self.link.disconnects,
             **self.counts,
         }
+        return PresenceFigures.from_json(figures)
 
     def _script_failed(self, what: str, reply: Reply) -> None:
         log.error("presence: the %s script failed: %s", what, reply)
