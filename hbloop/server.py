@@ -427,7 +427,10 @@ class Server:
     def _adopt(self, sock: socket.socket, address: tuple[str, int]) -> None:
         try:
             sock.setblocking(False)
-            apply_tcp_options(sock, self.policy.tcp_keepalive, self.policy.tcp_user_timeout)
+            policy = self.policy
+            apply_tcp_options(
+                sock, policy.max_pending, policy.tcp_keepalive, policy.tcp_user_timeout
+            )
         except OSError:  # reset before we got to it
             sock.close()
             return
