@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from hbloop.auth import Authenticator
-from hbloop.core.logfields import fields
+from hbloop.core.logfields import fields, token
 from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
 from hbloop.core.protocol import RemoteProtocolError
 from hbloop.core.session import (
@@ -487,7 +487,7 @@ class Server:
                 log.warning(
                     "unauthorized %s name=%s check=%s reason=%s",
                     peer.label,
-                    hello.name,
+                    token(hello.name),
                     refusal.check,
                     refusal.reason,
                     extra=fields(
@@ -507,7 +507,7 @@ class Server:
             # May evict older connections with this name (replace), which re-enters here.
             taken = self.presence.check(hello.name)
             if taken is not None:
-                peer.apply(session.refuse(taken, f"{hello.name} is already connected", now))
+                peer.apply(session.refuse(taken, f"{token(hello.name)} is already connected", now))
                 return
         peer.apply(session.accept(self.grant_for(hello.interval_ms), now))
 
@@ -517,16 +517,16 @@ class Server:
         stats.connections += 1
         if stats.connections > stats.peak:
             stats.peak = stats.connections
+        assert peer.name is not None  # said in HELLO, before WELCOME
         log.info(
             "connect %s name=%s interval=%gs timeout=%gs",
             peer.label,
-            peer.name,
+            token(peer.name),
             peer.interval,
             peer.timeout,
             extra=fields(event="connect", peer=peer.label, name=peer.name),
         )
         if self.presence is not None:
-            assert peer.name is not None
             peer.member = self.presence.joined(peer.name, peer.label, peer.connected_at, peer.evict)
         if self.on_connect is not None:
             call_guarded(log, "on_connect", self.on_connect, peer)
@@ -540,7 +540,7 @@ class Server:
         log.info(
             "disconnect %s name=%s age=%.1fs reason=%s",
             peer.label,
-            peer.name or "-",
+            token(peer.name) if peer.name else "-",
             peer.age,
             disconnect,
             extra=fields(
