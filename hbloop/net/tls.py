@@ -357,10 +357,10 @@ class HandshakeLimiter:
 
     A full handshake costs the server about 0.44 ms of CPU with an ECDSA certificate
     (``python -m bench --tls``'s server CPU per handshake; README, "TLS and
-    authentication"). Without a cap, a
-    reconnect storm of thousands of clients would take the loop away from the
-    heartbeats of peers already connected for seconds; with one, handshakes over the
-    rate are refused at once and their clients retry after a jittered back-off.
+    authentication"). Without a cap, a reconnect storm of thousands of clients would
+    take the loop away from the heartbeats of peers already connected for seconds; with
+    one, handshakes over the rate are refused at once and their clients retry after a
+    jittered back-off.
     ``allow(now)`` takes a token if there is one; ``refused`` counts the others.
     """
 
