@@ -51,7 +51,7 @@ log = logging.getLogger("hbloop.client")
 
 
 # How long an attempt may take, from the start of the TCP connect to WELCOME, before
-# it counts as failed (protocol.md H3): the reference server's own handshake deadline.
+# it counts as failed (protocol.md H3): the hbloop server's own handshake deadline.
 HANDSHAKE_TIMEOUT = 10.0
 
 # Output a client may queue before it considers the server a slow consumer.
