@@ -5,9 +5,11 @@ autotuning would have allowed (protocol.md, section 9)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
+from hbloop.aio import connect
 from hbloop.client import MAX_PENDING as CLIENT_MAX_PENDING
 from hbloop.core.policy import ServerPolicy
 from hbloop.core.wire import (
@@ -19,29 +21,14 @@ from hbloop.core.wire import (
 )
 from hbloop.net.sockets import KERNEL_SNDBUF_FACTOR, send_buffer_request
 
-from conftest import RawPeer, metrics_address, wait_for_metrics
+from conftest import RawPeer, flood_without_reading, metrics_address, wait_for_metrics
 
 MAX_PENDING = 128 * 1024  # the server's cap under test: small against Linux's 4 MiB
 # The reader's receive buffer, set before connect so that its window stays small: what
 # its own kernel holds is bounded by this (doubled, as Linux reports it), not by us.
 READER_RCVBUF = 4096
 FRAME = encode_data(bytes(DEFAULT_MAX_PAYLOAD - 1024))  # echoed back by the server
-# The reader sends at most this much; without the kernel cap the server takes several
-# megabytes of echo for it before its own cap cuts it off.
-READER_MAX_BYTES = 512 * 1024 * 1024
 WELCOME_BYTES = HEADER_SIZE + WELCOME_STRUCT.size
-
-
-def flood_without_reading(peer: RawPeer) -> None:
-    """Send DATA, which the server echoes, and never read, until the server cuts us."""
-    sent = 0
-    try:
-        while sent < READER_MAX_BYTES:
-            peer.send(FRAME)
-            sent += len(FRAME)
-    except (ConnectionResetError, BrokenPipeError):
-        return
-    raise AssertionError(f"the server took {sent} bytes of echo from a peer that never reads")
 
 
 def test_a_reader_that_never_reads_gets_at_most_the_caps(serve):
@@ -52,7 +39,7 @@ def test_a_reader_that_never_reads_gets_at_most_the_caps(serve):
         # What the reader's own kernel may hold for it: its receive buffer, as Linux
         # reports it (twice what was asked for), which bounds the window it advertises.
         reader_kernel = reader.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        flood_without_reading(reader)
+        flood_without_reading(reader, FRAME)
     cut = server.wait_line(r"disconnect .* name=reader .*reason=slow_consumer (\d+) bytes pending")
     # hbloop's own buffer at the cut: over the cap by the one frame that passed it.
     pending = int(cut.group(1))
@@ -89,6 +76,19 @@ def test_accepted_and_client_sockets_get_a_capped_send_buffer(in_process_server)
     assert client.connection is not None
     connected = client.connection.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     assert connected == kernel_send_buffer(CLIENT_MAX_PENDING) <= CLIENT_MAX_PENDING
+
+
+def test_the_asyncio_client_socket_gets_a_capped_send_buffer(serve):
+    server = serve()
+
+    async def send_buffer() -> int:
+        async with connect(*server.address, "aio-capped") as client:
+            await client.welcome()
+            assert client.connection is not None and client.connection.transport is not None
+            sock = client.connection.transport.get_extra_info("socket")
+            return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+    assert asyncio.run(send_buffer()) == kernel_send_buffer(CLIENT_MAX_PENDING)
 
 
 # The smallest send buffer the option gives with a cap that holds a maximum-size frame:
