@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from bench import flood
+from bench import c_server, flood
 from bench.config import (
     DEFAULT_CHURN,
     DEFAULT_CLIENTS,
@@ -37,6 +37,10 @@ from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL
 
 DEFAULT_HOST = "127.0.0.1"
 
+# What --against runs the workload against: the reference server on an asyncio loop
+# (bench/reference_server.py), or the C one built at run time (bench/c_server.py).
+AGAINST = (*LOOPS, "c")
+
 # The bench's dependencies (the `bench` extra), by importable module and by package.
 REQUIRED = {"hdrh": "hdrhistogram", "psutil": "psutil"}
 
@@ -53,7 +57,7 @@ def _address(text: str) -> tuple[str, int]:
     return str(address[0]), int(address[1])
 
 
-def _positive(kind: type[int] | type[float]) -> argparse._ActionType:  # type: ignore[name-defined]
+def _positive(kind: type[int] | type[float]) -> argparse._ActionType:
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -164,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--against",
         action="append",
-        choices=LOOPS,
+        choices=AGAINST,
         default=[],
-        help="also run the workload against the reference server on this loop (repeatable)",
+        help="also run the workload against a reference server (repeatable): asyncio or "
+        "uvloop (bench/reference_server.py), or c, a minimal epoll server in C built at run "
+        "time with the system compiler, $CC or cc (bench/c_reference/hbref.c)",
     )
     parser.add_argument(
         "--baseline",
@@ -271,6 +277,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--redis starts its own servers: no --target, --against, --zombies or --plot"
     if "uvloop" in args.against and importlib.util.find_spec("uvloop") is None:
         return "--against uvloop needs uvloop: pip install 'hbloop[bench]' (or pip install uvloop)"
+    if "c" in args.against:
+        if args.tls:
+            return "--against c serves plain TCP only: not with --tls"
+        return c_server.compiler_problem()
     return None
 
 

@@ -7,13 +7,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import plot, presence, report
+from bench import c_server, plot, presence, report
 from bench.config import EXIT_ERROR, BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
 from bench.servers import (
     ServerStartError,
     ServerUnderTest,
     make_certificate,
+    spawn_c,
     spawn_hbloop,
     spawn_reference,
 )
@@ -45,6 +46,16 @@ def run(args: argparse.Namespace) -> int:
         except (BenchError, ServerStartError, RuntimeError) as exc:
             print(f"bench: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
+    c_binary = None
+    if "c" in args.against:  # built (or found in the cache) before any run, so a
+        try:  # failed build costs no time
+            built = c_server.build()
+        except c_server.BuildError as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        how = "built now" if built.fresh else "cached"
+        print(f"C reference server: {built.path} ({how})", flush=True)
+        c_binary = built.path
     plain = None  # with --tls: the same workload on plain hbloop, for what TLS costs
     try:
         with tempfile.TemporaryDirectory(prefix="hbloop-bench-") as scratch:
@@ -67,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
                 plain = run_and_stop(config, server)
                 references.append(plain)
             for loop in args.against:
-                server = spawn_reference(loop, args.host, args.interval, args.timeout, tls)
+                if loop == "c":
+                    assert c_binary is not None
+                    server = spawn_c(c_binary, args.host, args.interval, args.timeout)
+                else:
+                    server = spawn_reference(loop, args.host, args.interval, args.timeout, tls)
                 references.append(run_and_stop(config, server))
             if args.baseline is not None:
                 baseline = spawn_hbloop(

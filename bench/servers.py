@@ -1,9 +1,10 @@
 """The server under test: started by the bench (hbloop or a reference) or given.
 
 A spawned server's port is chosen by the kernel (port 0) and read back: the
-reference server prints it, and for ``hbloop serve`` (which logs at warning level
-during a benchmark, so that per-connection log lines do not distort its CPU time)
-psutil finds the listening socket.
+reference servers (``bench/reference_server.py``, and the C one of ``bench.c_server``)
+print it, and for ``hbloop serve`` (which logs at warning level during a benchmark,
+so that per-connection log lines do not distort its CPU time) psutil finds the
+listening socket.
 
 With ``--tls`` the servers are given a throwaway ECDSA P-256 certificate made here
 (``make_certificate``), and the load generator trusts it.
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hbloop.core.policy import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL
+from hbloop.core.policy import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, seconds_to_ms
 
 # hbloop logs every connect and disconnect at info level; at 19,000 connections that
 # would be a measurable share of its CPU, so a benchmarked server logs warnings only.
@@ -161,16 +162,33 @@ def spawn_reference(
     if tls is not None:
         argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    port = _announced_port(process, f"reference server ({loop})")
+    return _tested(loop, (host, port), process, tls)
+
+
+def spawn_c(binary: Path, host: str, interval: float, timeout: float) -> ServerUnderTest:
+    """The C reference server (``bench.c_server``), named "c", granting what
+    ``spawn_hbloop``'s server grants: the same interval, timeout and bounds, in ms."""
+    argv = [str(binary), "--host", host]
+    argv += ["--interval-ms", str(seconds_to_ms(interval))]
+    argv += ["--timeout-ms", str(seconds_to_ms(timeout))]
+    argv += ["--min-interval-ms", str(seconds_to_ms(min(interval, DEFAULT_MIN_INTERVAL)))]
+    argv += ["--max-interval-ms", str(seconds_to_ms(max(interval, DEFAULT_MAX_INTERVAL)))]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    port = _announced_port(process, "C reference server")
+    return ServerUnderTest("c", (host, port), process)
+
+
+def _announced_port(process: subprocess.Popen[str], what: str) -> int:
+    """The port of a server that prints ``listening on HOST:PORT`` first, as the
+    reference servers do; kills it and raises ServerStartError if it does not."""
     assert process.stdout is not None
     line = process.stdout.readline()  # the server's first line, or "" if it died
     if not line.startswith("listening on "):
         process.kill()
         process.wait()
-        raise ServerStartError(
-            f"reference server ({loop}) did not start: exit {process.returncode}"
-        )
-    port = int(line.rsplit(":", 1)[1])
-    return _tested(loop, (host, port), process, tls)
+        raise ServerStartError(f"{what} did not start: exit {process.returncode}")
+    return int(line.rsplit(":", 1)[1])
 
 
 def _tested(

@@ -4,16 +4,33 @@ refusal to run without its dependencies."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from bench import c_server
 from bench.config import BenchConfig
 from bench.plot import colours, title
 from bench.report import MIN_HEARTBEATS_FOR_CPU, SUMMARY_WIDTH, summary_table
 from bench.results import RunResult, ServerFigures
+from bench.servers import spawn_c
+from hbloop.core.policy import grant
+from hbloop.core.protocol import parse_welcome
+from hbloop.core.wire import (
+    PING_FRAME,
+    Code,
+    FrameType,
+    Scheme,
+    encode_close,
+    encode_data,
+    encode_hello,
+)
 
-from conftest import ROOT
+from conftest import ROOT, RawPeer, expect_last_word
 
 # A few dozen clients for a few seconds; the whole invocation (two servers) takes
 # about 15 s, the bound leaves room for a loaded machine.
@@ -22,13 +39,16 @@ BENCH_TIMEOUT = 90
 FIGURE_KEYS = {"clients", "connected", "dropped", "errors", "rtt_ms", "server", "zombies"}
 
 
-def run_bench(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run_bench(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=BENCH_TIMEOUT,
+        env=env,
     )
 
 
@@ -169,9 +189,11 @@ def big_result(server: str) -> RunResult:
 
 
 def test_summary_fits_100_columns_and_a_big_run_has_no_noise_note():
-    table = summary_table(big_result("hbloop"), [big_result("asyncio"), big_result("uvloop")])
+    references = [big_result("asyncio"), big_result("uvloop"), big_result("c")]
+    table = summary_table(big_result("hbloop"), references)
     assert max(map(len, table.splitlines())) <= SUMMARY_WIDTH, table
     assert "hbloop/uvloop: CPU per heartbeat 1.00x" in table
+    assert "hbloop/c: CPU per heartbeat 1.00x, memory per connection 1.00x" in table
     assert "noise" not in table
 
 
@@ -231,3 +253,152 @@ def test_bench_refuses_a_stall_it_cannot_hold():
     result = run_bench("--clients", "2", "--duration", "2", "--stall", "5")
     assert result.returncode == 2
     assert "--duration must exceed --stall" in result.stderr
+
+
+# --- --against c: the C reference server -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hbref() -> Path:
+    """The C reference server, built as the bench builds it (or found in its cache)."""
+    if c_server.find_compiler() is None:
+        pytest.skip(c_server.NO_COMPILER)
+    return c_server.build().path
+
+
+def start_hbref(binary: Path, config: dict[str, int]) -> tuple[subprocess.Popen[str], int]:
+    """hbref with a vectors.json grant configuration (``interval_ms`` is passed as
+    ``--interval-ms``, ...), and its port."""
+    argv = [str(binary), "--host", "127.0.0.1"]
+    for key, value in config.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), (line, process.wait(), process.stderr)
+    return process, int(line.rsplit(":", 1)[1])
+
+
+def test_c_reference_speaks_the_handshake_and_heartbeats(hbref):
+    """With raw sockets, started as the bench starts it (interval 0.5 s, timeout 1.5 s)."""
+    server = spawn_c(hbref, "127.0.0.1", 0.5, 1.5)
+    try:
+        with RawPeer(server.address) as peer:
+            welcome = parse_welcome(peer.hello("alice", 0)[1])
+            assert (welcome.scheme, welcome.interval_ms, welcome.timeout_ms) == (
+                Scheme.CLIENT,
+                500,
+                1500,
+            )
+            peer.send(PING_FRAME)
+            assert peer.recv() == (FrameType.PONG, b"")
+            peer.send(encode_data(b"hi"))  # echoed, as by hbloop serve
+            assert peer.recv() == (FrameType.DATA, b"hi")
+            peer.send(encode_close(Code.NORMAL))
+            assert peer.recv_until_eof() == []  # C2: closed without a reply
+        with RawPeer(server.address) as peer:  # a HELLO a byte at a time, a PING behind it
+            for byte in encode_hello("bob", 250) + PING_FRAME:
+                peer.send(bytes([byte]))
+            welcome = parse_welcome(peer.recv()[1])
+            assert (welcome.interval_ms, welcome.timeout_ms) == (250, 750)
+            assert peer.recv() == (FrameType.PONG, b"")
+        with RawPeer(server.address) as peer:  # silent past T = 300 ms
+            assert parse_welcome(peer.hello("carol", 100)[1]).timeout_ms == 300
+            welcomed = time.monotonic()
+            expect_last_word(peer, FrameType.CLOSE, Code.TIMEOUT)
+            # Its clock started at HELLO, a round trip before `welcomed`; the upper
+            # bound is for a loaded machine, the server closes within ~2 ms.
+            assert 0.25 < time.monotonic() - welcomed < 2.0
+        with RawPeer(server.address) as peer:
+            peer.send(PING_FRAME)
+            expect_last_word(peer, FrameType.ERROR, Code.HELLO_REQUIRED)
+        with RawPeer(server.address) as peer:
+            peer.send(bytes.fromhex("000000000301"))
+            expect_last_word(peer, FrameType.ERROR, Code.RESERVED_BITS)
+    finally:
+        server.stop()
+
+
+def test_c_reference_grants_as_t1_and_refuses_what_t2_forbids(hbref):
+    grants = json.loads((ROOT / "tests" / "vectors.json").read_text())["grants"]
+    for case in grants["valid"]:
+        process, port = start_hbref(hbref, case["config"])
+        try:
+            with RawPeer(("127.0.0.1", port)) as peer:
+                welcome = parse_welcome(peer.hello("grant", case["request_ms"])[1])
+            expected = (case["interval_ms"], case["timeout_ms"])
+            assert (welcome.interval_ms, welcome.timeout_ms) == expected, case["name"]
+            config = case["config"]
+            assert expected == grant(
+                config["interval_ms"],
+                config["timeout_ms"],
+                config["min_interval_ms"],
+                config["max_interval_ms"],
+                case["request_ms"],
+            )  # hbloop's own arithmetic agrees
+        finally:
+            process.kill()
+            process.wait()
+    for case in grants["invalid"]:
+        argv = [str(hbref), "--host", "127.0.0.1"]
+        for key, value in case["config"].items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
+        assert refused.returncode == 2, case["name"]
+        assert refused.stdout == "" and refused.stderr.startswith("hbref: "), case["name"]
+
+
+def test_bench_against_c_connects_every_client_and_reports_its_cpu(hbref, tmp_path):
+    out = tmp_path / "c.json"
+    clients = 100
+    result = run_bench(
+        *("--clients", str(clients), "--interval", "0.5", "--timeout", "1.5"),
+        *("--duration", "2", "--zombies", "0.1", "--against", "c", "--json", str(out)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"C reference server: {hbref} (cached)" in result.stdout  # built by the fixture
+    assert "hbloop/c: CPU per heartbeat" in result.stdout
+    document = json.loads(out.read_text())
+    figures = document["against"]["c"]
+    # The same keys as every other server's, and the ratio to it.
+    assert figures.keys() == {*RunResult("any", 1).to_json(), "ratio"}
+    assert figures["server_name"] == "c"
+    assert (figures["connected"], figures["dropped"], figures["errors"]) == (clients, 0, 0)
+    # CPU time comes in 10 ms ticks: a floor this cheap may round to nothing here.
+    assert figures["server"]["cpu_us_per_heartbeat"] >= 0
+    assert figures["server"]["rss_kb_per_conn"] is not None
+    assert figures["zombies"]["closed"] == figures["zombies"]["count"] == 10
+    assert figures["zombies"]["early"] == 0
+    assert 0 < figures["rtt_ms"]["p50"] <= figures["rtt_ms"]["max"]
+    assert (tmp_path / "c.c.hgrm").is_file()
+
+
+@pytest.mark.parametrize(
+    ("environment", "why"),
+    [
+        ({"CC": ""}, ""),  # no $CC, and no cc, gcc or clang on an empty PATH
+        ({"CC": "/nonexistent/cc"}, " (CC='/nonexistent/cc' not found)"),
+    ],
+    ids=["no-cc-on-path", "missing-CC"],
+)
+def test_bench_against_c_without_a_compiler_says_so_plainly(tmp_path, environment, why):
+    env = {**os.environ, **environment}
+    if not environment["CC"]:
+        env["PATH"] = str(tmp_path)  # the bench runs as sys.executable: no PATH needed
+    result = run_bench("--clients", "2", "--against", "c", env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"python -m bench: error: --against c needs a C compiler (cc); none found{why}\n"
+    )
+
+
+def test_c_reference_is_built_once_per_source_and_compiler(hbref, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = c_server.build()
+    assert first.fresh and first.path.parent == tmp_path / "hbloop-bench"
+    again = c_server.build()
+    assert again == c_server.Built(first.path, fresh=False)
+    assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no leftovers
+    with pytest.raises(c_server.BuildError, match=r"building the C reference server failed"):
+        c_server.build(["false"])  # a "compiler" that fails
