@@ -57,6 +57,7 @@ from hbloop.core.session import (
     Step,
 )
 from hbloop.core.wire import Code, Welcome
+from hbloop.net.sockets import apply_tcp_options
 
 # DATA frames held for the iterator before the client stops reading from the server:
 # a burst a consumer catches up with at once, at most 64 MiB of maximum-size frames.
@@ -108,6 +109,7 @@ class _Connection(asyncio.Protocol):
         if self.session.state is not State.CONNECTING:
             self.transport.abort()  # given up on (the handshake deadline) while connecting
             return
+        apply_tcp_options(transport.get_extra_info("socket"), DEFAULT_MAX_PENDING)
         self.write(self.session.connected(self.loop.time()))
         self.arm()
 

@@ -31,6 +31,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from hbloop.core.logfields import token
 from hbloop.core.wire import Code, Hello
 from hbloop.net.tls import Certificate
 
@@ -236,7 +237,7 @@ class Authenticator:
             try:
                 allowed = self.authorize(hello, peer)
             except Exception:
-                log.exception("authorize hook raised; refusing %s", hello.name)
+                log.exception("authorize hook raised; refusing %s", token(hello.name))
                 return Refusal(Code.UNAUTHORIZED, "authorization failed", "hook")
             if not allowed:
                 return Refusal(Code.UNAUTHORIZED, "not authorized", "hook")

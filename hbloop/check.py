@@ -59,7 +59,7 @@ SHOULD = "SHOULD"
 ANSWER_TIMEOUT = 5.0
 
 # The interval the liveness cases ask for by default: short so that a run takes
-# seconds, yet well above the reference server's 0.1 s minimum.
+# seconds, yet well above the hbloop server's 0.1 s minimum.
 PROBE_INTERVAL = 0.5
 
 # Time-based cases that would wait longer than this are skipped rather than run.

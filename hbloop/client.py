@@ -45,6 +45,7 @@ from hbloop.core.wire import (
 from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters
 from hbloop.net.loop import EventLoop, Timer, call_guarded
+from hbloop.net.sockets import apply_tcp_options
 from hbloop.net.tls import TlsLayer
 from hbloop.net.trace import Tracer
 
@@ -288,7 +289,7 @@ class Client(ClientBase):
             return
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            apply_tcp_options(sock, self.max_pending)
             if self.source_address is not None:
                 sock.bind(self.source_address)
         except OSError as exc:

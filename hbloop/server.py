@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from hbloop.auth import Authenticator
-from hbloop.core.logfields import fields
+from hbloop.core.logfields import fields, token
 from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
 from hbloop.core.session import (
     Closed,
@@ -354,7 +354,10 @@ class Server:
     def _adopt(self, sock: socket.socket, address: tuple[str, int]) -> None:
         try:
             sock.setblocking(False)
-            apply_tcp_options(sock, self.policy.tcp_keepalive, self.policy.tcp_user_timeout)
+            policy = self.policy
+            apply_tcp_options(
+                sock, policy.max_pending, policy.tcp_keepalive, policy.tcp_user_timeout
+            )
         except OSError:  # reset before we got to it
             sock.close()
             return
@@ -441,7 +444,7 @@ class Server:
                 log.warning(
                     "unauthorized %s name=%s check=%s reason=%s",
                     peer._label,
-                    hello.name,
+                    token(hello.name),
                     refusal.check,
                     refusal.reason,
                     extra=fields(
@@ -461,7 +464,8 @@ class Server:
             # May evict older connections with this name (replace), which re-enters here.
             taken = self.presence.check(hello.name)
             if taken is not None:
-                channel.apply(session.refuse(taken, f"{hello.name} is already connected", now))
+                reason = f"{token(hello.name)} is already connected"
+                channel.apply(session.refuse(taken, reason, now))
                 return
         channel.apply(session.accept(self.grant_for(hello.interval_ms), now))
 
@@ -471,10 +475,11 @@ class Server:
         stats.connections += 1
         if stats.connections > stats.peak:
             stats.peak = stats.connections
+        assert peer.name is not None  # said in HELLO, before WELCOME
         log.info(
             "connect %s name=%s interval=%gs timeout=%gs",
             peer._label,
-            peer.name,
+            token(peer.name),
             peer.interval,
             peer.timeout,
             extra=fields(event="connect", peer=peer._label, name=peer.name),
@@ -492,7 +497,7 @@ class Server:
         log.info(
             "disconnect %s name=%s age=%.1fs reason=%s",
             peer._label,
-            peer.name or "-",
+            token(peer.name) if peer.name else "-",
             peer._age,
             disconnect,
             extra=fields(

@@ -334,6 +334,24 @@ def raw_unsafe(lines: list[str]) -> list[str]:
     ]
 
 
+# A peer that never reads sends at most this much DATA for the server to echo; a server
+# must cut it off long before.
+FLOOD_MAX_BYTES = 512 * 1024 * 1024
+
+
+def flood_without_reading(peer: RawPeer, frame: bytes) -> int:
+    """Send ``frame`` (DATA, which the server echoes) again and again and never read;
+    return the bytes sent before the server cut the connection."""
+    sent = 0
+    try:
+        while sent < FLOOD_MAX_BYTES:
+            peer.send(frame)
+            sent += len(frame)
+    except (ConnectionResetError, BrokenPipeError):
+        return sent
+    raise AssertionError(f"the server took {sent} bytes of echo from a peer that never reads")
+
+
 def rst_close(sock: socket.socket) -> None:
     """Close with SO_LINGER 0, so that the kernel sends RST instead of FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

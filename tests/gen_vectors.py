@@ -15,7 +15,7 @@ from pathlib import Path
 
 OUT = Path(__file__).with_name("vectors.json")
 
-# The receiver limit the FRAME_TOO_LARGE vectors are stated against: the reference
+# The receiver limit the FRAME_TOO_LARGE vectors are stated against: the hbloop
 # server's default maximum payload (protocol.md, F2).
 MAX_PAYLOAD = 65536
 

@@ -22,7 +22,7 @@ from hbloop.core.wire import (
     encode_hello,
 )
 
-from conftest import RawPeer, expect_last_word, frame_code
+from conftest import RawPeer, expect_last_word, flood_without_reading, frame_code
 
 INTERVAL = 0.5
 TIMEOUT = 1.5
@@ -87,23 +87,8 @@ MAX_PENDING = 128 * 1024  # small, so that a few echoes overflow it
 HOG_RCVBUF = 4096  # the hog's receive window: the kernel can hold little for it
 HOG_FRAME = encode_data(bytes(DEFAULT_MAX_PAYLOAD - 1024))
 HOGS = 5  # one after another: memory must not grow with each
-# The hog sends at most this much; the server must give up long before.
-HOG_MAX_BYTES = 512 * 1024 * 1024
 # Allocator noise; unbounded buffering of the hogs' echoes would be many megabytes each.
 MAX_RSS_GROWTH = 16 * 1024 * 1024
-
-
-def flood_without_reading(peer: RawPeer) -> int:
-    """Send DATA (which the server echoes) and never read; return the bytes sent
-    before the server cut the connection."""
-    sent = 0
-    try:
-        while sent < HOG_MAX_BYTES:
-            peer.send(HOG_FRAME)
-            sent += len(HOG_FRAME)
-    except (ConnectionResetError, BrokenPipeError):
-        return sent
-    raise AssertionError(f"the server took {sent} bytes of echo from a peer that never reads")
 
 
 def test_slow_consumer_is_closed_and_memory_stays_bounded(serve, good_peers):
@@ -114,7 +99,7 @@ def test_slow_consumer_is_closed_and_memory_stays_bounded(serve, good_peers):
     for i in range(HOGS):
         with RawPeer(server.address, rcvbuf=HOG_RCVBUF) as hog:
             assert hog.hello(f"hog-{i}", INTERVAL_MS)[0] == FrameType.WELCOME
-            sent = flood_without_reading(hog)
+            sent = flood_without_reading(hog, HOG_FRAME)
         # Many times the cap went out before the cut: it was the cap that cut.
         assert sent > 4 * MAX_PENDING
         match = server.wait_line(

@@ -1,4 +1,4 @@
-"""`hbloop check` against the reference server (it conforms) and a broken one (it does not)."""
+"""`hbloop check` against the hbloop server (it conforms) and a broken one (it does not)."""
 
 from __future__ import annotations
 

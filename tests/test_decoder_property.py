@@ -61,7 +61,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def reference_decode(data: bytes) -> tuple[list[Frame], int | None]:
+def model_decode(data: bytes) -> tuple[list[Frame], int | None]:
     """A slow, obviously correct reading of protocol.md section 1: the frames before
     the first bad header, and that header's code (None if the stream is clean)."""
     frames: list[Frame] = []
@@ -105,7 +105,7 @@ def test_any_bytes_split_anywhere_yield_frames_or_the_typed_error(
 ) -> None:
     # Any exception but RemoteProtocolError propagates and fails the test.
     frames, code, buffered = feed_in_pieces(data, cuts)
-    expected_frames, expected_code = reference_decode(data)
+    expected_frames, expected_code = model_decode(data)
     # The first bad header is found wherever the stream is split...
     assert code == expected_code
     # ...and frames yielded before it are exactly the stream's leading frames. (A read
@@ -147,7 +147,7 @@ def test_one_byte_at_a_time_equals_all_at_once(data: bytes) -> None:
         except RemoteProtocolError as exc:
             code = exc.code
             break
-    expected_frames, expected_code = reference_decode(data)
+    expected_frames, expected_code = model_decode(data)
     assert code == expected_code
     # Byte by byte, no read holds more than one header: every frame before the bad one
     # is delivered.

@@ -82,7 +82,8 @@ def test_client_v_logs_frames_and_escapes_the_peer_text(spawn):
     assert any(line.endswith(f"hbloop.trace: frame out {server} {hello}") for line in lines)
     assert any(line.endswith(f"hbloop.trace: frame in {server} WELCOME len=10") for line in lines)
     error_length = 2 + len(HOSTILE_TEXT.encode())
-    shown = f"ERROR len={error_length} code=MALFORMED message={HOSTILE_TEXT_SHOWN}"
+    # One token: quoted, since it has spaces (hbloop.core.logfields.token).
+    shown = f'ERROR len={error_length} code=MALFORMED message="{HOSTILE_TEXT_SHOWN}"'
     assert any(line.endswith(f"hbloop.trace: frame in {server} {shown}") for line in lines)
     assert raw_unsafe(lines) == []
 

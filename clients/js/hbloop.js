@@ -13,7 +13,7 @@ const MAX_NAME_BYTES = 64;
 // A HELLO credential (a JWT, say) is 1 to 4096 bytes of printable ASCII, no spaces.
 const MAX_TOKEN_BYTES = 4096;
 const MAX_ERROR_MESSAGE_BYTES = 200;
-// The reference server's default receive limit; F2 requires at least 1024.
+// The hbloop server's default receive limit; F2 requires at least 1024.
 const DEFAULT_MAX_PAYLOAD = 65536;
 const MIN_MAX_PAYLOAD = 1024;
 // How long the TCP connect plus the WELCOME may take before the attempt fails.
@@ -21,11 +21,11 @@ const HANDSHAKE_TIMEOUT_MS = 10000;
 // After sending CLOSE or ERROR, wait this long for the server's FIN (C1, C3).
 const LINGER_MS = 2000;
 // Unsent output allowed before the server counts as a slow consumer and the connection
-// is closed: the reference server's --max-pending default. It bounds the memory a
+// is closed: the hbloop server's --max-pending default. It bounds the memory a
 // server that does not read can make us hold.
 const DEFAULT_MAX_PENDING = 256 * 1024;
 // PINGs in a row sooner than half the interval before ERROR TOO_MANY_PINGS (rule T8),
-// as the reference server counts them (--ping-strikes): a flood gets three PONGs.
+// as the hbloop server counts them (--ping-strikes): a flood gets three PONGs.
 const PING_STRIKES = 3;
 
 const FrameType = Object.freeze({
@@ -392,7 +392,7 @@ class Client extends EventEmitter {
    * Queue a frame, with backpressure: once the socket buffers more than its high-water
    * mark, stop reading until it drains, so that a server that sends without reading
    * cannot make us pile up answers. Past maxPending unsent bytes the server is a slow
-   * consumer and the connection is closed, as the reference server does; false then.
+   * consumer and the connection is closed, as the hbloop server does; false then.
    */
   write(frame) {
     this.lastSent = now();
@@ -460,7 +460,7 @@ class Client extends EventEmitter {
   }
 
   /**
-   * T8, as the reference server applies it: a PING sooner than half the interval after
+   * T8, as the hbloop server applies it: a PING sooner than half the interval after
    * the previous one is a strike, a well-spaced one clears them, and PING_STRIKES in a
    * row end the connection. Before WELCOME there is no interval: any PING but the
    * first is a strike.

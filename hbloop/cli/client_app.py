@@ -10,6 +10,7 @@ import sys
 from hbloop.cli.settings import ClientSettings
 from hbloop.client import STOP_SIGNALS, Client
 from hbloop.core.backoff import Backoff
+from hbloop.core.logfields import token
 from hbloop.core.session import Disconnect, Reason
 from hbloop.core.wire import Welcome
 from hbloop.net.loop import EventLoop
@@ -56,7 +57,7 @@ class ClientApp:
 
     def on_welcome(self, welcome: Welcome) -> None:
         self.status(
-            f"connected to {self.target} as {self.client.name}: "
+            f"connected to {self.target} as {token(self.client.name)}: "
             f"interval {welcome.interval_ms / 1000:g}s, timeout {welcome.timeout_ms / 1000:g}s, "
             f"{welcome.scheme.name.lower()} pings"
         )

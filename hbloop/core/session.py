@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hbloop.core.histogram import Buckets
+from hbloop.core.logfields import trailing_text
 from hbloop.core.protocol import (
     LocalProtocolError,
     RemoteProtocolError,
@@ -56,7 +57,6 @@ from hbloop.core.protocol import (
     parse_error,
     parse_hello,
     parse_welcome,
-    printable,
     take_frames,
 )
 from hbloop.core.wire import (
@@ -165,7 +165,7 @@ class Disconnect:
         if self.code is not None:
             parts.append(code_name(self.code))
         if self.detail:
-            parts.append(printable(self.detail))  # a peer's ERROR message, for one
+            parts.append(trailing_text(self.detail))  # a peer's ERROR message, for one
         return " ".join(parts)
 
 

@@ -59,12 +59,37 @@ def make_listener(host: str, port: int, backlog: int, reuse_port: bool = False) 
     return sock
 
 
+# Linux doubles the SO_SNDBUF value it is given ("to allow space for bookkeeping
+# overhead", socket(7)) and reports the doubled figure; it counts each buffer's
+# bookkeeping in it too, so the payload it holds stays below the doubled figure.
+KERNEL_SNDBUF_FACTOR = 2
+
+
+def send_buffer_request(max_pending: int) -> int:
+    """The SO_SNDBUF to ask for so that the kernel's send buffer holds at most
+    ``max_pending`` bytes: the same cap as the endpoint's own pending output.
+
+    Linux clamps the request to ``net.core.wmem_max`` before doubling it (which can
+    only lower the buffer) and raises it to its floor of about 4.5 KB, which still
+    holds hundreds of 6-byte heartbeats.
+    """
+    return max_pending // KERNEL_SNDBUF_FACTOR
+
+
 def apply_tcp_options(
-    sock: socket.socket, keepalive: TcpKeepalive | None, user_timeout: float | None
+    sock: socket.socket,
+    max_pending: int,
+    keepalive: TcpKeepalive | None = None,
+    user_timeout: float | None = None,
 ) -> None:
-    """TCP_NODELAY always (a heartbeat must not wait for Nagle), keepalive and
-    TCP_USER_TIMEOUT when configured."""
+    """Options for a connected socket, on either end. TCP_NODELAY always (a heartbeat
+    must not wait for Nagle); a send buffer capped from ``max_pending`` always, so that
+    a peer that stops reading holds at most ``max_pending`` in the kernel beside as
+    much in the endpoint's own buffer (without the cap, Linux grows the buffer of a
+    stalled connection up to ``net.ipv4.tcp_wmem``'s maximum, 4 MiB by default);
+    keepalive and TCP_USER_TIMEOUT when configured."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_request(max_pending))
     if keepalive is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, keepalive.idle)

@@ -1,9 +1,11 @@
 """TLS as a sans-IO layer: ``ssl.SSLObject`` over two memory BIOs, no sockets.
 
 The event loop keeps owning the socket; this layer only turns ciphertext into
-plaintext and back. That costs about 17 KB per idle connection where asyncio's TLS
-transport costs about 277 KB (it keeps a 256 KiB buffer each), as measured on this
-project's machine (shared/REFERENCE.md).
+plaintext and back. That costs about 20 KB per connection where asyncio's TLS
+transport costs about 284 KB: its ``SSLProtocol`` allocates a 256 KiB read buffer per
+connection (``max_size`` in CPython's Lib/asyncio/sslproto.py). Both figures are the
+resident memory per connection of ``python -m bench --tls --against asyncio`` (4,000
+clients; README, "TLS and authentication").
 
 A connection's I/O shell uses one ``TlsLayer`` like this::
 
@@ -48,9 +50,12 @@ MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 # TLS 1.3 session tickets sent after each handshake. None: Python clients do not
-# resume TLS 1.3 sessions (shared/REFERENCE.md), and the default two tickets cost the
-# server 0.1 ms more per handshake (0.48 instead of 0.38 ms measured here, ECDSA),
-# which a reconnect storm multiplies.
+# resume TLS 1.3 sessions (the ssl module's documentation, "TLS 1.3": SSLSocket.session
+# and SSLSession are not compatible with TLS 1.3), and OpenSSL's default of two
+# (SSL_CTX_set_num_tickets(3)) costs the server CPU on every handshake, which a
+# reconnect storm multiplies: 0.29 ms instead of 0.25 ms per handshake with this
+# module's server_context and an ECDSA P-256 certificate (the server's do_handshake
+# over memory BIOs timed with time.process_time, 2,000 handshakes, three rounds).
 SESSION_TICKETS = 0
 
 # One SSLObject.read() returns at most one record's plaintext, at most 16 KiB.
@@ -264,8 +269,10 @@ class TlsLayer:
 
     def _drain(self) -> bytes:
         # Checking pending() and the incoming BIO ends the loop without the cost of a
-        # raised SSLWantReadError in the common case (1.55 us per heartbeat instead of
-        # 2.5 us, shared/REFERENCE.md); the exception only ends a partial record.
+        # raised SSLWantReadError in the common case; the exception only ends a partial
+        # record. Receiving one heartbeat record over memory BIOs took 1.3-1.45 us this
+        # way and 2.6-2.8 us ended by the exception (time.process_time over 200,000
+        # records, three rounds, on the project's 2-core machine).
         tls = self._tls
         incoming = self._incoming
         chunks = []
@@ -348,11 +355,12 @@ HANDSHAKE_BURST_SECONDS = 0.25
 class HandshakeLimiter:
     """A token bucket for new TLS handshakes, one per server process.
 
-    A full handshake costs the server about 0.4 ms of CPU (ECDSA certificate; RSA
-    0.65 ms, client certificates 0.71 ms; shared/REFERENCE.md). Without a cap, a
-    reconnect storm of thousands of clients would take the loop away from the
-    heartbeats of peers already connected for seconds; with one, handshakes over the
-    rate are refused at once and their clients retry after a jittered back-off.
+    A full handshake costs the server about 0.44 ms of CPU with an ECDSA certificate
+    (``python -m bench --tls``'s server CPU per handshake; README, "TLS and
+    authentication"). Without a cap, a reconnect storm of thousands of clients would
+    take the loop away from the heartbeats of peers already connected for seconds; with
+    one, handshakes over the rate are refused at once and their clients retry after a
+    jittered back-off.
     ``allow(now)`` takes a token if there is one; ``refused`` counts the others.
     """
 

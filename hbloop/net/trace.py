@@ -1,9 +1,10 @@
 """``-v``: a debug line for every frame in and out, to follow a conversation.
 
 Each line names the direction, the other end, the frame type and the payload length,
-and for CLOSE and ERROR the code (an ERROR's message too, through ``printable``, as a
-peer wrote it). Never a payload: not DATA, not a HELLO's credential. In JSON logs the
-same is in the fields ``dir``, ``peer``, ``type``, ``length`` and ``code``::
+and for CLOSE and ERROR the code (an ERROR's message too, as a peer wrote it, as one
+token: ``hbloop.core.logfields.token``). Never a payload: not DATA, not a HELLO's
+credential. In JSON logs the same is in the fields ``dir``, ``peer``, ``type``,
+``length`` and ``code``::
 
     frame in 127.0.0.1:40312 PING len=0
     frame out 127.0.0.1:40312 PONG len=0
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from hbloop.core.logfields import fields
+from hbloop.core.logfields import fields, token
 from hbloop.core.protocol import (
     Frame,
     FrameDecoder,
@@ -29,7 +30,6 @@ from hbloop.core.protocol import (
     code_name,
     parse_close,
     parse_error,
-    printable,
 )
 from hbloop.core.wire import ABSOLUTE_MAX_PAYLOAD, T_CLOSE, T_ERROR, FrameType
 
@@ -49,7 +49,7 @@ def _code(ftype: int, payload: bytes) -> tuple[str | None, str]:
         if ftype == T_ERROR:
             code, message = parse_error(payload)
             name = code_name(code)
-            return name, f" code={name} message={printable(message)}"
+            return name, f" code={name} message={token(message)}"
     except RemoteProtocolError as exc:  # the session answers it; the trace says so
         return None, f" malformed ({exc.code.name})"
     return None, ""

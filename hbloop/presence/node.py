@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from hbloop.core.logfields import token
 from hbloop.core.wire import Code
 from hbloop.net.counters import Count, Figures, Gauge
 from hbloop.net.loop import EventLoop, Timer
@@ -310,7 +311,9 @@ class Presence:
         for member in list(self._chain(name)):
             member.reason = "taken_over"
             self.counts["takeovers"] += 1
-            log.info("presence: %s reconnected to this node; closing its older connection", name)
+            log.info(
+                "presence: %s reconnected to this node; closing its older connection", token(name)
+            )
             member.evict(Code.TAKEN_OVER, "a newer connection took this name")
         return None
 
@@ -397,10 +400,13 @@ class Presence:
             self.counts["joins"] += 1
             if owner and self.config.policy is Policy.REPLACE:
                 log.info(
-                    "presence: %s took over %s from node %s", member.address, member.name, owner
+                    "presence: %s took over %s from node %s",
+                    member.address,
+                    token(member.name),
+                    owner,
                 )
             return
-        self._drop(member, Code.NAME_TAKEN, f"{member.name} is online on node {owner}")
+        self._drop(member, Code.NAME_TAKEN, f"{token(member.name)} is online on node {owner}")
 
     def _send_leave(self, name: str, reason: str) -> None:
         args = (self.config.prefix, self.node.id, name, reason, self.config.stream_maxlen)
@@ -425,7 +431,11 @@ class Presence:
         key = "takeovers" if code is Code.TAKEN_OVER else "refusals"
         self.counts[key] += 1
         log.info(
-            "presence: closing %s %s with %s: %s", member.name, member.address, code.name, message
+            "presence: closing %s %s with %s: %s",
+            token(member.name),
+            member.address,
+            code.name,
+            message,
         )
         member.evict(code, message)
 
@@ -533,7 +543,7 @@ class Presence:
                     code = (
                         Code.TAKEN_OVER if self.config.policy is Policy.REPLACE else Code.NAME_TAKEN
                     )
-                    self._drop(member, code, f"{member.name} is held by another node")
+                    self._drop(member, code, f"{token(member.name)} is held by another node")
                 else:
                     member.state = State.ONLINE
         log.info(

@@ -6,7 +6,7 @@ waits for Redis:
 * **Pipelined.** ``call()`` encodes a command at once (hiredis' ``pack_command``, in C)
   and appends it to an output buffer; one ``loop.call_soon`` per iteration sends the
   whole buffer with one ``send``. Replies are matched to callbacks in order.
-* **Parsed by hiredis.** ``hiredis.Reader`` is the RESP parser of the reference C
+* **Parsed by hiredis.** ``hiredis.Reader`` is the RESP parser of Redis's official C
   client; the connection speaks RESP3 (``HELLO 3``), so pub/sub messages arrive as
   push replies on the same connection, between the ordinary replies, in the order
   Redis produced them.

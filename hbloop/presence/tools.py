@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from hbloop.core.backoff import Backoff
+from hbloop.core.logfields import token
 from hbloop.presence.redis_link import BlockingRedis, RedisAddress, RedisUnavailable
 from hbloop.presence.scripts import Keys
 
@@ -142,7 +143,7 @@ class Event:
         fields = dict(self.fields)
         kind, name = fields.pop("event", "?"), fields.pop("name", "?")
         rest = " ".join(f"{key}={value}" for key, value in fields.items())
-        return f"{self.id}  {_clock(self.at)}  {kind:<5}  {name}  {rest}"
+        return f"{self.id}  {_clock(self.at)}  {kind:<5}  {token(name)}  {rest}"
 
     def to_json(self) -> str:
         return json.dumps({"id": self.id, "at": self.at, **self.fields})
