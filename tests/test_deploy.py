@@ -2,11 +2,13 @@
 checks them and runs their unit tests), the Grafana dashboard (its queries parse, and
 every metric that it and the alerts read is one that a real `hbloop serve` exports),
 the systemd unit (systemd-analyze verifies it and rates its sandbox, and its command
-line serves TLS from its credentials), and the wheel and sdist (twine accepts them, and
-the wheel installed in a fresh venv holds every module and serves)."""
+line serves TLS from its credentials), the wheel and sdist (twine accepts them, and the
+wheel installed in a fresh venv holds every module and serves), and README's TLS recipe
+(its keys and secrets are readable by their owner only)."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -52,6 +54,7 @@ SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "hbloop-dashboard.json"
 UNIT = DEPLOY / "systemd" / "hbloop.service"
 SETTINGS = DEPLOY / "systemd" / "hbloop.toml"
+README = ROOT / "README.md"
 
 # Where README's install recipe puts the files that the unit names.
 INSTALLED_HBLOOP = "/opt/hbloop/venv/bin/hbloop"
@@ -74,6 +77,17 @@ GRAFANA_VARIABLES = {"__rate_interval": "1m", "job": "hbloop", "instance": ".*"}
 # Words of PromQL that stand where a metric name could, but are none.
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
 PROMQL_KEYWORDS |= {"group_left", "group_right", "Inf", "NaN"}
+
+# prctl(2) options: the kernel's write-xor-execute for a process and what it execs
+# (Linux 6.3+), what MemoryDenyWriteExecute= asks of systemd.
+PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
+
+# Runs its arguments as a command under write-xor-execute.
+UNDER_MDWE = (
+    "import ctypes, os, sys\n"
+    f"assert ctypes.CDLL(None).prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) == 0\n"
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 # Building the sdist and the wheel takes about 10 s here; twice that on a busy machine.
 BUILD_TIMEOUT = 180
@@ -293,7 +307,8 @@ def test_systemd_analyze_rates_the_units_sandbox_ok():
 def test_the_units_command_line_serves_tls_from_its_credentials(tmp_path: Path, pki: Pki):
     """ExecStart as systemd runs it, with %d a directory of LoadCredential='s files (a
     test certificate, key and secret) and the settings file of deploy/, listening on
-    loopback instead of every address."""
+    loopback instead of every address; where the kernel can, under the write-xor-execute
+    of MemoryDenyWriteExecute= (the rest of the sandbox takes systemd as PID 1)."""
     secret = secrets.token_urlsafe(32)
     sources = {
         "/etc/hbloop/tls.crt": pki.server.cert,
@@ -315,6 +330,8 @@ def test_the_units_command_line_serves_tls_from_its_credentials(tmp_path: Path, 
     argv[argv.index(INSTALLED_SETTINGS)] = str(SETTINGS)
     assert tomllib.loads(SETTINGS.read_text())["host"] == "0.0.0.0"  # hence the override:
     argv += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    if ctypes.CDLL(None).prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0:
+        argv = [sys.executable, "-c", UNDER_MDWE, *argv]
     server = LoggedProcess(argv)
     try:
         found = server.wait_line(r"listening on ([\d.]+):(\d+)", timeout=START_TIMEOUT)
@@ -399,3 +416,19 @@ def test_the_wheel_and_sdist_pass_twine_and_the_wheel_installs_and_serves(tmp_pa
         assert status == 200 and json.loads(body)["version"] == version
     finally:
         server.stop()
+
+
+# --- README's recipes ------------------------------------------------------------------
+
+
+def test_readmes_tls_recipe_makes_secrets_only_their_owner_reads(tmp_path: Path):
+    [recipe] = re.findall(r"```sh\n(\(umask 077\n.*?\n\))\n```", README.read_text(), re.S)
+    tool("openssl")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # Under the umask most shells start with, which leaves new files readable by all.
+    run(["bash", "-c", f"umask 022\n{recipe}"], cwd=tmp_path, env=env)
+    secret = {"ca.key", "server.key", "alice.key", "jwt.secret", "alice.jwt"}
+    assert secret <= {path.name for path in tmp_path.iterdir()}
+    for name in secret:
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == 0o600, f"{name} has mode {mode:o}"
