@@ -479,6 +479,7 @@ class Client extends EventEmitter {
     this.maxPending = maxPending;
     this.state = State.CONNECTING;
     this.welcome = null;
+    this.openedAt = null;
     this.socket = null;
     this.timer = null;
     this.lastSent = 0;
@@ -642,6 +643,7 @@ class Client extends EventEmitter {
       );
     }
     this.welcome = welcome;
+    this.openedAt = this.lastRecv; // when WELCOME arrived: T6's clock starts there
     this.state = State.OPEN;
     this.emit('welcome', welcome);
     this.onDeadline();
@@ -759,7 +761,8 @@ class ReconnectingClient extends EventEmitter {
     this.attempts += 1;
     this.provenAt = Infinity;
     client.on('welcome', (welcome) => {
-      this.provenAt = now() + welcome.timeoutMs;
+      // The moment T6 could first end it: a connection that lasts until then is proven.
+      this.provenAt = client.openedAt + welcome.timeoutMs;
       this.emit('welcome', welcome);
     });
     client.on('message', (data) => this.emit('message', data));
