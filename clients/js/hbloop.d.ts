@@ -60,6 +60,8 @@ export declare class ProtocolError extends Error {
   constructor(code: number, message: string);
   readonly code: number;
   readonly codeName: CodeName | null;
+  /** From FrameDecoder.feed(): the complete frames before the bad header, to act on first. */
+  frames: Frame[];
 }
 
 /** Settings a client cannot run with (R4, R5, TLS material), found before any packet. */

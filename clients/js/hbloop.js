@@ -80,12 +80,17 @@ function describeCode(code) {
   return codeName(code) ?? `0x${code.toString(16).padStart(4, '0')}`;
 }
 
-/** The peer broke the protocol; `code` goes into the ERROR frame sent before closing. */
+/**
+ * The peer broke the protocol; `code` goes into the ERROR frame sent before closing.
+ * From FrameDecoder.feed(), `frames` holds the complete frames that came before the
+ * bad header in the same chunk, to be acted on first (section 9).
+ */
 class ProtocolError extends Error {
   constructor(code, message) {
     super(`${describeCode(code)}: ${message}`);
     this.code = code;
     this.codeName = codeName(code);
+    this.frames = [];
   }
 }
 
@@ -218,7 +223,7 @@ const PONG_FRAME = encodeFrame(FrameType.PONG);
  * Incremental decoder (F4): feed it any split of the stream; it returns the complete
  * frames as {type, payload} and keeps the rest. Each header is checked as soon as its
  * six bytes are in (F1, F3), before any payload is buffered. It throws ProtocolError
- * on the first bad header; the stream is unusable after that.
+ * on the first bad header, carrying the frames before it; the stream is unusable after.
  */
 class FrameDecoder {
   constructor(maxPayload = DEFAULT_MAX_PAYLOAD) {
@@ -238,14 +243,10 @@ class FrameDecoder {
     while (data.length - pos >= HEADER_SIZE) {
       const length = data.readUInt32BE(pos);
       const type = data.readUInt8(pos + 4);
-      const flags = data.readUInt8(pos + 5);
-      if (flags !== 0) throw new ProtocolError(Code.RESERVED_BITS, `flags 0x${flags.toString(16)} must be zero`);
-      if (!(type in TYPE_NAMES)) throw new ProtocolError(Code.UNKNOWN_TYPE, `frame type 0x${type.toString(16)}`);
-      if (length > this.maxPayload) {
-        throw new ProtocolError(Code.FRAME_TOO_LARGE, `payload of ${length} bytes exceeds ${this.maxPayload}`);
-      }
-      if (length !== 0 && (type === FrameType.PING || type === FrameType.PONG)) {
-        throw new ProtocolError(Code.MALFORMED, `${TYPE_NAMES[type]} must have an empty payload`);
+      const violation = this.headerProblem(length, type, data.readUInt8(pos + 5));
+      if (violation !== null) {
+        violation.frames = frames;
+        throw violation;
       }
       const end = pos + HEADER_SIZE + length;
       if (end > data.length) break;
@@ -254,6 +255,19 @@ class FrameDecoder {
     }
     this.pending = Buffer.from(data.subarray(pos));
     return frames;
+  }
+
+  /** F1's checks of a header, in F1's order: a ProtocolError, or null if it is good. */
+  headerProblem(length, type, flags) {
+    if (flags !== 0) return new ProtocolError(Code.RESERVED_BITS, `flags 0x${flags.toString(16)} must be zero`);
+    if (!(type in TYPE_NAMES)) return new ProtocolError(Code.UNKNOWN_TYPE, `frame type 0x${type.toString(16)}`);
+    if (length > this.maxPayload) {
+      return new ProtocolError(Code.FRAME_TOO_LARGE, `payload of ${length} bytes exceeds ${this.maxPayload}`);
+    }
+    if (length !== 0 && (type === FrameType.PING || type === FrameType.PONG)) {
+      return new ProtocolError(Code.MALFORMED, `${TYPE_NAMES[type]} must have an empty payload`);
+    }
+    return null;
   }
 }
 
@@ -573,14 +587,22 @@ class Client extends EventEmitter {
 
   received(chunk) {
     if (this.state === State.CLOSED) return; // draining until the FIN
-    let frames;
     try {
-      frames = this.decoder.feed(chunk);
+      let frames;
+      let violation = null;
+      try {
+        frames = this.decoder.feed(chunk);
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+        violation = err;
+        frames = err.frames; // acted on before the violation (section 9)
+      }
       if (frames.length) this.lastRecv = now(); // T5: complete frames only
       for (const frame of frames) {
         this.handle(frame);
         if (this.state === State.CLOSED) return;
       }
+      if (violation !== null) throw violation;
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
       this.end(encodeError(err.code, err.message), { reason: 'protocol_error', code: err.code, detail: err.message });
