@@ -427,7 +427,7 @@ function withSecureContext(options) {
   if (options.secureContext) return options;
   for (const ca of [options.ca ?? []].flat()) {
     try {
-      new X509Certificate(ca); // eslint-disable-line no-new
+      new X509Certificate(ca); // throws unless `ca` holds a certificate
     } catch (err) {
       throw new ConfigError(`TLS settings: the CA is not a certificate: ${err.message}`);
     }
