@@ -449,6 +449,28 @@ def test_final_endings_stop_at_once_with_one_line(node, answer: bytes, ending: s
     ]
 
 
+@pytest.mark.parametrize(
+    ("mutual", "cause"),
+    [
+        (True, "tlsv13 alert certificate required (ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED)"),
+        (False, "wrong version number (ERR_SSL_WRONG_VERSION_NUMBER)"),
+    ],
+    ids=["client-certificate-required", "plain-port"],
+)
+def test_tls_refusals_are_final(serve, node, pki, mutual: bool, cause: str) -> None:
+    """R3: a server that wants a client certificate, whose verdict comes after the
+    client's side of the TLS 1.3 handshake; a server that does not speak TLS."""
+    tls = ("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key))
+    server = serve(*tls, "--tls-client-ca", str(pki.ca)) if mutual else serve()
+    client = node(CLI, "--port", str(server.port), "--tls", "--ca", str(pki.ca), *FAST_BACKOFF)
+    assert client.wait(NODE_TIMEOUT) == 1
+    ending = f"reason=tls_error code=- message={cause}"
+    assert client.lines("stdout") == [f"close {ending}"]
+    assert client.lines("stderr") == [
+        f"hbloop-js: error: stopped: {ending}: a final ending, no retry can fix it (protocol.md R3)"
+    ]
+
+
 def test_a_reset_during_the_tls_handshake_is_retried(node, pki) -> None:
     """A server shedding TLS handshakes closes at accept: that is the network's failure,
     not a TLS check's (R3). The fake server hangs up on the ClientHello."""

@@ -447,8 +447,8 @@ function withSecureContext(options) {
  *   'close' {reason, code, codeName, message}           once, when the connection ends
  * reason is one of: closed_locally, peer_closed, peer_error, timeout,
  * handshake_timeout, protocol_error, slow_consumer, socket_error, tls_error (a TLS
- * check failed during the TLS handshake: the server's certificate, or the server
- * refusing ours; a reset then is a socket_error).
+ * check failed before WELCOME: the server's certificate, the server refusing ours, TLS
+ * to a plain port; a reset then is a socket_error).
  * `tls`: null for plain TCP, else options for tls.connect() such as {ca, cert, key,
  * servername} (PEM strings or Buffers; the server's certificate is always verified).
  * HELLO then goes out once the TLS handshake is done, within the handshake deadline.
@@ -520,12 +520,14 @@ class Client extends EventEmitter {
     socket.on('data', (chunk) => this.received(chunk));
     socket.on('end', () => this.finished({ reason: 'peer_closed', detail: 'EOF' }));
     socket.on('error', (err) => {
-      // A failure after TCP is up and before HELLO could go out is TLS's, unless it is
-      // the network's (ECONNRESET: a server shedding TLS handshakes closes at accept).
-      const inTls = this.tls !== null && this.connected && this.state === State.CONNECTING
+      // A TLS library error before WELCOME is a failed TLS check: during the handshake,
+      // or just after it for the server's verdict on our certificate, which TLS 1.3
+      // sends after the client has finished. A system error then is the network's
+      // (ECONNRESET: a server shedding TLS handshakes closes at accept).
+      const inTls = this.tls !== null && this.connected && this.state !== State.OPEN
         && typeof err.code === 'string' && !ERRNO_NAME.test(err.code);
       this.finished(inTls
-        ? { reason: 'tls_error', detail: `${err.message} (${err.code})` }
+        ? { reason: 'tls_error', detail: `${err.reason ?? err.message} (${err.code})` }
         : { reason: 'socket_error', detail: err.message });
     });
     socket.on('close', () => this.finished({ reason: 'socket_error', detail: 'socket closed' }));
