@@ -767,7 +767,7 @@ class ReconnectingClient extends EventEmitter {
     super();
     // The first attempt's Client checks the settings now, and builds the TLS context
     // that every later attempt reuses.
-    this.client = new Client(options);
+    this.client = this.track(new Client(options));
     this.options = { ...options, tls: this.client.tls };
     this.peerMaxPayload = this.client.peerMaxPayload;
     this.backoff = backoff;
@@ -780,10 +780,16 @@ class ReconnectingClient extends EventEmitter {
   }
 
   connect() {
-    const client = this.client ?? new Client(this.options);
-    this.client = client;
+    this.client ??= this.track(new Client(this.options));
     this.attempts += 1;
     this.provenAt = Infinity;
+    this.emit('connecting', { attempt: this.attempts });
+    this.client.connect();
+    return this;
+  }
+
+  /** `client`, its events passed on as this client's. */
+  track(client) {
     client.on('welcome', (welcome) => {
       // The moment T6 could first end it: a connection that lasts until then is proven.
       this.provenAt = client.openedAt + welcome.timeoutMs;
@@ -792,9 +798,7 @@ class ReconnectingClient extends EventEmitter {
     client.on('message', (data) => this.emit('message', data));
     client.on('heartbeat', (beat) => this.emit('heartbeat', beat));
     client.on('close', (ending) => this.ended(ending));
-    this.emit('connecting', { attempt: this.attempts });
-    client.connect();
-    return this;
+    return client;
   }
 
   /** As Client's send(); false between connections too (nothing is queued). */
