@@ -31,7 +31,15 @@ from hbloop.core.wire import (
     encode_error,
 )
 
-from conftest import HOSTILE_TEXT, HOSTILE_TEXT_SHOWN, ROOT, LoggedProcess, raw_unsafe, wait_for
+from conftest import (
+    HOSTILE_TEXT,
+    HOSTILE_TEXT_SHOWN,
+    ROOT,
+    WAIT_TIMEOUT,
+    LoggedProcess,
+    raw_unsafe,
+    wait_for,
+)
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
@@ -55,13 +63,36 @@ DEAD_TIMEOUT_MS = 600
 NODE_TIMEOUT = 60.0
 
 
+class NodeProcess(LoggedProcess):
+    """A LoggedProcess whose wait() returns once its last lines are in: the process can
+    exit before the threads reading its pipes have taken them."""
+
+    def __init__(self, argv: list[str]) -> None:
+        # Set before LoggedProcess starts the threads that read stdout and stderr.
+        self._open_pipes = 2
+        self._drained = threading.Event()
+        super().__init__(argv)
+
+    def _pump(self, stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
+        super()._pump(stream, sink)
+        with self._lock:
+            self._open_pipes -= 1
+            if self._open_pipes == 0:
+                self._drained.set()
+
+    def wait(self, timeout: float = WAIT_TIMEOUT) -> int:
+        code = super().wait(timeout)
+        assert self._drained.wait(timeout), "the process exited, its pipes stayed open"
+        return code
+
+
 @pytest.fixture
 def node() -> Iterator[Callable[..., LoggedProcess]]:
     started: list[LoggedProcess] = []
 
     def start(*args: str) -> LoggedProcess:
         assert NODE is not None
-        process = LoggedProcess([NODE, *args])
+        process = NodeProcess([NODE, *args])
         started.append(process)
         return process
 
