@@ -1,8 +1,11 @@
 'use strict';
 // An hbloop protocol v1 client for Node.js, written from protocol.md alone.
 // Standard library only. The codec (FrameDecoder, parse*, encode*) is sans-IO; Client
-// puts it on a TCP socket, or a TLS one. Statement ids (H3, T6, ...) refer to protocol.md.
+// puts it on a TCP socket, or a TLS one, for one connection; ReconnectingClient makes
+// one Client after another by the rules of protocol.md section 5 (R1 to R6). Statement
+// ids (H3, T6, R2, ...) refer to protocol.md.
 
+const { X509Certificate } = require('node:crypto');
 const net = require('node:net');
 const tls = require('node:tls');
 const { EventEmitter } = require('node:events');
@@ -27,6 +30,16 @@ const DEFAULT_MAX_PENDING = 256 * 1024;
 // PINGs in a row sooner than half the interval before ERROR TOO_MANY_PINGS (rule T8),
 // as the hbloop server counts them (--ping-strikes): a flood gets three PONGs.
 const PING_STRIKES = 3;
+// The shortest granted interval a client accepts (R5), in seconds: the hbloop
+// server's own --min-interval default, so that no server left at its defaults is
+// refused, while a server (or a path) granting 1 ms cannot make the client ping itself
+// and the server to death.
+const DEFAULT_MIN_INTERVAL = 0.1;
+// The Python client's back-off (R1), in seconds: a first retry within half a second
+// keeps a restart short; the 30 s cap bounds how long a client sits out an outage, and
+// holds a client that keeps being refused to 4 attempts a minute on average (R2).
+const DEFAULT_BACKOFF_BASE = 0.5;
+const DEFAULT_BACKOFF_CAP = 30;
 
 const FrameType = Object.freeze({
   HELLO: 0x01, WELCOME: 0x02, PING: 0x03, PONG: 0x04, DATA: 0x05, CLOSE: 0x06, ERROR: 0x07,
@@ -67,12 +80,29 @@ function describeCode(code) {
   return codeName(code) ?? `0x${code.toString(16).padStart(4, '0')}`;
 }
 
-/** The peer broke the protocol; `code` goes into the ERROR frame sent before closing. */
+/**
+ * The peer broke the protocol; `code` goes into the ERROR frame sent before closing.
+ * From FrameDecoder.feed(), `frames` holds the complete frames that came before the
+ * bad header in the same chunk, to be acted on first (section 9).
+ */
 class ProtocolError extends Error {
   constructor(code, message) {
     super(`${describeCode(code)}: ${message}`);
     this.code = code;
     this.codeName = codeName(code);
+    this.frames = [];
+  }
+}
+
+/** Settings a client cannot run with (R4, R5, TLS material): found before any packet. */
+class ConfigError extends Error {}
+
+/** DATA over the server's maximum payload (R6), refused before anything is sent. */
+class PayloadTooLargeError extends RangeError {
+  constructor(size, limit) {
+    super(`DATA of ${size} bytes exceeds the server's maximum payload of ${limit} bytes`);
+    this.size = size;
+    this.limit = limit;
   }
 }
 
@@ -177,6 +207,13 @@ function encodeData(data) {
   return encodeFrame(FrameType.DATA, Buffer.from(data));
 }
 
+/** `data` as a DATA payload for a receiver whose maximum payload is `limit` (R6). */
+function dataPayload(data, limit) {
+  const payload = Buffer.from(data);
+  if (payload.length > limit) throw new PayloadTooLargeError(payload.length, limit);
+  return payload;
+}
+
 const PING_FRAME = encodeFrame(FrameType.PING);
 const PONG_FRAME = encodeFrame(FrameType.PONG);
 
@@ -186,7 +223,7 @@ const PONG_FRAME = encodeFrame(FrameType.PONG);
  * Incremental decoder (F4): feed it any split of the stream; it returns the complete
  * frames as {type, payload} and keeps the rest. Each header is checked as soon as its
  * six bytes are in (F1, F3), before any payload is buffered. It throws ProtocolError
- * on the first bad header; the stream is unusable after that.
+ * on the first bad header, carrying the frames before it; the stream is unusable after.
  */
 class FrameDecoder {
   constructor(maxPayload = DEFAULT_MAX_PAYLOAD) {
@@ -206,14 +243,10 @@ class FrameDecoder {
     while (data.length - pos >= HEADER_SIZE) {
       const length = data.readUInt32BE(pos);
       const type = data.readUInt8(pos + 4);
-      const flags = data.readUInt8(pos + 5);
-      if (flags !== 0) throw new ProtocolError(Code.RESERVED_BITS, `flags 0x${flags.toString(16)} must be zero`);
-      if (!(type in TYPE_NAMES)) throw new ProtocolError(Code.UNKNOWN_TYPE, `frame type 0x${type.toString(16)}`);
-      if (length > this.maxPayload) {
-        throw new ProtocolError(Code.FRAME_TOO_LARGE, `payload of ${length} bytes exceeds ${this.maxPayload}`);
-      }
-      if (length !== 0 && (type === FrameType.PING || type === FrameType.PONG)) {
-        throw new ProtocolError(Code.MALFORMED, `${TYPE_NAMES[type]} must have an empty payload`);
+      const violation = this.headerProblem(length, type, data.readUInt8(pos + 5));
+      if (violation !== null) {
+        violation.frames = frames;
+        throw violation;
       }
       const end = pos + HEADER_SIZE + length;
       if (end > data.length) break;
@@ -222,6 +255,19 @@ class FrameDecoder {
     }
     this.pending = Buffer.from(data.subarray(pos));
     return frames;
+  }
+
+  /** F1's checks of a header, in F1's order: a ProtocolError, or null if it is good. */
+  headerProblem(length, type, flags) {
+    if (flags !== 0) return new ProtocolError(Code.RESERVED_BITS, `flags 0x${flags.toString(16)} must be zero`);
+    if (!(type in TYPE_NAMES)) return new ProtocolError(Code.UNKNOWN_TYPE, `frame type 0x${type.toString(16)}`);
+    if (length > this.maxPayload) {
+      return new ProtocolError(Code.FRAME_TOO_LARGE, `payload of ${length} bytes exceeds ${this.maxPayload}`);
+    }
+    if (length !== 0 && (type === FrameType.PING || type === FrameType.PONG)) {
+      return new ProtocolError(Code.MALFORMED, `${TYPE_NAMES[type]} must have an empty payload`);
+    }
+    return null;
   }
 }
 
@@ -299,11 +345,99 @@ function parseError(payload) {
   return { code: payload.readUInt16BE(0), message: lenientUtf8.decode(payload.subarray(2)) };
 }
 
+// --- the rules of section 5 ------------------------------------------------------
+
+// The only addresses a token may reach in plain text (R4): IPv4 127.0.0.0/8 and IPv6
+// ::1 (a BlockList also matches their IPv4-mapped forms, ::ffff:127.0.0.1).
+const LOOPBACK = new net.BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/**
+ * Whether a HELLO token may go in plain text to `host` (R4): to a loopback address
+ * (127.0.0.0/8, ::1) or the name localhost (which RFC 6761 reserves for loopback), and
+ * nowhere else. Judged from the text alone, without a lookup: any other name may
+ * resolve anywhere.
+ */
+function plaintextTokenAllowed(host) {
+  if (/^localhost\.?$/i.test(host)) return true;
+  const family = net.isIP(host);
+  return family !== 0 && LOOPBACK.check(host, family === 6 ? 'ipv6' : 'ipv4');
+}
+
+// ERROR codes a retry with the same HELLO cannot fix (H8).
+const FINAL_ERRORS = new Set([Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED]);
+// CLOSE codes after which reconnecting would do harm: another client holds the name
+// now, and the two would evict each other forever (H8, P4).
+const FINAL_CLOSES = new Set([Code.TAKEN_OVER]);
+
+/**
+ * Whether a connection's ending is final (R3): the client stops, as no retry can help,
+ * rather than reconnecting after its back-off. `ending` is a 'close' event's payload.
+ */
+function isFinal({ reason, code = null }) {
+  switch (reason) {
+    case 'peer_error': return FINAL_ERRORS.has(code);
+    case 'peer_closed': return FINAL_CLOSES.has(code);
+    case 'tls_error': return true;
+    default: return false;
+  }
+}
+
+/**
+ * Capped exponential back-off with full jitter (R1), in seconds: the n-th delay since
+ * the last reset is drawn uniformly from [0, min(cap, base x 2^n)]. `random` returns a
+ * number in [0, 1), as Math.random does.
+ */
+class Backoff {
+  constructor({ base = DEFAULT_BACKOFF_BASE, cap = DEFAULT_BACKOFF_CAP, random = Math.random } = {}) {
+    if (!(base > 0 && cap >= base)) throw new RangeError('back-off needs 0 < base <= cap');
+    this.base = base;
+    this.cap = cap;
+    this.random = random;
+    this.attempt = 0;
+  }
+
+  nextDelay() {
+    const ceiling = Math.min(this.cap, this.base * 2 ** this.attempt);
+    if (ceiling < this.cap) this.attempt += 1; // at the cap, n need not grow any more
+    return this.random() * ceiling;
+  }
+
+  reset() {
+    this.attempt = 0;
+  }
+}
+
 // --- the client -----------------------------------------------------------------
 
 const State = Object.freeze({
   CONNECTING: 'connecting', AWAIT_WELCOME: 'await_welcome', OPEN: 'open', CLOSED: 'closed',
 });
+
+// A system error's code (ECONNRESET, EPIPE, ...): the network failed, not a TLS check.
+const ERRNO_NAME = /^E[A-Z0-9]+$/;
+
+/**
+ * TLS options with their secure context built now, so that unreadable PEM, a key that
+ * does not match its certificate, or a CA that holds no certificate (which
+ * createSecureContext would silently ignore) is a ConfigError before any attempt (R3).
+ */
+function withSecureContext(options) {
+  if (options.secureContext) return options;
+  for (const ca of [options.ca ?? []].flat()) {
+    try {
+      new X509Certificate(ca); // throws unless `ca` holds a certificate
+    } catch (err) {
+      throw new ConfigError(`TLS settings: the CA is not a certificate: ${err.message}`);
+    }
+  }
+  try {
+    return { ...options, secureContext: tls.createSecureContext(options) };
+  } catch (err) {
+    throw new ConfigError(`TLS settings: ${err.message}`);
+  }
+}
 
 /**
  * One connection to an hbloop server. Events:
@@ -312,28 +446,54 @@ const State = Object.freeze({
  *   'heartbeat' {direction: 'in'|'out', type: 'PING'|'PONG'}
  *   'close' {reason, code, codeName, message}           once, when the connection ends
  * reason is one of: closed_locally, peer_closed, peer_error, timeout,
- * handshake_timeout, protocol_error, slow_consumer, socket_error, tls_error.
+ * handshake_timeout, protocol_error, slow_consumer, socket_error, tls_error (a TLS
+ * check failed before WELCOME: the server's certificate, the server refusing ours, TLS
+ * to a plain port; a reset then is a socket_error).
  * `tls`: null for plain TCP, else options for tls.connect() such as {ca, cert, key,
  * servername} (PEM strings or Buffers; the server's certificate is always verified).
  * HELLO then goes out once the TLS handshake is done, within the handshake deadline.
- * No reconnection here: a caller that wants it follows rule R1.
+ * `minInterval` (s): a WELCOME granting less is refused with ERROR MALFORMED (R5).
+ * `peerMaxPayload` (bytes): the server's maximum payload, which the handshake does not
+ * carry (F2); send() throws PayloadTooLargeError past it (R6).
+ * `allowPlaintextToken`: send a token without TLS to a host that is not loopback (R4).
+ * Bad settings throw (RangeError, ConfigError) here, before any packet.
+ * No reconnection here: ReconnectingClient does that.
  */
 class Client extends EventEmitter {
   constructor({
     host = '127.0.0.1', port, name, interval = 0, token = null, tls: tlsOptions = null,
     maxPayload = DEFAULT_MAX_PAYLOAD, maxPending = DEFAULT_MAX_PENDING,
+    minInterval = DEFAULT_MIN_INTERVAL, peerMaxPayload = DEFAULT_MAX_PAYLOAD,
+    allowPlaintextToken = false,
   }) {
     super();
     this.host = host;
     this.port = port;
-    this.tls = tlsOptions;
     this.connected = false; // TCP is up (TLS, if any, not necessarily)
     // Checks the name and the token early.
     this.hello = encodeHello(name, Math.round(interval * 1000), PROTOCOL_VERSION, token);
+    if (!(minInterval >= 0)) throw new RangeError('minInterval must be a number >= 0');
+    this.minIntervalMs = Math.round(minInterval * 1000);
+    if (interval > 0 && Math.round(interval * 1000) < this.minIntervalMs) {
+      throw new ConfigError(`interval ${interval}s is below minInterval ${minInterval}s: its own grant would be refused`);
+    }
+    if (!(peerMaxPayload >= MIN_MAX_PAYLOAD)) {
+      throw new RangeError(`peerMaxPayload must be >= ${MIN_MAX_PAYLOAD}, which every receiver accepts (F2)`);
+    }
+    this.peerMaxPayload = peerMaxPayload;
+    if (token !== null && tlsOptions === null && !allowPlaintextToken && !plaintextTokenAllowed(host)) {
+      throw new ConfigError(
+        `refusing to send the token in plain text to ${host}: anyone on the path could read it and `
+        + 'connect as this client; use TLS, or allow it (allowPlaintextToken, --allow-plaintext-token) '
+        + 'on a network you trust',
+      );
+    }
+    this.tls = tlsOptions === null ? null : withSecureContext(tlsOptions);
     this.decoder = new FrameDecoder(maxPayload);
     this.maxPending = maxPending;
     this.state = State.CONNECTING;
     this.welcome = null;
+    this.openedAt = null;
     this.socket = null;
     this.timer = null;
     this.lastSent = 0;
@@ -360,9 +520,15 @@ class Client extends EventEmitter {
     socket.on('data', (chunk) => this.received(chunk));
     socket.on('end', () => this.finished({ reason: 'peer_closed', detail: 'EOF' }));
     socket.on('error', (err) => {
-      // A failure after TCP is up and before HELLO could go out is TLS's.
-      const inTls = this.tls !== null && this.connected && this.state === State.CONNECTING;
-      this.finished({ reason: inTls ? 'tls_error' : 'socket_error', detail: err.message });
+      // A TLS library error before WELCOME is a failed TLS check: during the handshake,
+      // or just after it for the server's verdict on our certificate, which TLS 1.3
+      // sends after the client has finished. A system error then is the network's
+      // (ECONNRESET: a server shedding TLS handshakes closes at accept).
+      const inTls = this.tls !== null && this.connected && this.state !== State.OPEN
+        && typeof err.code === 'string' && !ERRNO_NAME.test(err.code);
+      this.finished(inTls
+        ? { reason: 'tls_error', detail: `${err.reason ?? err.message} (${err.code})` }
+        : { reason: 'socket_error', detail: err.message });
     });
     socket.on('close', () => this.finished({ reason: 'socket_error', detail: 'socket closed' }));
     return this;
@@ -375,14 +541,25 @@ class Client extends EventEmitter {
     this.write(this.hello);
   }
 
-  /** Send DATA; false when not open, or if the server has left too much unread. */
+  /**
+   * Send DATA; false when not open, or if the server has left too much unread. Throws
+   * PayloadTooLargeError, whatever the state, for more than peerMaxPayload bytes (R6).
+   */
   send(data) {
+    const payload = dataPayload(data, this.peerMaxPayload);
     if (this.state !== State.OPEN) return false;
-    return this.write(encodeData(data));
+    return this.write(encodeFrame(FrameType.DATA, payload));
   }
 
-  /** C1: send CLOSE, half-close, and wait a bounded time for the server's FIN. */
+  /**
+   * C1: send CLOSE, half-close, and wait a bounded time for the server's FIN. Before
+   * HELLO has gone out no frame may (H1): the attempt is just abandoned.
+   */
   close(code = Code.NORMAL) {
+    if (this.state === State.CONNECTING) {
+      this.stop({ reason: 'closed_locally' });
+      return;
+    }
     this.end(encodeClose(code), { reason: 'closed_locally', code });
   }
 
@@ -412,14 +589,22 @@ class Client extends EventEmitter {
 
   received(chunk) {
     if (this.state === State.CLOSED) return; // draining until the FIN
-    let frames;
     try {
-      frames = this.decoder.feed(chunk);
+      let frames;
+      let violation = null;
+      try {
+        frames = this.decoder.feed(chunk);
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+        violation = err;
+        frames = err.frames; // acted on before the violation (section 9)
+      }
       if (frames.length) this.lastRecv = now(); // T5: complete frames only
       for (const frame of frames) {
         this.handle(frame);
         if (this.state === State.CLOSED) return;
       }
+      if (violation !== null) throw violation;
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
       this.end(encodeError(err.code, err.message), { reason: 'protocol_error', code: err.code, detail: err.message });
@@ -476,7 +661,13 @@ class Client extends EventEmitter {
   }
 
   opened(welcome) {
+    if (welcome.intervalMs < this.minIntervalMs) {
+      throw new ProtocolError(
+        Code.MALFORMED, `granted interval ${welcome.intervalMs} ms is below this client's floor of ${this.minIntervalMs} ms`,
+      );
+    }
     this.welcome = welcome;
+    this.openedAt = this.lastRecv; // when WELCOME arrived: T6's clock starts there
     this.state = State.OPEN;
     this.emit('welcome', welcome);
     this.onDeadline();
@@ -532,7 +723,7 @@ class Client extends EventEmitter {
   /** The server ended the connection (CLOSE, ERROR) or we gave up: close at once. */
   stop(outcome) {
     if (this.state === State.CLOSED) return;
-    this.socket.destroy();
+    this.socket?.destroy(); // none if closed before connect()
     this.report(outcome);
   }
 
@@ -555,6 +746,99 @@ class Client extends EventEmitter {
   }
 }
 
+/**
+ * A client that stays connected (protocol.md section 5): one Client per attempt, a
+ * full-jitter back-off before each retry (R1) that starts again from its base only
+ * once a connection has proved itself by staying open for its granted timeout (R2),
+ * and a stop on a final ending (R3). Takes Client's options, and:
+ *   backoff    a Backoff (default: base 0.5 s, cap 30 s)
+ *   reconnect  false: stop when the first connection ends, however it ends
+ * Events: Client's 'welcome', 'message' and 'heartbeat' (of whichever connection is
+ * current), and
+ *   'connecting' {attempt}  attempt 1, 2, ... starts
+ *   'close' {reason, code, codeName, message, final, retryInMs}  a connection (or the
+ *       wait for the next one) ended. `final`: by isFinal(). `retryInMs`: the wait
+ *       before the next attempt, or null once the client has stopped for good (closed
+ *       locally, a final ending, or reconnect false); `stopped` is then that ending.
+ * Bad settings throw here, as Client's do, not at each attempt.
+ */
+class ReconnectingClient extends EventEmitter {
+  constructor({ backoff = new Backoff(), reconnect = true, ...options }) {
+    super();
+    // The first attempt's Client checks the settings now, and builds the TLS context
+    // that every later attempt reuses.
+    this.client = this.track(new Client(options));
+    this.options = { ...options, tls: this.client.tls };
+    this.peerMaxPayload = this.client.peerMaxPayload;
+    this.backoff = backoff;
+    this.reconnect = reconnect;
+    this.closing = false;
+    this.attempts = 0;
+    this.provenAt = Infinity; // when the current connection has proved itself (R2)
+    this.retryTimer = null;
+    this.stopped = null;
+  }
+
+  connect() {
+    this.client ??= this.track(new Client(this.options));
+    this.attempts += 1;
+    this.provenAt = Infinity;
+    this.emit('connecting', { attempt: this.attempts });
+    this.client.connect();
+    return this;
+  }
+
+  /** `client`, its events passed on as this client's. */
+  track(client) {
+    client.on('welcome', (welcome) => {
+      // The moment T6 could first end it: a connection that lasts until then is proven.
+      this.provenAt = client.openedAt + welcome.timeoutMs;
+      this.emit('welcome', welcome);
+    });
+    client.on('message', (data) => this.emit('message', data));
+    client.on('heartbeat', (beat) => this.emit('heartbeat', beat));
+    client.on('close', (ending) => this.ended(ending));
+    return client;
+  }
+
+  /** As Client's send(); false between connections too (nothing is queued). */
+  send(data) {
+    if (this.client !== null) return this.client.send(data);
+    dataPayload(data, this.peerMaxPayload);
+    return false;
+  }
+
+  /** Close the connection (C1), or stop waiting for the next one; no more attempts. */
+  close(code = Code.NORMAL) {
+    if (this.stopped !== null || this.closing) return;
+    this.closing = true;
+    if (this.client !== null) {
+      this.client.close(code); // its 'close' event stops this client
+      return;
+    }
+    clearTimeout(this.retryTimer);
+    this.stop({ reason: 'closed_locally', code: null, codeName: null, message: '' }, false);
+  }
+
+  ended(ending) {
+    this.client = null;
+    const final = isFinal(ending);
+    if (ending.reason === 'closed_locally' || final || !this.reconnect || this.closing) {
+      this.stop(ending, final);
+      return;
+    }
+    if (now() >= this.provenAt) this.backoff.reset(); // R2: a handshake alone is no proof
+    const retryInMs = Math.round(this.backoff.nextDelay() * 1000);
+    this.retryTimer = setTimeout(() => this.connect(), retryInMs);
+    this.emit('close', { ...ending, final, retryInMs });
+  }
+
+  stop(ending, final) {
+    this.stopped = ending;
+    this.emit('close', { ...ending, final, retryInMs: null });
+  }
+}
+
 function now() {
   return performance.now();
 }
@@ -565,6 +849,9 @@ module.exports = {
   MAX_NAME_BYTES,
   MAX_TOKEN_BYTES,
   DEFAULT_MAX_PAYLOAD,
+  DEFAULT_MIN_INTERVAL,
+  DEFAULT_BACKOFF_BASE,
+  DEFAULT_BACKOFF_CAP,
   FrameType,
   TYPE_NAMES,
   Scheme,
@@ -572,6 +859,8 @@ module.exports = {
   codeName,
   describeCode,
   ProtocolError,
+  ConfigError,
+  PayloadTooLargeError,
   encodeFrame,
   encodeHello,
   encodeWelcome,
@@ -586,5 +875,9 @@ module.exports = {
   parseClose,
   parseError,
   printable,
+  plaintextTokenAllowed,
+  isFinal,
+  Backoff,
   Client,
+  ReconnectingClient,
 };

@@ -1,0 +1,250 @@
+// Type declarations for hbloop.js, written by hand; tests/test_js_client.py checks them
+// with `tsc --noEmit` against check_types.ts and against the module's exports.
+
+/// <reference types="node" />
+
+import { EventEmitter } from 'node:events';
+import type { ConnectionOptions } from 'node:tls';
+
+export declare const PROTOCOL_VERSION: 1;
+export declare const HEADER_SIZE: 6;
+export declare const MAX_NAME_BYTES: 64;
+export declare const MAX_TOKEN_BYTES: 4096;
+/** The hbloop server's maximum payload, and this client's (bytes). */
+export declare const DEFAULT_MAX_PAYLOAD: 65536;
+/** The default floor on the granted interval, s (R5). */
+export declare const DEFAULT_MIN_INTERVAL: number;
+/** The default back-off base and cap, s (R1). */
+export declare const DEFAULT_BACKOFF_BASE: number;
+export declare const DEFAULT_BACKOFF_CAP: number;
+
+export declare const FrameType: Readonly<{
+  HELLO: 0x01; WELCOME: 0x02; PING: 0x03; PONG: 0x04; DATA: 0x05; CLOSE: 0x06; ERROR: 0x07;
+}>;
+export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
+export type FrameTypeName = keyof typeof FrameType;
+export declare const TYPE_NAMES: Readonly<Record<number, FrameTypeName>>;
+
+export declare const Scheme: Readonly<{ CLIENT: 0; SERVER: 1 }>;
+export type SchemeValue = (typeof Scheme)[keyof typeof Scheme];
+
+export declare const Code: Readonly<{
+  NORMAL: 0x0000;
+  GOING_AWAY: 0x0001;
+  TIMEOUT: 0x0002;
+  HANDSHAKE_TIMEOUT: 0x0003;
+  TAKEN_OVER: 0x0004;
+  UNSUPPORTED_VERSION: 0x0101;
+  BAD_NAME: 0x0102;
+  SERVER_FULL: 0x0103;
+  UNAUTHORIZED: 0x0104;
+  NAME_TAKEN: 0x0105;
+  FRAME_TOO_LARGE: 0x0201;
+  UNKNOWN_TYPE: 0x0202;
+  RESERVED_BITS: 0x0203;
+  MALFORMED: 0x0204;
+  HELLO_REQUIRED: 0x0205;
+  DUPLICATE_HELLO: 0x0206;
+  UNEXPECTED_FRAME: 0x0207;
+  TOO_MANY_PINGS: 0x0208;
+}>;
+export type CodeName = keyof typeof Code;
+
+/** The registered name of a code, or null: unknown codes are accepted (section 6). */
+export declare function codeName(code: number): CodeName | null;
+/** The code's name, or its hex form (0x0301) when it has none. */
+export declare function describeCode(code: number): string;
+
+/** The peer broke the protocol; `code` goes into the ERROR frame sent before closing. */
+export declare class ProtocolError extends Error {
+  constructor(code: number, message: string);
+  readonly code: number;
+  readonly codeName: CodeName | null;
+  /** From FrameDecoder.feed(): the complete frames before the bad header, to act on first. */
+  frames: Frame[];
+}
+
+/** Settings a client cannot run with (R4, R5, TLS material), found before any packet. */
+export declare class ConfigError extends Error {}
+
+/** DATA over the server's maximum payload (R6), refused before anything is sent. */
+export declare class PayloadTooLargeError extends RangeError {
+  constructor(size: number, limit: number);
+  readonly size: number;
+  readonly limit: number;
+}
+
+export interface Frame {
+  type: number;
+  payload: Buffer;
+}
+
+export interface Hello {
+  version: number;
+  intervalMs: number;
+  name: string;
+  token: string | null;
+}
+
+export interface Welcome {
+  version: number;
+  scheme: SchemeValue;
+  intervalMs: number;
+  timeoutMs: number;
+}
+
+export declare function encodeFrame(type: number, payload?: Uint8Array): Buffer;
+export declare function encodeHello(name: string, intervalMs: number, version?: number, token?: string | null): Buffer;
+export declare function encodeWelcome(welcome: {
+  version?: number; scheme: number; intervalMs: number; timeoutMs: number;
+}): Buffer;
+export declare function encodeClose(code: number): Buffer;
+export declare function encodeError(code: number, message?: string): Buffer;
+export declare function encodeData(data: Uint8Array | string): Buffer;
+export declare const PING_FRAME: Buffer;
+export declare const PONG_FRAME: Buffer;
+
+/** Incremental decoder (F4); throws ProtocolError on the first bad header. */
+export declare class FrameDecoder {
+  constructor(maxPayload?: number);
+  readonly maxPayload: number;
+  /** Bytes held for an incomplete frame. */
+  readonly buffered: number;
+  feed(chunk: Buffer): Frame[];
+}
+
+export declare function parseHello(payload: Buffer): Hello;
+export declare function parseWelcome(payload: Buffer): Welcome;
+export declare function parseClose(payload: Buffer): number;
+export declare function parseError(payload: Buffer): { code: number; message: string };
+
+/** Peer text made safe for one line: unsafe characters escaped, cut at `limit`. */
+export declare function printable(text: string, limit?: number): string;
+/** Whether a token may go in plain text to `host` (R4): loopback only, no lookup. */
+export declare function plaintextTokenAllowed(host: string): boolean;
+/** Whether an ending is final (R3): stop rather than reconnect. */
+export declare function isFinal(ending: { reason: CloseReason; code?: number | null }): boolean;
+
+/** Capped exponential back-off with full jitter (R1), in seconds. */
+export declare class Backoff {
+  constructor(options?: { base?: number; cap?: number; random?: () => number });
+  readonly base: number;
+  readonly cap: number;
+  /** n: retries since the last reset (it stops growing at the cap). */
+  readonly attempt: number;
+  /** The next delay, s: uniform in [0, min(cap, base x 2^n)]. */
+  nextDelay(): number;
+  reset(): void;
+}
+
+export type CloseReason =
+  | 'closed_locally'
+  | 'peer_closed'
+  | 'peer_error'
+  | 'timeout'
+  | 'handshake_timeout'
+  | 'protocol_error'
+  | 'slow_consumer'
+  | 'socket_error'
+  | 'tls_error';
+
+export interface CloseEvent {
+  reason: CloseReason;
+  /** The CLOSE or ERROR code, if a frame carried one. */
+  code: number | null;
+  codeName: CodeName | null;
+  /** An ERROR's message, or what went wrong; peer text: print it through printable(). */
+  message: string;
+}
+
+export interface HeartbeatEvent {
+  direction: 'in' | 'out';
+  type: 'PING' | 'PONG';
+}
+
+export interface ClientOptions {
+  host?: string;
+  port: number;
+  name: string;
+  /** Interval to ask for, s; 0 asks for the server's default. */
+  interval?: number;
+  /** HELLO credential: 1-4096 bytes of printable ASCII. */
+  token?: string | null;
+  /** null for plain TCP; else tls.connect() options (ca, cert, key, servername, ...). */
+  tls?: ConnectionOptions | null;
+  /** Largest payload accepted from the server, bytes (>= 1024). */
+  maxPayload?: number;
+  /** Unsent bytes past which the server is a slow consumer. */
+  maxPending?: number;
+  /** Floor on the granted interval, s (R5); default 0.1. */
+  minInterval?: number;
+  /** The server's maximum payload, bytes (R6); default 65536. */
+  peerMaxPayload?: number;
+  /** Send a token without TLS to a host that is not loopback (R4). */
+  allowPlaintextToken?: boolean;
+}
+
+/** One connection to an hbloop server; no reconnection (see ReconnectingClient). */
+export declare class Client extends EventEmitter {
+  constructor(options: ClientOptions);
+  readonly host: string;
+  readonly port: number;
+  readonly welcome: Welcome | null;
+  /** When WELCOME arrived (performance.now(), ms), or null before. */
+  readonly openedAt: number | null;
+  readonly peerMaxPayload: number;
+  connect(): this;
+  /** false when not open or the server reads too slowly; throws PayloadTooLargeError. */
+  send(data: Uint8Array | string): boolean;
+  close(code?: number): void;
+
+  on(event: 'welcome', listener: (welcome: Welcome) => void): this;
+  on(event: 'message', listener: (data: Buffer) => void): this;
+  on(event: 'heartbeat', listener: (beat: HeartbeatEvent) => void): this;
+  on(event: 'close', listener: (ending: CloseEvent) => void): this;
+  once(event: 'welcome', listener: (welcome: Welcome) => void): this;
+  once(event: 'message', listener: (data: Buffer) => void): this;
+  once(event: 'heartbeat', listener: (beat: HeartbeatEvent) => void): this;
+  once(event: 'close', listener: (ending: CloseEvent) => void): this;
+}
+
+export interface ReconnectingClientOptions extends ClientOptions {
+  /** Default: new Backoff() (base 0.5 s, cap 30 s). */
+  backoff?: Backoff;
+  /** false: stop when the first connection ends. Default true. */
+  reconnect?: boolean;
+}
+
+export interface ReconnectingCloseEvent extends CloseEvent {
+  /** The ending is final (R3). */
+  final: boolean;
+  /** Wait before the next attempt, ms; null once the client has stopped for good. */
+  retryInMs: number | null;
+}
+
+/** A client that stays connected by the rules of protocol.md section 5. */
+export declare class ReconnectingClient extends EventEmitter {
+  constructor(options: ReconnectingClientOptions);
+  readonly backoff: Backoff;
+  readonly peerMaxPayload: number;
+  /** Attempts started so far. */
+  readonly attempts: number;
+  /** The ending it stopped on, once it has stopped for good. */
+  readonly stopped: CloseEvent | null;
+  connect(): this;
+  /** As Client's; false between connections too (nothing is queued). */
+  send(data: Uint8Array | string): boolean;
+  /** Close the connection, or stop waiting for the next one; no more attempts. */
+  close(code?: number): void;
+
+  on(event: 'connecting', listener: (attempt: { attempt: number }) => void): this;
+  on(event: 'welcome', listener: (welcome: Welcome) => void): this;
+  on(event: 'message', listener: (data: Buffer) => void): this;
+  on(event: 'heartbeat', listener: (beat: HeartbeatEvent) => void): this;
+  on(event: 'close', listener: (ending: ReconnectingCloseEvent) => void): this;
+  once(event: 'connecting', listener: (attempt: { attempt: number }) => void): this;
+  once(event: 'welcome', listener: (welcome: Welcome) => void): this;
+  once(event: 'message', listener: (data: Buffer) => void): this;
+  once(event: 'heartbeat', listener: (beat: HeartbeatEvent) => void): this;
+  once(event: 'close', listener: (ending: ReconnectingCloseEvent) => void): this;
+}
