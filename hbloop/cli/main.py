@@ -61,6 +61,10 @@ from hbloop.presence.node import (
     DEFAULT_NODE_TTL,
     DEFAULT_PREFIX,
     DEFAULT_REAP_INTERVAL,
+    DEFAULT_STREAM_RETENTION,
+    DEFAULT_TAKEOVER_BACKOFF,
+    DEFAULT_TAKEOVER_LIMIT,
+    DEFAULT_TAKEOVER_WINDOW,
     Node,
     Policy,
     Presence,
@@ -414,6 +418,35 @@ def build_parser(raise_errors: bool = False) -> _Parser:
         default=DEFAULT_REAP_INTERVAL,
         metavar="S",
         help="how often this node removes the members of nodes whose key expired",
+    )
+    serve.add_argument(
+        "--stream-retention",
+        type=_positive,
+        default=DEFAULT_STREAM_RETENTION,
+        metavar="S",
+        help="how long the event stream keeps events (hbloop watch --from ID)",
+    )
+    serve.add_argument(
+        "--takeover-limit",
+        type=_count,
+        default=DEFAULT_TAKEOVER_LIMIT,
+        metavar="N",
+        help="a name taken over more than N times within --takeover-window is refused "
+        "(NAME_TAKEN) for --takeover-backoff, doubled at each new burst",
+    )
+    serve.add_argument(
+        "--takeover-window",
+        type=_positive,
+        default=DEFAULT_TAKEOVER_WINDOW,
+        metavar="S",
+        help="the window in which --takeover-limit counts",
+    )
+    serve.add_argument(
+        "--takeover-backoff",
+        type=_positive,
+        default=DEFAULT_TAKEOVER_BACKOFF,
+        metavar="S",
+        help="how long a name over --takeover-limit is refused at first",
     )
     _add_server_security(serve)
     _add_common(serve, log_level="info")
@@ -824,6 +857,10 @@ def _start_presence(
         prefix=args.redis_prefix,
         node_ttl=args.node_ttl,
         reap_interval=args.reap_interval,
+        stream_retention=args.stream_retention,
+        takeover_limit=args.takeover_limit,
+        takeover_window=args.takeover_window,
+        takeover_backoff=args.takeover_backoff,
     )
     node = Node.make(args.node_id, address, None if worker is None else worker.index)
     presence = Presence(server.loop, args.redis, node, config)
