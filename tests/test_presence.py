@@ -40,14 +40,16 @@ CLI_TIMEOUT = 30.0
 
 def start_node(
     serve: Callable[..., ServerProcess],
-    redis: RedisProcess,
+    redis: RedisProcess | str,
     prefix: str,
     node_id: str,
     *extra: str,
 ) -> ServerProcess:
-    """A server registered in Redis (its first resync done)."""
+    """A server registered in Redis (its first resync done); ``redis`` may be a URL
+    (a path to it through a fault proxy)."""
+    url = redis if isinstance(redis, str) else redis.url
     server = serve(
-        *("--redis", redis.url, "--redis-prefix", prefix, "--node-id", node_id),
+        *("--redis", url, "--redis-prefix", prefix, "--node-id", node_id),
         *("--node-ttl", str(NODE_TTL), "--reap-interval", str(REAP_INTERVAL)),
         *extra,
     )
