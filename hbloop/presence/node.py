@@ -107,15 +107,19 @@ JITTER = 0.2
 # reconnect cap, a node is whole again within about 3 s of Redis' return.
 RESYNC_SPREAD = 1.0
 
-# The event stream keeps events this long (XADD MINID ~, trimmed by whole radix-tree
-# nodes, so cheaply): a reader that was away for a night resumes from its last-seen
-# id without a gap (``hbloop watch --from ID`` says so when it cannot).
+# The event stream keeps events this long (the reapers trim older ones, XTRIM
+# MINID): a reader that was away for a night resumes from its last-seen id without a
+# gap (``hbloop watch --from ID`` says so when it cannot).
 DEFAULT_STREAM_RETENTION = 24 * 3600.0
 
-# ... and at most about this many, a memory backstop (about 150 bytes an entry: some
-# 150 MB of Redis), trimmed by the reaper (XTRIM MAXLEN ~). A day of a 10,000-member
-# fleet reconnecting every 20 minutes fits.
+# ... and at most this many, a memory backstop (about 150 bytes an entry: some 150 MB
+# of Redis). A day of a 10,000-member fleet reconnecting every 20 minutes fits.
 STREAM_MAXLEN = 1_000_000
+
+# A reaper trims at most this many events past the cap a run, so that one run stays
+# short (about 10 ms of Redis) even when the cap was just lowered; at one run every
+# few seconds per node it outpaces any churn the cap is meant for.
+TRIM_BATCH = 10_000
 
 # A name taken over more than this many times within the window is refused for a
 # back-off. A device that flips between networks takes over its own stale connection
@@ -338,10 +342,8 @@ class Presence:
         self._timers[index] = self.loop.call_later(delay, self._tick, index, period, action)
 
     def _args(self, *rest: Any) -> tuple[Any, ...]:
-        """A script's arguments: the four every script starts with, then ``rest``."""
-        config = self.config
-        ttl_ms, retention_ms = round(config.node_ttl * 1000), round(config.stream_retention * 1000)
-        return (config.prefix, self.node.id, ttl_ms, retention_ms, *rest)
+        """A script's arguments: the three every script starts with, then ``rest``."""
+        return (self.config.prefix, self.node.id, round(self.config.node_ttl * 1000), *rest)
 
     # --- the server's three calls ---------------------------------------------------------
 
@@ -744,7 +746,10 @@ class Presence:
         # nodes it judges have had at least as long as it has to renew.
         if served is None or self.loop.time() - served < self.config.node_ttl:
             return
-        self.link.run(REAP, (), self._args(self.config.stream_maxlen), self._reaped)
+        config = self.config
+        retention_ms = round(config.stream_retention * 1000)
+        args = self._args(retention_ms, config.stream_maxlen, TRIM_BATCH)
+        self.link.run(REAP, (), args, self._reaped)
 
     def _reaped(self, reply: Reply) -> None:
         if not isinstance(reply, list):

@@ -13,8 +13,10 @@ Keys, under a prefix (default ``hbloop:``; every name below is prefixed):
 ``members:<node>``       hash    name -> JSON ``{"address": ..., "since": ...}``: the
                                  names online on that node
 ``index``                hash    name -> node: where the name joined last
-``events``               stream  join, leave and conflict events, trimmed by age
-                                 (MINID) and capped by count (MAXLEN ~)
+``events``               stream  join, leave and conflict events, trimmed by the
+                                 reapers: by age (XTRIM MINID), then to a length cap
+``trimmed``              string  the newest event id trimmed from the stream, so
+                                 that a reader can tell whether it missed events
 ``clock``                hash    Redis' own view of its service: ``seen`` (ms of the
                                  last presence script), ``up`` (since when scripts
                                  have run without a gap), ``gap`` (the last gap, ms)
@@ -39,16 +41,16 @@ write, and does all its reads, before its first write; after that no command of 
 can fail (an OOM error can only refuse a script's first write).
 
 The scripts build the keys of *other* nodes from the prefix, so presence needs one
-Redis (or a primary with replicas), not Redis Cluster; and Redis 6.2 or later (XADD
-MINID).
+Redis (or a primary with replicas), not Redis Cluster; and Redis 6.2 or later (XTRIM
+MINID, exclusive ranges).
 """
 
 from __future__ import annotations
 
 from hbloop.presence.redis_link import Script
 
-# Shared Lua, prepended to each script. Every script's ARGV starts with the same four:
-# prefix, node, node TTL (ms), event retention (ms); its own arguments follow.
+# Shared Lua, prepended to each script. Every script's ARGV starts with the same three:
+# prefix, node, node TTL (ms); its own arguments follow.
 _HELPERS = """
 local prefix, node = ARGV[1], ARGV[2]
 
@@ -60,7 +62,7 @@ local function number(i)
   return value
 end
 
-local ttl_ms, retention_ms = number(3), number(4)
+local ttl_ms = number(3)
 local function node_key(n) return prefix .. 'node:' .. n end
 local function members_key(n) return prefix .. 'members:' .. n end
 local function takeovers_key(name) return prefix .. 'takeovers:' .. name end
@@ -68,6 +70,7 @@ local index_key = prefix .. 'index'
 local events_key = prefix .. 'events'
 local nodes_key = prefix .. 'nodes'
 local clock_key = prefix .. 'clock'
+local trimmed_key = prefix .. 'trimmed'
 
 -- Fail, before any write, if a key this script writes holds another type.
 local function need(...)
@@ -116,7 +119,7 @@ local function fair()
 end
 
 local function event(...)
-  redis.call('XADD', events_key, 'MINID', '~', now - retention_ms, '*', ...)
+  redis.call('XADD', events_key, '*', ...)
 end
 
 -- The node that holds name, if it is another node that still lists it and whose lease
@@ -191,17 +194,17 @@ def _script(body: str) -> Script:
     return Script(_HELPERS + body)
 
 
-# ARGV: common four, name, address, since, policy, took_local (1: this node closed an
+# ARGV: common three, name, address, since, policy, took_local (1: this node closed an
 # older connection of name for it), takeover limit, window ms, back-off ms, back-off cap
 # ms. Returns {1, previous owner or '', back-off ms} when joined (back-off > 0: this
 # takeover started one), {0, owner, back-off ms left} when refused (0: policy refuse),
 # {-1} when this node is not registered (it was reaped: it must resync first).
 JOIN = _script(
     """
-local name, address, since, policy = ARGV[5], ARGV[6], ARGV[7], policy_arg(8)
-number(7)
-local took_local = number(9) == 1
-local limit, window_ms, backoff_ms, backoff_cap_ms = number(10), number(11), number(12), number(13)
+local name, address, since, policy = ARGV[4], ARGV[5], ARGV[6], policy_arg(7)
+number(6)
+local took_local = number(8) == 1
+local limit, window_ms, backoff_ms, backoff_cap_ms = number(9), number(10), number(11), number(12)
 local storm_key = takeovers_key(name)
 need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
      members_key(node), 'hash', storm_key, 'hash')
@@ -251,10 +254,10 @@ return {1, owner or '', backoff}
 """
 )
 
-# ARGV: common four, name, reason. Returns 1 if the member was there.
+# ARGV: common three, name, reason. Returns 1 if the member was there.
 LEAVE = _script(
     """
-local name, reason = ARGV[5], ARGV[6]
+local name, reason = ARGV[4], ARGV[5]
 need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', members_key(node), 'hash')
 read_clock()
 write_clock()
@@ -262,13 +265,13 @@ return remove_member(node, name, reason)
 """
 )
 
-# ARGV: common four, node info. Renews the lease of a registered node. Returns {1, 0}
+# ARGV: common three, node info. Renews the lease of a registered node. Returns {1, 0}
 # if it held, {0, 0} if it had expired (renewed now: the node was not reaped), {-1,
 # grace ms} if the node is not registered (reaped, or Redis lost its data): it must
 # resync, at once when grace is 0 (it alone was reaped: its members are missing).
 HEARTBEAT = _script(
     """
-local info = ARGV[5]
+local info = ARGV[4]
 need(clock_key, 'hash', node_key(node), 'string', nodes_key, 'set')
 read_clock()
 write_clock()
@@ -283,41 +286,60 @@ return {0, 0}
 """
 )
 
-# ARGV: common four, stream length cap. Removes every node that could have renewed its
-# lease and did not, with its members (leave events, reason node_lost), and caps the
-# stream. Returns {held ms, gap ms, node, members, ...}: held > 0 while reaping waits
-# for every node to have had a full TTL after a gap (gap: its length).
+# ARGV: common three, retention ms, length cap, trim batch. Trims the event stream:
+# events older than the retention, then the oldest past the cap, at most a batch of
+# them a run (exact XTRIM MINID, the newest id trimmed kept in ``trimmed``). Then
+# removes every node that could have renewed its lease and did not, with its members
+# (leave events, reason node_lost). Returns {held ms, gap ms, node, members, ...}:
+# held > 0 while reaping waits for every node to have had a full TTL after a gap of
+# Redis' service (gap: its length).
 REAP = _script(
     """
-local maxlen = number(5)
-need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set')
+local retention_ms, maxlen, batch = number(4), number(5), number(6)
+need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
+     trimmed_key, 'string')
 read_clock()
-if not fair() then
-  write_clock()
-  return {ttl_ms - (now - up), gap}
-end
 local dead = {}
-for _, n in ipairs(redis.call('SMEMBERS', nodes_key)) do
-  if redis.call('EXISTS', node_key(n)) == 0 then
-    need(members_key(n), 'hash', node_key(n), 'string')
-    dead[#dead + 1] = {n, redis.call('HKEYS', members_key(n))}
+if fair() then
+  for _, n in ipairs(redis.call('SMEMBERS', nodes_key)) do
+    if redis.call('EXISTS', node_key(n)) == 0 then
+      need(members_key(n), 'hash', node_key(n), 'string')
+      dead[#dead + 1] = {n, redis.call('HKEYS', members_key(n))}
+    end
   end
 end
 write_clock()
+local horizon = string.format('%d', now - retention_ms)
+local newest = redis.call('XREVRANGE', events_key, '(' .. horizon, '-', 'COUNT', 1)[1]
+if newest then
+  redis.call('XTRIM', events_key, 'MINID', horizon)
+end
+local over = redis.call('XLEN', events_key) - maxlen
+if over > 0 then
+  local oldest = redis.call('XRANGE', events_key, '-', '+', 'COUNT', math.min(over, batch))
+  newest = oldest[#oldest]
+  local ms, seq = string.match(newest[1], '^(%d+)-(%d+)$')
+  redis.call('XTRIM', events_key, 'MINID', ms .. '-' .. string.format('%d', seq + 1))
+end
+if newest then
+  redis.call('SET', trimmed_key, newest[1])
+end
+if not fair() then
+  return {ttl_ms - (now - up), gap}
+end
 local reaped = {0, gap}
 for _, each in ipairs(dead) do
   reaped[#reaped + 1] = each[1]
   reaped[#reaped + 1] = remove_node(each[1], each[2], 'node_lost')
 end
-redis.call('XTRIM', events_key, 'MAXLEN', '~', maxlen)
 return reaped
 """
 )
 
-# ARGV: common four, reason. A node's graceful stop. Returns its members.
+# ARGV: common three, reason. A node's graceful stop. Returns its members.
 DEREGISTER = _script(
     """
-local reason = ARGV[5]
+local reason = ARGV[4]
 need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
      members_key(node), 'hash', node_key(node), 'string')
 read_clock()
@@ -327,7 +349,7 @@ return remove_node(node, names, reason)
 """
 )
 
-# ARGV: common four, node info, policy, member count n, then n x (name, address,
+# ARGV: common three, node info, policy, member count n, then n x (name, address,
 # since), then (name, reason) pairs for members that left while the node could not
 # tell Redis.
 # Registers the node and makes its members exactly the n given: new ones join (with
@@ -338,8 +360,8 @@ return remove_node(node, names, reason)
 # lost names...}: won, names taken from other nodes; lost, this node's that lose.
 RESYNC = _script(
     """
-local info, policy, n = ARGV[5], policy_arg(6), number(7)
-local first = 8
+local info, policy, n = ARGV[4], policy_arg(5), number(6)
+local first = 7
 local last = first + 3 * n - 1
 if n < 0 or n ~= math.floor(n) or last > #ARGV or (#ARGV - last) % 2 ~= 0 then
   error('hbloop: resync arguments do not match the member count ' .. n)
@@ -415,6 +437,7 @@ class Keys:
         self.index = prefix + "index"
         self.events = prefix + "events"
         self.clock = prefix + "clock"
+        self.trimmed = prefix + "trimmed"
 
     def node(self, node: str) -> str:
         return f"{self.prefix}node:{node}"

@@ -5,8 +5,9 @@ Both are short blocking programs over ``BlockingRedis``; neither writes to Redis
 trips. ``watch`` follows the event stream with ``XREAD BLOCK`` from a last-seen id,
 so it can resume after a lost connection (or a restart, with ``--from ID``) without
 missing an event still in the stream: at-least-once. Events older than the stream's
-retention are trimmed; when some that ``watch`` would have printed are gone (Redis 7
-says which it trimmed last), it says so and exits 1 rather than skip them silently.
+retention are trimmed; when some that ``watch`` would have printed are gone (the
+reapers keep the newest id they trimmed), it says so and exits 1 rather than skip
+them silently.
 """
 
 from __future__ import annotations
@@ -172,15 +173,12 @@ def _id(text: str) -> tuple[int, int]:
 def trimmed_after(redis: BlockingRedis, keys: Keys, after: str) -> tuple[str, str] | None:
     """If events after id ``after`` were trimmed from the stream: the newest trimmed
     id and the oldest kept one (``-`` if none); None if every event after it is kept."""
-    info = redis.execute(("XINFO", "STREAM", keys.events))[0]
-    if not isinstance(info, dict):
-        return None  # no stream yet
-    fields = {_text(key): value for key, value in info.items()}
-    deleted = _text(fields.get("max-deleted-entry-id") or "0-0")  # Redis 7 and later
-    if _id(deleted) <= _id(after):
+    trimmed, first = redis.execute(
+        ("GET", keys.trimmed), ("XRANGE", keys.events, "-", "+", "COUNT", 1)
+    )
+    if trimmed is None or _id(_text(trimmed)) <= _id(after):
         return None
-    first = fields.get("first-entry")
-    return deleted, _text(first[0]) if first else "-"
+    return _text(trimmed), _text(first[0][0]) if first else "-"
 
 
 def last_id(redis: BlockingRedis, keys: Keys) -> str:
@@ -235,7 +233,8 @@ def watch(
                 backoff.reset()
                 if after == "$":
                     after = last_id(redis, keys)
-                trimmed = trimmed_after(redis, keys, after)
+                # --from 0 asks for what is kept; any other id, for everything after it.
+                trimmed = None if _id(after) == (0, 0) else trimmed_after(redis, keys, after)
                 if trimmed is not None:
                     print(
                         f"watch: events after {after} were already trimmed from the stream "
