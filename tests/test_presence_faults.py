@@ -31,6 +31,11 @@ MEMBERS = 20
 # resync; the rest is slack for a loaded 2-core machine.
 HEAL_BOUND = 5.0
 
+# A slow path: every chunk between a node and Redis waits this long (a 0.2 s round
+# trip with a 1 s TTL), and the lease must survive this many renewals through it.
+SLOW_PATH = NODE_TTL / 10
+RENEWALS = 6
+
 # Redis is stopped this long: well past the node TTL (keys expire meanwhile), and
 # under the link's 5 s reply timeout, so that every node's queued commands, its
 # reaper's included, run the moment Redis continues.
@@ -128,6 +133,32 @@ def test_a_partition_heals_by_the_policy_and_the_members_come_back(
     a.wait_line(r"presence: Redis confirms node a@\w+'s lease again")
     for peer in (*peers, impostor):
         peer.close()
+
+
+def test_a_slow_path_to_redis_costs_no_lease(
+    serve, redis_server: RedisProcess, prefix: str, proxy: FaultProxy
+) -> None:
+    proxy.delay(SLOW_PATH)
+    a = start_node(serve, proxy.url, prefix, "a")
+    b = start_node(serve, redis_server, prefix, "b")
+    peer = joined(a.address, "slow")
+    assert wait_for(lambda: members(redis_server, prefix) == {("slow", "a")})
+    lease = Keys(prefix).node(events(redis_server, prefix)[0]["node"])
+    renewals, last = 0, -1
+
+    def renewed() -> bool:  # the key's TTL went up: a renewal came through
+        nonlocal renewals, last
+        ttl = redis_server.command("PTTL", lease)
+        assert isinstance(ttl, int) and ttl > 0, "the lease lapsed"
+        renewals += ttl > last >= 0
+        last = ttl
+        return renewals >= RENEWALS
+
+    assert wait_for(renewed, step=0.02)
+    assert not a.find(r"no renewal of node")
+    assert not b.find(r"reaped node a@")
+    assert members(redis_server, prefix) == {("slow", "a")}
+    peer.close()
 
 
 # --- case 2: Redis stopped or restarted for longer than the TTL --------------------------
