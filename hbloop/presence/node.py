@@ -710,7 +710,7 @@ class Presence:
             self._lapse_logged = False
             log.warning(
                 "presence: Redis confirms node %s's lease again, %.1fs after the last "
-                "renewal (TTL %gs): its members are re-registered with their join times",
+                "renewal (TTL %gs)",
                 self.node.id,
                 now - (self._renewed or sent),
                 self.config.node_ttl,
