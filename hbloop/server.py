@@ -56,10 +56,11 @@ from hbloop.net.trace import Tracer
 
 class Registry(Protocol):
     """What the server asks of a name registry (``hbloop.presence.node.Presence``):
-    whether a HELLO's name may be admitted, and to be told of each peer that joins and
-    leaves. ``joined`` returns the handle ``left`` is given back."""
+    whether a HELLO's name may be admitted (None, or the code and reason to refuse it
+    with), and to be told of each peer that joins and leaves. ``joined`` returns the
+    handle ``left`` is given back."""
 
-    def check(self, name: str) -> Code | None: ...
+    def check(self, name: str) -> tuple[Code, str] | None: ...
 
     def joined(
         self, name: str, address: str, since: float, evict: Callable[[Code, str], None]
@@ -464,8 +465,7 @@ class Server:
             # May evict older connections with this name (replace), which re-enters here.
             taken = self.presence.check(hello.name)
             if taken is not None:
-                reason = f"{token(hello.name)} is already connected"
-                channel.apply(session.refuse(taken, reason, now))
+                channel.apply(session.refuse(*taken, now))
                 return
         channel.apply(session.accept(self.grant_for(hello.interval_ms), now))
 

@@ -40,14 +40,16 @@ CLI_TIMEOUT = 30.0
 
 def start_node(
     serve: Callable[..., ServerProcess],
-    redis: RedisProcess,
+    redis: RedisProcess | str,
     prefix: str,
     node_id: str,
     *extra: str,
 ) -> ServerProcess:
-    """A server registered in Redis (its first resync done)."""
+    """A server registered in Redis (its first resync done); ``redis`` may be a URL
+    (a path to it through a fault proxy)."""
+    url = redis if isinstance(redis, str) else redis.url
     server = serve(
-        *("--redis", redis.url, "--redis-prefix", prefix, "--node-id", node_id),
+        *("--redis", url, "--redis-prefix", prefix, "--node-id", node_id),
         *("--node-ttl", str(NODE_TTL), "--reap-interval", str(REAP_INTERVAL)),
         *extra,
     )
@@ -339,3 +341,30 @@ def test_on_duplicate_needs_redis() -> None:
     )
     assert result.returncode == 2  # a usage error
     assert result.stderr == "hbloop: error: --on-duplicate needs --redis\n"
+
+
+def test_watch_says_so_when_events_it_asked_for_were_trimmed(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    server = start_node(serve, redis_server, prefix, "n", "--stream-retention", "0.5")
+    peers = [joined(server.address, "early-1"), joined(server.address, "early-2")]
+    assert wait_for(lambda: len(events(redis_server, prefix)) == 2)
+    seen, missed = (e["id"] for e in events(redis_server, prefix))
+
+    def churned_past() -> bool:  # each connect and close adds two events
+        joined(server.address, "churn").send(encode_close(Code.NORMAL))
+        return events(redis_server, prefix)[0]["id"] > missed
+
+    assert wait_for(churned_past, step=0.1)
+    resumed = cli(redis_server, prefix, "watch", "--from", seen, "--count", "1")
+    assert resumed.returncode == 1
+    assert f"watch: events after {seen} were already trimmed from the stream" in resumed.stderr
+    replayed = cli(redis_server, prefix, "watch", "--from", "0", "--count", "1")
+    assert replayed.returncode == 0, replayed.stderr
+    bogus = cli(redis_server, prefix, "watch", "--from", "yesterday")
+    assert (bogus.returncode, bogus.stderr) == (
+        2,
+        "hbloop: error: --from 'yesterday' is not a stream id: MS or MS-SEQ\n",
+    )
+    for peer in peers:
+        peer.close()

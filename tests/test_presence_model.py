@@ -132,3 +132,33 @@ def test_a_resync_under_refuse_yields_to_the_holder(cluster: Cluster) -> None:
     cluster.run_until(lambda: ("cam", Code.NAME_TAKEN) in cluster.evicted)
     assert cluster.members(a) == {"cam"} and cluster.members(b) == set()
     assert b.counts["refusals"] == 1
+
+
+def test_a_failing_script_writes_nothing_and_the_node_repairs(cluster: Cluster) -> None:
+    node = cluster.node("n")
+    keys = Keys(cluster.prefix)
+    redis = cluster.redis
+    redis.command("SET", keys.events, "not a stream")  # the join's XADD would fail
+    member = cluster.join(node, "x")
+    cluster.run_until(lambda: member.state is State.LOCAL)
+    # Checked before the first write: neither the member nor its index entry exists.
+    assert cluster.members(node) == set()
+    assert redis.command("HGET", keys.index, "x") is None
+    redis.command("DEL", keys.events)
+    cluster.run_until(lambda: member.state is State.ONLINE)  # the resync it asked for
+    assert cluster.members(node) == {"x"}
+    assert redis.command("HGET", keys.index, "x") == node.node.id.encode()
+
+
+def test_a_node_resyncs_at_once_when_it_finds_itself_reaped(cluster: Cluster) -> None:
+    node = cluster.node("n", node_ttl=0.6)
+    member = cluster.join(node, "x")
+    cluster.run_until(lambda: member.state is State.ONLINE)
+    keys = Keys(cluster.prefix)
+    # As a reaper does with a node cut off from Redis for a TTL:
+    cluster.redis.command("SREM", keys.nodes, node.node.id)
+    cluster.redis.command("DEL", keys.node(node.node.id), keys.members(node.node.id))
+    later = cluster.join(node, "y")  # its join finds the node unregistered: no write
+    cluster.run_until(lambda: later.state is State.ONLINE and member.state is State.ONLINE)
+    assert cluster.members(node) == {"x", "y"}
+    assert cluster.redis.command("SISMEMBER", keys.nodes, node.node.id) == 1

@@ -185,6 +185,10 @@ def _start_presence(
         prefix=settings.redis_prefix,
         node_ttl=settings.node_ttl,
         reap_interval=settings.reap_interval,
+        stream_retention=settings.stream_retention,
+        takeover_limit=settings.takeover_limit,
+        takeover_window=settings.takeover_window,
+        takeover_backoff=settings.takeover_backoff,
     )
     node = Node.make(settings.node_id, address, None if worker is None else worker.index)
     presence = Presence(server.loop, settings.redis, node, config)

@@ -58,7 +58,16 @@ from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
 from hbloop.net.sockets import default_max_connections
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
 from hbloop.ops.logs import LOG_FORMATS, LOG_LEVELS
-from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_PREFIX, DEFAULT_REAP_INTERVAL, Policy
+from hbloop.presence.node import (
+    DEFAULT_NODE_TTL,
+    DEFAULT_PREFIX,
+    DEFAULT_REAP_INTERVAL,
+    DEFAULT_STREAM_RETENTION,
+    DEFAULT_TAKEOVER_BACKOFF,
+    DEFAULT_TAKEOVER_LIMIT,
+    DEFAULT_TAKEOVER_WINDOW,
+    Policy,
+)
 from hbloop.presence.redis_link import RedisAddress
 
 DEFAULT_HOST = "127.0.0.1"
@@ -300,6 +309,31 @@ class ServeSettings(LogSettings):
         DEFAULT_REAP_INTERVAL,
         Number(),
         "how often this node removes the members of nodes whose key expired",
+        group=PRESENCE,
+    )
+    stream_retention: float = option(
+        DEFAULT_STREAM_RETENTION,
+        Number(),
+        "how long the event stream keeps events (hbloop watch --from ID)",
+        group=PRESENCE,
+    )
+    takeover_limit: int = option(
+        DEFAULT_TAKEOVER_LIMIT,
+        Count(),
+        "a name taken over more than N times within --takeover-window is refused "
+        "(NAME_TAKEN) for --takeover-backoff, doubled at each new burst",
+        group=PRESENCE,
+    )
+    takeover_window: float = option(
+        DEFAULT_TAKEOVER_WINDOW,
+        Number(),
+        "the window in which --takeover-limit counts",
+        group=PRESENCE,
+    )
+    takeover_backoff: float = option(
+        DEFAULT_TAKEOVER_BACKOFF,
+        Number(),
+        "how long a name over --takeover-limit is refused at first",
         group=PRESENCE,
     )
     tls_cert: Path | None = option(

@@ -29,11 +29,20 @@ Under replace, the join script removes the name from its holder and publishes it
 the holder's takeover channel. The holder is subscribed on its own connection (RESP3
 push), so the notice reaches it in Redis' order among its replies: a member whose join
 was answered before the notice is the older one and is closed with TAKEN_OVER; one
-whose join is still on its way reached Redis later, is the newer, and stays.
+whose join is still on its way reached Redis later, is the newer, and stays. A name
+taken over more than ``takeover_limit`` times in ``takeover_window`` is refused
+(NAME_TAKEN, with the reason) for a back-off that doubles at each new burst, so that
+two clients that ignore TAKEN_OVER cannot fight forever.
 
-The node proves it is alive by refreshing a key with a TTL every third of it, with
-jitter; every node also runs the reaper, which removes the members of nodes whose key
-expired. See ``presence_scripts`` for the keys and the scripts.
+The node holds a lease in Redis: a key with a TTL, refreshed every third of it, with
+jitter. Every node also runs the reaper, which removes the members of nodes that
+could have renewed their lease and did not (``presence_scripts`` explains how Redis'
+own clock tells a dead node from a Redis outage). A node keeps its own view too: its
+reaper waits until it has itself been connected for a full TTL, and it knows when its
+own lease lapsed. A node that was cut off that long comes back with one resync that
+re-registers its members with their original join times; a name that another node
+took meanwhile is settled by the policy's rule (refuse: the earlier connection keeps
+it; replace: the later), with a ``conflict`` event naming both nodes.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -53,7 +63,13 @@ from hbloop.core.logfields import token
 from hbloop.core.wire import Code
 from hbloop.net.counters import Count, Figures, Gauge
 from hbloop.net.loop import EventLoop, Timer
-from hbloop.presence.redis_link import RedisAddress, RedisLink, RedisUnavailable, Reply
+from hbloop.presence.redis_link import (
+    RECONNECT_CAP,
+    RedisAddress,
+    RedisLink,
+    RedisUnavailable,
+    Reply,
+)
 from hbloop.presence.scripts import (
     DEREGISTER,
     HEARTBEAT,
@@ -93,11 +109,31 @@ JITTER = 0.2
 # reconnect cap, a node is whole again within about 3 s of Redis' return.
 RESYNC_SPREAD = 1.0
 
-# The event stream keeps about this many entries (XADD MAXLEN ~, trimmed by whole
-# radix-tree nodes, so cheaply). At about 150 bytes an entry that is some 15 MB of
-# Redis memory: ten connect-and-disconnect storms of 10,000 clients for a reader that
-# fell behind to catch up from its last-seen id.
-STREAM_MAXLEN = 100_000
+# The event stream keeps events this long (the reapers trim older ones, XTRIM
+# MINID): a reader that was away for a night resumes from its last-seen id without a
+# gap (``hbloop watch --from ID`` says so when it cannot).
+DEFAULT_STREAM_RETENTION = 24 * 3600.0
+
+# ... and at most this many, a memory backstop (about 150 bytes an entry: some 150 MB
+# of Redis). A day of a 10,000-member fleet reconnecting every 20 minutes fits.
+STREAM_MAXLEN = 1_000_000
+
+# A reaper trims at most this many events past the cap a run, so that one run stays
+# short (about 10 ms of Redis) even when the cap was just lowered; at one run every
+# few seconds per node it outpaces any churn the cap is meant for.
+TRIM_BATCH = 10_000
+
+# A name taken over more than this many times within the window is refused for a
+# back-off. A device that flips between networks takes over its own stale connection
+# now and then; ten times a minute is no honest client.
+DEFAULT_TAKEOVER_LIMIT = 10
+DEFAULT_TAKEOVER_WINDOW = 60.0
+
+# The first back-off (s), doubled at each new burst, at most TAKEOVER_BACKOFF_DOUBLINGS
+# times (5 s to 320 s): long enough that a fight costs a few events a minute, short
+# enough that a name that changed hands for good is usable again soon.
+DEFAULT_TAKEOVER_BACKOFF = 5.0
+TAKEOVER_BACKOFF_DOUBLINGS = 6
 
 # How long a stopping node waits for Redis to take its queued updates, then to record
 # its departure: a fraction of the server's default shutdown grace (5 s).
@@ -178,10 +214,18 @@ class PresenceConfig:
     reap_interval: float = DEFAULT_REAP_INTERVAL
     resync_spread: float = RESYNC_SPREAD
     stream_maxlen: int = STREAM_MAXLEN
+    stream_retention: float = DEFAULT_STREAM_RETENTION
+    takeover_limit: int = DEFAULT_TAKEOVER_LIMIT
+    takeover_window: float = DEFAULT_TAKEOVER_WINDOW
+    takeover_backoff: float = DEFAULT_TAKEOVER_BACKOFF
 
     def __post_init__(self) -> None:
         if self.node_ttl <= 0 or self.reap_interval <= 0 or self.resync_spread < 0:
             raise ValueError("presence intervals must be positive")
+        if self.stream_retention <= 0 or self.stream_maxlen < 1:
+            raise ValueError("the event stream needs a positive retention and length")
+        if self.takeover_limit < 1 or self.takeover_window <= 0 or self.takeover_backoff <= 0:
+            raise ValueError("the takeover limit, window and back-off must be positive")
 
     @property
     def stale_bound(self) -> float:
@@ -243,13 +287,26 @@ class Presence:
             on_script_flush=self._resync_soon,
             scripts=SCRIPTS,
             channels=[self.keys.takeover(node.id)],
+            # Back within a renewal period, so that a Redis restart costs no lease.
+            reconnect_cap=min(RECONNECT_CAP, config.node_ttl / REFRESHES_PER_TTL),
         )
         self._local: dict[str, Member] = {}  # name -> its newest connection (see Member.older)
         self._leaves: dict[str, str] = {}  # name -> reason, for Redis when it is back
         self._synced = False  # Redis has (or is being sent) the whole table
         self._resync_timer: Timer | None = None
+        self._resync_sent = -math.inf  # when the last resync was sent (loop time)
         self._timers: list[Timer] = []
         self._registered = False  # the liveness key was set on this connection
+        # This node's own view of Redis: when the last renewal that Redis confirmed was
+        # sent (the lease runs a TTL from there); since when every renewal has been
+        # confirmed in time (None: the link is down or the lease lapsed); whether the
+        # lapse was logged.
+        self._renewed: float | None = None
+        self._served_since: float | None = None
+        self._lapse_logged = False
+        self._holding = False  # Redis' clock holds every reaper after a gap (logged)
+        self._took_over: set[str] = set()  # names whose HELLO just closed a connection here
+        self._backoff: dict[str, float] = {}  # name -> until (loop time): takeovers refused
         #: The counters of PresenceFigures, but the link's own.
         self.counts = {
             figure.name: 0
@@ -271,10 +328,9 @@ class Presence:
             timer.cancel()
         if self._resync_timer is not None:
             self._resync_timer.cancel()
-        args = (self.config.prefix, self.node.id, SHUTDOWN_REASON, self.config.stream_maxlen)
         if self.link.ready:
             self.link.drain(DEREGISTER_TIMEOUT)
-        if self.link.run(DEREGISTER, (), args, self._deregistered):
+        if self.link.run(DEREGISTER, (), self._args(SHUTDOWN_REASON), self._deregistered):
             self.link.drain(DEREGISTER_TIMEOUT)
         self.link.close()
 
@@ -296,18 +352,29 @@ class Presence:
         delay = period * (1 + JITTER * (2 * self.rng() - 1))
         self._timers[index] = self.loop.call_later(delay, self._tick, index, period, action)
 
+    def _args(self, *rest: Any) -> tuple[Any, ...]:
+        """A script's arguments: the three every script starts with, then ``rest``."""
+        return (self.config.prefix, self.node.id, round(self.config.node_ttl * 1000), *rest)
+
     # --- the server's three calls ---------------------------------------------------------
 
-    def check(self, name: str) -> Code | None:
-        """At HELLO: NAME_TAKEN if the name is online on this node and the policy
-        refuses duplicates. Under replace, the connections holding it here are closed
-        with TAKEN_OVER now. Other nodes are not asked: Redis settles those conflicts
-        when the join arrives (see ``joined``)."""
-        if name not in self._local or self.config.policy is Policy.ALLOW:
+    def check(self, name: str) -> tuple[Code, str] | None:
+        """At HELLO: the code and reason to refuse ``name`` with, or None to admit it.
+        NAME_TAKEN if the name is online on this node and the policy refuses
+        duplicates, or (replace) while its takeovers are in back-off. Under replace,
+        the connections holding it here are closed with TAKEN_OVER now. Other nodes are
+        not asked: Redis settles those conflicts when the join arrives (see ``joined``)."""
+        policy = self.config.policy
+        if policy is Policy.REPLACE:
+            storm = self._storm(name)
+            if storm is not None:
+                self.counts["refusals"] += 1
+                return Code.NAME_TAKEN, storm
+        if name not in self._local or policy is Policy.ALLOW:
             return None
-        if self.config.policy is Policy.REFUSE:
+        if policy is Policy.REFUSE:
             self.counts["refusals"] += 1
-            return Code.NAME_TAKEN
+            return Code.NAME_TAKEN, f"{token(name)} is already connected"
         for member in list(self._chain(name)):
             member.reason = "taken_over"
             self.counts["takeovers"] += 1
@@ -315,6 +382,7 @@ class Presence:
                 "presence: %s reconnected to this node; closing its older connection", token(name)
             )
             member.evict(Code.TAKEN_OVER, "a newer connection took this name")
+        self._took_over.add(name)
         return None
 
     def joined(
@@ -325,8 +393,10 @@ class Presence:
         member.older = self._local.get(name)
         self._local[name] = member
         self._leaves.pop(name, None)
+        took_over = name in self._took_over
+        self._took_over.discard(name)
         if self._synced:
-            self._send_join(member)
+            self._send_join(member, took_over)
         return member
 
     def left(self, member: Member, reason: str) -> None:
@@ -365,18 +435,47 @@ class Presence:
             yield member
             member = member.older
 
+    # --- takeover storms --------------------------------------------------------------
+
+    def _storm(self, name: str) -> str | None:
+        """Why takeovers of ``name`` are refused now, if they are (its back-off, as the
+        last join of it answered by Redis said)."""
+        until = self._backoff.get(name)
+        if until is None:
+            return None
+        left = until - self.loop.time()
+        if left <= 0:
+            del self._backoff[name]
+            return None
+        config = self.config
+        return (
+            f"{token(name)} was taken over more than {config.takeover_limit} times within "
+            f"{config.takeover_window:g}s: refused for {left:.1f}s"
+        )
+
+    def _backoff_until(self, name: str, backoff_ms: int) -> None:
+        if backoff_ms > 0:
+            self._backoff[name] = self.loop.time() + backoff_ms / 1000
+
+    def _forget_backoffs(self) -> None:
+        now = self.loop.time()
+        for name in [name for name, until in self._backoff.items() if until <= now]:
+            del self._backoff[name]
+
     # --- joins and leaves -----------------------------------------------------------------
 
-    def _send_join(self, member: Member) -> None:
+    def _send_join(self, member: Member, took_over: bool) -> None:
         config = self.config
-        args = (
-            config.prefix,
-            self.node.id,
+        args = self._args(
             member.name,
             member.address,
             repr(member.since),
             config.policy.value,
-            config.stream_maxlen,
+            int(took_over),
+            config.takeover_limit,
+            round(config.takeover_window * 1000),
+            round(config.takeover_backoff * 1000),
+            round(config.takeover_backoff * 1000 * 2**TAKEOVER_BACKOFF_DOUBLINGS),
         )
         if self.link.run(JOIN, (), args, lambda reply: self._join_answered(member, reply)):
             member.state = State.PENDING
@@ -393,8 +492,14 @@ class Presence:
         if not isinstance(reply, list):
             self._script_failed("join", reply)
             member.state = State.LOCAL
+            self._resync_soon()
             return
-        joined, owner = reply[0], _text(reply[1])
+        if reply[0] == -1:  # this node was reaped: only a resync brings its members back
+            member.state = State.LOCAL
+            self._resync_soon(0.0)
+            return
+        joined, owner, backoff = reply[0], _text(reply[1]), reply[2]
+        self._backoff_until(member.name, backoff)
         if joined:
             member.state = State.ONLINE
             self.counts["joins"] += 1
@@ -405,25 +510,28 @@ class Presence:
                     token(member.name),
                     owner,
                 )
+            if backoff:
+                log.warning("presence: takeover storm: %s", self._storm(member.name))
             return
-        self._drop(member, Code.NAME_TAKEN, f"{token(member.name)} is online on node {owner}")
+        message = self._storm(member.name) if backoff else None
+        online = f"{token(member.name)} is online on node {owner}"
+        self._drop(member, Code.NAME_TAKEN, message or online)
 
     def _send_leave(self, name: str, reason: str) -> None:
-        args = (self.config.prefix, self.node.id, name, reason, self.config.stream_maxlen)
-        if not self.link.run(
-            LEAVE, (), args, lambda reply: self._leave_answered(name, reason, reply)
-        ):
+        args = self._args(name, reason)
+        if not self.link.run(LEAVE, (), args, lambda r: self._leave_answered(name, reason, r)):
             self._leaves[name] = reason
             self._overflow()
 
     def _leave_answered(self, name: str, reason: str, reply: Reply) -> None:
         if isinstance(reply, int):
             self.counts["leaves"] += reply
-        elif isinstance(reply, RedisUnavailable):
-            if name not in self._local:
-                self._leaves[name] = reason
-        else:
+            return
+        if name not in self._local:
+            self._leaves[name] = reason
+        if not isinstance(reply, RedisUnavailable):
             self._script_failed("leave", reply)
+            self._resync_soon()
 
     def _drop(self, member: Member, code: Code, message: str) -> None:
         """Redis gave the name to another node: close this connection."""
@@ -439,17 +547,24 @@ class Presence:
         )
         member.evict(code, message)
 
+    def _yield(self, member: Member, where: str) -> None:
+        """Redis settled a name held twice against ``member``, by the policy's rule."""
+        if self.config.policy is Policy.REPLACE:
+            self._drop(member, Code.TAKEN_OVER, f"a newer connection {where} took this name")
+        else:
+            held = f"{token(member.name)} is held by an earlier connection {where}"
+            self._drop(member, Code.NAME_TAKEN, held)
+
     def _on_push(self, message: list[Any]) -> None:
-        """Another node's join took over a name from this node (policy replace)."""
+        """Redis took a name from this node: another node's join took it over (replace),
+        or another node's resync settled a name held twice against this one."""
         if len(message) != 3 or message[0] != b"message":
             return  # subscription confirmations
         name = _text(message[2])
         for member in list(self._chain(name)):
-            # A join still pending reached Redis after the takeover: it is the newer.
+            # A join still pending reached Redis after the notice: it is the newer.
             if member.state in (State.ONLINE, State.LOCAL):
-                self._drop(
-                    member, Code.TAKEN_OVER, "a newer connection on another node took this name"
-                )
+                self._yield(member, "on another node")
 
     # --- Redis coming and going -------------------------------------------------------
 
@@ -462,6 +577,7 @@ class Presence:
     def _on_lost(self, reason: str) -> None:
         self._synced = False
         self._registered = False
+        self._served_since = None
         if self._resync_timer is not None:
             self._resync_timer.cancel()
             self._resync_timer = None
@@ -482,18 +598,21 @@ class Presence:
         self._synced = False
 
     def _resync_soon(self, delay: float | None = None) -> None:
+        """Resync after ``delay`` s (None: a random one, up to ``resync_spread``), or
+        sooner if one is already due sooner."""
         self._synced = False
-        if self._resync_timer is None:
-            wait = self.rng() * self.config.resync_spread if delay is None else delay
-            self._resync_timer = self.loop.call_later(wait, self._resync)
+        wait = self.rng() * self.config.resync_spread if delay is None else delay
+        timer = self._resync_timer
+        if timer is not None:
+            if timer <= self.loop.time() + wait:  # a Timer is its deadline
+                return
+            timer.cancel()
+        self._resync_timer = self.loop.call_later(wait, self._resync)
 
     def _resync(self) -> None:
         """Make Redis' view of this node exactly the local table, in one script."""
         self._resync_timer = None
-        config = self.config
         batch: list[Member] = []
-        args: list[Any] = [config.prefix, self.node.id, self.node.info()]
-        args += [round(config.node_ttl * 1000), config.policy.value, config.stream_maxlen]
         names: list[Any] = []
         for name in self._local:
             live = [m for m in self._chain(name) if m.state is not State.DROPPED]
@@ -501,8 +620,7 @@ class Presence:
                 newest = live[0]
                 names += [name, newest.address, repr(newest.since)]
                 batch += live
-        args.append(len(names) // 3)
-        args += names
+        args = [*self._args(self.node.info(), self.config.policy.value, len(names) // 3), *names]
         leaves = self._leaves
         for name, reason in leaves.items():
             args += [name, reason]
@@ -517,6 +635,7 @@ class Presence:
             return
         self._leaves = {}
         self._synced = True
+        self._resync_sent = started
         for member in batch:
             member.state = State.PENDING
             member.known = True
@@ -534,16 +653,15 @@ class Presence:
             return
         self.counts["resyncs"] += 1
         self._registered = True
-        joined, left, lost = reply[0], reply[1], {_text(name) for name in reply[2:]}
+        self._renewal_confirmed(started)
+        joined, left, won = reply[0], reply[1], reply[2]
+        lost = {_text(name) for name in reply[3:]}
         self.counts["joins"] += joined
         self.counts["leaves"] += left
         for member in batch:
             if member.state is State.PENDING:
                 if member.name in lost:
-                    code = (
-                        Code.TAKEN_OVER if self.config.policy is Policy.REPLACE else Code.NAME_TAKEN
-                    )
-                    self._drop(member, code, f"{token(member.name)} is held by another node")
+                    self._yield(member, "on another node (settled after a partition)")
                 else:
                     member.state = State.ONLINE
         log.info(
@@ -556,18 +674,44 @@ class Presence:
             left,
             len(lost),
         )
+        if won or lost:
+            log.warning(
+                "presence: %d names were held on two nodes (a partition): settled by policy "
+                "%s, %d kept here, %d yielded; see the conflict events",
+                won + len(lost),
+                self.config.policy.value,
+                won,
+                len(lost),
+            )
 
     # --- timers ---------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        self._lease_lapsing()
         if not self.link.ready:
             return
-        ttl_ms = round(self.config.node_ttl * 1000)
-        args = (self.config.prefix, self.node.id, self.node.info(), ttl_ms)
-        self.link.run(HEARTBEAT, (), args, self._heartbeat_answered)
+        sent = self.loop.time()
+        self.link.run(
+            HEARTBEAT,
+            (),
+            self._args(self.node.info()),
+            lambda reply: self._heartbeat_answered(sent, reply),
+        )
 
-    def _heartbeat_answered(self, reply: Reply) -> None:
-        if reply == 0 and self._registered:
+    def _heartbeat_answered(self, sent: float, reply: Reply) -> None:
+        if not isinstance(reply, list):
+            if not isinstance(reply, RedisUnavailable):
+                self._script_failed("heartbeat", reply)
+            return
+        renewed, grace = reply
+        if renewed >= 0:
+            self._renewal_confirmed(sent)
+        if renewed == 1:
+            self._registered = True
+            return
+        if self._resync_sent >= sent:
+            return  # a resync sent since then registers the node and its members
+        if self._registered:
             self.counts["lapses"] += 1
             log.warning(
                 "presence: the liveness key of node %s had expired (Redis was slow or "
@@ -575,19 +719,82 @@ class Presence:
                 self.node.id,
                 self.config.node_ttl,
             )
-            self._resync_soon(0.0)
-        elif isinstance(reply, int):
-            self._registered = True
+        self._registered = renewed == 0
+        # Reaped while Redis served the others: its members are missing, resync now.
+        # After a Redis outage (grace) every node resyncs: spread them.
+        self._resync_soon(0.0 if renewed == -1 and grace == 0 else None)
+
+    def _renewal_confirmed(self, sent: float) -> None:
+        now = self.loop.time()
+        if self._lapse_logged:
+            self._lapse_logged = False
+            log.warning(
+                "presence: Redis confirms node %s's lease again, %.1fs after the last "
+                "renewal (TTL %gs)",
+                self.node.id,
+                now - (self._renewed or sent),
+                self.config.node_ttl,
+            )
+        self._renewed = sent
+        if self._served_since is None:
+            self._served_since = now
+
+    def _lease_lapsing(self) -> None:
+        """Say once when this node's lease has run out by its own clock (Redis did not
+        confirm a renewal for a TTL: other nodes may reap its members), and stop its
+        reaper until it has been served for a TTL again."""
+        renewed = self._renewed
+        if renewed is None or self._lapse_logged:
+            return
+        out = self.loop.time() - renewed
+        if out >= self.config.node_ttl:
+            self._lapse_logged = True
+            self._served_since = None
+            log.warning(
+                "presence: no renewal of node %s's lease for %.1fs (TTL %gs): other nodes "
+                "may reap its %d members; they are re-registered when Redis is back",
+                self.node.id,
+                out,
+                self.config.node_ttl,
+                len(self._local),
+            )
 
     def _reap(self) -> None:
-        if self.link.ready:
-            args = (self.config.prefix, self.config.stream_maxlen)
-            self.link.run(REAP, (), args, self._reaped)
+        self._forget_backoffs()
+        served = self._served_since
+        # This node's own view first: reap only once served for a full TTL, so that the
+        # nodes it judges have had at least as long as it has to renew.
+        if served is None or self.loop.time() - served < self.config.node_ttl:
+            return
+        config = self.config
+        retention_ms = round(config.stream_retention * 1000)
+        args = self._args(retention_ms, config.stream_maxlen, TRIM_BATCH)
+        self.link.run(REAP, (), args, self._reaped)
 
     def _reaped(self, reply: Reply) -> None:
         if not isinstance(reply, list):
+            if not isinstance(reply, RedisUnavailable):
+                self._script_failed("reap", reply)
             return
-        for i in range(0, len(reply), 2):
+        held, gap = reply[0], reply[1]
+        if held > 0:
+            if gap > 0 and not self._holding:
+                self._holding = True
+                log.warning(
+                    "presence: Redis ran no presence script for %.1fs (it was stopped, or "
+                    "no node could reach it): no node is reaped for %.1fs, so that every "
+                    "node can renew its lease first",
+                    gap / 1000,
+                    held / 1000,
+                )
+            return
+        if self._holding:
+            self._holding = False
+            log.info(
+                "presence: reaping resumed: every node has had %gs to renew its lease",
+                self.config.node_ttl,
+            )
+        for i in range(2, len(reply), 2):
             node, count = _text(reply[i]), reply[i + 1]
             self.counts["reaped_nodes"] += 1
             self.counts["reaped_members"] += count

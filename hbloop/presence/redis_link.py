@@ -210,7 +210,8 @@ class RedisLink:
     ``on_ready()`` runs each time a connection is ready (after HELLO, SELECT and the
     script loads); ``on_lost(reason)`` each time a ready or connecting one is lost;
     ``on_push(message)`` for each RESP3 push (pub/sub) message. ``channels`` are
-    subscribed to on every connection.
+    subscribed to on every connection. ``reconnect_cap`` caps the reconnect back-off
+    (presence keeps it under a third of its lease, so a node is back in time to renew).
     """
 
     def __init__(
@@ -227,6 +228,7 @@ class RedisLink:
         channels: Sequence[str] = (),
         max_pending: int = MAX_PENDING_COMMANDS,
         reply_timeout: float = REPLY_TIMEOUT,
+        reconnect_cap: float = RECONNECT_CAP,
     ) -> None:
         self.loop = loop
         self.address = address
@@ -239,7 +241,7 @@ class RedisLink:
         self.channels = list(channels)
         self.max_pending = max_pending
         self.reply_timeout = reply_timeout
-        self.backoff = Backoff(RECONNECT_BASE, RECONNECT_CAP)
+        self.backoff = Backoff(RECONNECT_BASE, max(RECONNECT_BASE, reconnect_cap))
         self.state = _State.IDLE
         #: Counters for presence's metrics.
         self.connects = 0

@@ -7,98 +7,185 @@ Keys, under a prefix (default ``hbloop:``; every name below is prefixed):
 
 =======================  ======  ===================================================
 ``nodes``                set     ids of the registered nodes
-``node:<node>``          string  a node's liveness key, with a TTL; JSON about the
-                                 node (address clients connect to, pid, start time)
+``node:<node>``          string  a node's liveness key (its lease), with a TTL; JSON
+                                 about the node (address clients connect to, pid,
+                                 start time)
 ``members:<node>``       hash    name -> JSON ``{"address": ..., "since": ...}``: the
                                  names online on that node
 ``index``                hash    name -> node: where the name joined last
-``events``               stream  join and leave events, capped with MAXLEN ~
-``takeover:<node>``      pubsub  names another node took over from this one
+``events``               stream  join, leave and conflict events, trimmed by the
+                                 reapers: by age (XTRIM MINID), then to a length cap
+``trimmed``              string  the newest event id trimmed from the stream, so
+                                 that a reader can tell whether it missed events
+``clock``                hash    Redis' own view of its service: ``seen`` (ms of the
+                                 last presence script), ``up`` (since when scripts
+                                 have run without a gap), ``gap`` (the last gap, ms)
+``takeovers:<name>``     hash    takeovers of a name in the current window, and its
+                                 back-off (policy replace); expires when calm
+``takeover:<node>``      pubsub  names Redis took from this node: a newer connection
+                                 took it over (replace), or an earlier one claimed it
+                                 back after a partition (refuse)
 =======================  ======  ===================================================
 
-A node's members and the index entries pointing to it are removed by its graceful
-stop, or by the reaper once its liveness key has expired. The scripts build the
-keys of *other* nodes from the prefix, so presence needs one Redis (or a primary
-with replicas), not Redis Cluster.
+**Leases judged fairly.** A node is reaped only when it could have renewed its lease
+and did not: its key has expired *and* Redis has served presence scripts without a gap
+for a full TTL (``clock``). A gap longer than half a TTL means Redis was stopped, or
+no node could reach it; after one, no node is reaped, and no expired lease yields a
+name, until every node has had a full TTL to renew (Consul resets its session TTLs
+on a leader failover, and etcd's new leader extends every lease, for the same
+reason).
+
+**No half-applied state.** Redis does not roll a script back when a command in it
+fails. Each script therefore checks its arguments and the types of the keys it will
+write, and does all its reads, before its first write; after that no command of it
+can fail (an OOM error can only refuse a script's first write).
+
+The scripts build the keys of *other* nodes from the prefix, so presence needs one
+Redis (or a primary with replicas), not Redis Cluster; and Redis 6.2 or later (XTRIM
+MINID, exclusive ranges).
 """
 
 from __future__ import annotations
 
 from hbloop.presence.redis_link import Script
 
-# Shared Lua helpers, prepended to each script that needs them. ``prefix`` is a
-# global set by each script from ARGV[1].
+# Shared Lua, prepended to each script. Every script's ARGV starts with the same three:
+# prefix, node, node TTL (ms); its own arguments follow.
 _HELPERS = """
-local prefix = ARGV[1]
-local function node_key(node) return prefix .. 'node:' .. node end
-local function members_key(node) return prefix .. 'members:' .. node end
+local prefix, node = ARGV[1], ARGV[2]
+
+local function number(i)
+  local value = tonumber(ARGV[i])
+  if value == nil or value ~= value or value == math.huge or value == -math.huge then
+    error('hbloop: argument ' .. i .. ' is not a number: ' .. tostring(ARGV[i]))
+  end
+  return value
+end
+
+local ttl_ms = number(3)
+local function node_key(n) return prefix .. 'node:' .. n end
+local function members_key(n) return prefix .. 'members:' .. n end
+local function takeovers_key(name) return prefix .. 'takeovers:' .. name end
 local index_key = prefix .. 'index'
 local events_key = prefix .. 'events'
 local nodes_key = prefix .. 'nodes'
+local clock_key = prefix .. 'clock'
+local trimmed_key = prefix .. 'trimmed'
 
-local function event(maxlen, ...)
-  redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', ...)
+-- Fail, before any write, if a key this script writes holds another type.
+local function need(...)
+  local pairs_ = {...}
+  for i = 1, #pairs_, 2 do
+    local kind = redis.call('TYPE', pairs_[i]).ok
+    if kind ~= 'none' and kind ~= pairs_[i + 1] then
+      error('hbloop: ' .. pairs_[i] .. ' is a ' .. kind .. ', not a ' .. pairs_[i + 1])
+    end
+  end
 end
 
--- The node that holds name, if it is another live node that still lists it.
-local function live_owner(name, node)
+local function policy_arg(i)
+  local policy = ARGV[i]
+  if policy ~= 'allow' and policy ~= 'refuse' and policy ~= 'replace' then
+    error('hbloop: unknown policy ' .. tostring(policy))
+  end
+  return policy
+end
+
+-- Redis' clock, read first by every script: now (ms), and since when presence scripts
+-- have run without a gap over half a TTL (the nodes run one every third of a TTL at
+-- most, so a longer gap means Redis was stopped or unreachable from every node).
+local now, up, gap
+local function read_clock()
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local f = redis.call('HMGET', clock_key, 'seen', 'up', 'gap')
+  local seen
+  seen, up, gap = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]) or 0
+  if seen == nil or up == nil or now < seen or now - seen > ttl_ms / 2 then
+    gap = seen and math.max(now - seen, 0) or 0
+    up = now
+  end
+end
+
+-- The first write of every script.
+local function write_clock()
+  redis.call('HSET', clock_key, 'seen', now, 'up', up, 'gap', gap)
+end
+
+-- Has every node had a full TTL of Redis' service to renew its lease? Until then an
+-- expired lease proves nothing: no node is reaped, none loses a name for it.
+local function fair()
+  return now - up >= ttl_ms
+end
+
+local function event(...)
+  redis.call('XADD', events_key, '*', ...)
+end
+
+-- The node that holds name, if it is another node that still lists it and whose lease
+-- holds (or may not be judged yet).
+local function live_owner(name)
   local owner = redis.call('HGET', index_key, name)
-  if owner and owner ~= node and redis.call('EXISTS', node_key(owner)) == 1
-      and redis.call('HEXISTS', members_key(owner), name) == 1 then
+  if owner and owner ~= node and redis.call('HEXISTS', members_key(owner), name) == 1
+      and (redis.call('EXISTS', node_key(owner)) == 1 or not fair()) then
     return owner
   end
   return nil
 end
 
--- Remove name from node: the member, the index entry if it still points to node
--- (a client that reconnected elsewhere first keeps its entry), and a leave event.
-local function remove_member(node, name, reason, maxlen)
-  if redis.call('HGET', index_key, name) == node then
+-- When owner's connection of name started (its node's wall clock); 0 if unreadable.
+local function since_of(owner, name)
+  local ok, info = pcall(cjson.decode, redis.call('HGET', members_key(owner), name))
+  return ok and type(info) == 'table' and tonumber(info.since) or 0
+end
+
+-- Remove name from n: the member, the index entry if it still points to n (a client
+-- that reconnected elsewhere first keeps its entry), and a leave event.
+local function remove_member(n, name, reason)
+  if redis.call('HGET', index_key, name) == n then
     redis.call('HDEL', index_key, name)
   end
-  if redis.call('HDEL', members_key(node), name) == 1 then
-    event(maxlen, 'event', 'leave', 'name', name, 'node', node, 'reason', reason)
+  if redis.call('HDEL', members_key(n), name) == 1 then
+    event('event', 'leave', 'name', name, 'node', n, 'reason', reason)
     return 1
   end
   return 0
 end
 
--- Make name a member of node, and the index point to it; a join event if it is new.
-local function add_member(node, name, address, since, maxlen)
+-- Make name a member of this node, and the index point to it; a join event if new.
+local function add_member(name, address, since)
   redis.call('HSET', index_key, name, node)
   local info = cjson.encode({address = address, since = tonumber(since)})
   if redis.call('HSET', members_key(node), name, info) == 1 then
-    event(maxlen, 'event', 'join', 'name', name, 'node', node,
-          'address', address, 'since', since)
+    event('event', 'join', 'name', name, 'node', node, 'address', address, 'since', since)
     return 1
   end
   return 0
 end
 
--- Policy replace: name moves from owner to the caller; owner hears of it.
-local function take_over(owner, name, maxlen)
-  remove_member(owner, name, 'taken_over', maxlen)
+-- Redis takes name from owner, who hears of it on its channel.
+local function take_from(owner, name, reason)
+  remove_member(owner, name, reason)
   redis.call('PUBLISH', prefix .. 'takeover:' .. owner, name)
 end
 
-local function remove_node(node, reason, maxlen)
-  local names = redis.call('HKEYS', members_key(node))
-  for _, name in ipairs(names) do
-    remove_member(node, name, reason, maxlen)
-  end
-  redis.call('DEL', members_key(node), node_key(node))
-  redis.call('SREM', nodes_key, node)
-  return #names
+-- A name held by two sessions (after a partition) is settled by the policy's rule.
+local function conflict(name, kept, lost, policy)
+  event('event', 'conflict', 'name', name, 'kept', kept, 'lost', lost, 'policy', policy)
 end
 
--- Refresh the liveness key; 1 if it was still there, 0 if it had to be made anew.
-local function register(node, info, ttl_ms)
-  if redis.call('SET', node_key(node), info, 'PX', ttl_ms, 'XX') then
-    return 1
+-- The reason a member gives up its name to another session, by policy.
+local function yielded(policy)
+  return policy == 'replace' and 'taken_over' or 'name_taken'
+end
+
+local function remove_node(n, names, reason)
+  for _, name in ipairs(names) do
+    remove_member(n, name, reason)
   end
-  redis.call('SET', node_key(node), info, 'PX', ttl_ms)
-  redis.call('SADD', nodes_key, node)
-  return 0
+  redis.call('DEL', members_key(n), node_key(n))
+  redis.call('SREM', nodes_key, n)
+  return #names
 end
 """
 
@@ -107,98 +194,232 @@ def _script(body: str) -> Script:
     return Script(_HELPERS + body)
 
 
-# ARGV: prefix, node, name, address, since, policy, maxlen.
-# Returns {1, previous owner or ''} when joined, {0, owner} when refused.
+# ARGV: common three, name, address, since, policy, took_local (1: this node closed an
+# older connection of name for it), takeover limit, window ms, back-off ms, back-off cap
+# ms. Returns {1, previous owner or '', back-off ms} when joined (back-off > 0: this
+# takeover started one), {0, owner, back-off ms left} when refused (0: policy refuse),
+# {-1} when this node is not registered (it was reaped: it must resync first).
 JOIN = _script(
     """
-local node, name, address, since, policy, maxlen =
-  ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local owner = live_owner(name, node)
+local name, address, since, policy = ARGV[4], ARGV[5], ARGV[6], policy_arg(7)
+number(6)
+local took_local = number(8) == 1
+local limit, window_ms, backoff_ms, backoff_cap_ms = number(9), number(10), number(11), number(12)
+local storm_key = takeovers_key(name)
+need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
+     members_key(node), 'hash', storm_key, 'hash')
+read_clock()
+if redis.call('SISMEMBER', nodes_key, node) == 0 then
+  write_clock()
+  return {-1}
+end
+local owner = policy ~= 'allow' and live_owner(name)
 if owner and policy == 'refuse' then
-  return {0, owner}
+  write_clock()
+  return {0, owner, 0}
 end
-if owner and policy == 'replace' then
-  take_over(owner, name, maxlen)
+local takeover = policy == 'replace' and (owner or took_local)
+local storm = {count = 0, start = now, level = -1, till = 0}
+if takeover then
+  local f = redis.call('HMGET', storm_key, 'count', 'start', 'level', 'until')
+  storm = {count = tonumber(f[1]) or 0, start = tonumber(f[2]) or now,
+           level = tonumber(f[3]) or -1, till = tonumber(f[4]) or 0}
+  if owner and not took_local and now < storm.till then
+    write_clock()
+    return {0, owner, storm.till - now}
+  end
 end
-add_member(node, name, address, since, maxlen)
-return {1, owner or ''}
+write_clock()
+local backoff = 0
+if takeover then
+  if now - storm.start >= window_ms then
+    storm.count, storm.start = 0, now
+  end
+  storm.count = storm.count + 1
+  if storm.count > limit then
+    storm.level = storm.level + 1
+    backoff = math.floor(math.min(backoff_ms * 2 ^ storm.level, backoff_cap_ms))
+    storm.till, storm.count, storm.start = now + backoff, 0, now
+  end
+  redis.call('HSET', storm_key, 'count', storm.count, 'start', storm.start,
+             'level', storm.level, 'until', storm.till)
+  -- The doubling is forgotten once the name has been calm for a window after it.
+  redis.call('PEXPIRE', storm_key, math.max(storm.till - now, 0) + window_ms)
+end
+if owner then
+  take_from(owner, name, 'taken_over')
+end
+add_member(name, address, since)
+return {1, owner or '', backoff}
 """
 )
 
-# ARGV: prefix, node, name, reason, maxlen. Returns 1 if the member was there.
+# ARGV: common three, name, reason. Returns 1 if the member was there.
 LEAVE = _script(
     """
-return remove_member(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local name, reason = ARGV[4], ARGV[5]
+need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', members_key(node), 'hash')
+read_clock()
+write_clock()
+return remove_member(node, name, reason)
 """
 )
 
-# ARGV: prefix, node, node info, ttl in ms. Returns 1, or 0 if the key had expired.
+# ARGV: common three, node info. Renews the lease of a registered node. Returns {1, 0}
+# if it held, {0, 0} if it had expired (renewed now: the node was not reaped), {-1,
+# grace ms} if the node is not registered (reaped, or Redis lost its data): it must
+# resync, at once when grace is 0 (it alone was reaped: its members are missing).
 HEARTBEAT = _script(
     """
-return register(ARGV[2], ARGV[3], ARGV[4])
+local info = ARGV[4]
+need(clock_key, 'hash', node_key(node), 'string', nodes_key, 'set')
+read_clock()
+write_clock()
+if redis.call('SISMEMBER', nodes_key, node) == 0 then
+  return {-1, math.max(ttl_ms - (now - up), 0)}
+end
+if redis.call('SET', node_key(node), info, 'PX', ttl_ms, 'XX') then
+  return {1, 0}
+end
+redis.call('SET', node_key(node), info, 'PX', ttl_ms)
+return {0, 0}
 """
 )
 
-# ARGV: prefix, maxlen. Removes every node whose liveness key has expired, with its
-# members (leave events with reason node_lost). Returns {node, members, ...}.
+# ARGV: common three, retention ms, length cap, trim batch. Trims the event stream:
+# events older than the retention, then the oldest past the cap, at most a batch of
+# them a run (exact XTRIM MINID, the newest id trimmed kept in ``trimmed``). Then
+# removes every node that could have renewed its lease and did not, with its members
+# (leave events, reason node_lost). Returns {held ms, gap ms, node, members, ...}:
+# held > 0 while reaping waits for every node to have had a full TTL after a gap of
+# Redis' service (gap: its length).
 REAP = _script(
     """
-local reaped = {}
-for _, node in ipairs(redis.call('SMEMBERS', nodes_key)) do
-  if redis.call('EXISTS', node_key(node)) == 0 then
-    reaped[#reaped + 1] = node
-    reaped[#reaped + 1] = remove_node(node, 'node_lost', ARGV[2])
+local retention_ms, maxlen, batch = number(4), number(5), number(6)
+need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
+     trimmed_key, 'string')
+read_clock()
+local dead = {}
+if fair() then
+  for _, n in ipairs(redis.call('SMEMBERS', nodes_key)) do
+    if redis.call('EXISTS', node_key(n)) == 0 then
+      need(members_key(n), 'hash', node_key(n), 'string')
+      dead[#dead + 1] = {n, redis.call('HKEYS', members_key(n))}
+    end
   end
+end
+write_clock()
+local horizon = string.format('%d', now - retention_ms)
+local newest = redis.call('XREVRANGE', events_key, '(' .. horizon, '-', 'COUNT', 1)[1]
+if newest then
+  redis.call('XTRIM', events_key, 'MINID', horizon)
+end
+local over = redis.call('XLEN', events_key) - maxlen
+if over > 0 then
+  local oldest = redis.call('XRANGE', events_key, '-', '+', 'COUNT', math.min(over, batch))
+  newest = oldest[#oldest]
+  local ms, seq = string.match(newest[1], '^(%d+)-(%d+)$')
+  redis.call('XTRIM', events_key, 'MINID', ms .. '-' .. string.format('%d', seq + 1))
+end
+if newest then
+  redis.call('SET', trimmed_key, newest[1])
+end
+if not fair() then
+  return {ttl_ms - (now - up), gap}
+end
+local reaped = {0, gap}
+for _, each in ipairs(dead) do
+  reaped[#reaped + 1] = each[1]
+  reaped[#reaped + 1] = remove_node(each[1], each[2], 'node_lost')
 end
 return reaped
 """
 )
 
-# ARGV: prefix, node, reason, maxlen. A node's graceful stop. Returns its members.
+# ARGV: common three, reason. A node's graceful stop. Returns its members.
 DEREGISTER = _script(
     """
-return remove_node(ARGV[2], ARGV[3], ARGV[4])
+local reason = ARGV[4]
+need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
+     members_key(node), 'hash', node_key(node), 'string')
+read_clock()
+local names = redis.call('HKEYS', members_key(node))
+write_clock()
+return remove_node(node, names, reason)
 """
 )
 
-# ARGV: prefix, node, node info, ttl ms, policy, maxlen, member count n, then n x
-# (name, address, since), then (name, reason) pairs for members that left while the
-# node could not tell Redis.
-# Registers the node and makes its members exactly the n given: new ones join, extra
-# ones leave with their recorded reason. A name that another live node holds is, under
-# refuse, "lost" (the holder keeps it); under replace, the later connection (by
-# ``since``) keeps it. Returns {joined, left, lost names...}.
+# ARGV: common three, node info, policy, member count n, then n x (name, address,
+# since), then (name, reason) pairs for members that left while the node could not
+# tell Redis.
+# Registers the node and makes its members exactly the n given: new ones join (with
+# their original since), extra ones leave with their recorded reason. A name another
+# node holds is settled by the policy's rule, with a conflict event naming both nodes:
+# under refuse the earlier connection (by since) keeps it, under replace the later;
+# the holder that loses it hears of it on its channel. Returns {joined, left, won,
+# lost names...}: won, names taken from other nodes; lost, this node's that lose.
 RESYNC = _script(
     """
-local node, policy, maxlen, n = ARGV[2], ARGV[5], ARGV[6], tonumber(ARGV[7])
-register(node, ARGV[3], ARGV[4])
-local keep, result = {}, {0, 0}
-local first = 8
-for i = first, first + 3 * (n - 1), 3 do
-  local name, since = ARGV[i], ARGV[i + 2]
-  local owner = policy ~= 'allow' and live_owner(name, node)
-  if owner and policy == 'replace' then
-    local theirs = cjson.decode(redis.call('HGET', members_key(owner), name))
-    if tonumber(since) > theirs.since then
-      take_over(owner, name, maxlen)
-      owner = nil
-    end
-  end
+local info, policy, n = ARGV[4], policy_arg(5), number(6)
+local first = 7
+local last = first + 3 * n - 1
+if n < 0 or n ~= math.floor(n) or last > #ARGV or (#ARGV - last) % 2 ~= 0 then
+  error('hbloop: resync arguments do not match the member count ' .. n)
+end
+for i = first + 2, last, 3 do
+  number(i)
+end
+need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
+     members_key(node), 'hash', node_key(node), 'string')
+read_clock()
+-- Reads and decisions first.
+local keep, wins, losses = {}, {}, {}
+for i = first, last, 3 do
+  local name, since = ARGV[i], tonumber(ARGV[i + 2])
+  local owner = policy ~= 'allow' and live_owner(name)
+  local mine = true
   if owner then
-    result[#result + 1] = name
-  else
+    local theirs = since_of(owner, name)
+    if policy == 'refuse' then mine = since < theirs else mine = since > theirs end
+  end
+  if mine then
     keep[name] = true
-    result[1] = result[1] + add_member(node, name, ARGV[i + 1], since, maxlen)
+    if owner then wins[#wins + 1] = {name, owner} end
+  else
+    losses[#losses + 1] = {name, owner}
   end
 end
 local reasons = {}
-for i = first + 3 * n, #ARGV, 2 do
+for i = last + 1, #ARGV, 2 do
   reasons[ARGV[i]] = ARGV[i + 1]
 end
+for _, loss in ipairs(losses) do
+  reasons[loss[1]] = yielded(policy)
+end
+local gone = {}
 for _, name in ipairs(redis.call('HKEYS', members_key(node))) do
-  if not keep[name] then
-    result[2] = result[2] + remove_member(node, name, reasons[name] or 'unknown', maxlen)
+  if not keep[name] then gone[#gone + 1] = name end
+end
+-- Then the writes.
+write_clock()
+redis.call('SET', node_key(node), info, 'PX', ttl_ms)
+redis.call('SADD', nodes_key, node)
+local result = {0, 0, #wins}
+for _, win in ipairs(wins) do
+  take_from(win[2], win[1], yielded(policy))
+  conflict(win[1], node, win[2], policy)
+end
+for _, loss in ipairs(losses) do
+  conflict(loss[1], loss[2], node, policy)
+  result[#result + 1] = loss[1]
+end
+for i = first, last, 3 do
+  if keep[ARGV[i]] then
+    result[1] = result[1] + add_member(ARGV[i], ARGV[i + 1], ARGV[i + 2])
   end
+end
+for _, name in ipairs(gone) do
+  result[2] = result[2] + remove_member(node, name, reasons[name] or 'unknown')
 end
 return result
 """
@@ -215,6 +436,8 @@ class Keys:
         self.nodes = prefix + "nodes"
         self.index = prefix + "index"
         self.events = prefix + "events"
+        self.clock = prefix + "clock"
+        self.trimmed = prefix + "trimmed"
 
     def node(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
@@ -224,3 +447,6 @@ class Keys:
 
     def takeover(self, node: str) -> str:
         return f"{self.prefix}takeover:{node}"
+
+    def takeovers(self, name: str) -> str:
+        return f"{self.prefix}takeovers:{name}"

@@ -4,7 +4,10 @@ Both are short blocking programs over ``BlockingRedis``; neither writes to Redis
 ``who`` reads the node set, each node's liveness key and its members in two round
 trips. ``watch`` follows the event stream with ``XREAD BLOCK`` from a last-seen id,
 so it can resume after a lost connection (or a restart, with ``--from ID``) without
-missing an event still in the stream: at-least-once.
+missing an event still in the stream: at-least-once. Events older than the stream's
+retention are trimmed; when some that ``watch`` would have printed are gone (the
+reapers keep the newest id they trimmed), it says so and exits 1 rather than skip
+them silently.
 """
 
 from __future__ import annotations
@@ -162,6 +165,23 @@ def _entries(reply: Any) -> list[Event]:
     ]
 
 
+def _id(text: str) -> tuple[int, int]:
+    """A stream id as numbers; a bare ``ms`` is ``ms-0``, as XREAD reads it."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def trimmed_after(redis: BlockingRedis, keys: Keys, after: str) -> tuple[str, str] | None:
+    """If events after id ``after`` were trimmed from the stream: the newest trimmed
+    id and the oldest kept one (``-`` if none); None if every event after it is kept."""
+    trimmed, first = redis.execute(
+        ("GET", keys.trimmed), ("XRANGE", keys.events, "-", "+", "COUNT", 1)
+    )
+    if trimmed is None or _id(_text(trimmed)) <= _id(after):
+        return None
+    return _text(trimmed), _text(first[0][0]) if first else "-"
+
+
 def last_id(redis: BlockingRedis, keys: Keys) -> str:
     """The id of the newest event, or 0-0: where ``$`` stands now."""
     last = redis.execute(("XREVRANGE", keys.events, "+", "-", "COUNT", 1))[0]
@@ -195,7 +215,15 @@ def watch(
     out: TextIO,
 ) -> int:
     """Print events as they come, one a line; reconnect (resuming from the last id
-    printed) when Redis goes away. Stops after ``count`` events, or on Ctrl-C."""
+    printed) when Redis goes away. Stops after ``count`` events, or on Ctrl-C; exits 1
+    when events it should print were already trimmed from the stream."""
+    if start != "$":
+        try:
+            _id(start)
+        except ValueError:
+            error = f"hbloop: error: --from {start!r} is not a stream id: MS or MS-SEQ"
+            print(error, file=sys.stderr)
+            return 2
     keys = Keys(prefix)
     backoff = Backoff()
     after, printed = start, 0
@@ -206,6 +234,17 @@ def watch(
                 backoff.reset()
                 if after == "$":
                     after = last_id(redis, keys)
+                # --from 0 asks for what is kept; any other id, for everything after it.
+                trimmed = None if _id(after) == (0, 0) else trimmed_after(redis, keys, after)
+                if trimmed is not None:
+                    print(
+                        f"watch: events after {after} were already trimmed from the stream "
+                        f"(up to {trimmed[0]}; the oldest kept is {trimmed[1]}): they are "
+                        "lost to this reader; --from 0 replays what is kept",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return 1
                 for event in follow(redis, keys, after):
                     print(event.to_json() if as_json else event.to_text(), file=out, flush=True)
                     after = event.id
