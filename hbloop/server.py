@@ -68,6 +68,7 @@ class Registry(Protocol):
 
     def left(self, member: Any, reason: str) -> None: ...
 
+
 log = logging.getLogger("hbloop.server")
 
 # Accept at most this many connections per wake-up (Redis uses the same figure), so
@@ -514,4 +515,3 @@ class Server:
             peer._member = None
         if self.on_disconnect is not None:
             call_guarded(log, "on_disconnect", self.on_disconnect, peer, disconnect)
-

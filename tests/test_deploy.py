@@ -232,7 +232,8 @@ def test_every_alert_fires_and_stays_silent_in_promtools_unit_tests():
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         assert {"summary", "description"} <= rule["annotations"].keys(), rule["alert"]
     cases = [
-        case for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+        case
+        for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
         for case in test["alert_rule_test"]
     ]
     for alert in (rule["alert"] for rule in rules):

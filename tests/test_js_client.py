@@ -216,7 +216,6 @@ def test_server_text_is_printed_escaped(node) -> None:
     assert raw_unsafe(client.lines("stdout")) == []
 
 
-
 def test_frames_before_a_violation_are_acted_on(node) -> None:
     """Section 9: DATA and a bad header in one read: the DATA is delivered, then ERROR."""
     fake = FakeServer(
@@ -234,6 +233,7 @@ def test_frames_before_a_violation_are_acted_on(node) -> None:
         "close reason=protocol_error code=MALFORMED message=MALFORMED: PING must have an "
         "empty payload",
     ]
+
 
 # Under a hostile server the node process must stay under this resident size (before
 # backpressure and strikes, a PING flood grew it past 1.4 GB).
@@ -376,8 +376,14 @@ def test_refusals_after_welcome_are_retried_at_the_backoff_rate(
     """R2: a server that welcomes and refuses at once cannot reset the back-off."""
     with fake_server(LONG_GRANT, say(answer)) as (port, attempts):
         client = node(
-            CLI, "--port", port, "--name", "js-refused", *FAST_BACKOFF,
-            "--duration", str(FAST_WINDOW),
+            CLI,
+            "--port",
+            port,
+            "--name",
+            "js-refused",
+            *FAST_BACKOFF,
+            "--duration",
+            str(FAST_WINDOW),
         )
         assert client.wait(NODE_TIMEOUT) == 0, client.lines("stderr")
         count = attempts.count
@@ -573,13 +579,32 @@ def offline_node(node, tmp_path) -> Callable[..., LoggedProcess]:
 
 # Hosts a token may reach in plain text (R4): loopback, judged from the text alone.
 LOOPBACK_HOSTS = [
-    "127.0.0.1", "127.0.0.53", "127.255.255.255", "::1", "0:0:0:0:0:0:0:1",
-    "::ffff:127.0.0.1", "localhost", "LocalHost", "localhost.",
+    "127.0.0.1",
+    "127.0.0.53",
+    "127.255.255.255",
+    "::1",
+    "0:0:0:0:0:0:0:1",
+    "::ffff:127.0.0.1",
+    "localhost",
+    "LocalHost",
+    "localhost.",
 ]
 OTHER_HOSTS = [
-    "10.0.0.1", "192.168.1.1", "128.0.0.1", "126.255.255.255", "0.0.0.0", "::", "::2",
-    "::ffff:10.0.0.1", "fe80::1", "[::1]", "127.1", "example.com", "localhost.example.com",
-    "127.0.0.1.nip.io", "",
+    "10.0.0.1",
+    "192.168.1.1",
+    "128.0.0.1",
+    "126.255.255.255",
+    "0.0.0.0",
+    "::",
+    "::2",
+    "::ffff:10.0.0.1",
+    "fe80::1",
+    "[::1]",
+    "127.1",
+    "example.com",
+    "localhost.example.com",
+    "127.0.0.1.nip.io",
+    "",
 ]
 DECIDE_SCRIPT = """
 const { plaintextTokenAllowed } = require(process.argv[1]);
@@ -697,7 +722,11 @@ def test_the_type_declarations_match_the_module_and_check() -> None:
     assert NODE is not None
     exported = subprocess.run(
         [NODE, "-p", "Object.keys(require('./hbloop.js')).join(' ')"],
-        cwd=JS, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=True,
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT,
+        check=True,
     ).stdout.split()
     declared = DECLARED_VALUE.findall((JS / "hbloop.d.ts").read_text())
     assert sorted(declared) == sorted(exported)
@@ -707,6 +736,8 @@ def test_the_type_declarations_match_the_module_and_check() -> None:
         assert installed.returncode == 0, installed.stderr
     checked = subprocess.run(
         [str(JS / "node_modules" / ".bin" / "tsc"), "--noEmit", "-p", str(JS)],
-        capture_output=True, text=True, timeout=PACKAGE_TIMEOUT,
+        capture_output=True,
+        text=True,
+        timeout=PACKAGE_TIMEOUT,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -271,9 +271,7 @@ def test_replace_closes_the_older_connection_which_does_not_reconnect(
     newest.close()
 
 
-def test_allow_lists_a_name_once_per_server(
-    serve, redis_server: RedisProcess, prefix: str
-) -> None:
+def test_allow_lists_a_name_once_per_server(serve, redis_server: RedisProcess, prefix: str) -> None:
     a = start_node(serve, redis_server, prefix, "a")
     b = start_node(serve, redis_server, prefix, "b")
     peers = [joined(a.address, "tv"), joined(b.address, "tv"), joined(b.address, "tv")]

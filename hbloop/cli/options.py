@@ -264,9 +264,7 @@ class Option:
 
 def option(default: T, kind: Kind[T], help: str, **more: Any) -> T:
     """A settings field that is an option, with its default."""
-    field: T = dataclasses.field(
-        default=default, metadata={OPTION: Option(kind, help, **more)}
-    )
+    field: T = dataclasses.field(default=default, metadata={OPTION: Option(kind, help, **more)})
     return field
 
 

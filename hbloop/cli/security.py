@@ -31,9 +31,7 @@ def server_security(
                 if settings.jwt_secret_file is not None
                 else JwtKey.public_key_file(settings.jwt_file)
             )
-            verifier = JwtVerifier(
-                key, audience=settings.jwt_audience, issuer=settings.jwt_issuer
-            )
+            verifier = JwtVerifier(key, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
     except (TlsConfigError, AuthConfigError) as exc:
         raise UsageError(str(exc)) from None
     if verifier is None and not settings.auth_client_cert:

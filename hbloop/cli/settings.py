@@ -158,7 +158,9 @@ class ClientTlsSettings(Settings):
 
     tls: bool = option(False, Flag(), "connect with TLS", group=TLS_CLIENT)
     ca: Path | None = option(
-        None, File(), "trust server certificates from these CAs (default: the system's)",
+        None,
+        File(),
+        "trust server certificates from these CAs (default: the system's)",
         group=TLS_CLIENT,
     )
     cert: Path | None = option(
@@ -280,14 +282,11 @@ class ServeSettings(LogSettings):
     )
     metrics_host: str = option(DEFAULT_HOST, Text(), "address for --metrics-port", metavar="H")
     redis: RedisAddress | None = option(None, RedisUrl(), REDIS_HELP, group=PRESENCE)
-    redis_prefix: str = option(
-        DEFAULT_PREFIX, Text(), PREFIX_HELP, metavar="P", group=PRESENCE
-    )
+    redis_prefix: str = option(DEFAULT_PREFIX, Text(), PREFIX_HELP, metavar="P", group=PRESENCE)
     node_id: str | None = option(
         None,
         Text(),
-        "this server's name in presence; the start time is appended, and /wN for each "
-        "worker",
+        "this server's name in presence; the start time is appended, and /wN for each worker",
         metavar="ID",
         default_text="HOST:PID",
         group=PRESENCE,

@@ -101,6 +101,7 @@ class VirtualClock(Protocol):
         """Let ``seconds`` of clock time pass with nothing happening."""
         ...
 
+
 log = logging.getLogger("hbloop.loop")
 
 
