@@ -82,15 +82,15 @@ def main() -> int:
     sent = 0
     deadline = time.monotonic() + float(seconds)
     while time.monotonic() < deadline:
-        for key, events in selector.select(timeout=0.1):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+        for key, mask in selector.select(timeout=0.1):
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
             try:
-                if events & selectors.EVENT_READ and not sock.recv(65536):
-                    selector.unregister(sock)  # the server closed it
+                if mask & selectors.EVENT_READ and not ready.recv(65536):
+                    selector.unregister(ready)  # the server closed it
                     continue
-                if events & selectors.EVENT_WRITE:
-                    sent += sock.send(burst) // len(frame)
+                if mask & selectors.EVENT_WRITE:
+                    sent += ready.send(burst) // len(frame)
             except (BlockingIOError, ConnectionError):
                 continue
     print(f"{SENT_PREFIX}{sent} frames", flush=True)

@@ -32,7 +32,9 @@ def merge_encoded(target: HdrHistogram, encoded: bytes) -> None:
         target.add(HdrHistogram.decode(encoded))
 
 
-def summary_ms(histogram: HdrHistogram, keys: tuple[str, ...] = ("p50", "p99", "p999")) -> dict:
+def summary_ms(
+    histogram: HdrHistogram, keys: tuple[str, ...] = ("p50", "p99", "p999")
+) -> dict[str, float | None]:
     """The chosen percentiles and the maximum, in milliseconds (None when empty)."""
     empty = histogram.get_total_count() == 0
     figures: dict[str, float | None] = {

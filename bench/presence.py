@@ -117,7 +117,9 @@ def _node_of(redis: RedisProcess, keys: Keys, label: str) -> str:
     """The id of the node started with ``--node-id label``, once it has registered."""
     deadline = time.monotonic() + PHASE_TIMEOUT
     while time.monotonic() < deadline:
-        for node in redis.command("SMEMBERS", keys.nodes):  # type: ignore[union-attr]
+        members = redis.command("SMEMBERS", keys.nodes)
+        assert isinstance(members, list)
+        for node in members:
             if node.decode().startswith(f"{label}@"):
                 return str(node.decode())
         time.sleep(POLL_STEP)

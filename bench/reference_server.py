@@ -23,7 +23,9 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
 from hbloop.core.session import (
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference server: {exc}", file=sys.stderr)
         return 2
     raise_open_files_limit()
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     if args.loop == "uvloop":
         try:
             import uvloop

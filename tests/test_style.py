@@ -1,5 +1,5 @@
-"""The code base stays ruff clean, type-checks under mypy --strict, and keeps its layers
-(the import-linter contracts in pyproject.toml)."""
+"""The code base stays ruff clean (lint and format), type-checks under mypy --strict,
+and keeps its layers (the import-linter contracts in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,22 @@ import subprocess
 
 from conftest import ROOT
 
+CHECKED = ("hbloop", "bench", "tests")
 
-def test_ruff_is_clean():
+
+def run_ruff(*args: str) -> subprocess.CompletedProcess[str]:
     ruff = shutil.which("ruff")
     assert ruff, "ruff is part of the test extra"
-    result = subprocess.run(
-        [ruff, "check", "hbloop", "bench", "tests"], cwd=ROOT, capture_output=True, text=True
-    )
+    return subprocess.run([ruff, *args, *CHECKED], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_ruff_is_clean():
+    result = run_ruff("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean():
+    result = run_ruff("format", "--check")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
