@@ -10,6 +10,7 @@ answers; ``deaf`` neither reads nor sends; ``say`` sends some frames and records
 
 from __future__ import annotations
 
+import dataclasses
 import select
 import socket
 import threading
@@ -19,7 +20,7 @@ from hbloop.core.protocol import Frame, FrameDecoder, RemoteProtocolError
 from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     PING_FRAME,
-    PROTOCOL_VERSION,
+    VERSION_1,
     Scheme,
     Welcome,
     encode_welcome,
@@ -58,7 +59,9 @@ class FakeServer:
                     if not data:
                         return
                     frames = decoder.feed(data)
-                sock.sendall(encode_welcome(self.welcome))
+                # Answered in the HELLO's version, as a server speaking both does (H10).
+                version = frames[0][1][0] if frames[0][1] else VERSION_1
+                sock.sendall(encode_welcome(dataclasses.replace(self.welcome, version=version)))
                 self.after_welcome(self, sock, decoder, frames[1:])
             except (OSError, RemoteProtocolError):
                 return  # the checker's hostile cases: this fake just hangs up
@@ -85,7 +88,7 @@ class FakeServer:
 
 
 def welcome(scheme: Scheme, interval_ms: int, timeout_ms: int) -> Welcome:
-    return Welcome(PROTOCOL_VERSION, scheme, interval_ms, timeout_ms)
+    return Welcome(VERSION_1, scheme, interval_ms, timeout_ms)
 
 
 def record_silently(

@@ -288,7 +288,7 @@ def test_H1_any_other_first_frame_gets_hello_required() -> None:
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        (encode_hello("alice", 0, version=2), Code.UNSUPPORTED_VERSION),
+        (encode_hello("alice", 0, version=3), Code.UNSUPPORTED_VERSION),
         (encode_frame(FrameType.HELLO, b"\x01\x00\x00"), Code.MALFORMED),
         (encode_hello("bad\nname", 0), Code.BAD_NAME),
     ],

@@ -27,9 +27,13 @@ from hbloop.core.wire import (
     HEADER,
     HEADER_SIZE,
     HEADER_STRUCT,
+    MUST_UNDERSTAND,
+    PROPERTY_VALUES,
     TYPED_FRAME,
+    VERSION_2,
     Code,
     FrameType,
+    Prop,
     Scheme,
 )
 
@@ -182,6 +186,109 @@ def test_stream_vector(vector: dict[str, Any]) -> None:
     complete = whole[: len(whole) - vector["pending"]]
     by_construct = GreedyRange(FRAME).parse(complete)
     assert [(int(f.type), f.payload_bytes) for f in by_construct] == frames
+
+
+V2: dict[str, list[dict[str, Any]]] = VECTORS["v2"]
+V2_FIELDS = {"HELLO": ("token", "max_payload"), "WELCOME": ("max_payload", "reconnect_window_ms")}
+
+
+def v2_fast_fields(ftype: int, payload: bytes) -> Fields:
+    """A version 2 HELLO or WELCOME through the fast path, in the vectors' names (the
+    raw properties are construct's business: the fast path keeps only known ones)."""
+    if ftype == FrameType.HELLO:
+        hello = parse_hello(payload)
+        return {
+            "version": hello.version,
+            "interval_ms": hello.interval_ms,
+            "name": hello.name,
+            "token": hello.token,
+            "max_payload": hello.max_payload,
+        }
+    welcome = parse_welcome(payload, VERSION_2)
+    return {
+        "version": welcome.version,
+        "scheme": int(welcome.scheme),
+        "interval_ms": welcome.interval_ms,
+        "timeout_ms": welcome.timeout_ms,
+        "max_payload": welcome.max_payload,
+        "reconnect_window_ms": welcome.reconnect_window_ms,
+    }
+
+
+def construct_property_values(kind: str, properties: Any) -> Fields:
+    """The registered properties' values as construct's PROPERTY_VALUES decode them."""
+    names = {"token": Prop.TOKEN, "max_payload": Prop.MAX_PAYLOAD}
+    if kind == "WELCOME":
+        names = {"max_payload": Prop.MAX_PAYLOAD, "reconnect_window_ms": Prop.RECONNECT_WINDOW}
+    by_id = {p.id & ~MUST_UNDERSTAND: p.value for p in properties}
+    values: Fields = {}
+    for field, ident in names.items():
+        raw = by_id.get(ident)
+        parsed = None if raw is None else PROPERTY_VALUES[ident].parse(raw)
+        values[field] = parsed
+    return values
+
+
+@pytest.mark.parametrize("vector", V2["valid"], ids=_name)
+def test_v2_valid_vector_fast_path(vector: dict[str, Any]) -> None:
+    frames = FrameDecoder(MAX_PAYLOAD).feed(bytes.fromhex(vector["hex"]))
+    assert [FrameType(t).name for t, _ in frames] == [vector["type"]]
+    expected = {k: v for k, v in vector["fields"].items() if k != "properties"}
+    assert v2_fast_fields(*frames[0]) == expected
+
+
+@pytest.mark.parametrize("vector", V2["valid"], ids=_name)
+def test_v2_valid_vector_construct(vector: dict[str, Any]) -> None:
+    """construct, the schema of record, reads the same fields and property values as
+    the fast path, and rebuilds the bytes from the raw properties."""
+    data = bytes.fromhex(vector["hex"])
+    parsed = TYPED_FRAME.parse(data)
+    kind = str(parsed.type)
+    fields = dict(vector["fields"])
+    raw = fields.pop("properties")
+    assert [{"id": p.id, "value_hex": p.value.hex()} for p in parsed.payload.properties] == raw
+    values = {name: fields.pop(name) for name in V2_FIELDS[kind]}
+    assert construct_property_values(kind, parsed.payload.properties) == values
+    payload = {
+        **fields,
+        "properties": [{"id": p["id"], "value": bytes.fromhex(p["value_hex"])} for p in raw],
+    }
+    if kind == "WELCOME":
+        payload["scheme"] = Scheme(fields["scheme"]).name
+        assert int(Scheme[str(parsed.payload.scheme)]) == fields["scheme"]
+    assert {k: parsed.payload[k] for k in fields if k != "scheme"} == {
+        k: v for k, v in fields.items() if k != "scheme"
+    }
+    rebuilt = TYPED_FRAME.build(
+        {"length": parsed.length, "type": kind, "flags": 0, "payload": payload}
+    )
+    assert rebuilt == data
+
+
+@pytest.mark.parametrize("vector", V2["malformed"], ids=_name)
+def test_v2_malformed_vector(vector: dict[str, Any]) -> None:
+    """Refused by the fast path with its code; construct refuses the shape errors."""
+    data = bytes.fromhex(vector["hex"])
+    frames = FrameDecoder(MAX_PAYLOAD).feed(data)
+    with pytest.raises(RemoteProtocolError) as raised:
+        v2_fast_fields(*frames[0])
+    assert raised.value.code.name == vector["error"]
+    if vector["stage"] == "shape":
+        with pytest.raises(ConstructError):
+            TYPED_FRAME.parse(data)
+
+
+def test_v2_vectors_cover_every_property_case() -> None:
+    names = " ".join(v["name"] for v in V2["valid"] + V2["malformed"])
+    for case in ("unknown property, skipped", "repeated", "cut short", "must-understand"):
+        assert case in names
+    assert {v["error"] for v in V2["malformed"]} == {
+        "MALFORMED",
+        "UNSUPPORTED_PROPERTY",
+        "UNSUPPORTED_VERSION",
+        "BAD_NAME",
+        "UNAUTHORIZED",
+    }
 
 
 @pytest.mark.parametrize("vector", VECTORS["grants"]["valid"], ids=_name)
