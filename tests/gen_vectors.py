@@ -459,7 +459,7 @@ def v2_valid_vectors() -> list[dict[str, object]]:
 
     def add(name: str, ftype: str, payload: bytes, fields: dict[str, object]) -> None:
         raw = payload[6 + payload[5] :] if ftype == "HELLO" else payload[10:]
-        props = []
+        props: list[dict[str, object]] = []
         while raw:
             ident, length = struct.unpack_from(">HH", raw)
             props.append({"id": ident, "value_hex": raw[4 : 4 + length].hex()})
