@@ -37,8 +37,11 @@ from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAX_HELLO_PAYLOAD,
+    MUST_UNDERSTAND,
     PING_FRAME,
     PONG_FRAME,
+    VERSION_1,
+    VERSION_2,
     Code,
     FrameType,
     Hello,
@@ -49,6 +52,7 @@ from hbloop.core.wire import (
     encode_error,
     encode_frame,
     encode_hello,
+    encode_property,
     encode_welcome,
 )
 
@@ -447,6 +451,72 @@ def test_H9_the_client_abandons_an_attempt_without_welcome_in_time() -> None:
     assert isinstance(events[0], Closed)
     assert events[0].disconnect.reason is Reason.HANDSHAKE_TIMEOUT
     assert client.state is State.CLOSED
+
+
+def v2_client(max_payload: int | None = None, token: str | None = None) -> SessionConfig:
+    hello = encode_hello("alice", INTERVAL_MS, VERSION_2, token=token, max_payload=max_payload)
+    return config(Role.CLIENT, hello=hello)
+
+
+def test_H10_a_version_2_handshake_exchanges_the_maximum_payloads() -> None:
+    server = config(Role.SERVER, max_payload=8192)
+    link = Link(client_config=v2_client(max_payload=4096), server_config=server).connect()
+    ((ftype, payload),) = link.server.sent
+    assert ftype == FrameType.WELCOME
+    assert payload == encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000, 8192))[HEADER_SIZE:]
+    assert link.server.session.peer_max_payload == 4096
+    assert link.client.session.peer_max_payload == 8192
+    assert isinstance(link.client.events[0], Opened)
+
+
+def test_H10_a_version_1_handshake_tells_no_maximum(link: Link) -> None:
+    assert link.server.session.peer_max_payload is None
+    assert link.client.session.peer_max_payload is None
+    assert len(link.client.session.send_data(bytes(DEFAULT_MAX_PAYLOAD + 1), link.now)) > 0
+
+
+def test_H10_R6_data_larger_than_the_peers_maximum_is_refused_locally() -> None:
+    server = config(Role.SERVER, max_payload=2048)
+    link = Link(client_config=v2_client(), server_config=server).connect()
+    link.client.session.send_data(bytes(2048), link.now)
+    with pytest.raises(LocalProtocolError) as raised:
+        link.client.session.send_data(bytes(2049), link.now)
+    assert raised.value.code is Code.FRAME_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("welcome", "code"),
+    [
+        (encode_welcome(Welcome(1, Scheme.CLIENT, 1000, 3000)), Code.UNSUPPORTED_VERSION),
+        (encode_welcome(Welcome(3, Scheme.CLIENT, 1000, 3000)), Code.UNSUPPORTED_VERSION),
+        (
+            encode_frame(
+                FrameType.WELCOME,
+                encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000))[HEADER_SIZE:]
+                + encode_property(MUST_UNDERSTAND | 0x0042, b""),
+            ),
+            Code.UNSUPPORTED_PROPERTY,
+        ),
+    ],
+)
+def test_H10_a_version_2_client_checks_the_welcome(welcome: bytes, code: Code) -> None:
+    client = Session.client(v2_client(), 0.0)
+    client.connected(0.0)
+    out, events = client.receive_data(welcome, 0.0)
+    assert [FrameType(t) for t, _ in frames_of(out)] == [FrameType.ERROR]
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == code
+
+
+def test_H10_a_refused_version_2_hello_falls_back_to_version_1_once() -> None:
+    client = v2_client(max_payload=4096, token="k")
+    refused = Disconnect(Reason.PEER_ERROR, Code.UNSUPPORTED_VERSION, "speaks 1")
+    assert not client.fall_back(Disconnect(Reason.PEER_ERROR, Code.BAD_NAME))
+    assert not client.fall_back(Disconnect(Reason.PEER_CLOSED, Code.UNSUPPORTED_VERSION))
+    assert client.version == VERSION_2
+    assert client.fall_back(refused)
+    # The same name, interval and token, in version 1's layout.
+    assert client.hello == encode_hello("alice", INTERVAL_MS, VERSION_1, token="k")
+    assert not client.fall_back(refused)  # once: a version 1 refusal is final (H8)
 
 
 # --- section 3: timing ------------------------------------------------------------------
