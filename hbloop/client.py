@@ -55,7 +55,9 @@ log = logging.getLogger("hbloop.client")
 
 
 # Refusals that a retry with the same HELLO cannot fix (H8): the client stops.
-FATAL_ERRORS = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED})
+FATAL_ERRORS = frozenset(
+    {Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED, Code.UNSUPPORTED_PROPERTY}
+)
 
 
 def is_final(disconnect: Disconnect) -> bool:
