@@ -187,6 +187,8 @@ def test_the_client_speaks_version_2_to_hbloops_server(serve):
     connection = client.connection
     assert connection is not None
     assert connection.session.peer_max_payload == SERVER_MAX_FRAME
+    assert client.welcome is not None
+    assert (client.welcome.version, client.welcome.max_payload) == (VERSION_2, SERVER_MAX_FRAME)
     client.close()
     loop.run_until(lambda: client.done, WAIT_TIMEOUT)
     loop.close()

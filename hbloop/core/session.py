@@ -178,23 +178,38 @@ class Grant:
     seconds and the WELCOME frame are computed once, not per connection.
     """
 
-    __slots__ = ("scheme", "interval_ms", "timeout_ms", "interval", "timeout", "ping_floor")
+    __slots__ = (
+        "scheme",
+        "interval_ms",
+        "timeout_ms",
+        "interval",
+        "timeout",
+        "ping_floor",
+        "_welcome",
+    )
 
-    def __init__(self, scheme: Scheme, interval_ms: int, timeout_ms: int) -> None:
+    def __init__(
+        self, scheme: Scheme, interval_ms: int, timeout_ms: int, welcome: Welcome | None = None
+    ) -> None:
         self.scheme = scheme
         self.interval_ms = interval_ms
         self.timeout_ms = timeout_ms
         self.interval = interval_ms / 1000
         self.timeout = timeout_ms / 1000
         self.ping_floor = PING_STRIKE_FRACTION * self.interval
+        # A client's grant: the WELCOME it came in, with its version and properties.
+        self._welcome = welcome
 
     @classmethod
     def from_welcome(cls, welcome: Welcome) -> Grant:
-        return cls(welcome.scheme, welcome.interval_ms, welcome.timeout_ms)
+        return cls(welcome.scheme, welcome.interval_ms, welcome.timeout_ms, welcome)
 
     @property
     def welcome(self) -> Welcome:
-        """The grant as version 1's WELCOME states it (version 2 adds properties)."""
+        """A client's: the WELCOME received. A server's: the grant as version 1's
+        WELCOME states it (a version 2 WELCOME adds the server's properties)."""
+        if self._welcome is not None:
+            return self._welcome
         return Welcome(VERSION_1, self.scheme, self.interval_ms, self.timeout_ms)
 
     def __repr__(self) -> str:
