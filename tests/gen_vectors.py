@@ -256,6 +256,10 @@ def malformed_vectors() -> list[dict[str, object]]:
         ("U+200B ZERO WIDTH SPACE (Cf)", "\u200b"),
         ("U+0085 NEXT LINE (C1, Cc)", "\x85"),
         ("U+2028 LINE SEPARATOR (Zl)", "\u2028"),
+        # Unassigned (Cn) code points are refused too, so that receivers on different
+        # Unicode versions agree: U+0890 is Cf from Unicode 14.0 and unassigned before.
+        ("U+0890 ARABIC POUND MARK ABOVE (Cf since Unicode 14.0)", "\u0890"),
+        ("U+0378, unassigned (Cn)", "\u0378"),
     ):
         name = f"a{char}b".encode()
         add(f"HELLO name with {label}", frame(1, hello_payload(name)), "BAD_NAME", "content")

@@ -239,6 +239,27 @@ def test_F2_before_the_handshake_a_server_buffers_no_more_than_the_largest_hello
     assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.FRAME_TOO_LARGE
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_H2a_a_frame_behind_the_hello_gets_the_open_maximum(split: bool) -> None:
+    """A DATA larger than the pre-handshake limit, pipelined behind the HELLO (whole in
+    the HELLO's read, or only its header), is judged once the HELLO is admitted, under
+    the OPEN maximum: WELCOME, then the DATA, no FRAME_TOO_LARGE."""
+    data = bytes(MAX_HELLO_PAYLOAD * 2)
+    big = encode_data(data)
+    server = Session.server(config(Role.SERVER, max_payload=MAX_HELLO_PAYLOAD * 4), 0.0)
+    first = encode_hello("alice", INTERVAL_MS) + (big[:HEADER_SIZE] if split else big)
+    out, events = server.receive_data(first, 0.0)
+    assert out == b"" and isinstance(events[0], HelloReceived)
+    out, events = server.accept(Grant(Scheme.CLIENT, INTERVAL_MS, TIMEOUT_MS), 0.0)
+    if split:
+        assert Message(data) not in events
+        more, events = server.receive_data(big[HEADER_SIZE:], 0.0)
+        out += more
+    assert [FrameType(t) for t, _ in frames_of(out)] == [FrameType.WELCOME]
+    assert Message(data) in events
+    assert server.state is State.OPEN
+
+
 def test_F2_the_maximum_once_open_is_the_configured_one() -> None:
     large = config(Role.SERVER, max_payload=MAX_HELLO_PAYLOAD * 4)
     link = Link(server_config=large).connect()

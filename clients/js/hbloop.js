@@ -130,8 +130,9 @@ function encodeFrame(type, payload = EMPTY) {
 // Characters a name may not contain and printable() escapes: Unicode controls (Cc:
 // C0, DEL, C1), format characters (Cf: bidi overrides, zero-width spaces...) and the
 // line and paragraph separators (Zl, Zp). Each can split, forge or disguise a log line.
-const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
-const UNSAFE_OR_BACKSLASH = /[\\\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+// And code points unassigned in this runtime's tables (Cn), as protocol.md section 1 says.
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cn}]/u;
+const UNSAFE_OR_BACKSLASH = /[\\\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cn}]/gu;
 // Peer text shown on a line is cut to this many characters: more than an ERROR
 // message (200 bytes) or a name (64 bytes) holds.
 const PRINTABLE_LIMIT = 200;

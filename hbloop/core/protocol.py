@@ -202,8 +202,9 @@ def _header_error(header: bytes, max_payload: int, frames: list[Frame]) -> Remot
 # terminal: controls (Cc: C0, DEL and C1, such as NEL), format characters (Cf: bidi
 # overrides and isolates, zero-width spaces and joiners, the BOM...) and the line and
 # paragraph separators (Zl, Zp). Each can split or forge a log line, or make it read
-# differently from its bytes.
-UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# differently from its bytes. And code points unassigned in this interpreter's tables
+# (Cn): one may be a format character of a later Unicode (protocol.md section 1).
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn"})
 
 
 def _is_unsafe(char: str) -> bool:
