@@ -59,9 +59,7 @@ class FakeServer:
                     if not data:
                         return
                     frames = decoder.feed(data)
-                # Answered in the HELLO's version, as a server speaking both does (H10).
-                version = frames[0][1][0] if frames[0][1] else VERSION_1
-                sock.sendall(encode_welcome(dataclasses.replace(self.welcome, version=version)))
+                sock.sendall(welcome_answering(frames[0][1], self.welcome))
                 self.after_welcome(self, sock, decoder, frames[1:])
             except (OSError, RemoteProtocolError):
                 return  # the checker's hostile cases: this fake just hangs up
@@ -85,6 +83,13 @@ class FakeServer:
     def close(self) -> None:
         self.closed.set()
         self.listener.close()
+
+
+def welcome_answering(hello: bytes, welcome: Welcome) -> bytes:
+    """The WELCOME frame answering the HELLO payload ``hello`` in that HELLO's version,
+    as a server speaking versions 1 and 2 does (protocol.md H10)."""
+    version = hello[0] if hello else VERSION_1
+    return encode_welcome(dataclasses.replace(welcome, version=version))
 
 
 def welcome(scheme: Scheme, interval_ms: int, timeout_ms: int) -> Welcome:

@@ -5,11 +5,12 @@ client talking to a version 1-only server falls back to version 1 once."""
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
+from fakeserver import FakeServer, record_silently
 
+from hbloop.check import CASES, CaseSkipped, Checker, Settings
 from hbloop.client import Client
 from hbloop.core.protocol import FrameDecoder, parse_error, parse_welcome
 from hbloop.core.session import Disconnect, Reason
@@ -73,7 +74,7 @@ def test_an_unknown_property_without_the_bit_is_skipped(serve, raw_peer):
     assert peer.recv()[0] == FrameType.WELCOME
 
 
-class VersionOneServer:
+class VersionOneServer(FakeServer):
     """A scripted server of version 1 only, as one written before version 2: it refuses
     any other HELLO version with ERROR UNSUPPORTED_VERSION and closes, and answers a
     version 1 HELLO with version 1's WELCOME (when ``welcomes``). It records the version
@@ -81,20 +82,10 @@ class VersionOneServer:
 
     def __init__(self, welcomes: bool) -> None:
         self.welcomes = welcomes
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
         self.versions: list[int] = []
-        self._lock = threading.Lock()
         self._open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+        super().__init__(Welcome(VERSION_1, Scheme.CLIENT, 1000, 3000), record_silently)
+        self.port: int = self.address[1]
 
     def _serve(self, sock: socket.socket) -> None:
         decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
@@ -106,21 +97,30 @@ class VersionOneServer:
                 return
             frames = decoder.feed(data)
         version = frames[0][1][0]
+        welcomed = version == VERSION_1 and self.welcomes
         with self._lock:
             self.versions.append(version)
-            self._open.append(sock)
-        if version == VERSION_1 and self.welcomes:
-            sock.sendall(encode_welcome(Welcome(VERSION_1, Scheme.CLIENT, 1000, 3000)))
-            return  # held open until close()
-        sock.sendall(encode_error(Code.UNSUPPORTED_VERSION, f"version {version} unknown"))
-        sock.shutdown(socket.SHUT_WR)
+            if welcomed:
+                self._open.append(sock)  # held open until close()
+        if welcomed:
+            sock.sendall(encode_welcome(self.welcome))
+            return
+        with sock:
+            sock.settimeout(WAIT_TIMEOUT)
+            try:
+                sock.sendall(encode_error(Code.UNSUPPORTED_VERSION, f"version {version} unknown"))
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):  # until the client's EOF (C1)
+                    pass
+            except OSError:
+                return  # the client reset it: nothing more to say
 
     def seen(self) -> list[int]:
         with self._lock:
             return list(self.versions)
 
     def close(self) -> None:
-        self.listener.close()
+        super().close()
         with self._lock:
             for sock in self._open:
                 sock.close()
@@ -192,3 +192,20 @@ def test_the_client_speaks_version_2_to_hbloops_server(serve):
     client.close()
     loop.run_until(lambda: client.done, WAIT_TIMEOUT)
     loop.close()
+
+
+VERSION_2_CASES = ("H10", "F6")
+
+
+def test_hbloop_check_skips_the_version_2_cases_for_a_version_1_server(version_one_server):
+    server = version_one_server(welcomes=True)
+    checker = Checker(Settings("127.0.0.1", server.port))
+    cases = [case for case in CASES if case.statement in VERSION_2_CASES]
+    assert len(cases) == 3
+    try:
+        for case in cases:
+            with pytest.raises(CaseSkipped, match="version 1 only"):
+                case.run(checker)
+    finally:
+        checker.close_all()
+    assert server.seen() == [VERSION_2] * len(cases)

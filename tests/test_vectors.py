@@ -33,8 +33,10 @@ from hbloop.core.wire import (
     VERSION_2,
     Code,
     FrameType,
+    Hello,
     Prop,
     Scheme,
+    Welcome,
 )
 
 from conftest import ROOT
@@ -52,25 +54,31 @@ def _code_name(code: int) -> str | None:
     return Code(code).name if code in Code._value2member_map_ else None
 
 
+def hello_fields(hello: Hello) -> Fields:
+    return {
+        "version": hello.version,
+        "interval_ms": hello.interval_ms,
+        "name": hello.name,
+        "token": hello.token,
+    }
+
+
+def welcome_fields(welcome: Welcome) -> Fields:
+    return {
+        "version": welcome.version,
+        "scheme": int(welcome.scheme),
+        "interval_ms": welcome.interval_ms,
+        "timeout_ms": welcome.timeout_ms,
+    }
+
+
 def fast_fields(ftype: int, payload: bytes) -> Fields:
     """Decode a payload with the struct fast path, in the vectors' field names."""
     kind = FrameType(ftype)
     if kind is FrameType.HELLO:
-        hello = parse_hello(payload)
-        return {
-            "version": hello.version,
-            "interval_ms": hello.interval_ms,
-            "name": hello.name,
-            "token": hello.token,
-        }
+        return hello_fields(parse_hello(payload))
     if kind is FrameType.WELCOME:
-        welcome = parse_welcome(payload)
-        return {
-            "version": welcome.version,
-            "scheme": int(welcome.scheme),
-            "interval_ms": welcome.interval_ms,
-            "timeout_ms": welcome.timeout_ms,
-        }
+        return welcome_fields(parse_welcome(payload))
     if kind is FrameType.DATA:
         return {"data_hex": payload.hex()}
     if kind is FrameType.CLOSE:
@@ -197,19 +205,10 @@ def v2_fast_fields(ftype: int, payload: bytes) -> Fields:
     raw properties are construct's business: the fast path keeps only known ones)."""
     if ftype == FrameType.HELLO:
         hello = parse_hello(payload)
-        return {
-            "version": hello.version,
-            "interval_ms": hello.interval_ms,
-            "name": hello.name,
-            "token": hello.token,
-            "max_payload": hello.max_payload,
-        }
+        return {**hello_fields(hello), "max_payload": hello.max_payload}
     welcome = parse_welcome(payload, VERSION_2)
     return {
-        "version": welcome.version,
-        "scheme": int(welcome.scheme),
-        "interval_ms": welcome.interval_ms,
-        "timeout_ms": welcome.timeout_ms,
+        **welcome_fields(welcome),
         "max_payload": welcome.max_payload,
         "reconnect_window_ms": welcome.reconnect_window_ms,
     }
