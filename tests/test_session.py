@@ -528,6 +528,28 @@ def test_H10_a_version_2_client_checks_the_welcome(welcome: bytes, code: Code) -
     assert isinstance(events[0], Closed) and events[0].disconnect.code == code
 
 
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        (encode_property(0x7001, b"later"), None),  # unknown: skipped
+        (encode_property(MUST_UNDERSTAND | 0x7001, b""), Code.UNSUPPORTED_PROPERTY),
+        (encode_property(0x7001, b"") * 2, Code.MALFORMED),  # repeated
+        (encode_property(0x7001, b"later")[:-1], Code.MALFORMED),  # cut short
+    ],
+)
+def test_F6_the_server_reads_the_hellos_properties(extra: bytes, code: Code | None) -> None:
+    link = raw()
+    hello = encode_hello("alice", INTERVAL_MS, VERSION_2)
+    link.send(link.client, encode_frame(FrameType.HELLO, hello[HEADER_SIZE:] + extra))
+    if code is None:
+        assert link.server.sent_types() == [FrameType.WELCOME]
+        assert link.server.closed() is None
+    else:
+        assert link.server.sent_types() == [FrameType.ERROR]
+        disconnect = link.server.closed()
+        assert disconnect is not None and disconnect.code == code
+
+
 def test_H10_a_refused_version_2_hello_falls_back_to_version_1_once() -> None:
     client = v2_client(max_payload=4096, token="k")
     refused = Disconnect(Reason.PEER_ERROR, Code.UNSUPPORTED_VERSION, "speaks 1")
