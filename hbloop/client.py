@@ -36,7 +36,9 @@ from hbloop.core.session import (
     State,
 )
 from hbloop.core.wire import (
+    DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
+    PROTOCOL_VERSION,
     U32_MAX,
     Code,
     Welcome,
@@ -53,7 +55,9 @@ log = logging.getLogger("hbloop.client")
 
 
 # Refusals that a retry with the same HELLO cannot fix (H8): the client stops.
-FATAL_ERRORS = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED})
+FATAL_ERRORS = frozenset(
+    {Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED, Code.UNSUPPORTED_PROPERTY}
+)
 
 
 def is_final(disconnect: Disconnect) -> bool:
@@ -127,7 +131,13 @@ class ClientBase:
             handshake_timeout=handshake_timeout,
             ping_strikes=DEFAULT_PING_STRIKES,
             linger=LINGER_SECONDS,
-            hello=encode_hello(name, round(interval * 1000), token=token),
+            hello=encode_hello(
+                name,
+                round(interval * 1000),
+                PROTOCOL_VERSION,
+                token=token,
+                max_payload=DEFAULT_MAX_PAYLOAD,
+            ),
             counters=self.counters,
         )
         #: Set once the client has stopped for good (closed, or refused for good).
@@ -144,6 +154,8 @@ class ClientBase:
     def _retry_delay(self, disconnect: Disconnect) -> float | None:
         """After ``disconnect``: how long to wait before the next attempt; or None,
         when the client does not reconnect or the end is final, and it has stopped."""
+        if self.session_config.fall_back(disconnect):
+            return 0.0  # a version 1 server: retry at once, in version 1 (H10)
         if not self.reconnect or is_final(disconnect):
             self._stop(disconnect)
             return None
