@@ -109,6 +109,10 @@ HEARTBEAT_BUCKETS = (
     50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0,
 )  # fmt: skip
 
+# A heartbeat frame (PING or PONG) is a bare header: a read of exactly this many bytes
+# is the common case that ``Session.receive_heartbeat`` recognizes by its bytes.
+HEARTBEAT_SIZE = len(PING_FRAME)
+
 # "Long ago": the time of a PING never sent or received (T3 starts last_ping there).
 NEVER = float("-inf")
 FOREVER = float("inf")
@@ -618,6 +622,39 @@ class Session:
         if rated and config.peer_rate:
             self._charge(rated, now)
         return out, events
+
+    def receive_heartbeat(self, buffer: bytes | bytearray, now: float) -> bytes | None:
+        """The per-frame fast path: a read of exactly ``HEARTBEAT_SIZE`` bytes, the
+        first bytes of ``buffer``, made at ``now``. If they are one PING or PONG that
+        needs nothing but a stamp and an answer, act on it exactly as ``receive_data``
+        would (same state, counters and histogram) and return what to send (a PONG, or
+        nothing); else change nothing and return None: the caller hands the same bytes
+        to ``receive_data``. Strikes (T8), rated or reported PONGs (T9), a held partial
+        frame and any state but OPEN take the general path."""
+        if self.state is not S_OPEN or self._held is not None:
+            return None
+        config = self.config
+        counters = config.counters
+        previous_read = self.last_recv
+        if buffer.startswith(PING_FRAME):
+            credit = self.last_ping_in + self.grant.ping_floor
+            if credit > now:
+                return None
+            self.strikes = 0
+            self.last_ping_in = credit if credit > previous_read else previous_read
+            self.last_sent = now
+            counters.frames_out += 1
+            out = PONG_FRAME
+        elif buffer.startswith(PONG_FRAME) and not (config.report_pongs or config.peer_rate):
+            out = b""
+        else:
+            return None
+        self.paused = False
+        self.last_recv = now
+        counters.frames_in += 1
+        counters.heartbeats += 1
+        counters.heartbeat_intervals.observe(now - previous_read)
+        return out
 
     def _charge(self, frames: int, now: float) -> None:
         """T9: count ``frames`` against the peer's rate; once it is spent, pause until

@@ -43,6 +43,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from hbloop.core.protocol import RemoteProtocolError
 from hbloop.core.session import (
     FOREVER,
+    HEARTBEAT_SIZE,
     S_CLOSED,
     S_CLOSING,
     Events,
@@ -246,6 +247,13 @@ class Channel(Generic[AppT]):
         endpoint = self.endpoint
         endpoint.counters.bytes_in += n
         session = self.session
+        if n == HEARTBEAT_SIZE:
+            # Most reads are one heartbeat: matched by its bytes, stamped, answered.
+            answer = session.receive_heartbeat(_read_buffer, endpoint.loop.now)
+            if answer is not None:
+                if answer:
+                    self._write(answer)
+                return
         out, events = session.receive_data(_read_view[:n], endpoint.loop.now)
         if events:
             self.apply((out, events))
