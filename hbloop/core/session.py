@@ -450,6 +450,14 @@ class Session:
             return FOREVER
         return self.deadline
 
+    def silence_timeout(self) -> float | None:
+        """The peer's timeout if this side's only deadline is the peer's silence (OPEN,
+        judging the peer, sending no PINGs of its own): ``next_deadline()`` is then
+        ``last_recv`` plus it, and moves only when ``last_recv`` does. Else None."""
+        if self.state is S_OPEN and self.config.enforce_timeout and not self._pings():
+            return self.grant.timeout
+        return None
+
     def expired(self, now: float) -> bool:
         """True if ``deadline_reached(now)`` would end an OPEN connection for silence:
         the caller's cue to read what is already waiting first (T6)."""

@@ -21,6 +21,12 @@ layer costs Python function calls, and with tens of thousands of peers those cal
   the heap is rebuilt when cancelled entries dominate it (asyncio's rule). Users of
   the loop are expected to *re-arm lazily*: record the time of an event and check it
   when the deadline comes due, so that a heartbeat costs no heap operation at all.
+* **Deadline groups for deadlines a fixed period after a touch.** A peer's silence
+  deadline is its last frame plus its timeout; every frame moves it. A
+  ``DeadlineGroup`` keeps such members in the order of their touches (an
+  ``OrderedDict``), so that moving a member's deadline is one C-level
+  ``move_to_end``, and one heap timer at the head's deadline serves the whole group.
+  Deadlines stay exact: the head is always the earliest.
 * **Sleep exactly until the next deadline.** The poll timeout is the time to the
   heap's head; epoll rounds it up to the millisecond, never down, so a timer is never
   run early. How late one runs is measured (``max_lag``) and reported.
@@ -51,6 +57,7 @@ import select
 import signal
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -139,6 +146,69 @@ class Timer(float):
             self._loop._cancelled_count += 1
 
 
+class DeadlineGroup(OrderedDict[Any, None]):
+    """Members whose deadline is ``period`` after their touch time ``touched(member)``,
+    kept in the order of their touches: one loop timer, at the head's deadline, serves
+    them all, and moving a member's deadline is ``move_to_end(member)``, one C call and
+    no heap operation (see the module's essay).
+
+    The order is the caller's to keep, which it does by two rules: a member joins
+    (``join``) only with a touch time no earlier than the tail's (``admits``), and is
+    moved to the end each time its touch time moves on to the loop's ``now``. When the
+    head's deadline comes, each due member is taken out and ``expire(member)`` runs;
+    the timer then re-arms at the new head's deadline. A member touched meanwhile only
+    makes that firing find nothing due, once per ``period`` at most.
+    """
+
+    def __init__(
+        self, loop: EventLoop, period: float, touched: Callable[[Any], float], expire: Callback
+    ) -> None:
+        super().__init__()
+        self.loop = loop
+        self.period = period
+        self.touched = touched
+        self.expire = expire
+        self.timer: Timer | None = None
+
+    def admits(self, touched: float) -> bool:
+        """True if a member touched at ``touched`` may join without breaking the order."""
+        if not self:
+            return True
+        return touched >= self.touched(next(reversed(self)))
+
+    def join(self, member: Any) -> None:
+        """Add ``member`` at the end (``admits`` said yes)."""
+        self[member] = None
+        if self.timer is None:
+            self._arm()
+
+    def leave(self, member: Any) -> None:
+        """Take ``member`` out; its group timer, if it was the head, finds out lazily."""
+        self.pop(member, None)
+
+    def _arm(self) -> None:
+        if self:
+            due = self.touched(next(iter(self))) + self.period
+            self.timer = self.loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        now = self.loop.now
+        touched = self.touched
+        period = self.period
+        while self:
+            member = next(iter(self))
+            if touched(member) + period > now:
+                break
+            del self[member]
+            try:
+                self.expire(member)
+            except Exception:
+                log.exception("deadline of %r raised; the loop carries on", member)
+        if self.timer is None:  # else a member that rejoined armed it
+            self._arm()
+
+
 class _Epoll:
     """The OS backend: the only code that knows about epoll. The loop tells it the
     old and new interest of an fd, so it keeps no table of its own.
@@ -211,6 +281,7 @@ class EventLoop:
         if isinstance(clock, VirtualClock):
             self._wait = functools.partial(clock.wait, backend.wait)
             self._sleep = clock.sleep
+        self._groups: dict[tuple[float, Callback], DeadlineGroup] = {}
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self._timers: list[Timer] = []
@@ -290,6 +361,16 @@ class EventLoop:
 
     def call_later(self, delay: float, callback: Callback, *args: Any) -> Timer:
         return self.call_at(self.clock() + delay, callback, *args)
+
+    def deadline_group(
+        self, period: float, touched: Callable[[Any], float], expire: Callback
+    ) -> DeadlineGroup:
+        """The loop's ``DeadlineGroup`` for ``period`` and ``expire``, made on first use:
+        every caller that asks for the same pair shares its one timer."""
+        group = self._groups.get((period, expire))
+        if group is None:
+            group = self._groups[period, expire] = DeadlineGroup(self, period, touched, expire)
+        return group
 
     def call_soon(self, callback: Callback, *args: Any) -> None:
         """Run ``callback(*args)`` at the end of the current iteration (or of the next,
