@@ -43,6 +43,7 @@ method in a state where it makes no sense raises ``LocalProtocolError``.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -661,7 +662,11 @@ class Session:
         self.last_recv = now
         counters.frames_in += 1
         counters.heartbeats += 1
-        counters.heartbeat_intervals.observe(now - previous_read)
+        # Buckets.observe, inlined: a Python call is a tenth of this path's cost.
+        gap = now - previous_read
+        intervals = counters.heartbeat_intervals
+        intervals.counts[bisect_left(intervals.bounds, gap)] += 1
+        intervals.sum += gap
         return out
 
     def _charge(self, frames: int, now: float) -> None:
