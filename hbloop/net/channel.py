@@ -274,16 +274,16 @@ class Channel(Generic[AppT]):
         endpoint = self.endpoint
         endpoint.counters.bytes_in += n
         session = self.session
+        now = endpoint.loop.now
         if n == HEARTBEAT_SIZE:
             # Most reads are one heartbeat: matched by its bytes, stamped, answered.
-            answer = session.receive_heartbeat(_read_buffer, endpoint.loop.now)
+            answer = session.receive_heartbeat(_read_buffer, now)
             if answer is not None:
                 if self.group is not None:
                     self.group.move_to_end(self)  # its silence deadline moved
                 if answer:
                     self._write(answer)
                 return
-        now = endpoint.loop.now
         out, events = session.receive_data(_read_view[:n], now)
         if self.group is not None and session.last_recv == now:
             self.group.move_to_end(self)
@@ -461,19 +461,20 @@ class LayeredChannel(Channel[AppT]):
 
     def on_readable(self) -> None:
         try:
-            data = self.sock.recv(READ_CHUNK)
+            n = self.sock.recv_into(_read_buffer)  # one read, into the shared buffer
         except BlockingIOError:
             return
         except OSError as exc:
             self._read_failed(exc)
             return
-        if not data:
+        if not n:
             self._read_eof()
             return
-        self.endpoint.counters.bytes_in += len(data)
+        self.endpoint.counters.bytes_in += n
         tls = self.tls
+        data: bytes | memoryview = _read_view[:n]
         if tls is not None:
-            data = self._decrypt(tls, data)
+            data = self._decrypt(tls, data)  # OpenSSL copies it into its BIO
         if data:
             if self.tracer is not None:
                 self.tracer.received(data)
@@ -485,7 +486,7 @@ class LayeredChannel(Channel[AppT]):
 
     # --- TLS -----------------------------------------------------------------------------
 
-    def _decrypt(self, tls: TlsLayer, ciphertext: bytes) -> bytes:
+    def _decrypt(self, tls: TlsLayer, ciphertext: bytes | memoryview) -> bytes:
         """The plaintext ``ciphertext`` completes; b"" when there is none, or when TLS
         failed and the connection is ending."""
         if self.session.state is S_CLOSING:
