@@ -53,6 +53,7 @@ import contextlib
 import functools
 import heapq
 import logging
+import math
 import select
 import signal
 import socket
@@ -70,6 +71,16 @@ CANCELLED_FRACTION_FOR_PURGE = 0.5
 # With coalescing on, a wake-up that found at least this many ready descriptors is
 # busy enough to poll again at once: waiting would add latency and save little.
 COALESCE_BELOW = 16
+
+# With coalescing on, the loop lingers only while the arrival rate it measures says a
+# linger gathers at least this many events: below it (a trickle of heartbeats), a
+# linger adds its whole length to their RTT and saves next to nothing.
+COALESCE_MIN_GATHER = 1.0
+
+# Weight of the newest wake-up in the arrival rate's moving average: about the last ten
+# wake-ups count, so that the loop follows a change of load within a few milliseconds
+# at the rates where lingering pays.
+RATE_WEIGHT = 0.1
 
 # Upper bound on events fetched per epoll_wait. Large enough that a wake-up serves a
 # whole burst of heartbeats; the kernel hands out the rest on the next call.
@@ -259,7 +270,10 @@ class EventLoop:
     long (never past the next deadline) before polling again, so that the next
     wake-up serves the events that arrived meanwhile in one batch. Each event then
     waits up to ``coalesce`` longer, and each heartbeat costs a fraction of an
-    ``epoll_wait`` and of one loop iteration instead of a whole one.
+    ``epoll_wait`` and of one loop iteration instead of a whole one. It adapts: the
+    loop measures the rate events arrive at (``arrival_rate``, a moving average over
+    wake-ups) and lingers only while a linger would gather ``COALESCE_MIN_GATHER``
+    events or more, so a trickle pays no latency for a batch that never comes.
 
     ``clock`` is where the loop's time comes from, ``time.monotonic`` by default. Any
     callable returning seconds will do for the loop's time, with waits still measured
@@ -299,6 +313,10 @@ class EventLoop:
         self.iterations = 0
         #: Worst lateness of a timer since the last ``take_max_lag()``.
         self.max_lag = 0.0
+        #: Events per second, measured over wake-ups while coalescing is on (infinity
+        #: until a wake-up has taken time: a loop that has measured nothing lingers).
+        self.arrival_rate = math.inf
+        self._woke = self.now
 
     # --- file events ------------------------------------------------------------
 
@@ -501,11 +519,22 @@ class EventLoop:
             self._run_due_timers()
         if self._ready:
             self._run_ready()
-        if self.coalesce and len(events) < COALESCE_BELOW:
-            self._linger(timers)
+        if self.coalesce:
+            self._linger(timers, len(events), now)
 
-    def _linger(self, timers: list[Timer]) -> None:
-        """Let events gather for ``coalesce`` seconds, or until the next deadline."""
+    def _linger(self, timers: list[Timer], count: int, woke: float) -> None:
+        """After a quiet wake-up (``count`` events at ``woke``) that the arrival rate
+        says a linger would add to, let events gather for ``coalesce`` seconds, or
+        until the next deadline."""
+        elapsed = woke - self._woke
+        self._woke = woke
+        if elapsed > 0.0:
+            rate = count / elapsed
+            if self.arrival_rate != math.inf:
+                rate = self.arrival_rate + RATE_WEIGHT * (rate - self.arrival_rate)
+            self.arrival_rate = rate
+        if count >= COALESCE_BELOW or self.arrival_rate * self.coalesce < COALESCE_MIN_GATHER:
+            return
         delay = self.coalesce
         if timers:
             delay = min(delay, timers[0] - self.clock())
