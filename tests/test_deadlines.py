@@ -128,6 +128,10 @@ def test_a_member_that_leaves_never_expires(loop: EventLoop) -> None:
     group.leave(gone)
     assert loop.run_until(lambda: kept.expired is not None, PATIENCE)
     assert gone.expired is None and kept.expired == PERIOD
+    group.join(gone)
+    assert loop.timer_count == 1
+    group.leave(gone)
+    assert loop.timer_count == 0  # the last member took the group's timer with it
 
 
 # --- the server's peers ---------------------------------------------------------------

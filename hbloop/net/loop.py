@@ -194,8 +194,12 @@ class DeadlineGroup(OrderedDict[Any, None]):
             self._arm()
 
     def leave(self, member: Any) -> None:
-        """Take ``member`` out; its group timer, if it was the head, finds out lazily."""
+        """Take ``member`` out; the group timer, if it was the head, finds out lazily,
+        and goes with the last member (a loop whose peers are gone holds no timer)."""
         self.pop(member, None)
+        if not self and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _arm(self) -> None:
         if self:
