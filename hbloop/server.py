@@ -11,10 +11,9 @@ With a TLS context each channel holds a ``hbloop.net.tls.TlsLayer``, after a
 per-process rate limit on new handshakes; the TLS handshake runs inside the session's
 handshake deadline. With ``trace`` each holds a ``hbloop.net.trace.Tracer``.
 
-Liveness costs no timer operation per heartbeat: a frame only overwrites the
-session's ``last_recv``; the peer's one timer re-arms itself when it comes due (see
-``Channel.arm``), so a peer that heartbeats every interval costs about one heap push
-per timeout period.
+Liveness costs no heap operation per heartbeat: a frame overwrites the session's
+``last_recv`` and moves the peer to the end of its deadline group, whose one timer
+serves every peer with the same timeout (see ``Channel.arm``).
 """
 
 from __future__ import annotations

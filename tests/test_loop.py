@@ -18,7 +18,12 @@ from collections.abc import Iterator
 import pytest
 
 from hbloop.net.clock import MockClock
-from hbloop.net.loop import COALESCE_BELOW, MIN_CANCELLED_FOR_PURGE, EventLoop
+from hbloop.net.loop import (
+    COALESCE_BELOW,
+    COALESCE_MIN_GATHER,
+    MIN_CANCELLED_FOR_PURGE,
+    EventLoop,
+)
 
 
 @pytest.fixture
@@ -262,6 +267,37 @@ def test_a_busy_wake_up_polls_again_at_once() -> None:
             loop.forget_fd(b.fileno())
             a.close()
             b.close()
+        loop.close()
+
+
+def test_coalescing_stays_off_for_a_trickle_and_comes_back_with_the_load() -> None:
+    """The linger adapts: events a second apart would make a 10 ms linger gather
+    nothing, so there is none; events a millisecond apart bring it back."""
+    clock = MockClock()
+    loop = EventLoop(coalesce=0.01, clock=clock)
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(b.fileno(), lambda: b.recv(100))
+        for _ in range(3):  # one event a second: 1/s x 10 ms is far below one event
+            clock.jump(1.0)
+            a.send(b"x")
+            woke = loop.time()
+            loop.run_once()
+            assert loop.time() == woke  # no linger
+        assert loop.arrival_rate == pytest.approx(1.0)
+        lingered = 0
+        for _ in range(30):  # one event a millisecond: a linger gathers ten
+            clock.jump(0.001)
+            a.send(b"x")
+            woke = loop.time()
+            loop.run_once()
+            lingered += loop.time() > woke
+        assert loop.arrival_rate * loop.coalesce >= COALESCE_MIN_GATHER
+        assert lingered  # from the wake-up at which the average crossed the line
+    finally:
+        loop.forget_fd(b.fileno())
+        a.close()
+        b.close()
         loop.close()
 
 

@@ -43,6 +43,7 @@ method in a state where it makes no sense raises ``LocalProtocolError``.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -110,6 +111,10 @@ HEARTBEAT_BUCKETS = (
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
     50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0,
 )  # fmt: skip
+
+# A heartbeat frame (PING or PONG) is a bare header: a read of exactly this many bytes
+# is the common case that ``Session.receive_heartbeat`` recognizes by its bytes.
+HEARTBEAT_SIZE = len(PING_FRAME)
 
 # "Long ago": the time of a PING never sent or received (T3 starts last_ping there).
 NEVER = float("-inf")
@@ -487,6 +492,14 @@ class Session:
             return FOREVER
         return self.deadline
 
+    def silence_timeout(self) -> float | None:
+        """The peer's timeout if this side's only deadline is the peer's silence (OPEN,
+        judging the peer, sending no PINGs of its own): ``next_deadline()`` is then
+        ``last_recv`` plus it, and moves only when ``last_recv`` does. Else None."""
+        if self.state is S_OPEN and self.config.enforce_timeout and not self._pings():
+            return self.grant.timeout
+        return None
+
     def expired(self, now: float) -> bool:
         """True if ``deadline_reached(now)`` would end an OPEN connection for silence:
         the caller's cue to read what is already waiting first (T6)."""
@@ -672,6 +685,43 @@ class Session:
         if rated and config.peer_rate:
             self._charge(rated, now)
         return out, events
+
+    def receive_heartbeat(self, buffer: bytes | bytearray, now: float) -> bytes | None:
+        """The per-frame fast path: a read of exactly ``HEARTBEAT_SIZE`` bytes, the
+        first bytes of ``buffer``, made at ``now``. If they are one PING or PONG that
+        needs nothing but a stamp and an answer, act on it exactly as ``receive_data``
+        would (same state, counters and histogram) and return what to send (a PONG, or
+        nothing); else change nothing and return None: the caller hands the same bytes
+        to ``receive_data``. Strikes (T8), rated or reported PONGs (T9), a held partial
+        frame and any state but OPEN take the general path."""
+        if self.state is not S_OPEN or self._held is not None:
+            return None
+        config = self.config
+        counters = config.counters
+        previous_read = self.last_recv
+        if buffer.startswith(PING_FRAME):
+            credit = self.last_ping_in + self.grant.ping_floor
+            if credit > now:
+                return None
+            self.strikes = 0
+            self.last_ping_in = credit if credit > previous_read else previous_read
+            self.last_sent = now
+            counters.frames_out += 1
+            out = PONG_FRAME
+        elif buffer.startswith(PONG_FRAME) and not (config.report_pongs or config.peer_rate):
+            out = b""
+        else:
+            return None
+        self.paused = False
+        self.last_recv = now
+        counters.frames_in += 1
+        counters.heartbeats += 1
+        # Buckets.observe, inlined: a Python call is a tenth of this path's cost.
+        gap = now - previous_read
+        intervals = counters.heartbeat_intervals
+        intervals.counts[bisect_left(intervals.bounds, gap)] += 1
+        intervals.sum += gap
+        return out
 
     def _charge(self, frames: int, now: float) -> None:
         """T9: count ``frames`` against the peer's rate; once it is spent, pause until

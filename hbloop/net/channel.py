@@ -19,9 +19,14 @@ session decodes, acts and refuses; the channel only carries bytes.
   the session's answers and whatever the endpoint sends in its callbacks leave in one
   ``send``. Unsent output past the endpoint's ``max_pending`` drops the connection as
   a slow consumer.
-* **Time.** One loop timer per connection, armed at ``session.next_deadline()`` and
-  re-armed only when it fires or the deadline moves earlier (a state change), so a
-  heartbeat costs no timer operation.
+* **Time.** While the session's only deadline is the peer's silence
+  (``session.silence_timeout()``: a server judging a client that pings), the channel
+  is a member of the loop's ``DeadlineGroup`` for that timeout, ordered by the time
+  of the peer's last frame: a read that completes a frame moves it to the end (one
+  ``move_to_end``), and the group's one timer expires it. Otherwise one loop timer per
+  connection, armed at ``session.next_deadline()`` and re-armed only when it fires or
+  the deadline moves earlier (a state change). Either way a heartbeat costs no heap
+  operation.
 * **Ending.** When the session is CLOSING its last frame is flushed, then the
   writing half is shut down (TCP FIN), and input is drained until the peer's EOF or
   the linger deadline; CLOSED releases the socket.
@@ -43,6 +48,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from hbloop.core.protocol import RemoteProtocolError
 from hbloop.core.session import (
     FOREVER,
+    HEARTBEAT_SIZE,
     S_CLOSED,
     S_CLOSING,
     Events,
@@ -54,7 +60,7 @@ from hbloop.core.session import (
 )
 from hbloop.core.wire import Code
 from hbloop.net.counters import IoCounters
-from hbloop.net.loop import EventLoop, Timer
+from hbloop.net.loop import DeadlineGroup, EventLoop, Timer
 from hbloop.net.tls import Certificate, NotTlsError, TlsError, TlsLayer
 from hbloop.net.trace import Tracer
 
@@ -98,7 +104,7 @@ class Channel(Generic[AppT]):
     ``drop``.
     """
 
-    __slots__ = ("endpoint", "app", "sock", "fd", "session", "out", "timer")
+    __slots__ = ("endpoint", "app", "sock", "fd", "session", "out", "timer", "group")
 
     def __init__(
         self, endpoint: Endpoint[AppT], app: AppT, sock: socket.socket, session: Session
@@ -110,6 +116,7 @@ class Channel(Generic[AppT]):
         self.session = session
         self.out: bytearray | None = None  # unsent output, or a cork while dispatching
         self.timer: Timer | None = None
+        self.group: DeadlineGroup | None = None  # instead of the timer (see "Time")
 
     @property
     def released(self) -> bool:
@@ -161,7 +168,7 @@ class Channel(Generic[AppT]):
         if self.fd >= 0:
             if self.session.state is S_CLOSED:
                 self._release()
-            elif events or self.timer is None:
+            elif events or (self.timer is None and self.group is None):
                 # Only a state change (it comes with events) can move the deadline
                 # earlier; a heartbeat only moves it later, which the timer finds out
                 # when it fires.
@@ -170,8 +177,28 @@ class Channel(Generic[AppT]):
     # --- time --------------------------------------------------------------------------
 
     def arm(self) -> None:
-        """Make the timer fire no later than the session's next deadline."""
-        due = self.session.next_deadline()
+        """Make the timer (or the deadline group) fire no later than the session's next
+        deadline."""
+        session = self.session
+        period = session.silence_timeout()
+        group = self.group
+        if period is not None:
+            if group is not None:
+                return  # the reads keep its place
+            group = self.endpoint.loop.deadline_group(period, _last_recv, Channel._on_deadline)
+            if group.admits(session.last_recv):
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
+                group.join(self)
+                self.group = group
+                return
+            # Silent since before the group's newest member (an admission that took a
+            # while): its own timer, until that fires and it joins.
+        elif group is not None:
+            group.leave(self)
+            self.group = None
+        due = session.next_deadline()
         timer = self.timer
         if timer is not None:
             if timer <= due:
@@ -185,6 +212,7 @@ class Channel(Generic[AppT]):
 
     def _on_deadline(self) -> None:
         self.timer = None
+        self.group = None  # a group takes a member out before it expires it
         session = self.session
         now = self.endpoint.loop.now
         if session.expired(now):
@@ -246,7 +274,19 @@ class Channel(Generic[AppT]):
         endpoint = self.endpoint
         endpoint.counters.bytes_in += n
         session = self.session
-        out, events = session.receive_data(_read_view[:n], endpoint.loop.now)
+        now = endpoint.loop.now
+        if n == HEARTBEAT_SIZE:
+            # Most reads are one heartbeat: matched by its bytes, stamped, answered.
+            answer = session.receive_heartbeat(_read_buffer, now)
+            if answer is not None:
+                if self.group is not None:
+                    self.group.move_to_end(self)  # its silence deadline moved
+                if answer:
+                    self._write(answer)
+                return
+        out, events = session.receive_data(_read_view[:n], now)
+        if self.group is not None and session.last_recv == now:
+            self.group.move_to_end(self)
         if events:
             self.apply((out, events))
         elif out:
@@ -286,7 +326,11 @@ class Channel(Generic[AppT]):
     def _serve(self, data: bytes | memoryview) -> None:
         """Hand the session ``data`` and follow its step; pause if it asks to."""
         session = self.session
-        self.apply(session.receive_data(data, self.endpoint.loop.now))
+        now = self.endpoint.loop.now
+        step = session.receive_data(data, now)
+        if self.group is not None and session.last_recv == now:
+            self.group.move_to_end(self)  # its silence deadline moved
+        self.apply(step)
         if session.paused and self.fd >= 0:
             self._pause()
 
@@ -367,6 +411,9 @@ class Channel(Generic[AppT]):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.group is not None:
+            self.group.leave(self)
+            self.group = None
         self.endpoint.loop.forget_fd(fd)
         self.out = None
         self.sock.close()
@@ -414,19 +461,20 @@ class LayeredChannel(Channel[AppT]):
 
     def on_readable(self) -> None:
         try:
-            data = self.sock.recv(READ_CHUNK)
+            n = self.sock.recv_into(_read_buffer)  # one read, into the shared buffer
         except BlockingIOError:
             return
         except OSError as exc:
             self._read_failed(exc)
             return
-        if not data:
+        if not n:
             self._read_eof()
             return
-        self.endpoint.counters.bytes_in += len(data)
+        self.endpoint.counters.bytes_in += n
         tls = self.tls
+        data: bytes | memoryview = _read_view[:n]
         if tls is not None:
-            data = self._decrypt(tls, data)
+            data = self._decrypt(tls, data)  # OpenSSL copies it into its BIO
         if data:
             if self.tracer is not None:
                 self.tracer.received(data)
@@ -438,7 +486,7 @@ class LayeredChannel(Channel[AppT]):
 
     # --- TLS -----------------------------------------------------------------------------
 
-    def _decrypt(self, tls: TlsLayer, ciphertext: bytes) -> bytes:
+    def _decrypt(self, tls: TlsLayer, ciphertext: bytes | memoryview) -> bytes:
         """The plaintext ``ciphertext`` completes; b"" when there is none, or when TLS
         failed and the connection is ending."""
         if self.session.state is S_CLOSING:
@@ -506,6 +554,11 @@ class LayeredChannel(Channel[AppT]):
             if notify and not self._write_raw(notify):
                 return
         super()._flush()
+
+
+def _last_recv(channel: Channel[Any]) -> float:
+    """A channel's touch time in its deadline group: when its peer's last frame came."""
+    return channel.session.last_recv
 
 
 def make_channel(

@@ -21,6 +21,12 @@ layer costs Python function calls, and with tens of thousands of peers those cal
   the heap is rebuilt when cancelled entries dominate it (asyncio's rule). Users of
   the loop are expected to *re-arm lazily*: record the time of an event and check it
   when the deadline comes due, so that a heartbeat costs no heap operation at all.
+* **Deadline groups for deadlines a fixed period after a touch.** A peer's silence
+  deadline is its last frame plus its timeout; every frame moves it. A
+  ``DeadlineGroup`` keeps such members in the order of their touches (an
+  ``OrderedDict``), so that moving a member's deadline is one C-level
+  ``move_to_end``, and one heap timer at the head's deadline serves the whole group.
+  Deadlines stay exact: the head is always the earliest.
 * **Sleep exactly until the next deadline.** The poll timeout is the time to the
   heap's head; epoll rounds it up to the millisecond, never down, so a timer is never
   run early. How late one runs is measured (``max_lag``) and reported.
@@ -47,10 +53,12 @@ import contextlib
 import functools
 import heapq
 import logging
+import math
 import select
 import signal
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,6 +71,16 @@ CANCELLED_FRACTION_FOR_PURGE = 0.5
 # With coalescing on, a wake-up that found at least this many ready descriptors is
 # busy enough to poll again at once: waiting would add latency and save little.
 COALESCE_BELOW = 16
+
+# With coalescing on, the loop lingers only while the arrival rate it measures says a
+# linger gathers at least this many events: below it (a trickle of heartbeats), a
+# linger adds its whole length to their RTT and saves next to nothing.
+COALESCE_MIN_GATHER = 1.0
+
+# Weight of the newest wake-up in the arrival rate's moving average: about the last ten
+# wake-ups count, so that the loop follows a change of load within a few milliseconds
+# at the rates where lingering pays.
+RATE_WEIGHT = 0.1
 
 # Upper bound on events fetched per epoll_wait. Large enough that a wake-up serves a
 # whole burst of heartbeats; the kernel hands out the rest on the next call.
@@ -139,6 +157,73 @@ class Timer(float):
             self._loop._cancelled_count += 1
 
 
+class DeadlineGroup(OrderedDict[Any, None]):
+    """Members whose deadline is ``period`` after their touch time ``touched(member)``,
+    kept in the order of their touches: one loop timer, at the head's deadline, serves
+    them all, and moving a member's deadline is ``move_to_end(member)``, one C call and
+    no heap operation (see the module's essay).
+
+    The order is the caller's to keep, which it does by two rules: a member joins
+    (``join``) only with a touch time no earlier than the tail's (``admits``), and is
+    moved to the end each time its touch time moves on to the loop's ``now``. When the
+    head's deadline comes, each due member is taken out and ``expire(member)`` runs;
+    the timer then re-arms at the new head's deadline. A member touched meanwhile only
+    makes that firing find nothing due, once per ``period`` at most.
+    """
+
+    def __init__(
+        self, loop: EventLoop, period: float, touched: Callable[[Any], float], expire: Callback
+    ) -> None:
+        super().__init__()
+        self.loop = loop
+        self.period = period
+        self.touched = touched
+        self.expire = expire
+        self.timer: Timer | None = None
+
+    def admits(self, touched: float) -> bool:
+        """True if a member touched at ``touched`` may join without breaking the order."""
+        if not self:
+            return True
+        return touched >= self.touched(next(reversed(self)))
+
+    def join(self, member: Any) -> None:
+        """Add ``member`` at the end (``admits`` said yes)."""
+        self[member] = None
+        if self.timer is None:
+            self._arm()
+
+    def leave(self, member: Any) -> None:
+        """Take ``member`` out; the group timer, if it was the head, finds out lazily,
+        and goes with the last member (a loop whose peers are gone holds no timer)."""
+        self.pop(member, None)
+        if not self and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _arm(self) -> None:
+        if self:
+            due = self.touched(next(iter(self))) + self.period
+            self.timer = self.loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        now = self.loop.now
+        touched = self.touched
+        period = self.period
+        while self:
+            member = next(iter(self))
+            if touched(member) + period > now:
+                break
+            del self[member]
+            try:
+                self.expire(member)
+            except Exception:
+                log.exception("deadline of %r raised; the loop carries on", member)
+        if self.timer is None:  # else a member that rejoined armed it
+            self._arm()
+
+
 class _Epoll:
     """The OS backend: the only code that knows about epoll. The loop tells it the
     old and new interest of an fd, so it keeps no table of its own.
@@ -189,7 +274,10 @@ class EventLoop:
     long (never past the next deadline) before polling again, so that the next
     wake-up serves the events that arrived meanwhile in one batch. Each event then
     waits up to ``coalesce`` longer, and each heartbeat costs a fraction of an
-    ``epoll_wait`` and of one loop iteration instead of a whole one.
+    ``epoll_wait`` and of one loop iteration instead of a whole one. It adapts: the
+    loop measures the rate events arrive at (``arrival_rate``, a moving average over
+    wake-ups) and lingers only while a linger would gather ``COALESCE_MIN_GATHER``
+    events or more, so a trickle pays no latency for a batch that never comes.
 
     ``clock`` is where the loop's time comes from, ``time.monotonic`` by default. Any
     callable returning seconds will do for the loop's time, with waits still measured
@@ -211,6 +299,7 @@ class EventLoop:
         if isinstance(clock, VirtualClock):
             self._wait = functools.partial(clock.wait, backend.wait)
             self._sleep = clock.sleep
+        self._groups: dict[tuple[float, Callback], DeadlineGroup] = {}
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self._timers: list[Timer] = []
@@ -228,6 +317,10 @@ class EventLoop:
         self.iterations = 0
         #: Worst lateness of a timer since the last ``take_max_lag()``.
         self.max_lag = 0.0
+        #: Events per second, measured over wake-ups while coalescing is on (infinity
+        #: until a wake-up has taken time: a loop that has measured nothing lingers).
+        self.arrival_rate = math.inf
+        self._woke = self.now
 
     # --- file events ------------------------------------------------------------
 
@@ -290,6 +383,16 @@ class EventLoop:
 
     def call_later(self, delay: float, callback: Callback, *args: Any) -> Timer:
         return self.call_at(self.clock() + delay, callback, *args)
+
+    def deadline_group(
+        self, period: float, touched: Callable[[Any], float], expire: Callback
+    ) -> DeadlineGroup:
+        """The loop's ``DeadlineGroup`` for ``period`` and ``expire``, made on first use:
+        every caller that asks for the same pair shares its one timer."""
+        group = self._groups.get((period, expire))
+        if group is None:
+            group = self._groups[period, expire] = DeadlineGroup(self, period, touched, expire)
+        return group
 
     def call_soon(self, callback: Callback, *args: Any) -> None:
         """Run ``callback(*args)`` at the end of the current iteration (or of the next,
@@ -420,11 +523,22 @@ class EventLoop:
             self._run_due_timers()
         if self._ready:
             self._run_ready()
-        if self.coalesce and len(events) < COALESCE_BELOW:
-            self._linger(timers)
+        if self.coalesce:
+            self._linger(timers, len(events), now)
 
-    def _linger(self, timers: list[Timer]) -> None:
-        """Let events gather for ``coalesce`` seconds, or until the next deadline."""
+    def _linger(self, timers: list[Timer], count: int, woke: float) -> None:
+        """After a quiet wake-up (``count`` events at ``woke``) that the arrival rate
+        says a linger would add to, let events gather for ``coalesce`` seconds, or
+        until the next deadline."""
+        elapsed = woke - self._woke
+        self._woke = woke
+        if elapsed > 0.0:
+            rate = count / elapsed
+            if self.arrival_rate != math.inf:
+                rate = self.arrival_rate + RATE_WEIGHT * (rate - self.arrival_rate)
+            self.arrival_rate = rate
+        if count >= COALESCE_BELOW or self.arrival_rate * self.coalesce < COALESCE_MIN_GATHER:
+            return
         delay = self.coalesce
         if timers:
             delay = min(delay, timers[0] - self.clock())
