@@ -125,7 +125,7 @@ DisconnectCallback = Callable[[Disconnect, float | None], None]
 #: file, or asks an identity service, hands out the newest). ``hbloop.aio.Client`` also
 #: takes a provider that returns an awaitable. None from a provider: no token.
 TokenProvider = Callable[[], str | None]
-AsyncTokenProvider = Callable[[], str | None | Awaitable[str | None]]
+AsyncTokenProvider = Callable[[], str | Awaitable[str | None] | None]
 
 
 class ClientBase:
