@@ -355,7 +355,6 @@ class Client(ClientBase):
             peer_max_payload=peer_max_payload,
             allow_plaintext_token=allow_plaintext_token,
         )
-        self._provider = None if token is None or isinstance(token, str) else token
         self.connection: _Connection | None = None
         #: DATA received and not yet taken by the iterator.
         self.messages: deque[bytes] = deque()
@@ -462,9 +461,9 @@ class Client(ClientBase):
     async def _attempt(self) -> Disconnect:
         """One connection, from the TCP connect to the end of the session."""
         assert self._loop is not None
-        if self._provider is not None:
+        if self.token_provider is not None:
             try:
-                token = self._provider()
+                token = self.token_provider()
                 self.use_token(await token if inspect.isawaitable(token) else token)
             except Exception as exc:  # the application's provider: retried, as a reset is
                 return self.token_failed(exc)

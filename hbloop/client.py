@@ -202,6 +202,8 @@ class ClientBase:
         self.on_welcome = on_welcome
         self.on_disconnect = on_disconnect
         self.token = token
+        #: Asked for the token before each attempt, when ``token`` is one.
+        self.token_provider = None if token is None or isinstance(token, str) else token
         self.tls = tls
         self.server_hostname = server_hostname or host
         self.trace = trace
@@ -361,7 +363,6 @@ class Client(ClientBase):
             peer_max_payload=peer_max_payload,
             allow_plaintext_token=allow_plaintext_token,
         )
-        self._provider = None if token is None or isinstance(token, str) else token
         self.loop = loop or EventLoop()
         self.on_message = on_message
         self.max_pending = DEFAULT_MAX_PENDING
@@ -431,9 +432,12 @@ class Client(ClientBase):
 
     def _connect(self) -> None:
         self._retry = None
-        if self._provider is not None:
+        if self.token_provider is not None:
             try:
-                self.use_token(self._provider())
+                token = self.token_provider()
+                if not isinstance(token, str | None):
+                    raise TypeError("an async token provider needs hbloop.aio.Client")
+                self.use_token(token)
             except Exception as exc:  # the application's provider: retried, as a reset is
                 self._schedule_retry(self.token_failed(exc))
                 return

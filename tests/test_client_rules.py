@@ -413,7 +413,7 @@ def test_a_token_provider_rotates_the_token_across_a_server_restart(
     client.run_until(lambda: len(client.welcomes) == 2)
     assert client.client.stopped is None
     assert asked[0] != asked[-1] == current[0]
-    assert server.find(f"connect .* name={name}")
+    server.wait_line(f"connect .* name={name}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
