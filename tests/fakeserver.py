@@ -6,6 +6,7 @@ a decoder holding the rest of the stream, and the frames that came with the firs
 ``record_silently`` is the dead server: it records what the client sends and never
 answers; ``deaf`` neither reads nor sends; ``say`` sends some frames and records;
 ``ping_flood`` is the hostile server that sends PINGs as fast as the client takes them.
+``fake_server`` runs one whose connections ``Attempts`` counts, for reconnect tests.
 """
 
 from __future__ import annotations
