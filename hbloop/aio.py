@@ -76,7 +76,7 @@ RESUME_QUEUED_MESSAGES = MAX_QUEUED_MESSAGES // 2
 JUDGE_AFTER = 0.001
 
 
-def failure(exc: OSError | None, during: str) -> tuple[Reason, str]:
+def _failure(exc: OSError | None, during: str) -> tuple[Reason, str]:
     """Why a connection attempt or a connection failed, as hbloop.Client says it: a
     TLS check that failed is ``TLS_ERROR`` (final before WELCOME, R3); an EOF inside
     TLS, a reset or any other socket error is the network's ``PEER_RESET``."""
@@ -150,7 +150,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None or isinstance(exc, OSError):
-            reason, detail = failure(exc, "connection lost")
+            reason, detail = _failure(exc, "connection lost")
         else:
             reason, detail = Reason.PEER_RESET, str(exc)
         self.apply(self.session.abort(reason, detail))  # CLOSED: no timer left
@@ -485,7 +485,7 @@ class Client(ClientBase):
             # The timeout fired at the session's deadline: the session's word on it.
             conn.apply(session.deadline_reached(session.next_deadline()))
         except OSError as exc:
-            conn.apply(session.abort(*failure(exc, "connect")))
+            conn.apply(session.abort(*_failure(exc, "connect")))
         # Shielded: a cancellation is for this task, and the connection lives on
         # until _goodbye has closed it.
         return await asyncio.shield(conn.ended)
