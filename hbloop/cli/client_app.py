@@ -80,11 +80,7 @@ class ClientApp:
         sys.stdout.flush()
 
     def on_disconnect(self, disconnect: Disconnect, retry_in: float | None) -> None:
-        if retry_in is None and self.client.final:
-            self.status(
-                f"disconnected: {disconnect}: a final ending, no retry can fix it (protocol.md R3)"
-            )
-        elif retry_in is None:
+        if retry_in is None:  # stopped: a final ending (R3), or --no-reconnect
             self.status(f"disconnected: {disconnect}")
         else:
             self.status(f"disconnected: {disconnect}; reconnecting in {retry_in:.2f}s")
