@@ -32,12 +32,15 @@ from hbloop.core.protocol import (
 )
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
+    HEADER_SIZE,
     HEADER_STRUCT,
     HELLO_FIXED,
     MAX_HELLO_PAYLOAD,
     MIN_MAX_PAYLOAD,
+    MUST_UNDERSTAND,
     PING_FRAME,
     PONG_FRAME,
+    VERSION_2,
     Code,
     FrameType,
     Scheme,
@@ -46,6 +49,7 @@ from hbloop.core.wire import (
     encode_data,
     encode_frame,
     encode_hello,
+    encode_property,
     encode_welcome,
 )
 
@@ -78,6 +82,10 @@ LATE_RATIO = 0.5
 # Gap between the bytes of the HELLO sent one byte at a time (F4); with TCP_NODELAY
 # each byte leaves in its own segment.
 TRICKLE_GAP = 0.005
+
+# A HELLO version no server speaks (H2): the highest the byte holds, far past version
+# 2, so that the case holds for servers of version 1 and 2 alike.
+UNSPOKEN_VERSION = 0xFF
 
 # The checker's own receive limit: large enough for any DATA a server echoes back.
 PROBE_MAX_PAYLOAD = 16 * 1024 * 1024
@@ -582,6 +590,61 @@ def _max_frame(checker: Checker) -> str:
     return "accepted: the PING after it was answered"
 
 
+# An identifier no registry will give out (protocol.md, Properties): the highest
+# without the must-understand bit, for the F6 cases.
+UNKNOWN_PROPERTY = 0x7FFF
+
+
+def _error_code(frame: Frame | None) -> int | None:
+    """The code of an ERROR frame; None for any other answer."""
+    if frame is None or frame[0] != FrameType.ERROR:
+        return None
+    return parse_error(frame[1])[0]
+
+
+def _v2_answer(checker: Checker, extra: bytes = b"") -> tuple[Probe, Frame | None]:
+    """A version 2 HELLO (the checker's token as a property, then ``extra``) and the
+    server's answer; skipped for a server that speaks version 1 only (H10)."""
+    probe = checker.connect()
+    hello = encode_hello(probe.name, checker.interval_ms, VERSION_2, token=checker.settings.token)
+    probe.send(encode_frame(FrameType.HELLO, hello[HEADER_SIZE:] + extra))
+    frame = probe.recv_answer()
+    if _error_code(frame) == Code.UNSUPPORTED_VERSION:
+        raise CaseSkipped("the server speaks version 1 only")
+    return probe, frame
+
+
+def _v2_welcome(frame: Frame | None) -> Welcome:
+    if frame is None or frame[0] != FrameType.WELCOME:
+        raise CaseFailed(f"expected WELCOME, got {describe(frame)}")
+    try:
+        return parse_welcome(frame[1], VERSION_2)
+    except RemoteProtocolError as exc:
+        raise CaseFailed(f"invalid version 2 WELCOME: {exc}") from None
+
+
+@case("H10", MUST, "a version 2 HELLO gets a version 2 WELCOME with the server's MAX_PAYLOAD")
+def _version_2(checker: Checker) -> str:
+    welcome = _v2_welcome(_v2_answer(checker)[1])
+    if welcome.max_payload is None:
+        raise CaseFailed(f"{describe_welcome(welcome)} without MAX_PAYLOAD")
+    return f"{describe_welcome(welcome)}, MAX_PAYLOAD {welcome.max_payload}"
+
+
+@case("F6", MUST, "version 2: a HELLO property unknown to the server, without the bit, is skipped")
+def _unknown_property(checker: Checker) -> str:
+    frame = _v2_answer(checker, encode_property(UNKNOWN_PROPERTY, b"x"))[1]
+    return describe_welcome(_v2_welcome(frame))
+
+
+@case("F6", MUST, "version 2: an unknown must-understand property: ERROR UNSUPPORTED_PROPERTY")
+def _must_understand(checker: Checker) -> str:
+    probe, frame = _v2_answer(checker, encode_property(MUST_UNDERSTAND | UNKNOWN_PROPERTY, b""))
+    if _error_code(frame) != Code.UNSUPPORTED_PROPERTY:
+        raise CaseFailed(f"expected ERROR UNSUPPORTED_PROPERTY, got {describe(frame)}")
+    return f"{describe(frame)}, then {probe.expect_close()}"
+
+
 @dataclass(frozen=True)
 class Violation:
     statement: str
@@ -619,15 +682,15 @@ VIOLATIONS = [
     ),
     Violation(
         "H2",
-        "HELLO version 2",
-        encode_frame(FrameType.HELLO, _hello_payload(b"check", version=2)),
+        "HELLO version 255 (no server speaks it)",
+        encode_frame(FrameType.HELLO, _hello_payload(b"check", version=UNSPOKEN_VERSION)),
         Code.UNSUPPORTED_VERSION,
         False,
     ),
     Violation(
         "H2",
-        "HELLO version 2 of 1 byte: the version is checked first",
-        encode_frame(FrameType.HELLO, b"\x02"),
+        "HELLO version 255 of 1 byte: the version is checked first",
+        encode_frame(FrameType.HELLO, bytes([UNSPOKEN_VERSION])),
         Code.UNSUPPORTED_VERSION,
         False,
     ),

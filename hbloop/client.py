@@ -44,6 +44,7 @@ from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
+    PROTOCOL_VERSION,
     U32_MAX,
     Code,
     Welcome,
@@ -60,7 +61,9 @@ log = logging.getLogger("hbloop.client")
 
 
 # Refusals that a retry with the same HELLO cannot fix (H8): the client stops.
-FATAL_ERRORS = frozenset({Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED})
+FATAL_ERRORS = frozenset(
+    {Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED, Code.UNSUPPORTED_PROPERTY}
+)
 
 # A newer connection with this client's name replaced it (protocol.md H8): reconnecting
 # would evict that one in turn, and two clients with one name would take turns forever.
@@ -209,13 +212,15 @@ class ClientBase:
         self.trace = trace
         self.min_interval_ms = round(min_interval * 1000)
         self.peer_max_payload = peer_max_payload
+        #: The limit ``send`` enforces: a version 2 WELCOME's MAX_PAYLOAD, else the above.
+        self.payload_limit = peer_max_payload
         self.counters = IoCounters()
         self.session_config = SessionConfig(
             Role.CLIENT,
             handshake_timeout=handshake_timeout,
             ping_strikes=DEFAULT_PING_STRIKES,
             linger=LINGER_SECONDS,
-            hello=self._hello(token if isinstance(token, str) else None),
+            hello=self._hello(token if isinstance(token, str) else None, PROTOCOL_VERSION),
             counters=self.counters,
         )
         #: Set once the client has stopped for good (closed, or refused for good).
@@ -234,15 +239,22 @@ class ClientBase:
         if problem is not None:
             raise LocalProtocolError(Code.UNAUTHORIZED, problem)
 
-    def _hello(self, token: str | None) -> bytes:
-        return encode_hello(self.name, round(self.interval * 1000), token=token)
+    def _hello(self, token: str | None, version: int) -> bytes:
+        return encode_hello(
+            self.name,
+            round(self.interval * 1000),
+            version,
+            token=token,
+            max_payload=DEFAULT_MAX_PAYLOAD,
+        )
 
     def use_token(self, token: str | None) -> None:
         """Make ``token`` the next connection's (a provider's answer, before each
         attempt). Raises LocalProtocolError for a token that a HELLO cannot carry."""
         if token is not None:
             self._check_token(token)
-        self.session_config.hello = self._hello(token)
+        # In the version spoken now: a fall-back to version 1 (H10) holds.
+        self.session_config.hello = self._hello(token, self.session_config.version)
 
     def token_failed(self, exc: Exception) -> Disconnect:
         """The token provider raised: this attempt ends before connecting, and is
@@ -263,8 +275,8 @@ class ClientBase:
 
     def check_payload(self, data: bytes) -> None:
         """R6: raise PayloadTooLarge for DATA over the server's maximum."""
-        if len(data) > self.peer_max_payload:
-            raise PayloadTooLarge(len(data), self.peer_max_payload)
+        if len(data) > self.payload_limit:
+            raise PayloadTooLarge(len(data), self.payload_limit)
 
     def opened(self, welcome: Welcome, now: float) -> None:
         """A handshake succeeded; the back-off starts again from its base only once
@@ -272,6 +284,8 @@ class ClientBase:
         self.connects += 1
         self._opened_at = now
         self._granted_timeout = welcome.timeout_ms / 1000
+        if welcome.max_payload is not None:  # version 2 says it (R6)
+            self.payload_limit = welcome.max_payload
         if self.on_welcome is not None:
             call_guarded(log, "on_welcome", self.on_welcome, welcome)
 
@@ -279,6 +293,8 @@ class ClientBase:
         """After ``disconnect``: how long to wait before the next attempt; or None,
         when the client does not reconnect or the end is final, and it has stopped."""
         opened_at, self._opened_at = self._opened_at, None
+        if self.session_config.fall_back(disconnect):
+            return 0.0  # a version 1 server: retry at once, in version 1 (H10)
         final = is_final(disconnect, opened=opened_at is not None)
         if not self.reconnect or final:
             self._stop(disconnect, final=final)

@@ -12,6 +12,7 @@ answers; ``deaf`` neither reads nor sends; ``say`` sends some frames and records
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import select
 import socket
 import threading
@@ -22,7 +23,7 @@ from hbloop.core.protocol import Frame, FrameDecoder, RemoteProtocolError
 from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     PING_FRAME,
-    PROTOCOL_VERSION,
+    VERSION_1,
     Scheme,
     Welcome,
     encode_welcome,
@@ -61,7 +62,7 @@ class FakeServer:
                     if not data:
                         return
                     frames = decoder.feed(data)
-                sock.sendall(encode_welcome(self.welcome))
+                sock.sendall(welcome_answering(frames[0][1], self.welcome))
                 self.after_welcome(self, sock, decoder, frames[1:])
             except (OSError, RemoteProtocolError):
                 return  # the checker's hostile cases: this fake just hangs up
@@ -87,8 +88,15 @@ class FakeServer:
         self.listener.close()
 
 
+def welcome_answering(hello: bytes, welcome: Welcome) -> bytes:
+    """The WELCOME frame answering the HELLO payload ``hello`` in that HELLO's version,
+    as a server speaking versions 1 and 2 does (protocol.md H10)."""
+    version = hello[0] if hello else VERSION_1
+    return encode_welcome(dataclasses.replace(welcome, version=version))
+
+
 def welcome(scheme: Scheme, interval_ms: int, timeout_ms: int) -> Welcome:
-    return Welcome(PROTOCOL_VERSION, scheme, interval_ms, timeout_ms)
+    return Welcome(VERSION_1, scheme, interval_ms, timeout_ms)
 
 
 def record_silently(

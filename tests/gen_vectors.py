@@ -35,6 +35,7 @@ CODES = {
     "SERVER_FULL": 0x0103,
     "UNAUTHORIZED": 0x0104,
     "NAME_TAKEN": 0x0105,
+    "UNSUPPORTED_PROPERTY": 0x0106,
     "FRAME_TOO_LARGE": 0x0201,
     "UNKNOWN_TYPE": 0x0202,
     "RESERVED_BITS": 0x0203,
@@ -67,6 +68,24 @@ def hello_payload(
 ) -> bytes:
     payload = struct.pack(">BIB", version, interval_ms, len(name)) + name
     return payload if token is None else payload + struct.pack(">H", len(token)) + token
+
+
+# Version 2's properties (protocol.md section 1, Properties): identifier u16, whose top
+# bit asks the receiver to refuse what it does not know, length u16, value.
+MUST_UNDERSTAND = 0x8000
+TOKEN, MAX_PAYLOAD_PROP, RECONNECT_WINDOW = 0x0001, 0x0002, 0x0003
+
+
+def prop(ident: int, value: bytes) -> bytes:
+    return struct.pack(">HH", ident, len(value)) + value
+
+
+def hello_v2(name: bytes, interval_ms: int = 10000, props: bytes = b"") -> bytes:
+    return struct.pack(">BIB", 2, interval_ms, len(name)) + name + props
+
+
+def welcome_v2(props: bytes = b"", scheme: int = 0, interval: int = 10000) -> bytes:
+    return struct.pack(">BBII", 2, scheme, interval, 3 * interval) + props
 
 
 def spaced(data: bytes) -> str:
@@ -185,8 +204,8 @@ def malformed_vectors() -> list[dict[str, object]]:
 
     # HELLO: version first, then shape, then the name (H2).
     add(
-        "HELLO version 2",
-        frame(1, hello_payload(b"alice", version=2)),
+        "HELLO version 3",
+        frame(1, hello_payload(b"alice", version=3)),
         "UNSUPPORTED_VERSION",
         "content",
     )
@@ -197,8 +216,8 @@ def malformed_vectors() -> list[dict[str, object]]:
         "content",
     )
     add(
-        "HELLO version 2, 1-byte payload: version first",
-        frame(1, b"\x02"),
+        "HELLO version 3, 1-byte payload: version first",
+        frame(1, b"\x03"),
         "UNSUPPORTED_VERSION",
         "content",
     )
@@ -237,6 +256,10 @@ def malformed_vectors() -> list[dict[str, object]]:
         ("U+200B ZERO WIDTH SPACE (Cf)", "\u200b"),
         ("U+0085 NEXT LINE (C1, Cc)", "\x85"),
         ("U+2028 LINE SEPARATOR (Zl)", "\u2028"),
+        # Unassigned (Cn) code points are refused too, so that receivers on different
+        # Unicode versions agree: U+0890 is Cf from Unicode 14.0 and unassigned before.
+        ("U+0890 ARABIC POUND MARK ABOVE (Cf since Unicode 14.0)", "\u0890"),
+        ("U+0378, unassigned (Cn)", "\u0378"),
     ):
         name = f"a{char}b".encode()
         add(f"HELLO name with {label}", frame(1, hello_payload(name)), "BAD_NAME", "content")
@@ -263,8 +286,8 @@ def malformed_vectors() -> list[dict[str, object]]:
         "shape",
     )
     add(
-        "HELLO version 2 with a token: version first",
-        frame(1, hello_payload(b"alice", version=2, token=b"k")),
+        "HELLO version 3 with a token: version first",
+        frame(1, hello_payload(b"alice", version=3, token=b"k")),
         "UNSUPPORTED_VERSION",
         "content",
     )
@@ -433,10 +456,199 @@ def stream_vectors() -> list[dict[str, object]]:
     ]
 
 
+def v2_valid_vectors() -> list[dict[str, object]]:
+    """Version 2's HELLO and WELCOME: the fields, the raw properties in order, and the
+    values of the registered ones (an unknown property is listed and skipped)."""
+    vectors: list[dict[str, object]] = []
+
+    def add(name: str, ftype: str, payload: bytes, fields: dict[str, object]) -> None:
+        raw = payload[6 + payload[5] :] if ftype == "HELLO" else payload[10:]
+        props: list[dict[str, object]] = []
+        while raw:
+            ident, length = struct.unpack_from(">HH", raw)
+            props.append({"id": ident, "value_hex": raw[4 : 4 + length].hex()})
+            raw = raw[4 + length :]
+        data = frame(TYPES[ftype], payload)
+        vectors.append(
+            {
+                "name": name,
+                "hex": spaced(data),
+                "type": ftype,
+                "fields": {"version": 2, **fields, "properties": props},
+            }
+        )
+
+    u32 = struct.Struct(">I").pack
+    for label, props, token, max_payload in (
+        ("no properties", b"", None, None),
+        ("a token", prop(TOKEN, b"k"), "k", None),
+        (
+            "a JWT and a maximum payload",
+            prop(TOKEN, JWT.encode()) + prop(2, u32(65536)),
+            JWT,
+            65536,
+        ),
+        ("maximum payload before the token", prop(2, u32(1024)) + prop(TOKEN, b"k"), "k", 1024),
+        (
+            "an unknown property, skipped",
+            prop(0x7001, b"future") + prop(2, u32(4096)),
+            None,
+            4096,
+        ),
+        ("an empty unknown property, skipped", prop(0x0FFF, b""), None, None),
+        (
+            "a known property with the must-understand bit",
+            prop(MUST_UNDERSTAND | MAX_PAYLOAD_PROP, u32(2048)),
+            None,
+            2048,
+        ),
+        (
+            "a WELCOME-only property, unknown in HELLO, skipped",
+            prop(RECONNECT_WINDOW, u32(30000)),
+            None,
+            None,
+        ),
+        (
+            f"the longest token ({MAX_TOKEN_BYTES} bytes)",
+            prop(TOKEN, b"t" * MAX_TOKEN_BYTES),
+            "t" * MAX_TOKEN_BYTES,
+            None,
+        ),
+    ):
+        add(
+            f"HELLO v2 with {label}",
+            "HELLO",
+            hello_v2(b"alice", props=props),
+            {"interval_ms": 10000, "name": "alice", "token": token, "max_payload": max_payload},
+        )
+    for label, props, max_payload, window in (
+        ("no properties", b"", None, None),
+        ("the server's maximum payload", prop(2, u32(65536)), 65536, None),
+        (
+            "a maximum payload and a reconnect window",
+            prop(2, u32(65536)) + prop(RECONNECT_WINDOW, u32(30000)),
+            65536,
+            30000,
+        ),
+        ("an unknown property, skipped", prop(0x0042, b"\x01\x02"), None, None),
+        ("a HELLO-only property, unknown in WELCOME, skipped", prop(TOKEN, b"k"), None, None),
+    ):
+        add(
+            f"WELCOME v2 with {label}",
+            "WELCOME",
+            welcome_v2(props),
+            {
+                "scheme": 0,
+                "interval_ms": 10000,
+                "timeout_ms": 30000,
+                "max_payload": max_payload,
+                "reconnect_window_ms": window,
+            },
+        )
+    return vectors
+
+
+def v2_malformed_vectors() -> list[dict[str, object]]:
+    """Version 2 frames a receiver refuses: HELLO as a server judges it (H2), WELCOME
+    as a client that sent a version 2 HELLO judges it (H3)."""
+    vectors: list[dict[str, object]] = []
+
+    def add(name: str, data: bytes, error: str, stage: str) -> None:
+        vectors.append({"name": name, "hex": spaced(data), "error": error, "stage": stage})
+
+    u32 = struct.Struct(">I").pack
+    for label, props, error, stage in (
+        ("a property header cut short", b"\x00\x02\x00", "MALFORMED", "shape"),
+        ("a property value cut short", prop(2, u32(4096))[:-1], "MALFORMED", "shape"),
+        ("a length past the frame", struct.pack(">HH", 0x7001, 9) + b"abc", "MALFORMED", "shape"),
+        ("a repeated property", prop(TOKEN, b"k") + prop(TOKEN, b"k"), "MALFORMED", "shape"),
+        (
+            "a property repeated with and without the must-understand bit",
+            prop(2, u32(4096)) + prop(MUST_UNDERSTAND | 2, u32(4096)),
+            "MALFORMED",
+            "shape",
+        ),
+        (
+            "a repeated unknown property",
+            prop(0x7001, b"") + prop(0x7001, b""),
+            "MALFORMED",
+            "shape",
+        ),
+        ("a maximum payload of 2 bytes", prop(2, b"\x04\x00"), "MALFORMED", "shape"),
+        ("a maximum payload under 1024", prop(2, u32(1023)), "MALFORMED", "content"),
+        (
+            "an unknown must-understand property",
+            prop(MUST_UNDERSTAND | 0x7001, b"x"),
+            "UNSUPPORTED_PROPERTY",
+            "content",
+        ),
+        (
+            "a WELCOME-only property with the must-understand bit",
+            prop(MUST_UNDERSTAND | RECONNECT_WINDOW, u32(1000)),
+            "UNSUPPORTED_PROPERTY",
+            "content",
+        ),
+        ("an empty token", prop(TOKEN, b""), "UNAUTHORIZED", "content"),
+        ("a token with a space", prop(TOKEN, b"a b"), "UNAUTHORIZED", "content"),
+        (
+            f"a {MAX_TOKEN_BYTES + 1}-byte token",
+            prop(TOKEN, b"t" * (MAX_TOKEN_BYTES + 1)),
+            "UNAUTHORIZED",
+            "content",
+        ),
+    ):
+        add(f"HELLO v2 with {label}", frame(1, hello_v2(b"alice", props=props)), error, stage)
+    add(
+        "HELLO v2 name length past the frame",
+        frame(1, struct.pack(">BIB", 2, 0, 9) + b"alice"),
+        "MALFORMED",
+        "shape",
+    )
+    add(
+        "HELLO v2 bad name and an unknown must-understand property: the property first",
+        frame(1, hello_v2(b"a\nb", props=prop(MUST_UNDERSTAND | 0x7001, b""))),
+        "UNSUPPORTED_PROPERTY",
+        "content",
+    )
+    add(
+        "HELLO v2 bad name and an empty token: the name first",
+        frame(1, hello_v2(b"a\nb", props=prop(TOKEN, b""))),
+        "BAD_NAME",
+        "content",
+    )
+    add(
+        "HELLO v2 with a property cut short and a bad name: the shape first",
+        frame(1, hello_v2(b"", props=b"\x00")),
+        "MALFORMED",
+        "shape",
+    )
+    for label, payload, error, stage in (
+        ("of 9 bytes", welcome_v2()[:-1], "MALFORMED", "shape"),
+        (
+            "version 1 to a version 2 HELLO",
+            struct.pack(">BBII", 1, 0, 10000, 30000),
+            "UNSUPPORTED_VERSION",
+            "content",
+        ),
+        ("scheme 2", welcome_v2(scheme=2), "MALFORMED", "content"),
+        ("with a property cut short", welcome_v2(prop(2, u32(65536))[:-2]), "MALFORMED", "shape"),
+        ("with a repeated property", welcome_v2(prop(3, u32(1)) * 2), "MALFORMED", "shape"),
+        ("with a reconnect window of 8 bytes", welcome_v2(prop(3, bytes(8))), "MALFORMED", "shape"),
+        (
+            "with an unknown must-understand property",
+            welcome_v2(prop(MUST_UNDERSTAND | 0x0042, b"")),
+            "UNSUPPORTED_PROPERTY",
+            "content",
+        ),
+    ):
+        add(f"WELCOME v2 {label}", frame(2, payload), error, stage)
+    return vectors
+
+
 def main() -> None:
     document = {
         "description": (
-            "Test vectors for the hbloop protocol, version 1 (protocol.md). Hex strings "
+            "Test vectors for the hbloop protocol (protocol.md). Hex strings "
             "may contain spaces. 'valid': one frame each, its type and decoded fields "
             "(DATA as data_hex; code_name is null for unknown codes, which receivers "
             "accept). 'malformed': bytes and the error code a receiver with "
@@ -444,9 +656,18 @@ def main() -> None:
             "header bytes alone, before any payload arrives. 'streams': chunks fed in "
             "order to one decoder, the frames that come out and the bytes left pending. "
             "'grants': the interval and timeout granted for a request under a server "
-            "configuration (T1), and configurations a server must refuse (T2)."
+            "configuration (T1), and configurations a server must refuse (T2). "
+            "'valid' and 'malformed' are version 1's vectors: their HELLO and WELCOME "
+            "entries carry version 1's layout (a 'version 3' HELLO is refused by a "
+            "server speaking 1 and 2), and every other frame is the same in version 2. "
+            "'v2' holds version 2's HELLO and WELCOME, in the same form: 'fields' add "
+            "'properties' (each 'id' with its 'value_hex', in order, unknown ones too) "
+            "and the values of the registered ones (token, max_payload, "
+            "reconnect_window_ms); a v2 WELCOME is judged by a client whose HELLO was "
+            "version 2."
         ),
-        "protocol_version": 1,
+        "protocol_version": 2,
+        "protocol_versions": [1, 2],
         "max_payload": MAX_PAYLOAD,
         "types": TYPES,
         "codes": CODES,
@@ -454,6 +675,7 @@ def main() -> None:
         "malformed": malformed_vectors(),
         "streams": stream_vectors(),
         "grants": grant_vectors(),
+        "v2": {"valid": v2_valid_vectors(), "malformed": v2_malformed_vectors()},
     }
     OUT.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

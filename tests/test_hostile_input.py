@@ -70,7 +70,7 @@ BEFORE_HELLO = {
     "type-0xff": (header(0, 0xFF), Code.UNKNOWN_TYPE),
     "reserved-bit-0x01": (header(0, FrameType.PING, 0x01), Code.RESERVED_BITS),
     "reserved-bit-0x80": (header(11, FrameType.HELLO, 0x80), Code.RESERVED_BITS),
-    "hello-version-2": (hello_frame(version=2), Code.UNSUPPORTED_VERSION),
+    "hello-version-3": (hello_frame(version=3), Code.UNSUPPORTED_VERSION),
     "hello-version-0": (hello_frame(version=0), Code.UNSUPPORTED_VERSION),
     "hello-empty": (encode_frame(FrameType.HELLO), Code.MALFORMED),
     "hello-too-short": (encode_frame(FrameType.HELLO, b"\x01\x00"), Code.MALFORMED),

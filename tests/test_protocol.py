@@ -168,9 +168,9 @@ def test_parse_hello() -> None:
     ("payload", "code"),
     [
         (b"", Code.MALFORMED),
-        (hello_payload(version=2), Code.UNSUPPORTED_VERSION),
+        (hello_payload(version=3), Code.UNSUPPORTED_VERSION),
         (hello_payload(version=0), Code.UNSUPPORTED_VERSION),
-        (b"\x02", Code.UNSUPPORTED_VERSION),  # the version is judged before the shape
+        (b"\x03", Code.UNSUPPORTED_VERSION),  # the version is judged before the shape
         (b"\x01\x00\x00", Code.MALFORMED),
         (hello_payload(name=b"abc")[:-1], Code.MALFORMED),
         (hello_payload(name=b"abc") + b"x", Code.MALFORMED),

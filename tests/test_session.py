@@ -37,8 +37,11 @@ from hbloop.core.wire import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAX_HELLO_PAYLOAD,
+    MUST_UNDERSTAND,
     PING_FRAME,
     PONG_FRAME,
+    VERSION_1,
+    VERSION_2,
     Code,
     FrameType,
     Hello,
@@ -49,6 +52,7 @@ from hbloop.core.wire import (
     encode_error,
     encode_frame,
     encode_hello,
+    encode_property,
     encode_welcome,
 )
 
@@ -235,6 +239,27 @@ def test_F2_before_the_handshake_a_server_buffers_no_more_than_the_largest_hello
     assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.FRAME_TOO_LARGE
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_H2a_a_frame_behind_the_hello_gets_the_open_maximum(split: bool) -> None:
+    """A DATA larger than the pre-handshake limit, pipelined behind the HELLO (whole in
+    the HELLO's read, or only its header), is judged once the HELLO is admitted, under
+    the OPEN maximum: WELCOME, then the DATA, no FRAME_TOO_LARGE."""
+    data = bytes(MAX_HELLO_PAYLOAD * 2)
+    big = encode_data(data)
+    server = Session.server(config(Role.SERVER, max_payload=MAX_HELLO_PAYLOAD * 4), 0.0)
+    first = encode_hello("alice", INTERVAL_MS) + (big[:HEADER_SIZE] if split else big)
+    out, events = server.receive_data(first, 0.0)
+    assert out == b"" and isinstance(events[0], HelloReceived)
+    out, events = server.accept(Grant(Scheme.CLIENT, INTERVAL_MS, TIMEOUT_MS), 0.0)
+    if split:
+        assert Message(data) not in events
+        more, events = server.receive_data(big[HEADER_SIZE:], 0.0)
+        out += more
+    assert [FrameType(t) for t, _ in frames_of(out)] == [FrameType.WELCOME]
+    assert Message(data) in events
+    assert server.state is State.OPEN
+
+
 def test_F2_the_maximum_once_open_is_the_configured_one() -> None:
     large = config(Role.SERVER, max_payload=MAX_HELLO_PAYLOAD * 4)
     link = Link(server_config=large).connect()
@@ -288,7 +313,7 @@ def test_H1_any_other_first_frame_gets_hello_required() -> None:
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        (encode_hello("alice", 0, version=2), Code.UNSUPPORTED_VERSION),
+        (encode_hello("alice", 0, version=3), Code.UNSUPPORTED_VERSION),
         (encode_frame(FrameType.HELLO, b"\x01\x00\x00"), Code.MALFORMED),
         (encode_hello("bad\nname", 0), Code.BAD_NAME),
     ],
@@ -447,6 +472,94 @@ def test_H9_the_client_abandons_an_attempt_without_welcome_in_time() -> None:
     assert isinstance(events[0], Closed)
     assert events[0].disconnect.reason is Reason.HANDSHAKE_TIMEOUT
     assert client.state is State.CLOSED
+
+
+def v2_client(max_payload: int | None = None, token: str | None = None) -> SessionConfig:
+    hello = encode_hello("alice", INTERVAL_MS, VERSION_2, token=token, max_payload=max_payload)
+    return config(Role.CLIENT, hello=hello)
+
+
+def test_H10_a_version_2_handshake_exchanges_the_maximum_payloads() -> None:
+    server = config(Role.SERVER, max_payload=8192)
+    link = Link(client_config=v2_client(max_payload=4096), server_config=server).connect()
+    ((ftype, payload),) = link.server.sent
+    assert ftype == FrameType.WELCOME
+    assert payload == encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000, 8192))[HEADER_SIZE:]
+    assert link.server.session.peer_max_payload == 4096
+    assert link.client.session.peer_max_payload == 8192
+    assert isinstance(link.client.events[0], Opened)
+
+
+def test_H10_a_version_1_handshake_tells_no_maximum(link: Link) -> None:
+    assert link.server.session.peer_max_payload is None
+    assert link.client.session.peer_max_payload is None
+    assert len(link.client.session.send_data(bytes(DEFAULT_MAX_PAYLOAD + 1), link.now)) > 0
+
+
+def test_H10_R6_data_larger_than_the_peers_maximum_is_refused_locally() -> None:
+    server = config(Role.SERVER, max_payload=2048)
+    link = Link(client_config=v2_client(), server_config=server).connect()
+    link.client.session.send_data(bytes(2048), link.now)
+    with pytest.raises(LocalProtocolError) as raised:
+        link.client.session.send_data(bytes(2049), link.now)
+    assert raised.value.code is Code.FRAME_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("welcome", "code"),
+    [
+        (encode_welcome(Welcome(1, Scheme.CLIENT, 1000, 3000)), Code.UNSUPPORTED_VERSION),
+        (encode_welcome(Welcome(3, Scheme.CLIENT, 1000, 3000)), Code.UNSUPPORTED_VERSION),
+        (
+            encode_frame(
+                FrameType.WELCOME,
+                encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000))[HEADER_SIZE:]
+                + encode_property(MUST_UNDERSTAND | 0x0042, b""),
+            ),
+            Code.UNSUPPORTED_PROPERTY,
+        ),
+    ],
+)
+def test_H10_a_version_2_client_checks_the_welcome(welcome: bytes, code: Code) -> None:
+    client = Session.client(v2_client(), 0.0)
+    client.connected(0.0)
+    out, events = client.receive_data(welcome, 0.0)
+    assert [FrameType(t) for t, _ in frames_of(out)] == [FrameType.ERROR]
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == code
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        (encode_property(0x7001, b"later"), None),  # unknown: skipped
+        (encode_property(MUST_UNDERSTAND | 0x7001, b""), Code.UNSUPPORTED_PROPERTY),
+        (encode_property(0x7001, b"") * 2, Code.MALFORMED),  # repeated
+        (encode_property(0x7001, b"later")[:-1], Code.MALFORMED),  # cut short
+    ],
+)
+def test_F6_the_server_reads_the_hellos_properties(extra: bytes, code: Code | None) -> None:
+    link = raw()
+    hello = encode_hello("alice", INTERVAL_MS, VERSION_2)
+    link.send(link.client, encode_frame(FrameType.HELLO, hello[HEADER_SIZE:] + extra))
+    if code is None:
+        assert link.server.sent_types() == [FrameType.WELCOME]
+        assert link.server.closed() is None
+    else:
+        assert link.server.sent_types() == [FrameType.ERROR]
+        disconnect = link.server.closed()
+        assert disconnect is not None and disconnect.code == code
+
+
+def test_H10_a_refused_version_2_hello_falls_back_to_version_1_once() -> None:
+    client = v2_client(max_payload=4096, token="k")
+    refused = Disconnect(Reason.PEER_ERROR, Code.UNSUPPORTED_VERSION, "speaks 1")
+    assert not client.fall_back(Disconnect(Reason.PEER_ERROR, Code.BAD_NAME))
+    assert not client.fall_back(Disconnect(Reason.PEER_CLOSED, Code.UNSUPPORTED_VERSION))
+    assert client.version == VERSION_2
+    assert client.fall_back(refused)
+    # The same name, interval and token, in version 1's layout.
+    assert client.hello == encode_hello("alice", INTERVAL_MS, VERSION_1, token="k")
+    assert not client.fall_back(refused)  # once: a version 1 refusal is final (H8)
 
 
 # --- section 3: timing ------------------------------------------------------------------

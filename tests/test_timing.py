@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from fakeserver import welcome
+from fakeserver import welcome, welcome_answering
 from test_embedding import readme_example
 
 from hbloop import (
@@ -29,7 +29,7 @@ from hbloop import (
 )
 from hbloop.core.policy import LINGER_SECONDS
 from hbloop.core.protocol import FrameDecoder
-from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, PING_FRAME, encode_hello, encode_welcome
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, PING_FRAME, encode_hello
 from hbloop.net.clock import MockClock
 
 from conftest import (
@@ -158,8 +158,9 @@ def test_a_closing_client_waits_its_linger_for_the_servers_eof_then_lets_go() ->
         with server_end:
             assert loop.run_until(lambda: readable(server_end), PATIENCE)  # the HELLO
             decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
-            assert decoder.feed(server_end.recv(4096))[0][0] == FrameType.HELLO
-            server_end.sendall(encode_welcome(welcome(Scheme.CLIENT, 10_000, 30_000)))
+            ((ftype, hello),) = decoder.feed(server_end.recv(4096))
+            assert ftype == FrameType.HELLO
+            server_end.sendall(welcome_answering(hello, welcome(Scheme.CLIENT, 10_000, 30_000)))
             assert loop.run_until(lambda: client.welcome, PATIENCE)
             closed_at = loop.now
             client.close()

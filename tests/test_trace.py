@@ -14,8 +14,10 @@ from fakeserver import FakeServer, say, welcome
 
 from hbloop.core.policy import ServerPolicy
 from hbloop.core.wire import (
+    DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     PING_FRAME,
+    VERSION_2,
     Code,
     FrameType,
     Scheme,
@@ -78,7 +80,9 @@ def test_client_v_logs_frames_and_escapes_the_peer_text(spawn):
         fake.close()
     server = f"127.0.0.1:{fake.address[1]}"
     lines = client.lines()
-    hello = f"HELLO len={len(encode_hello('x', 0)) - HEADER_SIZE}"
+    # The client's HELLO is version 2's, with its maximum payload as a property (H10).
+    sent = encode_hello("x", 0, VERSION_2, max_payload=DEFAULT_MAX_PAYLOAD)
+    hello = f"HELLO len={len(sent) - HEADER_SIZE}"
     assert any(line.endswith(f"hbloop.trace: frame out {server} {hello}") for line in lines)
     assert any(line.endswith(f"hbloop.trace: frame in {server} WELCOME len=10") for line in lines)
     error_length = 2 + len(HOSTILE_TEXT.encode())

@@ -27,10 +27,16 @@ from hbloop.core.wire import (
     HEADER,
     HEADER_SIZE,
     HEADER_STRUCT,
+    MUST_UNDERSTAND,
+    PROPERTY_VALUES,
     TYPED_FRAME,
+    VERSION_2,
     Code,
     FrameType,
+    Hello,
+    Prop,
     Scheme,
+    Welcome,
 )
 
 from conftest import ROOT
@@ -48,25 +54,31 @@ def _code_name(code: int) -> str | None:
     return Code(code).name if code in Code._value2member_map_ else None
 
 
+def hello_fields(hello: Hello) -> Fields:
+    return {
+        "version": hello.version,
+        "interval_ms": hello.interval_ms,
+        "name": hello.name,
+        "token": hello.token,
+    }
+
+
+def welcome_fields(welcome: Welcome) -> Fields:
+    return {
+        "version": welcome.version,
+        "scheme": int(welcome.scheme),
+        "interval_ms": welcome.interval_ms,
+        "timeout_ms": welcome.timeout_ms,
+    }
+
+
 def fast_fields(ftype: int, payload: bytes) -> Fields:
     """Decode a payload with the struct fast path, in the vectors' field names."""
     kind = FrameType(ftype)
     if kind is FrameType.HELLO:
-        hello = parse_hello(payload)
-        return {
-            "version": hello.version,
-            "interval_ms": hello.interval_ms,
-            "name": hello.name,
-            "token": hello.token,
-        }
+        return hello_fields(parse_hello(payload))
     if kind is FrameType.WELCOME:
-        welcome = parse_welcome(payload)
-        return {
-            "version": welcome.version,
-            "scheme": int(welcome.scheme),
-            "interval_ms": welcome.interval_ms,
-            "timeout_ms": welcome.timeout_ms,
-        }
+        return welcome_fields(parse_welcome(payload))
     if kind is FrameType.DATA:
         return {"data_hex": payload.hex()}
     if kind is FrameType.CLOSE:
@@ -184,6 +196,100 @@ def test_stream_vector(vector: dict[str, Any]) -> None:
     assert [(int(f.type), f.payload_bytes) for f in by_construct] == frames
 
 
+V2: dict[str, list[dict[str, Any]]] = VECTORS["v2"]
+V2_FIELDS = {"HELLO": ("token", "max_payload"), "WELCOME": ("max_payload", "reconnect_window_ms")}
+
+
+def v2_fast_fields(ftype: int, payload: bytes) -> Fields:
+    """A version 2 HELLO or WELCOME through the fast path, in the vectors' names (the
+    raw properties are construct's business: the fast path keeps only known ones)."""
+    if ftype == FrameType.HELLO:
+        hello = parse_hello(payload)
+        return {**hello_fields(hello), "max_payload": hello.max_payload}
+    welcome = parse_welcome(payload, VERSION_2)
+    return {
+        **welcome_fields(welcome),
+        "max_payload": welcome.max_payload,
+        "reconnect_window_ms": welcome.reconnect_window_ms,
+    }
+
+
+def construct_property_values(kind: str, properties: Any) -> Fields:
+    """The registered properties' values as construct's PROPERTY_VALUES decode them."""
+    names = {"token": Prop.TOKEN, "max_payload": Prop.MAX_PAYLOAD}
+    if kind == "WELCOME":
+        names = {"max_payload": Prop.MAX_PAYLOAD, "reconnect_window_ms": Prop.RECONNECT_WINDOW}
+    by_id = {p.id & ~MUST_UNDERSTAND: p.value for p in properties}
+    values: Fields = {}
+    for field, ident in names.items():
+        raw = by_id.get(ident)
+        parsed = None if raw is None else PROPERTY_VALUES[ident].parse(raw)
+        values[field] = parsed
+    return values
+
+
+@pytest.mark.parametrize("vector", V2["valid"], ids=_name)
+def test_v2_valid_vector_fast_path(vector: dict[str, Any]) -> None:
+    frames = FrameDecoder(MAX_PAYLOAD).feed(bytes.fromhex(vector["hex"]))
+    assert [FrameType(t).name for t, _ in frames] == [vector["type"]]
+    expected = {k: v for k, v in vector["fields"].items() if k != "properties"}
+    assert v2_fast_fields(*frames[0]) == expected
+
+
+@pytest.mark.parametrize("vector", V2["valid"], ids=_name)
+def test_v2_valid_vector_construct(vector: dict[str, Any]) -> None:
+    """construct, the schema of record, reads the same fields and property values as
+    the fast path, and rebuilds the bytes from the raw properties."""
+    data = bytes.fromhex(vector["hex"])
+    parsed = TYPED_FRAME.parse(data)
+    kind = str(parsed.type)
+    fields = dict(vector["fields"])
+    raw = fields.pop("properties")
+    assert [{"id": p.id, "value_hex": p.value.hex()} for p in parsed.payload.properties] == raw
+    values = {name: fields.pop(name) for name in V2_FIELDS[kind]}
+    assert construct_property_values(kind, parsed.payload.properties) == values
+    payload = {
+        **fields,
+        "properties": [{"id": p["id"], "value": bytes.fromhex(p["value_hex"])} for p in raw],
+    }
+    if kind == "WELCOME":
+        payload["scheme"] = Scheme(fields["scheme"]).name
+        assert int(Scheme[str(parsed.payload.scheme)]) == fields["scheme"]
+    assert {k: parsed.payload[k] for k in fields if k != "scheme"} == {
+        k: v for k, v in fields.items() if k != "scheme"
+    }
+    rebuilt = TYPED_FRAME.build(
+        {"length": parsed.length, "type": kind, "flags": 0, "payload": payload}
+    )
+    assert rebuilt == data
+
+
+@pytest.mark.parametrize("vector", V2["malformed"], ids=_name)
+def test_v2_malformed_vector(vector: dict[str, Any]) -> None:
+    """Refused by the fast path with its code; construct refuses the shape errors."""
+    data = bytes.fromhex(vector["hex"])
+    frames = FrameDecoder(MAX_PAYLOAD).feed(data)
+    with pytest.raises(RemoteProtocolError) as raised:
+        v2_fast_fields(*frames[0])
+    assert raised.value.code.name == vector["error"]
+    if vector["stage"] == "shape":
+        with pytest.raises(ConstructError):
+            TYPED_FRAME.parse(data)
+
+
+def test_v2_vectors_cover_every_property_case() -> None:
+    names = " ".join(v["name"] for v in V2["valid"] + V2["malformed"])
+    for case in ("unknown property, skipped", "repeated", "cut short", "must-understand"):
+        assert case in names
+    assert {v["error"] for v in V2["malformed"]} == {
+        "MALFORMED",
+        "UNSUPPORTED_PROPERTY",
+        "UNSUPPORTED_VERSION",
+        "BAD_NAME",
+        "UNAUTHORIZED",
+    }
+
+
 @pytest.mark.parametrize("vector", VECTORS["grants"]["valid"], ids=_name)
 def test_grant_vector(vector: dict[str, Any]) -> None:
     config = vector["config"]
@@ -228,6 +334,7 @@ def test_protocol_md_examples_are_vectors() -> None:
     examples = (ROOT / "protocol.md").read_text("utf-8").split("## 7. Examples")[1]
     examples = examples.split("## 8.")[0]
     shown = re.findall(r"`((?:[0-9a-f]{2} )+[0-9a-f]{2})`", examples)
-    known = {v["hex"] for v in VECTORS["valid"] + VECTORS["malformed"]}
+    groups = (VECTORS["valid"], VECTORS["malformed"], V2["valid"], V2["malformed"])
+    known = {v["hex"] for group in groups for v in group}
     assert len(shown) >= 10
     assert [hexes for hexes in shown if hexes not in known] == []

@@ -6,7 +6,12 @@
 import { EventEmitter } from 'node:events';
 import type { ConnectionOptions } from 'node:tls';
 
-export declare const PROTOCOL_VERSION: 1;
+export declare const PROTOCOL_VERSION: 2;
+export declare const VERSION_1: 1;
+/** Version 2's handshake properties (protocol.md section 1, Properties). */
+export declare const Prop: Readonly<{ TOKEN: 0x0001; MAX_PAYLOAD: 0x0002; RECONNECT_WINDOW: 0x0003 }>;
+/** The identifier bit of a property its receiver must understand or refuse. */
+export declare const MUST_UNDERSTAND: 0x8000;
 export declare const HEADER_SIZE: 6;
 export declare const MAX_NAME_BYTES: 64;
 export declare const MAX_TOKEN_BYTES: 4096;
@@ -39,6 +44,7 @@ export declare const Code: Readonly<{
   SERVER_FULL: 0x0103;
   UNAUTHORIZED: 0x0104;
   NAME_TAKEN: 0x0105;
+  UNSUPPORTED_PROPERTY: 0x0106;
   FRAME_TOO_LARGE: 0x0201;
   UNKNOWN_TYPE: 0x0202;
   RESERVED_BITS: 0x0203;
@@ -84,6 +90,8 @@ export interface Hello {
   intervalMs: number;
   name: string;
   token: string | null;
+  /** Version 2: the client's MAX_PAYLOAD, or null when not sent. */
+  maxPayload?: number | null;
 }
 
 export interface Welcome {
@@ -91,12 +99,19 @@ export interface Welcome {
   scheme: SchemeValue;
   intervalMs: number;
   timeoutMs: number;
+  /** Version 2: the server's MAX_PAYLOAD (R6), or null when not sent. */
+  maxPayload?: number | null;
+  /** Version 2: the RECONNECT_WINDOW after CLOSE GOING_AWAY, ms, or null. */
+  reconnectWindowMs?: number | null;
 }
 
 export declare function encodeFrame(type: number, payload?: Uint8Array): Buffer;
-export declare function encodeHello(name: string, intervalMs: number, version?: number, token?: string | null): Buffer;
+export declare function encodeHello(
+  name: string, intervalMs: number, version?: number, token?: string | null, maxPayload?: number | null,
+): Buffer;
 export declare function encodeWelcome(welcome: {
   version?: number; scheme: number; intervalMs: number; timeoutMs: number;
+  maxPayload?: number | null; reconnectWindowMs?: number | null;
 }): Buffer;
 export declare function encodeClose(code: number): Buffer;
 export declare function encodeError(code: number, message?: string): Buffer;
@@ -114,7 +129,10 @@ export declare class FrameDecoder {
 }
 
 export declare function parseHello(payload: Buffer): Hello;
-export declare function parseWelcome(payload: Buffer): Welcome;
+/** The WELCOME answering a HELLO of `version` (default 1). */
+export declare function parseWelcome(payload: Buffer, version?: number): Welcome;
+/** Version 2's properties from `start`: the known ones' values by identifier (F6). */
+export declare function parseProperties(payload: Buffer, start: number, known: ReadonlySet<number>): Map<number, Buffer>;
 export declare function parseClose(payload: Buffer): number;
 export declare function parseError(payload: Buffer): { code: number; message: string };
 
@@ -178,8 +196,10 @@ export interface ClientOptions {
   maxPending?: number;
   /** Floor on the granted interval, s (R5); default 0.1. */
   minInterval?: number;
-  /** The server's maximum payload, bytes (R6); default 65536. */
+  /** The server's maximum payload, bytes (R6), until a version 2 WELCOME states it; default 65536. */
   peerMaxPayload?: number;
+  /** The HELLO's version: 2 (default; falls back to 1 once, H10) or 1. */
+  version?: 1 | 2;
   /** Send a token without TLS to a host that is not loopback (R4). */
   allowPlaintextToken?: boolean;
 }

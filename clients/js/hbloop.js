@@ -1,5 +1,5 @@
 'use strict';
-// An hbloop protocol v1 client for Node.js, written from protocol.md alone.
+// An hbloop protocol client (versions 1 and 2) for Node.js, written from protocol.md alone.
 // Standard library only. The codec (FrameDecoder, parse*, encode*) is sans-IO; Client
 // puts it on a TCP socket, or a TLS one, for one connection; ReconnectingClient makes
 // one Client after another by the rules of protocol.md section 5 (R1 to R6). Statement
@@ -10,7 +10,9 @@ const net = require('node:net');
 const tls = require('node:tls');
 const { EventEmitter } = require('node:events');
 
-const PROTOCOL_VERSION = 1;
+// The newest version spoken (H10): a client offers it and falls back to 1 once.
+const PROTOCOL_VERSION = 2;
+const VERSION_1 = 1;
 const HEADER_SIZE = 6;
 const MAX_NAME_BYTES = 64;
 // A HELLO credential (a JWT, say) is 1 to 4096 bytes of printable ASCII, no spaces.
@@ -56,6 +58,7 @@ const Code = Object.freeze({
   SERVER_FULL: 0x0103,
   UNAUTHORIZED: 0x0104,
   NAME_TAKEN: 0x0105,
+  UNSUPPORTED_PROPERTY: 0x0106,
   FRAME_TOO_LARGE: 0x0201,
   UNKNOWN_TYPE: 0x0202,
   RESERVED_BITS: 0x0203,
@@ -65,6 +68,15 @@ const Code = Object.freeze({
   UNEXPECTED_FRAME: 0x0207,
   TOO_MANY_PINGS: 0x0208,
 });
+
+// Version 2's handshake properties (protocol.md section 1, Properties).
+const Prop = Object.freeze({ TOKEN: 0x0001, MAX_PAYLOAD: 0x0002, RECONNECT_WINDOW: 0x0003 });
+// The identifier's top bit: a receiver that does not know the property refuses.
+const MUST_UNDERSTAND = 0x8000;
+const HELLO_PROPS = new Set([Prop.TOKEN, Prop.MAX_PAYLOAD]);
+const WELCOME_PROPS = new Set([Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW]);
+// Registered properties of a fixed size, in bytes.
+const PROPERTY_SIZES = new Map([[Prop.MAX_PAYLOAD, 4], [Prop.RECONNECT_WINDOW, 4]]);
 
 const invert = (table) => Object.fromEntries(Object.entries(table).map(([k, v]) => [v, k]));
 const TYPE_NAMES = invert(FrameType);
@@ -118,8 +130,9 @@ function encodeFrame(type, payload = EMPTY) {
 // Characters a name may not contain and printable() escapes: Unicode controls (Cc:
 // C0, DEL, C1), format characters (Cf: bidi overrides, zero-width spaces...) and the
 // line and paragraph separators (Zl, Zp). Each can split, forge or disguise a log line.
-const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
-const UNSAFE_OR_BACKSLASH = /[\\\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+// And code points unassigned in this runtime's tables (Cn), as protocol.md section 1 says.
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cn}]/u;
+const UNSAFE_OR_BACKSLASH = /[\\\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cn}]/gu;
 // Peer text shown on a line is cut to this many characters: more than an ERROR
 // message (200 bytes) or a name (64 bytes) holds.
 const PRINTABLE_LIMIT = 200;
@@ -151,8 +164,24 @@ function tokenProblem(token) {
   return null;
 }
 
-/** A HELLO; `token`, when given, is the credential that follows the name. */
-function encodeHello(name, intervalMs, version = PROTOCOL_VERSION, token = null) {
+function encodeProperty(id, value) {
+  const header = Buffer.alloc(4);
+  header.writeUInt16BE(id, 0);
+  header.writeUInt16BE(value.length, 2);
+  return Buffer.concat([header, value]);
+}
+
+function u32(value) {
+  const raw = Buffer.alloc(4);
+  raw.writeUInt32BE(value, 0);
+  return raw;
+}
+
+/**
+ * A HELLO of `version`; `token`, when given, is the credential: after the name in
+ * version 1, a TOKEN property in version 2, which also carries `maxPayload` if given.
+ */
+function encodeHello(name, intervalMs, version = PROTOCOL_VERSION, token = null, maxPayload = null) {
   const raw = Buffer.from(name, 'utf8');
   if (raw.length < 1 || raw.length > MAX_NAME_BYTES || hasUnsafeCharacter(name)) {
     throw new RangeError(
@@ -168,20 +197,32 @@ function encodeHello(name, intervalMs, version = PROTOCOL_VERSION, token = null)
     const secret = Buffer.from(token, 'utf8');
     const problem = tokenProblem(secret);
     if (problem) throw new RangeError(problem);
-    const length = Buffer.alloc(2);
-    length.writeUInt16BE(secret.length, 0);
-    parts.push(length, secret);
+    if (version === VERSION_1) {
+      const length = Buffer.alloc(2);
+      length.writeUInt16BE(secret.length, 0);
+      parts.push(length, secret);
+    } else {
+      parts.push(encodeProperty(Prop.TOKEN, secret));
+    }
   }
+  if (version !== VERSION_1 && maxPayload !== null) parts.push(encodeProperty(Prop.MAX_PAYLOAD, u32(maxPayload)));
   return encodeFrame(FrameType.HELLO, Buffer.concat(parts));
 }
 
-function encodeWelcome({ version = PROTOCOL_VERSION, scheme, intervalMs, timeoutMs }) {
+function encodeWelcome({
+  version = VERSION_1, scheme, intervalMs, timeoutMs, maxPayload = null, reconnectWindowMs = null,
+}) {
   const payload = Buffer.alloc(10);
   payload.writeUInt8(version, 0);
   payload.writeUInt8(scheme, 1);
   payload.writeUInt32BE(intervalMs, 2);
   payload.writeUInt32BE(timeoutMs, 6);
-  return encodeFrame(FrameType.WELCOME, payload);
+  const parts = [payload];
+  if (version !== VERSION_1) {
+    if (maxPayload !== null) parts.push(encodeProperty(Prop.MAX_PAYLOAD, u32(maxPayload)));
+    if (reconnectWindowMs !== null) parts.push(encodeProperty(Prop.RECONNECT_WINDOW, u32(reconnectWindowMs)));
+  }
+  return encodeFrame(FrameType.WELCOME, Buffer.concat(parts));
 }
 
 function codePayload(code) {
@@ -274,21 +315,77 @@ class FrameDecoder {
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 const lenientUtf8 = new TextDecoder('utf-8');
 
-/** A HELLO payload, checked in the order of H2: version, shape, name, credential. */
+/**
+ * Version 2's properties from `start` to the end of `payload` (F6): the values of the
+ * `known` ones by identifier. Shape first (cut short, repeated, wrong size: MALFORMED),
+ * then an unknown must-understand property (UNSUPPORTED_PROPERTY); others are skipped.
+ */
+function parseProperties(payload, start, known) {
+  const found = new Map();
+  const seen = new Set();
+  let refused = null;
+  let pos = start;
+  while (pos < payload.length) {
+    if (payload.length - pos < 4) throw new ProtocolError(Code.MALFORMED, 'a property header is cut short');
+    const id = payload.readUInt16BE(pos);
+    const length = payload.readUInt16BE(pos + 2);
+    pos += 4;
+    if (length > payload.length - pos) throw new ProtocolError(Code.MALFORMED, `property ${id} is cut short`);
+    const bare = id & ~MUST_UNDERSTAND;
+    if (seen.has(bare)) throw new ProtocolError(Code.MALFORMED, `property ${bare} is repeated`);
+    seen.add(bare);
+    if (known.has(bare)) {
+      if ((PROPERTY_SIZES.get(bare) ?? length) !== length) {
+        throw new ProtocolError(Code.MALFORMED, `property ${bare} of ${length} bytes`);
+      }
+      found.set(bare, payload.subarray(pos, pos + length));
+    } else if (id & MUST_UNDERSTAND && refused === null) {
+      refused = id;
+    }
+    pos += length;
+  }
+  if (refused !== null) {
+    throw new ProtocolError(Code.UNSUPPORTED_PROPERTY, `must-understand property ${refused} is unknown`);
+  }
+  return found;
+}
+
+/** A MAX_PAYLOAD property's value, at least the 1024 bytes every receiver takes (F2). */
+function maxPayloadOf(found) {
+  const raw = found.get(Prop.MAX_PAYLOAD);
+  if (raw === undefined) return null;
+  const value = raw.readUInt32BE(0);
+  if (value < MIN_MAX_PAYLOAD) throw new ProtocolError(Code.MALFORMED, `MAX_PAYLOAD ${value} is under ${MIN_MAX_PAYLOAD}`);
+  return value;
+}
+
+/** A HELLO payload (version 1 or 2), checked in the order of H2: version, shape, name, credential. */
 function parseHello(payload) {
   if (payload.length === 0) throw new ProtocolError(Code.MALFORMED, 'empty HELLO');
   const version = payload.readUInt8(0);
-  if (version !== PROTOCOL_VERSION) throw new ProtocolError(Code.UNSUPPORTED_VERSION, `version ${version}`);
+  if (version !== VERSION_1 && version !== PROTOCOL_VERSION) {
+    throw new ProtocolError(Code.UNSUPPORTED_VERSION, `version ${version}`);
+  }
   if (payload.length < 6) throw new ProtocolError(Code.MALFORMED, 'HELLO too short');
   const nameEnd = 6 + payload.readUInt8(5);
   const tokenStart = nameEnd + 2;
-  if (payload.length !== nameEnd) { // a credential follows the name
-    if (payload.length < tokenStart) {
-      throw new ProtocolError(Code.MALFORMED, 'HELLO name length disagrees with the frame');
+  let secret = null;
+  let maxPayload = null;
+  if (version === VERSION_1) {
+    if (payload.length !== nameEnd) { // a credential follows the name
+      if (payload.length < tokenStart) {
+        throw new ProtocolError(Code.MALFORMED, 'HELLO name length disagrees with the frame');
+      }
+      if (payload.length !== tokenStart + payload.readUInt16BE(nameEnd)) {
+        throw new ProtocolError(Code.MALFORMED, 'HELLO token length disagrees with the frame');
+      }
+      secret = payload.subarray(tokenStart);
     }
-    if (payload.length !== tokenStart + payload.readUInt16BE(nameEnd)) {
-      throw new ProtocolError(Code.MALFORMED, 'HELLO token length disagrees with the frame');
-    }
+  } else {
+    if (payload.length < nameEnd) throw new ProtocolError(Code.MALFORMED, 'HELLO name length disagrees with the frame');
+    const found = parseProperties(payload, nameEnd, HELLO_PROPS);
+    secret = found.get(Prop.TOKEN) ?? null;
+    maxPayload = maxPayloadOf(found);
   }
   const nameLength = nameEnd - 6;
   if (nameLength < 1 || nameLength > MAX_NAME_BYTES) {
@@ -304,26 +401,28 @@ function parseHello(payload) {
     throw new ProtocolError(Code.BAD_NAME, 'name contains control, format or separator characters');
   }
   let token = null;
-  if (payload.length !== nameEnd) {
-    const secret = payload.subarray(tokenStart);
+  if (secret !== null) {
     const problem = tokenProblem(secret);
     if (problem) throw new ProtocolError(Code.UNAUTHORIZED, problem);
     token = secret.toString('ascii');
   }
-  return { version, intervalMs: payload.readUInt32BE(1), name, token };
+  const hello = { version, intervalMs: payload.readUInt32BE(1), name, token };
+  return version === VERSION_1 ? hello : { ...hello, maxPayload };
 }
 
-/** A WELCOME payload, as a client must check it (H3). */
-function parseWelcome(payload) {
-  if (payload.length !== 10) throw new ProtocolError(Code.MALFORMED, 'WELCOME must be 10 bytes');
+/** A WELCOME payload answering a HELLO of `version`, as a client must check it (H3, F6). */
+function parseWelcome(payload, version = VERSION_1) {
+  if (payload.length < 10 || (version === VERSION_1 && payload.length !== 10)) {
+    throw new ProtocolError(Code.MALFORMED, 'WELCOME must be 10 bytes');
+  }
   const welcome = {
     version: payload.readUInt8(0),
     scheme: payload.readUInt8(1),
     intervalMs: payload.readUInt32BE(2),
     timeoutMs: payload.readUInt32BE(6),
   };
-  if (welcome.version !== PROTOCOL_VERSION) {
-    throw new ProtocolError(Code.UNSUPPORTED_VERSION, `server answered version ${welcome.version}`);
+  if (welcome.version !== version) {
+    throw new ProtocolError(Code.UNSUPPORTED_VERSION, `server answered version ${welcome.version} to ${version}`);
   }
   if (welcome.scheme !== Scheme.CLIENT && welcome.scheme !== Scheme.SERVER) {
     throw new ProtocolError(Code.MALFORMED, `unknown scheme ${welcome.scheme}`);
@@ -331,7 +430,14 @@ function parseWelcome(payload) {
   if (!(welcome.intervalMs > 0 && welcome.timeoutMs >= 2 * welcome.intervalMs)) {
     throw new ProtocolError(Code.MALFORMED, 'WELCOME needs 0 < interval and timeout >= 2 x interval');
   }
-  return welcome;
+  if (version === VERSION_1) return welcome;
+  const found = parseProperties(payload, 10, WELCOME_PROPS);
+  const window = found.get(Prop.RECONNECT_WINDOW);
+  return {
+    ...welcome,
+    maxPayload: maxPayloadOf(found),
+    reconnectWindowMs: window === undefined ? null : window.readUInt32BE(0),
+  };
 }
 
 function parseClose(payload) {
@@ -366,7 +472,7 @@ function plaintextTokenAllowed(host) {
 }
 
 // ERROR codes a retry with the same HELLO cannot fix (H8).
-const FINAL_ERRORS = new Set([Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED]);
+const FINAL_ERRORS = new Set([Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED, Code.UNSUPPORTED_PROPERTY]);
 // CLOSE codes after which reconnecting would do harm: another client holds the name
 // now, and the two would evict each other forever (H8, P4).
 const FINAL_CLOSES = new Set([Code.TAKEN_OVER]);
@@ -453,8 +559,9 @@ function withSecureContext(options) {
  * servername} (PEM strings or Buffers; the server's certificate is always verified).
  * HELLO then goes out once the TLS handshake is done, within the handshake deadline.
  * `minInterval` (s): a WELCOME granting less is refused with ERROR MALFORMED (R5).
- * `peerMaxPayload` (bytes): the server's maximum payload, which the handshake does not
- * carry (F2); send() throws PayloadTooLargeError past it (R6).
+ * `peerMaxPayload` (bytes): the server's maximum payload until a version 2 WELCOME
+ * states it (F2); send() throws PayloadTooLargeError past it (R6).
+ * `version`: the HELLO's protocol version, 2 (the default) or 1 (H10).
  * `allowPlaintextToken`: send a token without TLS to a host that is not loopback (R4).
  * Bad settings throw (RangeError, ConfigError) here, before any packet.
  * No reconnection here: ReconnectingClient does that.
@@ -464,14 +571,16 @@ class Client extends EventEmitter {
     host = '127.0.0.1', port, name, interval = 0, token = null, tls: tlsOptions = null,
     maxPayload = DEFAULT_MAX_PAYLOAD, maxPending = DEFAULT_MAX_PENDING,
     minInterval = DEFAULT_MIN_INTERVAL, peerMaxPayload = DEFAULT_MAX_PAYLOAD,
-    allowPlaintextToken = false,
+    allowPlaintextToken = false, version = PROTOCOL_VERSION,
   }) {
     super();
     this.host = host;
     this.port = port;
     this.connected = false; // TCP is up (TLS, if any, not necessarily)
     // Checks the name and the token early.
-    this.hello = encodeHello(name, Math.round(interval * 1000), PROTOCOL_VERSION, token);
+    if (version !== VERSION_1 && version !== PROTOCOL_VERSION) throw new RangeError('version must be 1 or 2');
+    this.version = version;
+    this.hello = encodeHello(name, Math.round(interval * 1000), version, token, maxPayload);
     if (!(minInterval >= 0)) throw new RangeError('minInterval must be a number >= 0');
     this.minIntervalMs = Math.round(minInterval * 1000);
     if (interval > 0 && Math.round(interval * 1000) < this.minIntervalMs) {
@@ -615,7 +724,7 @@ class Client extends EventEmitter {
     switch (type) {
       case FrameType.WELCOME:
         if (this.state !== State.AWAIT_WELCOME) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'second WELCOME');
-        this.opened(parseWelcome(payload));
+        this.opened(parseWelcome(payload, this.version));
         break;
       case FrameType.PING:
         if (this.state !== State.OPEN) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'PING before WELCOME');
@@ -667,6 +776,7 @@ class Client extends EventEmitter {
       );
     }
     this.welcome = welcome;
+    if (welcome.maxPayload) this.peerMaxPayload = welcome.maxPayload; // R6, from version 2's WELCOME
     this.openedAt = this.lastRecv; // when WELCOME arrived: T6's clock starts there
     this.state = State.OPEN;
     this.emit('welcome', welcome);
@@ -822,6 +932,14 @@ class ReconnectingClient extends EventEmitter {
 
   ended(ending) {
     this.client = null;
+    if (ending.reason === 'peer_error' && ending.code === Code.UNSUPPORTED_VERSION
+      && this.options.version !== VERSION_1 && !this.closing) {
+      // A server that does not speak version 2: once, at once, in version 1 (H10).
+      this.options = { ...this.options, version: VERSION_1 };
+      this.retryTimer = setTimeout(() => this.connect(), 0);
+      this.emit('close', { ...ending, final: false, retryInMs: 0 });
+      return;
+    }
     const final = isFinal(ending);
     if (ending.reason === 'closed_locally' || final || !this.reconnect || this.closing) {
       this.stop(ending, final);
@@ -845,6 +963,9 @@ function now() {
 
 module.exports = {
   PROTOCOL_VERSION,
+  VERSION_1,
+  Prop,
+  MUST_UNDERSTAND,
   HEADER_SIZE,
   MAX_NAME_BYTES,
   MAX_TOKEN_BYTES,
@@ -872,6 +993,7 @@ module.exports = {
   FrameDecoder,
   parseHello,
   parseWelcome,
+  parseProperties,
   parseClose,
   parseError,
   printable,

@@ -88,10 +88,71 @@ function checkStream(v) {
   assert.strictEqual(decoder.buffered, v.pending);
 }
 
+/** A version 2 HELLO or WELCOME in the vectors' names (the raw properties aside). */
+function v2Fields(type, payload) {
+  if (type === hb.FrameType.HELLO) {
+    const h = hb.parseHello(payload);
+    return { version: h.version, interval_ms: h.intervalMs, name: h.name, token: h.token, max_payload: h.maxPayload };
+  }
+  const w = hb.parseWelcome(payload, 2);
+  return {
+    version: w.version,
+    scheme: w.scheme,
+    interval_ms: w.intervalMs,
+    timeout_ms: w.timeoutMs,
+    max_payload: w.maxPayload,
+    reconnect_window_ms: w.reconnectWindowMs,
+  };
+}
+
+function decodeV2(bytes) {
+  const frames = new hb.FrameDecoder(vectors.max_payload).feed(bytes);
+  assert.strictEqual(frames.length, 1, 'expected exactly one frame');
+  return frames[0];
+}
+
+function checkV2Valid(v) {
+  const bytes = unhex(v.hex);
+  const frame = decodeV2(bytes);
+  assert.strictEqual(hb.TYPE_NAMES[frame.type], v.type);
+  const { properties, ...expected } = v.fields;
+  const got = v2Fields(frame.type, frame.payload);
+  assert.deepStrictEqual(got, expected);
+  // Where the properties are those the encoder writes, in its order, it must rebuild the bytes.
+  const f = expected;
+  const written = v.type === 'HELLO'
+    ? [f.token !== null && hb.Prop.TOKEN, f.max_payload !== null && hb.Prop.MAX_PAYLOAD]
+    : [f.max_payload !== null && hb.Prop.MAX_PAYLOAD, f.reconnect_window_ms !== null && hb.Prop.RECONNECT_WINDOW];
+  if (JSON.stringify(written.filter(Boolean)) !== JSON.stringify(properties.map((p) => p.id))) return;
+  const rebuilt = v.type === 'HELLO'
+    ? hb.encodeHello(f.name, f.interval_ms, 2, f.token, f.max_payload)
+    : hb.encodeWelcome({
+      version: 2, scheme: f.scheme, intervalMs: f.interval_ms, timeoutMs: f.timeout_ms,
+      maxPayload: f.max_payload, reconnectWindowMs: f.reconnect_window_ms,
+    });
+  assert.strictEqual(rebuilt.toString('hex'), bytes.toString('hex'), 'encoder disagrees');
+}
+
+function checkV2Malformed(v) {
+  const frame = decodeV2(unhex(v.hex));
+  assert.throws(() => v2Fields(frame.type, frame.payload), (err) => {
+    assert.ok(err instanceof hb.ProtocolError, `not a ProtocolError: ${err}`);
+    assert.strictEqual(err.codeName, v.error);
+    return true;
+  });
+}
+
 let passed = 0;
 let failed = 0;
-for (const [group, check] of [['valid', checkValid], ['malformed', checkMalformed], ['streams', checkStream]]) {
-  for (const vector of vectors[group]) {
+const groups = [
+  ['valid', vectors.valid, checkValid],
+  ['malformed', vectors.malformed, checkMalformed],
+  ['streams', vectors.streams, checkStream],
+  ['v2 valid', vectors.v2.valid, checkV2Valid],
+  ['v2 malformed', vectors.v2.malformed, checkV2Malformed],
+];
+for (const [group, list, check] of groups) {
+  for (const vector of list) {
     try {
       check(vector);
       passed += 1;

@@ -21,17 +21,26 @@ from hbloop.core.wire import (
     HEADER_SIZE,
     HEADER_STRUCT,
     HELLO_FIXED,
+    HELLO_PROPS,
     KNOWN_TYPES,
     MAX_NAME_BYTES,
     MAX_TOKEN_BYTES,
-    PROTOCOL_VERSION,
+    MIN_MAX_PAYLOAD,
+    MUST_UNDERSTAND,
+    PROPERTY_HEADER,
+    SUPPORTED_VERSIONS,
     TOKEN_LENGTH,
+    U32_VALUE,
+    VERSION_1,
+    WELCOME_PROPS,
     WELCOME_STRUCT,
     Code,
     FrameType,
     Hello,
+    Prop,
     Scheme,
     Welcome,
+    encode_hello,
 )
 
 Frame = tuple[int, bytes]
@@ -193,8 +202,9 @@ def _header_error(header: bytes, max_payload: int, frames: list[Frame]) -> Remot
 # terminal: controls (Cc: C0, DEL and C1, such as NEL), format characters (Cf: bidi
 # overrides and isolates, zero-width spaces and joiners, the BOM...) and the line and
 # paragraph separators (Zl, Zp). Each can split or forge a log line, or make it read
-# differently from its bytes.
-UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# differently from its bytes. And code points unassigned in this interpreter's tables
+# (Cn): one may be a format character of a later Unicode (protocol.md section 1).
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn"})
 
 
 def _is_unsafe(char: str) -> bool:
@@ -247,27 +257,95 @@ def token_problem(token: bytes) -> str | None:
     return None
 
 
+# The registered properties whose value has a fixed size (protocol.md section 1).
+_PROPERTY_SIZES = {Prop.MAX_PAYLOAD: U32_VALUE.size, Prop.RECONNECT_WINDOW: U32_VALUE.size}
+
+
+def parse_properties(payload: bytes, start: int, known: frozenset[Prop]) -> dict[Prop, bytes]:
+    """The version 2 property block from ``start`` to the end of ``payload``: the
+    values of the ``known`` properties by identifier. Checked as protocol.md's
+    Properties says: the shape first (a property cut short, one repeated, a known one
+    of the wrong size: MALFORMED), then an unknown property with the must-understand
+    bit (UNSUPPORTED_PROPERTY); other unknown properties are skipped."""
+    found: dict[Prop, bytes] = {}
+    seen: set[int] = set()
+    refused: int | None = None
+    pos, end = start, len(payload)
+    while pos < end:
+        if end - pos < PROPERTY_HEADER.size:
+            raise RemoteProtocolError(Code.MALFORMED, "a property header is cut short")
+        ident, length = PROPERTY_HEADER.unpack_from(payload, pos)
+        pos += PROPERTY_HEADER.size
+        if length > end - pos:
+            raise RemoteProtocolError(Code.MALFORMED, f"property 0x{ident:04x} is cut short")
+        bare = ident & ~MUST_UNDERSTAND
+        if bare in seen:
+            raise RemoteProtocolError(Code.MALFORMED, f"property 0x{bare:04x} is repeated")
+        seen.add(bare)
+        if bare in known:
+            prop = Prop(bare)
+            if _PROPERTY_SIZES.get(prop, length) != length:
+                raise RemoteProtocolError(Code.MALFORMED, f"{prop.name} of {length} bytes")
+            found[prop] = payload[pos : pos + length]
+        elif ident & MUST_UNDERSTAND and refused is None:
+            refused = ident
+        pos += length
+    if refused is not None:
+        raise RemoteProtocolError(
+            Code.UNSUPPORTED_PROPERTY, f"must-understand property 0x{refused:04x} is unknown"
+        )
+    return found
+
+
+def _max_payload(found: dict[Prop, bytes]) -> int | None:
+    """A MAX_PAYLOAD property's value: at least the 1024 bytes every receiver takes (F2)."""
+    raw = found.get(Prop.MAX_PAYLOAD)
+    if raw is None:
+        return None
+    value = int(U32_VALUE.unpack(raw)[0])
+    if value < MIN_MAX_PAYLOAD:
+        raise RemoteProtocolError(Code.MALFORMED, f"MAX_PAYLOAD {value} is under {MIN_MAX_PAYLOAD}")
+    return value
+
+
+def _v1_token(payload: bytes, name_end: int) -> bytes | None:
+    """Version 1's credential after the name, if the payload goes on (its shape only)."""
+    size = len(payload)
+    if size == name_end:
+        return None
+    token_start = name_end + TOKEN_LENGTH.size
+    if size < token_start:
+        raise RemoteProtocolError(Code.MALFORMED, "HELLO name length disagrees with the frame")
+    if size != token_start + TOKEN_LENGTH.unpack_from(payload, name_end)[0]:
+        raise RemoteProtocolError(Code.MALFORMED, "HELLO token length disagrees with the frame")
+    return payload[token_start:]
+
+
 def parse_hello(payload: bytes) -> Hello:
-    """Decode a HELLO payload, checked in the order of protocol.md H2: the version,
-    the shape, the name, then the form of the credential if there is one."""
+    """Decode a HELLO payload of version 1 or 2, checked in the order of protocol.md
+    H2: the version, the shape (with version 2's properties), the name, then the form
+    of the credential if there is one."""
     if not payload:
         raise RemoteProtocolError(Code.MALFORMED, "empty HELLO")
-    if payload[0] != PROTOCOL_VERSION:
+    if payload[0] not in SUPPORTED_VERSIONS:
         raise RemoteProtocolError(
             Code.UNSUPPORTED_VERSION,
-            f"version {payload[0]} is not supported; this server speaks {PROTOCOL_VERSION}",
+            f"version {payload[0]} is not supported; this server speaks "
+            + " and ".join(map(str, sorted(SUPPORTED_VERSIONS))),
         )
-    size = len(payload)
-    if size < HELLO_FIXED.size:
+    if len(payload) < HELLO_FIXED.size:
         raise RemoteProtocolError(Code.MALFORMED, "HELLO too short")
     version, interval_ms, name_len = HELLO_FIXED.unpack_from(payload)
     name_end = HELLO_FIXED.size + name_len
-    token_start = name_end + TOKEN_LENGTH.size
-    if size != name_end:  # a credential follows the name
-        if size < token_start:
+    max_payload = None
+    if version == VERSION_1:
+        token = _v1_token(payload, name_end)
+    else:
+        if len(payload) < name_end:
             raise RemoteProtocolError(Code.MALFORMED, "HELLO name length disagrees with the frame")
-        if size != token_start + TOKEN_LENGTH.unpack_from(payload, name_end)[0]:
-            raise RemoteProtocolError(Code.MALFORMED, "HELLO token length disagrees with the frame")
+        found = parse_properties(payload, name_end, HELLO_PROPS)
+        token = found.get(Prop.TOKEN)
+        max_payload = _max_payload(found)
     if not 1 <= name_len <= MAX_NAME_BYTES:
         raise RemoteProtocolError(Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} bytes")
     try:
@@ -278,28 +356,50 @@ def parse_hello(payload: bytes) -> Hello:
         raise RemoteProtocolError(
             Code.BAD_NAME, "name contains control, format or separator characters"
         )
-    if size == name_end:
-        return Hello(version, interval_ms, name)
-    token = payload[token_start:]
+    if token is None:
+        return Hello(version, interval_ms, name, max_payload=max_payload)
     problem = token_problem(token)
     if problem is not None:
         raise RemoteProtocolError(Code.UNAUTHORIZED, problem)
-    return Hello(version, interval_ms, name, token.decode("ascii"))
+    return Hello(version, interval_ms, name, token.decode("ascii"), max_payload)
 
 
-def parse_welcome(payload: bytes) -> Welcome:
-    if len(payload) != WELCOME_STRUCT.size:
-        raise RemoteProtocolError(Code.MALFORMED, "WELCOME must be 10 bytes")
-    version, scheme, interval_ms, timeout_ms = WELCOME_STRUCT.unpack(payload)
-    if version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(Code.UNSUPPORTED_VERSION, f"server answered version {version}")
+def downgrade_hello(frame: bytes) -> bytes:
+    """A version 2 HELLO frame said in version 1: the same name, interval and token,
+    without the properties version 1 cannot carry (H10's fall-back)."""
+    hello = parse_hello(frame[HEADER_SIZE:])
+    return encode_hello(hello.name, hello.interval_ms, VERSION_1, token=hello.token)
+
+
+def parse_welcome(payload: bytes, version: int = VERSION_1) -> Welcome:
+    """Decode the WELCOME answering a HELLO of ``version``, checked in the order of
+    protocol.md H3: the size, the version, the grant, then version 2's properties."""
+    size = len(payload)
+    if size != WELCOME_STRUCT.size and (version == VERSION_1 or size < WELCOME_STRUCT.size):
+        raise RemoteProtocolError(Code.MALFORMED, f"WELCOME must be {WELCOME_STRUCT.size} bytes")
+    answered, scheme, interval_ms, timeout_ms = WELCOME_STRUCT.unpack_from(payload)
+    if answered != version:
+        raise RemoteProtocolError(
+            Code.UNSUPPORTED_VERSION, f"server answered version {answered} to {version}"
+        )
     if scheme not in (Scheme.CLIENT, Scheme.SERVER):
         raise RemoteProtocolError(Code.MALFORMED, f"unknown scheme {scheme}")
     if not interval_ms > 0 or timeout_ms < 2 * interval_ms:
         raise RemoteProtocolError(
             Code.MALFORMED, "WELCOME needs 0 < interval and timeout >= 2 x interval (H3, T2)"
         )
-    return Welcome(version, Scheme(scheme), interval_ms, timeout_ms)
+    if version == VERSION_1:
+        return Welcome(version, Scheme(scheme), interval_ms, timeout_ms)
+    found = parse_properties(payload, WELCOME_STRUCT.size, WELCOME_PROPS)
+    window = found.get(Prop.RECONNECT_WINDOW)
+    return Welcome(
+        version,
+        Scheme(scheme),
+        interval_ms,
+        timeout_ms,
+        _max_payload(found),
+        None if window is None else int(U32_VALUE.unpack(window)[0]),
+    )
 
 
 def code_name(code: int) -> str:

@@ -53,6 +53,7 @@ from hbloop.core.protocol import (
     LocalProtocolError,
     RemoteProtocolError,
     code_name,
+    downgrade_hello,
     parse_close,
     parse_error,
     parse_hello,
@@ -62,10 +63,10 @@ from hbloop.core.protocol import (
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
     MAX_HELLO_PAYLOAD,
     PING_FRAME,
     PONG_FRAME,
-    PROTOCOL_VERSION,
     T_CLOSE,
     T_DATA,
     T_ERROR,
@@ -73,6 +74,7 @@ from hbloop.core.wire import (
     T_PING,
     T_PONG,
     T_WELCOME,
+    VERSION_1,
     Code,
     FrameType,
     Hello,
@@ -176,23 +178,39 @@ class Grant:
     seconds and the WELCOME frame are computed once, not per connection.
     """
 
-    __slots__ = ("scheme", "interval_ms", "timeout_ms", "interval", "timeout", "ping_floor")
+    __slots__ = (
+        "scheme",
+        "interval_ms",
+        "timeout_ms",
+        "interval",
+        "timeout",
+        "ping_floor",
+        "_welcome",
+    )
 
-    def __init__(self, scheme: Scheme, interval_ms: int, timeout_ms: int) -> None:
+    def __init__(
+        self, scheme: Scheme, interval_ms: int, timeout_ms: int, welcome: Welcome | None = None
+    ) -> None:
         self.scheme = scheme
         self.interval_ms = interval_ms
         self.timeout_ms = timeout_ms
         self.interval = interval_ms / 1000
         self.timeout = timeout_ms / 1000
         self.ping_floor = PING_STRIKE_FRACTION * self.interval
+        # A client's grant: the WELCOME it came in, with its version and properties.
+        self._welcome = welcome
 
     @classmethod
     def from_welcome(cls, welcome: Welcome) -> Grant:
-        return cls(welcome.scheme, welcome.interval_ms, welcome.timeout_ms)
+        return cls(welcome.scheme, welcome.interval_ms, welcome.timeout_ms, welcome)
 
     @property
     def welcome(self) -> Welcome:
-        return Welcome(PROTOCOL_VERSION, self.scheme, self.interval_ms, self.timeout_ms)
+        """A client's: the WELCOME received. A server's: the grant as version 1's
+        WELCOME states it (a version 2 WELCOME adds the server's properties)."""
+        if self._welcome is not None:
+            return self._welcome
+        return Welcome(VERSION_1, self.scheme, self.interval_ms, self.timeout_ms)
 
     def __repr__(self) -> str:
         return (
@@ -276,7 +294,8 @@ class SessionConfig:
       then (H5); a client gives up on an attempt whose WELCOME has not arrived (H3).
     * ``ping_strikes``: consecutive too-early PINGs before ERROR TOO_MANY_PINGS (T8).
     * ``linger``: how long to wait for the peer's EOF after our last frame (C1, C3).
-    * ``hello``: the client's HELLO frame, sent once connected.
+    * ``hello``: the client's HELLO frame, sent once connected; its version is the
+      one the client speaks (``fall_back`` turns a version 2 HELLO into version 1's).
     * ``auto_ping``: the pinging side sends PINGs by rule T3 (off for load
       generators that keep their own schedule).
     * ``report_pongs``: emit ``PongReceived`` for every PONG.
@@ -346,6 +365,24 @@ class SessionConfig:
         own = Scheme.SERVER if role is Role.SERVER else Scheme.CLIENT
         self.pinging_scheme: Scheme | None = own if auto_ping else None
 
+    @property
+    def version(self) -> int:
+        """Client: the protocol version its HELLO speaks (H10)."""
+        return self.hello[HEADER_SIZE]
+
+    def fall_back(self, disconnect: Disconnect) -> bool:
+        """Client: whether ``disconnect`` is a server refusing our version 2 HELLO with
+        UNSUPPORTED_VERSION; if so, the HELLO becomes version 1's and the caller
+        retries at once (H10). A version 1 HELLO refused so is final (H8)."""
+        if (
+            disconnect.reason is not Reason.PEER_ERROR
+            or disconnect.code != Code.UNSUPPORTED_VERSION
+            or self.version == VERSION_1
+        ):
+            return False
+        self.hello = downgrade_hello(self.hello)
+        return True
+
 
 _NO_GRANT = Grant(Scheme.CLIENT, 0, 0)
 
@@ -368,6 +405,7 @@ class Session:
         "rate_start",
         "rate_count",
         "paused",
+        "peer_max_payload",
         "_hello",
         "_held",
     )
@@ -393,6 +431,9 @@ class Session:
         #: True while the session wants no more input for now (see the module's
         #: "Fairness"): call ``receive_data(b"", now)`` at ``resume_at()``.
         self.paused = False
+        #: The peer's maximum payload once OPEN, from its version 2 handshake (None:
+        #: not told, as in version 1; see R6).
+        self.peer_max_payload: int | None = None
         # A HELLO awaiting accept() or refuse(); the bytes behind it wait in the buffer.
         self._hello: Hello | None = None
         # The receive buffer: bytes of frames not yet acted on (None when there are
@@ -512,7 +553,8 @@ class Session:
     def accept(self, grant: Grant, now: float) -> Step:
         """Server: admit the pending HELLO under ``grant``; WELCOME goes out (H3) and
         the frames held behind the HELLO are acted on."""
-        if self.state is not State.AWAIT_HELLO or self._hello is None:
+        hello = self._hello
+        if self.state is not State.AWAIT_HELLO or hello is None:
             raise LocalProtocolError(Code.MALFORMED, "accept() needs a pending HELLO")
         self._hello = None
         self.state = State.OPEN
@@ -520,7 +562,19 @@ class Session:
         self.deadline = FOREVER  # a shared float: OPEN needs no deadline of its own
         self.last_sent = now
         self.config.counters.frames_out += 1
-        welcome = encode_welcome(grant.welcome)
+        if hello.version == VERSION_1:
+            welcome = encode_welcome(grant.welcome)  # exactly as version 1 always was
+        else:  # answered in the HELLO's version (H10), with this side's maximum (F2)
+            self.peer_max_payload = hello.max_payload
+            welcome = encode_welcome(
+                Welcome(
+                    hello.version,
+                    grant.scheme,
+                    grant.interval_ms,
+                    grant.timeout_ms,
+                    self.config.max_payload,
+                )
+            )
         opened: tuple[Event, ...] = (Opened(grant),)
         if self._held is None:
             return welcome, opened
@@ -703,7 +757,7 @@ class Session:
     def _receive_welcome(self, ftype: int, payload: bytes, now: float) -> Step:
         try:
             if ftype == T_WELCOME:
-                welcome = parse_welcome(payload)
+                welcome = parse_welcome(payload, self.config.version)
             elif ftype in (T_CLOSE, T_ERROR):
                 return self._control(ftype, payload, now)
             else:
@@ -714,6 +768,7 @@ class Session:
             return self._fail(exc, now)
         self.state = State.OPEN
         self.grant = grant = Grant.from_welcome(welcome)
+        self.peer_max_payload = welcome.max_payload
         self.deadline = FOREVER
         self.last_recv = now  # the client's timeout clock starts at WELCOME (H3)
         opened = (Opened(grant),)
@@ -728,7 +783,8 @@ class Session:
         """The DATA frame carrying ``data``; only on an OPEN connection."""
         if self.state is not State.OPEN:
             raise LocalProtocolError(Code.UNEXPECTED_FRAME, f"DATA in state {self.state.value}")
-        if len(data) > ABSOLUTE_MAX_PAYLOAD:
+        limit = self.peer_max_payload
+        if len(data) > (ABSOLUTE_MAX_PAYLOAD if limit is None else limit):
             raise LocalProtocolError(Code.FRAME_TOO_LARGE, f"{len(data)} bytes of DATA")
         self.last_sent = now
         self.config.counters.frames_out += 1

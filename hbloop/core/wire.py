@@ -22,16 +22,21 @@ from typing import Any
 
 from construct import (
     Bytes,
+    Check,
+    Const,
     Enum,
     FixedSized,
     GreedyBytes,
+    GreedyRange,
     GreedyString,
     Int8ub,
     Int16ub,
     Int32ub,
     PascalString,
     Pass,
+    Prefixed,
     Rebuild,
+    Select,
     Struct,
     Subconstruct,
     Switch,
@@ -41,7 +46,12 @@ from construct import (
     this,
 )
 
-PROTOCOL_VERSION = 1
+# The versions this implementation speaks (protocol.md H10): a server answers each in
+# its own version, a client offers the newest and falls back to version 1 once.
+VERSION_1 = 1
+VERSION_2 = 2
+PROTOCOL_VERSION = VERSION_2
+SUPPORTED_VERSIONS = frozenset({VERSION_1, VERSION_2})
 
 HEADER_SIZE = 6
 
@@ -105,6 +115,7 @@ class Code(enum.IntEnum):
     SERVER_FULL = 0x0103
     UNAUTHORIZED = 0x0104  # the credential in HELLO is missing, invalid or not for this name
     NAME_TAKEN = 0x0105  # the name is online elsewhere and the server refuses duplicates
+    UNSUPPORTED_PROPERTY = 0x0106  # a must-understand property the receiver does not know
     # 0x02xx: protocol violations, carried by ERROR.
     FRAME_TOO_LARGE = 0x0201
     UNKNOWN_TYPE = 0x0202
@@ -114,6 +125,23 @@ class Code(enum.IntEnum):
     DUPLICATE_HELLO = 0x0206
     UNEXPECTED_FRAME = 0x0207
     TOO_MANY_PINGS = 0x0208
+
+
+class Prop(enum.IntEnum):
+    """The registry of version 2's handshake properties (protocol.md section 1)."""
+
+    TOKEN = 0x0001  # HELLO: the credential, 1 to 4096 printable ASCII bytes
+    MAX_PAYLOAD = 0x0002  # HELLO and WELCOME: the sender's maximum payload once OPEN (u32)
+    RECONNECT_WINDOW = 0x0003  # WELCOME: spread reconnects after GOING_AWAY over this (u32 ms)
+
+
+# The top bit of a property identifier: a receiver that does not know the property
+# must refuse the handshake (UNSUPPORTED_PROPERTY) rather than skip it.
+MUST_UNDERSTAND = 0x8000
+
+# Which properties each frame carries; any other is unknown to its receiver.
+HELLO_PROPS = frozenset({Prop.TOKEN, Prop.MAX_PAYLOAD})
+WELCOME_PROPS = frozenset({Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW})
 
 
 # --- the schema of record ---------------------------------------------------------
@@ -148,7 +176,7 @@ class Trailing(Subconstruct):  # type: ignore[misc]  # construct is untyped
 
 
 HELLO = Struct(
-    "version" / Int8ub,
+    "version" / Const(VERSION_1, Int8ub),
     "interval_ms" / Int32ub,  # 0 asks for the server's default
     "name" / PascalString(Int8ub, "utf8"),
     # The credential is there only when the payload goes on after the name, so that a
@@ -158,11 +186,59 @@ HELLO = Struct(
 )
 
 WELCOME = Struct(
-    "version" / Int8ub,
+    "version" / Const(VERSION_1, Int8ub),
     "scheme" / Enum(Int8ub, Scheme),
     "interval_ms" / Int32ub,
     "timeout_ms" / Int32ub,
     Terminated,
+)
+
+# Version 2: the fixed fields of version 1, then typed properties to the end of the
+# payload. A property is an identifier (its top bit MUST_UNDERSTAND), a u16 length and
+# that many bytes; a receiver skips one it does not know unless that bit is set.
+PROPERTY = Struct("id" / Int16ub, "value" / Prefixed(Int16ub, GreedyBytes))
+
+# The value of each registered property, inside its length.
+PROPERTY_VALUES = {
+    Prop.TOKEN: GreedyString("ascii"),
+    Prop.MAX_PAYLOAD: Int32ub,
+    Prop.RECONNECT_WINDOW: Int32ub,
+}
+
+
+def _block_rule(known: frozenset[Prop]) -> Any:
+    """The property block's shape beyond its framing: no identifier twice (with or
+    without MUST_UNDERSTAND), and each known fixed-size property of its size."""
+
+    def holds(ctx: Any) -> bool:
+        ids = [p.id & ~MUST_UNDERSTAND for p in ctx.properties]
+        sizes = [
+            (PROPERTY_VALUES[i].sizeof(), len(p.value))
+            for i, p in zip(ids, ctx.properties, strict=True)
+            if i in known and i != Prop.TOKEN
+        ]
+        return len(set(ids)) == len(ids) and all(want == got for want, got in sizes)
+
+    return Check(holds)
+
+
+HELLO_V2 = Struct(
+    "version" / Const(VERSION_2, Int8ub),
+    "interval_ms" / Int32ub,
+    "name" / PascalString(Int8ub, "utf8"),
+    "properties" / GreedyRange(PROPERTY),
+    Terminated,
+    _block_rule(HELLO_PROPS),
+)
+
+WELCOME_V2 = Struct(
+    "version" / Const(VERSION_2, Int8ub),
+    "scheme" / Enum(Int8ub, Scheme),
+    "interval_ms" / Int32ub,
+    "timeout_ms" / Int32ub,
+    "properties" / GreedyRange(PROPERTY),
+    Terminated,
+    _block_rule(WELCOME_PROPS),
 )
 
 CLOSE = Struct("code" / Int16ub, Terminated)
@@ -179,8 +255,9 @@ FRAME = Struct(
 )
 
 PAYLOADS = {
-    FrameType.HELLO: HELLO,
-    FrameType.WELCOME: WELCOME,
+    # The version byte picks the layout.
+    FrameType.HELLO: Select(HELLO, HELLO_V2),
+    FrameType.WELCOME: Select(WELCOME, WELCOME_V2),
     FrameType.PING: EMPTY,
     FrameType.PONG: EMPTY,
     FrameType.DATA: GreedyBytes,
@@ -206,12 +283,15 @@ HEADER_STRUCT = struct.Struct(">IBB")
 HELLO_FIXED = struct.Struct(">BIB")  # version, interval_ms, name length
 TOKEN_LENGTH = struct.Struct(">H")  # the credential's length, after the name
 WELCOME_STRUCT = struct.Struct(">BBII")
+PROPERTY_HEADER = struct.Struct(">HH")  # identifier, value length
+U32_VALUE = struct.Struct(">I")  # MAX_PAYLOAD, RECONNECT_WINDOW
 CODE_STRUCT = struct.Struct(">H")
 
 # The largest HELLO payload that can still be judged (a name the u8 length allows,
 # over 64 bytes or not, and the longest token): a server's whole receive limit
 # before the handshake (F2), so that a socket that never completes HELLO holds a few
-# kilobytes, not a maximum-size frame.
+# kilobytes, not a maximum-size frame. A version 2 HELLO must fit it too (H10): with
+# the longest name and token that leaves room for every property version 2 defines.
 MAX_HELLO_PAYLOAD = HELLO_FIXED.size + 0xFF + TOKEN_LENGTH.size + MAX_TOKEN_BYTES
 
 assert HEADER_STRUCT.size == HEADER.sizeof() == HEADER_SIZE
@@ -246,6 +326,8 @@ class Hello:
     name: str
     # A secret: kept out of repr() so that logging a Hello cannot leak it.
     token: str | None = field(default=None, repr=False)
+    #: Version 2: the client's maximum payload once OPEN (Prop.MAX_PAYLOAD), if sent.
+    max_payload: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,26 +336,51 @@ class Welcome:
     scheme: Scheme
     interval_ms: int
     timeout_ms: int
+    #: Version 2: the server's maximum payload once OPEN (Prop.MAX_PAYLOAD), if sent.
+    max_payload: int | None = None
+    #: Version 2: spread a reconnect after CLOSE GOING_AWAY over this many ms.
+    reconnect_window_ms: int | None = None
+
+
+def encode_property(ident: int, value: bytes) -> bytes:
+    return PROPERTY_HEADER.pack(ident, len(value)) + value
+
+
+def _u32_property(ident: int, value: int | None) -> bytes:
+    return b"" if value is None else encode_property(ident, U32_VALUE.pack(value))
 
 
 def encode_hello(
-    name: str, interval_ms: int, version: int = PROTOCOL_VERSION, *, token: str | None = None
+    name: str,
+    interval_ms: int,
+    version: int = VERSION_1,
+    *,
+    token: str | None = None,
+    max_payload: int | None = None,
 ) -> bytes:
+    """A HELLO of ``version``: version 1 carries the token after the name (and no
+    maximum payload), version 2 carries both as properties."""
     raw = name.encode("utf-8")
     payload = HELLO_FIXED.pack(version, interval_ms, len(raw)) + raw
-    if token is not None:
-        secret = token.encode("ascii")
-        payload += TOKEN_LENGTH.pack(len(secret)) + secret
+    secret = None if token is None else token.encode("ascii")
+    if version == VERSION_1:
+        if secret is not None:
+            payload += TOKEN_LENGTH.pack(len(secret)) + secret
+    else:
+        if secret is not None:
+            payload += encode_property(Prop.TOKEN, secret)
+        payload += _u32_property(Prop.MAX_PAYLOAD, max_payload)
     return encode_frame(FrameType.HELLO, payload)
 
 
 def encode_welcome(welcome: Welcome) -> bytes:
-    return encode_frame(
-        FrameType.WELCOME,
-        WELCOME_STRUCT.pack(
-            welcome.version, welcome.scheme, welcome.interval_ms, welcome.timeout_ms
-        ),
+    payload = WELCOME_STRUCT.pack(
+        welcome.version, welcome.scheme, welcome.interval_ms, welcome.timeout_ms
     )
+    if welcome.version != VERSION_1:
+        payload += _u32_property(Prop.MAX_PAYLOAD, welcome.max_payload)
+        payload += _u32_property(Prop.RECONNECT_WINDOW, welcome.reconnect_window_ms)
+    return encode_frame(FrameType.WELCOME, payload)
 
 
 def encode_close(code: int) -> bytes:
