@@ -209,10 +209,11 @@ def test_final_endings_stop_at_once(
     with fake_server(LONG_GRANT, say(answer)) as (port, attempts):
         client = drive(kind, int(port), f"final-{kind}", backoff=Backoff(0.01, 0.01))
         stopped = client.run_until_stopped()
-        assert attempts.count == 1
+        # UNSUPPORTED_VERSION to a version 2 HELLO: one retry at once in version 1 (H10).
+        assert attempts.count == (2 if code is Code.UNSUPPORTED_VERSION else 1)
     assert (stopped.reason, stopped.code) == (reason, code)
     assert client.client.final
-    assert client.disconnects == [(stopped, None)]
+    assert client.disconnects[-1] == (stopped, None)
 
 
 def _tls_case(pki: Pki, case: str) -> tuple[list[str], dict[str, Any]]:
@@ -458,7 +459,7 @@ def test_trace_logs_every_frame(drive, serve, kind: str, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.name == "hbloop.trace"]
     peer = f"127.0.0.1:{server.port}"
     assert re.fullmatch(rf"frame out {peer} HELLO len=\d+", lines[0]), lines
-    assert lines[1] == f"frame in {peer} WELCOME len=10"
+    assert re.fullmatch(rf"frame in {peer} WELCOME len=\d+", lines[1]), lines
 
 
 def test_both_clients_take_the_same_options() -> None:
