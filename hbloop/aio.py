@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
+import ssl
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import cast
 
-from hbloop.client import ClientBase, DisconnectCallback
+from hbloop.client import AsyncTokenProvider, ClientBase, DisconnectCallback
 from hbloop.core.backoff import Backoff
-from hbloop.core.policy import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING
+from hbloop.core.policy import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MIN_INTERVAL
 from hbloop.core.session import (
     FOREVER,
     S_CLOSED,
@@ -56,8 +58,10 @@ from hbloop.core.session import (
     State,
     Step,
 )
-from hbloop.core.wire import Code, Welcome
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, Welcome
 from hbloop.net.sockets import apply_tcp_options
+from hbloop.net.tls import describe_ssl_error
+from hbloop.net.trace import Tracer
 
 # DATA frames held for the iterator before the client stops reading from the server:
 # a burst a consumer catches up with at once, at most 64 MiB of maximum-size frames.
@@ -70,6 +74,20 @@ RESUME_QUEUED_MESSAGES = MAX_QUEUED_MESSAGES // 2
 # more. A timer due at once would not do: uvloop runs it as call_soon, before its
 # poll. A millisecond is libuv's timer resolution.
 JUDGE_AFTER = 0.001
+
+
+def _failure(exc: OSError | None, during: str) -> tuple[Reason, str]:
+    """Why a connection attempt or a connection failed, as hbloop.Client says it: a
+    TLS check that failed is ``TLS_ERROR`` (final before WELCOME, R3); an EOF inside
+    TLS, a reset or any other socket error is the network's ``PEER_RESET``."""
+    if exc is None:
+        return Reason.PEER_RESET, "connection lost"
+    if isinstance(exc, ssl.SSLError) and not isinstance(
+        exc, ssl.SSLEOFError | ssl.SSLZeroReturnError
+    ):
+        return Reason.TLS_ERROR, describe_ssl_error(exc)
+    reason = errno.errorcode.get(exc.errno or 0, exc.strerror or str(exc))
+    return Reason.PEER_RESET, f"{during}: {reason}"
 
 
 class ClientStopped(Exception):
@@ -88,6 +106,7 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.loop = loop
         self.session = Session.client(client.session_config, loop.time())
+        self.tracer = Tracer(f"{client.host}:{client.port}") if client.trace else None
         self.transport: asyncio.Transport | None = None
         # The one timer and when it is due (uvloop makes a timer due at once a plain
         # Handle, which does not say when).
@@ -115,6 +134,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.client.counters.bytes_in += len(data)
+        if self.tracer is not None:
+            self.tracer.received(data)
         session = self.session
         now = self.loop.time()
         self.apply(session.receive_data(data, now))
@@ -128,8 +149,11 @@ class _Connection(asyncio.Protocol):
         return True  # keep the transport: apply() closes it once the session is CLOSED
 
     def connection_lost(self, exc: Exception | None) -> None:
-        detail = "connection lost" if exc is None else str(exc)
-        self.apply(self.session.abort(Reason.PEER_RESET, detail))  # CLOSED: no timer left
+        if exc is None or isinstance(exc, OSError):
+            reason, detail = _failure(exc, "connection lost")
+        else:
+            reason, detail = Reason.PEER_RESET, str(exc)
+        self.apply(self.session.abort(reason, detail))  # CLOSED: no timer left
         self._wake_drainers()
         self._end()
 
@@ -197,6 +221,8 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
+        if self.tracer is not None:
+            self.tracer.sent(data)
         transport.write(data)
         self.client.counters.bytes_out += len(data)
         pending = transport.get_write_buffer_size()
@@ -266,15 +292,19 @@ class _Connection(asyncio.Protocol):
 class Client(ClientBase):
     """A reconnecting heartbeat client on the running asyncio loop.
 
-    ``hbloop.Client``'s rules (``hbloop.client.ClientBase``): it reconnects after any
-    end but a final one (a refusal a retry cannot fix) with full-jitter back-off, unless
-    ``reconnect`` is False. Start it with ``async with`` (or ``start()`` and, at the
-    end, ``close()``).
+    ``hbloop.Client``'s rules and options (``hbloop.client.ClientBase``): it reconnects
+    after any end but a final one (protocol.md R3) with full-jitter back-off, unless
+    ``reconnect`` is False; ``tls`` (an ``ssl.SSLContext``, such as
+    ``hbloop.net.tls.client_context(ca, cert, key)``) and ``server_hostname``, ``token``
+    (a string, or a provider asked before each attempt, sync or async), ``trace``,
+    ``min_interval``, ``peer_max_payload`` and ``allow_plaintext_token`` as there.
+    Start it with ``async with`` (or ``start()`` and, at the end, ``close()``).
 
     * ``await welcome()``: the current connection's grant; waits for the next handshake
       if not connected, and raises ClientStopped once the client has stopped.
     * ``await send(data)``: DATA to the server; False if not connected (nothing is queued
-      across reconnects). Waits while the connection's output buffer is full.
+      across reconnects). Waits while the connection's output buffer is full. Raises
+      PayloadTooLarge for DATA over ``peer_max_payload``.
     * ``async for message in client``: each DATA payload, across reconnects; the
       iteration ends once the client has stopped and the queue is empty.
     * ``await close(code)``: CLOSE, then the connection ends within the linger; returns
@@ -298,6 +328,13 @@ class Client(ClientBase):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         on_welcome: Callable[[Welcome], None] | None = None,
         on_disconnect: DisconnectCallback | None = None,
+        trace: bool = False,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        token: str | AsyncTokenProvider | None = None,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
+        peer_max_payload: int = DEFAULT_MAX_PAYLOAD,
+        allow_plaintext_token: bool = False,
     ) -> None:
         super().__init__(
             host,
@@ -310,6 +347,13 @@ class Client(ClientBase):
             handshake_timeout=handshake_timeout,
             on_welcome=on_welcome,
             on_disconnect=on_disconnect,
+            token=token,
+            tls=tls,
+            server_hostname=server_hostname,
+            trace=trace,
+            min_interval=min_interval,
+            peer_max_payload=peer_max_payload,
+            allow_plaintext_token=allow_plaintext_token,
         )
         self.connection: _Connection | None = None
         #: DATA received and not yet taken by the iterator.
@@ -359,6 +403,7 @@ class Client(ClientBase):
     async def send(self, data: bytes) -> bool:
         """Send DATA; False when not connected. Returns once the transport's buffer is
         below its high-water mark (at once, unless the server reads slowly)."""
+        self.check_payload(data)
         conn = self.connection
         if conn is None or conn.session.state is not S_OPEN:
             return False
@@ -403,7 +448,8 @@ class Client(ClientBase):
         try:
             while True:
                 disconnect = await self._attempt()
-                delay = self._retry_delay(disconnect)
+                assert self._loop is not None
+                delay = self._retry_delay(disconnect, self._loop.time())
                 if delay is None:
                     return  # stopped for good
                 self._disconnected(disconnect, delay)
@@ -415,6 +461,12 @@ class Client(ClientBase):
     async def _attempt(self) -> Disconnect:
         """One connection, from the TCP connect to the end of the session."""
         assert self._loop is not None
+        if self.token_provider is not None:
+            try:
+                token = self.token_provider()
+                self.use_token(await token if inspect.isawaitable(token) else token)
+            except Exception as exc:  # the application's provider: retried, as a reset is
+                return self.token_failed(exc)
         conn = _Connection(self, self._loop)
         self.connection = conn
         session = conn.session
@@ -422,14 +474,18 @@ class Client(ClientBase):
             # H3: the handshake deadline covers the connect too.
             async with asyncio.timeout_at(session.next_deadline()):
                 await self._loop.create_connection(
-                    lambda: conn, self.host, self.port, local_addr=self.source_address
+                    lambda: conn,
+                    self.host,
+                    self.port,
+                    local_addr=self.source_address,
+                    ssl=self.tls,
+                    server_hostname=None if self.tls is None else self.server_hostname,
                 )
         except TimeoutError:
             # The timeout fired at the session's deadline: the session's word on it.
             conn.apply(session.deadline_reached(session.next_deadline()))
         except OSError as exc:
-            reason = errno.errorcode.get(exc.errno or 0, exc.strerror or str(exc))
-            conn.apply(session.abort(Reason.PEER_RESET, f"connect: {reason}"))
+            conn.apply(session.abort(*_failure(exc, "connect")))
         # Shielded: a cancellation is for this task, and the connection lives on
         # until _goodbye has closed it.
         return await asyncio.shield(conn.ended)
@@ -453,13 +509,18 @@ class Client(ClientBase):
                 self.messages.append(event.data)
                 conn.update_reading()
             elif isinstance(event, Opened):
-                self.opened(event.grant.welcome)
+                welcome = event.grant.welcome
+                refusal = self.grant_refused(welcome)
+                if refusal is None:
+                    self.opened(welcome, conn.loop.time())
+                else:
+                    conn.apply(conn.session.protocol_error(refusal, conn.loop.time()))
             elif isinstance(event, Closed):
                 conn.disconnect = event.disconnect
         self._changed_now()
 
-    def _stop(self, disconnect: Disconnect) -> None:
-        super()._stop(disconnect)
+    def _stop(self, disconnect: Disconnect, final: bool = False) -> None:
+        super()._stop(disconnect, final)
         self._changed_now()
 
     async def _next_change(self) -> None:

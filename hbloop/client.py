@@ -1,28 +1,33 @@
 """The heartbeat client: handshake, the granted scheme, dead-server detection, reconnects.
 
 A ``Client`` runs on an ``EventLoop`` like the server. It makes one ``Connection``
-per attempt; when one ends for any reason but a refusal that retrying cannot fix,
-it waits a full-jitter back-off (delay drawn uniformly from 0 to min(cap, base x 2^n))
-and tries again, so that thousands of clients dropped by one server restart do not
-come back in lockstep.
+per attempt; when one ends for any reason but a final one (protocol.md R3), it waits
+a full-jitter back-off (delay drawn uniformly from 0 to min(cap, base x 2^n)) and
+tries again, so that thousands of clients dropped by one server restart do not come
+back in lockstep. n goes back to 0 only after a connection that stayed OPEN for its
+granted timeout (R2): a server that welcomes and refuses at once cannot make a
+client spin. The limits of R4 to R6 (no token in plain text to a remote host, a floor
+on the granted interval, no DATA over the server's maximum) are ``ClientBase``'s.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from hbloop.core.backoff import Backoff
 from hbloop.core.policy import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING,
+    DEFAULT_MIN_INTERVAL,
     DEFAULT_PING_STRIKES,
     LINGER_SECONDS,
 )
-from hbloop.core.protocol import LocalProtocolError, token_problem
+from hbloop.core.protocol import LocalProtocolError, RemoteProtocolError, token_problem
 from hbloop.core.session import (
     Closed,
     Disconnect,
@@ -36,6 +41,7 @@ from hbloop.core.session import (
     State,
 )
 from hbloop.core.wire import (
+    ABSOLUTE_MAX_PAYLOAD,
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
     PROTOCOL_VERSION,
@@ -59,35 +65,82 @@ FATAL_ERRORS = frozenset(
     {Code.UNSUPPORTED_VERSION, Code.BAD_NAME, Code.UNAUTHORIZED, Code.UNSUPPORTED_PROPERTY}
 )
 
+# A newer connection with this client's name replaced it (protocol.md H8): reconnecting
+# would evict that one in turn, and two clients with one name would take turns forever.
+FINAL_CLOSE_CODES = frozenset({Code.TAKEN_OVER})
 
-def is_final(disconnect: Disconnect) -> bool:
-    """Whether a client must stop rather than reconnect (H8, C2): a refusal that a
-    retry cannot fix, or a newer connection having taken its name over (reconnecting
-    would evict that one, and so on forever)."""
+# The smallest maximum payload a server may be configured with (R6: the Node client's
+# peerMaxPayload has the same floor): below it not even a short line fits.
+MIN_PEER_MAX_PAYLOAD = 1024
+
+
+def is_final(disconnect: Disconnect, opened: bool = False) -> bool:
+    """Whether a client must stop rather than reconnect (protocol.md R3): a refusal that a
+    retry cannot fix, a newer connection having taken its name over (reconnecting
+    would evict that one, and so on forever), or a TLS check that failed before
+    WELCOME (``opened``: this connection had its WELCOME). Resets and EOFs during the
+    TLS handshake are the network's (``PEER_RESET``, ``PEER_CLOSED``), not final."""
     if disconnect.reason is Reason.PEER_ERROR:
         return disconnect.code in FATAL_ERRORS
+    if disconnect.reason is Reason.TLS_ERROR:
+        return not opened
     return disconnect.reason is Reason.PEER_CLOSED and disconnect.code in FINAL_CLOSE_CODES
+
+
+def plaintext_token_allowed(host: str) -> bool:
+    """Whether a HELLO token may go to ``host`` without TLS (R4): to a loopback address
+    (127.0.0.0/8, ::1) or the name localhost (RFC 6761 reserves it for loopback), and
+    nowhere else. Judged from the text alone, without a lookup: any other name may
+    resolve anywhere."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # The signals with which Client.run() closes the client: Ctrl-C, and a service stop.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-# A newer connection with this client's name replaced it (protocol.md H8): reconnecting
-# would evict that one in turn, and two clients with one name would take turns forever.
-FINAL_CLOSE_CODES = frozenset({Code.TAKEN_OVER})
+
+class ClientConfigError(ValueError):
+    """Settings a client cannot run with (R3): refused before any packet is sent. The
+    message is one line."""
+
+
+class PayloadTooLarge(ValueError):
+    """DATA larger than the server accepts (R6), refused before it is sent; the
+    connection is not affected. ``size`` and ``limit`` are in bytes."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"DATA of {size} bytes is over the server's maximum payload of {limit} bytes"
+        )
+        self.size = size
+        self.limit = limit
 
 
 DisconnectCallback = Callable[[Disconnect, float | None], None]
 
+#: Where the HELLO token comes from: a fixed string, or a provider asked for the
+#: current token before each connection attempt (rotation: a provider that reads a
+#: file, or asks an identity service, hands out the newest). ``hbloop.aio.Client`` also
+#: takes a provider that returns an awaitable. None from a provider: no token.
+TokenProvider = Callable[[], str | None]
+AsyncTokenProvider = Callable[[], str | Awaitable[str | None] | None]
+
 
 class ClientBase:
     """What every hbloop client keeps and decides, whatever runs its I/O: the server,
-    the name, the session configuration all its connections share, the back-off and
-    when to stop (``is_final``), the figures, and the callbacks ``on_welcome(welcome)``
-    and ``on_disconnect(disconnect, retry_in)``. ``Client`` (on an EventLoop) and
+    the name, the session configuration all its connections share, the HELLO token
+    (fixed, or a provider's), the back-off and when to stop (``is_final``), the limits
+    of protocol.md R4 to R6, the figures, and the callbacks ``on_welcome(welcome)`` and
+    ``on_disconnect(disconnect, retry_in)``. ``Client`` (on an EventLoop) and
     ``hbloop.aio.Client`` (on asyncio) are made of it.
 
-    Raises LocalProtocolError for a name, an interval or a token that a HELLO cannot carry.
+    Raises LocalProtocolError for a name, an interval or a token that a HELLO cannot
+    carry, and ClientConfigError for settings R4 or R5 refuse.
     """
 
     def __init__(
@@ -103,7 +156,13 @@ class ClientBase:
         handshake_timeout: float,
         on_welcome: Callable[[Welcome], None] | None,
         on_disconnect: DisconnectCallback | None,
-        token: str | None = None,
+        token: str | AsyncTokenProvider | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        trace: bool = False,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
+        peer_max_payload: int = DEFAULT_MAX_PAYLOAD,
+        allow_plaintext_token: bool = False,
     ) -> None:
         raw = name.encode("utf-8")
         if not 1 <= len(raw) <= MAX_NAME_BYTES:
@@ -112,10 +171,30 @@ class ClientBase:
             )
         if interval < 0 or interval * 1000 > U32_MAX:
             raise LocalProtocolError(Code.MALFORMED, "interval out of range")
-        if token is not None:
-            problem = token_problem(token.encode("utf-8"))
-            if problem is not None:
-                raise LocalProtocolError(Code.UNAUTHORIZED, problem)
+        if not 0 <= min_interval * 1000 <= U32_MAX:
+            raise ClientConfigError(f"min_interval {min_interval:g}s is out of range")
+        if 0 < interval < min_interval:
+            raise ClientConfigError(
+                f"interval {interval:g}s is below min_interval {min_interval:g}s: "
+                "its own grant would be refused"
+            )
+        if not MIN_PEER_MAX_PAYLOAD <= peer_max_payload <= ABSOLUTE_MAX_PAYLOAD:
+            raise ClientConfigError(
+                f"peer_max_payload {peer_max_payload} is not in "
+                f"{MIN_PEER_MAX_PAYLOAD}..{ABSOLUTE_MAX_PAYLOAD} bytes"
+            )
+        if isinstance(token, str):
+            self._check_token(token)
+        if (
+            token is not None
+            and tls is None
+            and not allow_plaintext_token
+            and not plaintext_token_allowed(host)
+        ):
+            raise ClientConfigError(
+                f"a token would go to {host} in plain text, readable by anyone on the "
+                "path: use TLS, or allow_plaintext_token (--allow-plaintext-token)"
+            )
         self.host = host
         self.port = port
         self.name = name
@@ -125,50 +204,114 @@ class ClientBase:
         self.source_address = source_address
         self.on_welcome = on_welcome
         self.on_disconnect = on_disconnect
+        self.token = token
+        #: Asked for the token before each attempt, when ``token`` is one.
+        self.token_provider = None if token is None or isinstance(token, str) else token
+        self.tls = tls
+        self.server_hostname = server_hostname or host
+        self.trace = trace
+        self.min_interval_ms = round(min_interval * 1000)
+        self.peer_max_payload = peer_max_payload
+        #: The limit ``send`` enforces: a version 2 WELCOME's MAX_PAYLOAD, else the above.
+        self.payload_limit = peer_max_payload
         self.counters = IoCounters()
         self.session_config = SessionConfig(
             Role.CLIENT,
             handshake_timeout=handshake_timeout,
             ping_strikes=DEFAULT_PING_STRIKES,
             linger=LINGER_SECONDS,
-            hello=encode_hello(
-                name,
-                round(interval * 1000),
-                PROTOCOL_VERSION,
-                token=token,
-                max_payload=DEFAULT_MAX_PAYLOAD,
-            ),
+            hello=self._hello(token if isinstance(token, str) else None, PROTOCOL_VERSION),
             counters=self.counters,
         )
         #: Set once the client has stopped for good (closed, or refused for good).
         self.stopped: Disconnect | None = None
+        #: Whether it stopped on a final ending (R3) rather than by request or because
+        #: it does not reconnect.
+        self.final = False
         self.connects = 0  # successful handshakes
+        # When the current connection had its WELCOME, and its granted timeout (R2).
+        self._opened_at: float | None = None
+        self._granted_timeout = 0.0
 
-    def opened(self, welcome: Welcome) -> None:
-        """A handshake succeeded: the back-off starts again from its base."""
+    @staticmethod
+    def _check_token(token: str) -> None:
+        problem = token_problem(token.encode("utf-8"))
+        if problem is not None:
+            raise LocalProtocolError(Code.UNAUTHORIZED, problem)
+
+    def _hello(self, token: str | None, version: int) -> bytes:
+        return encode_hello(
+            self.name,
+            round(self.interval * 1000),
+            version,
+            token=token,
+            max_payload=DEFAULT_MAX_PAYLOAD,
+        )
+
+    def use_token(self, token: str | None) -> None:
+        """Make ``token`` the next connection's (a provider's answer, before each
+        attempt). Raises LocalProtocolError for a token that a HELLO cannot carry."""
+        if token is not None:
+            self._check_token(token)
+        # In the version spoken now: a fall-back to version 1 (H10) holds.
+        self.session_config.hello = self._hello(token, self.session_config.version)
+
+    def token_failed(self, exc: Exception) -> Disconnect:
+        """The token provider raised: this attempt ends before connecting, and is
+        retried with back-off (a file being rewritten, a service down for a moment)."""
+        detail = exc.message if isinstance(exc, LocalProtocolError) else str(exc)
+        log.warning("token provider failed: %s", detail or type(exc).__name__)
+        return Disconnect(Reason.REFUSED, detail=f"token: {detail or type(exc).__name__}")
+
+    def grant_refused(self, welcome: Welcome) -> RemoteProtocolError | None:
+        """R5: the error that answers a WELCOME whose interval is below the floor."""
+        if welcome.interval_ms >= self.min_interval_ms:
+            return None
+        return RemoteProtocolError(
+            Code.MALFORMED,
+            f"granted interval {welcome.interval_ms} ms is below this client's floor "
+            f"of {self.min_interval_ms} ms",
+        )
+
+    def check_payload(self, data: bytes) -> None:
+        """R6: raise PayloadTooLarge for DATA over the server's maximum."""
+        if len(data) > self.payload_limit:
+            raise PayloadTooLarge(len(data), self.payload_limit)
+
+    def opened(self, welcome: Welcome, now: float) -> None:
+        """A handshake succeeded; the back-off starts again from its base only once
+        this connection has lasted its granted timeout (R2)."""
         self.connects += 1
-        self.backoff.reset()
+        self._opened_at = now
+        self._granted_timeout = welcome.timeout_ms / 1000
+        if welcome.max_payload is not None:  # version 2 says it (R6)
+            self.payload_limit = welcome.max_payload
         if self.on_welcome is not None:
             call_guarded(log, "on_welcome", self.on_welcome, welcome)
 
-    def _retry_delay(self, disconnect: Disconnect) -> float | None:
+    def _retry_delay(self, disconnect: Disconnect, now: float) -> float | None:
         """After ``disconnect``: how long to wait before the next attempt; or None,
         when the client does not reconnect or the end is final, and it has stopped."""
+        opened_at, self._opened_at = self._opened_at, None
         if self.session_config.fall_back(disconnect):
             return 0.0  # a version 1 server: retry at once, in version 1 (H10)
-        if not self.reconnect or is_final(disconnect):
-            self._stop(disconnect)
+        final = is_final(disconnect, opened=opened_at is not None)
+        if not self.reconnect or final:
+            self._stop(disconnect, final=final)
             return None
+        if opened_at is not None and now - opened_at >= self._granted_timeout:
+            self.backoff.reset()  # R2: this connection proved itself
         return self.backoff.next_delay()
 
     def _disconnected(self, disconnect: Disconnect, retry_in: float | None) -> None:
         if self.on_disconnect is not None:
             call_guarded(log, "on_disconnect", self.on_disconnect, disconnect, retry_in)
 
-    def _stop(self, disconnect: Disconnect) -> None:
+    def _stop(self, disconnect: Disconnect, final: bool = False) -> None:
         if self.stopped is not None:
             return
         self.stopped = disconnect
+        self.final = final
         self._disconnected(disconnect, None)
 
 
@@ -183,10 +326,15 @@ class Client(ClientBase):
     * ``on_disconnect(disconnect, retry_in)`` when a connection ends; ``retry_in`` is
       the back-off delay before the next attempt, or None if the client has stopped.
 
-    ``tls`` (``hbloop.net.tls.client_context``) speaks TLS, verifying the server's
-    certificate for ``server_hostname`` (default: ``host``); ``token`` is the credential
-    HELLO carries (a JWT for a server that checks them). With ``trace``, every frame in
-    and out is logged at debug level (``hbloop.net.trace``).
+    ``tls`` (``hbloop.net.tls.client_context(ca, cert, key)``) speaks TLS, verifying the
+    server's certificate for ``server_hostname`` (default: ``host``). ``token`` is the
+    credential HELLO carries (a JWT for a server that checks them): a string, or a
+    provider (``TokenProvider``) asked before each attempt, so that a rotated token is
+    used at the next connection. Without TLS a token goes only to a loopback ``host``
+    unless ``allow_plaintext_token`` (R4). ``min_interval`` is the floor on the granted
+    interval (R5); ``peer_max_payload`` the server's maximum payload, above which
+    ``send`` raises PayloadTooLarge (R6). With ``trace``, every frame in and out is
+    logged at debug level (``hbloop.net.trace``).
     """
 
     def __init__(
@@ -207,7 +355,10 @@ class Client(ClientBase):
         trace: bool = False,
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
+        peer_max_payload: int = DEFAULT_MAX_PAYLOAD,
+        allow_plaintext_token: bool = False,
     ) -> None:
         super().__init__(
             host,
@@ -221,12 +372,15 @@ class Client(ClientBase):
             on_welcome=on_welcome,
             on_disconnect=on_disconnect,
             token=token,
+            tls=tls,
+            server_hostname=server_hostname,
+            trace=trace,
+            min_interval=min_interval,
+            peer_max_payload=peer_max_payload,
+            allow_plaintext_token=allow_plaintext_token,
         )
         self.loop = loop or EventLoop()
         self.on_message = on_message
-        self.tls = tls
-        self.server_hostname = server_hostname or host
-        self.trace = trace
         self.max_pending = DEFAULT_MAX_PENDING
         #: The current connection attempt's channel, once one was made.
         self.connection: Channel[None] | None = None
@@ -245,7 +399,9 @@ class Client(ClientBase):
         self._connect()
 
     def send(self, data: bytes) -> bool:
-        """Send DATA; False when not connected (nothing is queued across reconnects)."""
+        """Send DATA; False when not connected (nothing is queued across reconnects).
+        Raises PayloadTooLarge for DATA over ``peer_max_payload``, connected or not."""
+        self.check_payload(data)
         conn = self.connection
         return conn is not None and conn.send(data)
 
@@ -292,6 +448,15 @@ class Client(ClientBase):
 
     def _connect(self) -> None:
         self._retry = None
+        if self.token_provider is not None:
+            try:
+                token = self.token_provider()
+                if not isinstance(token, str | None):
+                    raise TypeError("an async token provider needs hbloop.aio.Client")
+                self.use_token(token)
+            except Exception as exc:  # the application's provider: retried, as a reset is
+                self._schedule_retry(self.token_failed(exc))
+                return
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
             family, socktype, proto, _, address = infos[0]
@@ -332,7 +497,12 @@ class Client(ClientBase):
                 if self.on_message is not None:
                     call_guarded(log, "on_message", self.on_message, event.data)
             elif isinstance(event, Opened):
-                self.opened(event.grant.welcome)
+                welcome = event.grant.welcome
+                refusal = self.grant_refused(welcome)
+                if refusal is None:
+                    self.opened(welcome, self.loop.now)
+                else:
+                    channel.apply(channel.session.protocol_error(refusal, self.loop.now))
             elif isinstance(event, Closed) and channel is self.connection and not self._closing:
                 self._schedule_retry(event.disconnect)
 
@@ -346,7 +516,7 @@ class Client(ClientBase):
         if self._closing:
             self._stop(disconnect)
             return
-        delay = self._retry_delay(disconnect)
+        delay = self._retry_delay(disconnect, self.loop.now)
         if delay is not None:
             self._retry = self.loop.call_later(delay, self._connect)
             self._disconnected(disconnect, delay)

@@ -6,15 +6,18 @@ a decoder holding the rest of the stream, and the frames that came with the firs
 ``record_silently`` is the dead server: it records what the client sends and never
 answers; ``deaf`` neither reads nor sends; ``say`` sends some frames and records;
 ``ping_flood`` is the hostile server that sends PINGs as fast as the client takes them.
+``fake_server`` runs one whose connections ``Attempts`` counts, for reconnect tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import select
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 from hbloop.core.protocol import Frame, FrameDecoder, RemoteProtocolError
 from hbloop.core.wire import (
@@ -162,3 +165,36 @@ def ping_flood(read: bool) -> AfterWelcome:
                 server.count_flood(sent)
 
     return after_welcome
+
+
+class Attempts:
+    """An AfterWelcome for FakeServer that counts the connections (every one that sent
+    its HELLO), then hands each to ``then``."""
+
+    def __init__(self, then: AfterWelcome) -> None:
+        self.then = then
+        self._times: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, server: FakeServer, sock: socket.socket, decoder: FrameDecoder, frames: list[Frame]
+    ) -> None:
+        with self._lock:
+            self._times.append(time.monotonic())
+        self.then(server, sock, decoder, frames)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._times)
+
+
+@contextlib.contextmanager
+def fake_server(grant: Welcome, then: AfterWelcome) -> Iterator[tuple[str, Attempts]]:
+    """A FakeServer on loopback whose connections are counted: (port, attempts)."""
+    attempts = Attempts(then)
+    fake = FakeServer(grant, attempts)
+    try:
+        yield str(fake.address[1]), attempts
+    finally:
+        fake.close()

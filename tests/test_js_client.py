@@ -8,9 +8,7 @@ import math
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,9 +16,18 @@ import jwt
 import psutil
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from fakeserver import AfterWelcome, FakeServer, deaf, ping_flood, record_silently, say, welcome
+from fakeserver import (
+    AfterWelcome,
+    FakeServer,
+    deaf,
+    fake_server,
+    ping_flood,
+    record_silently,
+    say,
+    welcome,
+)
 
-from hbloop.core.protocol import Frame, FrameDecoder, parse_close
+from hbloop.core.protocol import parse_close
 from hbloop.core.wire import (
     Code,
     FrameType,
@@ -307,39 +314,6 @@ def test_output_a_server_does_not_read_is_bounded(node) -> None:
 
 
 # --- reconnecting: protocol.md section 5 ----------------------------------------------
-
-
-class Attempts:
-    """An AfterWelcome for FakeServer that counts the connections (every one that sent
-    its HELLO), then hands each to ``then``."""
-
-    def __init__(self, then: AfterWelcome) -> None:
-        self.then = then
-        self._times: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(
-        self, server: FakeServer, sock: socket.socket, decoder: FrameDecoder, frames: list[Frame]
-    ) -> None:
-        with self._lock:
-            self._times.append(time.monotonic())
-        self.then(server, sock, decoder, frames)
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self._times)
-
-
-@contextlib.contextmanager
-def fake_server(grant: Welcome, then: AfterWelcome) -> Iterator[tuple[str, Attempts]]:
-    """A FakeServer on loopback whose connections are counted: (port, attempts)."""
-    attempts = Attempts(then)
-    fake = FakeServer(grant, attempts)
-    try:
-        yield str(fake.address[1]), attempts
-    finally:
-        fake.close()
 
 
 # A grant long enough that only the server's answer ends each connection.

@@ -7,6 +7,7 @@ from hbloop.cli.client_app import ClientApp
 from hbloop.cli.errors import UsageError
 from hbloop.cli.security import client_security
 from hbloop.cli.settings import ClientSettings
+from hbloop.client import ClientConfigError
 from hbloop.core.protocol import ProtocolError
 from hbloop.ops import logs
 
@@ -17,4 +18,6 @@ def run(settings: ClientSettings) -> int:
         app = ClientApp(settings, *client_security(settings))
     except ProtocolError as exc:  # a name HELLO cannot carry
         raise UsageError(exc.message) from None
+    except ClientConfigError as exc:  # R4, R5: refused before any packet
+        raise UsageError(str(exc)) from None
     return app.run()

@@ -7,8 +7,9 @@ import signal
 import ssl
 import sys
 
+from hbloop.cli.security import read_token_file
 from hbloop.cli.settings import ClientSettings
-from hbloop.client import STOP_SIGNALS, Client
+from hbloop.client import STOP_SIGNALS, Client, PayloadTooLarge, TokenProvider
 from hbloop.core.backoff import Backoff
 from hbloop.core.logfields import token
 from hbloop.core.session import Disconnect, Reason
@@ -35,6 +36,12 @@ class ClientApp:
         self.loop = EventLoop()
         self.queued: list[bytes] = []
         self._partial = b""
+        token_file = settings.token_file
+        # --token-file is read again before each connection, so that a token rotated
+        # in the file is the one the next connection uses.
+        source: str | TokenProvider | None = (
+            token if token_file is None else lambda: read_token_file(token_file)
+        )
         self.client = Client(
             settings.host,
             settings.port,
@@ -47,8 +54,11 @@ class ClientApp:
             reconnect=not settings.no_reconnect,
             backoff=Backoff(settings.backoff_base, settings.backoff_max),
             tls=tls,
-            token=token,
+            token=source,
             trace=settings.verbose,
+            min_interval=settings.min_interval,
+            peer_max_payload=settings.peer_max_payload,
+            allow_plaintext_token=settings.allow_plaintext_token,
         )
         self.target = f"{settings.host}:{settings.port}"
 
@@ -70,7 +80,7 @@ class ClientApp:
         sys.stdout.flush()
 
     def on_disconnect(self, disconnect: Disconnect, retry_in: float | None) -> None:
-        if retry_in is None:
+        if retry_in is None:  # stopped: a final ending (R3), or --no-reconnect
             self.status(f"disconnected: {disconnect}")
         else:
             self.status(f"disconnected: {disconnect}; reconnecting in {retry_in:.2f}s")
@@ -92,7 +102,11 @@ class ClientApp:
 
     def submit(self, line: bytes) -> None:
         line = line.rstrip(b"\r")
-        if self.client.send(line):
+        try:
+            if self.client.send(line):
+                return
+        except PayloadTooLarge as exc:
+            self.status(f"line dropped: {exc}")
             return
         if len(self.queued) < MAX_QUEUED_LINES:
             self.queued.append(line)
@@ -112,7 +126,8 @@ class ClientApp:
             pass  # no usable stdin (closed): run as a presence client
 
     def run(self) -> int:
-        """Exit code 0 when closed by a signal; 1 when the connection ended for good."""
+        """Exit code 0 when closed by a signal; 1 when the connection ended for good
+        (a final ending, or any with --no-reconnect)."""
         self.watch_stdin()
         try:
             stopped = self.client.run(APP_STOP_SIGNALS)

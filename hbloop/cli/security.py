@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from pathlib import Path
 
 from hbloop.auth import AuthConfigError, Authenticator, JwtKey, JwtVerifier
 from hbloop.cli.errors import UsageError
@@ -52,9 +53,14 @@ def client_security(settings: ClientTlsSettings) -> tuple[ssl.SSLContext | None,
             raise UsageError(str(exc)) from None
     if settings.token_file is None:
         return context, os.environ.get(TOKEN_ENV) or None
+    return context, read_token_file(settings.token_file)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``; UsageError (one line) if it cannot be read."""
     try:
         # One trailing newline, as an editor or `echo` leaves it, is not part of it.
-        return context, settings.token_file.read_text().removesuffix("\n")
+        return path.read_text().removesuffix("\n")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not text"
-        raise UsageError(f"cannot read token file {settings.token_file}: {reason}") from None
+        raise UsageError(f"cannot read token file {path}: {reason}") from None

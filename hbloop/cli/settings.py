@@ -38,6 +38,7 @@ from hbloop.cli.options import (
     table,
     words,
 )
+from hbloop.client import MIN_PEER_MAX_PAYLOAD
 from hbloop.core.backoff import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.core.policy import (
     DEFAULT_BACKLOG,
@@ -452,6 +453,23 @@ class ClientSettings(LogSettings, ClientTlsSettings):
     )
     backoff_max: float = option(
         DEFAULT_BACKOFF_CAP, Number(), "reconnect back-off cap, s (at least --backoff-base)"
+    )
+    min_interval: float = option(
+        DEFAULT_MIN_INTERVAL,
+        Number(inclusive=True),
+        "refuse a granted interval below this, s (protocol.md R5)",
+    )
+    peer_max_payload: int = option(
+        DEFAULT_MAX_PAYLOAD,
+        Count(least=MIN_PEER_MAX_PAYLOAD),
+        "the server's --max-frame: longer lines are refused here, bytes (R6)",
+        metavar="BYTES",
+    )
+    allow_plaintext_token: bool = option(
+        False,
+        Flag(),
+        "send the token without TLS to a host that is not loopback (R4)",
+        group=TLS_CLIENT,
     )
     log_level: str = log_level("warning")
 
