@@ -8,7 +8,11 @@ takes tens of seconds with the defaults takes a few here.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import select
 import signal
 import threading
 import time
@@ -286,3 +290,98 @@ def test_a_takeover_fight_is_bounded_by_a_doubling_back_off(
     assert a.find(storm) or b.find(storm)
     held = redis_server.command("HGET", Keys(prefix).takeovers("cam"), "level")
     assert isinstance(held, bytes) and int(held) >= 1, "the back-off doubled"
+
+
+# --- case 3: a worker killed, its names free at once -----------------------------------
+
+# Names connected to a --workers 2 pool before one worker is killed.
+POOL_MEMBERS = 30
+
+# The issue's bound: no NAME_TAKEN later than this after the kill (the supervisor sees
+# the exit at once; one script removes the node).
+CRASH_BOUND = 1.0
+
+
+def reconnect_until_admitted(
+    address: tuple[str, int], name: str, listed: Callable[[str], bool], refused: list[float]
+) -> RawPeer:
+    """Connect as ``name`` until Redis lists it on a live node; the time of each
+    NAME_TAKEN is added to ``refused``. HELLO never waits for Redis: a connection
+    refused is welcomed first, then closed with ERROR NAME_TAKEN."""
+    while True:
+        peer = joined(address, name)
+
+        assert wait_for(
+            lambda sock=peer.sock: bool(select.select([sock], [], [], 0)[0]) or listed(name)
+        )
+        if listed(name):
+            return peer
+        frame = peer.recv()
+        assert frame_code(frame) == Code.NAME_TAKEN, frame
+        refused.append(time.monotonic())
+        peer.close()
+
+
+def test_a_killed_workers_names_are_free_within_a_second(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    # The default node TTL (10 s): without the supervisor, the names stay held that long.
+    pool = serve(
+        *("--workers", "2", "--redis", redis_server.url, "--redis-prefix", prefix),
+        *("--node-id", "pool", "--on-duplicate", "refuse", "--timeout", "300"),
+    )
+    keys = Keys(prefix)
+    assert wait_for(lambda: redis_server.command("SCARD", keys.nodes) == 2)
+    peers = [joined(pool.address, f"p-{i}") for i in range(POOL_MEMBERS)]
+    assert wait_for(lambda: len(members(redis_server, prefix)) == POOL_MEMBERS)
+    victims = sorted(name for name, label in members(redis_server, prefix) if label == "pool/w1")
+    assert victims  # SO_REUSEPORT spreads 30 connections over both workers
+    dead = next(
+        n.decode()
+        for n in redis_server.command("SMEMBERS", keys.nodes)
+        if n.decode().startswith("pool/w1@")
+    )
+    pid = json.loads(redis_server.command("GET", keys.node(dead)))["pid"]
+
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def listed(name: str) -> bool:  # held by a live node: the other worker, or w1 anew
+        owner = redis_server.command("HGET", keys.index, name)
+        return owner is not None and owner.decode() != dead
+
+    refused: list[float] = []
+    back = [reconnect_until_admitted(pool.address, name, listed, refused) for name in victims]
+    late = [round(at - killed, 2) for at in refused if at - killed > CRASH_BOUND]
+    print(
+        f"figure: {len(refused)} NAME_TAKEN after the kill, the last at "
+        f"+{max(refused, default=killed) - killed:.2f}s"
+    )
+    assert late == []
+    pool.wait_line(
+        rf"presence: removed node {re.escape(dead)} of a dead process with its "
+        rf"{len(victims)} members \(reason node_lost\)"
+    )
+    leaves = [e for e in events(redis_server, prefix) if e["event"] == "leave"]
+    assert {e["name"] for e in leaves} == set(victims)
+    assert {e["reason"] for e in leaves} == {"node_lost"}
+    for peer in (*peers, *back):
+        peer.close()
+
+
+def test_a_node_stopped_cleanly_removes_its_members_before_it_exits(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    node = start_node(serve, redis_server, prefix, "calm")
+    peers = [joined(node.address, f"c-{i}") for i in range(MEMBERS)]
+    assert wait_for(lambda: len(members(redis_server, prefix)) == MEMBERS)
+    assert node.terminate() == 0
+    keys = Keys(prefix)
+    assert members(redis_server, prefix) == set()  # at once: no reaper involved
+    assert redis_server.command("SCARD", keys.nodes) == 0
+    assert redis_server.command("HLEN", keys.index) == 0
+    leaves = [e for e in events(redis_server, prefix) if e["event"] == "leave"]
+    assert sorted(e["name"] for e in leaves) == sorted(f"c-{i}" for i in range(MEMBERS))
+    assert {e["reason"] for e in leaves} == {"shutdown"}
+    for peer in peers:
+        peer.close()

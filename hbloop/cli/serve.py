@@ -190,7 +190,10 @@ def _start_presence(
         takeover_window=settings.takeover_window,
         takeover_backoff=settings.takeover_backoff,
     )
-    node = Node.make(settings.node_id, address, None if worker is None else worker.index)
+    if worker is None:
+        node = Node.make(settings.node_id, address)
+    else:
+        node = Node.make(settings.node_id, address, worker.index, worker.started)
     presence = Presence(server.loop, settings.redis, node, config)
     logging.getLogger("hbloop.presence").info(
         "presence: node %s on %s, duplicates: %s, stale members gone within %.1fs",

@@ -48,6 +48,7 @@ it; replace: the later), with a ``conflict`` event naming both nodes.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import math
@@ -139,6 +140,10 @@ TAKEOVER_BACKOFF_DOUBLINGS = 6
 # its departure: a fraction of the server's default shutdown grace (5 s).
 DEREGISTER_TIMEOUT = 2.0
 
+# The reason of the leaves of a node that died: the reaper's, and a supervisor's that
+# removes a dead worker's node at once (NodeRemover).
+NODE_LOST = "node_lost"
+
 # The server's reason for the peers it closes when it stops. Their leaves are not sent
 # one by one: the node's departure removes all its members with this reason at once.
 SHUTDOWN_REASON = "shutdown"
@@ -194,16 +199,29 @@ class Node:
     started: float
 
     @classmethod
-    def make(cls, label: str | None, address: str, worker: int | None = None) -> Node:
-        started = time.time()
+    def make(
+        cls,
+        label: str | None,
+        address: str,
+        worker: int | None = None,
+        started: float | None = None,
+    ) -> Node:
+        """This process as a node; a worker's supervisor chose its ``started`` (see
+        ``node_id``), so that it can remove the node the moment the worker dies."""
+        started = time.time() if started is None else started
         pid = os.getpid()
-        base = label or f"{socket.gethostname()}:{pid}"
-        if worker is not None:
-            base += f"/w{worker}"
-        return cls(f"{base}@{int(started * 1000):x}", address, pid, started)
+        return cls(node_id(label, pid, started, worker), address, pid, started)
 
     def info(self) -> str:
         return json.dumps({"address": self.address, "pid": self.pid, "started": self.started})
+
+
+def node_id(label: str | None, pid: int, started: float, worker: int | None = None) -> str:
+    """The id of the node of process ``pid``, started at ``started`` (wall clock)."""
+    base = label or f"{socket.gethostname()}:{pid}"
+    if worker is not None:
+        base += f"/w{worker}"
+    return f"{base}@{int(started * 1000):x}"
 
 
 @dataclass(frozen=True)
@@ -820,6 +838,64 @@ class Presence:
 
     def _script_failed(self, what: str, reply: Reply) -> None:
         log.error("presence: the %s script failed: %s", what, reply)
+
+
+class NodeRemover:
+    """Removes the nodes of dead processes from Redis, with their members (reason
+    ``node_lost``), the moment they are known dead rather than when their lease
+    expires: a ``--workers`` supervisor sees a worker's exit at once, and without this
+    its names would stay held (NAME_TAKEN under refuse) for up to a TTL. A node that
+    had stopped cleanly is gone already, and removing it again changes nothing."""
+
+    def __init__(
+        self, loop: EventLoop, redis: RedisAddress, prefix: str, node_ttl: float, client: str
+    ) -> None:
+        self.prefix = prefix
+        self.ttl_ms = round(node_ttl * 1000)
+        self._due: list[str] = []  # nodes to remove once Redis can be reached
+        self.link = RedisLink(
+            loop,
+            redis,
+            client_name=f"hbloop:{client}",
+            on_ready=self._send,
+            on_lost=lambda reason: None,  # the link logs it; _due waits for the next
+            scripts=(DEREGISTER,),
+        )
+
+    def start(self) -> None:
+        self.link.start()
+
+    def remove(self, node: str) -> None:
+        self._due.append(node)
+        self._send()
+
+    def close(self) -> None:
+        """Send what is due, waiting at most DEREGISTER_TIMEOUT, and disconnect."""
+        if self.link.ready:
+            self.link.drain(DEREGISTER_TIMEOUT)
+        self.link.close()
+
+    def _send(self) -> None:
+        while self._due and self.link.ready:
+            node = self._due[0]
+            args = (self.prefix, node, self.ttl_ms, NODE_LOST)
+            if not self.link.run(DEREGISTER, (), args, functools.partial(self._removed, node)):
+                return  # not ready: the next connection sends it
+            self._due.pop(0)
+
+    def _removed(self, node: str, reply: Reply) -> None:
+        if isinstance(reply, int):
+            if reply:
+                log.warning(
+                    "presence: removed node %s of a dead process with its %d members (reason %s)",
+                    node,
+                    reply,
+                    NODE_LOST,
+                )
+        elif isinstance(reply, RedisUnavailable):
+            self._due.append(node)  # sent again on the next connection
+        else:
+            log.error("presence: could not remove node %s: %s", node, reply)
 
 
 def _text(value: Any) -> str:
