@@ -18,7 +18,7 @@ from hbloop.ops import logs
 from hbloop.ops.metrics import Report, StartError, serve_metrics
 from hbloop.ops.stats import StatsReporter
 from hbloop.ops.supervisor import SUPERVISOR_SETTINGS, Supervisor, WorkerLink
-from hbloop.presence.node import Node, Presence, PresenceConfig
+from hbloop.presence.node import Node, Presence, PresenceConfig, check_redis
 from hbloop.server import Peer, Server
 
 # Settings that SIGHUP applies to a running process in place; any other change
@@ -35,6 +35,10 @@ def echo(peer: Peer, data: bytes) -> None:
 
 def run(settings: ServeSettings) -> int:
     """One server process, or the supervisor of ``--workers``."""
+    if settings.redis is not None and settings.redis_required:
+        problem = check_redis(settings.redis, settings.redis_prefix)
+        if problem is not None:
+            return fail(f"--redis-required: {problem}")
     if settings.workers == 1:
         return serve(settings)
     logs.configure(settings.level, settings.log_format)

@@ -291,6 +291,12 @@ class ServeSettings(LogSettings):
         default_text="HOST:PID",
         group=PRESENCE,
     )
+    redis_required: bool = option(
+        False,
+        Flag(),
+        "refuse to start unless --redis can be reached and permits every command presence uses",
+        group=PRESENCE,
+    )
     on_duplicate: Policy = option(
         Policy.ALLOW,
         Choice({p.value: p for p in Policy}),
@@ -380,6 +386,8 @@ class ServeSettings(LogSettings):
         self.policy(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         if self.on_duplicate is not Policy.ALLOW and self.redis is None:
             raise UsageError("--on-duplicate needs --redis")
+        if self.redis_required and self.redis is None:
+            raise UsageError("--redis-required needs --redis")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise UsageError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
