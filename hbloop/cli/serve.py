@@ -18,7 +18,8 @@ from hbloop.ops import logs
 from hbloop.ops.metrics import Report, StartError, serve_metrics
 from hbloop.ops.stats import StatsReporter
 from hbloop.ops.supervisor import SUPERVISOR_SETTINGS, Supervisor, WorkerLink
-from hbloop.presence.node import Node, Presence, PresenceConfig, check_redis
+from hbloop.presence.local import LocalRegistry
+from hbloop.presence.node import Node, Policy, Presence, PresenceConfig, check_redis
 from hbloop.server import Peer, Server
 
 # Settings that SIGHUP applies to a running process in place; any other change
@@ -168,6 +169,9 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
     presence = None
     if settings.redis is not None:
         presence = _start_presence(server, settings, f"{host}:{port}", worker)
+    elif settings.on_duplicate is not Policy.ALLOW:
+        server.presence = LocalRegistry(settings.on_duplicate)
+        log.info("duplicates: %s (this server's names only)", settings.on_duplicate.value)
     try:
         reporter = _start_reporting(server, settings, worker, signals, presence)
     except StartError as exc:
