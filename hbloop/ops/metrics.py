@@ -277,7 +277,7 @@ class MetricsEndpoint:
         }
         presence = report.total.presence
         if presence is not None:
-            troubles = presence.degraded.most_common(1)
+            troubles = (+presence.degraded).most_common(1)  # (+: the non-zero ones)
             if troubles:
                 body["presence"] = {"status": "degraded", "reason": troubles[0][0]}
             else:
