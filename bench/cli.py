@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from bench import c_server, flood
+from bench import c_server, faults, flood
 from bench.config import (
     DEFAULT_CHURN,
     DEFAULT_CLIENTS,
@@ -236,6 +236,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeating clients during the Redis outage",
     )
     group.add_argument(
+        "--faults",
+        action="store_true",
+        help="with --redis: run issue 17's fault cases against two nodes instead (Redis "
+        "stopped, a node cut off, a worker killed, a takeover fight; see bench/faults.py)",
+    )
+    group.add_argument(
+        "--fault-stop",
+        type=_positive(float),
+        default=faults.DEFAULT_STOP,
+        metavar="S",
+        help="--faults: seconds Redis is stopped",
+    )
+    group.add_argument(
+        "--fault-partition",
+        type=_positive(float),
+        default=faults.DEFAULT_PARTITION,
+        metavar="S",
+        help="--faults: seconds a node is cut off from Redis",
+    )
+    group.add_argument(
+        "--fault-fight",
+        type=_positive(float),
+        default=faults.DEFAULT_FIGHT,
+        metavar="S",
+        help=f"--faults: seconds of the takeover fight (its rate is read after "
+        f"{faults.FIGHT_SETTLE:g}s)",
+    )
+    group.add_argument(
         "--node-ttl",
         type=_positive(float),
         default=DEFAULT_NODE_TTL,
@@ -273,6 +301,10 @@ def _check(args: argparse.Namespace) -> str | None:
     for path in (args.json, args.plot):
         if path is not None and not path.parent.is_dir():
             return f"cannot write {path}: {path.parent} is not a directory"
+    if args.faults and not args.redis:
+        return "--faults goes with --redis"
+    if args.faults and args.fault_fight <= faults.FIGHT_SETTLE:
+        return f"--fault-fight must exceed {faults.FIGHT_SETTLE:g}s: its rate is read after that"
     if args.redis and (args.target is not None or args.against or args.zombies or args.plot):
         return "--redis starts its own servers: no --target, --against, --zombies or --plot"
     if "uvloop" in args.against and importlib.util.find_spec("uvloop") is None:

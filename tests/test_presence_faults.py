@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from bench import faults
+from bench.faultproxy import FaultProxy
 from hbloop.core.wire import PING_FRAME, Code, FrameType
 from hbloop.presence.scripts import Keys
 
 from conftest import WAIT_TIMEOUT, RawPeer, RedisProcess, frame_code, wait_for
-from faultproxy import FaultProxy
 from test_presence import NODE_TTL, cli, events, joined, members, start_node
 
 # Members of the partitioned node, as in the report (50 there).
@@ -390,3 +391,22 @@ def test_a_node_stopped_cleanly_removes_its_members_before_it_exits(
     assert {e["reason"] for e in leaves} == {"shutdown"}
     for peer in peers:
         peer.close()
+
+
+# --- python -m bench --redis --faults, short --------------------------------------------
+
+
+def test_the_bench_fault_cases_measure_the_issues_figures(own_redis: RedisProcess) -> None:
+    """bench.faults' cases with a 1 s node TTL: the measuring the bench reports."""
+    figures = faults.FaultFigures(node_ttl=NODE_TTL, stop_s=STOP, partition_s=3 * NODE_TTL)
+    quick = ("--node-ttl", str(NODE_TTL), "--reap-interval", "0.25")
+    faults.redis_stop(own_redis, figures, quick)
+    faults.partition(own_redis, figures, quick)
+    faults.worker_crash(own_redis, figures)
+    print({k: v for k, v in vars(figures).items() if v is not None})
+    assert figures.false_leaves == 0 and figures.false_joins == 0
+    assert figures.missing_members_max == faults.MEMBERS  # B reaped A, as a crash
+    assert figures.back_after_heal_s is not None and figures.back_after_heal_s < HEAL_BOUND
+    assert figures.kept_by_genuine is True
+    assert figures.name_taken_after_crash_s is not None
+    assert figures.name_taken_after_crash_s < CRASH_BOUND
