@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from typing import Any
 import psutil
 
 from bench.faultproxy import FaultProxy
+from bench.presence import _wait
 from bench.redis_server import RedisProcess
 from hbloop.core.protocol import FrameDecoder
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, FrameType, encode_hello
@@ -70,7 +71,7 @@ TARGETS = {
 POLL_STEP = 0.02
 SOCKET_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
-CASE_TIMEOUT = 120.0
+CASE_TIMEOUT = 120.0  # a case's reconnects, as bench.presence's phases
 
 # The members never PING: a timeout longer than any case.
 SILENT = ("--timeout", "600", "--interval", "60")
@@ -179,15 +180,6 @@ def _code(frame: tuple[int, bytes] | None) -> int | None:
     return None if frame is None or len(frame[1]) < 2 else int.from_bytes(frame[1][:2], "big")
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = CASE_TIMEOUT) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(POLL_STEP)
-    return time.monotonic() - start
-
-
 class Cluster:
     """What a case reads of Redis."""
 
@@ -264,7 +256,7 @@ def partition(redis: RedisProcess, figures: FaultFigures, ttl: tuple[str, ...]) 
         proxy.blackhole()
         cut = time.monotonic()
         worst = 0
-        _wait(lambda: cluster.members("a") != names, "B reaps A", figures.partition_s * 2)
+        _wait(lambda: cluster.members("a") != names, "B reaps A")
         missing_since = time.monotonic()
         _wait(lambda: cluster.owner("a-7") is None, "a-7 free")
         impostor = Peer(b.address, "a-7")  # B cannot know a-7 is connected to A
