@@ -419,17 +419,17 @@ def summary(f: FaultFigures) -> str:
         [
             "",
             f"presence under faults (node TTL {f.node_ttl:g}s, {MEMBERS} members a node)",
-            f"  Redis stopped {f.stop_s:g}s:        {f.false_leaves} false leave events, "
+            f"  Redis stopped {f.stop_s:g}s:   {f.false_leaves} false leave events, "
             f"{f.false_joins} joins (target 0: {met['false_leaves']})",
-            f"  node cut off {f.partition_s:g}s:        up to {f.missing_members_max} live "
+            f"  node cut off {f.partition_s:g}s:    up to {f.missing_members_max} live "
             f"members missing from `who` for {f.missing_for_s:.2f}s, all back "
             f"{f.back_after_heal_s:.2f}s after the heal (target 2s: "
             f"{met['back_after_heal_s']}); a name held twice for {f.held_twice_s:.2f}s, "
             f"kept by the genuine holder: {f.kept_by_genuine}",
-            f"  worker SIGKILL:           {f.name_taken_after_crash} NAME_TAKEN after it, the "
+            f"  worker SIGKILL:      {f.name_taken_after_crash} NAME_TAKEN after it, the "
             f"last at +{f.name_taken_after_crash_s:.2f}s (target 1s: "
             f"{met['name_taken_after_crash_s']})",
-            f"  takeover fight {f.fight_s:g}s:     {f.fight_events_per_s:.1f} events/s after "
+            f"  takeover fight {f.fight_s:g}s:  {f.fight_events_per_s:.1f} events/s after "
             f"{FIGHT_SETTLE:g}s, {f.fight_events} in all (target 20: "
             f"{met['fight_events_per_s']})",
         ]
