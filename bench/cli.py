@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from bench import c_server, faults, flood
+from bench import c_server, flood
 from bench.config import (
     DEFAULT_CHURN,
     DEFAULT_CLIENTS,
     DEFAULT_CONNECT_RATE,
     DEFAULT_DURATION,
+    DEFAULT_FAULT_FIGHT,
+    DEFAULT_FAULT_PARTITION,
+    DEFAULT_FAULT_STOP,
     DEFAULT_INTERVAL,
     DEFAULT_KILL_CLIENTS,
     DEFAULT_MAX_IN_FLIGHT,
@@ -28,6 +31,7 @@ from bench.config import (
     DEFAULT_OUTAGE_CLIENTS,
     DEFAULT_TIMEOUT,
     EXIT_ERROR,
+    FIGHT_SETTLE,
     STALL_AFTER,
 )
 from bench.reference_server import LOOPS
@@ -244,24 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--fault-stop",
         type=_positive(float),
-        default=faults.DEFAULT_STOP,
+        default=DEFAULT_FAULT_STOP,
         metavar="S",
         help="--faults: seconds Redis is stopped",
     )
     group.add_argument(
         "--fault-partition",
         type=_positive(float),
-        default=faults.DEFAULT_PARTITION,
+        default=DEFAULT_FAULT_PARTITION,
         metavar="S",
         help="--faults: seconds a node is cut off from Redis",
     )
     group.add_argument(
         "--fault-fight",
         type=_positive(float),
-        default=faults.DEFAULT_FIGHT,
+        default=DEFAULT_FAULT_FIGHT,
         metavar="S",
-        help=f"--faults: seconds of the takeover fight (its rate is read after "
-        f"{faults.FIGHT_SETTLE:g}s)",
+        help=f"--faults: seconds of the takeover fight (its rate is read after {FIGHT_SETTLE:g}s)",
     )
     group.add_argument(
         "--node-ttl",
@@ -303,8 +306,8 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"cannot write {path}: {path.parent} is not a directory"
     if args.faults and not args.redis:
         return "--faults goes with --redis"
-    if args.faults and args.fault_fight <= faults.FIGHT_SETTLE:
-        return f"--fault-fight must exceed {faults.FIGHT_SETTLE:g}s: its rate is read after that"
+    if args.faults and args.fault_fight <= FIGHT_SETTLE:
+        return f"--fault-fight must exceed {FIGHT_SETTLE:g}s: its rate is read after that"
     if args.redis and (args.target is not None or args.against or args.zombies or args.plot):
         return "--redis starts its own servers: no --target, --against, --zombies or --plot"
     if "uvloop" in args.against and importlib.util.find_spec("uvloop") is None:

@@ -43,6 +43,12 @@ from typing import Any
 
 import psutil
 
+from bench.config import (
+    DEFAULT_FAULT_FIGHT,
+    DEFAULT_FAULT_PARTITION,
+    DEFAULT_FAULT_STOP,
+    FIGHT_SETTLE,
+)
 from bench.faultproxy import FaultProxy
 from bench.presence import _wait
 from bench.redis_server import RedisProcess
@@ -54,11 +60,6 @@ from hbloop.presence.scripts import Keys
 # Members per node: enough that a partial loss shows, few enough for a 2-core machine.
 MEMBERS = 50
 
-# The figures: Redis stopped 15 s, a node cut off 20 s, a fight read after 10 s.
-DEFAULT_STOP = 15.0
-DEFAULT_PARTITION = 20.0
-FIGHT_SETTLE = 10.0
-DEFAULT_FIGHT = FIGHT_SETTLE + 5.0
 
 TARGETS = {
     "false_leaves": 0,
@@ -80,9 +81,9 @@ SILENT = ("--timeout", "600", "--interval", "60")
 @dataclass
 class FaultFigures:
     node_ttl: float = DEFAULT_NODE_TTL
-    stop_s: float = DEFAULT_STOP
-    partition_s: float = DEFAULT_PARTITION
-    fight_s: float = DEFAULT_FIGHT
+    stop_s: float = DEFAULT_FAULT_STOP
+    partition_s: float = DEFAULT_FAULT_PARTITION
+    fight_s: float = DEFAULT_FAULT_FIGHT
     false_leaves: int | None = None  # case 1
     false_joins: int | None = None
     missing_members_max: int | None = None  # case 2: of A's live members, in Redis
