@@ -21,6 +21,9 @@ from bench.config import (
     DEFAULT_CLIENTS,
     DEFAULT_CONNECT_RATE,
     DEFAULT_DURATION,
+    DEFAULT_FAULT_FIGHT,
+    DEFAULT_FAULT_PARTITION,
+    DEFAULT_FAULT_STOP,
     DEFAULT_INTERVAL,
     DEFAULT_KILL_CLIENTS,
     DEFAULT_MAX_IN_FLIGHT,
@@ -28,6 +31,7 @@ from bench.config import (
     DEFAULT_OUTAGE_CLIENTS,
     DEFAULT_TIMEOUT,
     EXIT_ERROR,
+    FIGHT_SETTLE,
     STALL_AFTER,
 )
 from bench.reference_server import LOOPS
@@ -236,6 +240,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeating clients during the Redis outage",
     )
     group.add_argument(
+        "--faults",
+        action="store_true",
+        help="with --redis: run issue 17's fault cases against two nodes instead (Redis "
+        "stopped, a node cut off, a worker killed, a takeover fight; see bench/faults.py)",
+    )
+    group.add_argument(
+        "--fault-stop",
+        type=_positive(float),
+        default=DEFAULT_FAULT_STOP,
+        metavar="S",
+        help="--faults: seconds Redis is stopped",
+    )
+    group.add_argument(
+        "--fault-partition",
+        type=_positive(float),
+        default=DEFAULT_FAULT_PARTITION,
+        metavar="S",
+        help="--faults: seconds a node is cut off from Redis",
+    )
+    group.add_argument(
+        "--fault-fight",
+        type=_positive(float),
+        default=DEFAULT_FAULT_FIGHT,
+        metavar="S",
+        help=f"--faults: seconds of the takeover fight (its rate is read after {FIGHT_SETTLE:g}s)",
+    )
+    group.add_argument(
         "--node-ttl",
         type=_positive(float),
         default=DEFAULT_NODE_TTL,
@@ -273,6 +304,10 @@ def _check(args: argparse.Namespace) -> str | None:
     for path in (args.json, args.plot):
         if path is not None and not path.parent.is_dir():
             return f"cannot write {path}: {path.parent} is not a directory"
+    if args.faults and not args.redis:
+        return "--faults goes with --redis"
+    if args.faults and args.fault_fight <= FIGHT_SETTLE:
+        return f"--fault-fight must exceed {FIGHT_SETTLE:g}s: its rate is read after that"
     if args.redis and (args.target is not None or args.against or args.zombies or args.plot):
         return "--redis starts its own servers: no --target, --against, --zombies or --plot"
     if "uvloop" in args.against and importlib.util.find_spec("uvloop") is None:

@@ -36,6 +36,13 @@ DEFAULT_KILL_CLIENTS = 1000
 DEFAULT_OUTAGE = 30.0
 DEFAULT_OUTAGE_CLIENTS = 10_000
 
+# --redis --faults (bench.faults): issue 17's Redis stop (15 s) and partition (20 s),
+# and a takeover fight whose event rate is read after its first FIGHT_SETTLE seconds.
+DEFAULT_FAULT_STOP = 15.0
+DEFAULT_FAULT_PARTITION = 20.0
+FIGHT_SETTLE = 10.0
+DEFAULT_FAULT_FIGHT = FIGHT_SETTLE + 5.0
+
 
 # With --stall, the server is stopped this many seconds into the window, so that the
 # clients are all in their steady state first.

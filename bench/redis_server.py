@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from hbloop.presence.redis_link import BlockingRedis, RedisAddress, RedisUnavailable, parse_url
 
@@ -72,7 +73,7 @@ class RedisProcess:
     def client(self) -> BlockingRedis:
         return BlockingRedis(self.address, COMMAND_TIMEOUT, "helper")
 
-    def command(self, *args: object) -> object:
+    def command(self, *args: object) -> Any:  # a RESP reply: its shape is the command's
         connection = self.client()
         try:
             return connection.execute(args)[0]

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import c_server, plot, presence, report
+from bench import c_server, faults, plot, presence, report
 from bench.config import EXIT_ERROR, BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
 from bench.servers import (
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.redis:
         try:
+            if args.faults:
+                return faults.main(args)
             return presence.main(args, config)
         except (BenchError, ServerStartError, RuntimeError) as exc:
             print(f"bench: error: {exc}", file=sys.stderr)

@@ -329,16 +329,48 @@ def test_each_worker_is_a_node_and_presence_has_metrics(
     peer.close()
 
 
-def test_on_duplicate_needs_redis() -> None:
+def test_on_duplicate_with_workers_needs_redis_and_says_why() -> None:
     result = subprocess.run(
-        [*HBLOOP, "serve", "--port", "0", "--on-duplicate", "refuse"],
+        [*HBLOOP, "serve", "--port", "0", "--workers", "2", "--on-duplicate", "refuse"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT,
     )
     assert result.returncode == 2  # a usage error
-    assert result.stderr == "hbloop: error: --on-duplicate needs --redis\n"
+    assert result.stderr == (
+        "hbloop: error: --on-duplicate refuse with --workers needs --redis: each worker is a "
+        "process of its own that cannot see the names connected to the others\n"
+    )
+
+
+def test_refuse_on_one_server_without_redis(serve) -> None:
+    server = serve("--on-duplicate", "refuse")
+    server.wait_line(r"duplicates: refuse \(this server's names only\)")
+    first = joined(server.address, "solo")
+    second = RawPeer(server.address)
+    ftype, payload = second.hello("solo")  # refused before WELCOME
+    assert (ftype, frame_code((ftype, payload))) == (FrameType.ERROR, Code.NAME_TAKEN)
+    first.send(PING_FRAME)
+    assert first.recv()[0] == FrameType.PONG
+    first.send(encode_close(Code.NORMAL))
+    first.recv_until_eof()
+    again = joined(server.address, "solo")  # free once its holder has left
+    for peer in (first, second, again):
+        peer.close()
+
+
+def test_replace_on_one_server_without_redis(serve) -> None:
+    server = serve("--on-duplicate", "replace")
+    older = joined(server.address, "solo")
+    newer = joined(server.address, "solo")
+    expect_last_word(older, FrameType.CLOSE, Code.TAKEN_OVER)
+    newer.send(PING_FRAME)
+    assert newer.recv()[0] == FrameType.PONG
+    newest = joined(server.address, "solo")
+    expect_last_word(newer, FrameType.CLOSE, Code.TAKEN_OVER)
+    for peer in (older, newer, newest):
+        peer.close()
 
 
 def test_watch_says_so_when_events_it_asked_for_were_trimmed(
@@ -366,3 +398,21 @@ def test_watch_says_so_when_events_it_asked_for_were_trimmed(
     )
     for peer in peers:
         peer.close()
+
+
+def test_who_and_watch_print_names_that_cannot_forge_a_column_or_a_field(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    server = start_node(serve, redis_server, prefix, "quoted")
+    forger = 'bob  quoted@0  1.2.3.4:5 reason="x"'
+    peer = joined(server.address, forger)
+    assert wait_for(lambda: (forger, "quoted") in members(redis_server, prefix))
+    listed = cli(redis_server, prefix, "who")
+    row = next(line for line in listed.stdout.splitlines() if line.startswith('"'))
+    assert row.startswith('"bob  quoted@0  1.2.3.4:5 reason=\\"x\\""  quoted@')
+    watched = cli(redis_server, prefix, "watch", "--from", "0", "--count", "1")
+    assert watched.returncode == 0, watched.stderr
+    assert ' join   "bob  quoted@0  1.2.3.4:5 reason=\\"x\\""  node=quoted@' in watched.stdout
+    as_json = cli(redis_server, prefix, "watch", "--from", "0", "--count", "1", "--json")
+    assert json.loads(as_json.stdout)["name"] == forger
+    peer.close()

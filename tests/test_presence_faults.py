@@ -8,7 +8,11 @@ takes tens of seconds with the defaults takes a few here.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import select
 import signal
 import threading
 import time
@@ -16,11 +20,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from bench import faults
+from bench.faultproxy import FaultProxy
 from hbloop.core.wire import PING_FRAME, Code, FrameType
 from hbloop.presence.scripts import Keys
 
-from conftest import RawPeer, RedisProcess, frame_code, wait_for
-from faultproxy import FaultProxy
+from conftest import WAIT_TIMEOUT, RawPeer, RedisProcess, frame_code, wait_for
 from test_presence import NODE_TTL, cli, events, joined, members, start_node
 
 # Members of the partitioned node, as in the report (50 there).
@@ -286,3 +291,122 @@ def test_a_takeover_fight_is_bounded_by_a_doubling_back_off(
     assert a.find(storm) or b.find(storm)
     held = redis_server.command("HGET", Keys(prefix).takeovers("cam"), "level")
     assert isinstance(held, bytes) and int(held) >= 1, "the back-off doubled"
+
+
+# --- case 3: a worker killed, its names free at once -----------------------------------
+
+# Names connected to a --workers 2 pool before one worker is killed.
+POOL_MEMBERS = 30
+
+# The issue's bound: no NAME_TAKEN later than this after the kill (the supervisor sees
+# the exit at once; one script removes the node).
+CRASH_BOUND = 1.0
+
+
+def reconnect_until_admitted(
+    address: tuple[str, int], name: str, listed: Callable[[str], bool], refused: list[float]
+) -> RawPeer:
+    """Connect as ``name`` until Redis lists it on a live node; the time of each
+    NAME_TAKEN is added to ``refused``. HELLO never waits for Redis: a connection
+    refused is welcomed first, then closed with ERROR NAME_TAKEN. A connection the
+    kernel had queued on the killed worker's listener is reset: the client tries again."""
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while True:
+        assert time.monotonic() < deadline, f"{name} never admitted"
+        try:
+            peer = joined(address, name)
+        except (ConnectionError, EOFError):
+            continue
+        assert wait_for(
+            lambda sock=peer.sock: bool(select.select([sock], [], [], 0)[0]) or listed(name)
+        )
+        if listed(name):
+            return peer
+        frame = peer.recv()
+        assert frame_code(frame) == Code.NAME_TAKEN, frame
+        refused.append(time.monotonic())
+        peer.close()
+
+
+def test_a_killed_workers_names_are_free_within_a_second(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    # The default node TTL (10 s): without the supervisor, the names stay held that long.
+    pool = serve(
+        *("--workers", "2", "--redis", redis_server.url, "--redis-prefix", prefix),
+        *("--node-id", "pool", "--on-duplicate", "refuse", "--timeout", "300"),
+    )
+    keys = Keys(prefix)
+    assert wait_for(lambda: redis_server.command("SCARD", keys.nodes) == 2)
+    peers = [joined(pool.address, f"p-{i}") for i in range(POOL_MEMBERS)]
+    assert wait_for(lambda: len(members(redis_server, prefix)) == POOL_MEMBERS)
+    victims = sorted(name for name, label in members(redis_server, prefix) if label == "pool/w1")
+    assert victims  # SO_REUSEPORT spreads 30 connections over both workers
+    dead = next(
+        n.decode()
+        for n in redis_server.command("SMEMBERS", keys.nodes)
+        if n.decode().startswith("pool/w1@")
+    )
+    pid = json.loads(redis_server.command("GET", keys.node(dead)))["pid"]
+
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def listed(name: str) -> bool:  # held by a live node: the other worker, or w1 anew
+        owner = redis_server.command("HGET", keys.index, name)
+        return owner is not None and owner.decode() != dead
+
+    refused: list[float] = []
+    back = [reconnect_until_admitted(pool.address, name, listed, refused) for name in victims]
+    late = [round(at - killed, 2) for at in refused if at - killed > CRASH_BOUND]
+    print(
+        f"figure: {len(refused)} NAME_TAKEN after the kill, the last at "
+        f"+{max(refused, default=killed) - killed:.2f}s"
+    )
+    assert late == []
+    pool.wait_line(
+        rf"presence: removed node {re.escape(dead)} of a dead process with its "
+        rf"{len(victims)} members \(reason node_lost\)"
+    )
+    leaves = [e for e in events(redis_server, prefix) if e["event"] == "leave"]
+    assert {e["name"] for e in leaves} == set(victims)
+    assert {e["reason"] for e in leaves} == {"node_lost"}
+    for peer in (*peers, *back):
+        peer.close()
+
+
+def test_a_node_stopped_cleanly_removes_its_members_before_it_exits(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    node = start_node(serve, redis_server, prefix, "calm")
+    peers = [joined(node.address, f"c-{i}") for i in range(MEMBERS)]
+    assert wait_for(lambda: len(members(redis_server, prefix)) == MEMBERS)
+    assert node.terminate() == 0
+    keys = Keys(prefix)
+    assert members(redis_server, prefix) == set()  # at once: no reaper involved
+    assert redis_server.command("SCARD", keys.nodes) == 0
+    assert redis_server.command("HLEN", keys.index) == 0
+    leaves = [e for e in events(redis_server, prefix) if e["event"] == "leave"]
+    assert sorted(e["name"] for e in leaves) == sorted(f"c-{i}" for i in range(MEMBERS))
+    assert {e["reason"] for e in leaves} == {"shutdown"}
+    for peer in peers:
+        peer.close()
+
+
+# --- python -m bench --redis --faults, short --------------------------------------------
+
+
+def test_the_bench_fault_cases_measure_the_issues_figures(own_redis: RedisProcess) -> None:
+    """bench.faults' cases with a 1 s node TTL: the measuring the bench reports."""
+    figures = faults.FaultFigures(node_ttl=NODE_TTL, stop_s=STOP, partition_s=3 * NODE_TTL)
+    quick = ("--node-ttl", str(NODE_TTL), "--reap-interval", "0.25")
+    faults.redis_stop(own_redis, figures, quick)
+    faults.partition(own_redis, figures, quick)
+    faults.worker_crash(own_redis, figures)
+    print({k: v for k, v in vars(figures).items() if v is not None})
+    assert figures.false_leaves == 0 and figures.false_joins == 0
+    assert figures.missing_members_max == faults.MEMBERS  # B reaped A, as a crash
+    assert figures.back_after_heal_s is not None and figures.back_after_heal_s < HEAL_BOUND
+    assert figures.kept_by_genuine is True
+    assert figures.name_taken_after_crash_s is not None
+    assert figures.name_taken_after_crash_s < CRASH_BOUND

@@ -18,7 +18,8 @@ from hbloop.ops import logs
 from hbloop.ops.metrics import Report, StartError, serve_metrics
 from hbloop.ops.stats import StatsReporter
 from hbloop.ops.supervisor import SUPERVISOR_SETTINGS, Supervisor, WorkerLink
-from hbloop.presence.node import Node, Presence, PresenceConfig
+from hbloop.presence.local import LocalRegistry
+from hbloop.presence.node import Node, Policy, Presence, PresenceConfig, check_redis
 from hbloop.server import Peer, Server
 
 # Settings that SIGHUP applies to a running process in place; any other change
@@ -35,6 +36,10 @@ def echo(peer: Peer, data: bytes) -> None:
 
 def run(settings: ServeSettings) -> int:
     """One server process, or the supervisor of ``--workers``."""
+    if settings.redis is not None and settings.redis_required:
+        problem = check_redis(settings.redis, settings.redis_prefix)
+        if problem is not None:
+            return fail(f"--redis-required: {problem}")
     if settings.workers == 1:
         return serve(settings)
     logs.configure(settings.level, settings.log_format)
@@ -164,6 +169,9 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
     presence = None
     if settings.redis is not None:
         presence = _start_presence(server, settings, f"{host}:{port}", worker)
+    elif settings.on_duplicate is not Policy.ALLOW:
+        server.presence = LocalRegistry(settings.on_duplicate)
+        log.info("duplicates: %s (this server's names only)", settings.on_duplicate.value)
     try:
         reporter = _start_reporting(server, settings, worker, signals, presence)
     except StartError as exc:
@@ -190,7 +198,10 @@ def _start_presence(
         takeover_window=settings.takeover_window,
         takeover_backoff=settings.takeover_backoff,
     )
-    node = Node.make(settings.node_id, address, None if worker is None else worker.index)
+    if worker is None:
+        node = Node.make(settings.node_id, address)
+    else:
+        node = Node.make(settings.node_id, address, worker.index, worker.started)
     presence = Presence(server.loop, settings.redis, node, config)
     logging.getLogger("hbloop.presence").info(
         "presence: node %s on %s, duplicates: %s, stale members gone within %.1fs",

@@ -292,11 +292,18 @@ class ServeSettings(LogSettings):
         default_text="HOST:PID",
         group=PRESENCE,
     )
+    redis_required: bool = option(
+        False,
+        Flag(),
+        "refuse to start unless --redis can be reached and permits every command presence uses",
+        group=PRESENCE,
+    )
     on_duplicate: Policy = option(
         Policy.ALLOW,
         Choice({p.value: p for p in Policy}),
         "a name already online connects again: allow both, refuse the newcomer "
-        "(ERROR NAME_TAKEN) or replace the older (CLOSE TAKEN_OVER); needs --redis",
+        "(ERROR NAME_TAKEN) or replace the older (CLOSE TAKEN_OVER); across servers and "
+        "--workers through --redis",
         group=PRESENCE,
     )
     node_ttl: float = option(
@@ -379,8 +386,14 @@ class ServeSettings(LogSettings):
         # The descriptor budget sizes only the default connection limit, which is
         # always valid: today's soft limit will do (serving raises it first).
         self.policy(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        if self.on_duplicate is not Policy.ALLOW and self.redis is None:
-            raise UsageError("--on-duplicate needs --redis")
+        if self.on_duplicate is not Policy.ALLOW and self.redis is None and self.workers > 1:
+            raise UsageError(
+                f"--on-duplicate {self.on_duplicate.value} with --workers needs --redis: each "
+                "worker is a process of its own that cannot see the names connected to the "
+                "others"
+            )
+        if self.redis_required and self.redis is None:
+            raise UsageError("--redis-required needs --redis")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise UsageError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -106,7 +106,9 @@ def _family(
 ) -> Metric:
     """The family of one figure; ``rows`` maps the values of ``labels`` to its value."""
     if isinstance(figure, Labelled):
-        labelled = CounterMetricFamily(name, figure.help, labels=[*labels, figure.label])
+        # A labelled level (not ``lasting``: presence's state) is a gauge.
+        kind = CounterMetricFamily if figure.lasting else GaugeMetricFamily
+        labelled = kind(name, figure.help, labels=[*labels, figure.label])
         for values, counts in rows.items():
             for label in figure.values:
                 labelled.add_metric([*values, label], counts.get(label, 0))
@@ -263,14 +265,23 @@ class MetricsEndpoint:
     def health(self) -> tuple[int, str, bytes]:
         """200 and ``{"status": "serving", ...}`` while serving; 503 and
         ``"stopping"`` once a shutdown has begun, so that a load balancer stops
-        sending new connections."""
+        sending new connections. With presence on, ``presence`` says whether it is
+        ``ok`` or ``degraded`` (and why: the reason most workers give); a degraded
+        presence still answers 200, as heartbeats are served all the same."""
         report = self.source()
-        body = {
+        body: dict[str, Any] = {
             "status": "serving" if report.serving else "stopping",
             "version": __version__,
             "connections": report.total.server.connections,
             "workers": len(report.workers),
         }
+        presence = report.total.presence
+        if presence is not None:
+            troubles = (+presence.degraded).most_common(1)  # (+: the non-zero ones)
+            if troubles:
+                body["presence"] = {"status": "degraded", "reason": troubles[0][0]}
+            else:
+                body["presence"] = {"status": "ok"}
         status = http.HTTPStatus.OK if report.serving else http.HTTPStatus.SERVICE_UNAVAILABLE
         return status, JSON_CONTENT_TYPE, json.dumps(body).encode() + b"\n"
 

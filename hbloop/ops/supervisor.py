@@ -37,7 +37,11 @@ across the workers. The supervisor does nothing on the data path. It
   the totals and per-worker figures in its own stats line and on ``/metrics``. A
   worker whose pipe breaks has lost its supervisor and shuts down;
 * kills (and so restarts) a worker whose snapshots stop for STALL_TIMEOUT: stopped or
-  wedged, it would keep its share of new connections unanswered (see STALL_TIMEOUT).
+  wedged, it would keep its share of new connections unanswered (see STALL_TIMEOUT);
+* with presence (``--redis``), removes a worker's presence node and its members the
+  moment the worker exits (``NodeRemover``), so that a crash does not leave its names
+  held for a node TTL. It chooses each worker's node id (``WorkerLink.started``) for
+  that.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ from hbloop.net.loop import EventLoop, Timer
 from hbloop.net.sockets import bind_socket
 from hbloop.ops.metrics import MetricsEndpoint, Report, StartError, serve_metrics
 from hbloop.ops.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, retired, summary
+from hbloop.presence.node import NodeRemover, node_id
+from hbloop.presence.redis_link import RedisAddress
 
 log = logging.getLogger("hbloop.supervisor")
 
@@ -117,6 +123,14 @@ class SupervisorSettings(Protocol):
     def stats_interval(self) -> float: ...
     @property
     def shutdown_grace(self) -> float: ...
+    @property
+    def redis(self) -> RedisAddress | None: ...
+    @property
+    def redis_prefix(self) -> str: ...
+    @property
+    def node_id(self) -> str | None: ...
+    @property
+    def node_ttl(self) -> float: ...
 
 
 S = TypeVar("S", bound=SupervisorSettings)
@@ -124,12 +138,13 @@ S = TypeVar("S", bound=SupervisorSettings)
 
 @dataclass(frozen=True)
 class WorkerLink:
-    """A worker's end of its supervisor: its number, the shared port, and the write
-    end of its report pipe."""
+    """A worker's end of its supervisor: its number, the shared port, the write end
+    of its report pipe, and the start time in its presence node's id (``node_id``)."""
 
     index: int
     port: int
     fd: int
+    started: float
 
     def publisher(self, orphaned: Callable[[], None]) -> Callable[[Snapshot], None]:
         """A function that sends a snapshot up the pipe; it calls ``orphaned()`` (once)
@@ -169,6 +184,7 @@ class _Worker:
         self.snapshot: Snapshot | None = None  # None until the worker is listening
         self.quick_deaths = 0
         self.restart: Timer | None = None
+        self.node = ""  # its presence node's id
 
 
 class Supervisor(Generic[S]):
@@ -198,6 +214,7 @@ class Supervisor(Generic[S]):
         self._peak = 0
         self._reservation: socket.socket | None = None
         self._endpoint: MetricsEndpoint | None = None
+        self._remover: NodeRemover | None = None
         # The rolling restart: positions still to replace, the replacement starting
         # now, and replaced workers still closing their peers.
         self._roll: list[_Worker] = []
@@ -220,6 +237,11 @@ class Supervisor(Generic[S]):
             self._endpoint = serve_metrics(
                 self.loop, self.settings.metrics_host, self.settings.metrics_port, self.report
             )
+        s = self.settings
+        if s.redis is not None:
+            client = node_id(s.node_id, os.getpid(), time.time())
+            self._remover = NodeRemover(self.loop, s.redis, s.redis_prefix, s.node_ttl, client)
+            self._remover.start()
 
     def run(self) -> int:
         """Start the workers and supervise them until they have all stopped."""
@@ -237,6 +259,8 @@ class Supervisor(Generic[S]):
         finally:
             if self._endpoint is not None:
                 self._endpoint.close()
+            if self._remover is not None:
+                self._remover.close()
             self.loop.close()
             if self._reservation is not None:
                 self._reservation.close()
@@ -298,7 +322,8 @@ class Supervisor(Generic[S]):
     def _spawn(self, worker: _Worker) -> None:
         worker.restart = None
         read_fd, write_fd = os.pipe()
-        link = WorkerLink(worker.index, self.port, write_fd)
+        started = time.time()
+        link = WorkerLink(worker.index, self.port, write_fd, started)
         worker.process = subprocess.Popen(
             [sys.executable, "-m", "hbloop.ops.supervisor"],
             stdin=subprocess.PIPE,
@@ -306,6 +331,7 @@ class Supervisor(Generic[S]):
             process_group=0,
         )
         os.close(write_fd)
+        worker.node = node_id(self.settings.node_id, worker.process.pid, started, worker.index)
         assert worker.process.stdin is not None
         with worker.process.stdin as stdin:
             stdin.write(pickle.dumps((self.target, self.settings, link)))
@@ -393,6 +419,8 @@ class Supervisor(Generic[S]):
         worker.snapshot = None
         pid = worker.process.pid if worker.process else 0
         worker.process = None
+        if self._remover is not None:
+            self._remover.remove(worker.node)
         how = f"signal {-status}" if status < 0 else f"code {status}"
         if worker in self._retiring:
             self._retiring.remove(worker)

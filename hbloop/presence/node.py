@@ -48,6 +48,7 @@ it; replace: the later), with a ``conflict`` event naming both nodes.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import math
@@ -55,22 +56,26 @@ import os
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from hbloop.core.logfields import token
 from hbloop.core.wire import Code
-from hbloop.net.counters import Count, Figures, Gauge
+from hbloop.net.counters import Count, Figures, Gauge, Labelled
 from hbloop.net.loop import EventLoop, Timer
 from hbloop.presence.redis_link import (
+    CONNECT_TIMEOUT,
     RECONNECT_CAP,
+    BlockingRedis,
     RedisAddress,
     RedisLink,
     RedisUnavailable,
     Reply,
 )
 from hbloop.presence.scripts import (
+    CHECK,
     DEREGISTER,
     HEARTBEAT,
     JOIN,
@@ -139,6 +144,19 @@ TAKEOVER_BACKOFF_DOUBLINGS = 6
 # its departure: a fraction of the server's default shutdown grace (5 s).
 DEREGISTER_TIMEOUT = 2.0
 
+# The reason of the leaves of a node that died: the reaper's, and a supervisor's that
+# removes a dead worker's node at once (NodeRemover).
+NODE_LOST = "node_lost"
+
+# While presence is degraded, one log line every this many seconds sums up the Redis
+# commands that failed, instead of a line per command (a node at Redis' maxmemory
+# would log dozens a second); the changes of state are logged as they happen.
+SUMMARY_INTERVAL = 60.0
+
+# Why presence is degraded: Redis cannot be reached, it refuses writes at maxmemory,
+# its ACL denies a command presence needs, or a script failed otherwise.
+TROUBLES = ("unreachable", "oom", "noperm", "script_error")
+
 # The server's reason for the peers it closes when it stops. Their leaves are not sent
 # one by one: the node's departure removes all its members with this reason at once.
 SHUTDOWN_REASON = "shutdown"
@@ -194,16 +212,29 @@ class Node:
     started: float
 
     @classmethod
-    def make(cls, label: str | None, address: str, worker: int | None = None) -> Node:
-        started = time.time()
+    def make(
+        cls,
+        label: str | None,
+        address: str,
+        worker: int | None = None,
+        started: float | None = None,
+    ) -> Node:
+        """This process as a node; a worker's supervisor chose its ``started`` (see
+        ``node_id``), so that it can remove the node the moment the worker dies."""
+        started = time.time() if started is None else started
         pid = os.getpid()
-        base = label or f"{socket.gethostname()}:{pid}"
-        if worker is not None:
-            base += f"/w{worker}"
-        return cls(f"{base}@{int(started * 1000):x}", address, pid, started)
+        return cls(node_id(label, pid, started, worker), address, pid, started)
 
     def info(self) -> str:
         return json.dumps({"address": self.address, "pid": self.pid, "started": self.started})
+
+
+def node_id(label: str | None, pid: int, started: float, worker: int | None = None) -> str:
+    """The id of the node of process ``pid``, started at ``started`` (wall clock)."""
+    base = label or f"{socket.gethostname()}:{pid}"
+    if worker is not None:
+        base += f"/w{worker}"
+    return f"{base}@{int(started * 1000):x}"
 
 
 @dataclass(frozen=True)
@@ -233,6 +264,13 @@ class PresenceConfig:
         return self.node_ttl + self.reap_interval * (1 + JITTER)
 
 
+class Degraded(Labelled):
+    """A level by label: each process counts 1 under its present state, 0 once it has
+    exited (/metrics shows it as a gauge)."""
+
+    lasting = False
+
+
 class PresenceFigures(Figures):
     """Presence's figures, in a server's snapshot beside its own: the node counts in
     ``Presence.counts``, and the gauges and the link's counters read at each snapshot."""
@@ -259,6 +297,17 @@ class PresenceFigures(Figures):
     reaped_nodes = Count("presence_reaped_nodes", "Dead nodes whose members this node removed.")
     reaped_members = Count("presence_reaped_members", "Members of dead nodes removed by this node.")
     lapses = Count("presence_liveness_lapses", "Times this node's liveness key had expired.")
+    up = Gauge("presence_up", "1 while presence works: Redis reachable, every script succeeding.")
+    errors = Labelled(
+        "presence_redis_errors",
+        "Redis failures: connections lost (unreachable), scripts refused at maxmemory (oom), "
+        "denied by the ACL (noperm) or failing otherwise (script_error).",
+        "reason",
+        TROUBLES,
+    )
+    degraded = Degraded(
+        "presence_degraded", "1 while presence is degraded, by reason.", "reason", TROUBLES
+    )
 
 
 class Presence:
@@ -307,6 +356,15 @@ class Presence:
         self._holding = False  # Redis' clock holds every reaper after a gap (logged)
         self._took_over: set[str] = set()  # names whose HELLO just closed a connection here
         self._backoff: dict[str, float] = {}  # name -> until (loop time): takeovers refused
+        # Why presence is degraded (None: it is not), since when (None: since start,
+        # before the first connection, which is not logged), and the failures not yet
+        # summed up in the log; ``_failed`` counts them all, so that a heartbeat can
+        # tell whether any failed while it was on its way.
+        self.trouble: str | None = "unreachable"
+        self._trouble_since: float | None = None
+        self._unsummed: Counter[str] = Counter()
+        self._failed = 0
+        self.errors: Counter[str] = Counter()
         #: The counters of PresenceFigures, but the link's own.
         self.counts = {
             figure.name: 0
@@ -320,6 +378,7 @@ class Presence:
         self.link.start()
         self._every(self.config.node_ttl / REFRESHES_PER_TTL, self._heartbeat)
         self._every(self.config.reap_interval, self._reap)
+        self._every(SUMMARY_INTERVAL, self._summarize)
 
     def close(self) -> None:
         """Leave the cluster: remove this node and its members (reason ``shutdown``)
@@ -569,12 +628,16 @@ class Presence:
     # --- Redis coming and going -------------------------------------------------------
 
     def _on_ready(self) -> None:
+        if self.trouble == "unreachable":
+            self._recovered()
         self._registered = False
         self._heartbeat()
         first = self.counts["resyncs"] == 0 and not self._leaves
         self._resync_soon(0.0 if first else None)
 
     def _on_lost(self, reason: str) -> None:
+        self._count_failure("unreachable")
+        self._degrade("unreachable", f"lost the Redis connection: {reason}")
         self._synced = False
         self._registered = False
         self._served_since = None
@@ -690,19 +753,21 @@ class Presence:
         self._lease_lapsing()
         if not self.link.ready:
             return
-        sent = self.loop.time()
+        sent, failed = self.loop.time(), self._failed
         self.link.run(
             HEARTBEAT,
             (),
             self._args(self.node.info()),
-            lambda reply: self._heartbeat_answered(sent, reply),
+            lambda reply: self._heartbeat_answered(sent, failed, reply),
         )
 
-    def _heartbeat_answered(self, sent: float, reply: Reply) -> None:
+    def _heartbeat_answered(self, sent: float, failed: int, reply: Reply) -> None:
         if not isinstance(reply, list):
             if not isinstance(reply, RedisUnavailable):
                 self._script_failed("heartbeat", reply)
             return
+        if self._failed == failed:  # nothing failed while it was on its way
+            self._recovered()
         renewed, grace = reply
         if renewed >= 0:
             self._renewal_confirmed(sent)
@@ -814,12 +879,150 @@ class Presence:
             "members": len(self._local),
             "connects": self.link.connects,
             "disconnects": self.link.disconnects,
+            "up": int(self.trouble is None),
+            "errors": dict(self.errors),
+            "degraded": {} if self.trouble is None else {self.trouble: 1},
             **self.counts,
         }
         return PresenceFigures.from_json(figures)
 
+    # --- health -----------------------------------------------------------------------------
+
     def _script_failed(self, what: str, reply: Reply) -> None:
-        log.error("presence: the %s script failed: %s", what, reply)
+        trouble = trouble_of(reply)
+        self._count_failure(trouble)
+        self._degrade(trouble, f"the {what} script failed: {reply}")
+
+    def _count_failure(self, trouble: str) -> None:
+        self.errors[trouble] += 1
+        self._unsummed[trouble] += 1
+        self._failed += 1
+
+    def _degrade(self, trouble: str, detail: str) -> None:
+        """Log a change of state, once; the failures that follow are summed up."""
+        if trouble == self.trouble:
+            return
+        if self.trouble is None:
+            self._trouble_since = self.loop.time()
+        self.trouble = trouble
+        log.error("presence: degraded (%s): %s", trouble, detail)
+
+    def _recovered(self) -> None:
+        if self.trouble is None:
+            return
+        since = self._trouble_since
+        if since is not None:
+            log.warning(
+                "presence: ok again after %.1fs degraded (%s)",
+                self.loop.time() - since,
+                self.trouble,
+            )
+        self.trouble = None
+        self._trouble_since = None
+
+    def _summarize(self) -> None:
+        failed, self._unsummed = self._unsummed, Counter()
+        if self.trouble is None and not failed:
+            return
+        log.warning(
+            "presence: %s; %d Redis failures in the last %gs (%s)",
+            "ok" if self.trouble is None else f"degraded ({self.trouble})",
+            sum(failed.values()),
+            SUMMARY_INTERVAL,
+            " ".join(f"{trouble}={n}" for trouble, n in sorted(failed.items())) or "none",
+        )
+
+
+def check_redis(address: RedisAddress, prefix: str) -> str | None:
+    """Why a node could not use the Redis at ``address``, or None: unreachable, its
+    handshake refused, a script it cannot load, or a command presence uses that the
+    ACL denies (asked of Redis by the CHECK script, which writes nothing)."""
+    try:
+        redis = BlockingRedis(address, CONNECT_TIMEOUT, "hbloop:check")
+    except RedisUnavailable as exc:
+        return str(exc)
+    try:
+        loads = [("SCRIPT", "LOAD", script.source) for script in (*SCRIPTS, CHECK)]
+        replies = redis.execute(*loads, ("EVALSHA", CHECK.sha, 0, prefix, "check", 0))
+    except RedisUnavailable as exc:
+        return str(exc)
+    finally:
+        redis.close()
+    for reply in replies:
+        if isinstance(reply, Exception):
+            return f"{address} refused a command presence needs: {reply}"
+    denied = replies[-1]
+    if denied:
+        return f"the Redis user may not run: {', '.join(_text(d) for d in denied)}"
+    return None
+
+
+def trouble_of(reply: Reply) -> str:
+    """What a failed command's reply says is wrong, one of TROUBLES."""
+    if isinstance(reply, RedisUnavailable):
+        return "unreachable"
+    text = str(reply)
+    if text.startswith("NOPERM") or "can't run this command" in text:  # (a call in a script)
+        return "noperm"
+    return "oom" if text.startswith("OOM") else "script_error"
+
+
+class NodeRemover:
+    """Removes the nodes of dead processes from Redis, with their members (reason
+    ``node_lost``), the moment they are known dead rather than when their lease
+    expires: a ``--workers`` supervisor sees a worker's exit at once, and without this
+    its names would stay held (NAME_TAKEN under refuse) for up to a TTL. A node that
+    had stopped cleanly is gone already, and removing it again changes nothing."""
+
+    def __init__(
+        self, loop: EventLoop, redis: RedisAddress, prefix: str, node_ttl: float, client: str
+    ) -> None:
+        self.prefix = prefix
+        self.ttl_ms = round(node_ttl * 1000)
+        self._due: list[str] = []  # nodes to remove once Redis can be reached
+        self.link = RedisLink(
+            loop,
+            redis,
+            client_name=f"hbloop:{client}",
+            on_ready=self._send,
+            on_lost=lambda reason: None,  # the link logs it; _due waits for the next
+            scripts=(DEREGISTER,),
+        )
+
+    def start(self) -> None:
+        self.link.start()
+
+    def remove(self, node: str) -> None:
+        self._due.append(node)
+        self._send()
+
+    def close(self) -> None:
+        """Send what is due, waiting at most DEREGISTER_TIMEOUT, and disconnect."""
+        if self.link.ready:
+            self.link.drain(DEREGISTER_TIMEOUT)
+        self.link.close()
+
+    def _send(self) -> None:
+        while self._due and self.link.ready:
+            node = self._due[0]
+            args = (self.prefix, node, self.ttl_ms, NODE_LOST)
+            if not self.link.run(DEREGISTER, (), args, functools.partial(self._removed, node)):
+                return  # not ready: the next connection sends it
+            self._due.pop(0)
+
+    def _removed(self, node: str, reply: Reply) -> None:
+        if isinstance(reply, int):
+            if reply:
+                log.warning(
+                    "presence: removed node %s of a dead process with its %d members (reason %s)",
+                    node,
+                    reply,
+                    NODE_LOST,
+                )
+        elif isinstance(reply, RedisUnavailable):
+            self._due.append(node)  # sent again on the next connection
+        else:
+            log.error("presence: could not remove node %s: %s", node, reply)
 
 
 def _text(value: Any) -> str:

@@ -37,8 +37,10 @@ reason).
 
 **No half-applied state.** Redis does not roll a script back when a command in it
 fails. Each script therefore checks its arguments and the types of the keys it will
-write, and does all its reads, before its first write; after that no command of it
-can fail (an OOM error can only refuse a script's first write).
+write, does all its reads, and asks the ACL whether it may make every kind of write
+presence makes (``redis.acl_check_cmd``, Redis 7), before its first write; after that
+no command of it can fail (an OOM error can only refuse a script's first write). The
+CHECK script asks the ACL about every command presence uses, for ``--redis-required``.
 
 The scripts build the keys of *other* nodes from the prefix, so presence needs one
 Redis (or a primary with replicas), not Redis Cluster; and Redis 6.2 or later (XTRIM
@@ -107,8 +109,46 @@ local function read_clock()
   end
 end
 
--- The first write of every script.
+-- Every command presence sends (the connection's own, then the scripts'), with a key
+-- or channel of the kind it uses, for the ACL to judge; the writes first.
+local function uses()
+  local probe = node_key(node)
+  local writes = {
+    {'HSET', clock_key, 'f', '1'}, {'HDEL', index_key, 'f'}, {'XADD', events_key, '*', 'f', 'v'},
+    {'XTRIM', events_key, 'MINID', '0'}, {'SET', probe, 'v', 'PX', '1', 'XX'},
+    {'DEL', members_key(node)}, {'SADD', nodes_key, node}, {'SREM', nodes_key, node},
+    {'PEXPIRE', takeovers_key(node), '1'}, {'PUBLISH', prefix .. 'takeover:' .. node, 'n'}}
+  local others = {
+    {'TIME'}, {'TYPE', probe}, {'HMGET', clock_key, 'f'}, {'HGET', index_key, 'f'},
+    {'HEXISTS', index_key, 'f'}, {'HKEYS', index_key}, {'EXISTS', probe},
+    {'SISMEMBER', nodes_key, node}, {'SMEMBERS', nodes_key}, {'XLEN', events_key},
+    {'XRANGE', events_key, '-', '+'}, {'XREVRANGE', events_key, '+', '-'},
+    {'EVALSHA', '0', '0'}, {'EVAL', 'return 0', '0'}, {'SCRIPT', 'LOAD', 'return 0'},
+    {'SUBSCRIBE', prefix .. 'takeover:' .. node}, {'PING'}}
+  return writes, others
+end
+
+-- The commands among these that the ACL denies (none before Redis 7).
+local function denied(commands)
+  local no = {}
+  if redis.acl_check_cmd then
+    for _, command in ipairs(commands) do
+      if not redis.acl_check_cmd(unpack(command)) then
+        no[#no + 1] = command[1] .. (command[2] and (' ' .. command[2]) or '')
+      end
+    end
+  end
+  return no
+end
+
+-- The first write of every script, after checking that the ACL permits every write
+-- presence makes.
 local function write_clock()
+  local no = denied((uses()))
+  if #no > 0 then
+    local why = 'NOPERM hbloop: this Redis user may not run ' .. table.concat(no, ', ')
+    error(redis.error_reply(why))
+  end
   redis.call('HSET', clock_key, 'seen', now, 'up', up, 'gap', gap)
 end
 
@@ -422,6 +462,19 @@ for _, name in ipairs(gone) do
   result[2] = result[2] + remove_member(node, name, reasons[name] or 'unknown')
 end
 return result
+"""
+)
+
+# ARGV: common three. Writes nothing. Returns the commands presence uses that the ACL
+# denies this user, each with the key or channel it was asked about.
+CHECK = _script(
+    """
+local writes, others = uses()
+local no = denied(writes)
+for _, command in ipairs(denied(others)) do
+  no[#no + 1] = command
+end
+return no
 """
 )
 

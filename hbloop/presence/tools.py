@@ -111,14 +111,19 @@ def who(address: RedisAddress, prefix: str, name: str | None, as_json: bool, out
     if as_json:
         print(json.dumps({"online": [asdict(row) for row in rows]}, indent=2), file=out)
     elif not rows:
-        print(f"{name} is not online" if name else "nobody is online", file=out)
+        print(f"{token(name)} is not online" if name else "nobody is online", file=out)
     else:
         now = time.time()
         table = [("NAME", "NODE", "ADDRESS", "CONNECTED")]
         for row in rows:
             since = f"{_clock(row.since)} ({_ago(now - row.since)} ago)"
-            node = row.node if row.node_alive else f"{row.node} (lost, awaiting the reaper)"
-            table.append((row.name, node, row.address, since))
+            # Names (and node ids) quoted when not plain, so that none forges a column.
+            node = (
+                token(row.node)
+                if row.node_alive
+                else f"{token(row.node)} (lost, awaiting the reaper)"
+            )
+            table.append((token(row.name), node, row.address, since))
         widths = [max(len(line[i]) for line in table) for i in range(3)]
         for line in table:
             print(
@@ -145,7 +150,7 @@ class Event:
     def to_text(self) -> str:
         fields = dict(self.fields)
         kind, name = fields.pop("event", "?"), fields.pop("name", "?")
-        rest = " ".join(f"{key}={value}" for key, value in fields.items())
+        rest = " ".join(f"{key}={token(value)}" for key, value in fields.items())
         return f"{self.id}  {_clock(self.at)}  {kind:<5}  {token(name)}  {rest}"
 
     def to_json(self) -> str:

@@ -1,4 +1,4 @@
-"""A fault-injecting TCP proxy for the tests: between a node and its Redis.
+"""A fault-injecting TCP proxy between a node and its Redis (bench.faults, the tests).
 
 ``FaultProxy(target)`` listens on 127.0.0.1 (a free port) and forwards each connection
 to the Unix socket ``target``, from one thread with a selector. It can fail that path
@@ -122,7 +122,7 @@ class FaultProxy:
                 elif key.data == "wake":
                     self._waker.recv(CHUNK)
                 elif key.fileobj in self._peers:
-                    self._forward(key.fileobj)  # type: ignore[arg-type]
+                    self._forward(key.fileobj)
             if self._flowing:
                 self._send_due()
 
