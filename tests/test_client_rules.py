@@ -33,7 +33,7 @@ from hbloop.core.wire import Code, Scheme, Welcome, encode_close, encode_error
 from hbloop.net.loop import EventLoop
 from hbloop.net.tls import client_context
 
-from conftest import WAIT_TIMEOUT
+from conftest import WAIT_TIMEOUT, wait_for
 from pki import Pki
 
 KINDS = ("loop", "aio")
@@ -329,7 +329,8 @@ def test_a_grant_below_the_floor_is_refused_and_retried(drive, kind: str) -> Non
         # A lower floor takes the same grant.
         lower = drive(kind, int(port), f"floor-{kind}-2", min_interval=0.05)
         lower.run_until(lambda: lower.welcomes)
-        assert attempts.count >= 3
+        # The fake server counts a HELLO on its own thread, maybe after the client moved on.
+        assert wait_for(lambda: attempts.count >= 3), attempts.count
     assert lower.welcomes[0].interval_ms == 50
 
 

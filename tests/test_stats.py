@@ -22,6 +22,7 @@ from hbloop.net.counters import (
     Gauge,
     Histogram,
     Labelled,
+    LabelledLevel,
     Seconds,
     ServerStats,
 )
@@ -121,7 +122,8 @@ def test_an_exited_worker_keeps_its_counters_and_drops_its_gauges():
         expected = _comparable(before if figure.lasting else figure.zero())
         assert value == expected, figure.name
         if isinstance(figure, Count | Labelled | Histogram):
-            assert figure.lasting, figure.name
+            # Counters last; a labelled level is a state, gone with its worker.
+            assert figure.lasting != isinstance(figure, LabelledLevel), figure.name
     # The levels go; the peak is the most connections ever, exited workers' included.
     lasting = {figure.name: figure.lasting for _, figure in declared(snapshot)}
     assert not lasting["connections"] and not lasting["lag_max"] and lasting["peak"]
@@ -180,7 +182,13 @@ def test_every_figure_is_served_for_the_total_and_each_worker(
     families = {family.name: family for family in text_string_to_metric_families(text)}
     parts = everything().parts() if presence else Snapshot(ServerStats(), LoopFigures()).parts()
     figures = [figure for part in parts for figure in part.figures]
-    kinds = {Count: "counter", Labelled: "counter", Gauge: "gauge", Seconds: "gauge"}
+    kinds = {
+        Count: "counter",
+        Labelled: "counter",
+        LabelledLevel: "gauge",
+        Gauge: "gauge",
+        Seconds: "gauge",
+    }
     for figure in figures:
         total = families["hbloop_" + figure.metric]
         per_worker = families["hbloop_worker_" + figure.metric]

@@ -176,6 +176,13 @@ class Labelled(Figure[Counter[str]]):
         return "{" + ",".join(f"{label}:{n}" for label, n in sorted(value.items())) + "}"
 
 
+class LabelledLevel(Labelled):
+    """A level by ``label`` (a state: 1 under the present one): added up over the
+    workers, 0 for a worker that exited; /metrics shows it as a gauge."""
+
+    lasting = False
+
+
 class Histogram(Figure[Buckets]):
     """A histogram with upper ``bounds``: added up bucket by bucket."""
 

@@ -41,7 +41,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from hbloop.core.version import __version__
 from hbloop.net.acceptor import Acceptor
-from hbloop.net.counters import Count, Figure, Figures, Histogram, Labelled
+from hbloop.net.counters import Count, Figure, Figures, Histogram, Labelled, LabelledLevel
 from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import make_listener
 from hbloop.ops.stats import Snapshot
@@ -106,8 +106,7 @@ def _family(
 ) -> Metric:
     """The family of one figure; ``rows`` maps the values of ``labels`` to its value."""
     if isinstance(figure, Labelled):
-        # A labelled level (not ``lasting``: presence's state) is a gauge.
-        kind = CounterMetricFamily if figure.lasting else GaugeMetricFamily
+        kind = GaugeMetricFamily if isinstance(figure, LabelledLevel) else CounterMetricFamily
         labelled = kind(name, figure.help, labels=[*labels, figure.label])
         for values, counts in rows.items():
             for label in figure.values:

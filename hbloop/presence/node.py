@@ -63,7 +63,7 @@ from typing import Any
 
 from hbloop.core.logfields import token
 from hbloop.core.wire import Code
-from hbloop.net.counters import Count, Figures, Gauge, Labelled
+from hbloop.net.counters import Count, Figures, Gauge, Labelled, LabelledLevel
 from hbloop.net.loop import EventLoop, Timer
 from hbloop.presence.redis_link import (
     CONNECT_TIMEOUT,
@@ -264,13 +264,6 @@ class PresenceConfig:
         return self.node_ttl + self.reap_interval * (1 + JITTER)
 
 
-class Degraded(Labelled):
-    """A level by label: each process counts 1 under its present state, 0 once it has
-    exited (/metrics shows it as a gauge)."""
-
-    lasting = False
-
-
 class PresenceFigures(Figures):
     """Presence's figures, in a server's snapshot beside its own: the node counts in
     ``Presence.counts``, and the gauges and the link's counters read at each snapshot."""
@@ -305,7 +298,7 @@ class PresenceFigures(Figures):
         "reason",
         TROUBLES,
     )
-    degraded = Degraded(
+    degraded = LabelledLevel(
         "presence_degraded", "1 while presence is degraded, by reason.", "reason", TROUBLES
     )
 
