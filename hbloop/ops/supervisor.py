@@ -36,8 +36,13 @@ across the workers. The supervisor does nothing on the data path. It
 * reads the snapshot each worker writes to its report pipe once a second, and serves
   the totals and per-worker figures in its own stats line and on ``/metrics``. A
   worker whose pipe breaks has lost its supervisor and shuts down;
-* kills (and so restarts) a worker whose snapshots stop for STALL_TIMEOUT: stopped or
-  wedged, it would keep its share of new connections unanswered (see STALL_TIMEOUT).
+* kills (and so restarts) a stuck worker, which would keep its share of new
+  connections unanswered (see STALL_TIMEOUT). Silence alone is no proof: a worker
+  starved of CPU (a load average of 20) is silent too, and killing it turns overload
+  into mass disconnection. The ``Watchdog`` calls a worker stuck only on evidence read
+  from /proc: stopped (SIGSTOP, a debugger), or given CPU time without a loop
+  iteration, or asleep outside its loop, which always wakes at least once a second;
+  it kills at most one worker per KILL_PERIOD, and its log line names the evidence.
 """
 
 from __future__ import annotations
@@ -92,8 +97,34 @@ STOP_MARGIN = 3.0
 # are alive (SO_ATTACH_REUSEPORT_EBPF), and the supervisor cannot close a worker's
 # listener for it: killing is the one lever that needs nothing from the stuck worker.
 # Five missed reports: far longer than a healthy loop ever stalls, yet short next to a
-# client's connect timeout.
+# client's connect timeout. Silence is only what makes the Watchdog look: it kills on
+# the evidence below, never on silence alone.
 STALL_TIMEOUT = 5.0
+
+# CPU seconds a silent worker must have used without one loop iteration to be called
+# stuck (spinning). One iteration handles at most a batch of events per descriptor,
+# milliseconds of work even under a connect storm; three whole seconds of CPU without
+# coming round is a loop that will not come round. A starved worker gets far less
+# (a few ms a second at a load average of 20), so it is never mistaken for one.
+STUCK_CPU = 3.0
+
+# A silent worker asleep (state S) at every sample, using under STUCK_CPU, for this
+# long is blocked outside its loop (a blocking call that never returns): its loop
+# would have woken for its once-a-second report. A starved worker is runnable (R),
+# never asleep, so it is not mistaken for one; the margin over STALL_TIMEOUT covers a
+# worker briefly descheduled between samples.
+BLOCKED_TIMEOUT = 30.0
+
+# At most one worker killed per this period, whatever the evidence: each kill drops a
+# worker's clients, who reconnect to the others; if the evidence is wrong about every
+# worker at once (the whole machine frozen and thawed), this keeps it to one worker's
+# share per period rather than all of them. Long enough for the restart (0.5 s) and
+# for its clients to come back, short enough that two stuck workers are both replaced
+# within seconds.
+KILL_PERIOD = 5.0
+
+# Clock ticks per second, the unit of /proc/PID/stat's CPU times.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Settings that belong to the supervisor itself (its port reservation, its worker
 # count, its /metrics and stats line): a SIGHUP reload keeps their old values.
@@ -156,6 +187,117 @@ class WorkerLink:
         return publish
 
 
+@dataclass(frozen=True)
+class ProcessSample:
+    """What /proc says of a process: its state letter (R running or runnable, S asleep,
+    D in uninterruptible I/O, T stopped, t stopped by a tracer, Z exited) and the CPU
+    seconds (user and system) it has used."""
+
+    state: str
+    cpu: float
+
+
+def sample_process(pid: int) -> ProcessSample | None:
+    """``pid``'s state and CPU time from /proc/PID/stat, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its end.
+    fields = text[text.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return ProcessSample(fields[0].decode(), (utime + stime) / CLOCK_TICKS)
+
+
+STOPPED_STATES = frozenset("Tt")
+
+
+@dataclass
+class _Progress:
+    """A worker's last observed loop progress, and what it did since."""
+
+    iterations: int
+    at: float  # when that iteration count was first observed
+    cpu: float  # its CPU time then
+    runnable: bool = False  # seen running or runnable (R, D) since
+    noted: bool = False  # its starvation already logged, this silence
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A silent worker's diagnosis: ``stuck`` (to kill) or starved (to leave alone),
+    with the evidence in words for the log line."""
+
+    key: int
+    silent: float
+    stuck: bool
+    evidence: str
+
+
+class Watchdog:
+    """Tells a stuck worker from a starved one, sans-IO: ``observe`` each worker's loop
+    iterations and /proc sample once per SAMPLE_PERIOD, then ``verdicts`` lists the
+    silent workers (silent for STALL_TIMEOUT), at most one of them stuck per
+    KILL_PERIOD, and each starvation once per silence."""
+
+    def __init__(self) -> None:
+        self._progress: dict[int, _Progress] = {}
+        self._last_kill = float("-inf")
+
+    def observe(self, key: int, now: float, iterations: int, sample: ProcessSample) -> None:
+        known = self._progress.get(key)
+        if known is None or iterations != known.iterations:
+            self._progress[key] = _Progress(iterations, now, sample.cpu)
+        elif sample.state != "S":
+            known.runnable = True
+
+    def forget(self, key: int) -> None:
+        self._progress.pop(key, None)
+
+    def verdicts(self, now: float, samples: dict[int, ProcessSample]) -> list[Verdict]:
+        found: list[Verdict] = []
+        stuck: list[Verdict] = []
+        for key, sample in samples.items():
+            progress = self._progress.get(key)
+            if progress is None or now - progress.at < STALL_TIMEOUT:
+                continue
+            verdict = self._diagnose(
+                key, now - progress.at, sample.cpu - progress.cpu, sample, progress
+            )
+            if verdict.stuck:
+                stuck.append(verdict)
+            elif not progress.noted:
+                progress.noted = True
+                found.append(verdict)
+        if stuck and now - self._last_kill >= KILL_PERIOD:
+            self._last_kill = now
+            found.append(max(stuck, key=lambda v: v.silent))
+        return found
+
+    @staticmethod
+    def _diagnose(
+        key: int, silent: float, cpu: float, sample: ProcessSample, progress: _Progress
+    ) -> Verdict:
+        state = sample.state
+        if state in STOPPED_STATES:
+            return Verdict(key, silent, True, f"stopped (state {state})")
+        if cpu >= STUCK_CPU:
+            return Verdict(
+                key,
+                silent,
+                True,
+                f"used {cpu:.2f}s of CPU without a loop iteration (state {state})",
+            )
+        if silent >= BLOCKED_TIMEOUT and not progress.runnable:
+            return Verdict(
+                key, silent, True, f"asleep outside its loop, {cpu:.2f}s of CPU (state {state})"
+            )
+        return Verdict(
+            key, silent, False, f"only {cpu:.2f}s of CPU (state {state}): starved of CPU, not stuck"
+        )
+
+
 class _Worker:
     """One worker position; its process changes when it is restarted."""
 
@@ -163,7 +305,6 @@ class _Worker:
         self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
-        self.last_report = 0.0  # time.monotonic() of the last snapshot read
         self.pipe = -1
         self.partial = b""
         self.snapshot: Snapshot | None = None  # None until the worker is listening
@@ -203,6 +344,7 @@ class Supervisor(Generic[S]):
         self._roll: list[_Worker] = []
         self._incoming: _Worker | None = None
         self._retiring: list[_Worker] = []
+        self.watchdog = Watchdog()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -330,7 +472,6 @@ class Supervisor(Generic[S]):
                 return
             *lines, worker.partial = (worker.partial + data).split(b"\n")
             if lines:
-                worker.last_report = time.monotonic()
                 if worker.snapshot is None:
                     self._listening(worker)
                 worker.snapshot = Snapshot.decode(lines[-1])
@@ -356,25 +497,49 @@ class Supervisor(Generic[S]):
             )
 
     def _kill_stalled(self) -> None:
-        """Kill a listening worker whose reports stopped (STALL_TIMEOUT); it is then
-        restarted like any worker that dies."""
+        """Sample every listening worker's progress and /proc figures; kill the one the
+        Watchdog finds stuck (it is then restarted like any worker that dies), and note
+        the starved ones, which are left alone."""
         if self.stopping:
             return
+        now = time.monotonic()
+        samples: dict[int, ProcessSample] = {}
         for worker in self._running():
+            assert worker.process is not None
+            pid = worker.process.pid
             if worker.snapshot is None or worker.pipe < 0:
+                self.watchdog.forget(pid)
                 continue  # not listening yet, or exiting
             self._read_reports(worker)  # first what it wrote while this loop was busy
-            silent = time.monotonic() - worker.last_report
-            if silent >= STALL_TIMEOUT and worker.pipe >= 0:  # (a closed pipe: exiting)
-                assert worker.process is not None
+            sample = sample_process(pid)
+            if sample is None or worker.snapshot is None or worker.pipe < 0:
+                self.watchdog.forget(pid)
+                continue
+            self.watchdog.observe(pid, now, worker.snapshot.loop.iterations, sample)
+            samples[pid] = sample
+        by_pid = {w.process.pid: w for w in self._running() if w.process is not None}
+        for verdict in self.watchdog.verdicts(now, samples):
+            worker = by_pid[verdict.key]
+            if not verdict.stuck:
                 log.warning(
-                    "worker %d (pid %d) sent no report for %.1fs: stopped or stuck, its "
-                    "share of new connections unanswered; killing it",
+                    "worker %d (pid %d) sent no report for %.1fs with %s; not killing it",
                     worker.index,
-                    worker.process.pid,
-                    silent,
+                    verdict.key,
+                    verdict.silent,
+                    verdict.evidence,
                 )
-                worker.process.kill()
+                continue
+            log.warning(
+                "worker %d (pid %d) sent no report for %.1fs: stuck, %s; its share of new "
+                "connections unanswered; killing it",
+                worker.index,
+                verdict.key,
+                verdict.silent,
+                verdict.evidence,
+            )
+            self.watchdog.forget(verdict.key)
+            assert worker.process is not None
+            worker.process.kill()
 
     def _reap(self) -> None:
         for worker in self._running():
