@@ -125,7 +125,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
     """Serve until stopped: alone, or as ``worker`` of a supervisor."""
     logs.configure(settings.level, settings.log_format)
     fd_limit = raise_open_files_limit()
-    policy = settings.policy(fd_limit)
+    policy = settings.policy(fd_limit, None if worker is None else worker.index)
     tls_context, authenticator = server_security(settings)
     port = settings.port if worker is None else worker.port
     server = Server(
