@@ -140,6 +140,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         tls_handshake_rate=settings.tls_handshake_rate,
         authenticator=authenticator,
         trace=settings.verbose,
+        admission=settings.admission(),
     )
     try:
         host, port = server.start()

@@ -58,6 +58,7 @@ from hbloop.core.policy import (
     TcpKeepalive,
 )
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
+from hbloop.net.acceptor import AdmissionLimits
 from hbloop.net.sockets import default_max_connections, open_files_ceiling
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
 from hbloop.ops.logs import LOG_FORMATS, LOG_LEVELS
@@ -246,6 +247,26 @@ class ServeSettings(LogSettings):
         "connections still in their handshake at once; newcomers past it get "
         "ERROR SERVER_FULL at once",
     )
+    max_handshakes_per_source: int = option(
+        0,
+        Count(least=0),
+        "connections from one source address still in their handshake at once; "
+        "newcomers past it get ERROR SERVER_FULL at once (0: no limit)",
+    )
+    max_accept_rate: float = option(
+        0.0,
+        Number(inclusive=True, most=MAX_COUNT),
+        "connections accepted a second, by the whole server (--workers share it); past "
+        "it accepting pauses and newcomers wait in the listen backlog (0: no limit)",
+        metavar="N",
+    )
+    accept_burst: float = option(
+        0.0,
+        Number(inclusive=True, most=MAX_COUNT),
+        "connections accepted at once before --max-accept-rate applies",
+        metavar="N",
+        default_text="a quarter second's worth",
+    )
     shutdown_grace: float = option(
         DEFAULT_SHUTDOWN_GRACE,
         Number(inclusive=True),
@@ -357,6 +378,14 @@ class ServeSettings(LogSettings):
         metavar="N",
         group=TLS_SERVER,
     )
+    tls_handshake_rate_per_source: float = option(
+        0.0,
+        Number(inclusive=True, most=MAX_COUNT),
+        "new TLS handshakes a second from one source address, per process; connections "
+        "past it are closed at accept (0: no limit)",
+        metavar="N",
+        group=TLS_SERVER,
+    )
     auth_client_cert: bool = option(
         False,
         Flag(),
@@ -435,6 +464,16 @@ class ServeSettings(LogSettings):
                 f"{share} each, more than the {each} the open-files limit allows one; "
                 "--workers auto starts enough"
             )
+
+    def admission(self) -> AdmissionLimits:
+        """One process's admission limits: the accept rate and burst, which are the
+        whole server's, split among the workers."""
+        return AdmissionLimits(
+            accept_rate=self.max_accept_rate / self.workers,
+            accept_burst=self.accept_burst / self.workers,
+            handshakes_per_source=self.max_handshakes_per_source,
+            tls_rate_per_source=self.tls_handshake_rate_per_source,
+        )
 
     def worker_max_connections(self, index: int) -> int:
         """Worker ``index``'s share of --max-connections (1-based): an even split, the
