@@ -401,6 +401,13 @@ class Server:
         channel.start_reading()
         channel.arm()  # the handshake deadline (H5)
 
+    def set_admission(self, admission: AdmissionLimits) -> None:
+        """New admission limits, applied in place (SIGHUP)."""
+        self.admission = admission
+        self._sources.update(admission)
+        if self._acceptor is not None:
+            self._acceptor.limiter = admission.accept_limiter(self.loop.now)
+
     def _count_shed(self, count: int) -> None:
         self.stats.shed += count
 

@@ -83,10 +83,15 @@ class SourceLimits:
     until ``done``)."""
 
     def __init__(self, limits: AdmissionLimits) -> None:
-        self.handshakes = limits.handshakes_per_source
-        self.tls_rate = limits.tls_rate_per_source
         self._handshaking: dict[str, int] = {}
         self._tls: dict[str, HandshakeLimiter] = {}
+        self.update(limits)
+
+    def update(self, limits: AdmissionLimits) -> None:
+        """New limits, in place (SIGHUP): the TLS buckets start again full."""
+        self.handshakes = limits.handshakes_per_source
+        self.tls_rate = limits.tls_rate_per_source
+        self._tls.clear()
 
     def admit(self, host: str, tls: bool, now: float) -> str | None:
         if self.handshakes and self._handshaking.get(host, 0) >= self.handshakes:
@@ -104,13 +109,14 @@ class SourceLimits:
         return None
 
     def done(self, host: str) -> None:
-        """``host``'s admitted connection is through its handshake, or gone."""
+        """``host``'s admitted connection is through its handshake, or gone (one
+        admitted before a limit was set is not counted)."""
         if self.handshakes:
-            left = self._handshaking[host] - 1
-            if left:
+            left = self._handshaking.get(host, 0) - 1
+            if left > 0:
                 self._handshaking[host] = left
             else:
-                del self._handshaking[host]
+                self._handshaking.pop(host, None)
 
 
 class Acceptor:
@@ -189,8 +195,7 @@ class Acceptor:
         """Adopt a connection if the accept rate allows; else hold it and stop
         accepting until the next token (False)."""
         limiter = self.limiter
-        assert limiter is not None
-        if limiter.allow(self.loop.now):
+        if limiter is None or limiter.allow(self.loop.now):
             self.adopt(sock, address)
             return True
         self._held = sock, address

@@ -27,12 +27,16 @@ across the workers. The supervisor does nothing on the data path. It
 * restarts a worker that dies, after min(cap, base x 2^n) seconds for the n-th quick
   death in a row;
 * on SIGHUP, asks its ``reload`` for new settings (the command line and its
-  ``--config`` file read again, its own SUPERVISOR_SETTINGS kept) and restarts the
-  workers one at a time: a new process is started beside the old one and,
-  once it listens, the old one is sent SIGTERM and closes its peers with GOING_AWAY,
-  so the port never stops accepting. New processes also pick up a newly installed
-  hbloop. The supervisor's own settings (host, port, workers, metrics, stats
-  interval) need a full restart;
+  ``--config`` file read again, its own SUPERVISOR_SETTINGS kept). If
+  ``restart_needed`` says none of the changes needs new processes (the log level, the
+  limits and rates), every worker is sent SIGHUP and applies them in place: no client
+  notices. Otherwise it restarts the workers as one generation: a new process is
+  started beside each old one and, once all of them listen, every old one is sent
+  SIGTERM at once, so that the old listeners all close before their clients, closed
+  with GOING_AWAY, reconnect (after their back-off): a reconnect lands on a new worker,
+  never on an old one about to close it again. The port never stops accepting. New
+  processes also pick up a newly installed hbloop. The supervisor's own settings
+  (host, port, workers, metrics, stats interval) need a full restart;
 * reads the snapshot each worker writes to its report pipe once a second, and serves
   the totals and per-worker figures in its own stats line and on ``/metrics``. A
   worker whose pipe breaks has lost its supervisor and shuts down;
@@ -315,18 +319,22 @@ class _Worker:
 class Supervisor(Generic[S]):
     """Runs ``settings.workers`` processes, each calling ``target(settings, link)``,
     until signalled. On SIGHUP, ``reload(settings)`` gives the settings of the new
-    workers (their SUPERVISOR_SETTINGS unchanged), or None to keep things as they are.
-    ``target`` must be a module-level function, which pickle sends by name."""
+    workers (their SUPERVISOR_SETTINGS unchanged), or None to keep things as they are;
+    ``restart_needed(old, new)`` whether they need new workers (else each worker is
+    sent SIGHUP to apply them itself). ``target`` must be a module-level function,
+    which pickle sends by name."""
 
     def __init__(
         self,
         settings: S,
         target: Callable[[S, WorkerLink], int],
         reload: Callable[[S], S | None],
+        restart_needed: Callable[[S, S], bool] = lambda old, new: True,
     ) -> None:
         self.settings = settings
         self.target = target
         self.reload = reload
+        self.restart_needed = restart_needed
         self.loop = EventLoop()
         self.workers = [_Worker(index) for index in range(1, settings.workers + 1)]
         self.port = settings.port
@@ -339,10 +347,9 @@ class Supervisor(Generic[S]):
         self._peak = 0
         self._reservation: socket.socket | None = None
         self._endpoint: MetricsEndpoint | None = None
-        # The rolling restart: positions still to replace, the replacement starting
-        # now, and replaced workers still closing their peers.
-        self._roll: list[_Worker] = []
-        self._incoming: _Worker | None = None
+        # The rolling restart: the new generation starting (all of it listening, it
+        # takes the old one's places), and replaced workers still closing their peers.
+        self._incoming: list[_Worker] = []
         self._retiring: list[_Worker] = []
         self.watchdog = Watchdog()
 
@@ -398,7 +405,6 @@ class Supervisor(Generic[S]):
             self.stopping = True
             self.stop_signal = name
             self.loop.call_later(self.settings.shutdown_grace + STOP_MARGIN, self._kill_stragglers)
-        self._roll.clear()
         log.info("%s: stopping %d workers", name, len(self._running()))
         for worker in self.workers:
             if worker.restart is not None:
@@ -427,8 +433,7 @@ class Supervisor(Generic[S]):
 
     def _running(self) -> list[_Worker]:
         """Every worker process alive: in place, starting as a replacement, retiring."""
-        incoming = [self._incoming] if self._incoming is not None else []
-        everyone = [*self.workers, *incoming, *self._retiring]
+        everyone = [*self.workers, *self._incoming, *self._retiring]
         return [w for w in everyone if w.process is not None]
 
     def _stop_if_done(self) -> None:
@@ -479,8 +484,9 @@ class Supervisor(Generic[S]):
 
     def _listening(self, worker: _Worker) -> None:
         assert worker.process is not None
-        if worker is self._incoming:
-            self._replaced(worker)
+        if worker in self._incoming:
+            if all(w.snapshot is not None for w in self._incoming if w is not worker):
+                self._replace_generation()
             return
         if not self.starting:
             log.info("worker %d (pid %d) is back", worker.index, worker.process.pid)
@@ -563,17 +569,17 @@ class Supervisor(Generic[S]):
             self._retiring.remove(worker)
             log.info("worker %d (pid %d) retired: exited with %s", worker.index, pid, how)
             return
-        if worker is self._incoming:
-            self._incoming = None
+        if worker in self._incoming:
+            self._incoming.remove(worker)
             if not self.stopping:
                 log.error(
                     "worker %d's replacement (pid %d) exited with %s before listening; "
-                    "rolling restart abandoned, the old worker keeps serving",
+                    "rolling restart abandoned, the old workers keep serving",
                     worker.index,
                     pid,
                     how,
                 )
-                self._roll.clear()
+                self._abandon_generation()
             return
         if self.stopping:
             log.info("worker %d (pid %d) exited with %s", worker.index, pid, how)
@@ -602,47 +608,62 @@ class Supervisor(Generic[S]):
     def _rolling_restart(self) -> None:
         if self.stopping:
             return
-        if self.starting or self._roll or self._incoming is not None:
+        if self.starting or self._incoming:
             state = "starting" if self.starting else "already being restarted"
             log.warning("SIGHUP: the workers are %s; ignored", state)
             return
         new = self.reload(self.settings)
         if new is None:
             return
-        self.settings = new
-        self._roll = list(self.workers)
-        log.info("SIGHUP: restarting %d workers one by one", len(self._roll))
-        self._replace_next()
-
-    def _replace_next(self) -> None:
-        """Start the replacement of the next worker in the roll, or finish it."""
-        while self._roll:
-            old = self._roll.pop(0)
-            if old.process is None:
-                continue  # dead: its restart, already due, takes the new settings
-            self._incoming = _Worker(old.index)
-            self._spawn(self._incoming)
+        old, self.settings = self.settings, new
+        live = [w for w in self.workers if w.process is not None]
+        if not self.restart_needed(old, new):
+            log.info("SIGHUP: nothing needs a restart; %d workers apply it in place", len(live))
+            for worker in live:
+                assert worker.process is not None
+                worker.process.send_signal(signal.SIGHUP)
             return
+        # A dead position is left out: its restart, already due, takes the new settings.
+        self._incoming = [_Worker(w.index) for w in live]
+        log.info("SIGHUP: restarting %d workers: new ones first, then the old retire", len(live))
+        for worker in self._incoming:
+            self._spawn(worker)
+        if not self._incoming:
+            log.info("rolling restart done")
+
+    def _replace_generation(self) -> None:
+        """Every replacement listens: each takes its position, and the old workers all
+        retire at once (SIGTERM: each closes its listener, then its peers)."""
+        incoming, self._incoming = self._incoming, []
+        retiring = []
+        for new in incoming:
+            assert new.process is not None
+            old = self.workers[new.index - 1]
+            self.workers[new.index - 1] = new
+            if old.restart is not None:  # it died meanwhile: no need to restart it now
+                old.restart.cancel()
+            if old.process is not None:
+                log.info(
+                    "worker %d: pid %d replaces pid %d, which now closes its peers",
+                    new.index,
+                    new.process.pid,
+                    old.process.pid,
+                )
+                retiring.append(old)
+        self._retiring += retiring
+        for old in retiring:
+            assert old.process is not None
+            old.process.send_signal(signal.SIGTERM)
         log.info("rolling restart done")
 
-    def _replaced(self, new: _Worker) -> None:
-        """A replacement listens: it takes its position, and the old worker retires."""
-        assert new.process is not None
-        self._incoming = None
-        old = self.workers[new.index - 1]
-        self.workers[new.index - 1] = new
-        if old.restart is not None:  # it died meanwhile: no need to restart it now
-            old.restart.cancel()
-        if old.process is not None:
-            log.info(
-                "worker %d: pid %d replaces pid %d, which now closes its peers",
-                new.index,
-                new.process.pid,
-                old.process.pid,
-            )
-            self._retiring.append(old)
-            old.process.send_signal(signal.SIGTERM)
-        self._replace_next()
+    def _abandon_generation(self) -> None:
+        """A replacement failed: the others retire before serving anyone, and the old
+        workers stay."""
+        incoming, self._incoming = self._incoming, []
+        for new in incoming:
+            assert new.process is not None
+            self._retiring.append(new)
+            new.process.send_signal(signal.SIGTERM)
 
     # --- statistics ----------------------------------------------------------------
 
