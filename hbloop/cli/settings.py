@@ -183,6 +183,10 @@ class ClientTlsSettings(Settings):
             raise UsageError("--cert and --key go together")
 
 
+# A rate limit, a second: 0 turns it off.
+RATE = Number(inclusive=True, most=MAX_COUNT)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServeSettings(LogSettings):
     command = "serve"
@@ -255,14 +259,14 @@ class ServeSettings(LogSettings):
     )
     max_accept_rate: float = option(
         0.0,
-        Number(inclusive=True, most=MAX_COUNT),
+        RATE,
         "connections accepted a second, by the whole server (--workers share it); past "
         "it accepting pauses and newcomers wait in the listen backlog (0: no limit)",
         metavar="N",
     )
     accept_burst: float = option(
         0.0,
-        Number(inclusive=True, most=MAX_COUNT),
+        RATE,
         "connections accepted at once before --max-accept-rate applies",
         metavar="N",
         default_text="a quarter second's worth",
@@ -380,7 +384,7 @@ class ServeSettings(LogSettings):
     )
     tls_handshake_rate_per_source: float = option(
         0.0,
-        Number(inclusive=True, most=MAX_COUNT),
+        RATE,
         "new TLS handshakes a second from one source address, per process; connections "
         "past it are closed at accept (0: no limit)",
         metavar="N",
