@@ -72,10 +72,12 @@ class _Worker:
 class _Sampler:
     """CPU time and resident memory of a spawned server (psutil), summed over its
     process and its children: with --workers, the supervisor and every worker. A
-    worker that exits takes its CPU time out of the sum; the bench kills none."""
+    worker that exits takes its CPU time out of the sum; the bench kills none. With
+    ``pids``, of that process and those (the bench and its load generators) instead."""
 
-    def __init__(self, process: psutil.Process) -> None:
+    def __init__(self, process: psutil.Process, pids: list[int] | None = None) -> None:
         self.process = process
+        self.pids = pids
         self.rss_before_kb = self.rss_kb()
         self.cpu_before = sum(self.cpu())
         self.cpu_ramp = 0.0
@@ -83,6 +85,8 @@ class _Sampler:
 
     def _tree(self) -> list[psutil.Process]:
         try:
+            if self.pids is not None:
+                return [self.process, *map(psutil.Process, self.pids)]
             return [self.process, *self.process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
@@ -143,12 +147,16 @@ class Run:
         sampler = _Sampler(server_process) if server_process is not None else None
         self.epoch = time.monotonic()
         self._start_workers()
+        generator = _Sampler(psutil.Process(), [w.process.pid for w in self.workers])
         try:
             ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
             self._follow_until(self.epoch + ramp_budget, self._ramp_done)
             ramp_end = time.monotonic()
             if sampler is not None:
                 sampler.end_ramp()
+            generator.end_ramp()
+            self.result.generator_processes = len(self.workers)
+            self.result.generator_cpu_ramp_s = generator.cpu_ramp
             self.result.ramp_s = ramp_end - self.epoch
             self._send(Command.ZOMBIFY)
 
