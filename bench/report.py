@@ -264,15 +264,14 @@ def ramp_line(result: RunResult, config: BenchConfig) -> str:
     figures = result.figures
     server = "-" if figures is None else f"{figures.cpu_ramp_s / ramp:.2f}"
     line = (
-        f"[{result.server}] ramp {result.ramp_s:.1f}s ({asked:.1f}s asked): load generator "
-        f"{generator:.2f} cores over {result.generator_processes} processes, server {server} "
-        "cores"
+        f"[{result.server}] ramp {result.ramp_s:.1f}s ({asked:.1f}s asked): generator "
+        f"{generator:.2f} cores ({result.generator_processes} processes), server {server}"
     )
     if result.ramp_s <= asked * RAMP_BEHIND + GENERATOR_START:
         return line
     busy = generator / processes
     who = "the load generator" if busy >= GENERATOR_BUSY else "the server (or the machine)"
-    return f"{line}; fell behind: {who}, the generator's processes {busy:.0%} busy"
+    return f"{line}\n[{result.server}] fell behind: {who}, generator {busy:.0%} busy"
 
 
 def describe_run(config: BenchConfig, main: RunResult) -> str:
