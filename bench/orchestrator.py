@@ -13,6 +13,7 @@ the run starts; worker ticks fall on whole seconds after it)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import time
@@ -69,21 +70,45 @@ class _Worker:
 
 
 class _Sampler:
-    """CPU time and resident memory of a spawned server (psutil)."""
+    """CPU time and resident memory of a spawned server (psutil), summed over its
+    process and its children: with --workers, the supervisor and every worker. A
+    worker that exits takes its CPU time out of the sum; the bench kills none. With
+    ``pids``, of that process and those (the bench and its load generators) instead."""
 
-    def __init__(self, process: psutil.Process) -> None:
+    def __init__(self, process: psutil.Process, pids: list[int] | None = None) -> None:
         self.process = process
-        self.rss_before_kb = process.memory_info().rss / KB
+        self.pids = pids
+        self.rss_before_kb = self.rss_kb()
         self.cpu_before = sum(self.cpu())
         self.cpu_ramp = 0.0
         self.cpu_start = (0.0, 0.0)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            if self.pids is not None:
+                return [self.process, *map(psutil.Process, self.pids)]
+            return [self.process, *self.process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def end_ramp(self) -> None:
         self.cpu_ramp = sum(self.cpu()) - self.cpu_before
 
     def cpu(self) -> tuple[float, float]:
-        times = self.process.cpu_times()
-        return float(times.user), float(times.system)
+        user = system = 0.0
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                user += times.user
+                system += times.system
+        return user, system
+
+    def rss_kb(self) -> float:
+        total = 0
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total / KB
 
     def start_window(self) -> None:
         self.cpu_start = self.cpu()
@@ -91,7 +116,7 @@ class _Sampler:
     def end_window(self) -> tuple[float, float, float]:
         """User and system CPU seconds over the window, and resident KB now."""
         (user, system), (user0, system0) = self.cpu(), self.cpu_start
-        return user - user0, system - system0, self.process.memory_info().rss / KB
+        return user - user0, system - system0, self.rss_kb()
 
 
 class Run:
@@ -122,12 +147,17 @@ class Run:
         sampler = _Sampler(server_process) if server_process is not None else None
         self.epoch = time.monotonic()
         self._start_workers()
+        pids = [w.process.pid for w in self.workers if w.process.pid is not None]
+        generator = _Sampler(psutil.Process(), pids)
         try:
             ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
             self._follow_until(self.epoch + ramp_budget, self._ramp_done)
             ramp_end = time.monotonic()
             if sampler is not None:
                 sampler.end_ramp()
+            generator.end_ramp()
+            self.result.generator_processes = len(self.workers)
+            self.result.generator_cpu_ramp_s = generator.cpu_ramp
             self.result.ramp_s = ramp_end - self.epoch
             self._send(Command.ZOMBIFY)
 

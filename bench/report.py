@@ -241,6 +241,39 @@ def tls_summary(tls: RunResult, plain: RunResult) -> str:
     return "\n".join(lines)
 
 
+# A ramp this much longer than clients / --connect-rate, plus GENERATOR_START, fell
+# behind.
+RAMP_BEHIND = 1.1
+
+# The ramp's clock starts before the load-generator processes: spawning them (a fresh
+# interpreter importing the client each) takes about a second on a loaded machine.
+GENERATOR_START = 1.0
+
+# Load-generator processes busy this share of the ramp on average were the bottleneck:
+# each is one thread, so it cannot go faster; below it they were waiting on the server.
+GENERATOR_BUSY = 0.8
+
+
+def ramp_line(result: RunResult, config: BenchConfig) -> str:
+    """The ramp's CPU, the load generator's next to the server's, and, if it fell
+    behind, which of them did."""
+    ramp = result.ramp_s or 1.0
+    asked = config.clients / config.connect_rate
+    generator = result.generator_cpu_ramp_s / ramp  # cores
+    processes = max(1, result.generator_processes)
+    figures = result.figures
+    server = "-" if figures is None else f"{figures.cpu_ramp_s / ramp:.2f}"
+    line = (
+        f"[{result.server}] ramp {result.ramp_s:.1f}s ({asked:.1f}s asked): generator "
+        f"{generator:.2f} cores ({result.generator_processes} processes), server {server}"
+    )
+    if result.ramp_s <= asked * RAMP_BEHIND + GENERATOR_START:
+        return line
+    busy = generator / processes
+    who = "the load generator" if busy >= GENERATOR_BUSY else "the server (or the machine)"
+    return f"{line}\n[{result.server}] fell behind: {who}, generator {busy:.0%} busy"
+
+
 def describe_run(config: BenchConfig, main: RunResult) -> str:
     """The workload of a run in one line, for the summary and the plot's title."""
     return (
@@ -271,6 +304,7 @@ def print_summary(
                 "heartbeat slots recorded late",
                 file=out,
             )
+        print(ramp_line(result, config), file=out)
         doc = result.to_json()
         if doc["flood"]:
             rtt = doc["flood"]["bystander_rtt_ms"]

@@ -76,6 +76,8 @@ class RunResult:
     flooders: int = 0  # flooding connections beside the clients (--flooders)
     flood_frames: int = 0  # frames they sent
     stalled_s: float = 0.0  # the server was stopped this long (--stall)
+    generator_processes: int = 0  # load-generator processes, besides the bench's own
+    generator_cpu_ramp_s: float = 0.0  # their CPU (and the bench's) over the ramp
 
     @property
     def heartbeats_per_s(self) -> float:
@@ -100,6 +102,10 @@ class RunResult:
             "heartbeats": self.heartbeats,
             "heartbeats_per_s": self.heartbeats_per_s,
             "skipped_slots": self.skipped_slots,
+            "generator": {
+                "processes": self.generator_processes,
+                "cpu_ramp_s": self.generator_cpu_ramp_s,
+            },
             "rtt_ms": summary_ms(self.rtt),
             "server": {
                 "cpu_us_per_heartbeat": figures and figures.cpu_us_per_heartbeat,

@@ -12,6 +12,7 @@ With ``--tls`` the servers are given a throwaway ECDSA P-256 certificate made he
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -205,8 +206,11 @@ def _listening_port(process: subprocess.Popen[str]) -> int:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerStartError(f"hbloop serve exited with {process.returncode}")
-        for conn in proc.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN:
-                return int(conn.laddr.port)
+        # With --workers, the workers listen; the supervisor only reserves the port.
+        for listener in [proc, *proc.children()]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for conn in listener.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        return int(conn.laddr.port)
         time.sleep(POLL_STEP)
     raise ServerStartError(f"hbloop serve did not listen within {START_TIMEOUT:g}s")

@@ -44,7 +44,7 @@ from hbloop.core.session import (
     State,
 )
 from hbloop.core.wire import Code, Hello, encode_error
-from hbloop.net.acceptor import Acceptor
+from hbloop.net.acceptor import Acceptor, AdmissionLimits, SourceLimits
 from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters, ServerStats
 from hbloop.net.loop import EventLoop, call_guarded
@@ -234,6 +234,7 @@ class Server:
         tls_handshake_rate: float = DEFAULT_HANDSHAKE_RATE,
         authenticator: Authenticator | None = None,
         trace: bool = False,
+        admission: AdmissionLimits = AdmissionLimits(),  # noqa: B008 (frozen)
     ) -> None:
         self.host = host
         self.port = port
@@ -266,6 +267,8 @@ class Server:
         self._stopping = False
         self._handshakes = 0  # peers accepted and not yet through their handshake
         self._too_many_handshakes = encode_error(Code.SERVER_FULL, "too many handshakes")
+        self.admission = admission
+        self._sources = SourceLimits(admission)
         self.tls_context = tls_context
         self.authenticator = authenticator
         self.trace = trace
@@ -288,6 +291,7 @@ class Server:
             farewell=encode_error(Code.SERVER_FULL, "out of file descriptors"),
             on_shed=self._count_shed,
             log=log,
+            limiter=self.admission.accept_limiter(self.loop.now),
         )
         host, self.port = self._acceptor.address
         return host, self.port
@@ -369,17 +373,25 @@ class Server:
             self._count_shed(1)
             self._acceptor.warn_shed(f"{self._handshakes} handshakes in progress", 1)
             return
+        host = self._hosts.get(address[0], address[0])
         limiter = self._tls_limiter
-        if limiter is not None and not limiter.allow(self.loop.now):
-            # Over the TLS handshake rate: closed now, before OpenSSL costs anything;
-            # the client's jittered back-off spreads its retry.
-            sock.close()
-            self.stats.tls_handshakes_refused += 1
+        refusal = self._sources.admit(host, limiter is not None, self.loop.now)
+        if refusal is None and limiter is not None and not limiter.allow(self.loop.now):
+            self._sources.done(host)
+            refusal = f"over {limiter.rate:g} TLS handshakes/s"
+        if refusal is not None:
             assert self._acceptor is not None
-            self._acceptor.warn_shed(f"over {limiter.rate:g} TLS handshakes/s", 1)
+            if limiter is None:
+                self._acceptor.turn_away(sock, self._too_many_handshakes)
+                self._count_shed(1)
+            else:
+                # Over a TLS handshake rate: closed now, before OpenSSL costs
+                # anything; the client's jittered back-off spreads its retry.
+                sock.close()
+                self.stats.tls_handshakes_refused += 1
+            self._acceptor.warn_shed(refusal, 1)
             return
         self._handshakes += 1
-        host = self._hosts.get(address[0], address[0])
         if len(self._hosts) < MAX_INTERNED_HOSTS:
             self._hosts.setdefault(host, host)
         peer = Peer(self, sock, host, address[1])
@@ -387,6 +399,13 @@ class Server:
         channel = peer._channel
         channel.start_reading()
         channel.arm()  # the handshake deadline (H5)
+
+    def set_admission(self, admission: AdmissionLimits) -> None:
+        """New admission limits, applied in place (SIGHUP)."""
+        self.admission = admission
+        self._sources.update(admission)
+        if self._acceptor is not None:
+            self._acceptor.limiter = admission.accept_limiter(self.loop.now)
 
     def _count_shed(self, count: int) -> None:
         self.stats.shed += count
@@ -471,6 +490,7 @@ class Server:
 
     def _opened(self, peer: Peer) -> None:
         self._handshakes -= 1
+        self._sources.done(peer._host)
         stats = self.stats
         stats.connections += 1
         if stats.connections > stats.peak:
@@ -506,6 +526,7 @@ class Server:
         )
         if not peer._channel.session.handshaken:
             self._handshakes -= 1
+            self._sources.done(peer._host)
             return
         self.stats.connections -= 1
         if peer._member is not None:

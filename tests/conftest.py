@@ -212,7 +212,8 @@ def spawn() -> Iterator[Callable[..., LoggedProcess]]:
 
 class RawPeer:
     """A blocking, frame-level peer for driving a server by hand; with ``tls`` (a
-    client SSLContext) its socket speaks TLS, the handshake done on connect."""
+    client SSLContext) its socket speaks TLS, the handshake done on connect; with
+    ``source``, it connects from that (loopback) address."""
 
     def __init__(
         self,
@@ -220,9 +221,11 @@ class RawPeer:
         timeout: float = WAIT_TIMEOUT,
         rcvbuf: int | None = None,
         tls: ssl.SSLContext | None = None,
+        source: str | None = None,
     ) -> None:
         if rcvbuf is None:
-            self.sock = socket.create_connection(address, timeout=timeout)
+            bind = None if source is None else (source, 0)
+            self.sock = socket.create_connection(address, timeout=timeout, source_address=bind)
         else:
             # A receive buffer must be set before connect to limit the advertised window.
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

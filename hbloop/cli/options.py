@@ -43,6 +43,14 @@ MAX_COUNT = 2**31 - 1
 WORKERS_PER_CPU = 4
 MAX_WORKERS = len(os.sched_getaffinity(0)) * WORKERS_PER_CPU
 
+# ``--workers auto``, resolved by the settings once the connections wanted are known.
+AUTO_WORKERS = 0
+
+# The most workers ``auto`` starts to give ``--max-connections`` enough descriptors
+# (each process has the open-files limit to itself): an interpreter costs about 20 MB,
+# so 256 workers are 5 GB, and at 20,000 descriptors each they hold 5 million.
+MAX_AUTO_WORKERS = 256
+
 # The key under which a dataclass field keeps its Option.
 OPTION = "hbloop.option"
 
@@ -172,7 +180,8 @@ class Port(Count):
 
 @dataclass(frozen=True)
 class Workers(Count):
-    """A number of worker processes, or ``auto``: one per CPU this process may use."""
+    """A number of worker processes, or ``auto`` (AUTO_WORKERS): one per CPU this
+    process may use, or as many as ``--max-connections`` needs descriptors for."""
 
     most: int = MAX_WORKERS
 
@@ -180,7 +189,7 @@ class Workers(Count):
     metavar = "N|auto"
 
     def parse(self, text: str) -> int:
-        return len(os.sched_getaffinity(0)) if text == "auto" else super().parse(text)
+        return AUTO_WORKERS if text == "auto" else super().parse(text)
 
     def not_whole(self, text: str) -> str:
         return f"{text!r} is neither a whole number nor auto"

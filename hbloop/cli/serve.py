@@ -24,7 +24,14 @@ from hbloop.server import Peer, Server
 
 # Settings that SIGHUP applies to a running process in place; any other change
 # needs new processes (a restart, or with --workers the rolling restart SIGHUP does).
-LIVE_SETTINGS = ("log_level", "log_format")
+LIVE_SETTINGS = (
+    "log_level",
+    "log_format",
+    "max_accept_rate",
+    "accept_burst",
+    "max_handshakes_per_source",
+    "tls_handshake_rate_per_source",
+)
 
 log = logging.getLogger("hbloop.cli")
 
@@ -44,7 +51,7 @@ def run(settings: ServeSettings) -> int:
         return serve(settings)
     logs.configure(settings.level, settings.log_format)
     server_security(settings)  # unusable files are refused before any worker starts
-    supervisor = Supervisor(settings, serve_worker, reload_workers)
+    supervisor = Supervisor(settings, serve_worker, reload_workers, restart_needed)
     try:
         supervisor.start()
     except StartError as exc:
@@ -94,6 +101,12 @@ def reload_workers(current: ServeSettings) -> ServeSettings | None:
     return dataclasses.replace(new, **{field: getattr(current, field) for field in kept})
 
 
+def restart_needed(current: ServeSettings, new: ServeSettings) -> bool:
+    """Whether ``new`` needs new worker processes: a change SIGHUP cannot apply in
+    place (LIVE_SETTINGS)."""
+    return any(field not in LIVE_SETTINGS for field in changed(current, new))
+
+
 class _Signals:
     """A lone server's (or a worker's) signals. SIGINT and SIGTERM shut it down
     gracefully (a second one at once); SIGHUP re-reads the settings and applies the
@@ -118,6 +131,7 @@ class _Signals:
         pending = [field for field in changed(self.settings, new) if field not in LIVE_SETTINGS]
         live = {field: getattr(new, field) for field in LIVE_SETTINGS}
         self.settings = dataclasses.replace(self.settings, **live)
+        self.server.set_admission(self.settings.admission())
         if pending:
             log.warning(
                 "SIGHUP: %s changed; a restart applies it (with --workers, SIGHUP to the "
@@ -130,7 +144,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
     """Serve until stopped: alone, or as ``worker`` of a supervisor."""
     logs.configure(settings.level, settings.log_format)
     fd_limit = raise_open_files_limit()
-    policy = settings.policy(fd_limit)
+    policy = settings.policy(fd_limit, None if worker is None else worker.index)
     tls_context, authenticator = server_security(settings)
     port = settings.port if worker is None else worker.port
     server = Server(
@@ -145,6 +159,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         tls_handshake_rate=settings.tls_handshake_rate,
         authenticator=authenticator,
         trace=settings.verbose,
+        admission=settings.admission(),
     )
     try:
         host, port = server.start()

@@ -12,6 +12,7 @@ supervisor hands them to its workers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from typing import ClassVar
 from hbloop.check import ANSWER_TIMEOUT, DEFAULT_MAX_WAIT, DUPLICATE_POLICIES, PROBE_INTERVAL
 from hbloop.cli.errors import UsageError
 from hbloop.cli.options import (
+    AUTO_WORKERS,
+    MAX_AUTO_WORKERS,
     MAX_COUNT,
     Choice,
     Count,
@@ -56,7 +59,8 @@ from hbloop.core.policy import (
     TcpKeepalive,
 )
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
-from hbloop.net.sockets import default_max_connections
+from hbloop.net.acceptor import AdmissionLimits
+from hbloop.net.sockets import default_max_connections, open_files_ceiling
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
 from hbloop.ops.logs import LOG_FORMATS, LOG_LEVELS
 from hbloop.presence.node import (
@@ -180,6 +184,10 @@ class ClientTlsSettings(Settings):
             raise UsageError("--cert and --key go together")
 
 
+# A rate limit, a second: 0 turns it off.
+RATE = Number(inclusive=True, most=MAX_COUNT)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServeSettings(LogSettings):
     command = "serve"
@@ -206,8 +214,8 @@ class ServeSettings(LogSettings):
     max_connections: int | None = option(
         None,
         Count(),
-        "handshaken connections allowed",
-        default_text="the open-files limit less 64",
+        "handshaken connections allowed, in all: --workers share them evenly",
+        default_text="the open-files limit less 64, per worker",
     )
     min_interval: float = option(
         DEFAULT_MIN_INTERVAL, Number(), "smallest interval granted, s (at most --interval)"
@@ -244,6 +252,26 @@ class ServeSettings(LogSettings):
         "connections still in their handshake at once; newcomers past it get "
         "ERROR SERVER_FULL at once",
     )
+    max_handshakes_per_source: int = option(
+        0,
+        Count(least=0),
+        "connections from one source address still in their handshake at once; "
+        "newcomers past it get ERROR SERVER_FULL at once (0: no limit)",
+    )
+    max_accept_rate: float = option(
+        0.0,
+        RATE,
+        "connections accepted a second, by the whole server (--workers share it); past "
+        "it accepting pauses and newcomers wait in the listen backlog (0: no limit)",
+        metavar="N",
+    )
+    accept_burst: float = option(
+        0.0,
+        RATE,
+        "connections accepted at once before --max-accept-rate applies",
+        metavar="N",
+        default_text="a quarter second's worth",
+    )
     shutdown_grace: float = option(
         DEFAULT_SHUTDOWN_GRACE,
         Number(inclusive=True),
@@ -269,7 +297,10 @@ class ServeSettings(LogSettings):
         DEFAULT_BACKLOG, Count(), "listen backlog (Linux caps it at net.core.somaxconn)"
     )
     workers: int = option(
-        1, Workers(), "worker processes sharing the port with SO_REUSEPORT (auto: one per CPU)"
+        1,
+        Workers(),
+        "worker processes sharing the port with SO_REUSEPORT (auto: one per CPU, or more "
+        "if --max-connections needs more descriptors than the open-files limit gives one)",
     )
     stats_interval: float = option(
         DEFAULT_STATS_INTERVAL,
@@ -359,6 +390,14 @@ class ServeSettings(LogSettings):
         metavar="N",
         group=TLS_SERVER,
     )
+    tls_handshake_rate_per_source: float = option(
+        0.0,
+        RATE,
+        "new TLS handshakes a second from one source address, per process; connections "
+        "past it are closed at accept (0: no limit)",
+        metavar="N",
+        group=TLS_SERVER,
+    )
     auth_client_cert: bool = option(
         False,
         Flag(),
@@ -383,6 +422,9 @@ class ServeSettings(LogSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.workers == AUTO_WORKERS:
+            object.__setattr__(self, "workers", self._auto_workers())
+        self._check_worker_capacity()
         # The descriptor budget sizes only the default connection limit, which is
         # always valid: today's soft limit will do (serving raises it first).
         self.policy(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -411,9 +453,63 @@ class ServeSettings(LogSettings):
     def jwt_file(self) -> Path | None:
         return self.jwt_secret_file or self.jwt_public_key
 
-    def policy(self, fd_limit: int) -> ServerPolicy:
-        """The server policy; the default connection limit is sized from ``fd_limit``.
-        UsageError if the settings are inconsistent (nothing is widened to fit)."""
+    def _auto_workers(self) -> int:
+        """``--workers auto``: one per CPU, or as many as --max-connections needs, each
+        worker holding what the open-files limit (raised to the hard one) allows."""
+        cpus = len(os.sched_getaffinity(0))
+        if self.max_connections is None:
+            return cpus
+        each = default_max_connections(open_files_ceiling())
+        needed = -(-self.max_connections // each)
+        if needed > MAX_AUTO_WORKERS:
+            raise UsageError(
+                f"--max-connections {self.max_connections} needs {needed} workers of "
+                f"{each} connections (the open-files limit); --workers auto starts at most "
+                f"{MAX_AUTO_WORKERS}"
+            )
+        return max(cpus, needed)
+
+    def _check_worker_capacity(self) -> None:
+        """With --workers, each worker's share of --max-connections must fit in its
+        descriptors."""
+        if self.workers == 1 or self.max_connections is None:
+            return
+        each = default_max_connections(open_files_ceiling())
+        share = self.worker_max_connections(1)
+        if share > each:
+            raise UsageError(
+                f"--max-connections {self.max_connections} over {self.workers} workers is "
+                f"{share} each, more than the {each} the open-files limit allows one; "
+                "--workers auto starts enough"
+            )
+
+    def admission(self) -> AdmissionLimits:
+        """One process's admission limits: the accept rate and burst, which are the
+        whole server's, split among the workers."""
+        return AdmissionLimits(
+            accept_rate=self.max_accept_rate / self.workers,
+            accept_burst=self.accept_burst / self.workers,
+            handshakes_per_source=self.max_handshakes_per_source,
+            tls_rate_per_source=self.tls_handshake_rate_per_source,
+        )
+
+    def worker_max_connections(self, index: int) -> int:
+        """Worker ``index``'s share of --max-connections (1-based): an even split, the
+        remainder to the first workers, so that the shares add up to the whole."""
+        assert self.max_connections is not None
+        share, remainder = divmod(self.max_connections, self.workers)
+        return max(1, share + (index <= remainder))
+
+    def policy(self, fd_limit: int, worker: int | None = None) -> ServerPolicy:
+        """The server policy (of ``worker``, 1-based, with --workers); the default
+        connection limit is sized from ``fd_limit``. UsageError if the settings are
+        inconsistent (nothing is widened to fit)."""
+        if self.max_connections is None:
+            max_connections = default_max_connections(fd_limit)
+        elif worker is None:
+            max_connections = self.max_connections
+        else:
+            max_connections = self.worker_max_connections(worker)
         try:
             return ServerPolicy(
                 interval=self.interval,
@@ -422,7 +518,7 @@ class ServeSettings(LogSettings):
                 min_interval=self.min_interval,
                 max_interval=self.max_interval,
                 handshake_timeout=self.handshake_timeout,
-                max_connections=self.max_connections or default_max_connections(fd_limit),
+                max_connections=max_connections,
                 max_payload=self.max_frame,
                 max_pending=self.max_pending,
                 ping_strikes=self.ping_strikes,

@@ -16,13 +16,20 @@ def raise_open_files_limit() -> int:
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        target = open_files_ceiling()
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
         except (ValueError, OSError):
             pass
     return soft
+
+
+def open_files_ceiling() -> int:
+    """The open-files limit a process may raise itself to (raise_open_files_limit):
+    the hard limit, or 2^20 where there is none."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
 
 
 def default_max_connections(fd_limit: int) -> int:

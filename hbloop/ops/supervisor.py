@@ -27,17 +27,26 @@ across the workers. The supervisor does nothing on the data path. It
 * restarts a worker that dies, after min(cap, base x 2^n) seconds for the n-th quick
   death in a row;
 * on SIGHUP, asks its ``reload`` for new settings (the command line and its
-  ``--config`` file read again, its own SUPERVISOR_SETTINGS kept) and restarts the
-  workers one at a time: a new process is started beside the old one and,
-  once it listens, the old one is sent SIGTERM and closes its peers with GOING_AWAY,
-  so the port never stops accepting. New processes also pick up a newly installed
-  hbloop. The supervisor's own settings (host, port, workers, metrics, stats
-  interval) need a full restart;
+  ``--config`` file read again, its own SUPERVISOR_SETTINGS kept). If
+  ``restart_needed`` says none of the changes needs new processes (the log level, the
+  limits and rates), every worker is sent SIGHUP and applies them in place: no client
+  notices. Otherwise it restarts the workers as one generation: a new process is
+  started beside each old one and, once all of them listen, every old one is sent
+  SIGTERM at once, so that the old listeners all close before their clients, closed
+  with GOING_AWAY, reconnect (after their back-off): a reconnect lands on a new worker,
+  never on an old one about to close it again. The port never stops accepting. New
+  processes also pick up a newly installed hbloop. The supervisor's own settings
+  (host, port, workers, metrics, stats interval) need a full restart;
 * reads the snapshot each worker writes to its report pipe once a second, and serves
   the totals and per-worker figures in its own stats line and on ``/metrics``. A
   worker whose pipe breaks has lost its supervisor and shuts down;
-* kills (and so restarts) a worker whose snapshots stop for STALL_TIMEOUT: stopped or
-  wedged, it would keep its share of new connections unanswered (see STALL_TIMEOUT);
+* kills (and so restarts) a stuck worker, which would keep its share of new
+  connections unanswered (see STALL_TIMEOUT). Silence alone is no proof: a worker
+  starved of CPU (a load average of 20) is silent too, and killing it turns overload
+  into mass disconnection. The ``Watchdog`` calls a worker stuck only on evidence read
+  from /proc: stopped (SIGSTOP, a debugger), or given CPU time without a loop
+  iteration, or asleep outside its loop, which always wakes at least once a second;
+  it kills at most one worker per KILL_PERIOD, and its log line names the evidence.
 * with presence (``--redis``), removes a worker's presence node and its members the
   moment the worker exits (``NodeRemover``), so that a crash does not leave its names
   held for a node TTL. It chooses each worker's node id (``WorkerLink.started``) for
@@ -98,8 +107,34 @@ STOP_MARGIN = 3.0
 # are alive (SO_ATTACH_REUSEPORT_EBPF), and the supervisor cannot close a worker's
 # listener for it: killing is the one lever that needs nothing from the stuck worker.
 # Five missed reports: far longer than a healthy loop ever stalls, yet short next to a
-# client's connect timeout.
+# client's connect timeout. Silence is only what makes the Watchdog look: it kills on
+# the evidence below, never on silence alone.
 STALL_TIMEOUT = 5.0
+
+# CPU seconds a silent worker must have used without one loop iteration to be called
+# stuck (spinning). One iteration handles at most a batch of events per descriptor,
+# milliseconds of work even under a connect storm; three whole seconds of CPU without
+# coming round is a loop that will not come round. A starved worker gets far less
+# (a few ms a second at a load average of 20), so it is never mistaken for one.
+STUCK_CPU = 3.0
+
+# A silent worker asleep (state S) at every sample, using under STUCK_CPU, for this
+# long is blocked outside its loop (a blocking call that never returns): its loop
+# would have woken for its once-a-second report. A starved worker is runnable (R),
+# never asleep, so it is not mistaken for one; the margin over STALL_TIMEOUT covers a
+# worker briefly descheduled between samples.
+BLOCKED_TIMEOUT = 30.0
+
+# At most one worker killed per this period, whatever the evidence: each kill drops a
+# worker's clients, who reconnect to the others; if the evidence is wrong about every
+# worker at once (the whole machine frozen and thawed), this keeps it to one worker's
+# share per period rather than all of them. Long enough for the restart (0.5 s) and
+# for its clients to come back, short enough that two stuck workers are both replaced
+# within seconds.
+KILL_PERIOD = 5.0
+
+# Clock ticks per second, the unit of /proc/PID/stat's CPU times.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Settings that belong to the supervisor itself (its port reservation, its worker
 # count, its /metrics and stats line): a SIGHUP reload keeps their old values.
@@ -171,6 +206,117 @@ class WorkerLink:
         return publish
 
 
+@dataclass(frozen=True)
+class ProcessSample:
+    """What /proc says of a process: its state letter (R running or runnable, S asleep,
+    D in uninterruptible I/O, T stopped, t stopped by a tracer, Z exited) and the CPU
+    seconds (user and system) it has used."""
+
+    state: str
+    cpu: float
+
+
+def sample_process(pid: int) -> ProcessSample | None:
+    """``pid``'s state and CPU time from /proc/PID/stat, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its end.
+    fields = text[text.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return ProcessSample(fields[0].decode(), (utime + stime) / CLOCK_TICKS)
+
+
+STOPPED_STATES = frozenset("Tt")
+
+
+@dataclass
+class _Progress:
+    """A worker's last observed loop progress, and what it did since."""
+
+    iterations: int
+    at: float  # when that iteration count was first observed
+    cpu: float  # its CPU time then
+    runnable: bool = False  # seen running or runnable (R, D) since
+    noted: bool = False  # its starvation already logged, this silence
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A silent worker's diagnosis: ``stuck`` (to kill) or starved (to leave alone),
+    with the evidence in words for the log line."""
+
+    key: int
+    silent: float
+    stuck: bool
+    evidence: str
+
+
+class Watchdog:
+    """Tells a stuck worker from a starved one, sans-IO: ``observe`` each worker's loop
+    iterations and /proc sample once per SAMPLE_PERIOD, then ``verdicts`` lists the
+    silent workers (silent for STALL_TIMEOUT), at most one of them stuck per
+    KILL_PERIOD, and each starvation once per silence."""
+
+    def __init__(self) -> None:
+        self._progress: dict[int, _Progress] = {}
+        self._last_kill = float("-inf")
+
+    def observe(self, key: int, now: float, iterations: int, sample: ProcessSample) -> None:
+        known = self._progress.get(key)
+        if known is None or iterations != known.iterations:
+            self._progress[key] = _Progress(iterations, now, sample.cpu)
+        elif sample.state != "S":
+            known.runnable = True
+
+    def forget(self, key: int) -> None:
+        self._progress.pop(key, None)
+
+    def verdicts(self, now: float, samples: dict[int, ProcessSample]) -> list[Verdict]:
+        found: list[Verdict] = []
+        stuck: list[Verdict] = []
+        for key, sample in samples.items():
+            progress = self._progress.get(key)
+            if progress is None or now - progress.at < STALL_TIMEOUT:
+                continue
+            verdict = self._diagnose(
+                key, now - progress.at, sample.cpu - progress.cpu, sample, progress
+            )
+            if verdict.stuck:
+                stuck.append(verdict)
+            elif not progress.noted:
+                progress.noted = True
+                found.append(verdict)
+        if stuck and now - self._last_kill >= KILL_PERIOD:
+            self._last_kill = now
+            found.append(max(stuck, key=lambda v: v.silent))
+        return found
+
+    @staticmethod
+    def _diagnose(
+        key: int, silent: float, cpu: float, sample: ProcessSample, progress: _Progress
+    ) -> Verdict:
+        state = sample.state
+        if state in STOPPED_STATES:
+            return Verdict(key, silent, True, f"stopped (state {state})")
+        if cpu >= STUCK_CPU:
+            return Verdict(
+                key,
+                silent,
+                True,
+                f"used {cpu:.2f}s of CPU without a loop iteration (state {state})",
+            )
+        if silent >= BLOCKED_TIMEOUT and not progress.runnable:
+            return Verdict(
+                key, silent, True, f"asleep outside its loop, {cpu:.2f}s of CPU (state {state})"
+            )
+        return Verdict(
+            key, silent, False, f"only {cpu:.2f}s of CPU (state {state}): starved of CPU, not stuck"
+        )
+
+
 class _Worker:
     """One worker position; its process changes when it is restarted."""
 
@@ -178,7 +324,6 @@ class _Worker:
         self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
-        self.last_report = 0.0  # time.monotonic() of the last snapshot read
         self.pipe = -1
         self.partial = b""
         self.snapshot: Snapshot | None = None  # None until the worker is listening
@@ -190,18 +335,22 @@ class _Worker:
 class Supervisor(Generic[S]):
     """Runs ``settings.workers`` processes, each calling ``target(settings, link)``,
     until signalled. On SIGHUP, ``reload(settings)`` gives the settings of the new
-    workers (their SUPERVISOR_SETTINGS unchanged), or None to keep things as they are.
-    ``target`` must be a module-level function, which pickle sends by name."""
+    workers (their SUPERVISOR_SETTINGS unchanged), or None to keep things as they are;
+    ``restart_needed(old, new)`` whether they need new workers (else each worker is
+    sent SIGHUP to apply them itself). ``target`` must be a module-level function,
+    which pickle sends by name."""
 
     def __init__(
         self,
         settings: S,
         target: Callable[[S, WorkerLink], int],
         reload: Callable[[S], S | None],
+        restart_needed: Callable[[S, S], bool] = lambda old, new: True,
     ) -> None:
         self.settings = settings
         self.target = target
         self.reload = reload
+        self.restart_needed = restart_needed
         self.loop = EventLoop()
         self.workers = [_Worker(index) for index in range(1, settings.workers + 1)]
         self.port = settings.port
@@ -215,11 +364,11 @@ class Supervisor(Generic[S]):
         self._reservation: socket.socket | None = None
         self._endpoint: MetricsEndpoint | None = None
         self._remover: NodeRemover | None = None
-        # The rolling restart: positions still to replace, the replacement starting
-        # now, and replaced workers still closing their peers.
-        self._roll: list[_Worker] = []
-        self._incoming: _Worker | None = None
+        # The rolling restart: the new generation starting (all of it listening, it
+        # takes the old one's places), and replaced workers still closing their peers.
+        self._incoming: list[_Worker] = []
         self._retiring: list[_Worker] = []
+        self.watchdog = Watchdog()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -280,7 +429,6 @@ class Supervisor(Generic[S]):
             self.stopping = True
             self.stop_signal = name
             self.loop.call_later(self.settings.shutdown_grace + STOP_MARGIN, self._kill_stragglers)
-        self._roll.clear()
         log.info("%s: stopping %d workers", name, len(self._running()))
         for worker in self.workers:
             if worker.restart is not None:
@@ -309,8 +457,7 @@ class Supervisor(Generic[S]):
 
     def _running(self) -> list[_Worker]:
         """Every worker process alive: in place, starting as a replacement, retiring."""
-        incoming = [self._incoming] if self._incoming is not None else []
-        everyone = [*self.workers, *incoming, *self._retiring]
+        everyone = [*self.workers, *self._incoming, *self._retiring]
         return [w for w in everyone if w.process is not None]
 
     def _stop_if_done(self) -> None:
@@ -356,7 +503,6 @@ class Supervisor(Generic[S]):
                 return
             *lines, worker.partial = (worker.partial + data).split(b"\n")
             if lines:
-                worker.last_report = time.monotonic()
                 if worker.snapshot is None:
                     self._listening(worker)
                 worker.snapshot = Snapshot.decode(lines[-1])
@@ -364,8 +510,9 @@ class Supervisor(Generic[S]):
 
     def _listening(self, worker: _Worker) -> None:
         assert worker.process is not None
-        if worker is self._incoming:
-            self._replaced(worker)
+        if worker in self._incoming:
+            if all(w.snapshot is not None for w in self._incoming if w is not worker):
+                self._replace_generation()
             return
         if not self.starting:
             log.info("worker %d (pid %d) is back", worker.index, worker.process.pid)
@@ -382,25 +529,49 @@ class Supervisor(Generic[S]):
             )
 
     def _kill_stalled(self) -> None:
-        """Kill a listening worker whose reports stopped (STALL_TIMEOUT); it is then
-        restarted like any worker that dies."""
+        """Sample every listening worker's progress and /proc figures; kill the one the
+        Watchdog finds stuck (it is then restarted like any worker that dies), and note
+        the starved ones, which are left alone."""
         if self.stopping:
             return
+        now = time.monotonic()
+        samples: dict[int, ProcessSample] = {}
         for worker in self._running():
+            assert worker.process is not None
+            pid = worker.process.pid
             if worker.snapshot is None or worker.pipe < 0:
+                self.watchdog.forget(pid)
                 continue  # not listening yet, or exiting
             self._read_reports(worker)  # first what it wrote while this loop was busy
-            silent = time.monotonic() - worker.last_report
-            if silent >= STALL_TIMEOUT and worker.pipe >= 0:  # (a closed pipe: exiting)
-                assert worker.process is not None
+            sample = sample_process(pid)
+            if sample is None or worker.snapshot is None or worker.pipe < 0:
+                self.watchdog.forget(pid)
+                continue
+            self.watchdog.observe(pid, now, worker.snapshot.loop.iterations, sample)
+            samples[pid] = sample
+        by_pid = {w.process.pid: w for w in self._running() if w.process is not None}
+        for verdict in self.watchdog.verdicts(now, samples):
+            worker = by_pid[verdict.key]
+            if not verdict.stuck:
                 log.warning(
-                    "worker %d (pid %d) sent no report for %.1fs: stopped or stuck, its "
-                    "share of new connections unanswered; killing it",
+                    "worker %d (pid %d) sent no report for %.1fs with %s; not killing it",
                     worker.index,
-                    worker.process.pid,
-                    silent,
+                    verdict.key,
+                    verdict.silent,
+                    verdict.evidence,
                 )
-                worker.process.kill()
+                continue
+            log.warning(
+                "worker %d (pid %d) sent no report for %.1fs: stuck, %s; its share of new "
+                "connections unanswered; killing it",
+                worker.index,
+                verdict.key,
+                verdict.silent,
+                verdict.evidence,
+            )
+            self.watchdog.forget(verdict.key)
+            assert worker.process is not None
+            worker.process.kill()
 
     def _reap(self) -> None:
         for worker in self._running():
@@ -426,17 +597,17 @@ class Supervisor(Generic[S]):
             self._retiring.remove(worker)
             log.info("worker %d (pid %d) retired: exited with %s", worker.index, pid, how)
             return
-        if worker is self._incoming:
-            self._incoming = None
+        if worker in self._incoming:
+            self._incoming.remove(worker)
             if not self.stopping:
                 log.error(
                     "worker %d's replacement (pid %d) exited with %s before listening; "
-                    "rolling restart abandoned, the old worker keeps serving",
+                    "rolling restart abandoned, the old workers keep serving",
                     worker.index,
                     pid,
                     how,
                 )
-                self._roll.clear()
+                self._abandon_generation()
             return
         if self.stopping:
             log.info("worker %d (pid %d) exited with %s", worker.index, pid, how)
@@ -465,47 +636,62 @@ class Supervisor(Generic[S]):
     def _rolling_restart(self) -> None:
         if self.stopping:
             return
-        if self.starting or self._roll or self._incoming is not None:
+        if self.starting or self._incoming:
             state = "starting" if self.starting else "already being restarted"
             log.warning("SIGHUP: the workers are %s; ignored", state)
             return
         new = self.reload(self.settings)
         if new is None:
             return
-        self.settings = new
-        self._roll = list(self.workers)
-        log.info("SIGHUP: restarting %d workers one by one", len(self._roll))
-        self._replace_next()
-
-    def _replace_next(self) -> None:
-        """Start the replacement of the next worker in the roll, or finish it."""
-        while self._roll:
-            old = self._roll.pop(0)
-            if old.process is None:
-                continue  # dead: its restart, already due, takes the new settings
-            self._incoming = _Worker(old.index)
-            self._spawn(self._incoming)
+        old, self.settings = self.settings, new
+        live = [w for w in self.workers if w.process is not None]
+        if not self.restart_needed(old, new):
+            log.info("SIGHUP: nothing needs a restart; %d workers apply it in place", len(live))
+            for worker in live:
+                assert worker.process is not None
+                worker.process.send_signal(signal.SIGHUP)
             return
+        # A dead position is left out: its restart, already due, takes the new settings.
+        self._incoming = [_Worker(w.index) for w in live]
+        log.info("SIGHUP: restarting %d workers: new ones first, then the old retire", len(live))
+        for worker in self._incoming:
+            self._spawn(worker)
+        if not self._incoming:
+            log.info("rolling restart done")
+
+    def _replace_generation(self) -> None:
+        """Every replacement listens: each takes its position, and the old workers all
+        retire at once (SIGTERM: each closes its listener, then its peers)."""
+        incoming, self._incoming = self._incoming, []
+        retiring = []
+        for new in incoming:
+            assert new.process is not None
+            old = self.workers[new.index - 1]
+            self.workers[new.index - 1] = new
+            if old.restart is not None:  # it died meanwhile: no need to restart it now
+                old.restart.cancel()
+            if old.process is not None:
+                log.info(
+                    "worker %d: pid %d replaces pid %d, which now closes its peers",
+                    new.index,
+                    new.process.pid,
+                    old.process.pid,
+                )
+                retiring.append(old)
+        self._retiring += retiring
+        for old in retiring:
+            assert old.process is not None
+            old.process.send_signal(signal.SIGTERM)
         log.info("rolling restart done")
 
-    def _replaced(self, new: _Worker) -> None:
-        """A replacement listens: it takes its position, and the old worker retires."""
-        assert new.process is not None
-        self._incoming = None
-        old = self.workers[new.index - 1]
-        self.workers[new.index - 1] = new
-        if old.restart is not None:  # it died meanwhile: no need to restart it now
-            old.restart.cancel()
-        if old.process is not None:
-            log.info(
-                "worker %d: pid %d replaces pid %d, which now closes its peers",
-                new.index,
-                new.process.pid,
-                old.process.pid,
-            )
-            self._retiring.append(old)
-            old.process.send_signal(signal.SIGTERM)
-        self._replace_next()
+    def _abandon_generation(self) -> None:
+        """A replacement failed: the others retire before serving anyone, and the old
+        workers stay."""
+        incoming, self._incoming = self._incoming, []
+        for new in incoming:
+            assert new.process is not None
+            self._retiring.append(new)
+            new.process.send_signal(signal.SIGTERM)
 
     # --- statistics ----------------------------------------------------------------
 
