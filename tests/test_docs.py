@@ -192,3 +192,9 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "reference" / "protocol" / "index.html").exists()
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    [command] = re.findall(r"# install and run the tests .*\n(.*)\n", readme)
+    assert (ROOT / ".ci" / "run").read_text().splitlines()[-1] == command
