@@ -116,11 +116,12 @@ def metric_name(figure: Figure[Any]) -> str:
     return f"hbloop_{figure.metric}{suffix}{label}"
 
 
-GROUPS: tuple[tuple[type[Figures], str], ...] = (
-    (ServerStats, "The server (`ServerStats`, `hbloop/net/counters.py`)"),
-    (IoCounters, "Traffic (`IoCounters`, `hbloop/net/counters.py`)"),
-    (LoopFigures, "The event loop (`LoopFigures`, `hbloop/ops/stats.py`)"),
-    (PresenceFigures, "Presence, with `--redis` (`PresenceFigures`, `hbloop/presence/node.py`)"),
+# (class, heading, where it is declared)
+GROUPS: tuple[tuple[type[Figures], str, str], ...] = (
+    (ServerStats, "Server", "`ServerStats` in `hbloop/net/counters.py`"),
+    (IoCounters, "Traffic", "`IoCounters` in `hbloop/net/counters.py`"),
+    (LoopFigures, "Event loop", "`LoopFigures` in `hbloop/ops/stats.py`"),
+    (PresenceFigures, "Presence", "`PresenceFigures` in `hbloop/presence/node.py`, with `--redis`"),
 )
 
 
@@ -140,8 +141,8 @@ def metrics_page() -> Iterator[str]:
         '`hbloop_worker_process_*{worker="N"}` for each worker process. '
         "[Metrics and alerts](../howto/metrics.md) shows how to use them.\n\n"
     )
-    for figures, title in GROUPS:
-        yield f"## {title}\n\n"
+    for figures, title, where in GROUPS:
+        yield f"## {title}\n\nDeclared by {where}.\n\n"
         yield "| metric | type | stats line | across workers | meaning |\n|---|---|---|---|---|\n"
         for figure in figures.figures:
             if figure.name not in figures.__slots__:
