@@ -2,7 +2,8 @@
 reference pages match the declarations, and its runnable blocks still do what they show.
 
 A runnable block is a ``console`` block right after ``<!-- run -->`` (or ``<!-- run:
-server ARGS -->``, which first starts ``hbloop serve ARGS`` for it). Each ``$ `` line is
+server ARGS -->``, which first starts ``hbloop serve ARGS`` for it), or an ``sh`` block
+there, run as one script that must succeed (a recipe). Each ``$ `` line is
 a command, run with bash in a directory of the page's own (shared by the page's blocks,
 in order), its stdout and stderr together; the lines after it up to the next command
 are what it must print. In a shown line ``...`` stands for any text, and a line that is
@@ -31,7 +32,7 @@ PAGES = sorted(DOCS.rglob("*.md"))
 
 BLOCK = re.compile(
     r"<!-- (?P<kind>run|log of the server above)(?:: server(?P<args>[^>]*?))? -->\n"
-    r"```(?:console|text)?\n(?P<body>.*?)```",
+    r"```(?P<lang>console|text|sh)?\n(?P<body>.*?)```",
     re.S,
 )
 ANY_LINES = "..."
@@ -49,6 +50,7 @@ class Block:
     kind: str
     body: str
     server_args: list[str] | None = None
+    script: bool = False  # an sh block: run as one script, which must succeed
     logs: list[str] = field(default_factory=list)  # lines its server must log
 
     @property
@@ -69,7 +71,7 @@ def blocks(page: Path) -> list[Block]:
     for match in BLOCK.finditer(page.read_text()):
         if match["kind"] == "run":
             args = None if match["args"] is None else match["args"].split()
-            found.append(Block(page, "run", match["body"], args))
+            found.append(Block(page, "run", match["body"], args, match["lang"] == "sh"))
         else:
             assert found and found[-1].server_args is not None, f"{page}: a log without server"
             found[-1].logs = match["body"].splitlines()
@@ -109,7 +111,9 @@ def run_block(block: Block, cwd: Path) -> None:
     server = None
     ports = {}
     if block.server_args is not None:
-        args = [*block.server_args, "--metrics-port", "0"]
+        # The files that the page's earlier blocks made, where the server finds them.
+        args = [str(cwd / a) if (cwd / a).is_file() else a for a in block.server_args]
+        args += ["--metrics-port", "0"]
         server = ServerProcess(*args)
         metrics = server.wait_line(r"metrics on http://[\d.]+:(\d+)/")
         ports = {DOC_PORT: str(server.port), DOC_METRICS_PORT: metrics.group(1)}
@@ -120,6 +124,12 @@ def run_block(block: Block, cwd: Path) -> None:
         return text
 
     try:
+        if block.script:
+            done = subprocess.run(
+                ["bash", "-c", block.body], cwd=cwd, env=env, timeout=COMMAND_TIMEOUT
+            )
+            assert done.returncode == 0, f"{block.page.relative_to(ROOT)}: {block.body}"
+            return
         for command, shown in block.steps:
             done = subprocess.run(
                 ["bash", "-c", local(command)],
