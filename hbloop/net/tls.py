@@ -104,9 +104,39 @@ def _load_chain(context: ssl.SSLContext, certfile: Path, keyfile: Path) -> None:
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
+        why = _misfiled(certfile, keyfile) if isinstance(exc, ssl.SSLError) else None
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            why = f"{keyfile} is not the key of {certfile}"
         raise TlsConfigError(
-            f"cannot load certificate {certfile} with key {keyfile}: {_describe_load(exc)}"
+            f"cannot load certificate {certfile} with key {keyfile}: {why or _describe_load(exc)}"
         ) from None
+
+
+# The PEM labels that tell a certificate from a private key ("-----BEGIN CERTIFICATE-----",
+# "-----BEGIN EC PRIVATE KEY-----", ...).
+PEM_CERTIFICATE = b"CERTIFICATE-----"
+PEM_KEY = b"PRIVATE KEY-----"
+
+
+def _misfiled(certfile: Path, keyfile: Path) -> str | None:
+    """What is wrong with the files, where OpenSSL only says "PEM lib": a DER
+    certificate, or a certificate and a key given the other way round."""
+    try:
+        cert, key = certfile.read_bytes(), keyfile.read_bytes()
+    except OSError:
+        return None  # OpenSSL read them; its own words will do
+    if PEM_CERTIFICATE not in cert:
+        if PEM_KEY in cert and PEM_CERTIFICATE in key:
+            return "the certificate and the key are swapped"
+        if b"-----BEGIN" not in cert:
+            return (
+                f"{certfile} is not PEM (DER? openssl x509 -inform DER -in {certfile} "
+                "-out cert.pem makes it PEM)"
+            )
+        return f"{certfile} holds no PEM certificate"
+    if PEM_KEY not in key:
+        return f"{keyfile} holds no PEM private key"
+    return None
 
 
 def _load_ca(context: ssl.SSLContext, cafile: Path) -> None:
