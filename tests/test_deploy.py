@@ -64,7 +64,11 @@ PROMETHEUS_SERIES = {"up"}
 
 # Metric families that only some configurations export, with the flag they need: the
 # dashboard's panels of these are empty without it, and the alerts on them never fire.
-CONDITIONAL = {"hbloop_presence_": "--redis", "hbloop_worker_process_": "--workers N (N >= 2)"}
+CONDITIONAL = {
+    "hbloop_presence_": "--redis",
+    "hbloop_worker": "--workers N (N >= 2)",  # hbloop_workers, hbloop_worker_*
+    "hbloop_restarts_": "--workers N (N >= 2)",
+}
 
 # `systemd-analyze security` rates a unit from 0 (locked down) to 10 (exposed); 2.5 and
 # lower reads "OK" among its grades, which the unit must keep.
