@@ -135,10 +135,11 @@ def metrics_page() -> Iterator[str]:
         "(`--stats-interval`) shows the figures that have a field in it. Across workers "
         "a figure is combined as its fourth column says.\n\n"
         "Beside these: `hbloop_build_info{version,python}` (always 1), "
-        "`hbloop_workers` and `hbloop_restarts_total` (worker processes running, and "
-        "restarted after dying), prometheus_client's `process_*` and `python_info` for "
-        "the process that answers, and with `--workers` "
-        '`hbloop_worker_process_*{worker="N"}` for each worker process. '
+        "prometheus_client's `process_*` and `python_info` for the process that "
+        "answers, and, only with `--workers` N of 2 or more, `hbloop_workers` and "
+        "`hbloop_restarts_total` (worker processes running, and restarted after dying), "
+        "the `hbloop_worker_*` series, and `hbloop_worker_process_*` for each worker "
+        "process. "
         "[Metrics and alerts](../howto/metrics.md) shows how to use them.\n\n"
     )
     for figures, title, where in GROUPS:
