@@ -5,7 +5,7 @@ plaintext and back. That costs about 20 KB per connection where asyncio's TLS
 transport costs about 284 KB: its ``SSLProtocol`` allocates a 256 KiB read buffer per
 connection (``max_size`` in CPython's Lib/asyncio/sslproto.py). Both figures are the
 resident memory per connection of ``python -m bench --tls --against asyncio`` (4,000
-clients; README, "TLS and authentication").
+clients; docs/explanation/figures.md, "TLS").
 
 A connection's I/O shell uses one ``TlsLayer`` like this::
 
@@ -373,7 +373,7 @@ class TlsLayer:
 
 # 1000 handshakes a second hold handshakes to about 40% of one core at 0.4 ms each,
 # leaving the rest of it for established peers (19,000 of them pinging every 2 s take
-# about 20%, README's benchmark).
+# about 20%, docs/explanation/figures.md).
 DEFAULT_HANDSHAKE_RATE = 1000.0
 
 # The bucket holds a quarter of a second's worth (250 at the default rate): a burst of
@@ -386,8 +386,8 @@ class HandshakeLimiter:
     """A token bucket for new TLS handshakes, one per server process.
 
     A full handshake costs the server about 0.44 ms of CPU with an ECDSA certificate
-    (``python -m bench --tls``'s server CPU per handshake; README, "TLS and
-    authentication"). Without a cap, a reconnect storm of thousands of clients would
+    (``python -m bench --tls``'s server CPU per handshake; docs/explanation/figures.md,
+    "TLS"). Without a cap, a reconnect storm of thousands of clients would
     take the loop away from the heartbeats of peers already connected for seconds; with
     one, handshakes over the rate are refused at once and their clients retry after a
     jittered back-off.
