@@ -99,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "usage error, a missing dependency (pip install 'hbloop[bench]') or a failed run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--clients", type=_positive(int), default=DEFAULT_CLIENTS)
+    parser.add_argument(
+        "--clients",
+        type=_positive(int),
+        default=DEFAULT_CLIENTS,
+        metavar="N",
+        help="heartbeating connections, each a client with its own name, spread over "
+        "load-generator processes and 127.0.0.x source addresses",
+    )
     parser.add_argument(
         "--interval", type=_positive(float), default=DEFAULT_INTERVAL, help="heartbeat interval, s"
     )

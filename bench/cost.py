@@ -23,7 +23,7 @@ heartbeat counts, all of it in user space (callgrind sees no kernel instruction)
   PONG (the C calls and the Python bytecode around them), and the clock's update.
 
 Wake-ups that find one ready socket are the common case of a real server (see the
-README's Benchmark section), so the workload gives each iteration one PING.
+Benchmark section of docs/explanation/figures.md), so the workload gives each iteration one PING.
 
 **Bytes per connection** (no valgrind). In this process, with tracemalloc:
 ``MEMORY_CONNECTIONS`` client sockets are made first, then traced memory is read

@@ -23,6 +23,17 @@ MIN_HEARTBEATS_FOR_CPU = 50_000
 # on the same cores, a collection pause) to even out between the runs compared.
 MIN_WINDOW_FOR_CPU = 10.0
 
+# Below this many round trips in the window, RTT p99 (and so the RTT ratio) is mostly
+# noise: the p99 then rests on fewer than 100 round trips above it, and a single stall
+# of the shared machine (another process, a collection pause) moves it; in one small run
+# hbloop/uvloop read 4.24x where larger runs read about 0.4x.
+MIN_HEARTBEATS_FOR_RTT = 10_000
+
+# Below this many connections, memory per connection (and so its ratio) is mostly noise:
+# RSS grows in pages and the allocator's arenas by 128 KB or more, which spread over a
+# few hundred connections are several hundred bytes each, the size of the figure.
+MIN_CONNECTIONS_FOR_RSS = 1_000
+
 # Every line of the summary fits a terminal this wide.
 SUMMARY_WIDTH = 100
 
@@ -66,6 +77,19 @@ def ratios(ours: RunResult, reference: RunResult) -> dict[str, float | None]:
     }
 
 
+def noisy_figures(result: RunResult) -> list[str]:
+    """The figures of ``result`` that its size leaves mostly noise, as the ratio lines
+    name them: its CPU per heartbeat, memory per connection, RTT p99."""
+    noisy = []
+    if result.figures is not None and cpu_is_noise(result):
+        noisy.append("CPU per heartbeat")
+    if result.figures is not None and result.figures.connections < MIN_CONNECTIONS_FOR_RSS:
+        noisy.append("memory per connection")
+    if result.heartbeats < MIN_HEARTBEATS_FOR_RTT:
+        noisy.append("RTT p99")
+    return noisy
+
+
 def cpu_is_noise(result: RunResult) -> bool:
     """Whether ``result``'s window was too small for its CPU figures to mean much."""
     return result.heartbeats < MIN_HEARTBEATS_FOR_CPU or result.window_s < MIN_WINDOW_FOR_CPU
@@ -82,6 +106,9 @@ def to_json(
         document["tls_over_plain"] = tls_costs(main, plain)
     document["config"] = dataclasses.asdict(config)
     document["cpu_noise_dominated"] = any(cpu_is_noise(r) for r in (main, *references))
+    noisy = {figure for r in (main, *references) for figure in noisy_figures(r)}
+    document["rss_noise_dominated"] = "memory per connection" in noisy
+    document["rtt_noise_dominated"] = "RTT p99" in noisy
     document["against"] = {
         reference.server: {**reference.to_json(), "ratio": ratios(main, reference)}
         for reference in references
@@ -177,15 +204,23 @@ def summary_table(main: RunResult, references: list[RunResult]) -> str:
             f"{main.server}/{reference.server}: CPU per heartbeat {_num(ratio['cpu'], 2)}x, "
             f"memory per connection {_num(ratio['rss'], 2)}x, RTT p99 {_num(ratio['rtt_p99'], 2)}x"
         )
-    noisy = [r for r in results if r.figures is not None and cpu_is_noise(r)]
-    if noisy:
+        noisy = list(dict.fromkeys(noisy_figures(main) + noisy_figures(reference)))
+        if noisy:
+            lines.append(f"  (mostly noise in a run this small: {', '.join(noisy)})")
+    cpu_noisy = [r for r in results if r.figures is not None and cpu_is_noise(r)]
+    if cpu_noisy:
         lines.append(
-            f"note: a small run ({min(r.heartbeats for r in noisy):,} heartbeats in "
-            f"{min(r.window_s for r in noisy):g}s): CPU figures and ratios are mostly noise."
+            f"note: a small run ({min(r.heartbeats for r in cpu_noisy):,} heartbeats in "
+            f"{min(r.window_s for r in cpu_noisy):g}s): CPU figures and ratios are mostly noise."
         )
         lines.append(
             f"      They mean something from {MIN_HEARTBEATS_FOR_CPU:,} heartbeats "
             f"in a window of {MIN_WINDOW_FOR_CPU:g}s or more."
+        )
+    if any(noisy_figures(r) for r in results):
+        lines.append(
+            f"      RTT p99 from {MIN_HEARTBEATS_FOR_RTT:,} round trips, memory per "
+            f"connection from {MIN_CONNECTIONS_FOR_RSS:,} connections."
         )
     return "\n".join(lines)
 

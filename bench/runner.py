@@ -98,9 +98,11 @@ def run(args: argparse.Namespace) -> int:
     report.print_summary(main_result, references, config, sys.stdout, plain)
     if args.json is not None:
         report.write_json(args.json, report.to_json(config, main_result, references, plain))
+        print(f"wrote {args.json}")
         for path in report.write_percentiles(args.json, results):
             print(f"wrote {path}")
     if args.plot is not None:
         plot.plot(args.plot, results, config)
+        print(f"wrote {args.plot}")
     clean = all(r.counts.dropped == 0 and r.counts.errors == 0 for r in results)
     return 0 if clean else 1

@@ -3,7 +3,7 @@ checks them and runs their unit tests), the Grafana dashboard (its queries parse
 every metric that it and the alerts read is one that a real `hbloop serve` exports),
 the systemd unit (systemd-analyze verifies it and rates its sandbox, and its command
 line serves TLS from its credentials), the wheel and sdist (twine accepts them, and the
-wheel installed in a fresh venv holds every module and serves), and README's TLS recipe
+wheel installed in a fresh venv holds every module and serves), and the TLS how-to's recipe
 (its keys and secrets are readable by their owner only)."""
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "hbloop-dashboard.json"
 UNIT = DEPLOY / "systemd" / "hbloop.service"
 SETTINGS = DEPLOY / "systemd" / "hbloop.toml"
-README = ROOT / "README.md"
+TLS_HOWTO = ROOT / "docs" / "howto" / "tls.md"
 
-# Where README's install recipe puts the files that the unit names.
+# Where the systemd how-to's install recipe puts the files that the unit names.
 INSTALLED_HBLOOP = "/opt/hbloop/venv/bin/hbloop"
 INSTALLED_SETTINGS = "/etc/hbloop/hbloop.toml"
 
@@ -64,7 +64,11 @@ PROMETHEUS_SERIES = {"up"}
 
 # Metric families that only some configurations export, with the flag they need: the
 # dashboard's panels of these are empty without it, and the alerts on them never fire.
-CONDITIONAL = {"hbloop_presence_": "--redis", "hbloop_worker_process_": "--workers N (N >= 2)"}
+CONDITIONAL = {
+    "hbloop_presence_": "--redis",
+    "hbloop_worker": "--workers N (N >= 2)",  # hbloop_workers, hbloop_worker_*
+    "hbloop_restarts_": "--workers N (N >= 2)",
+}
 
 # `systemd-analyze security` rates a unit from 0 (locked down) to 10 (exposed); 2.5 and
 # lower reads "OK" among its grades, which the unit must keep.
@@ -431,11 +435,11 @@ def test_the_wheel_and_sdist_pass_twine_and_the_wheel_installs_and_serves(tmp_pa
         server.stop()
 
 
-# --- README's recipes ------------------------------------------------------------------
+# --- the docs' recipes ----------------------------------------------------------------------
 
 
 def test_readmes_tls_recipe_makes_secrets_only_their_owner_reads(tmp_path: Path):
-    [recipe] = re.findall(r"```sh\n(\(umask 077\n.*?\n\))\n```", README.read_text(), re.S)
+    [recipe] = re.findall(r"```sh\n(\(umask 077\n.*?\n\))\n```", TLS_HOWTO.read_text(), re.S)
     tool("openssl")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     # Under the umask most shells start with, which leaves new files readable by all.

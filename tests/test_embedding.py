@@ -1,4 +1,4 @@
-"""The client examples of the README, run as programs: the EventLoop one closes cleanly
+"""The client examples of docs/howto/embedding.md, run as programs: the EventLoop one closes cleanly
 on Ctrl-C, the asyncio one when it leaves its ``async with`` block."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from conftest import ROOT, LoggedProcess
 
 MARKER = "<!-- tests/test_embedding.py runs this example -->"
 ASYNCIO_MARKER = "<!-- tests/test_embedding.py runs this asyncio example -->"
+EMBEDDING = "docs/howto/embedding.md"  # the page that shows them
 
 
 def readme_example(marker: str = MARKER) -> str:
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(re.escape(marker) + r"\n```python\n(.*?)```", readme, re.DOTALL)
-    assert block, f"no Python block after {marker} in README.md"
+    page = (ROOT / EMBEDDING).read_text()
+    block = re.search(re.escape(marker) + r"\n```python\n(.*?)```", page, re.DOTALL)
+    assert block, f"no Python block after {marker} in {EMBEDDING}"
     return block.group(1)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import ssl
 import tomllib
 from pathlib import Path
 
@@ -205,3 +206,41 @@ def test_a_supervisor_reload_keeps_the_supervisors_own_settings(
     assert set(changed(current, new)) == {"interval", "timeout"}
     assert not set(changed(current, new)) & set(SUPERVISOR_SETTINGS)
     assert "SIGHUP: --port, --metrics-port changed; the supervisor keeps" in caplog.text
+
+
+def der(pem: Path, directory: Path) -> Path:
+    """The certificate of ``pem`` in DER, as some tools write it."""
+    path = directory / "cert.der"
+    path.write_bytes(ssl.PEM_cert_to_DER_cert(pem.read_text()))
+    return path
+
+
+# (certificate file, key file) from the test PKI and a directory; what the line says.
+BAD_TLS_FILES = {
+    "swapped": (
+        lambda pki, d: (pki.server.key, pki.server.cert),
+        "the certificate and the key are swapped",
+    ),
+    "der": (
+        lambda pki, d: (der(pki.server.cert, d), pki.server.key),
+        "is not PEM (DER? openssl x509",
+    ),
+    "no key": (lambda pki, d: (pki.server.cert, pki.server.cert), "holds no PEM private key"),
+    "another's key": (lambda pki, d: (pki.server.cert, pki.alice.key), "is not the key of"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TLS_FILES)
+def test_unusable_tls_files_are_one_line_by_flag_and_by_key(
+    case: str, pki, tmp_path: Path, capsys
+) -> None:
+    files, says = BAD_TLS_FILES[case]
+    cert, key = files(pki, tmp_path)
+    by_flag = refusal(
+        capsys, "serve", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)
+    )
+    config = tmp_path / "tls.toml"
+    config.write_text(f'tls-cert = "{cert}"\ntls-key = "{key}"\nport = 0\n')
+    by_key = refusal(capsys, "serve", "--config", str(config))
+    for line in (by_flag, by_key):
+        assert f"cannot load certificate {cert} with key {key}: " in line and says in line

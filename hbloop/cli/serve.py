@@ -13,7 +13,7 @@ from hbloop.cli.parser import parse
 from hbloop.cli.security import server_security
 from hbloop.cli.settings import ServeSettings, changed, flags
 from hbloop.net.loop import EventLoop
-from hbloop.net.sockets import raise_open_files_limit
+from hbloop.net.sockets import default_max_connections, raise_open_files_limit
 from hbloop.ops import logs
 from hbloop.ops.metrics import Report, StartError, serve_metrics
 from hbloop.ops.stats import StatsReporter
@@ -142,9 +142,20 @@ class _Signals:
 
 def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
     """Serve until stopped: alone, or as ``worker`` of a supervisor."""
+    if worker is not None:
+        logs.name_worker(worker.index)
     logs.configure(settings.level, settings.log_format)
     fd_limit = raise_open_files_limit()
     policy = settings.policy(fd_limit, None if worker is None else worker.index)
+    if policy.max_connections > default_max_connections(fd_limit):
+        log.warning(
+            "--max-connections %d is above the %d connections that the open-files limit "
+            "%d leaves room for: past them newcomers get SERVER_FULL for want of "
+            "descriptors; raise the limit (ulimit -n, LimitNOFILE=) or lower the option",
+            policy.max_connections,
+            default_max_connections(fd_limit),
+            fd_limit,
+        )
     tls_context, authenticator = server_security(settings)
     port = settings.port if worker is None else worker.port
     server = Server(
@@ -168,6 +179,16 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
     # Before the line that says it listens: whoever waits for that line may signal at
     # once, and a SIGHUP or SIGTERM before the handlers would kill the process.
     signals = _Signals(server, settings)
+    presence = None
+    if settings.redis is not None:
+        presence = _start_presence(server, settings, f"{host}:{port}", worker)
+    elif settings.on_duplicate is not Policy.ALLOW:
+        server.presence = LocalRegistry(settings.on_duplicate)
+        log.info("duplicates: %s (this server's names only)", settings.on_duplicate.value)
+    try:  # a metrics port in use is the error, not a "listening" line before it
+        reporter = _start_reporting(server, settings, worker, signals, presence)
+    except StartError as exc:
+        return fail(str(exc))
     server_log = logging.getLogger("hbloop.server")
     server_log.info(
         "%s %s:%d%s scheme=%s interval=%gs timeout=%gs max_connections=%d open_files=%d",
@@ -181,16 +202,6 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         policy.max_connections,
         fd_limit,
     )
-    presence = None
-    if settings.redis is not None:
-        presence = _start_presence(server, settings, f"{host}:{port}", worker)
-    elif settings.on_duplicate is not Policy.ALLOW:
-        server.presence = LocalRegistry(settings.on_duplicate)
-        log.info("duplicates: %s (this server's names only)", settings.on_duplicate.value)
-    try:
-        reporter = _start_reporting(server, settings, worker, signals, presence)
-    except StartError as exc:
-        return fail(str(exc))
     server.serve_forever(install_signal_handlers=False)
     reporter.close()
     if presence is not None:

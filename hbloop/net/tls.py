@@ -5,7 +5,7 @@ plaintext and back. That costs about 20 KB per connection where asyncio's TLS
 transport costs about 284 KB: its ``SSLProtocol`` allocates a 256 KiB read buffer per
 connection (``max_size`` in CPython's Lib/asyncio/sslproto.py). Both figures are the
 resident memory per connection of ``python -m bench --tls --against asyncio`` (4,000
-clients; README, "TLS and authentication").
+clients; docs/explanation/figures.md, "TLS").
 
 A connection's I/O shell uses one ``TlsLayer`` like this::
 
@@ -104,9 +104,39 @@ def _load_chain(context: ssl.SSLContext, certfile: Path, keyfile: Path) -> None:
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
+        why = _misfiled(certfile, keyfile) if isinstance(exc, ssl.SSLError) else None
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            why = f"{keyfile} is not the key of {certfile}"
         raise TlsConfigError(
-            f"cannot load certificate {certfile} with key {keyfile}: {_describe_load(exc)}"
+            f"cannot load certificate {certfile} with key {keyfile}: {why or _describe_load(exc)}"
         ) from None
+
+
+# The PEM labels that tell a certificate from a private key ("-----BEGIN CERTIFICATE-----",
+# "-----BEGIN EC PRIVATE KEY-----", ...).
+PEM_CERTIFICATE = b"CERTIFICATE-----"
+PEM_KEY = b"PRIVATE KEY-----"
+
+
+def _misfiled(certfile: Path, keyfile: Path) -> str | None:
+    """What is wrong with the files, where OpenSSL only says "PEM lib": a DER
+    certificate, or a certificate and a key given the other way round."""
+    try:
+        cert, key = certfile.read_bytes(), keyfile.read_bytes()
+    except OSError:
+        return None  # OpenSSL read them; its own words will do
+    if PEM_CERTIFICATE not in cert:
+        if PEM_KEY in cert and PEM_CERTIFICATE in key:
+            return "the certificate and the key are swapped"
+        if b"-----BEGIN" not in cert:
+            return (
+                f"{certfile} is not PEM (DER? openssl x509 -inform DER -in {certfile} "
+                "-out cert.pem makes it PEM)"
+            )
+        return f"{certfile} holds no PEM certificate"
+    if PEM_KEY not in key:
+        return f"{keyfile} holds no PEM private key"
+    return None
 
 
 def _load_ca(context: ssl.SSLContext, cafile: Path) -> None:
@@ -343,7 +373,7 @@ class TlsLayer:
 
 # 1000 handshakes a second hold handshakes to about 40% of one core at 0.4 ms each,
 # leaving the rest of it for established peers (19,000 of them pinging every 2 s take
-# about 20%, README's benchmark).
+# about 20%, docs/explanation/figures.md).
 DEFAULT_HANDSHAKE_RATE = 1000.0
 
 # The bucket holds a quarter of a second's worth (250 at the default rate): a burst of
@@ -356,8 +386,8 @@ class HandshakeLimiter:
     """A token bucket for new TLS handshakes, one per server process.
 
     A full handshake costs the server about 0.44 ms of CPU with an ECDSA certificate
-    (``python -m bench --tls``'s server CPU per handshake; README, "TLS and
-    authentication"). Without a cap, a reconnect storm of thousands of clients would
+    (``python -m bench --tls``'s server CPU per handshake; docs/explanation/figures.md,
+    "TLS"). Without a cap, a reconnect storm of thousands of clients would
     take the loop away from the heartbeats of peers already connected for seconds; with
     one, handshakes over the rate are refused at once and their clients retry after a
     jittered back-off.

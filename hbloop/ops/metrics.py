@@ -8,8 +8,9 @@ own HTTP server (a thread per process) is not used; a request is answered by
 read one request (bounded in size and time; CRLF or bare LF line ends, and what cannot
 be HTTP refused at once), answer it, close.
 
-Totals are named ``hbloop_*``; the same figures per worker are ``hbloop_worker_*``
-with a ``worker`` label, kept apart so that ``sum()`` over either never counts twice.
+Totals are named ``hbloop_*``; with ``--workers``, the same figures per worker are
+``hbloop_worker_*`` with a ``worker`` label, kept apart so that ``sum()`` over either
+never counts twice, and ``hbloop_workers`` and ``hbloop_restarts_total`` count them.
 Beside them: ``hbloop_build_info``, prometheus_client's standard ``process_*`` (of
 the process that answers: the lone server, or the supervisor) and ``python_info``,
 and with workers ``hbloop_worker_process_*{worker}`` for each worker process.
@@ -94,11 +95,14 @@ class Report:
     restarts: int = 0
     serving: bool = True
     pids: dict[str, int] = field(default_factory=dict)  # by worker, with a supervisor
+    #: From a supervisor: the series of --workers (the count, restarts, per worker) are
+    #: shown; a lone server has none, as it has no workers to tell apart.
+    supervised: bool = True
 
     @classmethod
     def alone(cls, snapshot: Snapshot, serving: bool) -> Report:
         """The report of a server without a supervisor: one worker, the total."""
-        return cls(snapshot, {"1": snapshot}, serving=serving)
+        return cls(snapshot, {"1": snapshot}, serving=serving, supervised=False)
 
 
 def _family(
@@ -182,6 +186,8 @@ class _ReportCollector:
         build.add_metric([__version__, platform.python_version()], 1)
         yield build
         yield from _families("hbloop_", [], {(): report.total})
+        if not report.supervised:
+            return
         workers = GaugeMetricFamily("hbloop_workers", "Worker processes running.")
         workers.add_metric([], len(report.workers))
         yield workers
