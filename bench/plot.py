@@ -11,6 +11,7 @@ every panel; the title says what was run.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,8 @@ def draw(results: list[RunResult], config: BenchConfig) -> Any:
         connections.set_ylabel(f"{result.server}\nconnections", color=colour[result.server])
         latency = connections.twinx()
         for key, style in PERCENTILE_STYLES.items():
-            values = [s.rtt_ms[key] for s in result.seconds]
+            # NaN, a gap in the line, for a second without a round trip.
+            values = [math.nan if (v := s.rtt_ms[key]) is None else v for s in result.seconds]
             latency.plot(seconds, values, style, color="k", label=f"RTT {key}")
         latency.set_yscale("log")
         latency.set_ylabel("RTT, ms")
