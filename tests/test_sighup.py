@@ -1,5 +1,5 @@
 """SIGHUP: a lone server re-reads its settings and applies the log settings in place;
-a supervisor restarts its workers one by one with the new settings. Neither dies."""
+a supervisor restarts its workers with the new settings. Neither dies."""
 
 from __future__ import annotations
 

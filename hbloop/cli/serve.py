@@ -135,7 +135,7 @@ class _Signals:
         if pending:
             log.warning(
                 "SIGHUP: %s changed; a restart applies it (with --workers, SIGHUP to the "
-                "supervisor restarts the workers one by one)",
+                "supervisor restarts the workers)",
                 flags(pending),
             )
 
