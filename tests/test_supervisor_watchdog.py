@@ -156,6 +156,8 @@ class Supervised(LoggedProcess):
         )
         line = self.wait_line(r"listening on \S+ workers=2 pids=(\d+) (\d+)")
         self.pids = [int(line.group(1)), int(line.group(2))]
+        for pid in self.pids:  # its signal handlers are installed
+            self.wait_line(rf"worker {pid} ready")
 
 
 @pytest.fixture

@@ -66,6 +66,8 @@ def target(settings: Settings, link: WorkerLink) -> int:
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGUSR1, spin)
     loop.add_signal_handler(signal.SIGUSR2, burn)
+    # The tests signal a worker only after this line: before it, SIGUSR1 would kill it.
+    print(f"worker {os.getpid()} ready", file=sys.stderr, flush=True)
     loop.run_forever()
     reporter.close()
     return 0
