@@ -100,8 +100,10 @@ def test_slow_consumer_is_closed_and_memory_stays_bounded(serve, good_peers):
         with RawPeer(server.address, rcvbuf=HOG_RCVBUF) as hog:
             assert hog.hello(f"hog-{i}", INTERVAL_MS)[0] == FrameType.WELCOME
             sent = flood_without_reading(hog, HOG_FRAME)
-        # Many times the cap went out before the cut: it was the cap that cut.
-        assert sent > 4 * MAX_PENDING
+        # What waits in the server are echoes of what the hog sent: more than the cap
+        # went out before the cut. (How much more depends on the kernel's buffer
+        # autotuning, which a busy machine slows: no multiple of the cap is certain.)
+        assert sent > MAX_PENDING
         match = server.wait_line(
             rf"disconnect .* name=hog-{i} .*reason=slow_consumer (\d+) bytes pending"
         )
