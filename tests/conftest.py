@@ -42,6 +42,14 @@ from hbloop.server import Server
 from pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+# across exec: a suite started as `... &` would hand its CLI subprocesses a Ctrl-C they
+# cannot hear, and the tests that press Ctrl-C would wait for nothing. A handled signal
+# is reset to the default at exec, so handling it here gives every child Python's own
+# KeyboardInterrupt, as a terminal would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 HBLOOP = [sys.executable, "-m", "hbloop"]
 
 # Generous bounds: these tests check behaviour, not speed, on a shared 2-core machine.
