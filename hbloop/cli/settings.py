@@ -45,6 +45,7 @@ from hbloop.client import MIN_PEER_MAX_PAYLOAD
 from hbloop.core.backoff import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.core.policy import (
     DEFAULT_BACKLOG,
+    DEFAULT_DRAIN_PERIOD,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_HANDSHAKES,
@@ -53,7 +54,6 @@ from hbloop.core.policy import (
     DEFAULT_MAX_PENDING,
     DEFAULT_MIN_INTERVAL,
     DEFAULT_PING_STRIKES,
-    DEFAULT_DRAIN_PERIOD,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_TIMEOUT,
     ServerPolicy,
