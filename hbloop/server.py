@@ -337,7 +337,10 @@ class Server:
         A second call closes every remaining peer at once and stops.
         """
         if self._stopping:
-            log.warning("second stop request: closing %d connections now", len(self._live))
+            log.warning(
+                "second stop request: closing %d connections now",
+                len(self._draining) - self._drained,
+            )
             self._close_due(len(self._draining))  # their CLOSE goes out, best effort
             for peer in list(self._live):
                 peer._channel.drop(Reason.SHUTDOWN, "second stop request")

@@ -132,6 +132,7 @@ class _Signals:
 
     def stop_accepting(self) -> None:
         self.server.stop_accepting()
+        log.info("retiring: stopped accepting; serving %d peers", len(self.server.peers))
         if self.reporter is not None:
             self.reporter.report_now()
 
