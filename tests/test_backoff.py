@@ -132,7 +132,10 @@ def busiest_window(times: list[float], width: float) -> int:
 
 
 def test_clients_reconnect_spread_out_after_a_restart(serve):
-    first = serve("--interval", "2", "--timeout", "6", "--shutdown-grace", "2")
+    # Every peer closed at once, with no reconnect window (R7): R1's jitter alone.
+    first = serve(
+        "--interval", "2", "--timeout", "6", "--shutdown-grace", "2", "--drain-period", "0"
+    )
     fleet = Fleet(first.port)
     try:
         for client in fleet.clients:
