@@ -1,4 +1,4 @@
-"""protocol.md section 5 (R1-R6) for both Python clients, ``hbloop.Client`` on an
+"""protocol.md section 5 (R1-R7) for both Python clients, ``hbloop.Client`` on an
 EventLoop and ``hbloop.aio.Client`` on asyncio: one behavioural matrix, each test run
 against each, so that the two cannot drift apart."""
 

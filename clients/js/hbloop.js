@@ -2,7 +2,7 @@
 // An hbloop protocol client (versions 1 and 2) for Node.js, written from protocol.md alone.
 // Standard library only. The codec (FrameDecoder, parse*, encode*) is sans-IO; Client
 // puts it on a TCP socket, or a TLS one, for one connection; ReconnectingClient makes
-// one Client after another by the rules of protocol.md section 5 (R1 to R6). Statement
+// one Client after another by the rules of protocol.md section 5 (R1 to R7). Statement
 // ids (H3, T6, R2, ...) refer to protocol.md.
 
 const { X509Certificate } = require('node:crypto');
