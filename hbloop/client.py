@@ -6,7 +6,9 @@ a full-jitter back-off (delay drawn uniformly from 0 to min(cap, base x 2^n)) an
 tries again, so that thousands of clients dropped by one server restart do not come
 back in lockstep. n goes back to 0 only after a connection that stayed OPEN for its
 granted timeout (R2): a server that welcomes and refuses at once cannot make a
-client spin. The limits of R4 to R6 (no token in plain text to a remote host, a floor
+client spin. After CLOSE GOING_AWAY from a draining server whose WELCOME gave a
+RECONNECT_WINDOW, the wait is the longer of that delay and a random one within the
+window (R7). The limits of R4 to R6 (no token in plain text to a remote host, a floor
 on the granted interval, no DATA over the server's maximum) are ``ClientBase``'s.
 """
 
@@ -230,7 +232,7 @@ class ClientBase:
         self.final = False
         self.connects = 0  # successful handshakes
         # When the current connection had its WELCOME, its granted timeout (R2), and
-        # its RECONNECT_WINDOW, s (R3: applies to CLOSE GOING_AWAY).
+        # its RECONNECT_WINDOW, s (R7: applies to CLOSE GOING_AWAY).
         self._opened_at: float | None = None
         self._granted_timeout = 0.0
         self._reconnect_window = 0.0
@@ -304,7 +306,7 @@ class ClientBase:
             return None
         if opened_at is not None and now - opened_at >= self._granted_timeout:
             self.backoff.reset()  # R2: this connection proved itself
-        # R3: the hint of a draining server spreads its fleet's returns over its window.
+        # R7: the hint of a draining server spreads its fleet's returns over its window.
         hinted = (
             opened_at is not None
             and disconnect.reason is Reason.PEER_CLOSED

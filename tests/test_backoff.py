@@ -45,8 +45,8 @@ def test_the_window_doubles_up_to_the_cap_and_never_overflows():
     assert set(windows[6:]) == {30.0}
 
 
-def test_a_reconnect_window_only_lengthens_the_wait():
-    """R3: after GOING_AWAY with a RECONNECT_WINDOW, the longer of the back-off's draw
+def test_r7_a_reconnect_window_only_lengthens_the_wait():
+    """R7: after GOING_AWAY with a RECONNECT_WINDOW, the longer of the back-off's draw
     and a uniform draw within the window."""
     draws = iter([0.5, 0.1, 0.9, 0.9])
     backoff = Backoff(base=1.0, cap=8.0, rng=lambda: next(draws))

@@ -206,10 +206,10 @@ HINT_MS = 2000
     ],
     ids=["going-away", "normal", "server-full"],
 )
-def test_going_away_waits_within_the_servers_reconnect_window(
+def test_r7_going_away_waits_within_the_servers_reconnect_window(
     drive, kind: str, answer: bytes, window: float
 ) -> None:
-    """R3: after CLOSE GOING_AWAY on a connection whose version 2 WELCOME carried a
+    """R7: after CLOSE GOING_AWAY on a connection whose version 2 WELCOME carried a
     RECONNECT_WINDOW, the wait is the longer of the back-off's draw and a uniform draw
     within the window."""
     hinted = dataclasses.replace(LONG_GRANT, reconnect_window_ms=HINT_MS)

@@ -96,7 +96,7 @@ def test_c4_c6_closes_are_spread_evenly_over_the_drain_period(serve) -> None:
     assert len(server.find(r"reason=shutdown GOING_AWAY")) == PEERS
 
 
-def test_healthz_answers_503_and_the_gauge_says_draining_while_peers_remain(serve) -> None:
+def test_c6_healthz_answers_503_and_the_gauge_says_draining_while_peers_remain(serve) -> None:
     long_period = 60.0  # the second peer's close is due 30 s in: the test ends first
     server = serve(*TIMERS, "--drain-period", f"{long_period:g}", "--metrics-port", "0")
     metrics = metrics_address(server)
@@ -119,7 +119,7 @@ def test_healthz_answers_503_and_the_gauge_says_draining_while_peers_remain(serv
             peer.close()
 
 
-def test_a_second_sigterm_during_a_drain_closes_everything_at_once(serve) -> None:
+def test_c6_a_second_sigterm_during_a_drain_closes_everything_at_once(serve) -> None:
     server = serve(*TIMERS, "--drain-period", "60")
     peers = [RawPeer(server.address) for _ in range(4)]
     try:
@@ -175,7 +175,7 @@ RESTART_PERIOD = 2.0
 SLOW = f"interval = 5\ntimeout = 15\nstats-interval = 0\ndrain-period = {RESTART_PERIOD:g}\n"
 
 
-def test_a_rolling_restart_closes_each_client_at_most_once(serve, tmp_path: Path) -> None:
+def test_c4_a_rolling_restart_closes_each_client_at_most_once(serve, tmp_path: Path) -> None:
     config = tmp_path / "hbloop.toml"
     config.write_text(SLOW)
     server = serve("--config", str(config), "--workers", "2")

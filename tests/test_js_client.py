@@ -406,7 +406,7 @@ HINT_MS = 2000
     ],
     ids=["going-away", "normal"],
 )
-def test_going_away_waits_within_the_servers_reconnect_window(
+def test_r7_going_away_waits_within_the_servers_reconnect_window(
     node, answer: bytes, ending: str, delays: list[int]
 ) -> None:
     hinted = dataclasses.replace(LONG_GRANT, reconnect_window_ms=HINT_MS)

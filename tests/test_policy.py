@@ -63,7 +63,7 @@ def test_bad_configurations_are_refused_with_a_reason(kwargs: dict, message: str
         ServerPolicy(**kwargs)
 
 
-# --- the drain schedule (C4, R3) --------------------------------------------------------
+# --- the drain schedule (C6) ------------------------------------------------------------
 
 
 def close_times(count: int, period_ms: int) -> list[int]:
@@ -76,11 +76,11 @@ def close_times(count: int, period_ms: int) -> list[int]:
 
 
 @pytest.mark.parametrize(("count", "period_ms"), [(1, 1000), (3, 10_000), (10, 1000), (7, 3)])
-def test_a_drain_closes_peer_i_at_i_periods_over_n(count: int, period_ms: int) -> None:
+def test_c6_a_drain_closes_peer_i_at_i_periods_over_n(count: int, period_ms: int) -> None:
     assert close_times(count, period_ms) == [i * period_ms // count for i in range(count)]
 
 
-def test_a_drain_starts_at_once_and_ends_within_its_period() -> None:
+def test_c6_a_drain_starts_at_once_and_ends_within_its_period() -> None:
     times = close_times(100_000, 10_000)
     assert times[0] == 0 and times[-1] == 9_999  # the last a share of the period early
     # Evenly: every second of the period closes a tenth of the peers.
@@ -88,17 +88,17 @@ def test_a_drain_starts_at_once_and_ends_within_its_period() -> None:
     assert per_second == [10_000] * 10
 
 
-def test_a_drain_is_monotonic_and_bounded() -> None:
+def test_c6_a_drain_is_monotonic_and_bounded() -> None:
     due = [drain_due(1000, 7_000, elapsed) for elapsed in range(-5, 7_100)]
     assert due == sorted(due)
     assert due[0] == 0 and due[-1] == 1000
 
 
-def test_a_drain_period_of_zero_closes_everyone_at_once() -> None:
+def test_c6_a_drain_period_of_zero_closes_everyone_at_once() -> None:
     assert drain_due(5000, 0, 0) == 5000
     assert drain_due(0, 10_000, 0) == 0  # no peers: nothing to do
 
 
-def test_the_drain_period_is_the_reconnect_window() -> None:
+def test_c6_the_drain_period_is_the_reconnect_window() -> None:
     assert ServerPolicy(drain_period=2.5).drain_period_ms == 2500
     assert ServerPolicy().drain_period_ms == 10_000

@@ -152,7 +152,7 @@ export declare class Backoff {
   readonly attempt: number;
   /**
    * The next delay, s: uniform in [0, min(cap, base x 2^n)]; with a server's reconnect
-   * `window` (s, after CLOSE GOING_AWAY: R3), the longer of that and a uniform delay
+   * `window` (s, after CLOSE GOING_AWAY: R7), the longer of that and a uniform delay
    * within the window.
    */
   nextDelay(window?: number): number;

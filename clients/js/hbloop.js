@@ -506,7 +506,7 @@ class Backoff {
 
   /**
    * The next retry's delay, s; with a server's reconnect `window` (s, after CLOSE
-   * GOING_AWAY: protocol.md R3), the longer of that delay and a uniformly random one
+   * GOING_AWAY: protocol.md R7), the longer of that delay and a uniformly random one
    * within the window, so that a hint only ever lengthens a wait.
    */
   nextDelay(window = 0) {
@@ -891,7 +891,7 @@ class ReconnectingClient extends EventEmitter {
     this.closing = false;
     this.attempts = 0;
     this.provenAt = Infinity; // when the current connection has proved itself (R2)
-    this.reconnectWindowMs = 0; // the current connection's RECONNECT_WINDOW (R3)
+    this.reconnectWindowMs = 0; // the current connection's RECONNECT_WINDOW (R7)
     this.retryTimer = null;
     this.stopped = null;
   }
@@ -955,7 +955,7 @@ class ReconnectingClient extends EventEmitter {
       return;
     }
     if (now() >= this.provenAt) this.backoff.reset(); // R2: a handshake alone is no proof
-    // R3: the hint of a draining server spreads its fleet's returns over its window.
+    // R7: the hint of a draining server spreads its fleet's returns over its window.
     const hinted = ending.reason === 'peer_closed' && ending.code === Code.GOING_AWAY;
     const windowS = hinted ? this.reconnectWindowMs / 1000 : 0;
     const retryInMs = Math.round(this.backoff.nextDelay(windowS) * 1000);

@@ -312,7 +312,7 @@ class SessionConfig:
     * ``enforce_timeout``: the session closes a silent peer (T6); off for load
       generators, which measure the server and leave judging to it.
     * ``reconnect_window_ms``: a server's RECONNECT_WINDOW for version 2 WELCOMEs
-      (R3; its drain period), or None to send none.
+      (its drain period, C6 and R7), or None to send none.
     """
 
     __slots__ = (
