@@ -6,11 +6,14 @@ SIGHUP rolling restart closes each client at most once. Real `hbloop serve` and
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hbloop.client import Client
@@ -21,6 +24,7 @@ from hbloop.net.loop import EventLoop
 from conftest import (
     WAIT_TIMEOUT,
     RawPeer,
+    ServerProcess,
     frame_code,
     http_get,
     metrics_address,
@@ -175,53 +179,99 @@ RESTART_PERIOD = 2.0
 SLOW = f"interval = 5\ntimeout = 15\nstats-interval = 0\ndrain-period = {RESTART_PERIOD:g}\n"
 
 
-def test_c4_a_rolling_restart_closes_each_client_at_most_once(serve, tmp_path: Path) -> None:
-    config = tmp_path / "hbloop.toml"
-    config.write_text(SLOW)
-    server = serve("--config", str(config), "--workers", "2")
-    loop = EventLoop()
-    closes: dict[str, list[Disconnect]] = {}
-    fleet = []
-    for i in range(FLEET):
-        name = f"fleet-{i}"
-        closes[name] = []
-        fleet.append(
-            Client(
-                "127.0.0.1",
-                server.port,
-                name,
-                loop=loop,
-                on_disconnect=lambda d, _retry, name=name: closes[name].append(d),
-            )
+class Fleet:
+    """FLEET reconnecting clients on one loop, each one's endings recorded by name."""
+
+    def __init__(self, port: int) -> None:
+        self.loop = EventLoop()
+        self.endings: dict[str, list[Disconnect]] = {}
+        self.clients = [self._client(port, f"fleet-{i}") for i in range(FLEET)]
+
+    def _client(self, port: int, name: str) -> Client:
+        endings = self.endings[name] = []
+        client = Client(
+            "127.0.0.1", port, name, loop=self.loop, on_disconnect=lambda d, _: endings.append(d)
         )
-    try:
-        for client in fleet:
-            client.start()
-        assert loop.run_until(lambda: all(c.connects == 1 for c in fleet), WAIT_TIMEOUT)
-        config.write_text(SLOW.replace("interval = 5", "interval = 6"))
-        server.signal(signal.SIGHUP)
+        client.start()
+        return client
 
-        def restarted() -> bool:
-            retired = len(server.find(r"retired: exited with code 0")) == 2
-            return retired and all(c.connects >= 2 for c in fleet)
+    def run_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        endings = {name: [str(d) for d in ds] for name, ds in self.endings.items()}
+        assert self.loop.run_until(condition, timeout), endings
 
-        assert loop.run_until(restarted, RESTART_PERIOD + 2 * WAIT_TIMEOUT), {
-            name: [str(d) for d in ds] for name, ds in closes.items()
-        }
-    finally:
-        for client in fleet:
+    def connected(self, times: int) -> bool:
+        return all(client.connects >= times for client in self.clients)
+
+    def close(self) -> None:
+        for client in self.clients:
             client.close()
-        loop.run_until(lambda: all(c.done for c in fleet), WAIT_TIMEOUT)
-        loop.close()
-    going_away = {
-        name: sum(d.reason is Reason.PEER_CLOSED and d.code == Code.GOING_AWAY for d in ds)
-        for name, ds in closes.items()
+        self.loop.run_until(lambda: all(c.done for c in self.clients), WAIT_TIMEOUT)
+        self.loop.close()
+
+
+def _restart(server: ServerProcess, config: Path) -> None:
+    """A SIGHUP whose new settings need new workers."""
+    config.write_text(SLOW.replace("interval = 5", "interval = 6"))
+    server.signal(signal.SIGHUP)
+
+
+def _retired(server: ServerProcess) -> bool:
+    return len(server.find(r"retired: exited with code 0")) == 2
+
+
+def _closed_once_each(fleet: Fleet, server: ServerProcess) -> None:
+    """Every client ended once, with GOING_AWAY: no second close, and no reset of a
+    reconnect queued on an old worker's listener; and both old workers stopped
+    accepting before either of them closed anyone."""
+    endings = {
+        name: [str(d) for d in ds if d.reason is not Reason.CLOSED_LOCALLY]  # the test's own
+        for name, ds in fleet.endings.items()
     }
-    assert set(going_away.values()) == {1}, going_away
-    # Both old workers stopped accepting before either of them closed anyone.
+    assert all(e == ["peer_closed GOING_AWAY"] for e in endings.values()), endings
     order = [
         "stopped" if "stopped accepting" in line else "closing"
         for line in server.lines()
         if "stopped accepting" in line or "shutting down: closing" in line
     ]
     assert order == ["stopped", "stopped", "closing", "closing"], order
+
+
+def test_c4_a_rolling_restart_closes_each_client_at_most_once(serve, tmp_path: Path) -> None:
+    config = tmp_path / "hbloop.toml"
+    config.write_text(SLOW)
+    server = serve("--config", str(config), "--workers", "2")
+    fleet = Fleet(server.port)
+    try:
+        fleet.run_until(lambda: fleet.connected(1), WAIT_TIMEOUT)
+        _restart(server, config)
+        fleet.run_until(lambda: _retired(server) and fleet.connected(2), 2 * WAIT_TIMEOUT)
+    finally:
+        fleet.close()
+    _closed_once_each(fleet, server)
+
+
+def test_c4_no_old_worker_drains_while_another_still_accepts(serve, tmp_path: Path) -> None:
+    """One old worker stopped (as by a debugger) when it is told to stop accepting:
+    the other waits for it rather than drain, so that none of its clients can
+    reconnect into the stopped one's listener and be closed (or reset) again."""
+    config = tmp_path / "hbloop.toml"
+    config.write_text(SLOW)
+    server = serve("--config", str(config), "--workers", "2")
+    old_pids = [int(pid) for pid in server.wait_line(r"pids=(\d+) (\d+)").groups()]
+    fleet = Fleet(server.port)
+    try:
+        fleet.run_until(lambda: fleet.connected(1), WAIT_TIMEOUT)
+        os.kill(old_pids[1], signal.SIGSTOP)  # before its replacement listens
+        _restart(server, config)
+        server.wait_line(r"retiring: stopped accepting")  # the other old worker
+        # While one old worker may still accept, no client is closed: the drain
+        # period passes with every client still on its first connection.
+        fleet.loop.run_until(lambda: any(fleet.endings.values()), RESTART_PERIOD)
+        assert not any(fleet.endings.values()), fleet.endings
+        os.kill(old_pids[1], signal.SIGCONT)
+        fleet.run_until(lambda: _retired(server) and fleet.connected(2), 2 * WAIT_TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old_pids[1], signal.SIGCONT)
+        fleet.close()
+    _closed_once_each(fleet, server)
