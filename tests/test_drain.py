@@ -263,7 +263,7 @@ def test_c4_no_old_worker_drains_while_another_still_accepts(serve, tmp_path: Pa
         fleet.run_until(lambda: fleet.connected(1), WAIT_TIMEOUT)
         os.kill(old_pids[1], signal.SIGSTOP)  # before its replacement listens
         _restart(server, config)
-        server.wait_line(r"retiring: stopped accepting")  # the other old worker
+        server.wait_line(r"replaces pid", count=2)  # both replacements listen
         # While one old worker may still accept, no client is closed: the drain
         # period passes with every client still on its first connection.
         fleet.loop.run_until(lambda: any(fleet.endings.values()), RESTART_PERIOD)
