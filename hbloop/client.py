@@ -6,7 +6,9 @@ a full-jitter back-off (delay drawn uniformly from 0 to min(cap, base x 2^n)) an
 tries again, so that thousands of clients dropped by one server restart do not come
 back in lockstep. n goes back to 0 only after a connection that stayed OPEN for its
 granted timeout (R2): a server that welcomes and refuses at once cannot make a
-client spin. The limits of R4 to R6 (no token in plain text to a remote host, a floor
+client spin. After CLOSE GOING_AWAY from a draining server whose WELCOME gave a
+RECONNECT_WINDOW, the wait is the longer of that delay and a random one within the
+window (R7). The limits of R4 to R6 (no token in plain text to a remote host, a floor
 on the granted interval, no DATA over the server's maximum) are ``ClientBase``'s.
 """
 
@@ -229,9 +231,11 @@ class ClientBase:
         #: it does not reconnect.
         self.final = False
         self.connects = 0  # successful handshakes
-        # When the current connection had its WELCOME, and its granted timeout (R2).
+        # When the current connection had its WELCOME, its granted timeout (R2), and
+        # its RECONNECT_WINDOW, s (R7: applies to CLOSE GOING_AWAY).
         self._opened_at: float | None = None
         self._granted_timeout = 0.0
+        self._reconnect_window = 0.0
 
     @staticmethod
     def _check_token(token: str) -> None:
@@ -284,6 +288,7 @@ class ClientBase:
         self.connects += 1
         self._opened_at = now
         self._granted_timeout = welcome.timeout_ms / 1000
+        self._reconnect_window = (welcome.reconnect_window_ms or 0) / 1000
         if welcome.max_payload is not None:  # version 2 says it (R6)
             self.payload_limit = welcome.max_payload
         if self.on_welcome is not None:
@@ -301,7 +306,13 @@ class ClientBase:
             return None
         if opened_at is not None and now - opened_at >= self._granted_timeout:
             self.backoff.reset()  # R2: this connection proved itself
-        return self.backoff.next_delay()
+        # R7: the hint of a draining server spreads its fleet's returns over its window.
+        hinted = (
+            opened_at is not None
+            and disconnect.reason is Reason.PEER_CLOSED
+            and disconnect.code == Code.GOING_AWAY
+        )
+        return self.backoff.next_delay(self._reconnect_window if hinted else 0.0)
 
     def _disconnected(self, disconnect: Disconnect, retry_in: float | None) -> None:
         if self.on_disconnect is not None:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from hbloop.auth import Authenticator
 from hbloop.core.logfields import fields, token
-from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy
+from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy, drain_due, seconds_to_ms
 from hbloop.core.session import (
     Closed,
     Disconnect,
@@ -47,7 +47,7 @@ from hbloop.core.wire import Code, Hello, encode_error
 from hbloop.net.acceptor import Acceptor, AdmissionLimits, SourceLimits
 from hbloop.net.channel import Channel, make_channel
 from hbloop.net.counters import IoCounters, ServerStats
-from hbloop.net.loop import EventLoop, call_guarded
+from hbloop.net.loop import EventLoop, Timer, call_guarded
 from hbloop.net.sockets import apply_tcp_options, make_listener
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE, Certificate, HandshakeLimiter, TlsLayer
 from hbloop.net.trace import Tracer
@@ -80,6 +80,12 @@ MAX_CACHED_GRANTS = 256
 
 # Distinct peer addresses whose strings are shared; bounded for the same reason.
 MAX_INTERNED_HOSTS = 4096
+
+# The shortest wait between two batches of a drain's closes. Each batch closes the
+# peers due since the last one (a tenth of a second's share of the drain at most), and
+# between batches the loop serves the heartbeats of the peers still open; ten batches
+# a second are fine enough that clients see the closes spread, not in steps.
+DRAIN_TICK = 0.1
 
 
 ConnectCallback = Callable[["Peer"], None]
@@ -257,6 +263,7 @@ class Server:
             counters=self.stats,
             peer_rate=policy.max_peer_rate,
             max_payload=policy.max_payload,
+            reconnect_window_ms=policy.drain_period_ms,
         )
         self._live: set[Peer] = set()  # every unreleased peer, handshaken or not
         # requested interval_ms -> its Grant, shared by every peer that asked the same.
@@ -265,6 +272,12 @@ class Server:
         self._hosts: dict[str, str] = {}
         self._acceptor: Acceptor | None = None
         self._stopping = False
+        # The drain: the peers live when it began, in the order they are closed, how
+        # many of them have been, when it began, and its next batch.
+        self._draining: list[Peer] = []
+        self._drained = 0
+        self._drain_started = 0.0
+        self._drain_timer: Timer | None = None
         self._handshakes = 0  # peers accepted and not yet through their handshake
         self._too_many_handshakes = encode_error(Code.SERVER_FULL, "too many handshakes")
         self.admission = admission
@@ -308,25 +321,65 @@ class Server:
         finally:
             self._close_listener()
 
-    def shutdown(self) -> None:
-        """Stop gracefully: CLOSE(GOING_AWAY) to every peer, flush, then stop the loop.
+    def stop_accepting(self) -> None:
+        """Close the listening socket, so that new connections go elsewhere (with
+        ``reuse_port``, the port's other listeners: the kernel hashes none to a closed
+        one); the peers already connected are served on. ``stats.draining`` says so."""
+        self._close_listener()
+        self.stats.draining = 1
 
-        A second call gives up on flushing and stops at once.
+    def shutdown(self) -> None:
+        """Stop gracefully: stop accepting, then CLOSE(GOING_AWAY) the peers spread
+        evenly over the policy's drain period (protocol.md C4), a batch at a time
+        (``drain_due``), each after the output already queued for it; stop the loop
+        once every peer is gone, or the shutdown grace after the drain period.
+
+        A second call closes every remaining peer at once and stops.
         """
         if self._stopping:
-            log.warning("second stop request: closing %d connections now", len(self._live))
+            log.warning(
+                "second stop request: closing %d connections now",
+                len(self._draining) - self._drained,
+            )
+            self._close_due(len(self._draining))  # their CLOSE goes out, best effort
             for peer in list(self._live):
                 peer._channel.drop(Reason.SHUTDOWN, "second stop request")
             self.loop.stop()
             return
         self._stopping = True
-        self._close_listener()
-        grace = self.policy.shutdown_grace
-        log.info("shutting down: closing %d connections (grace %.1fs)", len(self._live), grace)
-        for peer in list(self._live):
-            peer._channel.close(Code.GOING_AWAY, Reason.SHUTDOWN, grace)
-        self.loop.call_later(grace, self._grace_expired)
+        self.stop_accepting()
+        policy = self.policy
+        self._draining = list(self._live)
+        log.info(
+            "shutting down: closing %d connections over %gs (grace %.1fs)",
+            len(self._draining),
+            policy.drain_period,
+            policy.shutdown_grace,
+        )
+        self._drain_started = self.loop.now
+        self._drain_batch()
+        self.loop.call_later(policy.drain_period + policy.shutdown_grace, self._grace_expired)
         self._stop_if_drained()
+
+    def _drain_batch(self) -> None:
+        """Close the peers due by now; come back when the next one is due."""
+        self._drain_timer = None
+        count = len(self._draining)
+        period_ms = self.policy.drain_period_ms
+        elapsed_ms = seconds_to_ms(self.loop.now - self._drain_started)
+        self._close_due(drain_due(count, period_ms, elapsed_ms))
+        if self._drained < count:
+            next_ms = self._drained * period_ms // count  # when drain_due reaches it
+            wait = max(DRAIN_TICK, (next_ms - elapsed_ms) / 1000)
+            self._drain_timer = self.loop.call_later(wait, self._drain_batch)
+
+    def _close_due(self, due: int) -> None:
+        """CLOSE(GOING_AWAY) the drain's peers up to ``due`` (a no-op for any gone or
+        closing already)."""
+        grace = self.policy.shutdown_grace
+        for peer in self._draining[self._drained : due]:
+            peer._channel.close(Code.GOING_AWAY, Reason.SHUTDOWN, grace)
+        self._drained = max(self._drained, due)
 
     def _grace_expired(self) -> None:
         if self._live:
@@ -337,6 +390,9 @@ class Server:
 
     def _stop_if_drained(self) -> None:
         if self._stopping and not self._live:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
             self.loop.stop()
 
     def _close_listener(self) -> None:

@@ -530,6 +530,18 @@ def v2_valid_vectors() -> list[dict[str, object]]:
             65536,
             30000,
         ),
+        (
+            "hbloop's server at its defaults (a 10 s drain period, R7)",
+            prop(2, u32(65536)) + prop(RECONNECT_WINDOW, u32(10000)),
+            65536,
+            10000,
+        ),
+        (
+            "a reconnect window of 0 (a server that closes its peers at once)",
+            prop(RECONNECT_WINDOW, u32(0)),
+            None,
+            0,
+        ),
         ("an unknown property, skipped", prop(0x0042, b"\x01\x02"), None, None),
         ("a HELLO-only property, unknown in WELCOME, skipped", prop(TOKEN, b"k"), None, None),
     ):

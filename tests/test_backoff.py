@@ -45,6 +45,20 @@ def test_the_window_doubles_up_to_the_cap_and_never_overflows():
     assert set(windows[6:]) == {30.0}
 
 
+def test_r7_a_reconnect_window_only_lengthens_the_wait():
+    """R7: after GOING_AWAY with a RECONNECT_WINDOW, the longer of the back-off's draw
+    and a uniform draw within the window."""
+    draws = iter([0.5, 0.1, 0.9, 0.9])
+    backoff = Backoff(base=1.0, cap=8.0, rng=lambda: next(draws))
+    assert backoff.next_delay(window=2.0) == pytest.approx(0.5)  # max(0.5 x 1, 0.1 x 2)
+    assert backoff.next_delay(window=2.0) == pytest.approx(1.8)  # max(0.9 x 2, 0.9 x 2)
+    rng = random.Random(11).random
+    spread = [Backoff(base=0.5, cap=30.0, rng=rng).next_delay(window=10.0) for _ in range(DRAWS)]
+    assert all(0 <= d <= 10.0 for d in spread)
+    # A fleet spreads over the whole window, not the first retry's 0.5 s.
+    assert max(spread) > 9.8 and sum(d > 5.0 for d in spread) > DRAWS / 3
+
+
 @pytest.mark.parametrize(("base", "cap"), [(0, 1), (-1, 1), (2, 1)])
 def test_nonsensical_backoff_is_refused(base: float, cap: float):
     with pytest.raises(ValueError):
@@ -118,7 +132,10 @@ def busiest_window(times: list[float], width: float) -> int:
 
 
 def test_clients_reconnect_spread_out_after_a_restart(serve):
-    first = serve("--interval", "2", "--timeout", "6", "--shutdown-grace", "2")
+    # Every peer closed at once, with no reconnect window (R7): R1's jitter alone.
+    first = serve(
+        "--interval", "2", "--timeout", "6", "--shutdown-grace", "2", "--drain-period", "0"
+    )
     fleet = Fleet(first.port)
     try:
         for client in fleet.clients:

@@ -1,10 +1,11 @@
-"""protocol.md section 5 (R1-R6) for both Python clients, ``hbloop.Client`` on an
+"""protocol.md section 5 (R1-R7) for both Python clients, ``hbloop.Client`` on an
 EventLoop and ``hbloop.aio.Client`` on asyncio: one behavioural matrix, each test run
 against each, so that the two cannot drift apart."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import math
@@ -187,6 +188,40 @@ def test_refusals_after_welcome_are_retried_at_the_backoff_rate(
         count = attempts.count
     assert FAST_RAMP + 1 <= count <= FAST_MAX_ATTEMPTS, count
     assert client.client.stopped is None
+
+
+# --- R3: retry after the server's hint -------------------------------------------------
+
+# A draining server's RECONNECT_WINDOW, ms: far above the back-off's first window.
+HINT_MS = 2000
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("answer", "window"),
+    [
+        (encode_close(Code.GOING_AWAY), HINT_MS / 1000),
+        (encode_close(Code.NORMAL), 0.0),  # the hint is for GOING_AWAY alone
+        (encode_error(Code.SERVER_FULL, "full"), 0.0),
+    ],
+    ids=["going-away", "normal", "server-full"],
+)
+def test_r7_going_away_waits_within_the_servers_reconnect_window(
+    drive, kind: str, answer: bytes, window: float
+) -> None:
+    """R7: after CLOSE GOING_AWAY on a connection whose version 2 WELCOME carried a
+    RECONNECT_WINDOW, the wait is the longer of the back-off's draw and a uniform draw
+    within the window."""
+    hinted = dataclasses.replace(LONG_GRANT, reconnect_window_ms=HINT_MS)
+    with fake_server(hinted, say(answer)) as (port, _attempts):
+        backoff = Backoff(0.05, 0.4, rng=lambda: TOP)
+        client = drive(kind, int(port), f"hint-{kind}", backoff=backoff)
+        client.run_until(lambda: len(client.disconnects) == 2)
+    assert client.welcomes[0].reconnect_window_ms == HINT_MS
+    first_windows = GROWING[:2]  # R1's first two windows, the base and twice it
+    assert [retry for _, retry in client.disconnects] == [
+        pytest.approx(TOP * max(ceiling, window)) for ceiling in first_windows
+    ]
 
 
 # --- R3: final endings -------------------------------------------------------------------

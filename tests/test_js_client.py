@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -390,6 +391,30 @@ GROWING = [50, 100, 200, 400, 400]
 # A grant the silent server gives: the client gives up after 200 ms, having been open
 # for its whole timeout, so each connection has proved itself and the back-off resets.
 SHORT_GRANT = welcome(Scheme.CLIENT, 100, 200)
+
+
+# A draining server's RECONNECT_WINDOW, ms: far above the back-off's first windows.
+HINT_MS = 2000
+
+
+@pytest.mark.parametrize(
+    ("answer", "ending", "delays"),
+    [
+        # R3: the longer of the back-off's draw (at the top: 50, 100 ms) and the window's.
+        (encode_close(Code.GOING_AWAY), "peer_closed", [round(0.999 * HINT_MS)] * 2),
+        (encode_close(Code.NORMAL), "peer_closed", GROWING[:2]),  # no hint for NORMAL
+    ],
+    ids=["going-away", "normal"],
+)
+def test_r7_going_away_waits_within_the_servers_reconnect_window(
+    node, answer: bytes, ending: str, delays: list[int]
+) -> None:
+    hinted = dataclasses.replace(LONG_GRANT, reconnect_window_ms=HINT_MS)
+    with fake_server(hinted, say(answer)) as (port, _attempts):
+        client = node("-e", BACKOFF_SCRIPT, str(JS / "hbloop.js"), port, str(len(delays)))
+        assert client.wait(NODE_TIMEOUT) == 0, client.lines("stderr")
+    out = client.lines("stdout")
+    assert out == [*(f"{ending} {ms}" for ms in delays), "closed_locally null"]
 
 
 @pytest.mark.parametrize(

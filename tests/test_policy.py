@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hbloop.core.policy import ServerPolicy, grant
+from hbloop.core.policy import ServerPolicy, drain_due, grant
 
 
 def test_default_request_gets_the_configured_interval_and_timeout() -> None:
@@ -54,8 +54,51 @@ def test_the_grant_is_exact_integer_arithmetic() -> None:
         ({"max_pending": 1024, "max_payload": 4096}, "pending output"),
         ({"handshake_timeout": 0}, "handshake"),
         ({"ping_strikes": 0}, "strikes"),
+        ({"drain_period": -1}, "drain period"),
+        ({"drain_period": 4_294_968}, "drain period"),
     ],
 )
 def test_bad_configurations_are_refused_with_a_reason(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServerPolicy(**kwargs)
+
+
+# --- the drain schedule (C6) ------------------------------------------------------------
+
+
+def close_times(count: int, period_ms: int) -> list[int]:
+    """When each of ``count`` peers is closed, ms after the drain began, as a server
+    that calls ``drain_due`` every millisecond would close them."""
+    times: list[int] = []
+    for elapsed in range(period_ms + 1):
+        times += [elapsed] * (drain_due(count, period_ms, elapsed) - len(times))
+    return times
+
+
+@pytest.mark.parametrize(("count", "period_ms"), [(1, 1000), (3, 10_000), (10, 1000), (7, 3)])
+def test_c6_a_drain_closes_peer_i_at_i_periods_over_n(count: int, period_ms: int) -> None:
+    assert close_times(count, period_ms) == [i * period_ms // count for i in range(count)]
+
+
+def test_c6_a_drain_starts_at_once_and_ends_within_its_period() -> None:
+    times = close_times(100_000, 10_000)
+    assert times[0] == 0 and times[-1] == 9_999  # the last a share of the period early
+    # Evenly: every second of the period closes a tenth of the peers.
+    per_second = [sum(1 for t in times if s * 1000 <= t < (s + 1) * 1000) for s in range(10)]
+    assert per_second == [10_000] * 10
+
+
+def test_c6_a_drain_is_monotonic_and_bounded() -> None:
+    due = [drain_due(1000, 7_000, elapsed) for elapsed in range(-5, 7_100)]
+    assert due == sorted(due)
+    assert due[0] == 0 and due[-1] == 1000
+
+
+def test_c6_a_drain_period_of_zero_closes_everyone_at_once() -> None:
+    assert drain_due(5000, 0, 0) == 5000
+    assert drain_due(0, 10_000, 0) == 0  # no peers: nothing to do
+
+
+def test_c6_the_drain_period_is_the_reconnect_window() -> None:
+    assert ServerPolicy(drain_period=2.5).drain_period_ms == 2500
+    assert ServerPolicy().drain_period_ms == 10_000

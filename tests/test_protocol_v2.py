@@ -46,13 +46,17 @@ def test_a_version_1_hello_gets_version_1s_welcome_byte_for_byte(serve, raw_peer
 
 
 def test_a_version_2_hello_gets_the_servers_maximum_payload(serve, raw_peer):
-    server = serve("--interval", "2", "--timeout", "6", "--max-frame", str(SERVER_MAX_FRAME))
+    """F2, and C6: the reconnect window is the server's drain period."""
+    server = serve(
+        *("--interval", "2", "--timeout", "6", "--max-frame", str(SERVER_MAX_FRAME)),
+        *("--drain-period", "3"),
+    )
     peer = raw_peer(server.address)
     peer.send(encode_hello("alice", 1000, VERSION_2, token=None, max_payload=4096))
     ftype, payload = peer.recv()
     assert ftype == FrameType.WELCOME
     welcome = parse_welcome(payload, VERSION_2)
-    assert welcome == Welcome(VERSION_2, Scheme.CLIENT, 1000, 3000, SERVER_MAX_FRAME)
+    assert welcome == Welcome(VERSION_2, Scheme.CLIENT, 1000, 3000, SERVER_MAX_FRAME, 3000)
 
 
 def test_an_unknown_must_understand_property_is_refused(serve, raw_peer):

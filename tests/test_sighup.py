@@ -70,7 +70,7 @@ def test_sighup_with_a_bad_file_changes_nothing(serve, tmp_path):
 
 # Peers that never PING must outlive a rolling restart, two worker starts in a row,
 # which take seconds on a loaded machine.
-SLOW = "interval = 5\ntimeout = 15\nstats-interval = 0\n"
+SLOW = "interval = 5\ntimeout = 15\nstats-interval = 0\ndrain-period = 1\n"
 
 
 def test_sighup_restarts_the_workers_one_by_one(serve, tmp_path):

@@ -10,7 +10,7 @@ from hbloop.core.wire import PING_FRAME, Code, FrameType
 
 from conftest import RawPeer, expect_last_word
 
-SLOW = "interval = 5\ntimeout = 15\nstats-interval = 0\n"
+SLOW = "interval = 5\ntimeout = 15\nstats-interval = 0\ndrain-period = 1\n"
 
 # Clients: about half on each worker; on a one-by-one restart, each reconnect of the
 # first worker's half has an even chance to land on the second old worker and be

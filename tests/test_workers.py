@@ -106,7 +106,7 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(serve):
 
 
 def test_sigterm_stops_every_worker_gracefully(serve):
-    server = serve(*SLOW, "--workers", "2")
+    server = serve(*SLOW, "--workers", "2", "--drain-period", "1")
     pids = _worker_pids(server)
     peers = _connect(server.address, 10, "t")
     try:
@@ -149,7 +149,8 @@ def test_sigterm_continues_a_stopped_worker(serve):
 
 def test_workers_stuck_in_their_grace_are_killed(serve):
     grace = 1.0
-    server = serve(*SLOW, "--workers", "2", "--shutdown-grace", f"{grace:g}")
+    # No drain period: the supervisor's kill is due the grace and its margin after.
+    server = serve(*SLOW, "--workers", "2", "--shutdown-grace", f"{grace:g}", "--drain-period", "0")
     pids = _worker_pids(server)
     peers = _connect(server.address, BATCH, "held")  # they never close: the grace runs out
     try:

@@ -41,6 +41,7 @@ class Settings:
     metrics_port: int | None = None
     stats_interval: float = 0.0
     shutdown_grace: float = 1.0
+    drain_period: float = 0.0
     redis: None = None  # no presence
     redis_prefix: str = ""
     node_id: str | None = None

@@ -150,8 +150,12 @@ export declare class Backoff {
   readonly cap: number;
   /** n: retries since the last reset (it stops growing at the cap). */
   readonly attempt: number;
-  /** The next delay, s: uniform in [0, min(cap, base x 2^n)]. */
-  nextDelay(): number;
+  /**
+   * The next delay, s: uniform in [0, min(cap, base x 2^n)]; with a server's reconnect
+   * `window` (s, after CLOSE GOING_AWAY: R7), the longer of that and a uniform delay
+   * within the window.
+   */
+  nextDelay(window?: number): number;
   reset(): void;
 }
 

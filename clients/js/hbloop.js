@@ -2,7 +2,7 @@
 // An hbloop protocol client (versions 1 and 2) for Node.js, written from protocol.md alone.
 // Standard library only. The codec (FrameDecoder, parse*, encode*) is sans-IO; Client
 // puts it on a TCP socket, or a TLS one, for one connection; ReconnectingClient makes
-// one Client after another by the rules of protocol.md section 5 (R1 to R6). Statement
+// one Client after another by the rules of protocol.md section 5 (R1 to R7). Statement
 // ids (H3, T6, R2, ...) refer to protocol.md.
 
 const { X509Certificate } = require('node:crypto');
@@ -504,10 +504,16 @@ class Backoff {
     this.attempt = 0;
   }
 
-  nextDelay() {
+  /**
+   * The next retry's delay, s; with a server's reconnect `window` (s, after CLOSE
+   * GOING_AWAY: protocol.md R7), the longer of that delay and a uniformly random one
+   * within the window, so that a hint only ever lengthens a wait.
+   */
+  nextDelay(window = 0) {
     const ceiling = Math.min(this.cap, this.base * 2 ** this.attempt);
     if (ceiling < this.cap) this.attempt += 1; // at the cap, n need not grow any more
-    return this.random() * ceiling;
+    const delay = this.random() * ceiling;
+    return window > 0 ? Math.max(delay, this.random() * window) : delay;
   }
 
   reset() {
@@ -885,6 +891,7 @@ class ReconnectingClient extends EventEmitter {
     this.closing = false;
     this.attempts = 0;
     this.provenAt = Infinity; // when the current connection has proved itself (R2)
+    this.reconnectWindowMs = 0; // the current connection's RECONNECT_WINDOW (R7)
     this.retryTimer = null;
     this.stopped = null;
   }
@@ -893,6 +900,7 @@ class ReconnectingClient extends EventEmitter {
     this.client ??= this.track(new Client(this.options));
     this.attempts += 1;
     this.provenAt = Infinity;
+    this.reconnectWindowMs = 0;
     this.emit('connecting', { attempt: this.attempts });
     this.client.connect();
     return this;
@@ -903,6 +911,7 @@ class ReconnectingClient extends EventEmitter {
     client.on('welcome', (welcome) => {
       // The moment T6 could first end it: a connection that lasts until then is proven.
       this.provenAt = client.openedAt + welcome.timeoutMs;
+      this.reconnectWindowMs = welcome.reconnectWindowMs ?? 0;
       this.emit('welcome', welcome);
     });
     client.on('message', (data) => this.emit('message', data));
@@ -946,7 +955,10 @@ class ReconnectingClient extends EventEmitter {
       return;
     }
     if (now() >= this.provenAt) this.backoff.reset(); // R2: a handshake alone is no proof
-    const retryInMs = Math.round(this.backoff.nextDelay() * 1000);
+    // R7: the hint of a draining server spreads its fleet's returns over its window.
+    const hinted = ending.reason === 'peer_closed' && ending.code === Code.GOING_AWAY;
+    const windowS = hinted ? this.reconnectWindowMs / 1000 : 0;
+    const retryInMs = Math.round(this.backoff.nextDelay(windowS) * 1000);
     this.retryTimer = setTimeout(() => this.connect(), retryInMs);
     this.emit('close', { ...ending, final, retryInMs });
   }

@@ -17,7 +17,12 @@ from hbloop.net.sockets import default_max_connections, raise_open_files_limit
 from hbloop.ops import logs
 from hbloop.ops.metrics import Report, StartError, serve_metrics
 from hbloop.ops.stats import StatsReporter
-from hbloop.ops.supervisor import SUPERVISOR_SETTINGS, Supervisor, WorkerLink
+from hbloop.ops.supervisor import (
+    STOP_ACCEPTING_SIGNAL,
+    SUPERVISOR_SETTINGS,
+    Supervisor,
+    WorkerLink,
+)
 from hbloop.presence.local import LocalRegistry
 from hbloop.presence.node import Node, Policy, Presence, PresenceConfig, check_redis
 from hbloop.server import Peer, Server
@@ -110,15 +115,26 @@ def restart_needed(current: ServeSettings, new: ServeSettings) -> bool:
 class _Signals:
     """A lone server's (or a worker's) signals. SIGINT and SIGTERM shut it down
     gracefully (a second one at once); SIGHUP re-reads the settings and applies the
-    log level and format in place, logging which other changes need a restart."""
+    log level and format in place, logging which other changes need a restart. A
+    worker's STOP_ACCEPTING_SIGNAL, the first step of its retirement, closes its
+    listener and reports that to the supervisor at once (``reporter``, once set)."""
 
-    def __init__(self, server: Server, settings: ServeSettings) -> None:
+    def __init__(self, server: Server, settings: ServeSettings, worker: bool) -> None:
         self.server = server
         self.settings = settings
         self.serving = True
+        self.reporter: StatsReporter | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             server.loop.add_signal_handler(signum, self.stop)
         server.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if worker:
+            server.loop.add_signal_handler(STOP_ACCEPTING_SIGNAL, self.stop_accepting)
+
+    def stop_accepting(self) -> None:
+        self.server.stop_accepting()
+        log.info("retiring: stopped accepting; serving %d peers", len(self.server.peers))
+        if self.reporter is not None:
+            self.reporter.report_now()
 
     def stop(self) -> None:
         self.serving = False
@@ -178,7 +194,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         return fail(f"cannot listen on {settings.host}:{port}: {exc.strerror or exc}")
     # Before the line that says it listens: whoever waits for that line may signal at
     # once, and a SIGHUP or SIGTERM before the handlers would kill the process.
-    signals = _Signals(server, settings)
+    signals = _Signals(server, settings, worker is not None)
     presence = None
     if settings.redis is not None:
         presence = _start_presence(server, settings, f"{host}:{port}", worker)
@@ -186,7 +202,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         server.presence = LocalRegistry(settings.on_duplicate)
         log.info("duplicates: %s (this server's names only)", settings.on_duplicate.value)
     try:  # a metrics port in use is the error, not a "listening" line before it
-        reporter = _start_reporting(server, settings, worker, signals, presence)
+        reporter = signals.reporter = _start_reporting(server, settings, worker, signals, presence)
     except StartError as exc:
         return fail(str(exc))
     server_log = logging.getLogger("hbloop.server")

@@ -45,6 +45,7 @@ from hbloop.client import MIN_PEER_MAX_PAYLOAD
 from hbloop.core.backoff import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.core.policy import (
     DEFAULT_BACKLOG,
+    DEFAULT_DRAIN_PERIOD,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_HANDSHAKES,
@@ -276,6 +277,13 @@ class ServeSettings(LogSettings):
         DEFAULT_SHUTDOWN_GRACE,
         Number(inclusive=True),
         "time to flush output on SIGTERM/SIGINT, s",
+    )
+    drain_period: float = option(
+        DEFAULT_DRAIN_PERIOD,
+        Number(inclusive=True),
+        "on SIGTERM/SIGINT (and in a worker retired by SIGHUP), stop accepting, then "
+        "close the peers spread evenly over this many seconds, the window version 2 "
+        "clients spread their reconnects over (0: all at once), s",
     )
     tcp_keepalive: TcpKeepalive | None = option(
         None, Keepalive(), "enable TCP keepalive probes (a supplement to heartbeats)"
@@ -525,6 +533,7 @@ class ServeSettings(LogSettings):
                 max_peer_rate=self.max_peer_rate,
                 max_handshakes=self.max_handshakes,
                 shutdown_grace=self.shutdown_grace,
+                drain_period=self.drain_period,
                 tcp_keepalive=self.tcp_keepalive,
                 tcp_user_timeout=self.tcp_user_timeout,
             )

@@ -32,10 +32,14 @@ class Backoff:
         self.attempt = 0
         self._rng = rng
 
-    def next_delay(self) -> float:
+    def next_delay(self, window: float = 0.0) -> float:
+        """The next retry's delay, s; with a server's reconnect ``window`` (s, after
+        CLOSE GOING_AWAY: protocol.md R7), the longer of that delay and a uniformly
+        random one within the window, so that a hint only ever lengthens a wait."""
         ceiling = min(self.cap, self.base * (2**self.attempt))
         self.attempt = min(self.attempt + 1, 62)  # keeps 2**attempt a sane float
-        return float(self._rng() * ceiling)
+        delay = float(self._rng() * ceiling)
+        return max(delay, float(self._rng() * window)) if window > 0 else delay
 
     def reset(self) -> None:
         self.attempt = 0

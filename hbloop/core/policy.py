@@ -66,6 +66,13 @@ DEFAULT_MAX_HANDSHAKES = 1024
 # On SIGTERM, how long pending output (CLOSE frames included) may take to drain.
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
+# On SIGTERM the server closes its peers spread evenly over this many seconds, and
+# tells version 2 clients (RECONNECT_WINDOW) to spread their returns over as long: a
+# fleet closed at once comes back at once. Ten seconds spreads 100,000 clients to
+# 10,000 reconnects a second, what one worker accepts, and stays well inside systemd's
+# default stop timeout (90 s) and a load balancer's deregistration delay.
+DEFAULT_DRAIN_PERIOD = 10.0
+
 # Descriptors kept back from the connection limit for the listener, epoll, the
 # signal socketpair, the spare EMFILE descriptor, logs, metrics and handshakes in
 # flight.
@@ -103,6 +110,19 @@ def grant(
     """
     granted = interval_ms if requested_ms == 0 else min(max(requested_ms, min_ms), max_ms)
     return granted, -(-granted * timeout_ms // interval_ms)  # ceil without floats
+
+
+def drain_due(count: int, period_ms: int, elapsed_ms: int) -> int:
+    """How many of ``count`` peers a drain over ``period_ms`` has closed by
+    ``elapsed_ms`` after it began: peer i (from 0) is due at i x period / count,
+    rounded down, so the first goes at once and the last a share of the period before
+    its end. Integers only; a period of 0 closes every peer at once."""
+    if elapsed_ms < 0:
+        return 0
+    if elapsed_ms >= period_ms:  # a period of 0 included
+        return count
+    # #{i < count : i * period // count <= elapsed} = ceil((elapsed + 1) * count / period)
+    return min(count, -(-(elapsed_ms + 1) * count // period_ms))
 
 
 def _s(ms: int) -> str:
@@ -164,6 +184,7 @@ class ServerPolicy:
     max_peer_rate: int = DEFAULT_MAX_PEER_RATE
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    drain_period: float = DEFAULT_DRAIN_PERIOD
     linger: float = LINGER_SECONDS
     tcp_keepalive: TcpKeepalive | None = None
     tcp_user_timeout: float | None = None
@@ -188,6 +209,8 @@ class ServerPolicy:
             problems.append("max handshakes must be at least 1")
         if self.shutdown_grace < 0 or self.linger < 0:
             problems.append("grace and linger periods cannot be negative")
+        if not 0 <= self.drain_period_ms <= U32_MAX:
+            problems.append(f"the drain period must be from 0 to {U32_MAX // 1000} s")
         if self.tcp_user_timeout is not None and not (
             0.001 <= self.tcp_user_timeout <= MAX_TCP_USER_TIMEOUT_MS / 1000
         ):
@@ -204,6 +227,11 @@ class ServerPolicy:
     @property
     def timeout_ms(self) -> int:
         return seconds_to_ms(self.timeout)
+
+    @property
+    def drain_period_ms(self) -> int:
+        """The drain period, which version 2's WELCOME states as RECONNECT_WINDOW."""
+        return seconds_to_ms(self.drain_period)
 
     @property
     def min_interval_ms(self) -> int:

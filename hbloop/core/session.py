@@ -311,6 +311,8 @@ class SessionConfig:
       server accepts the longest HELLO).
     * ``enforce_timeout``: the session closes a silent peer (T6); off for load
       generators, which measure the server and leave judging to it.
+    * ``reconnect_window_ms``: a server's RECONNECT_WINDOW for version 2 WELCOMEs
+      (its drain period, C6 and R7), or None to send none.
     """
 
     __slots__ = (
@@ -325,6 +327,7 @@ class SessionConfig:
         "peer_rate",
         "max_payload",
         "enforce_timeout",
+        "reconnect_window_ms",
     )
 
     def __init__(
@@ -341,6 +344,7 @@ class SessionConfig:
         peer_rate: int = 0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         enforce_timeout: bool = True,
+        reconnect_window_ms: int | None = None,
     ) -> None:
         if role is Role.CLIENT and not hello:
             raise LocalProtocolError(Code.MALFORMED, "a client session needs its HELLO")
@@ -366,6 +370,7 @@ class SessionConfig:
         self.peer_rate = peer_rate
         self.max_payload = max_payload
         self.enforce_timeout = enforce_timeout
+        self.reconnect_window_ms = reconnect_window_ms
         # The scheme under which this side sends PINGs (T3), or None if it never does.
         own = Scheme.SERVER if role is Role.SERVER else Scheme.CLIENT
         self.pinging_scheme: Scheme | None = own if auto_ping else None
@@ -586,6 +591,7 @@ class Session:
                     grant.interval_ms,
                     grant.timeout_ms,
                     self.config.max_payload,
+                    self.config.reconnect_window_ms,
                 )
             )
         opened: tuple[Event, ...] = (Opened(grant),)

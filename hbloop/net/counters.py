@@ -283,6 +283,10 @@ class ServerStats(IoCounters):
     connections = Gauge("connections", "Connections past the handshake, now.", line="conns")
     peak = Gauge("connections_peak", "Most connections at once.", line="peak", peak=True)
     accepted = Count("accepted", "Sockets accepted, handshaken or not.", line="accepted")
+    draining = Gauge(
+        "draining",
+        "Server processes that have stopped accepting and are closing their peers (1 each).",
+    )
     closed = Labelled(
         "closed",
         "Connections closed, by reason.",

@@ -198,8 +198,13 @@ class StatsReporter:
         self._tickers = [Ticker(loop, SAMPLE_PERIOD, self._sample)]
         if log_interval:
             self._tickers.append(Ticker(loop, log_interval, self._log))
-        if publish is not None:
-            publish(self.snapshot())
+        self.report_now()
+
+    def report_now(self) -> None:
+        """Hand a snapshot to ``publish`` at once: the first, and a change that the
+        supervisor waits for (a worker that has stopped accepting)."""
+        if self.publish is not None:
+            self.publish(self.snapshot())
 
     def snapshot(self) -> Snapshot:
         figures = self.figures

@@ -31,10 +31,15 @@ across the workers. The supervisor does nothing on the data path. It
   ``restart_needed`` says none of the changes needs new processes (the log level, the
   limits and rates), every worker is sent SIGHUP and applies them in place: no client
   notices. Otherwise it restarts the workers as one generation: a new process is
-  started beside each old one and, once all of them listen, every old one is sent
-  SIGTERM at once, so that the old listeners all close before their clients, closed
-  with GOING_AWAY, reconnect (after their back-off): a reconnect lands on a new worker,
-  never on an old one about to close it again. The port never stops accepting. New
+  started beside each old one and, once all of them listen, every old one is told to
+  stop accepting (STOP_ACCEPTING_SIGNAL: each closes its listener, which takes it out
+  of the port's SO_REUSEPORT group, and reports it at once); only once every old one
+  has reported it (or RETIRE_TIMEOUT has passed) are they sent SIGTERM, to close their
+  peers with GOING_AWAY spread over their ``--drain-period``. So no reconnect can land
+  on an old worker about to close it again: each client is closed once per restart.
+  Sending SIGTERM at once instead left a race: a worker that acted on its signal
+  first closed clients that could reconnect to another old worker not yet stopped
+  accepting, and be closed again. The port never stops accepting. New
   processes also pick up a newly installed hbloop. The supervisor's own settings
   (host, port, workers, metrics, stats interval) need a full restart;
 * reads the snapshot each worker writes to its report pipe once a second, and serves
@@ -92,9 +97,9 @@ STABLE_AFTER = 10.0
 REPORT_CHUNK = 65536
 
 # After forwarding SIGTERM or SIGINT, a worker still running this long past its own
-# --shutdown-grace is killed (SIGKILL). Once its grace is over, a worker that can run
-# only drops its connections and exits, in milliseconds; one still there seconds later
-# is stopped or wedged, and would hold the supervisor forever.
+# --drain-period and --shutdown-grace is killed (SIGKILL). Once its grace is over, a
+# worker that can run only drops its connections and exits, in milliseconds; one still
+# there seconds later is stopped or wedged, and would hold the supervisor forever.
 STOP_MARGIN = 3.0
 
 # A worker reports every SAMPLE_PERIOD (1 s); one silent for this long is stopped
@@ -133,6 +138,17 @@ BLOCKED_TIMEOUT = 30.0
 # within seconds.
 KILL_PERIOD = 5.0
 
+# Sent to each worker a rolling restart retires: stop accepting (close the listener),
+# report it at once, keep serving the peers. SIGUSR1 and SIGUSR2 are the signals
+# left for an application's own use; hbloop's workers use SIGUSR2 for this alone.
+STOP_ACCEPTING_SIGNAL = signal.SIGUSR2
+
+# How long a rolling restart waits for the retiring workers to report that they have
+# stopped accepting before it has them close their peers anyway. A worker answers in
+# one loop iteration; one silent this long is stuck or starved (the Watchdog's
+# business, STALL_TIMEOUT), and waiting on it would hold every other worker's drain.
+RETIRE_TIMEOUT = STALL_TIMEOUT
+
 # Clock ticks per second, the unit of /proc/PID/stat's CPU times.
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -158,6 +174,8 @@ class SupervisorSettings(Protocol):
     def stats_interval(self) -> float: ...
     @property
     def shutdown_grace(self) -> float: ...
+    @property
+    def drain_period(self) -> float: ...
     @property
     def redis(self) -> RedisAddress | None: ...
     @property
@@ -368,6 +386,10 @@ class Supervisor(Generic[S]):
         # takes the old one's places), and replaced workers still closing their peers.
         self._incoming: list[_Worker] = []
         self._retiring: list[_Worker] = []
+        # Retiring workers told to stop accepting, not yet to drain, and the deadline
+        # after which they drain anyway (RETIRE_TIMEOUT).
+        self._quiescing: list[_Worker] = []
+        self._quiesce_deadline: Timer | None = None
         self.watchdog = Watchdog()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -428,20 +450,26 @@ class Supervisor(Generic[S]):
         if first:
             self.stopping = True
             self.stop_signal = name
-            self.loop.call_later(self.settings.shutdown_grace + STOP_MARGIN, self._kill_stragglers)
+            self.loop.call_later(self._stop_time(), self._kill_stragglers)
         log.info("%s: stopping %d workers", name, len(self._running()))
         for worker in self.workers:
             if worker.restart is not None:
                 worker.restart.cancel()
                 worker.restart = None
+        quiescing = self._quiescing  # retiring, but not yet told to stop
+        self._stop_quiescing()
         for worker in self._running():
             assert worker.process is not None
-            if not (first and worker in self._retiring):
+            if not (first and worker in self._retiring and worker not in quiescing):
                 worker.process.send_signal(signum)
             # A stopped worker keeps the signal pending until it is continued.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.process.pid, signal.SIGCONT)
         self._stop_if_done()
+
+    def _stop_time(self) -> float:
+        """How long a worker may take to stop: its drain, its grace, STOP_MARGIN."""
+        return self.settings.drain_period + self.settings.shutdown_grace + STOP_MARGIN
 
     def _kill_stragglers(self) -> None:
         for worker in self._running():
@@ -450,7 +478,7 @@ class Supervisor(Generic[S]):
                 "worker %d (pid %d) still running %.1fs after %s; killing it",
                 worker.index,
                 worker.process.pid,
-                self.settings.shutdown_grace + STOP_MARGIN,
+                self._stop_time(),
                 self.stop_signal,
             )
             worker.process.kill()
@@ -507,6 +535,8 @@ class Supervisor(Generic[S]):
                     self._listening(worker)
                 worker.snapshot = Snapshot.decode(lines[-1])
                 self._note_peak()
+                if self._quiescing and worker.snapshot.server.draining:
+                    self._drain_if_quiesced()
 
     def _listening(self, worker: _Worker) -> None:
         assert worker.process is not None
@@ -596,6 +626,8 @@ class Supervisor(Generic[S]):
         if worker in self._retiring:
             self._retiring.remove(worker)
             log.info("worker %d (pid %d) retired: exited with %s", worker.index, pid, how)
+            if self._quiescing:
+                self._drain_if_quiesced()
             return
         if worker in self._incoming:
             self._incoming.remove(worker)
@@ -636,7 +668,7 @@ class Supervisor(Generic[S]):
     def _rolling_restart(self) -> None:
         if self.stopping:
             return
-        if self.starting or self._incoming:
+        if self.starting or self._incoming or self._quiescing:
             state = "starting" if self.starting else "already being restarted"
             log.warning("SIGHUP: the workers are %s; ignored", state)
             return
@@ -661,7 +693,8 @@ class Supervisor(Generic[S]):
 
     def _replace_generation(self) -> None:
         """Every replacement listens: each takes its position, and the old workers all
-        retire at once (SIGTERM: each closes its listener, then its peers)."""
+        retire: first they stop accepting, then (``_drain_if_quiesced``) they close
+        their peers."""
         incoming, self._incoming = self._incoming, []
         retiring = []
         for new in incoming:
@@ -679,10 +712,47 @@ class Supervisor(Generic[S]):
                 )
                 retiring.append(old)
         self._retiring += retiring
+        self._quiescing = retiring
         for old in retiring:
             assert old.process is not None
+            old.process.send_signal(STOP_ACCEPTING_SIGNAL)
+        self._quiesce_deadline = self.loop.call_later(RETIRE_TIMEOUT, self._drain_retiring)
+        self._drain_if_quiesced()
+
+    def _drain_if_quiesced(self) -> None:
+        """Once no retiring worker accepts any more (each reported it, or is gone),
+        they may close their peers: a client they close can only reconnect to a new
+        worker."""
+        if all(
+            w.process is None or (w.snapshot is not None and w.snapshot.server.draining)
+            for w in self._quiescing
+        ):
+            self._drain_retiring()
+
+    def _drain_retiring(self) -> None:
+        """SIGTERM to the retiring workers told to stop accepting: each closes its
+        peers spread over its drain period, then exits."""
+        quiescing = self._quiescing
+        self._stop_quiescing()
+        for old in quiescing:
+            if old.process is None:
+                continue
+            if old.snapshot is None or not old.snapshot.server.draining:
+                log.warning(
+                    "worker %d (pid %d) has not reported that it stopped accepting after "
+                    "%.1fs; it closes its peers anyway, some of which may return to it",
+                    old.index,
+                    old.process.pid,
+                    RETIRE_TIMEOUT,
+                )
             old.process.send_signal(signal.SIGTERM)
         log.info("rolling restart done")
+
+    def _stop_quiescing(self) -> None:
+        self._quiescing = []
+        if self._quiesce_deadline is not None:
+            self._quiesce_deadline.cancel()
+            self._quiesce_deadline = None
 
     def _abandon_generation(self) -> None:
         """A replacement failed: the others retire before serving anyone, and the old
