@@ -16,6 +16,8 @@ log line: the timestamp is left out).
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import re
 import subprocess
@@ -180,6 +182,34 @@ def test_the_matcher_reads_ellipses() -> None:
     assert matches(["a", "...", "b"], ["a", "b"])
     assert not matches(["a ... c"], ["a b d"])
     assert not matches(["a"], ["a", "b"])
+
+
+PYTHON_BLOCK = re.compile(r"```python\n(?P<body>.*?)```", re.DOTALL)
+SNIPPETS = [
+    (page, match["body"])
+    for page in [*PAGES, ROOT / "README.md"]
+    for match in PYTHON_BLOCK.finditer(page.read_text())
+]
+
+
+@pytest.mark.parametrize(
+    ("page", "body"), SNIPPETS, ids=[str(p.relative_to(ROOT)) for p, _ in SNIPPETS]
+)
+def test_the_python_samples_parse_and_import_what_hbloop_has(page: Path, body: str) -> None:
+    """A sample a reader copies must at least compile and find every hbloop name it
+    imports: modules moved when the package was layered, and two pages kept the old
+    paths (hbloop.tls, hbloop.redis_link) without any run to notice."""
+    tree = ast.parse(body, filename=str(page))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hbloop"):
+            module = importlib.import_module(node.module or "")
+            missing = [a.name for a in node.names if not hasattr(module, a.name)]
+            assert not missing, f"{page}: {node.module} has no {missing}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("hbloop"):
+                    importlib.import_module(alias.name)
+    assert SNIPPETS
 
 
 def test_the_generated_reference_pages_match_the_declarations() -> None:
