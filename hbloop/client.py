@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from hbloop.core.backoff import Backoff
+from hbloop.core.names import name_problem
 from hbloop.core.policy import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING,
@@ -27,7 +28,6 @@ from hbloop.core.policy import (
     DEFAULT_PING_STRIKES,
     LINGER_SECONDS,
 )
-from hbloop.core.names import name_problem
 from hbloop.core.protocol import LocalProtocolError, RemoteProtocolError, token_problem
 from hbloop.core.session import (
     Closed,

@@ -106,9 +106,7 @@ def test_a_name_is_exactly_one_field_of_the_server_lines(serve, name: str) -> No
 
 
 @pytest.mark.parametrize("name", [NEWLINE, FORGING], ids=["newline", "spaces"])
-def test_a_name_with_a_newline_or_spaces_is_refused_and_never_written_raw(
-    serve, name: str
-) -> None:
+def test_a_name_with_a_newline_or_spaces_is_refused_and_never_written_raw(serve, name: str) -> None:
     server = serve()
     with RawPeer(server.address) as peer:
         refusal = peer.hello(name)

@@ -9,7 +9,7 @@ or that its mapping would change, rather than storing a different string: the na
 client sends is, byte for byte, the name the server logs and lists.
 
 Two names are one identity when their confusable skeletons (Unicode UTS #39, section
-4, as ICU computes it) are equal: Cyrillic "а" and Latin "a" have one skeleton, as do
+4, as ICU computes it) are equal: Cyrillic U+0430 and Latin "a" have one skeleton, as do
 "rn" and "m". The duplicate policy compares skeletons, here and through Redis.
 """
 
