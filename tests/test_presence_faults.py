@@ -290,7 +290,7 @@ def test_a_takeover_fight_is_bounded_by_a_doubling_back_off(
     assert all(f"taken over more than {TAKEOVER_LIMIT} times" in text for text in refusals)
     storm = rf"presence: takeover storm: cam was taken over more than {TAKEOVER_LIMIT} times"
     assert a.find(storm) or b.find(storm)
-    held = redis_server.command("HGET", Keys(prefix).takeovers("cam"), "level")
+    held = redis_server.command("HGET", Keys(prefix).takeovers(skeleton("cam")), "level")
     assert isinstance(held, bytes) and int(held) >= 1, "the back-off doubled"
 
 
