@@ -718,8 +718,9 @@ def main() -> None:
             "reconnect_window_ms); a v2 WELCOME is judged by a client whose HELLO was "
             "version 2. 'names': names a server accepts as they are, names it refuses "
             "with BAD_NAME and the statement that refuses them (N1, N2: a server's "
-            "admission check at H2, beyond the section 1 checks of 'malformed'), and pairs of names with whether their UTS #39 skeletons "
-            "make them one identity to a duplicate policy (N3)."
+            "admission check at H2, beyond the section 1 checks of 'malformed'), and "
+            "pairs of names with whether their UTS #39 skeletons make them one identity "
+            "to a duplicate policy (N3)."
         ),
         "protocol_version": 2,
         "protocol_versions": [1, 2],
