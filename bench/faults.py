@@ -54,7 +54,7 @@ from bench.presence import _wait
 from bench.redis_server import RedisProcess
 from hbloop.core.protocol import FrameDecoder
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, FrameType, encode_hello
-from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL, JITTER
+from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL, JITTER, Policy
 from hbloop.presence.scripts import Keys
 
 # Members per node: enough that a partial loss shows, few enough for a 2-core machine.
@@ -206,8 +206,9 @@ class Cluster:
         ]
 
     def owner(self, name: str) -> str | None:
-        owner = self.redis.command("HGET", self.keys.index, name)
-        return None if owner is None else owner.decode()
+        """The node holding ``name`` (by its key: the cases run refuse or replace)."""
+        entry = self.redis.command("HGET", self.keys.index, Policy.REFUSE.key(name))
+        return None if entry is None else str(json.loads(entry)[0])
 
 
 @contextmanager

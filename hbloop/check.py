@@ -1,7 +1,7 @@
 """``hbloop check HOST:PORT``: does a server speak protocol.md? In the spirit of Autobahn.
 
 Each numbered case drives the server through real connections and tests one MUST or
-SHOULD statement of protocol.md (H1..H8, F1..F4, T1..T8, C1..C4, and P1 or P2 when
+SHOULD statement of protocol.md (H1..H8, F1..F4, N1, N2, T1..T8, C1..C4, and P1 or P2 when
 told the server's duplicate-name policy), reporting what it saw. The server's scheme
 is whatever it grants; the cases of the other scheme are skipped. Plain blocking
 sockets with timeouts: a checker is a diagnostic, not a hot path, and each case reads
@@ -740,6 +740,20 @@ VIOLATIONS = [
         "H2",
         "HELLO with a bidi override (U+202E, a format character) in the name",
         encode_frame(FrameType.HELLO, _hello_payload("a\u202eb".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "N1",
+        "HELLO with a space in the name, which PRECIS usernames exclude",
+        encode_frame(FrameType.HELLO, _hello_payload(b"check name")),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "N2",
+        "HELLO with a name not in NFC (e, then U+0301 COMBINING ACUTE ACCENT)",
+        encode_frame(FrameType.HELLO, _hello_payload("cafe\u0301".encode())),
         Code.BAD_NAME,
         False,
     ),

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from hbloop.core.backoff import Backoff
+from hbloop.core.names import name_problem
 from hbloop.core.policy import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING,
@@ -171,6 +172,9 @@ class ClientBase:
             raise LocalProtocolError(
                 Code.BAD_NAME, f"name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
             )
+        problem = name_problem(name)
+        if problem is not None:
+            raise LocalProtocolError(Code.BAD_NAME, problem)
         if interval < 0 or interval * 1000 > U32_MAX:
             raise LocalProtocolError(Code.MALFORMED, "interval out of range")
         if not 0 <= min_interval * 1000 <= U32_MAX:

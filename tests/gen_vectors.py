@@ -108,7 +108,7 @@ def valid_vectors() -> list[dict[str, object]]:
         ("alice with a JWT", "alice", 10000, JWT),
         ("non-ASCII name, every token character", "dévice-7", 0, bytes(range(0x21, 0x7F)).decode()),
         (f"with a {MAX_TOKEN_BYTES}-byte token (the longest)", "x", 0, "t" * MAX_TOKEN_BYTES),
-        ("name with spaces, accents and a symbol", "café n° 7 ☕", 0, None),
+        ("name with accents, two scripts and punctuation", "café-日本_7", 0, None),
     ):
         add(
             f"HELLO {label}",
@@ -657,6 +657,58 @@ def v2_malformed_vectors() -> list[dict[str, object]]:
     return vectors
 
 
+def accepted_names() -> list[dict[str, object]]:
+    """Names that N1 and N2 admit as they are (prepared form, PRECIS
+    UsernameCasePreserved): ASCII without spaces (quotes, '=' and '@' included), case
+    kept, letters of any script, NFC accents."""
+    return [
+        {"label": label, "name": name}
+        for label, name in (
+            ("plain ASCII", "alice"),
+            ("ASCII punctuation", "sensor-7.eu_1@edge"),
+            ("'=' and quotes: no space, so one token", 'bob"age=999.0s'),
+            ("upper case kept", "Bob"),
+            ("NFC e with acute (U+00E9)", "caf\u00e9"),
+            ("Cyrillic letters", "\u0431\u043e\u0431"),
+            ("Han", "\u65e5\u672c"),
+        )
+    ]
+
+
+def refused_names() -> list[dict[str, object]]:
+    """Names that N1 (the profile's classes) or N2 (not in prepared form) refuse, with
+    the statement that refuses them."""
+    return [
+        {"label": label, "name": name, "statement": statement}
+        for label, name, statement in (
+            ("with a space (U+0020)", "bob age=999.0s", "N1"),
+            ("with NO-BREAK SPACE (U+00A0) after bob", "bob\u00a0", "N1"),
+            ("HANGUL FILLER (U+3164) alone", "\u3164", "N1"),
+            ("BRAILLE PATTERN BLANK (U+2800), a symbol", "a\u2800", "N1"),
+            ("with a symbol (U+2665 BLACK HEART SUIT)", "i\u2665u", "N1"),
+            ("NFD: e then COMBINING ACUTE ACCENT (U+0301)", "cafe\u0301", "N2"),
+            ("FULLWIDTH letters (U+FF42 U+FF4F U+FF42)", "\uff42\uff4f\uff42", "N2"),
+        )
+    ]
+
+
+def skeleton_pairs() -> list[dict[str, object]]:
+    """Pairs of admitted names and whether N3 makes them one identity (their UTS #39
+    skeletons are equal)."""
+    return [
+        {"label": label, "names": [first, second], "same": same}
+        for label, first, second, same in (
+            ("Cyrillic o (U+043E) for Latin o", "bob", "b\u043eb", True),
+            ("Cyrillic a (U+0430) for Latin a", "a-7", "\u0430-7", True),
+            ("rn looks like m", "rnodem", "modem", True),
+            ("digit 1 looks like l", "paypa1", "paypal", True),
+            ("Greek omicron (U+03BF) for Latin o", "bob", "b\u03bfb", True),
+            ("case is kept", "bob", "Bob", False),
+            ("different names", "alice", "bob", False),
+        )
+    ]
+
+
 def main() -> None:
     document = {
         "description": (
@@ -676,7 +728,11 @@ def main() -> None:
             "'properties' (each 'id' with its 'value_hex', in order, unknown ones too) "
             "and the values of the registered ones (token, max_payload, "
             "reconnect_window_ms); a v2 WELCOME is judged by a client whose HELLO was "
-            "version 2."
+            "version 2. 'names': names a server accepts as they are, names it refuses "
+            "with BAD_NAME and the statement that refuses them (N1, N2: a server's "
+            "admission check at H2, beyond the section 1 checks of 'malformed'), and "
+            "pairs of names with whether their UTS #39 skeletons make them one identity "
+            "to a duplicate policy (N3)."
         ),
         "protocol_version": 2,
         "protocol_versions": [1, 2],
@@ -688,6 +744,12 @@ def main() -> None:
         "streams": stream_vectors(),
         "grants": grant_vectors(),
         "v2": {"valid": v2_valid_vectors(), "malformed": v2_malformed_vectors()},
+        "names": {
+            "profile": "PRECIS UsernameCasePreserved (RFC 8265, section 3.3)",
+            "accepted": accepted_names(),
+            "refused": refused_names(),
+            "skeletons": skeleton_pairs(),
+        },
     }
     OUT.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

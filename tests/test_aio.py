@@ -17,7 +17,7 @@ from fakeserver import FakeServer, deaf, record_silently, welcome
 from hbloop.aio import MAX_QUEUED_MESSAGES, ClientStopped, connect
 from hbloop.core.backoff import Backoff
 from hbloop.core.policy import DEFAULT_MAX_PENDING
-from hbloop.core.protocol import Frame, FrameDecoder, parse_close
+from hbloop.core.protocol import Frame, FrameDecoder, LocalProtocolError, parse_close
 from hbloop.core.session import Disconnect, Reason
 from hbloop.core.wire import Code, FrameType, Scheme, Welcome, encode_data
 
@@ -168,12 +168,27 @@ def test_the_client_reconnects_after_a_server_restart(serve, run):
     run(main())
 
 
-def test_a_refused_name_stops_the_client(serve, run):
+def test_a_name_this_client_would_not_send_is_a_local_error(serve, run):
+    server = serve()
+
+    async def main() -> None:
+        with pytest.raises(LocalProtocolError) as refused:
+            async with connect(*server.address, "bad name"):
+                pass
+        assert refused.value.code == Code.BAD_NAME  # before any connection (N1)
+
+    run(main())
+
+
+def test_a_refused_name_stops_the_client(serve, run, monkeypatch):
+    # hbloop's client refuses to send such a name (above); one that does not check,
+    # as this one is made to, hears the server's refusal, which is final.
+    monkeypatch.setattr("hbloop.client.name_problem", lambda name: None)
     server = serve()
     ends = Ends()
 
     async def main() -> None:
-        async with connect(*server.address, "bad\nname", on_disconnect=ends) as client:
+        async with connect(*server.address, "bad name", on_disconnect=ends) as client:
             with pytest.raises(ClientStopped) as stopped:
                 await client.welcome()
             assert [message async for message in client] == []  # the iteration ends

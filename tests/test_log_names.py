@@ -22,10 +22,15 @@ from conftest import (
     raw_unsafe,
 )
 
-# A name that, written bare, would forge the fields of a disconnect line.
+# A name that, written bare, would forge the fields of a disconnect line: refused at
+# HELLO since names follow PRECIS (protocol.md N1: no spaces), and never written raw.
 FORGING = "bob age=999.0s reason=timeout"
+# What PRECIS leaves a forger: '=' and quotes without spaces. Written bare it would read
+# as a second field glued to the first, so it is quoted.
+GLUED = 'bob"age=999.0s"reason=timeout'
 # Quotes and backslashes: a name that would close a quoted value early, or escape it.
-QUOTING = '"eve name=root\\'
+QUOTING = '"eve"name=root\\'
+GLUED_SHOWN = r'"bob\"age=999.0s\"reason=timeout"'  # as a text line shows GLUED
 # A newline and a forged record: refused at HELLO (BAD_NAME), and never written raw.
 NEWLINE = "mallory\n2026-01-01 00:00:00,000 INFO hbloop.server: connect 10.0.0.1:1 name=root"
 
@@ -58,7 +63,8 @@ def parse_fields(message: str) -> dict[str, list[str]]:
         ("O'Brien", "O'Brien"),
         ("zoë", "zoë"),
         (FORGING, '"bob age=999.0s reason=timeout"'),
-        (QUOTING, r'"\"eve name=root\\"'),
+        (GLUED, GLUED_SHOWN),
+        (QUOTING, r'"\"eve\"name=root\\"'),
         ("a\u00a0b", '"a\u00a0b"'),  # a no-break space is white space too
         ("x\u202ey", r'"x\u202ey"'),  # a bidi override, escaped
         ("", '""'),
@@ -84,7 +90,7 @@ def logged_lines(server: ServerProcess, port: int) -> list[str]:
     return [m.string for m in server.find(rf"(?:connect|disconnect) 127\.0\.0\.1:{port} ")]
 
 
-@pytest.mark.parametrize("name", [FORGING, QUOTING], ids=["forging", "quoting"])
+@pytest.mark.parametrize("name", [GLUED, QUOTING], ids=["glued", "quoting"])
 def test_a_name_is_exactly_one_field_of_the_server_lines(serve, name: str) -> None:
     server = serve()
     with RawPeer(server.address) as peer:
@@ -99,10 +105,11 @@ def test_a_name_is_exactly_one_field_of_the_server_lines(serve, name: str) -> No
     assert parse_fields(lines[1])["reason"] == ["peer_closed"]
 
 
-def test_a_name_with_a_newline_is_refused_and_never_written_raw(serve) -> None:
+@pytest.mark.parametrize("name", [NEWLINE, FORGING], ids=["newline", "spaces"])
+def test_a_name_with_a_newline_or_spaces_is_refused_and_never_written_raw(serve, name: str) -> None:
     server = serve()
     with RawPeer(server.address) as peer:
-        refusal = peer.hello(NEWLINE)
+        refusal = peer.hello(name)
         assert refusal[0] == FrameType.ERROR and frame_code(refusal) == Code.BAD_NAME
         (line,) = logged_lines(server, peer.sock.getsockname()[1])
     fields = parse_fields(line.split("hbloop.server: ", 1)[1])
@@ -127,20 +134,20 @@ def test_an_error_message_cannot_add_fields_to_the_disconnect_line(serve) -> Non
 def test_json_lines_keep_the_name_as_it_is(serve) -> None:
     server = serve("--log-format", "json")
     with RawPeer(server.address) as peer:
-        assert peer.hello(FORGING)[0] == FrameType.WELCOME
+        assert peer.hello(GLUED)[0] == FrameType.WELCOME
         peer.close()
     server.wait_line(r'"event": "disconnect"')
     entries = [json.loads(line) for line in server.lines()]
     named = [e for e in entries if e.get("event") in ("connect", "disconnect")]
-    assert [e["name"] for e in named] == [FORGING, FORGING]
-    assert all(f'name="{FORGING}"' in e["message"] for e in named)
+    assert [e["name"] for e in named] == [GLUED, GLUED]
+    assert all(f"name={GLUED_SHOWN}" in e["message"] for e in named)
 
 
 def test_the_client_status_line_quotes_its_name(serve, spawn) -> None:
     server = serve()
-    client = spawn("client", "--port", str(server.port), "-n", FORGING)
+    client = spawn("client", "--port", str(server.port), "-n", GLUED)
     client.wait_line(r"connected to ")
-    assert client.find(rf'connected to \S+ as "{FORGING}": interval')
+    assert client.find(rf"connected to \S+ as {re.escape(GLUED_SHOWN)}: interval")
 
 
 def test_presence_watch_lines_quote_the_name() -> None:
@@ -154,8 +161,8 @@ def test_presence_lines_quote_the_name(serve, redis_server: RedisProcess, prefix
     )
     server.wait_line(r"presence: resync of node")
     with RawPeer(server.address) as older, RawPeer(server.address) as newer:
-        assert older.hello(FORGING)[0] == FrameType.WELCOME
-        assert newer.hello(FORGING)[0] == FrameType.WELCOME
+        assert older.hello(GLUED)[0] == FrameType.WELCOME
+        assert newer.hello(GLUED)[0] == FrameType.WELCOME
         expect_last_word(older, FrameType.CLOSE, Code.TAKEN_OVER)
     line = server.wait_line(r"presence: .* reconnected to this node").string
-    assert f'presence: "{FORGING}" reconnected to this node' in line
+    assert f"presence: {GLUED_SHOWN} reconnected to this node" in line

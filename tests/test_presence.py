@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from hbloop.core.names import skeleton
 from hbloop.core.wire import PING_FRAME, Code, FrameType, encode_close
 from hbloop.presence.node import JITTER
 from hbloop.presence.scripts import Keys
@@ -98,6 +99,12 @@ def events(redis: RedisProcess, prefix: str, after: str = "-") -> list[dict[str,
     ]
 
 
+def index_entry(redis: RedisProcess, prefix: str, key: str) -> list[str]:
+    """The index's [node, name] for an identity key; ["", ""] if it has none."""
+    raw = redis.command("HGET", Keys(prefix).index, key)
+    return ["", ""] if raw is None else json.loads(raw)
+
+
 def joined(address: tuple[str, int], name: str, interval_ms: int = 0) -> RawPeer:
     peer = RawPeer(address)
     ftype, payload = peer.hello(name, interval_ms)
@@ -154,17 +161,16 @@ def test_a_leave_erases_the_index_only_if_it_still_points_to_its_node(
 ) -> None:
     a = start_node(serve, redis_server, prefix, "a")
     b = start_node(serve, redis_server, prefix, "b")
-    index = Keys(prefix).index
     on_a = joined(a.address, "phone")
     assert wait_for(lambda: ("phone", "a") in members(redis_server, prefix))
     on_b = joined(b.address, "phone")  # reconnected elsewhere before the old one left
-    assert wait_for(lambda: redis_server.command("HGET", index, "phone").startswith(b"b@"))
+    assert wait_for(lambda: index_entry(redis_server, prefix, "phone")[0].startswith("b@"))
     on_a.send(encode_close(Code.NORMAL))
     assert wait_for(lambda: members(redis_server, prefix) == {("phone", "b")})
-    assert redis_server.command("HGET", index, "phone").startswith(b"b@")
+    assert index_entry(redis_server, prefix, "phone")[0].startswith("b@")
     assert [row["node"].split("@")[0] for row in who(redis_server, prefix, "phone")] == ["b"]
     on_b.send(encode_close(Code.NORMAL))
-    assert wait_for(lambda: redis_server.command("HGET", index, "phone") is None)
+    assert wait_for(lambda: index_entry(redis_server, prefix, "phone") == ["", ""])
     on_a.close()
     on_b.close()
 
@@ -404,15 +410,87 @@ def test_who_and_watch_print_names_that_cannot_forge_a_column_or_a_field(
     serve, redis_server: RedisProcess, prefix: str
 ) -> None:
     server = start_node(serve, redis_server, prefix, "quoted")
-    forger = 'bob  quoted@0  1.2.3.4:5 reason="x"'
+    # No spaces since names follow PRECIS (protocol.md N1), but quotes and '=' still
+    # pass: bare, this name would read as a node column and a reason field.
+    forger = 'bob"quoted@0"reason="x"'
+    shown = r'"bob\"quoted@0\"reason=\"x\""'
     peer = joined(server.address, forger)
     assert wait_for(lambda: (forger, "quoted") in members(redis_server, prefix))
     listed = cli(redis_server, prefix, "who")
     row = next(line for line in listed.stdout.splitlines() if line.startswith('"'))
-    assert row.startswith('"bob  quoted@0  1.2.3.4:5 reason=\\"x\\""  quoted@')
+    assert row.startswith(f"{shown}  quoted@")
     watched = cli(redis_server, prefix, "watch", "--from", "0", "--count", "1")
     assert watched.returncode == 0, watched.stderr
-    assert ' join   "bob  quoted@0  1.2.3.4:5 reason=\\"x\\""  node=quoted@' in watched.stdout
+    assert f" join   {shown}  node=quoted@" in watched.stdout
     as_json = cli(redis_server, prefix, "watch", "--from", "0", "--count", "1", "--json")
     assert json.loads(as_json.stdout)["name"] == forger
     peer.close()
+
+
+# Look-alikes of "bob" that PRECIS admits (N1, N2) and the skeleton makes one identity
+# (N3): Cyrillic o (U+043E), and Greek omicron (U+03BF).
+BOB = "bob"
+CYRILLIC_BOB = "b\u043eb"
+GREEK_BOB = "b\u03bfb"
+
+
+def test_n3_refuse_on_one_server_treats_a_look_alike_as_the_name(serve) -> None:
+    server = serve("--on-duplicate", "refuse")
+    holder = joined(server.address, BOB)
+    impostor = RawPeer(server.address)
+    refusal = impostor.hello(CYRILLIC_BOB)
+    assert (refusal[0], frame_code(refusal)) == (FrameType.ERROR, Code.NAME_TAKEN)
+    assert b"looks like bob, which is already connected" in refusal[1]
+    holder.send(PING_FRAME)
+    assert holder.recv()[0] == FrameType.PONG
+    for peer in (holder, impostor):
+        peer.close()
+
+
+def test_n3_replace_on_one_server_closes_the_look_alike(serve) -> None:
+    server = serve("--on-duplicate", "replace")
+    older = joined(server.address, BOB)
+    newer = joined(server.address, GREEK_BOB)
+    expect_last_word(older, FrameType.CLOSE, Code.TAKEN_OVER)
+    newer.send(PING_FRAME)
+    assert newer.recv()[0] == FrameType.PONG
+    for peer in (older, newer):
+        peer.close()
+
+
+def test_n3_refuse_across_servers_compares_skeletons_and_who_shows_the_name_as_sent(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    a = start_node(serve, redis_server, prefix, "a", "--on-duplicate", "refuse")
+    b = start_node(serve, redis_server, prefix, "b", "--on-duplicate", "refuse")
+    holder = joined(a.address, CYRILLIC_BOB)
+    assert wait_for(lambda: (CYRILLIC_BOB, "a") in members(redis_server, prefix))
+    assert index_entry(redis_server, prefix, skeleton(BOB))[1] == CYRILLIC_BOB
+    impostor = joined(b.address, BOB)  # welcomed, then refused when Redis answers
+    expect_last_word(impostor, FrameType.ERROR, Code.NAME_TAKEN)
+    assert [row["name"] for row in who(redis_server, prefix)] == [CYRILLIC_BOB]
+    assert members(redis_server, prefix) == {(CYRILLIC_BOB, "a")}
+    for peer in (holder, impostor):
+        peer.close()
+
+
+def test_n3_replace_across_servers_takes_the_identity_over_from_a_look_alike(
+    serve, redis_server: RedisProcess, prefix: str
+) -> None:
+    a = start_node(serve, redis_server, prefix, "a", "--on-duplicate", "replace")
+    b = start_node(serve, redis_server, prefix, "b", "--on-duplicate", "replace")
+    older = joined(a.address, BOB)
+    assert wait_for(lambda: (BOB, "a") in members(redis_server, prefix))
+    newer = joined(b.address, CYRILLIC_BOB)
+    expect_last_word(older, FrameType.CLOSE, Code.TAKEN_OVER)
+    assert wait_for(lambda: members(redis_server, prefix) == {(CYRILLIC_BOB, "b")})
+    # On one server: the look-alike's join removes the name it replaced from Redis.
+    newest = joined(b.address, GREEK_BOB)
+    expect_last_word(newer, FrameType.CLOSE, Code.TAKEN_OVER)
+    assert wait_for(lambda: members(redis_server, prefix) == {(GREEK_BOB, "b")})
+    assert index_entry(redis_server, prefix, skeleton(BOB))[1] == GREEK_BOB
+    assert [row["name"] for row in who(redis_server, prefix)] == [GREEK_BOB]
+    left = [e["name"] for e in events(redis_server, prefix) if e.get("reason") == "taken_over"]
+    assert left == [BOB, CYRILLIC_BOB]
+    for peer in (older, newer, newest):
+        peer.close()

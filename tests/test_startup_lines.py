@@ -9,6 +9,8 @@ import json
 import logging
 import socket
 
+import pytest
+
 from hbloop.ops.logs import JsonFormatter, TextFormatter
 
 from conftest import HBLOOP, LoggedProcess
@@ -31,12 +33,15 @@ def test_max_connections_within_the_room_says_nothing(serve):
     assert not server.find("is above the"), server.lines()
 
 
-def test_a_metrics_port_in_use_is_the_error_and_no_listening_line():
+# A lone server serves /metrics itself; with --workers the supervisor does, before any
+# worker starts.
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["alone", "workers"])
+def test_a_metrics_port_in_use_is_the_error_and_no_listening_line(workers: list[str]):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
-    server = LoggedProcess([*HBLOOP, "serve", "--port", "0", "--metrics-port", str(port)])
+    server = LoggedProcess([*HBLOOP, "serve", "--port", "0", "--metrics-port", str(port), *workers])
     try:
         assert server.wait() == 1
         assert server.lines() == [

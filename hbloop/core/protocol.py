@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import unicodedata
 
+from hbloop.core.names import name_problem
 from hbloop.core.wire import (
     CODE_STRUCT,
     HEADER_ONLY_TYPES,
@@ -356,6 +357,9 @@ def parse_hello(payload: bytes) -> Hello:
         raise RemoteProtocolError(
             Code.BAD_NAME, "name contains control, format or separator characters"
         )
+    problem = name_problem(name)
+    if problem is not None:
+        raise RemoteProtocolError(Code.BAD_NAME, problem)
     if token is None:
         return Hello(version, interval_ms, name, max_payload=max_payload)
     problem = token_problem(token)

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbloop.core.logfields import token
+from hbloop.core.names import skeleton
 from hbloop.core.wire import Code
 from hbloop.net.counters import Count, Figures, Gauge, Labelled, LabelledLevel
 from hbloop.net.loop import EventLoop, Timer
@@ -168,6 +169,20 @@ class Policy(enum.Enum):
     ALLOW = "allow"  # both stay; presence lists the name once per node
     REFUSE = "refuse"  # the newcomer gets ERROR NAME_TAKEN
     REPLACE = "replace"  # the older connection gets CLOSE TAKEN_OVER
+
+    def key(self, name: str) -> str:
+        """``name``'s identity under this policy: its confusable skeleton under refuse
+        and replace, so that look-alike names are one (protocol.md N3); under allow,
+        which compares no names, the name itself."""
+        return name if self is Policy.ALLOW else skeleton(name)
+
+
+def taken_message(name: str, held: str) -> str:
+    """NAME_TAKEN's reason for ``name`` when ``held``, the same name or a look-alike (one
+    key, Policy.key), is connected to this server."""
+    if name == held:
+        return f"{token(name)} is already connected"
+    return f"{token(name)} looks like {token(held)}, which is already connected"
 
 
 class State(enum.Enum):
@@ -332,7 +347,8 @@ class Presence:
             # Back within a renewal period, so that a Redis restart costs no lease.
             reconnect_cap=min(RECONNECT_CAP, config.node_ttl / REFRESHES_PER_TTL),
         )
-        self._local: dict[str, Member] = {}  # name -> its newest connection (see Member.older)
+        # key (Policy.key) -> its newest connection (see Member.older)
+        self._local: dict[str, Member] = {}
         self._leaves: dict[str, str] = {}  # name -> reason, for Redis when it is back
         self._synced = False  # Redis has (or is being sent) the whole table
         self._resync_timer: Timer | None = None
@@ -347,8 +363,8 @@ class Presence:
         self._served_since: float | None = None
         self._lapse_logged = False
         self._holding = False  # Redis' clock holds every reaper after a gap (logged)
-        self._took_over: set[str] = set()  # names whose HELLO just closed a connection here
-        self._backoff: dict[str, float] = {}  # name -> until (loop time): takeovers refused
+        self._took_over: set[str] = set()  # keys whose HELLO just closed a connection here
+        self._backoff: dict[str, float] = {}  # key -> until (loop time): takeovers refused
         # Why presence is degraded (None: it is not), since when (None: since start,
         # before the first connection, which is not logged), and the failures not yet
         # summed up in the log; ``_failed`` counts them all, so that a heartbeat can
@@ -417,24 +433,28 @@ class Presence:
         the connections holding it here are closed with TAKEN_OVER now. Other nodes are
         not asked: Redis settles those conflicts when the join arrives (see ``joined``)."""
         policy = self.config.policy
+        if policy is Policy.ALLOW:
+            return None
+        key = policy.key(name)
         if policy is Policy.REPLACE:
-            storm = self._storm(name)
+            storm = self._storm(name, key)
             if storm is not None:
                 self.counts["refusals"] += 1
                 return Code.NAME_TAKEN, storm
-        if name not in self._local or policy is Policy.ALLOW:
+        held = self._local.get(key)
+        if held is None:
             return None
         if policy is Policy.REFUSE:
             self.counts["refusals"] += 1
-            return Code.NAME_TAKEN, f"{token(name)} is already connected"
-        for member in list(self._chain(name)):
+            return Code.NAME_TAKEN, taken_message(name, held.name)
+        for member in list(self._chain(key)):
             member.reason = "taken_over"
             self.counts["takeovers"] += 1
             log.info(
                 "presence: %s reconnected to this node; closing its older connection", token(name)
             )
             member.evict(Code.TAKEN_OVER, "a newer connection took this name")
-        self._took_over.add(name)
+        self._took_over.add(key)
         return None
 
     def joined(
@@ -442,11 +462,12 @@ class Presence:
     ) -> Member:
         """A connection completed its handshake; returns its handle for ``left``."""
         member = Member(name, address, since, evict)
-        member.older = self._local.get(name)
-        self._local[name] = member
+        key = self.config.policy.key(name)
+        member.older = self._local.get(key)
+        self._local[key] = member
         self._leaves.pop(name, None)
-        took_over = name in self._took_over
-        self._took_over.discard(name)
+        took_over = key in self._took_over
+        self._took_over.discard(key)
         if self._synced:
             self._send_join(member, took_over)
         return member
@@ -459,20 +480,22 @@ class Presence:
             return
         member.state = State.LEFT
         reason = member.reason or reason
-        name = member.name
-        newer = self._local[name]
+        key = self.config.policy.key(member.name)
+        newer = self._local[key]
         if newer is member:
             if member.older is None:
-                del self._local[name]
+                del self._local[key]
             else:
-                self._local[name] = member.older
+                self._local[key] = member.older
         else:
             while newer.older is not member:
                 newer = newer.older  # type: ignore[assignment]
             newer.older = member.older
         member.older = None
-        if name in self._local:
-            return  # the name is still online here (duplicates allowed)
+        if key in self._local:
+            # The name is still online here (duplicates allowed), or a newer look-alike
+            # took it over here, whose join removes it from Redis.
+            return
         if state is State.DROPPED or reason == SHUTDOWN_REASON:
             return  # Redis removed it already, or will with the whole node (close)
         if self._synced:
@@ -480,24 +503,24 @@ class Presence:
         elif member.known:
             self._leaves[member.name] = reason
 
-    def _chain(self, name: str) -> Iterator[Member]:
-        """The connections of ``name`` on this node, newest first."""
-        member = self._local.get(name)
+    def _chain(self, key: str) -> Iterator[Member]:
+        """The connections of ``key`` (Policy.key) on this node, newest first."""
+        member = self._local.get(key)
         while member is not None:
             yield member
             member = member.older
 
     # --- takeover storms --------------------------------------------------------------
 
-    def _storm(self, name: str) -> str | None:
-        """Why takeovers of ``name`` are refused now, if they are (its back-off, as the
-        last join of it answered by Redis said)."""
-        until = self._backoff.get(name)
+    def _storm(self, name: str, key: str) -> str | None:
+        """Why takeovers of ``name`` (whose key is ``key``) are refused now, if they are
+        (its back-off, as the last join of it answered by Redis said)."""
+        until = self._backoff.get(key)
         if until is None:
             return None
         left = until - self.loop.time()
         if left <= 0:
-            del self._backoff[name]
+            del self._backoff[key]
             return None
         config = self.config
         return (
@@ -505,9 +528,9 @@ class Presence:
             f"{config.takeover_window:g}s: refused for {left:.1f}s"
         )
 
-    def _backoff_until(self, name: str, backoff_ms: int) -> None:
+    def _backoff_until(self, key: str, backoff_ms: int) -> None:
         if backoff_ms > 0:
-            self._backoff[name] = self.loop.time() + backoff_ms / 1000
+            self._backoff[key] = self.loop.time() + backoff_ms / 1000
 
     def _forget_backoffs(self) -> None:
         now = self.loop.time()
@@ -520,6 +543,7 @@ class Presence:
         config = self.config
         args = self._args(
             member.name,
+            config.policy.key(member.name),
             member.address,
             repr(member.since),
             config.policy.value,
@@ -551,7 +575,8 @@ class Presence:
             self._resync_soon(0.0)
             return
         joined, owner, backoff = reply[0], _text(reply[1]), reply[2]
-        self._backoff_until(member.name, backoff)
+        key = self.config.policy.key(member.name)
+        self._backoff_until(key, backoff)
         if joined:
             member.state = State.ONLINE
             self.counts["joins"] += 1
@@ -563,9 +588,9 @@ class Presence:
                     owner,
                 )
             if backoff:
-                log.warning("presence: takeover storm: %s", self._storm(member.name))
+                log.warning("presence: takeover storm: %s", self._storm(member.name, key))
             return
-        message = self._storm(member.name) if backoff else None
+        message = self._storm(member.name, key) if backoff else None
         online = f"{token(member.name)} is online on node {owner}"
         self._drop(member, Code.NAME_TAKEN, message or online)
 
@@ -579,7 +604,7 @@ class Presence:
         if isinstance(reply, int):
             self.counts["leaves"] += reply
             return
-        if name not in self._local:
+        if self.config.policy.key(name) not in self._local:
             self._leaves[name] = reason
         if not isinstance(reply, RedisUnavailable):
             self._script_failed("leave", reply)
@@ -613,7 +638,7 @@ class Presence:
         if len(message) != 3 or message[0] != b"message":
             return  # subscription confirmations
         name = _text(message[2])
-        for member in list(self._chain(name)):
+        for member in list(self._chain(self.config.policy.key(name))):
             # A join still pending reached Redis after the notice: it is the newer.
             if member.state in (State.ONLINE, State.LOCAL):
                 self._yield(member, "on another node")
@@ -637,8 +662,8 @@ class Presence:
         if self._resync_timer is not None:
             self._resync_timer.cancel()
             self._resync_timer = None
-        for name in self._local:
-            for member in self._chain(name):
+        for key in self._local:
+            for member in self._chain(key):
                 if member.state in (State.PENDING, State.ONLINE):
                     member.state = State.LOCAL
 
@@ -670,13 +695,13 @@ class Presence:
         self._resync_timer = None
         batch: list[Member] = []
         names: list[Any] = []
-        for name in self._local:
-            live = [m for m in self._chain(name) if m.state is not State.DROPPED]
+        for key in self._local:
+            live = [m for m in self._chain(key) if m.state is not State.DROPPED]
             if live:
                 newest = live[0]
-                names += [name, newest.address, repr(newest.since)]
+                names += [newest.name, key, newest.address, repr(newest.since)]
                 batch += live
-        args = [*self._args(self.node.info(), self.config.policy.value, len(names) // 3), *names]
+        args = [*self._args(self.node.info(), self.config.policy.value, len(names) // 4), *names]
         leaves = self._leaves
         for name, reason in leaves.items():
             args += [name, reason]
@@ -701,7 +726,7 @@ class Presence:
     ) -> None:
         if not isinstance(reply, list):
             for name, reason in leaves.items():  # not told yet: keep them for next time
-                if name not in self._local:
+                if self.config.policy.key(name) not in self._local:
                     self._leaves.setdefault(name, reason)
             if not isinstance(reply, RedisUnavailable):
                 self._script_failed("resync", reply)

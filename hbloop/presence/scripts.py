@@ -10,9 +10,14 @@ Keys, under a prefix (default ``hbloop:``; every name below is prefixed):
 ``node:<node>``          string  a node's liveness key (its lease), with a TTL; JSON
                                  about the node (address clients connect to, pid,
                                  start time)
-``members:<node>``       hash    name -> JSON ``{"address": ..., "since": ...}``: the
-                                 names online on that node
-``index``                hash    name -> node: where the name joined last
+``members:<node>``       hash    name -> JSON ``{"address": ..., "since": ...,
+                                 "key": ...}``: the names online on that node, as
+                                 their clients sent them, and each one's key
+``index``                hash    key -> JSON ``[node, name]``: where the identity
+                                 joined last, and as which name. A name's key is its
+                                 confusable skeleton under refuse and replace
+                                 (protocol.md N3: look-alike names are one
+                                 identity), the name itself under allow
 ``events``               stream  join, leave and conflict events, trimmed by the
                                  reapers: by age (XTRIM MINID), then to a length cap
 ``trimmed``              string  the newest event id trimmed from the stream, so
@@ -20,8 +25,8 @@ Keys, under a prefix (default ``hbloop:``; every name below is prefixed):
 ``clock``                hash    Redis' own view of its service: ``seen`` (ms of the
                                  last presence script), ``up`` (since when scripts
                                  have run without a gap), ``gap`` (the last gap, ms)
-``takeovers:<name>``     hash    takeovers of a name in the current window, and its
-                                 back-off (policy replace); expires when calm
+``takeovers:<key>``      hash    takeovers of a name (by key) in the current window,
+                                 and its back-off (policy replace); expires when calm
 ``takeover:<node>``      pubsub  names Redis took from this node: a newer connection
                                  took it over (replace), or an earlier one claimed it
                                  back after a partition (refuse)
@@ -162,15 +167,33 @@ local function event(...)
   redis.call('XADD', events_key, '*', ...)
 end
 
--- The node that holds name, if it is another node that still lists it and whose lease
--- holds (or may not be judged yet).
-local function live_owner(name)
-  local owner = redis.call('HGET', index_key, name)
-  if owner and owner ~= node and redis.call('HEXISTS', members_key(owner), name) == 1
-      and (redis.call('EXISTS', node_key(owner)) == 1 or not fair()) then
-    return owner
+-- Where the identity key joined last: the node and the name it holds it as (nil if
+-- none). An entry of a version that wrote the node alone names the key itself.
+local function index_get(key)
+  local raw = redis.call('HGET', index_key, key)
+  if not raw then return nil, nil end
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' and type(entry[1]) == 'string' then
+    return entry[1], entry[2]
   end
-  return nil
+  return raw, key
+end
+
+-- The node that holds key, and as which name, if it is another node that still lists
+-- that name and whose lease holds (or may not be judged yet).
+local function live_owner(key)
+  local owner, held = index_get(key)
+  if owner and owner ~= node and redis.call('HEXISTS', members_key(owner), held) == 1
+      and (redis.call('EXISTS', node_key(owner)) == 1 or not fair()) then
+    return owner, held
+  end
+  return nil, nil
+end
+
+-- The key a member of node n joined with (its name, for a member of an older version).
+local function key_of(n, name)
+  local ok, info = pcall(cjson.decode, redis.call('HGET', members_key(n), name))
+  return ok and type(info) == 'table' and info.key or name
 end
 
 -- When owner's connection of name started (its node's wall clock); 0 if unreadable.
@@ -179,11 +202,13 @@ local function since_of(owner, name)
   return ok and type(info) == 'table' and tonumber(info.since) or 0
 end
 
--- Remove name from n: the member, the index entry if it still points to n (a client
--- that reconnected elsewhere first keeps its entry), and a leave event.
+-- Remove name from n: the member, the index entry if it still points to n and name (a
+-- client that reconnected elsewhere first keeps its entry), and a leave event.
 local function remove_member(n, name, reason)
-  if redis.call('HGET', index_key, name) == n then
-    redis.call('HDEL', index_key, name)
+  local key = key_of(n, name)
+  local owner, held = index_get(key)
+  if owner == n and held == name then
+    redis.call('HDEL', index_key, key)
   end
   if redis.call('HDEL', members_key(n), name) == 1 then
     event('event', 'leave', 'name', name, 'node', n, 'reason', reason)
@@ -192,10 +217,16 @@ local function remove_member(n, name, reason)
   return 0
 end
 
--- Make name a member of this node, and the index point to it; a join event if new.
-local function add_member(name, address, since)
-  redis.call('HSET', index_key, name, node)
-  local info = cjson.encode({address = address, since = tonumber(since)})
+-- Make name a member of this node, and the index point to it by key; a join event if
+-- new. Under refuse and replace, a look-alike name this node held for key is taken
+-- over by it (the node closed that connection for this one, P2).
+local function add_member(name, key, address, since)
+  local owner, held = index_get(key)
+  if owner == node and held ~= name then
+    remove_member(node, held, 'taken_over')
+  end
+  redis.call('HSET', index_key, key, cjson.encode({node, name}))
+  local info = cjson.encode({address = address, since = tonumber(since), key = key})
   if redis.call('HSET', members_key(node), name, info) == 1 then
     event('event', 'join', 'name', name, 'node', node, 'address', address, 'since', since)
     return 1
@@ -234,18 +265,18 @@ def _script(body: str) -> Script:
     return Script(_HELPERS + body)
 
 
-# ARGV: common three, name, address, since, policy, took_local (1: this node closed an
-# older connection of name for it), takeover limit, window ms, back-off ms, back-off cap
-# ms. Returns {1, previous owner or '', back-off ms} when joined (back-off > 0: this
+# ARGV: common three, name, key, address, since, policy, took_local (1: this node closed
+# an older connection of key for it), takeover limit, window ms, back-off ms, back-off
+# cap ms. Returns {1, previous owner or '', back-off ms} when joined (back-off > 0: this
 # takeover started one), {0, owner, back-off ms left} when refused (0: policy refuse),
 # {-1} when this node is not registered (it was reaped: it must resync first).
 JOIN = _script(
     """
-local name, address, since, policy = ARGV[4], ARGV[5], ARGV[6], policy_arg(7)
-number(6)
-local took_local = number(8) == 1
-local limit, window_ms, backoff_ms, backoff_cap_ms = number(9), number(10), number(11), number(12)
-local storm_key = takeovers_key(name)
+local name, key, address, since, policy = ARGV[4], ARGV[5], ARGV[6], ARGV[7], policy_arg(8)
+number(7)
+local took_local = number(9) == 1
+local limit, window_ms, backoff_ms, backoff_cap_ms = number(10), number(11), number(12), number(13)
+local storm_key = takeovers_key(key)
 need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
      members_key(node), 'hash', storm_key, 'hash')
 read_clock()
@@ -253,7 +284,8 @@ if redis.call('SISMEMBER', nodes_key, node) == 0 then
   write_clock()
   return {-1}
 end
-local owner = policy ~= 'allow' and live_owner(name)
+local owner, held = nil, nil
+if policy ~= 'allow' then owner, held = live_owner(key) end
 if owner and policy == 'refuse' then
   write_clock()
   return {0, owner, 0}
@@ -287,9 +319,9 @@ if takeover then
   redis.call('PEXPIRE', storm_key, math.max(storm.till - now, 0) + window_ms)
 end
 if owner then
-  take_from(owner, name, 'taken_over')
+  take_from(owner, held, 'taken_over')
 end
-add_member(name, address, since)
+add_member(name, key, address, since)
 return {1, owner or '', backoff}
 """
 )
@@ -389,7 +421,7 @@ return remove_node(node, names, reason)
 """
 )
 
-# ARGV: common three, node info, policy, member count n, then n x (name, address,
+# ARGV: common three, node info, policy, member count n, then n x (name, key, address,
 # since), then (name, reason) pairs for members that left while the node could not
 # tell Redis.
 # Registers the node and makes its members exactly the n given: new ones join (with
@@ -402,11 +434,11 @@ RESYNC = _script(
     """
 local info, policy, n = ARGV[4], policy_arg(5), number(6)
 local first = 7
-local last = first + 3 * n - 1
+local last = first + 4 * n - 1
 if n < 0 or n ~= math.floor(n) or last > #ARGV or (#ARGV - last) % 2 ~= 0 then
   error('hbloop: resync arguments do not match the member count ' .. n)
 end
-for i = first + 2, last, 3 do
+for i = first + 3, last, 4 do
   number(i)
 end
 need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set',
@@ -414,17 +446,18 @@ need(clock_key, 'hash', events_key, 'stream', index_key, 'hash', nodes_key, 'set
 read_clock()
 -- Reads and decisions first.
 local keep, wins, losses = {}, {}, {}
-for i = first, last, 3 do
-  local name, since = ARGV[i], tonumber(ARGV[i + 2])
-  local owner = policy ~= 'allow' and live_owner(name)
+for i = first, last, 4 do
+  local name, key, since = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
+  local owner, held = nil, nil
+  if policy ~= 'allow' then owner, held = live_owner(key) end
   local mine = true
   if owner then
-    local theirs = since_of(owner, name)
+    local theirs = since_of(owner, held)
     if policy == 'refuse' then mine = since < theirs else mine = since > theirs end
   end
   if mine then
     keep[name] = true
-    if owner then wins[#wins + 1] = {name, owner} end
+    if owner then wins[#wins + 1] = {name, owner, held} end
   else
     losses[#losses + 1] = {name, owner}
   end
@@ -446,16 +479,16 @@ redis.call('SET', node_key(node), info, 'PX', ttl_ms)
 redis.call('SADD', nodes_key, node)
 local result = {0, 0, #wins}
 for _, win in ipairs(wins) do
-  take_from(win[2], win[1], yielded(policy))
+  take_from(win[2], win[3], yielded(policy))
   conflict(win[1], node, win[2], policy)
 end
 for _, loss in ipairs(losses) do
   conflict(loss[1], loss[2], node, policy)
   result[#result + 1] = loss[1]
 end
-for i = first, last, 3 do
+for i = first, last, 4 do
   if keep[ARGV[i]] then
-    result[1] = result[1] + add_member(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+    result[1] = result[1] + add_member(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
   end
 end
 for _, name in ipairs(gone) do
@@ -501,5 +534,5 @@ class Keys:
     def takeover(self, node: str) -> str:
         return f"{self.prefix}takeover:{node}"
 
-    def takeovers(self, name: str) -> str:
-        return f"{self.prefix}takeovers:{name}"
+    def takeovers(self, key: str) -> str:
+        return f"{self.prefix}takeovers:{key}"
