@@ -16,6 +16,7 @@ import sys
 import unicodedata
 
 from hbloop.core.wire import (
+    AUTH_PROPS,
     CODE_STRUCT,
     HEADER_ONLY_TYPES,
     HEADER_SIZE,
@@ -362,6 +363,19 @@ def parse_hello(payload: bytes) -> Hello:
     if problem is not None:
         raise RemoteProtocolError(Code.UNAUTHORIZED, problem)
     return Hello(version, interval_ms, name, token.decode("ascii"), max_payload)
+
+
+def parse_auth(payload: bytes) -> str | None:
+    """An AUTH payload's TOKEN, or None for the server's answer (an empty block; A3).
+    The block is checked as HELLO's (protocol.md Properties); a token of the wrong
+    form is UNAUTHORIZED, as in HELLO (A2)."""
+    token = parse_properties(payload, 0, AUTH_PROPS).get(Prop.TOKEN)
+    if token is None:
+        return None
+    problem = token_problem(token)
+    if problem is not None:
+        raise RemoteProtocolError(Code.UNAUTHORIZED, problem)
+    return token.decode("ascii")
 
 
 def downgrade_hello(frame: bytes) -> bytes:
