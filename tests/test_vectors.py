@@ -19,6 +19,7 @@ from hbloop.core.protocol import (
     RemoteProtocolError,
     parse_close,
     parse_error,
+    parse_auth,
     parse_hello,
     parse_welcome,
 )
@@ -197,12 +198,18 @@ def test_stream_vector(vector: dict[str, Any]) -> None:
 
 
 V2: dict[str, list[dict[str, Any]]] = VECTORS["v2"]
-V2_FIELDS = {"HELLO": ("token", "max_payload"), "WELCOME": ("max_payload", "reconnect_window_ms")}
+V2_FIELDS = {
+    "HELLO": ("token", "max_payload"),
+    "WELCOME": ("max_payload", "reconnect_window_ms"),
+    "AUTH": ("token",),
+}
 
 
 def v2_fast_fields(ftype: int, payload: bytes) -> Fields:
     """A version 2 HELLO or WELCOME through the fast path, in the vectors' names (the
     raw properties are construct's business: the fast path keeps only known ones)."""
+    if ftype == FrameType.AUTH:
+        return {"token": parse_auth(payload)}
     if ftype == FrameType.HELLO:
         hello = parse_hello(payload)
         return {**hello_fields(hello), "max_payload": hello.max_payload}
@@ -219,6 +226,8 @@ def construct_property_values(kind: str, properties: Any) -> Fields:
     names = {"token": Prop.TOKEN, "max_payload": Prop.MAX_PAYLOAD}
     if kind == "WELCOME":
         names = {"max_payload": Prop.MAX_PAYLOAD, "reconnect_window_ms": Prop.RECONNECT_WINDOW}
+    if kind == "AUTH":
+        names = {"token": Prop.TOKEN}
     by_id = {p.id & ~MUST_UNDERSTAND: p.value for p in properties}
     values: Fields = {}
     for field, ident in names.items():
@@ -315,7 +324,9 @@ def test_invalid_configuration_vector(vector: dict[str, Any]) -> None:
 
 
 def test_every_frame_type_and_error_code_has_a_vector() -> None:
-    assert {v["type"] for v in VECTORS["valid"]} == {t.name for t in FrameType}
+    # AUTH is version 2's alone (A1): its vectors are in 'v2'.
+    assert {v["type"] for v in VECTORS["valid"]} == {t.name for t in FrameType} - {"AUTH"}
+    assert "AUTH" in {v["type"] for v in V2["valid"]}
     decoder_errors = {v["error"] for v in VECTORS["malformed"]}
     assert decoder_errors == {
         "RESERVED_BITS",
