@@ -23,7 +23,16 @@ MAX_PAYLOAD = 65536
 # this length is valid everywhere.
 MIN_MAX_PAYLOAD = 1024
 
-TYPES = {"HELLO": 1, "WELCOME": 2, "PING": 3, "PONG": 4, "DATA": 5, "CLOSE": 6, "ERROR": 7, "AUTH": 8}
+TYPES = {
+    "HELLO": 1,
+    "WELCOME": 2,
+    "PING": 3,
+    "PONG": 4,
+    "DATA": 5,
+    "CLOSE": 6,
+    "ERROR": 7,
+    "AUTH": 8,
+}
 CODES = {
     "NORMAL": 0x0000,
     "GOING_AWAY": 0x0001,

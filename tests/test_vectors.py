@@ -17,9 +17,9 @@ from hbloop.core.policy import grant, grant_problems
 from hbloop.core.protocol import (
     FrameDecoder,
     RemoteProtocolError,
+    parse_auth,
     parse_close,
     parse_error,
-    parse_auth,
     parse_hello,
     parse_welcome,
 )

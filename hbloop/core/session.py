@@ -55,9 +55,9 @@ from hbloop.core.protocol import (
     RemoteProtocolError,
     code_name,
     downgrade_hello,
+    parse_auth,
     parse_close,
     parse_error,
-    parse_auth,
     parse_hello,
     parse_welcome,
     take_frames,
@@ -224,7 +224,9 @@ class Grant:
 
     @classmethod
     def from_welcome(cls, welcome: Welcome) -> Grant:
-        return cls(welcome.scheme, welcome.interval_ms, welcome.timeout_ms, welcome, welcome.version)
+        return cls(
+            welcome.scheme, welcome.interval_ms, welcome.timeout_ms, welcome, welcome.version
+        )
 
     def in_version(self, version: int) -> Grant:
         """This grant for a connection speaking ``version``: itself, or its sibling."""
