@@ -179,16 +179,6 @@ class JwtVerifier:
             return "token is for another name"
         return None
 
-    @staticmethod
-    def expires_at(token: str) -> float | None:
-        """The ``exp`` (Unix time) of a token ``verify`` accepted, or None if it has
-        none a number states: when the server ends its session (protocol.md A5)."""
-        try:
-            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-        except jwt.PyJWTError:
-            return None
-        return float(exp) if isinstance(exp, int | float) else None
-
 
 def certificate_name(certificate: Certificate | None) -> str | None:
     """The subject common name of a verified certificate, if it has exactly one."""

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from hbloop.auth import Authenticator, Refusal
+from hbloop.core.credentials import jwt_expiry
 from hbloop.core.logfields import fields, token
 from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy, drain_due, seconds_to_ms
 from hbloop.core.session import (
@@ -588,7 +589,7 @@ class Server:
         verifier = None if self.authenticator is None else self.authenticator.jwt_verifier
         if not self.close_expired or verifier is None or credential is None:
             return
-        exp = verifier.expires_at(credential)
+        exp = jwt_expiry(credential)  # verified by the caller
         if exp is not None:
             delay = max(exp - time.time(), 0.0)  # exp is wall-clock time, timers monotonic
             self._expiries[peer] = self.loop.call_later(delay, self._expired, peer)
