@@ -52,7 +52,6 @@ from hbloop.core.wire import (
     MAX_NAME_BYTES,
     PROTOCOL_VERSION,
     U32_MAX,
-    VERSION_1,
     Code,
     Welcome,
     encode_hello,
@@ -270,9 +269,9 @@ class ClientBase:
 
     def reauth_delay(self, welcome: Welcome) -> float | None:
         """A6: seconds until the provider is asked for a token to offer in AUTH on
-        this connection, or None: no provider, a version 1 connection, or a token
-        without ``exp``."""
-        if self.token_provider is None or welcome.version == VERSION_1:
+        this connection, or None: no provider, a server that takes no AUTH here (A1),
+        or a token without ``exp``."""
+        if self.token_provider is None or not welcome.reauth:
             return None
         return reauth_delay(self.current_token, time.time())
 

@@ -83,11 +83,21 @@ def hello_payload(
 # Version 2's properties (protocol.md section 1, Properties): identifier u16, whose top
 # bit asks the receiver to refuse what it does not know, length u16, value.
 MUST_UNDERSTAND = 0x8000
-TOKEN, MAX_PAYLOAD_PROP, RECONNECT_WINDOW = 0x0001, 0x0002, 0x0003
+TOKEN, MAX_PAYLOAD_PROP, RECONNECT_WINDOW, REAUTH = 0x0001, 0x0002, 0x0003, 0x0004
 
 
 def prop(ident: int, value: bytes) -> bytes:
     return struct.pack(">HH", ident, len(value)) + value
+
+
+def props_of(raw: bytes) -> list[dict[str, object]]:
+    """A property block as the vectors list it: each id with its value, in order."""
+    props: list[dict[str, object]] = []
+    while raw:
+        ident, length = struct.unpack_from(">HH", raw)
+        props.append({"id": ident, "value_hex": raw[4 : 4 + length].hex()})
+        raw = raw[4 + length :]
+    return props
 
 
 def hello_v2(name: bytes, interval_ms: int = 10000, props: bytes = b"") -> bytes:
@@ -475,12 +485,7 @@ def v2_valid_vectors() -> list[dict[str, object]]:
 
     def add(name: str, ftype: str, payload: bytes, fields: dict[str, object]) -> None:
         start = {"HELLO": 6 + payload[5] if payload else 0, "WELCOME": 10, "AUTH": 0}[ftype]
-        raw = payload[start:]
-        props: list[dict[str, object]] = []
-        while raw:
-            ident, length = struct.unpack_from(">HH", raw)
-            props.append({"id": ident, "value_hex": raw[4 : 4 + length].hex()})
-            raw = raw[4 + length :]
+        props = props_of(payload[start:])
         data = frame(TYPES[ftype], payload)
         vectors.append(
             {
@@ -548,8 +553,8 @@ def v2_valid_vectors() -> list[dict[str, object]]:
             30000,
         ),
         (
-            "hbloop's server at its defaults (a 10 s drain period, R7)",
-            prop(2, u32(65536)) + prop(RECONNECT_WINDOW, u32(10000)),
+            "hbloop's server at its defaults (a 10 s drain period, R7; AUTH taken, A1)",
+            prop(2, u32(65536)) + prop(RECONNECT_WINDOW, u32(10000)) + prop(REAUTH, b""),
             65536,
             10000,
         ),
@@ -572,6 +577,7 @@ def v2_valid_vectors() -> list[dict[str, object]]:
                 "timeout_ms": 30000,
                 "max_payload": max_payload,
                 "reconnect_window_ms": window,
+                "reauth": REAUTH in {p["id"] for p in props_of(props)},
             },
         )
     for label, props, token in (
@@ -677,6 +683,12 @@ def v2_malformed_vectors() -> list[dict[str, object]]:
         ),
     ):
         add(f"WELCOME v2 {label}", frame(2, payload), error, stage)
+    add(
+        "WELCOME v2 with a REAUTH of 1 byte",
+        frame(2, welcome_v2(prop(REAUTH, b"\x00"))),
+        "MALFORMED",
+        "shape",
+    )
     for label, props, error, stage in (
         ("a property cut short", prop(TOKEN, b"k")[:-1], "MALFORMED", "shape"),
         ("a repeated token", prop(TOKEN, b"k") * 2, "MALFORMED", "shape"),
@@ -710,7 +722,7 @@ def main() -> None:
             "'v2' holds version 2's HELLO and WELCOME, in the same form: 'fields' add "
             "'properties' (each 'id' with its 'value_hex', in order, unknown ones too) "
             "and the values of the registered ones (token, max_payload, "
-            "reconnect_window_ms); a v2 WELCOME is judged by a client whose HELLO was "
+            "reconnect_window_ms, reauth); a v2 WELCOME is judged by a client whose HELLO was "
             "version 2. 'v2' also holds AUTH (version 2 only, A1-A3): 'fields' are its "
             "'token' (null in the server's answer) and 'properties'."
         ),

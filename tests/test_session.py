@@ -489,7 +489,8 @@ def test_H10_a_version_2_handshake_exchanges_the_maximum_payloads() -> None:
     link = Link(client_config=v2_client(max_payload=4096), server_config=server).connect()
     ((ftype, payload),) = link.server.sent
     assert ftype == FrameType.WELCOME
-    assert payload == encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000, 8192))[HEADER_SIZE:]
+    welcome = Welcome(2, Scheme.CLIENT, 1000, 3000, 8192, reauth=True)  # A1: AUTH is taken
+    assert payload == encode_welcome(welcome)[HEADER_SIZE:]
     assert link.server.session.peer_max_payload == 4096
     assert link.client.session.peer_max_payload == 8192
     assert isinstance(link.client.events[0], Opened)
@@ -909,15 +910,19 @@ def test_R1_backoff_is_full_jitter_capped_from_the_first_retry() -> None:
 
 def v2_link() -> Link:
     """A link whose client speaks version 2 (AUTH needs it, A1)."""
-    client = config(Role.CLIENT, hello=encode_hello("alice", INTERVAL_MS, VERSION_2, token="t1"))
-    return Link(client_config=client).connect()
+    return Link(client_config=v2_client(token="t1")).connect()
+
+
+def test_A1_a_version_2_welcome_offers_auth_and_a_version_1_welcome_cannot() -> None:
+    assert v2_link().client.session.grant.welcome.reauth
+    assert not Link().connect().client.session.grant.welcome.reauth
 
 
 def test_A1_auth_on_a_version_1_connection_is_an_unknown_type(link: Link) -> None:
     link.send(link.client, encode_auth("fresh"))
     disconnect = link.server.closed()
     assert disconnect is not None and disconnect.code == Code.UNKNOWN_TYPE
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError):  # a client sends AUTH only where offered
         Link().connect().client.session.send_auth("fresh", 0.0)
 
 

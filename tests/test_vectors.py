@@ -200,7 +200,7 @@ def test_stream_vector(vector: dict[str, Any]) -> None:
 V2: dict[str, list[dict[str, Any]]] = VECTORS["v2"]
 V2_FIELDS = {
     "HELLO": ("token", "max_payload"),
-    "WELCOME": ("max_payload", "reconnect_window_ms"),
+    "WELCOME": ("max_payload", "reconnect_window_ms", "reauth"),
     "AUTH": ("token",),
 }
 
@@ -218,6 +218,7 @@ def v2_fast_fields(ftype: int, payload: bytes) -> Fields:
         **welcome_fields(welcome),
         "max_payload": welcome.max_payload,
         "reconnect_window_ms": welcome.reconnect_window_ms,
+        "reauth": welcome.reauth,
     }
 
 
@@ -226,10 +227,12 @@ def construct_property_values(kind: str, properties: Any) -> Fields:
     names = {"token": Prop.TOKEN, "max_payload": Prop.MAX_PAYLOAD}
     if kind == "WELCOME":
         names = {"max_payload": Prop.MAX_PAYLOAD, "reconnect_window_ms": Prop.RECONNECT_WINDOW}
+        values: Fields = {"reauth": Prop.REAUTH in {p.id & ~MUST_UNDERSTAND for p in properties}}
+    else:
+        values = {}
     if kind == "AUTH":
         names = {"token": Prop.TOKEN}
     by_id = {p.id & ~MUST_UNDERSTAND: p.value for p in properties}
-    values: Fields = {}
     for field, ident in names.items():
         raw = by_id.get(ident)
         parsed = None if raw is None else PROPERTY_VALUES[ident].parse(raw)

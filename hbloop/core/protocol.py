@@ -259,7 +259,11 @@ def token_problem(token: bytes) -> str | None:
 
 
 # The registered properties whose value has a fixed size (protocol.md section 1).
-_PROPERTY_SIZES = {Prop.MAX_PAYLOAD: U32_VALUE.size, Prop.RECONNECT_WINDOW: U32_VALUE.size}
+_PROPERTY_SIZES = {
+    Prop.MAX_PAYLOAD: U32_VALUE.size,
+    Prop.RECONNECT_WINDOW: U32_VALUE.size,
+    Prop.REAUTH: 0,
+}
 
 
 def parse_properties(payload: bytes, start: int, known: frozenset[Prop]) -> dict[Prop, bytes]:
@@ -413,6 +417,7 @@ def parse_welcome(payload: bytes, version: int = VERSION_1) -> Welcome:
         timeout_ms,
         _max_payload(found),
         None if window is None else int(U32_VALUE.unpack(window)[0]),
+        Prop.REAUTH in found,
     )
 
 

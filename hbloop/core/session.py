@@ -636,6 +636,7 @@ class Session:
                     grant.timeout_ms,
                     self.config.max_payload,
                     self.config.reconnect_window_ms,
+                    reauth=True,  # this session answers AUTH (A1, A4)
                 )
             )
         opened: tuple[Event, ...] = (Opened(grant),)
@@ -908,10 +909,10 @@ class Session:
 
     def send_auth(self, token: str, now: float) -> bytes:
         """Client: the AUTH frame offering ``token`` in place of the connection's
-        credential (A1); only on an OPEN version 2 connection."""
-        if self.state is not State.OPEN or self.grant.version == VERSION_1:
+        credential; only on an OPEN connection whose WELCOME carried REAUTH (A1)."""
+        if self.state is not State.OPEN or not self.grant.welcome.reauth:
             raise LocalProtocolError(
-                Code.UNEXPECTED_FRAME, "AUTH needs an OPEN version 2 connection"
+                Code.UNEXPECTED_FRAME, "AUTH needs an OPEN connection whose WELCOME offered it"
             )
         self.last_sent = now
         self.config.counters.frames_out += 1

@@ -135,6 +135,7 @@ class Prop(enum.IntEnum):
     TOKEN = 0x0001  # HELLO: the credential, 1 to 4096 printable ASCII bytes
     MAX_PAYLOAD = 0x0002  # HELLO and WELCOME: the sender's maximum payload once OPEN (u32)
     RECONNECT_WINDOW = 0x0003  # WELCOME: spread reconnects after GOING_AWAY over this (u32 ms)
+    REAUTH = 0x0004  # WELCOME: empty; the server takes AUTH on this connection (A1)
 
 
 # The top bit of a property identifier: a receiver that does not know the property
@@ -143,7 +144,7 @@ MUST_UNDERSTAND = 0x8000
 
 # Which properties each frame carries; any other is unknown to its receiver.
 HELLO_PROPS = frozenset({Prop.TOKEN, Prop.MAX_PAYLOAD})
-WELCOME_PROPS = frozenset({Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW})
+WELCOME_PROPS = frozenset({Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW, Prop.REAUTH})
 # A client's AUTH carries TOKEN; the server's answer carries an empty block (A3).
 AUTH_PROPS = frozenset({Prop.TOKEN})
 
@@ -207,6 +208,7 @@ PROPERTY_VALUES = {
     Prop.TOKEN: GreedyString("ascii"),
     Prop.MAX_PAYLOAD: Int32ub,
     Prop.RECONNECT_WINDOW: Int32ub,
+    Prop.REAUTH: Bytes(0),
 }
 
 
@@ -355,6 +357,8 @@ class Welcome:
     max_payload: int | None = None
     #: Version 2: spread a reconnect after CLOSE GOING_AWAY over this many ms.
     reconnect_window_ms: int | None = None
+    #: Version 2: the server takes AUTH on this connection (Prop.REAUTH, A1).
+    reauth: bool = False
 
 
 def encode_property(ident: int, value: bytes) -> bytes:
@@ -395,6 +399,8 @@ def encode_welcome(welcome: Welcome) -> bytes:
     if welcome.version != VERSION_1:
         payload += _u32_property(Prop.MAX_PAYLOAD, welcome.max_payload)
         payload += _u32_property(Prop.RECONNECT_WINDOW, welcome.reconnect_window_ms)
+        if welcome.reauth:
+            payload += encode_property(Prop.REAUTH, b"")
     return encode_frame(FrameType.WELCOME, payload)
 
 
