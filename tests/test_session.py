@@ -980,3 +980,15 @@ def test_A3_a_server_auth_carrying_a_token_is_malformed() -> None:
     link.send(link.server, encode_auth("not-yours"))
     disconnect = link.client.closed()
     assert disconnect is not None and disconnect.code == Code.MALFORMED
+
+
+def test_A1_a_client_whose_welcome_did_not_offer_auth_treats_it_as_unknown() -> None:
+    link = Link(client_config=v2_client()).connect()
+    # A version 2 WELCOME without REAUTH, as from a server that takes no AUTH.
+    client = Session.client(v2_client(), 0.0)
+    client.connected(0.0)
+    client.receive_data(encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000)), 0.0)
+    assert client.state is State.OPEN and not client.grant.welcome.reauth
+    _, events = client.receive_data(AUTH_ACK_FRAME, 0.0)
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.UNKNOWN_TYPE
+    assert link.client.session.grant.welcome.reauth  # hbloop's server offers it

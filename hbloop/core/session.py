@@ -819,12 +819,15 @@ class Session:
             return self._fail(exc, now)
 
     def _receive_auth(self, payload: bytes) -> Step:
-        """AUTH on an OPEN connection: a version 1 peer cannot know the type (A1); a
-        client's carries a token (A2), the server's answer none (A3)."""
-        if self.grant.version == VERSION_1:
+        """AUTH on an OPEN connection: unknown where it was not offered, on version 1
+        or without REAUTH in the WELCOME (A1); a client's carries a token (A2), the
+        server's answer none (A3)."""
+        server = self.config.role is Role.SERVER
+        offered = self.grant.version != VERSION_1 if server else self.grant.welcome.reauth
+        if not offered:
             raise RemoteProtocolError(Code.UNKNOWN_TYPE, f"frame type 0x{T_AUTH:02x}")
         token = parse_auth(payload)
-        if self.config.role is Role.SERVER:
+        if server:
             if token is None:
                 raise RemoteProtocolError(Code.MALFORMED, "AUTH without a TOKEN")
             return b"", (AuthReceived(token),)
