@@ -565,6 +565,8 @@ class Server:
         no credentials answers without judging (A4)."""
         peer = channel.app
         session = channel.session
+        if session.state is not State.OPEN:
+            return  # the peer's CLOSE (or a violation) came in the same read: nothing to judge
         assert peer.name is not None  # OPEN: said in HELLO
         if self.authenticator is not None:
             hello = Hello(session.grant.version, session.grant.interval_ms, peer.name, fresh)

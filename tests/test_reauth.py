@@ -15,6 +15,7 @@ from hbloop.core.wire import (
     Code,
     FrameType,
     encode_auth,
+    encode_close,
     encode_hello,
 )
 
@@ -141,3 +142,16 @@ def test_auth_on_a_server_without_checks_is_answered(serve) -> None:
     with open_v2(server.address, "free", "opaque-key") as peer:
         peer.send(encode_auth("another-opaque-key"))
         assert peer.recv() == (FrameType.AUTH, b"")
+
+
+def test_an_auth_followed_by_close_in_one_read_ends_quietly(serve, secret_file: Path) -> None:
+    """A2 and C2: the peer's CLOSE behind its AUTH ends the session before the token is
+    judged; the server carries on."""
+    server = serve("--jwt-secret-file", str(secret_file))
+    with open_v2(server.address, "leaver", make_token("leaver", 3600)[0]) as peer:
+        peer.send(encode_auth(make_token("leaver", 3600, b"x" * 32)[0]) + encode_close(Code.NORMAL))
+        assert peer.recv_until_eof() == []
+    server.wait_line(r"disconnect 127\.0\.0\.1:\d+ name=leaver .*reason=peer_closed NORMAL")
+    with open_v2(server.address, "after", make_token("after", 3600)[0]):
+        pass  # still serving
+    assert not server.find("Traceback|unauthorized")
