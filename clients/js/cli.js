@@ -38,7 +38,8 @@ options:
   --tls                    connect through TLS, verifying the server's certificate
   --ca FILE                  against this CA (default: Node's trusted CAs)
   --cert FILE --key FILE     presenting this client certificate (mutual TLS)
-  --token-file FILE        the HELLO token (default: the ${TOKEN_ENV} variable)
+  --token-file FILE        the HELLO token (default: the ${TOKEN_ENV} variable), read
+                           again before each connect and before the token's exp
   --allow-plaintext-token  send the token without TLS to an address that is not loopback
   -h, --help               show this help and exit
 
