@@ -42,9 +42,11 @@ from typing import cast
 
 from hbloop.client import AsyncTokenProvider, ClientBase, DisconnectCallback
 from hbloop.core.backoff import Backoff
+from hbloop.core.credentials import REAUTH_RETRY
 from hbloop.core.policy import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MIN_INTERVAL
 from hbloop.core.session import (
     FOREVER,
+    NO_EVENTS,
     S_CLOSED,
     S_CLOSING,
     S_OPEN,
@@ -54,6 +56,7 @@ from hbloop.core.session import (
     Message,
     Opened,
     Reason,
+    Reauthenticated,
     Session,
     State,
     Step,
@@ -362,6 +365,7 @@ class Client(ClientBase):
         self._task: asyncio.Task[None] | None = None
         self._changed: asyncio.Future[None] | None = None  # the next change of state
         self._close_code = Code.NORMAL
+        self._reauth: asyncio.Task[None] | None = None  # the next renewal (A6)
 
     # --- the application's API ------------------------------------------------------------
 
@@ -463,8 +467,7 @@ class Client(ClientBase):
         assert self._loop is not None
         if self.token_provider is not None:
             try:
-                token = self.token_provider()
-                self.use_token(await token if inspect.isawaitable(token) else token)
+                self.use_token(await self._ask_provider())
             except Exception as exc:  # the application's provider: retried, as a reset is
                 return self.token_failed(exc)
         conn = _Connection(self, self._loop)
@@ -490,6 +493,31 @@ class Client(ClientBase):
         # until _goodbye has closed it.
         return await asyncio.shield(conn.ended)
 
+    async def _ask_provider(self) -> str | None:
+        assert self.token_provider is not None
+        token = self.token_provider()
+        return await token if inspect.isawaitable(token) else token
+
+    def _arm_reauth(self, conn: _Connection, delay: float | None) -> None:
+        if self._reauth is not None:
+            self._reauth.cancel()
+        self._reauth = None if delay is None else conn.loop.create_task(self._renew(conn, delay))
+
+    async def _renew(self, conn: _Connection, delay: float) -> None:
+        """A6: offer the provider's token in AUTH; ask again every REAUTH_RETRY while
+        it has no new one (or fails: the server's A5 close is what ends this)."""
+        await asyncio.sleep(delay)
+        while conn.session.state is S_OPEN:
+            try:
+                fresh = self.fresh_token(await self._ask_provider())
+            except Exception as exc:  # the application's provider: asked again later
+                self.token_failed(exc)
+                fresh = None
+            if fresh is not None and conn.session.state is S_OPEN:
+                conn.apply((conn.session.send_auth(fresh, conn.loop.time()), NO_EVENTS))
+                return  # the answer (Reauthenticated) arms the next renewal
+            await asyncio.sleep(REAUTH_RETRY)
+
     async def _goodbye(self) -> None:
         """The client's task is cancelled (by ``close()``, or by whoever owns the loop):
         CLOSE, and wait for the connection to end."""
@@ -513,10 +541,15 @@ class Client(ClientBase):
                 refusal = self.grant_refused(welcome)
                 if refusal is None:
                     self.opened(welcome, conn.loop.time())
+                    self._arm_reauth(conn, self.reauth_delay(welcome))
                 else:
                     conn.apply(conn.session.protocol_error(refusal, conn.loop.time()))
+            elif isinstance(event, Reauthenticated):
+                self.reauthenticated()
+                self._arm_reauth(conn, self.reauth_delay(conn.session.grant.welcome))
             elif isinstance(event, Closed):
                 conn.disconnect = event.disconnect
+                self._arm_reauth(conn, None)
         self._changed_now()
 
     def _stop(self, disconnect: Disconnect, final: bool = False) -> None:

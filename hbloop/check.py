@@ -45,6 +45,7 @@ from hbloop.core.wire import (
     FrameType,
     Scheme,
     Welcome,
+    encode_auth,
     encode_close,
     encode_data,
     encode_frame,
@@ -643,6 +644,30 @@ def _must_understand(checker: Checker) -> str:
     if _error_code(frame) != Code.UNSUPPORTED_PROPERTY:
         raise CaseFailed(f"expected ERROR UNSUPPORTED_PROPERTY, got {describe(frame)}")
     return f"{describe(frame)}, then {probe.expect_close()}"
+
+
+# What the checker offers in AUTH without a token of its own: a server that checks
+# no credentials answers any well-formed one (A4).
+PLACEHOLDER_TOKEN = "hbloop-check"
+
+
+@case("A3", MUST, "version 2: AUTH, where WELCOME offered REAUTH, is answered with an empty AUTH")
+def _reauth(checker: Checker) -> str:
+    probe, frame = _v2_answer(checker)
+    if not _v2_welcome(frame).reauth:
+        raise CaseSkipped("the server's WELCOME does not offer AUTH (REAUTH)")
+    probe.send(encode_auth(checker.settings.token or PLACEHOLDER_TOKEN))
+    answer = probe.recv_answer()
+    if answer != (FrameType.AUTH, b""):
+        raise CaseFailed(f"expected an empty AUTH, got {describe(answer)}")
+    return "answered with an empty AUTH"
+
+
+@case("A1", MUST, "version 1: AUTH is an unknown type: ERROR UNKNOWN_TYPE")
+def _auth_in_version_1(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(encode_auth(checker.settings.token or PLACEHOLDER_TOKEN))
+    return probe.expect_error(Code.UNKNOWN_TYPE)
 
 
 @dataclass(frozen=True)

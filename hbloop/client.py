@@ -19,9 +19,11 @@ import logging
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 from hbloop.core.backoff import Backoff
+from hbloop.core.credentials import REAUTH_RETRY, reauth_delay
 from hbloop.core.names import name_problem
 from hbloop.core.policy import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -32,12 +34,14 @@ from hbloop.core.policy import (
 )
 from hbloop.core.protocol import LocalProtocolError, RemoteProtocolError, token_problem
 from hbloop.core.session import (
+    NO_EVENTS,
     Closed,
     Disconnect,
     Events,
     Message,
     Opened,
     Reason,
+    Reauthenticated,
     Role,
     Session,
     SessionConfig,
@@ -240,6 +244,8 @@ class ClientBase:
         self._opened_at: float | None = None
         self._granted_timeout = 0.0
         self._reconnect_window = 0.0
+        #: The credential the connection stands on: HELLO's, then the last AUTH's.
+        self.current_token = token if isinstance(token, str) else None
 
     @staticmethod
     def _check_token(token: str) -> None:
@@ -263,6 +269,26 @@ class ClientBase:
             self._check_token(token)
         # In the version spoken now: a fall-back to version 1 (H10) holds.
         self.session_config.hello = self._hello(token, self.session_config.version)
+        self.current_token = token
+
+    def reauth_delay(self, welcome: Welcome) -> float | None:
+        """A6: seconds until the provider is asked for a token to offer in AUTH on
+        this connection, or None: no provider, a server that takes no AUTH here (A1),
+        or a token without ``exp``."""
+        if self.token_provider is None or not welcome.reauth:
+            return None
+        return reauth_delay(self.current_token, time.time())
+
+    def fresh_token(self, token: str | None) -> str | None:
+        """The provider's answer at re-authentication time: the token to offer in AUTH
+        (it becomes the next HELLO's too), or None if it is not a new one."""
+        if token is None or token == self.current_token:
+            return None
+        self.use_token(token)
+        return token
+
+    def reauthenticated(self) -> None:
+        log.info("reauthenticated as %s", self.name)
 
     def token_failed(self, exc: Exception) -> Disconnect:
         """The token provider raised: this attempt ends before connecting, and is
@@ -400,6 +426,7 @@ class Client(ClientBase):
         #: The current connection attempt's channel, once one was made.
         self.connection: Channel[None] | None = None
         self._retry: Timer | None = None
+        self._reauth: Timer | None = None
         self._closing = False
 
     @property
@@ -516,10 +543,41 @@ class Client(ClientBase):
                 refusal = self.grant_refused(welcome)
                 if refusal is None:
                     self.opened(welcome, self.loop.now)
+                    self._arm_reauth(self.reauth_delay(welcome))
                 else:
                     channel.apply(channel.session.protocol_error(refusal, self.loop.now))
-            elif isinstance(event, Closed) and channel is self.connection and not self._closing:
-                self._schedule_retry(event.disconnect)
+            elif isinstance(event, Reauthenticated):
+                self.reauthenticated()
+                self._arm_reauth(self.reauth_delay(channel.session.grant.welcome))
+            elif isinstance(event, Closed) and channel is self.connection:
+                self._arm_reauth(None)
+                if not self._closing:
+                    self._schedule_retry(event.disconnect)
+
+    def _arm_reauth(self, delay: float | None) -> None:
+        if self._reauth is not None:
+            self._reauth.cancel()
+        self._reauth = None if delay is None else self.loop.call_later(delay, self._renew)
+
+    def _renew(self) -> None:
+        """A6: offer the provider's token in AUTH; ask again later if it has no new
+        one yet (or failed: the server's A5 close is what ends this, not the client)."""
+        self._reauth = None
+        conn = self.connection
+        if conn is None or conn.session.state is not State.OPEN or self.token_provider is None:
+            return
+        try:
+            token = self.token_provider()
+            if not isinstance(token, str | None):
+                raise TypeError("an async token provider needs hbloop.aio.Client")
+            fresh = self.fresh_token(token)
+        except Exception as exc:  # the application's provider: asked again later
+            self.token_failed(exc)
+            fresh = None
+        if fresh is None:
+            self._arm_reauth(REAUTH_RETRY)
+            return
+        conn.apply((conn.session.send_auth(fresh, self.loop.now), NO_EVENTS))
 
     def channel_released(self, channel: Channel[None]) -> None:
         """Nothing to do: ``done`` looks at the connection."""

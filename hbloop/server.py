@@ -26,10 +26,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from hbloop.auth import Authenticator
+from hbloop.auth import Authenticator, Refusal
+from hbloop.core.credentials import jwt_expiry
 from hbloop.core.logfields import fields, token
 from hbloop.core.policy import DEFAULT_BACKLOG, ServerPolicy, drain_due, seconds_to_ms
 from hbloop.core.session import (
+    NO_EVENTS,
+    AuthReceived,
     Closed,
     Disconnect,
     Events,
@@ -219,7 +222,9 @@ class Server:
     at most ``tls_handshake_rate`` new handshakes a second (the excess is closed at
     accept); ``authenticator`` (``hbloop.auth.Authenticator``: JWTs, client
     certificate names, an ``authorize(hello, peer) -> bool`` hook) judges every HELLO's
-    credential, refusing with ERROR UNAUTHORIZED.
+    credential, refusing with ERROR UNAUTHORIZED, and the fresh one of every AUTH (A2);
+    with ``close_expired`` a session whose JWT's ``exp`` passes with no fresh token is
+    closed with CLOSE CREDENTIALS_EXPIRED (A5).
     With ``trace``, every frame in and out is logged at debug level (``hbloop.net.trace``).
     """
 
@@ -239,6 +244,7 @@ class Server:
         tls_context: ssl.SSLContext | None = None,
         tls_handshake_rate: float = DEFAULT_HANDSHAKE_RATE,
         authenticator: Authenticator | None = None,
+        close_expired: bool = True,
         trace: bool = False,
         admission: AdmissionLimits = AdmissionLimits(),  # noqa: B008 (frozen)
     ) -> None:
@@ -284,6 +290,10 @@ class Server:
         self._sources = SourceLimits(admission)
         self.tls_context = tls_context
         self.authenticator = authenticator
+        self.close_expired = close_expired
+        # The timers of the sessions whose token has an exp (A5): an entry only for
+        # them, so sessions without tokens cost nothing, and no heartbeat checks it.
+        self._expiries: dict[Peer, Timer] = {}
         self.trace = trace
         self._tls_limiter = (
             None
@@ -478,6 +488,8 @@ class Server:
                     call_guarded(log, "on_message", self.on_message, peer, event.data)
             elif isinstance(event, HelloReceived):
                 self._admit(channel, event.hello)
+            elif isinstance(event, AuthReceived):
+                self._reauthenticate(channel, event.token)
             elif isinstance(event, Opened):
                 self._opened(peer)
             elif isinstance(event, Closed):
@@ -515,22 +527,7 @@ class Server:
         if self.authenticator is not None:
             refusal = self.authenticator.check(hello, peer)
             if refusal is not None:
-                self.stats.auth_refused[refusal.check] += 1
-                # The reason names the problem, never the token (hbloop.auth).
-                log.warning(
-                    "unauthorized %s name=%s check=%s reason=%s",
-                    peer._label,
-                    token(hello.name),
-                    refusal.check,
-                    refusal.reason,
-                    extra=fields(
-                        event="unauthorized",
-                        peer=peer._label,
-                        name=hello.name,
-                        reason=refusal.reason,
-                    ),
-                )
-                channel.apply(session.refuse(refusal.code, refusal.reason, now))
+                self._unauthorized(channel, hello.name, refusal)
                 return
         limit = self.policy.max_connections
         if self.stats.connections >= limit:
@@ -543,6 +540,73 @@ class Server:
                 channel.apply(session.refuse(*taken, now))
                 return
         channel.apply(session.accept(self.grant_for(hello.interval_ms), now))
+        if session.state is State.OPEN:
+            self._watch_expiry(peer, hello.token)
+
+    def _unauthorized(self, channel: Channel[Peer], name: str, refusal: Refusal) -> None:
+        """Refuse a credential, of a HELLO or of an AUTH, and say why in the log."""
+        peer = channel.app
+        self.stats.auth_refused[refusal.check] += 1
+        # The reason names the problem, never the token (hbloop.auth).
+        log.warning(
+            "unauthorized %s name=%s check=%s reason=%s",
+            peer._label,
+            token(name),
+            refusal.check,
+            refusal.reason,
+            extra=fields(event="unauthorized", peer=peer._label, name=name, reason=refusal.reason),
+        )
+        session = channel.session
+        channel.apply(session.refuse(refusal.code, refusal.reason, self.loop.now))
+
+    def _reauthenticate(self, channel: Channel[Peer], fresh: str) -> None:
+        """A2-A4: judge an AUTH's token as HELLO's was (the same checks, for the
+        session's name); answer it, or refuse with UNAUTHORIZED. A server that checks
+        no credentials answers without judging (A4)."""
+        peer = channel.app
+        session = channel.session
+        if session.state is not State.OPEN:
+            return  # the peer's CLOSE (or a violation) came in the same read: nothing to judge
+        assert peer.name is not None  # OPEN: said in HELLO
+        if self.authenticator is not None:
+            hello = Hello(session.grant.version, session.grant.interval_ms, peer.name, fresh)
+            refusal = self.authenticator.check(hello, peer)
+            if refusal is not None:
+                self._unauthorized(channel, peer.name, refusal)
+                return
+        log.info(
+            "reauth %s name=%s",
+            peer._label,
+            token(peer.name),
+            extra=fields(event="reauth", peer=peer._label, name=peer.name),
+        )
+        channel.apply((session.reauthenticated(self.loop.now), NO_EVENTS))
+        self._watch_expiry(peer, fresh)
+
+    def _watch_expiry(self, peer: Peer, credential: str | None) -> None:
+        """A5: (re)arm the timer that closes ``peer`` when its JWT's exp passes."""
+        old = self._expiries.pop(peer, None)
+        if old is not None:
+            old.cancel()
+        verifier = None if self.authenticator is None else self.authenticator.jwt_verifier
+        if not self.close_expired or verifier is None or credential is None:
+            return
+        exp = jwt_expiry(credential)  # verified by the caller
+        if exp is not None:
+            delay = max(exp - time.time(), 0.0)  # exp is wall-clock time, timers monotonic
+            self._expiries[peer] = self.loop.call_later(delay, self._expired, peer)
+
+    def _expired(self, peer: Peer) -> None:
+        self._expiries.pop(peer, None)
+        if peer.state is not State.OPEN:
+            return
+        log.info(
+            "credentials expired %s name=%s",
+            peer._label,
+            token(peer.name) if peer.name else "-",
+            extra=fields(event="credentials_expired", peer=peer._label, name=peer.name),
+        )
+        peer.close(Code.CREDENTIALS_EXPIRED)
 
     def _opened(self, peer: Peer) -> None:
         self._handshakes -= 1
@@ -585,6 +649,9 @@ class Server:
             self._sources.done(peer._host)
             return
         self.stats.connections -= 1
+        expiry = self._expiries.pop(peer, None)
+        if expiry is not None:
+            expiry.cancel()
         if peer._member is not None:
             assert self.presence is not None
             self.presence.left(peer._member, disconnect.reason.value)

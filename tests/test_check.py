@@ -61,7 +61,7 @@ def test_hbloop_serve_passes_every_must(serve, scheme: str) -> None:
     assert by_title[f"{other} scheme: " + SCHEME_CASES[other]]["result"] == "skip"
     statements = {case["statement"] for case in report["cases"] if case["result"] == "pass"}
     assert {"H1", "H2", "H3", "H4", "H5", "H6", "F1", "F2", "F3", "F4", "N1", "N2"} <= statements
-    assert {"T1", "T2", "T3", "T4", "T5", "T6", "C2"} <= statements
+    assert {"T1", "T2", "T3", "T4", "T5", "T6", "C2", "A1", "A3"} <= statements
     server.wait_line(r"reason=timeout TIMEOUT")
 
 

@@ -453,6 +453,39 @@ def test_a_token_provider_rotates_the_token_across_a_server_restart(
     server.wait_line(f"connect .* name={name}")
 
 
+# A6: a token this short-lived is renewed in band after 80 % of it, 4 s.
+SHORT_TOKEN_LIFETIME = 5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a6_a_token_provider_renews_the_token_in_band_before_exp(
+    serve, drive, tmp_path, kind: str
+) -> None:
+    """A6: the provider hands out a fresh token while the connection is OPEN; the
+    client offers it in AUTH before the first one's exp, the server accepts it (A3),
+    and the connection outlives the first token (A5 would close it otherwise)."""
+    name = f"renew-{kind}"
+    secret_file = tmp_path / "jwt.secret"
+    secret_file.write_bytes(SECRETS[0])
+    server = serve("--jwt-secret-file", str(secret_file))
+    first_exp = int(time.time()) + SHORT_TOKEN_LIFETIME
+    tokens = [jwt.encode({"sub": name, "exp": first_exp}, SECRETS[0], algorithm="HS256")]
+
+    async def provide_async() -> str:
+        return tokens[-1]
+
+    client = drive(
+        kind, server.port, name, token=(lambda: tokens[-1]) if kind == "loop" else provide_async
+    )
+    client.run_until(lambda: client.welcomes)
+    tokens.append(_token(SECRETS[0], name))
+    client.run_until(lambda: client.client.current_token == tokens[-1])
+    server.wait_line(f"reauth .* name={name}")
+    client.run_until(lambda: time.time() > first_exp + 1, SHORT_TOKEN_LIFETIME + WAIT_TIMEOUT)
+    assert len(client.welcomes) == 1 and client.disconnects == []
+    assert not server.find("credentials expired")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_failing_token_provider_is_retried_with_backoff(
     drive, kind: str, caplog: pytest.LogCaptureFixture

@@ -43,6 +43,7 @@ from conftest import (
     HOSTILE_TEXT,
     HOSTILE_TEXT_SHOWN,
     ROOT,
+    WAIT_TIMEOUT,
     LoggedProcess,
     raw_unsafe,
     wait_for,
@@ -152,6 +153,36 @@ def test_session_over_tls_with_a_token(serve, node, pki, tmp_path) -> None:
     assert error.startswith("hbloop-js: error: stopped: reason=tls_error code=- message=")
     assert error.endswith("a final ending, no retry can fix it (protocol.md R3)")
     server.wait_line(r"disconnect .* name=js-tls .*reason=peer_closed NORMAL")
+
+
+# A6: a token this short-lived is renewed after 80 % of it; the test then waits past it.
+SHORT_TOKEN_LIFETIME = 6
+
+
+def test_a_refreshed_token_file_is_offered_in_band_before_exp(serve, node, tmp_path) -> None:
+    """A6: the Node client re-reads --token-file before the token's exp and offers the
+    fresh token in AUTH; the server accepts it and the connection outlives the first."""
+    secret_file, token_file = tmp_path / "jwt.secret", tmp_path / "js.jwt"
+    secret_file.write_bytes(b"j" * 32)
+    first_exp = int(time.time()) + SHORT_TOKEN_LIFETIME
+    token_file.write_text(jwt.encode({"sub": "js-renew", "exp": first_exp}, b"j" * 32) + "\n")
+    server = serve(*SERVER_ARGS, "--jwt-secret-file", str(secret_file))
+    client = node(
+        str(JS / "cli.js"),
+        *("--port", str(server.port), "--name", "js-renew", "--token-file", str(token_file)),
+    )
+    client.wait_line(r"^welcome ", which="stdout")
+    fresh = {"sub": "js-renew", "exp": int(time.time()) + 3600}
+    token_file.write_text(jwt.encode(fresh, b"j" * 32) + "\n")
+    client.wait_line(
+        r"^reauthenticated$", which="stdout", timeout=SHORT_TOKEN_LIFETIME + WAIT_TIMEOUT
+    )
+    server.wait_line(r"reauth \S+ name=js-renew")
+    assert wait_for(lambda: time.time() > first_exp + 1, SHORT_TOKEN_LIFETIME + 2)
+    assert not client.find(r"^close ", which="stdout")
+    client.signal(signal.SIGTERM)
+    assert client.wait(NODE_TIMEOUT) == 0
+    assert not server.find("credentials expired")
 
 
 def test_a_server_restart_is_a_going_away_and_a_reconnect(serve, node) -> None:

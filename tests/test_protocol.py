@@ -28,6 +28,7 @@ from hbloop.core.wire import (
     FrameType,
     Scheme,
     Welcome,
+    encode_auth,
     encode_close,
     encode_data,
     encode_error,
@@ -49,6 +50,7 @@ STREAM = [
     encode_data(b""),
     encode_close(Code.GOING_AWAY),
     encode_error(Code.SERVER_FULL, "full"),
+    encode_auth("fresh.token"),
 ]
 STREAM_BYTES = b"".join(STREAM)
 EXPECTED = [(frame[4], frame[HEADER_SIZE:]) for frame in STREAM]
@@ -99,7 +101,7 @@ def header(length: int, ftype: int, flags: int = 0) -> bytes:
         (header(0, FrameType.PING, 0x01), Code.RESERVED_BITS),
         (header(0, FrameType.PING, 0x80), Code.RESERVED_BITS),
         (header(0, 0x00), Code.UNKNOWN_TYPE),
-        (header(0, 0x08), Code.UNKNOWN_TYPE),
+        (header(0, 0x09), Code.UNKNOWN_TYPE),
         (header(0, 0xFF), Code.UNKNOWN_TYPE),
         (header(DEFAULT_MAX_PAYLOAD + 1, FrameType.DATA), Code.FRAME_TOO_LARGE),
         (header(0xFFFFFFFF, FrameType.DATA), Code.FRAME_TOO_LARGE),

@@ -56,7 +56,9 @@ def test_a_version_2_hello_gets_the_servers_maximum_payload(serve, raw_peer):
     ftype, payload = peer.recv()
     assert ftype == FrameType.WELCOME
     welcome = parse_welcome(payload, VERSION_2)
-    assert welcome == Welcome(VERSION_2, Scheme.CLIENT, 1000, 3000, SERVER_MAX_FRAME, 3000)
+    assert welcome == Welcome(
+        VERSION_2, Scheme.CLIENT, 1000, 3000, SERVER_MAX_FRAME, 3000, reauth=True
+    )
 
 
 def test_an_unknown_must_understand_property_is_refused(serve, raw_peer):

@@ -19,6 +19,7 @@ from hbloop.core.protocol import FrameDecoder, LocalProtocolError
 from hbloop.core.session import (
     MAX_FRAMES_PER_READ,
     NEVER,
+    AuthReceived,
     Closed,
     Disconnect,
     Event,
@@ -27,6 +28,7 @@ from hbloop.core.session import (
     Message,
     Opened,
     Reason,
+    Reauthenticated,
     Role,
     Session,
     SessionConfig,
@@ -34,6 +36,7 @@ from hbloop.core.session import (
     Step,
 )
 from hbloop.core.wire import (
+    AUTH_ACK_FRAME,
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAX_HELLO_PAYLOAD,
@@ -45,8 +48,10 @@ from hbloop.core.wire import (
     Code,
     FrameType,
     Hello,
+    Prop,
     Scheme,
     Welcome,
+    encode_auth,
     encode_close,
     encode_data,
     encode_error,
@@ -484,7 +489,8 @@ def test_H10_a_version_2_handshake_exchanges_the_maximum_payloads() -> None:
     link = Link(client_config=v2_client(max_payload=4096), server_config=server).connect()
     ((ftype, payload),) = link.server.sent
     assert ftype == FrameType.WELCOME
-    assert payload == encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000, 8192))[HEADER_SIZE:]
+    welcome = Welcome(2, Scheme.CLIENT, 1000, 3000, 8192, reauth=True)  # A1: AUTH is taken
+    assert payload == encode_welcome(welcome)[HEADER_SIZE:]
     assert link.server.session.peer_max_payload == 4096
     assert link.client.session.peer_max_payload == 8192
     assert isinstance(link.client.events[0], Opened)
@@ -897,3 +903,92 @@ def test_R1_backoff_is_full_jitter_capped_from_the_first_retry() -> None:
     backoff.reset()  # after a successful handshake the window starts small again
     assert backoff.next_delay() == 0.5
     assert backoff.next_delay() == 0.0  # the first retry may come at once: full jitter
+
+
+# --- section 1: AUTH, in-band re-authentication -------------------------------------
+
+
+def v2_link() -> Link:
+    """A link whose client speaks version 2 (AUTH needs it, A1)."""
+    return Link(client_config=v2_client(token="t1")).connect()
+
+
+def test_A1_a_version_2_welcome_offers_auth_and_a_version_1_welcome_cannot() -> None:
+    assert v2_link().client.session.grant.welcome.reauth
+    assert not Link().connect().client.session.grant.welcome.reauth
+
+
+def test_A1_auth_on_a_version_1_connection_is_an_unknown_type(link: Link) -> None:
+    link.send(link.client, encode_auth("fresh"))
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.code == Code.UNKNOWN_TYPE
+    with pytest.raises(LocalProtocolError):  # a client sends AUTH only where offered
+        Link().connect().client.session.send_auth("fresh", 0.0)
+
+
+def test_A1_auth_before_hello_or_welcome_is_refused() -> None:
+    link = raw()
+    link.send(link.client, encode_auth("early"))
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.code == Code.HELLO_REQUIRED
+    client = Session.client(config(Role.CLIENT), 0.0)
+    client.connected(0.0)
+    _, events = client.receive_data(AUTH_ACK_FRAME, 0.0)
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.UNEXPECTED_FRAME
+
+
+def test_A2_a_clients_auth_is_reported_to_the_server_with_its_token() -> None:
+    link = v2_link()
+    link.transmit(link.client, link.client.session.send_auth("t2", link.now))
+    [received] = [e for e in link.server.events if isinstance(e, AuthReceived)]
+    assert received.token == "t2" and "t2" not in repr(received)
+    assert link.server.session.state is State.OPEN
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [(b"", Code.MALFORMED), (encode_property(Prop.TOKEN, b"a b"), Code.UNAUTHORIZED)],
+    ids=["no token", "a token of the wrong form"],
+)
+def test_A2_an_auth_without_a_usable_token_ends_the_connection(payload: bytes, code: Code) -> None:
+    link = v2_link()
+    link.send(link.client, encode_frame(FrameType.AUTH, payload))
+    disconnect = link.server.closed()
+    assert disconnect is not None and disconnect.code == code
+
+
+def test_A3_the_server_answers_an_accepted_auth_with_an_empty_auth() -> None:
+    link = v2_link()
+    for token in ("t2", "t3"):  # A3: every AUTH is answered, in order
+        link.transmit(link.client, link.client.session.send_auth(token, link.now))
+        link.transmit(link.server, link.server.session.reauthenticated(link.now))
+    assert link.server.sent_types()[-2:] == [FrameType.AUTH, FrameType.AUTH]
+    assert link.server.sent[-1][1] == b""
+    assert sum(isinstance(e, Reauthenticated) for e in link.client.events) == 2
+
+
+def test_A3_a_refused_auth_is_unauthorized_and_ends_the_connection() -> None:
+    link = v2_link()
+    link.transmit(link.client, link.client.session.send_auth("stale", link.now))
+    link.apply(link.server, link.server.session.refuse(Code.UNAUTHORIZED, "token expired", 0.0))
+    disconnect = link.client.closed()
+    assert disconnect is not None and disconnect.code == Code.UNAUTHORIZED
+
+
+def test_A3_a_server_auth_carrying_a_token_is_malformed() -> None:
+    link = v2_link()
+    link.send(link.server, encode_auth("not-yours"))
+    disconnect = link.client.closed()
+    assert disconnect is not None and disconnect.code == Code.MALFORMED
+
+
+def test_A1_a_client_whose_welcome_did_not_offer_auth_treats_it_as_unknown() -> None:
+    link = Link(client_config=v2_client()).connect()
+    # A version 2 WELCOME without REAUTH, as from a server that takes no AUTH.
+    client = Session.client(v2_client(), 0.0)
+    client.connected(0.0)
+    client.receive_data(encode_welcome(Welcome(2, Scheme.CLIENT, 1000, 3000)), 0.0)
+    assert client.state is State.OPEN and not client.grant.welcome.reauth
+    _, events = client.receive_data(AUTH_ACK_FRAME, 0.0)
+    assert isinstance(events[0], Closed) and events[0].disconnect.code == Code.UNKNOWN_TYPE
+    assert link.client.session.grant.welcome.reauth  # hbloop's server offers it

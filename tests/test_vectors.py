@@ -17,6 +17,7 @@ from hbloop.core.policy import grant, grant_problems
 from hbloop.core.protocol import (
     FrameDecoder,
     RemoteProtocolError,
+    parse_auth,
     parse_close,
     parse_error,
     parse_hello,
@@ -197,12 +198,18 @@ def test_stream_vector(vector: dict[str, Any]) -> None:
 
 
 V2: dict[str, list[dict[str, Any]]] = VECTORS["v2"]
-V2_FIELDS = {"HELLO": ("token", "max_payload"), "WELCOME": ("max_payload", "reconnect_window_ms")}
+V2_FIELDS = {
+    "HELLO": ("token", "max_payload"),
+    "WELCOME": ("max_payload", "reconnect_window_ms", "reauth"),
+    "AUTH": ("token",),
+}
 
 
 def v2_fast_fields(ftype: int, payload: bytes) -> Fields:
     """A version 2 HELLO or WELCOME through the fast path, in the vectors' names (the
     raw properties are construct's business: the fast path keeps only known ones)."""
+    if ftype == FrameType.AUTH:
+        return {"token": parse_auth(payload)}
     if ftype == FrameType.HELLO:
         hello = parse_hello(payload)
         return {**hello_fields(hello), "max_payload": hello.max_payload}
@@ -211,6 +218,7 @@ def v2_fast_fields(ftype: int, payload: bytes) -> Fields:
         **welcome_fields(welcome),
         "max_payload": welcome.max_payload,
         "reconnect_window_ms": welcome.reconnect_window_ms,
+        "reauth": welcome.reauth,
     }
 
 
@@ -219,8 +227,12 @@ def construct_property_values(kind: str, properties: Any) -> Fields:
     names = {"token": Prop.TOKEN, "max_payload": Prop.MAX_PAYLOAD}
     if kind == "WELCOME":
         names = {"max_payload": Prop.MAX_PAYLOAD, "reconnect_window_ms": Prop.RECONNECT_WINDOW}
+        values: Fields = {"reauth": Prop.REAUTH in {p.id & ~MUST_UNDERSTAND for p in properties}}
+    else:
+        values = {}
+    if kind == "AUTH":
+        names = {"token": Prop.TOKEN}
     by_id = {p.id & ~MUST_UNDERSTAND: p.value for p in properties}
-    values: Fields = {}
     for field, ident in names.items():
         raw = by_id.get(ident)
         parsed = None if raw is None else PROPERTY_VALUES[ident].parse(raw)
@@ -315,7 +327,9 @@ def test_invalid_configuration_vector(vector: dict[str, Any]) -> None:
 
 
 def test_every_frame_type_and_error_code_has_a_vector() -> None:
-    assert {v["type"] for v in VECTORS["valid"]} == {t.name for t in FrameType}
+    # AUTH is version 2's alone (A1): its vectors are in 'v2'.
+    assert {v["type"] for v in VECTORS["valid"]} == {t.name for t in FrameType} - {"AUTH"}
+    assert "AUTH" in {v["type"] for v in V2["valid"]}
     decoder_errors = {v["error"] for v in VECTORS["malformed"]}
     assert decoder_errors == {
         "RESERVED_BITS",

@@ -38,7 +38,8 @@ options:
   --tls                    connect through TLS, verifying the server's certificate
   --ca FILE                  against this CA (default: Node's trusted CAs)
   --cert FILE --key FILE     presenting this client certificate (mutual TLS)
-  --token-file FILE        the HELLO token (default: the ${TOKEN_ENV} variable)
+  --token-file FILE        the HELLO token (default: the ${TOKEN_ENV} variable), read
+                           again before each connect and before the token's exp
   --allow-plaintext-token  send the token without TLS to an address that is not loopback
   -h, --help               show this help and exit
 
@@ -108,9 +109,11 @@ function makeClient(options) {
   const optional = (flag) => (options[flag] === undefined ? undefined : read(options[flag], `--${flag}`));
   const tokenFile = options['token-file'];
   // One trailing newline, as an editor or `echo` leaves it, is not part of the token.
-  const token = tokenFile === undefined
-    ? (process.env[TOKEN_ENV] || null)
-    : read(tokenFile, '--token-file', 'ascii').replace(/\n$/, '');
+  const readToken = () => read(tokenFile, '--token-file', 'ascii').replace(/\n$/, '');
+  if (tokenFile !== undefined) readToken(); // unreadable at start: a usage error, exit 2
+  // The file is read again before each connect and before the token's exp (A6), so
+  // that a device whose file is refreshed keeps its connection.
+  const token = tokenFile === undefined ? (process.env[TOKEN_ENV] || null) : readToken;
   return new ReconnectingClient({
     host: options.host,
     port,
@@ -157,6 +160,7 @@ function main() {
   // Whatever the server sends stays on its one line: see printable().
   client.on('message', (data) => console.log(`data ${printable(data.toString('utf8'))}`));
   client.on('heartbeat', ({ direction, type }) => console.log(`${direction === 'in' ? 'got' : 'sent'} ${type}`));
+  client.on('reauthenticated', () => console.log('reauthenticated')); // A3: a fresh token accepted
   client.on('close', (ending) => {
     const { reason, code, codeName, message, final, retryInMs } = ending;
     const name = code === null ? '-' : (codeName ?? code);

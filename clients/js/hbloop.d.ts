@@ -9,7 +9,7 @@ import type { ConnectionOptions } from 'node:tls';
 export declare const PROTOCOL_VERSION: 2;
 export declare const VERSION_1: 1;
 /** Version 2's handshake properties (protocol.md section 1, Properties). */
-export declare const Prop: Readonly<{ TOKEN: 0x0001; MAX_PAYLOAD: 0x0002; RECONNECT_WINDOW: 0x0003 }>;
+export declare const Prop: Readonly<{ TOKEN: 0x0001; MAX_PAYLOAD: 0x0002; RECONNECT_WINDOW: 0x0003; REAUTH: 0x0004 }>;
 /** The identifier bit of a property its receiver must understand or refuse. */
 export declare const MUST_UNDERSTAND: 0x8000;
 export declare const HEADER_SIZE: 6;
@@ -24,7 +24,7 @@ export declare const DEFAULT_BACKOFF_BASE: number;
 export declare const DEFAULT_BACKOFF_CAP: number;
 
 export declare const FrameType: Readonly<{
-  HELLO: 0x01; WELCOME: 0x02; PING: 0x03; PONG: 0x04; DATA: 0x05; CLOSE: 0x06; ERROR: 0x07;
+  HELLO: 0x01; WELCOME: 0x02; PING: 0x03; PONG: 0x04; DATA: 0x05; CLOSE: 0x06; ERROR: 0x07; AUTH: 0x08;
 }>;
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 export type FrameTypeName = keyof typeof FrameType;
@@ -39,6 +39,7 @@ export declare const Code: Readonly<{
   TIMEOUT: 0x0002;
   HANDSHAKE_TIMEOUT: 0x0003;
   TAKEN_OVER: 0x0004;
+  CREDENTIALS_EXPIRED: 0x0005;
   UNSUPPORTED_VERSION: 0x0101;
   BAD_NAME: 0x0102;
   SERVER_FULL: 0x0103;
@@ -103,6 +104,8 @@ export interface Welcome {
   maxPayload?: number | null;
   /** Version 2: the RECONNECT_WINDOW after CLOSE GOING_AWAY, ms, or null. */
   reconnectWindowMs?: number | null;
+  /** Version 2: the server takes AUTH on this connection (REAUTH, A1). */
+  reauth?: boolean;
 }
 
 export declare function encodeFrame(type: number, payload?: Uint8Array): Buffer;
@@ -111,8 +114,10 @@ export declare function encodeHello(
 ): Buffer;
 export declare function encodeWelcome(welcome: {
   version?: number; scheme: number; intervalMs: number; timeoutMs: number;
-  maxPayload?: number | null; reconnectWindowMs?: number | null;
+  maxPayload?: number | null; reconnectWindowMs?: number | null; reauth?: boolean;
 }): Buffer;
+/** A client's AUTH frame offering a fresh `token` (A1). */
+export declare function encodeAuth(token: string): Buffer;
 export declare function encodeClose(code: number): Buffer;
 export declare function encodeError(code: number, message?: string): Buffer;
 export declare function encodeData(data: Uint8Array | string): Buffer;
@@ -133,6 +138,10 @@ export declare function parseHello(payload: Buffer): Hello;
 export declare function parseWelcome(payload: Buffer, version?: number): Welcome;
 /** Version 2's properties from `start`: the known ones' values by identifier (F6). */
 export declare function parseProperties(payload: Buffer, start: number, known: ReadonlySet<number>): Map<number, Buffer>;
+/** An AUTH payload's token, or null for a server's (empty) answer (A2, A3). */
+export declare function parseAuth(payload: Buffer): string | null;
+/** A JWT's `exp` (Unix seconds), read without its key; null for any other token. */
+export declare function jwtExpiry(token: string): number | null;
 export declare function parseClose(payload: Buffer): number;
 export declare function parseError(payload: Buffer): { code: number; message: string };
 
@@ -168,7 +177,9 @@ export type CloseReason =
   | 'protocol_error'
   | 'slow_consumer'
   | 'socket_error'
-  | 'tls_error';
+  | 'tls_error'
+  /** ReconnectingClient: its token provider failed (threw or rejected) before an attempt. */
+  | 'refused';
 
 export interface CloseEvent {
   reason: CloseReason;
@@ -221,10 +232,13 @@ export declare class Client extends EventEmitter {
   /** false when not open or the server reads too slowly; throws PayloadTooLargeError. */
   send(data: Uint8Array | string): boolean;
   close(code?: number): void;
+  /** A1: offer `token` in AUTH; false when not open or the WELCOME did not offer AUTH. */
+  sendAuth(token: string): boolean;
 
   on(event: 'welcome', listener: (welcome: Welcome) => void): this;
   on(event: 'message', listener: (data: Buffer) => void): this;
   on(event: 'heartbeat', listener: (beat: HeartbeatEvent) => void): this;
+  on(event: 'reauthenticated', listener: () => void): this;
   on(event: 'close', listener: (ending: CloseEvent) => void): this;
   once(event: 'welcome', listener: (welcome: Welcome) => void): this;
   once(event: 'message', listener: (data: Buffer) => void): this;
@@ -232,7 +246,12 @@ export declare class Client extends EventEmitter {
   once(event: 'close', listener: (ending: CloseEvent) => void): this;
 }
 
-export interface ReconnectingClientOptions extends ClientOptions {
+/** A token provider: asked before each attempt and before the token's exp (A6). */
+export type TokenProvider = () => string | null | Promise<string | null>;
+
+export interface ReconnectingClientOptions extends Omit<ClientOptions, 'token'> {
+  /** A fixed HELLO credential, or a provider of fresh ones (renewed in band, A6). */
+  token?: string | null | TokenProvider;
   /** Default: new Backoff() (base 0.5 s, cap 30 s). */
   backoff?: Backoff;
   /** false: stop when the first connection ends. Default true. */
@@ -265,6 +284,7 @@ export declare class ReconnectingClient extends EventEmitter {
   on(event: 'welcome', listener: (welcome: Welcome) => void): this;
   on(event: 'message', listener: (data: Buffer) => void): this;
   on(event: 'heartbeat', listener: (beat: HeartbeatEvent) => void): this;
+  on(event: 'reauthenticated', listener: () => void): this;
   on(event: 'close', listener: (ending: ReconnectingCloseEvent) => void): this;
   once(event: 'connecting', listener: (attempt: { attempt: number }) => void): this;
   once(event: 'welcome', listener: (welcome: Welcome) => void): this;

@@ -42,9 +42,19 @@ const DEFAULT_MIN_INTERVAL = 0.1;
 // holds a client that keeps being refused to 4 attempts a minute on average (R2).
 const DEFAULT_BACKOFF_BASE = 0.5;
 const DEFAULT_BACKOFF_CAP = 30;
+// What a ReconnectingClient with a token provider checks its settings with before the
+// provider is first asked: any well-formed token, so that R4 applies to it.
+const PROVIDED_TOKEN = 'provided';
+// A6, as the Python clients: renew a token once this fraction of its remaining
+// lifetime has passed (the last fifth leaves room for a slow provider and network
+// before the server's A5 close), and ask again this often while the provider has
+// nothing newer.
+const REAUTH_FRACTION = 0.8;
+const REAUTH_RETRY_MS = 5000;
 
 const FrameType = Object.freeze({
   HELLO: 0x01, WELCOME: 0x02, PING: 0x03, PONG: 0x04, DATA: 0x05, CLOSE: 0x06, ERROR: 0x07,
+  AUTH: 0x08,
 });
 const Scheme = Object.freeze({ CLIENT: 0, SERVER: 1 });
 const Code = Object.freeze({
@@ -53,6 +63,7 @@ const Code = Object.freeze({
   TIMEOUT: 0x0002,
   HANDSHAKE_TIMEOUT: 0x0003,
   TAKEN_OVER: 0x0004,
+  CREDENTIALS_EXPIRED: 0x0005,
   UNSUPPORTED_VERSION: 0x0101,
   BAD_NAME: 0x0102,
   SERVER_FULL: 0x0103,
@@ -70,13 +81,14 @@ const Code = Object.freeze({
 });
 
 // Version 2's handshake properties (protocol.md section 1, Properties).
-const Prop = Object.freeze({ TOKEN: 0x0001, MAX_PAYLOAD: 0x0002, RECONNECT_WINDOW: 0x0003 });
+const Prop = Object.freeze({ TOKEN: 0x0001, MAX_PAYLOAD: 0x0002, RECONNECT_WINDOW: 0x0003, REAUTH: 0x0004 });
 // The identifier's top bit: a receiver that does not know the property refuses.
 const MUST_UNDERSTAND = 0x8000;
 const HELLO_PROPS = new Set([Prop.TOKEN, Prop.MAX_PAYLOAD]);
-const WELCOME_PROPS = new Set([Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW]);
+const WELCOME_PROPS = new Set([Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW, Prop.REAUTH]);
+const AUTH_PROPS = new Set([Prop.TOKEN]);
 // Registered properties of a fixed size, in bytes.
-const PROPERTY_SIZES = new Map([[Prop.MAX_PAYLOAD, 4], [Prop.RECONNECT_WINDOW, 4]]);
+const PROPERTY_SIZES = new Map([[Prop.MAX_PAYLOAD, 4], [Prop.RECONNECT_WINDOW, 4], [Prop.REAUTH, 0]]);
 
 const invert = (table) => Object.fromEntries(Object.entries(table).map(([k, v]) => [v, k]));
 const TYPE_NAMES = invert(FrameType);
@@ -210,7 +222,7 @@ function encodeHello(name, intervalMs, version = PROTOCOL_VERSION, token = null,
 }
 
 function encodeWelcome({
-  version = VERSION_1, scheme, intervalMs, timeoutMs, maxPayload = null, reconnectWindowMs = null,
+  version = VERSION_1, scheme, intervalMs, timeoutMs, maxPayload = null, reconnectWindowMs = null, reauth = false,
 }) {
   const payload = Buffer.alloc(10);
   payload.writeUInt8(version, 0);
@@ -221,8 +233,17 @@ function encodeWelcome({
   if (version !== VERSION_1) {
     if (maxPayload !== null) parts.push(encodeProperty(Prop.MAX_PAYLOAD, u32(maxPayload)));
     if (reconnectWindowMs !== null) parts.push(encodeProperty(Prop.RECONNECT_WINDOW, u32(reconnectWindowMs)));
+    if (reauth) parts.push(encodeProperty(Prop.REAUTH, EMPTY));
   }
   return encodeFrame(FrameType.WELCOME, Buffer.concat(parts));
+}
+
+/** A client's AUTH: a fresh `token` for the OPEN connection (A1, A2). */
+function encodeAuth(token) {
+  const secret = Buffer.from(token, 'utf8');
+  const problem = tokenProblem(secret);
+  if (problem) throw new RangeError(problem);
+  return encodeFrame(FrameType.AUTH, encodeProperty(Prop.TOKEN, secret));
 }
 
 function codePayload(code) {
@@ -437,7 +458,38 @@ function parseWelcome(payload, version = VERSION_1) {
     ...welcome,
     maxPayload: maxPayloadOf(found),
     reconnectWindowMs: window === undefined ? null : window.readUInt32BE(0),
+    reauth: found.has(Prop.REAUTH),
   };
+}
+
+/** An AUTH payload's token, or null for a server's answer, an empty block (A2, A3). */
+function parseAuth(payload) {
+  const secret = parseProperties(payload, 0, AUTH_PROPS).get(Prop.TOKEN);
+  if (secret === undefined) return null;
+  const problem = tokenProblem(secret);
+  if (problem) throw new ProtocolError(Code.UNAUTHORIZED, problem);
+  return secret.toString('ascii');
+}
+
+/** A JWT's `exp` (Unix seconds), read without its key; null for any other token (A5). */
+function jwtExpiry(token) {
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  let claims;
+  try {
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    return null;
+  }
+  const exp = claims === null || typeof claims !== 'object' ? undefined : claims.exp;
+  return typeof exp === 'number' && Number.isFinite(exp) ? exp : null;
+}
+
+/** A6: ms from now until a fresh token should replace `token`; null if it has no exp. */
+function reauthDelayMs(token) {
+  const exp = token === null ? null : jwtExpiry(token);
+  if (exp === null) return null;
+  return Math.max(exp * 1000 - Date.now(), 0) * REAUTH_FRACTION;
 }
 
 function parseClose(payload) {
@@ -667,6 +719,17 @@ class Client extends EventEmitter {
   }
 
   /**
+   * A1: offer `token` in AUTH in place of the connection's credential; false when not
+   * OPEN or where the WELCOME did not offer AUTH (REAUTH). 'reauthenticated' follows
+   * when the server accepts it; a refusal ends the connection (UNAUTHORIZED).
+   */
+  sendAuth(token) {
+    const frame = encodeAuth(token);
+    if (this.state !== State.OPEN || !this.welcome.reauth) return false;
+    return this.write(frame);
+  }
+
+  /**
    * C1: send CLOSE, half-close, and wait a bounded time for the server's FIN. Before
    * HELLO has gone out no frame may (H1): the attempt is just abandoned.
    */
@@ -754,6 +817,12 @@ class Client extends EventEmitter {
         this.stop({ reason: 'peer_error', code, detail: message });
         break;
       }
+      case FrameType.AUTH: // A1, A3: the answer to our AUTH, where WELCOME offered it
+        if (this.state !== State.OPEN) throw new ProtocolError(Code.UNEXPECTED_FRAME, 'AUTH before WELCOME');
+        if (!this.welcome.reauth) throw new ProtocolError(Code.UNKNOWN_TYPE, `frame type 0x0${type}`);
+        if (parseAuth(payload) !== null) throw new ProtocolError(Code.MALFORMED, 'AUTH from a server carries a TOKEN');
+        this.emit('reauthenticated');
+        break;
       default: // HELLO: a server never sends it (H6)
         throw new ProtocolError(Code.UNEXPECTED_FRAME, `a server may not send ${TYPE_NAMES[type]}`);
     }
@@ -869,7 +938,11 @@ class Client extends EventEmitter {
  * and a stop on a final ending (R3). Takes Client's options, and:
  *   backoff    a Backoff (default: base 0.5 s, cap 30 s)
  *   reconnect  false: stop when the first connection ends, however it ends
- * Events: Client's 'welcome', 'message' and 'heartbeat' (of whichever connection is
+ * `token` may also be a token provider: a function returning the token (or null, or a
+ * Promise of either), asked before each attempt and, where the WELCOME offers AUTH
+ * (REAUTH), again at 80 % of a JWT's remaining lifetime, the fresh token then offered
+ * in AUTH so that the connection outlives the old one (A6).
+ * Events: Client's 'welcome', 'message', 'heartbeat' and 'reauthenticated' (of whichever connection is
  * current), and
  *   'connecting' {attempt}  attempt 1, 2, ... starts
  *   'close' {reason, code, codeName, message, final, retryInMs}  a connection (or the
@@ -879,13 +952,18 @@ class Client extends EventEmitter {
  * Bad settings throw here, as Client's do, not at each attempt.
  */
 class ReconnectingClient extends EventEmitter {
-  constructor({ backoff = new Backoff(), reconnect = true, ...options }) {
+  constructor({ backoff = new Backoff(), reconnect = true, token = null, ...options }) {
     super();
-    // The first attempt's Client checks the settings now, and builds the TLS context
-    // that every later attempt reuses.
-    this.client = this.track(new Client(options));
-    this.options = { ...options, tls: this.client.tls };
-    this.peerMaxPayload = this.client.peerMaxPayload;
+    // A function is a token provider, asked before each attempt and before exp (A6).
+    this.tokenProvider = typeof token === 'function' ? token : null;
+    this.token = this.tokenProvider === null ? token : null;
+    // The first attempt's Client checks the settings now (with a provider, as a client
+    // that has a token: R4), and builds the TLS context every later attempt reuses.
+    const first = new Client({ ...options, token: this.tokenProvider === null ? token : PROVIDED_TOKEN });
+    this.client = this.tokenProvider === null ? this.track(first) : null;
+    this.options = { ...options, token: this.token, tls: first.tls };
+    this.renewTimer = null;
+    this.peerMaxPayload = first.peerMaxPayload;
     this.backoff = backoff;
     this.reconnect = reconnect;
     this.closing = false;
@@ -897,13 +975,50 @@ class ReconnectingClient extends EventEmitter {
   }
 
   connect() {
-    this.client ??= this.track(new Client(this.options));
     this.attempts += 1;
     this.provenAt = Infinity;
     this.reconnectWindowMs = 0;
     this.emit('connecting', { attempt: this.attempts });
-    this.client.connect();
+    if (this.tokenProvider === null) {
+      this.client ??= this.track(new Client(this.options));
+      this.client.connect();
+      return this;
+    }
+    this.askProvider().then((token) => {
+      if (this.closing || this.stopped !== null) return;
+      const client = new Client({ ...this.options, token }); // throws for a malformed token
+      this.token = token;
+      this.client = this.track(client);
+      client.connect();
+    }).catch((err) => this.ended({ reason: 'refused', code: null, codeName: null, message: `token: ${err.message}` }));
     return this;
+  }
+
+  /** The provider's token (it may return a Promise); null: none. */
+  async askProvider() {
+    return (await this.tokenProvider()) ?? null;
+  }
+
+  /** A6: renew the token of `client`'s connection before its exp, if it can be. */
+  armRenewal(client, delayMs) {
+    clearTimeout(this.renewTimer);
+    this.renewTimer = delayMs === null ? null : setTimeout(() => this.renew(client), delayMs);
+  }
+
+  renew(client) {
+    this.renewTimer = null;
+    const later = () => {
+      if (client === this.client) this.armRenewal(client, REAUTH_RETRY_MS);
+    };
+    this.askProvider().then((token) => {
+      if (client !== this.client) return;
+      if (token !== null && token !== this.token && client.sendAuth(token)) this.token = token;
+      else later();
+    }).catch(later); // a failing provider is asked again: the server's A5 close ends this
+  }
+
+  renewalDelay(client) {
+    return this.tokenProvider === null || !client.welcome.reauth ? null : reauthDelayMs(this.token);
   }
 
   /** `client`, its events passed on as this client's. */
@@ -912,7 +1027,12 @@ class ReconnectingClient extends EventEmitter {
       // The moment T6 could first end it: a connection that lasts until then is proven.
       this.provenAt = client.openedAt + welcome.timeoutMs;
       this.reconnectWindowMs = welcome.reconnectWindowMs ?? 0;
+      this.armRenewal(client, this.renewalDelay(client));
       this.emit('welcome', welcome);
+    });
+    client.on('reauthenticated', () => {
+      this.armRenewal(client, this.renewalDelay(client));
+      this.emit('reauthenticated');
     });
     client.on('message', (data) => this.emit('message', data));
     client.on('heartbeat', (beat) => this.emit('heartbeat', beat));
@@ -941,6 +1061,7 @@ class ReconnectingClient extends EventEmitter {
 
   ended(ending) {
     this.client = null;
+    this.armRenewal(null, null);
     if (ending.reason === 'peer_error' && ending.code === Code.UNSUPPORTED_VERSION
       && this.options.version !== VERSION_1 && !this.closing) {
       // A server that does not speak version 2: once, at once, in version 1 (H10).
@@ -997,6 +1118,7 @@ module.exports = {
   encodeFrame,
   encodeHello,
   encodeWelcome,
+  encodeAuth,
   encodeClose,
   encodeError,
   encodeData,
@@ -1005,6 +1127,8 @@ module.exports = {
   FrameDecoder,
   parseHello,
   parseWelcome,
+  parseAuth,
+  jwtExpiry,
   parseProperties,
   parseClose,
   parseError,

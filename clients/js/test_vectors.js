@@ -88,8 +88,9 @@ function checkStream(v) {
   assert.strictEqual(decoder.buffered, v.pending);
 }
 
-/** A version 2 HELLO or WELCOME in the vectors' names (the raw properties aside). */
+/** A version 2 HELLO, WELCOME or AUTH in the vectors' names (the raw properties aside). */
 function v2Fields(type, payload) {
+  if (type === hb.FrameType.AUTH) return { token: hb.parseAuth(payload) };
   if (type === hb.FrameType.HELLO) {
     const h = hb.parseHello(payload);
     return { version: h.version, interval_ms: h.intervalMs, name: h.name, token: h.token, max_payload: h.maxPayload };
@@ -102,6 +103,7 @@ function v2Fields(type, payload) {
     timeout_ms: w.timeoutMs,
     max_payload: w.maxPayload,
     reconnect_window_ms: w.reconnectWindowMs,
+    reauth: w.reauth,
   };
 }
 
@@ -120,16 +122,24 @@ function checkV2Valid(v) {
   assert.deepStrictEqual(got, expected);
   // Where the properties are those the encoder writes, in its order, it must rebuild the bytes.
   const f = expected;
-  const written = v.type === 'HELLO'
-    ? [f.token !== null && hb.Prop.TOKEN, f.max_payload !== null && hb.Prop.MAX_PAYLOAD]
-    : [f.max_payload !== null && hb.Prop.MAX_PAYLOAD, f.reconnect_window_ms !== null && hb.Prop.RECONNECT_WINDOW];
+  const written = {
+    HELLO: () => [f.token !== null && hb.Prop.TOKEN, f.max_payload !== null && hb.Prop.MAX_PAYLOAD],
+    WELCOME: () => [
+      f.max_payload !== null && hb.Prop.MAX_PAYLOAD, f.reconnect_window_ms !== null && hb.Prop.RECONNECT_WINDOW,
+      f.reauth && hb.Prop.REAUTH,
+    ],
+    AUTH: () => [f.token !== null && hb.Prop.TOKEN],
+  }[v.type]();
   if (JSON.stringify(written.filter(Boolean)) !== JSON.stringify(properties.map((p) => p.id))) return;
-  const rebuilt = v.type === 'HELLO'
-    ? hb.encodeHello(f.name, f.interval_ms, 2, f.token, f.max_payload)
-    : hb.encodeWelcome({
+  if (v.type === 'AUTH' && f.token === null) return; // a server's answer: no client encodes it
+  const rebuilt = {
+    HELLO: () => hb.encodeHello(f.name, f.interval_ms, 2, f.token, f.max_payload),
+    WELCOME: () => hb.encodeWelcome({
       version: 2, scheme: f.scheme, intervalMs: f.interval_ms, timeoutMs: f.timeout_ms,
-      maxPayload: f.max_payload, reconnectWindowMs: f.reconnect_window_ms,
-    });
+      maxPayload: f.max_payload, reconnectWindowMs: f.reconnect_window_ms, reauth: f.reauth,
+    }),
+    AUTH: () => hb.encodeAuth(f.token),
+  }[v.type]();
   assert.strictEqual(rebuilt.toString('hex'), bytes.toString('hex'), 'encoder disagrees');
 }
 

@@ -11,7 +11,7 @@ from hbloop.cli.config import ConfigError
 from hbloop.cli.errors import EXIT_OK, UsageError, fail
 from hbloop.cli.parser import parse
 from hbloop.cli.security import server_security
-from hbloop.cli.settings import ServeSettings, changed, flags
+from hbloop.cli.settings import AUTH_EXPIRY_CLOSE, ServeSettings, changed, flags
 from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import default_max_connections, raise_open_files_limit
 from hbloop.ops import logs
@@ -185,6 +185,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         tls_context=tls_context,
         tls_handshake_rate=settings.tls_handshake_rate,
         authenticator=authenticator,
+        close_expired=settings.auth_expiry == AUTH_EXPIRY_CLOSE,
         trace=settings.verbose,
         admission=settings.admission(),
     )

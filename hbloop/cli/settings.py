@@ -86,6 +86,10 @@ DEFAULT_STATS_INTERVAL = 60.0
 # The --help headings of options shared by several commands.
 TLS_CLIENT = "TLS and authentication"
 TLS_SERVER = "TLS and authentication (off by default)"
+# --auth-expiry: closing when a token expires is what a credential's lifetime means;
+# "ignore" keeps the checks at HELLO and AUTH only, for fleets without re-auth yet.
+AUTH_EXPIRY_CLOSE = "close"
+AUTH_EXPIRY_POLICIES = (AUTH_EXPIRY_CLOSE, "ignore")
 PRESENCE = "presence across servers (Redis)"
 COMMON = "config file and logs"
 
@@ -426,6 +430,13 @@ class ServeSettings(LogSettings):
     )
     jwt_issuer: str | None = option(
         None, Text(), "the 'iss' HELLO tokens must have", metavar="ISS", group=TLS_SERVER
+    )
+    auth_expiry: str = option(
+        AUTH_EXPIRY_CLOSE,
+        words(AUTH_EXPIRY_POLICIES),
+        "when a session's JWT 'exp' passes with no fresh token (AUTH): close it with "
+        "CLOSE CREDENTIALS_EXPIRED, or ignore it",
+        group=TLS_SERVER,
     )
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ import unicodedata
 
 from hbloop.core.names import name_problem
 from hbloop.core.wire import (
+    AUTH_PROPS,
     CODE_STRUCT,
     HEADER_ONLY_TYPES,
     HEADER_SIZE,
@@ -259,7 +260,11 @@ def token_problem(token: bytes) -> str | None:
 
 
 # The registered properties whose value has a fixed size (protocol.md section 1).
-_PROPERTY_SIZES = {Prop.MAX_PAYLOAD: U32_VALUE.size, Prop.RECONNECT_WINDOW: U32_VALUE.size}
+_PROPERTY_SIZES = {
+    Prop.MAX_PAYLOAD: U32_VALUE.size,
+    Prop.RECONNECT_WINDOW: U32_VALUE.size,
+    Prop.REAUTH: 0,
+}
 
 
 def parse_properties(payload: bytes, start: int, known: frozenset[Prop]) -> dict[Prop, bytes]:
@@ -368,6 +373,19 @@ def parse_hello(payload: bytes) -> Hello:
     return Hello(version, interval_ms, name, token.decode("ascii"), max_payload)
 
 
+def parse_auth(payload: bytes) -> str | None:
+    """An AUTH payload's TOKEN, or None for the server's answer (an empty block; A3).
+    The block is checked as HELLO's (protocol.md Properties); a token of the wrong
+    form is UNAUTHORIZED, as in HELLO (A2)."""
+    token = parse_properties(payload, 0, AUTH_PROPS).get(Prop.TOKEN)
+    if token is None:
+        return None
+    problem = token_problem(token)
+    if problem is not None:
+        raise RemoteProtocolError(Code.UNAUTHORIZED, problem)
+    return token.decode("ascii")
+
+
 def downgrade_hello(frame: bytes) -> bytes:
     """A version 2 HELLO frame said in version 1: the same name, interval and token,
     without the properties version 1 cannot carry (H10's fall-back)."""
@@ -403,6 +421,7 @@ def parse_welcome(payload: bytes, version: int = VERSION_1) -> Welcome:
         timeout_ms,
         _max_payload(found),
         None if window is None else int(U32_VALUE.unpack(window)[0]),
+        Prop.REAUTH in found,
     )
 
 

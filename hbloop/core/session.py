@@ -45,7 +45,7 @@ from __future__ import annotations
 import enum
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from hbloop.core.histogram import Buckets
@@ -55,6 +55,7 @@ from hbloop.core.protocol import (
     RemoteProtocolError,
     code_name,
     downgrade_hello,
+    parse_auth,
     parse_close,
     parse_error,
     parse_hello,
@@ -63,11 +64,13 @@ from hbloop.core.protocol import (
 )
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
+    AUTH_ACK_FRAME,
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAX_HELLO_PAYLOAD,
     PING_FRAME,
     PONG_FRAME,
+    T_AUTH,
     T_CLOSE,
     T_DATA,
     T_ERROR,
@@ -81,6 +84,7 @@ from hbloop.core.wire import (
     Hello,
     Scheme,
     Welcome,
+    encode_auth,
     encode_close,
     encode_data,
     encode_error,
@@ -190,11 +194,18 @@ class Grant:
         "interval",
         "timeout",
         "ping_floor",
+        "version",
         "_welcome",
+        "_sibling",
     )
 
     def __init__(
-        self, scheme: Scheme, interval_ms: int, timeout_ms: int, welcome: Welcome | None = None
+        self,
+        scheme: Scheme,
+        interval_ms: int,
+        timeout_ms: int,
+        welcome: Welcome | None = None,
+        version: int = VERSION_1,
     ) -> None:
         self.scheme = scheme
         self.interval_ms = interval_ms
@@ -202,12 +213,31 @@ class Grant:
         self.interval = interval_ms / 1000
         self.timeout = timeout_ms / 1000
         self.ping_floor = PING_STRIKE_FRACTION * self.interval
+        #: The protocol version the connection speaks (H10): what AUTH needs (A1).
+        #: Kept here, in the grant a server shares among its peers, rather than in
+        #: every session.
+        self.version = version
         # A client's grant: the WELCOME it came in, with its version and properties.
         self._welcome = welcome
+        # Server: the same grant in the other version, made once when first needed.
+        self._sibling: Grant | None = None
 
     @classmethod
     def from_welcome(cls, welcome: Welcome) -> Grant:
-        return cls(welcome.scheme, welcome.interval_ms, welcome.timeout_ms, welcome)
+        return cls(
+            welcome.scheme, welcome.interval_ms, welcome.timeout_ms, welcome, welcome.version
+        )
+
+    def in_version(self, version: int) -> Grant:
+        """This grant for a connection speaking ``version``: itself, or its sibling."""
+        if version == self.version:
+            return self
+        sibling = self._sibling
+        if sibling is None or sibling.version != version:
+            sibling = Grant(self.scheme, self.interval_ms, self.timeout_ms, version=version)
+            sibling._sibling = self
+            self._sibling = sibling
+        return sibling
 
     @property
     def welcome(self) -> Welcome:
@@ -255,6 +285,19 @@ class Message(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AuthReceived(Event):
+    """Server: an AUTH with a fresh credential on an OPEN version 2 connection (A2).
+    Answer with ``reauthenticated(now)`` or ``refuse(Code.UNAUTHORIZED, ...)``."""
+
+    token: str = field(repr=False)  # a secret, as Hello.token
+
+
+@dataclass(frozen=True, slots=True)
+class Reauthenticated(Event):
+    """Client: the server accepted the token of our last AUTH (A3)."""
+
+
+@dataclass(frozen=True, slots=True)
 class PongReceived(Event):
     """A PONG arrived (only when ``SessionConfig.report_pongs``, for RTT probes)."""
 
@@ -267,6 +310,7 @@ class Closed(Event):
 
 
 PONG_RECEIVED = PongReceived()
+REAUTHENTICATED = Reauthenticated()
 
 Events = Sequence[Event]
 Step = tuple[bytes, Events]
@@ -576,7 +620,7 @@ class Session:
             raise LocalProtocolError(Code.MALFORMED, "accept() needs a pending HELLO")
         self._hello = None
         self.state = State.OPEN
-        self.grant = grant
+        self.grant = grant.in_version(hello.version)
         self.deadline = FOREVER  # a shared float: OPEN needs no deadline of its own
         self.last_sent = now
         self.config.counters.frames_out += 1
@@ -592,6 +636,7 @@ class Session:
                     grant.timeout_ms,
                     self.config.max_payload,
                     self.config.reconnect_window_ms,
+                    reauth=True,  # this session answers AUTH (A1, A4)
                 )
             )
         opened: tuple[Event, ...] = (Opened(grant),)
@@ -761,6 +806,8 @@ class Session:
             if ftype == T_ERROR:
                 code, message = parse_error(payload)
                 return self._end(Disconnect(Reason.PEER_ERROR, code, message))
+            if ftype == T_AUTH:
+                return self._receive_auth(payload)
             if ftype == T_HELLO and self.config.role is Role.SERVER:
                 raise RemoteProtocolError(Code.DUPLICATE_HELLO, "HELLO after the handshake")
             what = "second WELCOME" if ftype == T_WELCOME else FrameType(ftype).name
@@ -770,6 +817,23 @@ class Session:
             )
         except RemoteProtocolError as exc:
             return self._fail(exc, now)
+
+    def _receive_auth(self, payload: bytes) -> Step:
+        """AUTH on an OPEN connection: unknown where it was not offered, on version 1
+        or without REAUTH in the WELCOME (A1); a client's carries a token (A2), the
+        server's answer none (A3)."""
+        server = self.config.role is Role.SERVER
+        offered = self.grant.version != VERSION_1 if server else self.grant.welcome.reauth
+        if not offered:
+            raise RemoteProtocolError(Code.UNKNOWN_TYPE, f"frame type 0x{T_AUTH:02x}")
+        token = parse_auth(payload)
+        if server:
+            if token is None:
+                raise RemoteProtocolError(Code.MALFORMED, "AUTH without a TOKEN")
+            return b"", (AuthReceived(token),)
+        if token is not None:
+            raise RemoteProtocolError(Code.MALFORMED, "AUTH from a server carries a TOKEN")
+        return b"", (REAUTHENTICATED,)
 
     def _receive_unopened(self, data: bytes | bytearray | memoryview, now: float) -> Step:
         """The handshake's first frame, one at a time: what follows it is decoded under
@@ -845,6 +909,26 @@ class Session:
         self.last_sent = now
         self.config.counters.frames_out += 1
         return encode_data(data)
+
+    def send_auth(self, token: str, now: float) -> bytes:
+        """Client: the AUTH frame offering ``token`` in place of the connection's
+        credential; only on an OPEN connection whose WELCOME carried REAUTH (A1)."""
+        if self.state is not State.OPEN or not self.grant.welcome.reauth:
+            raise LocalProtocolError(
+                Code.UNEXPECTED_FRAME, "AUTH needs an OPEN connection whose WELCOME offered it"
+            )
+        self.last_sent = now
+        self.config.counters.frames_out += 1
+        return encode_auth(token)
+
+    def reauthenticated(self, now: float) -> bytes:
+        """Server: accept the token of the AUTH reported by ``AuthReceived``; returns
+        the answer to send, an AUTH with an empty block (A3)."""
+        if self.state is not State.OPEN:
+            return b""  # ended while the token was judged: nothing to answer
+        self.last_sent = now
+        self.config.counters.frames_out += 1
+        return AUTH_ACK_FRAME
 
     def ping(self, now: float) -> bytes:
         """A PING, now (T3 sends them by itself; this is for probes and load

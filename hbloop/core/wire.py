@@ -91,6 +91,7 @@ class FrameType(enum.IntEnum):
     DATA = 0x05
     CLOSE = 0x06
     ERROR = 0x07
+    AUTH = 0x08  # version 2, OPEN: a fresh credential, and the server's answer (A1-A7)
 
 
 class Scheme(enum.IntEnum):
@@ -109,6 +110,7 @@ class Code(enum.IntEnum):
     TIMEOUT = 0x0002  # nothing was heard from the receiver within the timeout
     HANDSHAKE_TIMEOUT = 0x0003  # no HELLO arrived within the handshake deadline
     TAKEN_OVER = 0x0004  # a newer connection with the same name replaced this one
+    CREDENTIALS_EXPIRED = 0x0005  # the token's exp passed with no fresh one; reconnect with one
     # 0x01xx: handshake refusals, carried by ERROR.
     UNSUPPORTED_VERSION = 0x0101
     BAD_NAME = 0x0102
@@ -133,6 +135,7 @@ class Prop(enum.IntEnum):
     TOKEN = 0x0001  # HELLO: the credential, 1 to 4096 printable ASCII bytes
     MAX_PAYLOAD = 0x0002  # HELLO and WELCOME: the sender's maximum payload once OPEN (u32)
     RECONNECT_WINDOW = 0x0003  # WELCOME: spread reconnects after GOING_AWAY over this (u32 ms)
+    REAUTH = 0x0004  # WELCOME: empty; the server takes AUTH on this connection (A1)
 
 
 # The top bit of a property identifier: a receiver that does not know the property
@@ -141,7 +144,9 @@ MUST_UNDERSTAND = 0x8000
 
 # Which properties each frame carries; any other is unknown to its receiver.
 HELLO_PROPS = frozenset({Prop.TOKEN, Prop.MAX_PAYLOAD})
-WELCOME_PROPS = frozenset({Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW})
+WELCOME_PROPS = frozenset({Prop.MAX_PAYLOAD, Prop.RECONNECT_WINDOW, Prop.REAUTH})
+# A client's AUTH carries TOKEN; the server's answer carries an empty block (A3).
+AUTH_PROPS = frozenset({Prop.TOKEN})
 
 
 # --- the schema of record ---------------------------------------------------------
@@ -203,6 +208,7 @@ PROPERTY_VALUES = {
     Prop.TOKEN: GreedyString("ascii"),
     Prop.MAX_PAYLOAD: Int32ub,
     Prop.RECONNECT_WINDOW: Int32ub,
+    Prop.REAUTH: Bytes(0),
 }
 
 
@@ -241,6 +247,13 @@ WELCOME_V2 = Struct(
     _block_rule(WELCOME_PROPS),
 )
 
+# AUTH (version 2 only): a property block and nothing else.
+AUTH = Struct(
+    "properties" / GreedyRange(PROPERTY),
+    Terminated,
+    _block_rule(AUTH_PROPS),
+)
+
 CLOSE = Struct("code" / Int16ub, Terminated)
 
 ERROR = Struct("code" / Int16ub, "message" / GreedyString("utf8"))
@@ -263,6 +276,7 @@ PAYLOADS = {
     FrameType.DATA: GreedyBytes,
     FrameType.CLOSE: CLOSE,
     FrameType.ERROR: ERROR,
+    FrameType.AUTH: AUTH,
 }
 
 # A whole frame with its payload decoded by type: what protocol.md documents.
@@ -306,6 +320,7 @@ T_PONG = int(FrameType.PONG)
 T_DATA = int(FrameType.DATA)
 T_CLOSE = int(FrameType.CLOSE)
 T_ERROR = int(FrameType.ERROR)
+T_AUTH = int(FrameType.AUTH)
 
 HEADER_ONLY_TYPES = frozenset({FrameType.PING, FrameType.PONG})
 KNOWN_TYPES = frozenset(int(t) for t in FrameType)
@@ -317,6 +332,8 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
 
 PING_FRAME = encode_frame(FrameType.PING)
 PONG_FRAME = encode_frame(FrameType.PONG)
+# The server's answer to an AUTH it accepted: an AUTH with an empty block (A3).
+AUTH_ACK_FRAME = encode_frame(FrameType.AUTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +357,8 @@ class Welcome:
     max_payload: int | None = None
     #: Version 2: spread a reconnect after CLOSE GOING_AWAY over this many ms.
     reconnect_window_ms: int | None = None
+    #: Version 2: the server takes AUTH on this connection (Prop.REAUTH, A1).
+    reauth: bool = False
 
 
 def encode_property(ident: int, value: bytes) -> bytes:
@@ -380,7 +399,14 @@ def encode_welcome(welcome: Welcome) -> bytes:
     if welcome.version != VERSION_1:
         payload += _u32_property(Prop.MAX_PAYLOAD, welcome.max_payload)
         payload += _u32_property(Prop.RECONNECT_WINDOW, welcome.reconnect_window_ms)
+        if welcome.reauth:
+            payload += encode_property(Prop.REAUTH, b"")
     return encode_frame(FrameType.WELCOME, payload)
+
+
+def encode_auth(token: str) -> bytes:
+    """A client's AUTH frame: a fresh ``token`` for the OPEN connection (A1)."""
+    return encode_frame(FrameType.AUTH, encode_property(Prop.TOKEN, token.encode("ascii")))
 
 
 def encode_close(code: int) -> bytes:
