@@ -272,11 +272,11 @@ class Channel(Generic[AppT]):
             self._read_eof()
             return
         endpoint = self.endpoint
-        endpoint.counters.bytes_in += n
         session = self.session
         now = endpoint.loop.now
         if n == HEARTBEAT_SIZE:
-            # Most reads are one heartbeat: matched by its bytes, stamped, answered.
+            # Most reads are one heartbeat: matched by its bytes, stamped, answered,
+            # its bytes counted by the session's quick count (IoCounters.settle).
             answer = session.receive_heartbeat(_read_buffer, now)
             if answer is not None:
                 if self.group is not None:
@@ -284,6 +284,7 @@ class Channel(Generic[AppT]):
                 if answer:
                     self._write(answer)
                 return
+        endpoint.counters.bytes_in += n
         out, events = session.receive_data(_read_view[:n], now)
         if self.group is not None and session.last_recv == now:
             self.group.move_to_end(self)
