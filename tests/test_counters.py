@@ -42,6 +42,7 @@ def test_fast_path_heartbeats_are_published_by_a_snapshot() -> None:
     assert after.frames_in - before.frames_in == 2
     assert after.frames_out - before.frames_out == 1  # the PONG answering the PING
     assert after.bytes_in - before.bytes_in == 2 * HEARTBEAT_SIZE
+    assert after.bytes_out - before.bytes_out == HEARTBEAT_SIZE
     assert sum(after.heartbeat_intervals.counts) == 2
     # Published once: the live object holds them now, and a second scrape adds nothing.
     assert (stats.quick_pings, stats.quick_pongs) == (0, 0)
@@ -64,6 +65,7 @@ def test_general_and_fast_paths_publish_the_same_figures() -> None:
     for beat in range(4):
         frame = PING_FRAME if beat % 2 == 0 else PONG_FRAME
         fast_session.receive_heartbeat(frame, 1.0 + beat)
-        general_session.receive_data(frame, 1.0 + beat)
+        out, _ = general_session.receive_data(frame, 1.0 + beat)
         general.bytes_in += len(frame)  # what the channel counts for a general read
+        general.bytes_out += len(out)  # and for what it sends
     assert fast.to_json() == general.to_json()

@@ -279,10 +279,11 @@ class Channel(Generic[AppT]):
             # its bytes counted by the session's quick count (IoCounters.settle).
             answer = session.receive_heartbeat(_read_buffer, now)
             if answer is not None:
-                if self.group is not None:
-                    self.group.move_to_end(self)  # its silence deadline moved
+                group = self.group
+                if group is not None:
+                    group.move_to_end(self)  # its silence deadline moved
                 if answer:
-                    self._write(answer)
+                    self._send(answer)  # a quick PONG, counted by IoCounters.settle
                 return
         endpoint.counters.bytes_in += n
         out, events = session.receive_data(_read_view[:n], now)
@@ -342,8 +343,13 @@ class Channel(Generic[AppT]):
         just died)."""
         if self.fd < 0:
             return False
+        self.endpoint.counters.bytes_out += len(data)
+        return self._send(data)
+
+    def _send(self, data: bytes) -> bool:
+        """``_write`` without counting ``data`` in ``bytes_out``: the fast path's PONG,
+        which the session's quick count publishes."""
         endpoint = self.endpoint
-        endpoint.counters.bytes_out += len(data)
         out = self.out
         if out is not None:
             out += data

@@ -263,8 +263,8 @@ class IoCounters(Figures):
 
     The sessions' fast path counts a heartbeat in one plain integer, ``quick_pings``
     or ``quick_pongs`` (``hbloop.core.session.SessionCounters``), and the channel's
-    skips ``bytes_in`` for it: ``copy()`` and ``to_json()``, the scrapes, publish them
-    first (``settle``). Read a live figure through ``copy()``.
+    skips ``bytes_in`` and ``bytes_out`` for it: ``copy()`` and ``to_json()``, the
+    scrapes, publish them first (``settle``). Read a live figure through ``copy()``.
     """
 
     __slots__ = ("quick_pings", "quick_pongs")
@@ -286,9 +286,11 @@ class IoCounters(Figures):
         self.quick_pings = self.quick_pongs = 0
 
     def settle(self) -> None:
-        """Publish the fast path's heartbeats: frames, heartbeats and the bytes of the
-        reads that carried them."""
+        """Publish the fast path's heartbeats: frames, heartbeats, the bytes of the
+        reads that carried them and of the PONGs that answered the PINGs."""
+        pongs_sent = self.quick_pings * HEARTBEAT_SIZE
         self.bytes_in += fold_quick(self) * HEARTBEAT_SIZE
+        self.bytes_out += pongs_sent
 
     def copy(self) -> Self:
         self.settle()
