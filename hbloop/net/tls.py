@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hbloop.core.protocol import FrameDecoder, RemoteProtocolError, code_name, parse_error
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, T_ERROR, T_HELLO
@@ -326,7 +326,10 @@ class TlsLayer:
         while True:
             try:
                 # The first record straight into the buffer; a further one after it.
-                count = tls.read(MAX_RECORD_PLAINTEXT, buffer[filled:] if filled else buffer)
+                # With a buffer, read() returns the count (typeshed knows only bytes).
+                count = cast(
+                    int, tls.read(MAX_RECORD_PLAINTEXT, buffer[filled:] if filled else buffer)
+                )
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
