@@ -24,6 +24,7 @@ from hbloop.core.session import (
     SessionConfig,
     Step,
     _Tally,
+    fold_quick,
 )
 from hbloop.core.wire import PING_FRAME, PONG_FRAME, Scheme, encode_data, encode_hello
 
@@ -81,6 +82,7 @@ def snapshot(session: Session) -> dict[str, Any]:
     held = state.pop("_held")
     state["held"] = None if held is None else bytes(held)
     counters = session.config.counters
+    fold_quick(counters)  # as the owner does on a scrape
     state["counters"] = (counters.frames_in, counters.heartbeats, counters.frames_out)
     state["histogram"] = (
         list(counters.heartbeat_intervals.counts),
@@ -156,13 +158,13 @@ def test_a_lone_ping_takes_the_fast_path_and_a_strike_does_not() -> None:
 def test_pongs_take_the_fast_path_only_when_neither_reported_nor_rated() -> None:
     plain = opened_server(report_pongs=False, peer_rate=0, scheme=Scheme.SERVER)
     assert plain.receive_heartbeat(PONG_FRAME, 1.0) == b""
-    assert plain.config.counters.heartbeats == 1
+    assert plain.config.counters.quick_pongs == 1
     for report_pongs, peer_rate in ((True, 0), (False, 2)):
         session = opened_server(
             report_pongs=report_pongs, peer_rate=peer_rate, scheme=Scheme.SERVER
         )
         assert session.receive_heartbeat(PONG_FRAME, 1.0) is None
-        assert session.config.counters.heartbeats == 0
+        assert session.config.counters.quick_pongs == 0
 
 
 def test_a_held_partial_frame_sends_a_heartbeat_down_the_general_path() -> None:

@@ -18,12 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from hbloop.net.clock import MockClock
-from hbloop.net.loop import (
-    COALESCE_BELOW,
-    COALESCE_MIN_GATHER,
-    MIN_CANCELLED_FOR_PURGE,
-    EventLoop,
-)
+from hbloop.net.gather import COALESCE_BELOW, COALESCE_MIN_GATHER
+from hbloop.net.loop import MIN_CANCELLED_FOR_PURGE, EventLoop
 
 
 @pytest.fixture

@@ -367,7 +367,7 @@ def test_heartbeat_interval_histogram_shows_the_peers_interval(serve):
         client.start()
     try:
         assert loop.run_until(
-            lambda: all(c.counters.heartbeats >= BEATS_EACH for c in clients), WAIT_TIMEOUT
+            lambda: all(c.counters.copy().heartbeats >= BEATS_EACH for c in clients), WAIT_TIMEOUT
         )
         assert all(c.stopped is None for c in clients)
     finally:
@@ -375,7 +375,7 @@ def test_heartbeat_interval_histogram_shows_the_peers_interval(serve):
             client.close()
         loop.run_until(lambda: all(c.done for c in clients), WAIT_TIMEOUT)
         loop.close()
-    answered = sum(c.counters.heartbeats for c in clients)  # PONGs: PINGs the server had
+    answered = sum(c.counters.copy().heartbeats for c in clients)  # PONGs: PINGs the server had
 
     name = "hbloop_heartbeat_interval_seconds"
     per_worker = "hbloop_worker_heartbeat_interval_seconds_count{"

@@ -94,7 +94,7 @@ def test_write_to_a_reset_peer_is_a_disconnect(in_process_server, consume_error,
     assert peer.send(b"still?") is False  # a released peer just refuses
 
     good = harness.client("good", interval=HEARTBEAT_INTERVAL)
-    harness.run_until(lambda: server.stats.heartbeats >= HEARTBEATS)
+    harness.run_until(lambda: server.stats.copy().heartbeats >= HEARTBEATS)
     assert good.welcome is not None
 
 
@@ -125,8 +125,8 @@ def test_exceptions_in_application_callbacks_are_logged_and_the_loop_goes_on(
         assert first.send(b"boom %d" % i)
     harness.run_until(lambda: calls.count("on_message") == 3)
     # Still connected and heartbeating after every callback failed.
-    beats = server.stats.heartbeats
-    harness.run_until(lambda: server.stats.heartbeats >= beats + HEARTBEATS)
+    beats = server.stats.copy().heartbeats
+    harness.run_until(lambda: server.stats.copy().heartbeats >= beats + HEARTBEATS)
     assert first.welcome is not None and len(server.peers) == 1
 
     first.close()
@@ -164,8 +164,8 @@ def test_exceptions_in_client_callbacks_are_logged_and_the_loop_goes_on(in_proce
     harness.run_until(lambda: client.welcome is not None)
     assert client.send(b"echo me")
     harness.run_until(lambda: len(caplog.records) >= 2)
-    beats = server.stats.heartbeats
-    harness.run_until(lambda: server.stats.heartbeats >= beats + HEARTBEATS)
+    beats = server.stats.copy().heartbeats
+    harness.run_until(lambda: server.stats.copy().heartbeats >= beats + HEARTBEATS)
     assert client.welcome is not None and len(server.peers) == 1
     client.close()
     harness.run_until(lambda: client.done)

@@ -116,6 +116,6 @@ def test_maximum_frames_and_heartbeats_flow_under_a_small_cap(in_process_server)
     assert all(data == payload for data in received)
     # Heartbeats went on meanwhile: the peer is still there, past several timeouts'
     # worth of 6-byte PINGs and PONGs through the same small buffers.
-    heartbeats = harness.server.stats.heartbeats
-    harness.run_until(lambda: harness.server.stats.heartbeats >= heartbeats + 5)
+    heartbeats = harness.server.stats.copy().heartbeats
+    harness.run_until(lambda: harness.server.stats.copy().heartbeats >= heartbeats + 5)
     assert harness.server.peers and not harness.server.stats.closed

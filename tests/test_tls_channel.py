@@ -11,7 +11,7 @@ from test_channel import Recorder, server_channel
 
 from hbloop.core.protocol import FrameDecoder, parse_error
 from hbloop.core.session import Closed, Message, Reason, Role, Session, State
-from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Code, FrameType, encode_hello
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, PING_FRAME, Code, FrameType, encode_hello
 from hbloop.net.channel import Channel, make_channel
 from hbloop.net.loop import EventLoop
 from hbloop.net.tls import TlsLayer, client_context, server_context
@@ -67,7 +67,26 @@ def test_the_tls_handshake_then_hello_and_data_both_ways(loop, pki, listener):
     assert loop.run_until(lambda: Message(b"up") in server_side.events, WAIT_TIMEOUT)
     assert loop.run_until(lambda: Message(b"down") in client_side.events, WAIT_TIMEOUT)
     # What crossed the socket was ciphertext: more bytes than the frames.
-    assert server_side.counters.bytes_in > server_side.counters.frames_in * 6
+    figures = server_side.counters.copy()
+    assert figures.bytes_in > figures.frames_in * 6
+
+
+def test_a_heartbeat_on_tls_takes_the_fast_path_and_the_figures_count_ciphertext(
+    loop, pki, listener
+):
+    client_side, client, server_side, server = connect(loop, pki, listener)
+    assert loop.run_until(lambda: server.session.state is State.OPEN, WAIT_TIMEOUT)
+    assert loop.run_until(lambda: client.session.state is State.OPEN, WAIT_TIMEOUT)
+    before = server_side.counters.copy()
+    assert client._write(PING_FRAME)  # the client's PING, ahead of its schedule
+    assert loop.run_until(lambda: server_side.counters.quick_pings == 1, WAIT_TIMEOUT)
+    assert loop.run_until(lambda: client_side.counters.copy().heartbeats == 1, WAIT_TIMEOUT)
+    server_figures, client_figures = server_side.counters.copy(), client_side.counters.copy()
+    assert server_figures.heartbeats - before.heartbeats == 1
+    assert server_figures.frames_out - before.frames_out == 1  # its PONG
+    # Ciphertext both ways, each byte counted once: what one side sent, the other read.
+    assert server_figures.bytes_in == client_figures.bytes_out
+    assert server_figures.bytes_out == client_figures.bytes_in
 
 
 def test_close_sends_close_notify_behind_the_close_and_both_ends_finish(loop, pki, listener):

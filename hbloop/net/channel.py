@@ -61,7 +61,7 @@ from hbloop.core.session import (
 from hbloop.core.wire import Code
 from hbloop.net.counters import IoCounters
 from hbloop.net.loop import DeadlineGroup, EventLoop, Timer
-from hbloop.net.tls import Certificate, NotTlsError, TlsError, TlsLayer
+from hbloop.net.tls import MAX_RECORD_CIPHERTEXT, Certificate, NotTlsError, TlsError, TlsLayer
 from hbloop.net.trace import Tracer
 
 # Fairness: one recv() takes at most this many bytes (a maximum-size DATA frame at the
@@ -72,6 +72,11 @@ READ_CHUNK = 64 * 1024
 
 _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
+
+# Where a TLS channel decrypts a read to (``TlsLayer.receive_into``), shared the same
+# way: the plaintext goes from here to the session, with no bytes object in between.
+_plain_buffer = bytearray(READ_CHUNK + MAX_RECORD_CIPHERTEXT)
+_plain_view = memoryview(_plain_buffer)
 
 AppT = TypeVar("AppT")
 
@@ -272,18 +277,20 @@ class Channel(Generic[AppT]):
             self._read_eof()
             return
         endpoint = self.endpoint
-        endpoint.counters.bytes_in += n
         session = self.session
         now = endpoint.loop.now
         if n == HEARTBEAT_SIZE:
-            # Most reads are one heartbeat: matched by its bytes, stamped, answered.
+            # Most reads are one heartbeat: matched by its bytes, stamped, answered,
+            # its bytes counted by the session's quick count (IoCounters.settle).
             answer = session.receive_heartbeat(_read_buffer, now)
             if answer is not None:
-                if self.group is not None:
-                    self.group.move_to_end(self)  # its silence deadline moved
+                group = self.group
+                if group is not None:
+                    group.move_to_end(self)  # its silence deadline moved
                 if answer:
-                    self._write(answer)
+                    self._send(answer)  # a quick PONG, counted by IoCounters.settle
                 return
+        endpoint.counters.bytes_in += n
         out, events = session.receive_data(_read_view[:n], now)
         if self.group is not None and session.last_recv == now:
             self.group.move_to_end(self)
@@ -341,8 +348,13 @@ class Channel(Generic[AppT]):
         just died)."""
         if self.fd < 0:
             return False
+        self.endpoint.counters.bytes_out += len(data)
+        return self._send(data)
+
+    def _send(self, data: bytes) -> bool:
+        """``_write`` without counting ``data`` in ``bytes_out``: the fast path's PONG,
+        which the session's quick count publishes."""
         endpoint = self.endpoint
-        endpoint.counters.bytes_out += len(data)
         out = self.out
         if out is not None:
             out += data
@@ -472,9 +484,12 @@ class LayeredChannel(Channel[AppT]):
             return
         self.endpoint.counters.bytes_in += n
         tls = self.tls
-        data: bytes | memoryview = _read_view[:n]
+        data = _read_view[:n]
         if tls is not None:
-            data = self._decrypt(tls, data)  # OpenSSL copies it into its BIO
+            size = self._decrypt(tls, data)  # into _plain_buffer
+            if size == HEARTBEAT_SIZE and self.tracer is None and self._heartbeat(tls):
+                return
+            data = _plain_view[:size]
         if data:
             if self.tracer is not None:
                 self.tracer.received(data)
@@ -486,27 +501,51 @@ class LayeredChannel(Channel[AppT]):
 
     # --- TLS -----------------------------------------------------------------------------
 
-    def _decrypt(self, tls: TlsLayer, ciphertext: bytes | memoryview) -> bytes:
-        """The plaintext ``ciphertext`` completes; b"" when there is none, or when TLS
-        failed and the connection is ending."""
+    def _decrypt(self, tls: TlsLayer, ciphertext: memoryview) -> int:
+        """Decrypt the plaintext ``ciphertext`` completes into ``_plain_buffer``; return
+        its length, 0 when there is none, or when TLS failed and the connection is
+        ending."""
         if self.session.state is S_CLOSING:
-            return b""  # draining to the peer's EOF; our close_notify is sent
+            return 0  # draining to the peer's EOF; our close_notify is sent
         established = tls.handshake_done
         try:
-            plaintext = tls.receive(ciphertext)
+            size = tls.receive_into(ciphertext, _plain_view)
         except TlsError as exc:
             if not established:
                 self.endpoint.tls_handshake(False)
             self._tls_failed(tls, exc)
-            return b""
+            return 0
         records = tls.data_to_send()
         if records and not self._write_raw(records):
-            return b""
+            return 0
         if not established and tls.handshake_done:
             self.endpoint.tls_handshake(True)
             if self.session.state is State.CONNECTING:  # a client says HELLO now (H1)
                 self._write(self.session.connected(self.endpoint.loop.now))
-        return plaintext
+        return size
+
+    def _heartbeat(self, tls: TlsLayer) -> bool:
+        """The plain ``Channel``'s fast path, on a decrypted read of one heartbeat in
+        ``_plain_buffer``: stamped and answered without the general path; False if the
+        session wants the general path (``Session.receive_heartbeat``)."""
+        if tls.peer_closed:
+            return False  # close_notify came with it: the general path reads the EOF
+        endpoint = self.endpoint
+        answer = self.session.receive_heartbeat(_plain_buffer, endpoint.loop.now)
+        if answer is None:
+            return False
+        # The session's quick count publishes HEARTBEAT_SIZE bytes in (and out, for a
+        # PONG) on scrape (IoCounters.settle): on TLS the figures count ciphertext.
+        counters = endpoint.counters
+        counters.bytes_in -= HEARTBEAT_SIZE
+        group = self.group
+        if group is not None:
+            group.move_to_end(self)  # its silence deadline moved
+        if answer and tls.can_send:
+            records = tls.send(answer)
+            counters.bytes_out += len(records) - HEARTBEAT_SIZE
+            self._send(records)
+        return True
 
     def _tls_failed(self, tls: TlsLayer, error: TlsError) -> None:
         session = self.session

@@ -62,25 +62,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from hbloop.net.gather import arrival_rate, gather_delay
+
 # The heap is rebuilt when it holds more than this many timers and more than half of
 # them are cancelled: below it, skipping dead entries is cheaper than rebuilding.
 # Same figures as asyncio's base_events.
 MIN_CANCELLED_FOR_PURGE = 100
 CANCELLED_FRACTION_FOR_PURGE = 0.5
-
-# With coalescing on, a wake-up that found at least this many ready descriptors is
-# busy enough to poll again at once: waiting would add latency and save little.
-COALESCE_BELOW = 16
-
-# With coalescing on, the loop lingers only while the arrival rate it measures says a
-# linger gathers at least this many events: below it (a trickle of heartbeats), a
-# linger adds its whole length to their RTT and saves next to nothing.
-COALESCE_MIN_GATHER = 1.0
-
-# Weight of the newest wake-up in the arrival rate's moving average: about the last ten
-# wake-ups count, so that the loop follows a change of load within a few milliseconds
-# at the rates where lingering pays.
-RATE_WEIGHT = 0.1
 
 # Upper bound on events fetched per epoll_wait. Large enough that a wake-up serves a
 # whole burst of heartbeats; the kernel hands out the rest on the next call.
@@ -269,15 +257,15 @@ class _Epoll:
 class EventLoop:
     """Readiness callbacks on file descriptors, timers, and signal callbacks.
 
-    ``coalesce`` (seconds, default 0: off) trades latency for CPU: after a wake-up
-    that found fewer than ``COALESCE_BELOW`` ready descriptors, the loop waits that
-    long (never past the next deadline) before polling again, so that the next
-    wake-up serves the events that arrived meanwhile in one batch. Each event then
-    waits up to ``coalesce`` longer, and each heartbeat costs a fraction of an
-    ``epoll_wait`` and of one loop iteration instead of a whole one. It adapts: the
-    loop measures the rate events arrive at (``arrival_rate``, a moving average over
-    wake-ups) and lingers only while a linger would gather ``COALESCE_MIN_GATHER``
-    events or more, so a trickle pays no latency for a batch that never comes.
+    ``coalesce`` (seconds, default 0: off) trades latency for CPU: after a quiet
+    wake-up, the loop waits up to that long (never past the next deadline) before
+    polling again, so that the next wake-up serves the events that arrived meanwhile
+    in one batch. Each event then waits up to ``coalesce`` longer, and each heartbeat
+    costs a fraction of an ``epoll_wait`` and of one loop iteration instead of a whole
+    one. It adapts (``hbloop.net.gather``): the loop measures the rate events arrive
+    at (``arrival_rate``, a moving average over wake-ups), and waits only while a
+    wait would gather events, and no longer than a batch takes to come, so a trickle
+    pays no latency for a batch that never comes.
 
     ``clock`` is where the loop's time comes from, ``time.monotonic`` by default. Any
     callable returning seconds will do for the loop's time, with waits still measured
@@ -527,22 +515,13 @@ class EventLoop:
             self._linger(timers, len(events), now)
 
     def _linger(self, timers: list[Timer], count: int, woke: float) -> None:
-        """After a quiet wake-up (``count`` events at ``woke``) that the arrival rate
-        says a linger would add to, let events gather for ``coalesce`` seconds, or
-        until the next deadline."""
-        elapsed = woke - self._woke
+        """After a wake-up that found ``count`` events at ``woke``, let events gather
+        for as long as ``hbloop.net.gather.gather_delay`` says."""
+        self.arrival_rate = arrival_rate(self.arrival_rate, count, woke - self._woke)
         self._woke = woke
-        if elapsed > 0.0:
-            rate = count / elapsed
-            if self.arrival_rate != math.inf:
-                rate = self.arrival_rate + RATE_WEIGHT * (rate - self.arrival_rate)
-            self.arrival_rate = rate
-        if count >= COALESCE_BELOW or self.arrival_rate * self.coalesce < COALESCE_MIN_GATHER:
-            return
-        delay = self.coalesce
-        if timers:
-            delay = min(delay, timers[0] - self.clock())
-        if delay > 0:
+        until_due = timers[0] - self.clock() if timers else math.inf
+        delay = gather_delay(count, self.arrival_rate, self.coalesce, until_due)
+        if delay:
             self._sleep(delay)
 
     def _run_due_timers(self) -> None:
