@@ -63,6 +63,7 @@ class BenchConfig:
     flooders: int = 0  # flooding connections beside the clients, during the window
     flood_kind: str = "pong"  # what they stream: unsolicited PONGs or empty DATA
     stall: float = 0.0  # seconds the spawned server is stopped (SIGSTOP) in the window
+    storm: str | None = None  # bench.storm.KINDS: struck in the window, clients reconnect
 
     @property
     def zombie_count(self) -> int:

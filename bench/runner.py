@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import c_server, faults, plot, presence, report
+from bench import c_server, faults, plot, presence, report, storm
 from bench.config import EXIT_ERROR, BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
 from bench.servers import (
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         flooders=args.flooders,
         flood_kind=args.flood_kind,
         stall=args.stall,
+        storm=args.storm,
     )
     if args.redis:
         try:
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hbloop-bench-") as scratch:
             tls = make_certificate(Path(scratch)) if args.tls else None
+            extra = config.server_args
+            if args.storm is not None:
+                extra += storm.server_args(args.storm, Path(scratch))
             if args.target is not None:
                 main_result = run_and_stop(config, ServerUnderTest("target", args.target))
             else:
@@ -69,15 +73,15 @@ def run(args: argparse.Namespace) -> int:
                     args.host,
                     args.interval,
                     args.timeout,
-                    config.server_args,
+                    extra,
                     tls=tls,
                     connect_rate=args.connect_rate,
                 )
-                main_result = run_and_stop(config, server)
+                main_result = run_and_stop(config, server, Path(scratch))
             references = []
             if tls is not None:
-                server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
-                plain = run_and_stop(config, server)
+                server = spawn_hbloop(args.host, args.interval, args.timeout, extra)
+                plain = run_and_stop(config, server, Path(scratch))
                 references.append(plain)
             for loop in args.against:
                 if loop == "c":
@@ -104,5 +108,5 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot.plot(args.plot, results, config)
         print(f"wrote {args.plot}")
-    clean = all(r.counts.dropped == 0 and r.counts.errors == 0 for r in results)
+    clean = all(report.clean(r) for r in results)
     return 0 if clean else 1
