@@ -80,9 +80,13 @@ def server_args(kind: str, scratch: Path) -> tuple[str, ...]:
     """What the storm adds to the spawned ``hbloop serve``."""
     args: tuple[str, ...] = ("--workers", str(STORM_WORKERS))
     if kind == "hup":
-        _hup_config(scratch).write_text(f"{HUP_KEY} = {HUP_VALUES[0]}\n")
+        _hup_config(scratch).write_text(_hup_line(0))
         args += ("--config", str(_hup_config(scratch)))
     return args
+
+
+def _hup_line(which: int) -> str:
+    return f"{HUP_KEY} = {HUP_VALUES[which]}\n"
 
 
 def _hup_config(scratch: Path) -> Path:
@@ -99,7 +103,8 @@ def strike(kind: str, server: ServerUnderTest, scratch: Path) -> Strike:
         victim.kill()
         return Strike(kind, at, count)
     if kind == "hup":
-        _hup_config(scratch).write_text(f"{HUP_KEY} = {HUP_VALUES[1]}\n")
+        config = _hup_config(scratch)  # toggled: a second run strikes its server too
+        config.write_text(_hup_line(1 if config.read_text() == _hup_line(0) else 0))
         at = time.monotonic()
         process.send_signal(signal.SIGHUP)
         return Strike(kind, at, None)
@@ -161,7 +166,8 @@ def figures(
         if final.handshakes:
             merge_encoded(handshakes, final.handshakes)
     closed = Counter(index for index, _, _ in drops)
-    after = [s for s in seconds if epoch + s.second >= hit.at]
+    # From the last second that ended before the strike: the rates are differences.
+    after = [s for s in seconds if epoch + s.second >= hit.at - 1]
     rates = [b.established - a.established for a, b in itertools.pairwise(after)]
     return StormFigures(
         kind=hit.kind,
