@@ -6,6 +6,10 @@ waits for Redis:
 * **Pipelined.** ``call()`` encodes a command at once (hiredis' ``pack_command``, in C)
   and appends it to an output buffer; one ``loop.call_soon`` per iteration sends the
   whole buffer with one ``send``. Replies are matched to callbacks in order.
+* **Budgeted, renewal first.** Ordinary commands wait in a queue and leave at most
+  WRITE_BUDGET an iteration while fewer than MAX_IN_FLIGHT are unanswered; a
+  ``first`` command (presence's lease renewal) goes straight to the output buffer,
+  so that a mass disconnect's leaves never hold it back more than MAX_IN_FLIGHT.
 * **Parsed by hiredis.** ``hiredis.Reader`` is the RESP parser of Redis's official C
   client; the connection speaks RESP3 (``HELLO 3``), so pub/sub messages arrive as
   push replies on the same connection, between the ordinary replies, in the order
