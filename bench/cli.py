@@ -168,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "window, kill its busiest worker (SIGKILL), restart it (SIGTERM, then again on "
         "its port) or SIGHUP it after a config change that needs new processes; dropped "
         "clients reconnect at once. Reports time to 50/99/100%% back, peak accept rate, "
-        "handshake p99, drops elsewhere, false timeouts, clients closed twice (the JSON's "
-        "'storm')",
+        "handshake p99, drops elsewhere, false timeouts, clients closed twice and, with "
+        "--redis (the server's presence then on a redis-server of the bench's), presence "
+        "flaps (the JSON's 'storm')",
     )
     parser.add_argument(
         "--workers",
@@ -317,8 +318,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--baseline {args.baseline}: no hbloop checkout there"
     if args.stall and args.target is not None:
         return "--stall stops the server the bench starts: not with --target"
-    if args.storm and (args.target is not None or args.redis or args.stall):
-        return "--storm strikes a server the bench starts: no --target, --redis or --stall"
+    if args.storm and (args.target is not None or args.stall or args.faults):
+        return "--storm strikes a server the bench starts: no --target, --stall or --faults"
     if args.storm and args.duration < STALL_AFTER + 1:
         return f"--duration must exceed {STALL_AFTER + 1:g}s with --storm: the window holds it"
     if args.stall and args.duration < args.stall + STALL_AFTER + 1:

@@ -375,6 +375,7 @@ def storm_line(result: RunResult) -> str:
         f"{f.returned:,} back ({back}); peak {f.peak_accept_rate:,} accepts/s, handshake "
         f"p99 {_ms(f.handshake_ms['p99'])} ms; dropped elsewhere {f.dropped_elsewhere}, "
         f"false timeouts {f.false_timeouts}, closed twice {f.closed_twice}"
+        + ("" if f.presence_flaps is None else f", presence flaps {f.presence_flaps}")
     )
 
 
@@ -389,5 +390,6 @@ def clean(result: RunResult) -> bool:
         f.dropped_elsewhere == 0
         and f.false_timeouts == 0
         and f.closed_twice == 0
+        and not f.presence_flaps
         and f.returned == f.affected
     )

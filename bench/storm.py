@@ -26,6 +26,7 @@ import itertools
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +36,14 @@ import psutil
 
 from bench.histograms import merge_encoded, new_histogram, summary_ms
 from bench.messages import Final
-from bench.results import Second
+from bench.redis_server import RedisProcess
+from bench.results import RunResult, Second
 from bench.servers import START_TIMEOUT, ServerUnderTest, listening_port
 
 KINDS = ("kill-worker", "restart", "hup")
+
+# The reason of a leave event for a member reaped with its node (hbloop.presence).
+NODE_LOST = "node_lost"
 
 # The storm needs a supervisor with workers, one of which the kill-worker storm kills.
 STORM_WORKERS = 2
@@ -71,18 +76,47 @@ class StormFigures:
     dropped_elsewhere: int  # kill-worker: clients closed with a CLOSE frame
     false_timeouts: int  # live clients closed with CLOSE TIMEOUT
     closed_twice: int  # clients dropped more than once after the strike
+    presence_flaps: int | None = None  # with --redis: members of live nodes reaped
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def server_args(kind: str, scratch: Path) -> tuple[str, ...]:
-    """What the storm adds to the spawned ``hbloop serve``."""
-    args: tuple[str, ...] = ("--workers", str(STORM_WORKERS))
-    if kind == "hup":
-        _hup_config(scratch).write_text(_hup_line(0))
-        args += ("--config", str(_hup_config(scratch)))
-    return args
+class Setup:
+    """A storm's server arguments, run after run; with ``redis``, each run's server is
+    a presence node pool of its own key prefix there, and ``flaps`` reads its events."""
+
+    def __init__(self, kind: str, scratch: Path, redis: RedisProcess | None) -> None:
+        self.kind = kind
+        self.scratch = scratch
+        self.redis = redis
+        self.prefix = ""
+
+    def server_args(self) -> tuple[str, ...]:
+        """What the storm adds to the next spawned ``hbloop serve``."""
+        args: tuple[str, ...] = ("--workers", str(STORM_WORKERS))
+        if self.kind == "hup":
+            _hup_config(self.scratch).write_text(_hup_line(0))
+            args += ("--config", str(_hup_config(self.scratch)))
+        if self.redis is not None:
+            self.prefix = f"storm-{uuid.uuid4().hex[:8]}:"
+            args += ("--redis", self.redis.url, "--redis-prefix", self.prefix)
+        return args
+
+    def count_flaps(self, result: RunResult) -> None:
+        """Presence flaps of the last run: its members reaped as ``node_lost`` although
+        their node lived; with ``kill-worker``, the killed node's (the node with the
+        most such leaves) are its due and not counted."""
+        if self.redis is None or result.storm is None:
+            return
+        raw = self.redis.command("XRANGE", f"{self.prefix}events", "-", "+")
+        lost: Counter[str] = Counter()
+        for _, flat in raw:
+            event = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            if event.get("event") == "leave" and event.get("reason") == NODE_LOST:
+                lost[event["node"]] += 1
+        counts = sorted(lost.values(), reverse=True)
+        result.storm.presence_flaps = sum(counts[1:] if self.kind == "kill-worker" else counts)
 
 
 def _hup_line(which: int) -> str:

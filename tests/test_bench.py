@@ -267,16 +267,18 @@ def _storm(tmp_path, kind, *extra):
 
 
 def test_bench_storm_kill_worker_counts_the_killed_workers_clients_back(tmp_path):
-    """--storm kill-worker: the clients that lost their connection without a CLOSE are
-    the killed worker's (psutil's count of them), every one is back in the window,
-    and the other worker's clients were neither dropped nor judged silent."""
-    storm = _storm(tmp_path, "kill-worker")["storm"]
+    """--storm kill-worker --redis: the clients that lost their connection without a
+    CLOSE are the killed worker's (psutil's count of them), every one is back in the
+    window, the other worker's clients were neither dropped nor judged silent, and
+    presence reaped none of the live node's members."""
+    storm = _storm(tmp_path, "kill-worker", "--redis")["storm"]
     assert storm["affected"] == storm["victims_counted"] > 0
     assert storm["returned"] == storm["affected"]
     back = storm["return_s"]
     assert 0 < back["p50"] <= back["p99"] <= back["p100"] < 5
     assert storm["handshake_ms"]["p99"] > 0 and storm["peak_accept_rate"] > 0
     assert storm["dropped_elsewhere"] == storm["false_timeouts"] == 0
+    assert storm["presence_flaps"] == 0
 
 
 def test_bench_storm_hup_on_tls_closes_each_client_once(tmp_path):
