@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from bench import c_server, flood, storm
+from bench import c_server, flood
 from bench.config import (
     DEFAULT_CHURN,
     DEFAULT_CLIENTS,
@@ -33,6 +33,8 @@ from bench.config import (
     EXIT_ERROR,
     FIGHT_SETTLE,
     STALL_AFTER,
+    STORM_KINDS,
+    STORM_WORKERS,
 )
 from bench.reference_server import LOOPS
 from bench.sizing import worker_count
@@ -162,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--storm",
-        choices=storm.KINDS,
+        choices=STORM_KINDS,
         default=None,
-        help=f"start the server with --workers {storm.STORM_WORKERS} and, 1s into the "
+        help=f"start the server with --workers {STORM_WORKERS} and, 1s into the "
         "window, kill its busiest worker (SIGKILL), restart it (SIGTERM, then again on "
         "its port) or SIGHUP it after a config change that needs new processes; dropped "
         "clients reconnect at once. Reports time to 50/99/100%% back, peak accept rate, "

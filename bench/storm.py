@@ -34,19 +34,15 @@ from typing import Any
 
 import psutil
 
+from bench.config import STORM_WORKERS
 from bench.histograms import merge_encoded, new_histogram, summary_ms
 from bench.messages import Final
 from bench.redis_server import RedisProcess
 from bench.results import RunResult, Second
 from bench.servers import START_TIMEOUT, ServerUnderTest, listening_port
 
-KINDS = ("kill-worker", "restart", "hup")
-
 # The reason of a leave event for a member reaped with its node (hbloop.presence).
 NODE_LOST = "node_lost"
-
-# The storm needs a supervisor with workers, one of which the kill-worker storm kills.
-STORM_WORKERS = 2
 
 # The hup storm's config file toggles this setting between these values: one that
 # needs new processes (not applied in place), and harmless to a running fleet.
