@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import random
 import signal
 import socket
 import ssl
@@ -69,8 +70,9 @@ MAX_ERROR_SAMPLES = 5
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 # With reconnect (--storm), a dropped client connects again at once, as the issue's
-# fleet does; a connect that fails (refused while a server restarts) is retried after
-# this long, so that a closed port costs the generator little CPU.
+# fleet does; a connect that fails (refused while a server restarts, or shed) is
+# retried after this long to twice it, so that a closed port costs the generator
+# little CPU.
 RETRY_DELAY = 0.2
 
 
@@ -351,14 +353,15 @@ class Worker:
             counts.open -= 1
         else:
             self.in_flight -= 1
+            if client.index in self.lost:  # a reconnect refused or shed: again, later
+                delay = RETRY_DELAY * (1 + random.random())  # jitter: no synchronised waves
+                self.loop.call_later(delay, self.connect, client.index)
         if disconnect.reason in (Reason.PEER_ERROR, Reason.PROTOCOL_ERROR):
             counts.protocol_errors += 1
             self._sample_error(f"protocol error: {disconnect}")
         elif not client.welcomed:
             counts.connect_failures += 1
             self._sample_error(f"connect failed: {disconnect}")
-            if client.index in self.lost:
-                self.loop.call_later(RETRY_DELAY, self.connect, client.index)
         elif client.zombie:
             timeout = client.channel.session.grant.timeout
             self.zombie_late.append(now - client.last_frame_at - timeout)
