@@ -33,6 +33,8 @@ from bench.config import (
     EXIT_ERROR,
     FIGHT_SETTLE,
     STALL_AFTER,
+    STORM_KINDS,
+    STORM_WORKERS,
 )
 from bench.reference_server import LOOPS
 from bench.sizing import worker_count
@@ -159,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="stop the spawned server (SIGSTOP) for S seconds in the window, then "
         "continue it; no live client may be closed for it (the JSON's 'stall')",
+    )
+    parser.add_argument(
+        "--storm",
+        choices=STORM_KINDS,
+        default=None,
+        help=f"start the server with --workers {STORM_WORKERS} and, 1s into the "
+        "window, kill its busiest worker (SIGKILL), restart it (SIGTERM, then again on "
+        "its port) or SIGHUP it after a config change that needs new processes; dropped "
+        "clients reconnect at once. Reports time to 50/99/100%% back, peak accept rate, "
+        "handshake p99, drops elsewhere, false timeouts, clients closed twice and, with "
+        "--redis (the server's presence then on a redis-server of the bench's), presence "
+        "flaps (the JSON's 'storm')",
     )
     parser.add_argument(
         "--workers",
@@ -306,6 +320,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--baseline {args.baseline}: no hbloop checkout there"
     if args.stall and args.target is not None:
         return "--stall stops the server the bench starts: not with --target"
+    if args.storm and (args.target is not None or args.stall or args.faults):
+        return "--storm strikes a server the bench starts: no --target, --stall or --faults"
+    if args.storm and args.duration < STALL_AFTER + 1:
+        return f"--duration must exceed {STALL_AFTER + 1:g}s with --storm: the window holds it"
     if args.stall and args.duration < args.stall + STALL_AFTER + 1:
         return f"--duration must exceed --stall by {STALL_AFTER + 1:g}s: the window holds it"
     for path in (args.json, args.plot):

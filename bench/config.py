@@ -49,6 +49,12 @@ DEFAULT_FAULT_FIGHT = FIGHT_SETTLE + 5.0
 STALL_AFTER = 1.0
 
 
+# --storm (bench.storm): what strikes the server, which has this many workers (one of
+# them is what kill-worker kills).
+STORM_KINDS = ("kill-worker", "restart", "hup")
+STORM_WORKERS = 2
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     clients: int = DEFAULT_CLIENTS
@@ -63,6 +69,7 @@ class BenchConfig:
     flooders: int = 0  # flooding connections beside the clients, during the window
     flood_kind: str = "pong"  # what they stream: unsolicited PONGs or empty DATA
     stall: float = 0.0  # seconds the spawned server is stopped (SIGSTOP) in the window
+    storm: str | None = None  # STORM_KINDS: struck in the window, clients reconnect
 
     @property
     def zombie_count(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import random
 import signal
 import socket
 import ssl
@@ -68,6 +69,12 @@ MAX_ERROR_SAMPLES = 5
 # only has to be unique per 4-tuple rather than per source address (Linux 4.2+).
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
+# With reconnect (--storm), a dropped client connects again at once, as the issue's
+# fleet does; a connect that fails (refused while a server restarts, or shed) is
+# retried after this long to twice it, so that a closed port costs the generator
+# little CPU.
+RETRY_DELAY = 0.2
+
 
 class BenchClient:
     """One heartbeat client: its channel runs a client session, the worker does the
@@ -89,6 +96,7 @@ class BenchClient:
         "last_frame_at",
         "zombie",
         "schedule",
+        "connect_at",
     )
 
     def __init__(
@@ -103,6 +111,7 @@ class BenchClient:
         self.last_frame_at = time.monotonic()
         self.zombie = False
         self.schedule: Timer | None = None
+        self.connect_at = time.monotonic()
 
     @property
     def welcomed(self) -> bool:
@@ -184,6 +193,10 @@ class Worker:
         self.stopping = False
         self.done = False
         self._ramp_start = 0.0
+        self.lost: dict[int, float] = {}  # reconnect: client index -> first drop not yet back
+        self.drops: list[tuple[int, float, bool]] = []
+        self.returns: list[tuple[int, float]] = []
+        self.handshakes: HdrHistogram = new_histogram()
         self.tls: ssl.SSLContext | None = None
         if plan.tls_ca is not None:
             self.tls = client_context(Path(plan.tls_ca))
@@ -282,6 +295,9 @@ class Worker:
             zombies_unclosed=unclosed,
             skipped_slots=self.skipped_slots,
             error_samples=self.error_samples,
+            drops=self.drops,
+            returns=self.returns,
+            handshakes=self.handshakes.encode() if self.returns else b"",
         )
         with contextlib.suppress(OSError):  # the orchestrator may be gone already
             self.pipe.send(final)
@@ -321,6 +337,11 @@ class Worker:
         self.in_flight -= 1
         self.counts.established += 1
         self.counts.open += 1
+        dropped_at = self.lost.pop(client.index, None)
+        if dropped_at is not None:
+            now = time.monotonic()
+            self.returns.append((client.index, now))
+            record_seconds(self.handshakes, now - client.connect_at)
 
     def ended(self, client: BenchClient, disconnect: Disconnect) -> None:
         """Classify a connection the server ended (ours, at STOP, are not reported)."""
@@ -332,6 +353,9 @@ class Worker:
             counts.open -= 1
         else:
             self.in_flight -= 1
+            if client.index in self.lost:  # a reconnect refused or shed: again, later
+                delay = RETRY_DELAY * (1 + random.random())  # jitter: no synchronised waves
+                self.loop.call_later(delay, self.connect, client.index)
         if disconnect.reason in (Reason.PEER_ERROR, Reason.PROTOCOL_ERROR):
             counts.protocol_errors += 1
             self._sample_error(f"protocol error: {disconnect}")
@@ -346,6 +370,10 @@ class Worker:
             if disconnect.reason is Reason.PEER_CLOSED and disconnect.code == Code.TIMEOUT:
                 counts.timeouts += 1
             self._sample_error(f"dropped: {disconnect}")
+            if self.plan.reconnect:
+                self.drops.append((client.index, now, disconnect.code is None))
+                self.lost.setdefault(client.index, now)
+                self.loop.call_soon(self.connect, client.index)  # once this close is done
 
     def _sample_error(self, text: str) -> None:
         if len(self.error_samples) < MAX_ERROR_SAMPLES:

@@ -21,6 +21,7 @@ class WorkerPlan:
     epoch: float  # time.monotonic() origin shared by every process (CLOCK_MONOTONIC)
     zombies: int
     tls_ca: str | None = None  # connect with TLS, trusting this certificate file
+    reconnect: bool = False  # --storm: a dropped client connects again at once
 
 
 class Command(enum.Enum):
@@ -70,3 +71,9 @@ class Final:
     zombies_unclosed: int = 0
     skipped_slots: int = 0  # PING slots the worker fell an interval behind on
     error_samples: list[str] = field(default_factory=list)  # the first few, for humans
+    # With reconnect (--storm): each drop as (client index, time, ended without a CLOSE
+    # frame, as a killed process's peers are), each return as (client index, time
+    # welcomed again), and the returns' handshakes (connect to WELCOME), encoded.
+    drops: list[tuple[int, float, bool]] = field(default_factory=list)
+    returns: list[tuple[int, float]] = field(default_factory=list)
+    handshakes: bytes = b""

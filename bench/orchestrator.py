@@ -20,16 +20,17 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 import psutil
 
-from bench import flood, report
+from bench import flood, report, storm
 from bench.config import STALL_AFTER, BenchConfig
 from bench.histograms import merge_encoded, new_histogram, record_seconds, summary_ms
 from bench.loadgen import WELCOME_DEADLINE, worker_main
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
 from bench.results import RunResult, Second, ServerFigures
-from bench.servers import ServerUnderTest
+from bench.servers import STOP_TIMEOUT, ServerUnderTest
 from bench.sizing import source_addresses, split, worker_count
 
 # The ramp may take this much longer than clients / rate before the run goes on
@@ -127,8 +128,10 @@ class Run:
         config: BenchConfig,
         server: ServerUnderTest,
         on_second: Callable[[RunResult, Second], None],
+        scratch: Path | None = None,
     ) -> None:
         self.config = config
+        self.scratch = scratch  # where --storm hup's config file is
         self.server = server
         self.on_second = on_second
         self.result = RunResult(server.name, config.clients)
@@ -177,6 +180,10 @@ class Run:
             if config.stall:
                 self._follow_until(self.epoch + first + STALL_AFTER)
                 self._stall(config.stall)
+            hit = None
+            if config.storm is not None:
+                self._follow_until(self.epoch + first + STALL_AFTER)
+                hit = self._strike(config.storm)
             self._follow_until(self.epoch + last)
             snapshot = sampler.end_window() if sampler is not None else None
             if flooder is not None:
@@ -198,6 +205,11 @@ class Run:
                 self._follow_until(ramp_end + config.timeout + ZOMBIE_GRACE)
             self._send(Command.STOP)
             self._collect_finals()
+            if hit is not None:
+                finals = [w.final for w in self.workers if w.final is not None]
+                self.result.storm = storm.figures(
+                    hit, finals, self.result.seconds, self.epoch, self.epoch + last
+                )
         finally:
             self._reap_workers()
         return self.result
@@ -215,6 +227,19 @@ class Run:
         finally:
             process.resume()
         self.result.stalled_s = seconds
+
+    def _strike(self, kind: str) -> storm.Strike:
+        """Strike the spawned server (``bench.storm``). A restart's server is waited for
+        while the workers' reports are read (so that none blocks on a full pipe), then
+        started again."""
+        process = self.server.process
+        if self.scratch is None or process is None:
+            raise BenchError("--storm needs a server the bench starts")
+        hit = storm.strike(kind, self.server, self.scratch)
+        if kind == "restart":
+            self._follow_until(time.monotonic() + STOP_TIMEOUT, lambda: process.poll() is not None)
+            storm.start_again(self.server)
+        return hit
 
     def _start_workers(self) -> None:
         config = self.config
@@ -235,6 +260,7 @@ class Run:
                 epoch=self.epoch,
                 zombies=share.zombies,
                 tls_ca=None if self.server.tls_ca is None else str(self.server.tls_ca),
+                reconnect=config.storm is not None,
             )
             parent_end, child_end = context.Pipe()
             process = context.Process(
@@ -298,6 +324,7 @@ class Run:
             rtt_ms=summary_ms(histogram, ("p50", "p99")),
             dropped=counts.dropped,
             errors=counts.errors,
+            established=counts.established,
         )
         self.result.seconds.append(second)
         self.on_second(self.result, second)
@@ -337,14 +364,16 @@ class Run:
                 worker.process.join()
 
 
-def run_and_stop(config: BenchConfig, server: ServerUnderTest) -> RunResult:
+def run_and_stop(
+    config: BenchConfig, server: ServerUnderTest, scratch: Path | None = None
+) -> RunResult:
     """Run ``config``'s workload against ``server`` with a progress line a second, then
-    stop the server."""
+    stop the server (``scratch``: a directory for ``--storm``'s files)."""
 
     def show(result: RunResult, second: Second) -> None:
         print(report.progress_line(result, second), flush=True)
 
     try:
-        return Run(config, server, show).execute()
+        return Run(config, server, show, scratch).execute()
     finally:
         server.stop()

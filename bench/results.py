@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
 
 from bench.histograms import new_histogram, summary_ms
 from bench.messages import Counts
+
+if TYPE_CHECKING:
+    from bench.storm import StormFigures
 
 
 @dataclass
@@ -21,6 +24,7 @@ class Second:
     rtt_ms: dict[str, float | None]  # p50, p99, max of this second's round trips
     dropped: int
     errors: int
+    established: int = 0  # handshakes completed since the start
 
 
 @dataclass
@@ -78,6 +82,7 @@ class RunResult:
     stalled_s: float = 0.0  # the server was stopped this long (--stall)
     generator_processes: int = 0  # load-generator processes, besides the bench's own
     generator_cpu_ramp_s: float = 0.0  # their CPU (and the bench's) over the ramp
+    storm: StormFigures | None = None  # --storm
 
     @property
     def heartbeats_per_s(self) -> float:
@@ -149,4 +154,5 @@ class RunResult:
                 }
             )
             or None,
+            "storm": None if self.storm is None else self.storm.to_json(),
         }

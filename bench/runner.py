@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import c_server, faults, plot, presence, report
+from bench import c_server, faults, plot, presence, report, storm
 from bench.config import EXIT_ERROR, BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
+from bench.redis_server import RedisProcess
+from bench.results import RunResult
 from bench.servers import (
     ServerStartError,
     ServerUnderTest,
@@ -39,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         flooders=args.flooders,
         flood_kind=args.flood_kind,
         stall=args.stall,
+        storm=args.storm,
     )
-    if args.redis:
+    if args.redis and args.storm is None:
         try:
             if args.faults:
                 return faults.main(args)
@@ -60,8 +64,25 @@ def run(args: argparse.Namespace) -> int:
         c_binary = built.path
     plain = None  # with --tls: the same workload on plain hbloop, for what TLS costs
     try:
-        with tempfile.TemporaryDirectory(prefix="hbloop-bench-") as scratch:
+        with contextlib.ExitStack() as stack:
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="hbloop-bench-"))
             tls = make_certificate(Path(scratch)) if args.tls else None
+            setup = None
+            if args.storm is not None:
+                redis = None
+                if args.redis:
+                    redis = RedisProcess(Path(scratch))
+                    stack.callback(redis.stop)
+                setup = storm.Setup(args.storm, Path(scratch), redis)
+
+            def extra() -> tuple[str, ...]:
+                return config.server_args + (setup.server_args() if setup else ())
+
+            def struck(result: RunResult) -> RunResult:
+                if setup is not None:
+                    setup.count_flaps(result)
+                return result
+
             if args.target is not None:
                 main_result = run_and_stop(config, ServerUnderTest("target", args.target))
             else:
@@ -69,15 +90,15 @@ def run(args: argparse.Namespace) -> int:
                     args.host,
                     args.interval,
                     args.timeout,
-                    config.server_args,
+                    extra(),
                     tls=tls,
                     connect_rate=args.connect_rate,
                 )
-                main_result = run_and_stop(config, server)
+                main_result = struck(run_and_stop(config, server, Path(scratch)))
             references = []
             if tls is not None:
-                server = spawn_hbloop(args.host, args.interval, args.timeout, config.server_args)
-                plain = run_and_stop(config, server)
+                server = spawn_hbloop(args.host, args.interval, args.timeout, extra())
+                plain = struck(run_and_stop(config, server, Path(scratch)))
                 references.append(plain)
             for loop in args.against:
                 if loop == "c":
@@ -104,5 +125,5 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot.plot(args.plot, results, config)
         print(f"wrote {args.plot}")
-    clean = all(r.counts.dropped == 0 and r.counts.errors == 0 for r in results)
+    clean = all(report.clean(r) for r in results)
     return 0 if clean else 1

@@ -103,6 +103,7 @@ class ServerUnderTest:
     address: tuple[str, int]
     process: subprocess.Popen[str] | None = None
     tls_ca: Path | None = None
+    argv: list[str] | None = None  # a spawned hbloop's command line (--storm restart)
 
     @property
     def psutil_process(self) -> psutil.Process | None:
@@ -146,13 +147,15 @@ def spawn_hbloop(
         env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, text=True, env=env, cwd=checkout)
     try:
-        port = _listening_port(process)
+        port = listening_port(process, time.monotonic() + START_TIMEOUT)
     except BaseException:
         process.kill()
         process.wait()
         raise
     name = "hbloop" if checkout is None else "baseline"
-    return _tested(name, (host, port), process, tls)
+    server = _tested(name, (host, port), process, tls)
+    server.argv = argv
+    return server
 
 
 def spawn_reference(
@@ -200,9 +203,9 @@ def _tested(
     return ServerUnderTest(f"{name}-tls", address, process, tls.cert)
 
 
-def _listening_port(process: subprocess.Popen[str]) -> int:
+def listening_port(process: subprocess.Popen[str], deadline: float) -> int:
+    """The port ``process`` (or one of its workers) listens on by ``deadline``."""
     proc = psutil.Process(process.pid)
-    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerStartError(f"hbloop serve exited with {process.returncode}")
@@ -213,4 +216,4 @@ def _listening_port(process: subprocess.Popen[str]) -> int:
                     if conn.status == psutil.CONN_LISTEN:
                         return int(conn.laddr.port)
         time.sleep(POLL_STEP)
-    raise ServerStartError(f"hbloop serve did not listen within {START_TIMEOUT:g}s")
+    raise ServerStartError("hbloop serve did not listen in time")

@@ -18,6 +18,7 @@ serves every peer with the same timeout (see ``Channel.arm``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -472,6 +473,15 @@ class Server:
         self._sources.update(admission)
         if self._acceptor is not None:
             self._acceptor.limiter = admission.accept_limiter(self.loop.now)
+
+    def set_limits(self, max_connections: int, max_handshakes: int, tls_rate: float) -> None:
+        """New connection, handshake and TLS-handshake-rate limits, applied in place
+        (SIGHUP): peers already admitted stay, newcomers meet the new limits."""
+        self.policy = dataclasses.replace(
+            self.policy, max_connections=max_connections, max_handshakes=max_handshakes
+        )
+        if self._tls_limiter is not None:
+            self._tls_limiter = HandshakeLimiter.per_second(tls_rate, self.loop.now)
 
     def _count_shed(self, count: int) -> None:
         self.stats.shed += count

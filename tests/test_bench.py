@@ -255,6 +255,48 @@ def test_bench_refuses_a_stall_it_cannot_hold():
     assert "--duration must exceed --stall" in result.stderr
 
 
+def _storm(tmp_path, kind, *extra):
+    out = tmp_path / f"{kind}.json"
+    result = run_bench(
+        *("--clients", "60", "--interval", "0.5", "--timeout", "1.5", "--duration", "6"),
+        *("--storm", kind, "--server-arg=--drain-period=1", "--json", str(out), *extra),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"storm {kind}:" in result.stdout
+    return json.loads(out.read_text())
+
+
+def test_bench_storm_kill_worker_counts_the_killed_workers_clients_back(tmp_path):
+    """--storm kill-worker --redis: the clients that lost their connection without a
+    CLOSE are the killed worker's (psutil's count of them), every one is back in the
+    window, the other worker's clients were neither dropped nor judged silent, and
+    presence reaped none of the live node's members."""
+    storm = _storm(tmp_path, "kill-worker", "--redis")["storm"]
+    assert storm["affected"] == storm["victims_counted"] > 0
+    assert storm["returned"] == storm["affected"]
+    back = storm["return_s"]
+    assert 0 < back["p50"] <= back["p99"] <= back["p100"] < 5
+    assert storm["handshake_ms"]["p99"] > 0 and storm["peak_accept_rate"] > 0
+    assert storm["dropped_elsewhere"] == storm["false_timeouts"] == 0
+    assert storm["presence_flaps"] == 0
+
+
+def test_bench_storm_hup_on_tls_closes_each_client_once(tmp_path):
+    """--storm hup: a config change that needs new processes, then SIGHUP: the rolling
+    restart closes every client once (here, with a 1 s drain period, within the
+    window), on TLS as on plain TCP."""
+    document = _storm(tmp_path, "hup", "--tls")
+    for storm in (document["storm"], document["against"]["hbloop"]["storm"]):
+        assert storm["affected"] == storm["returned"] == 60
+        assert storm["closed_twice"] == storm["false_timeouts"] == 0
+
+
+def test_bench_refuses_a_storm_it_cannot_strike():
+    result = run_bench("--clients", "2", "--storm", "hup", "--target", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert "--storm strikes a server the bench starts" in result.stderr
+
+
 # --- --against c: the C reference server -------------------------------------------------
 
 

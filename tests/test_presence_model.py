@@ -14,7 +14,16 @@ import pytest
 from bench.redis_server import RedisProcess
 from hbloop.core.wire import Code
 from hbloop.net.loop import EventLoop
-from hbloop.presence.node import Member, Node, Policy, Presence, PresenceConfig, State
+from hbloop.presence.node import (
+    REFRESHES_PER_TTL,
+    Member,
+    Node,
+    Policy,
+    Presence,
+    PresenceConfig,
+    State,
+)
+from hbloop.presence.redis_link import MAX_IN_FLIGHT, WRITE_BUDGET
 from hbloop.presence.scripts import Keys
 
 TIMEOUT = 10.0
@@ -163,3 +172,28 @@ def test_a_node_resyncs_at_once_when_it_finds_itself_reaped(cluster: Cluster) ->
     cluster.run_until(lambda: later.state is State.ONLINE and member.state is State.ONLINE)
     assert cluster.members(node) == {"x", "y"}
     assert cluster.redis.command("SISMEMBER", keys.nodes, node.node.id) == 1
+
+
+# Members of one node that all leave at once: many times what the link lets in flight,
+# as a mass disconnect queues them (issue 20: 200,000 leaves, the lease lost).
+MASS = 20_000
+
+
+def test_a_mass_leave_never_starves_the_lease_renewal(cluster: Cluster) -> None:
+    """With MASS leaves queued, the next renewal is written ahead of them: Redis
+    confirms it while most of them still wait, well within a renewal period."""
+    node = cluster.node("n")
+    members = [cluster.join(node, f"m{i}") for i in range(MASS)]
+    cluster.run_until(lambda: all(m.state is State.ONLINE for m in members), 120)
+    for member in members:
+        node.left(member, "peer_closed")
+    assert node.link.backlog == MASS
+    before = node.counts["leaves"]
+    asked = cluster.loop.time()
+    node._heartbeat()
+    cluster.run_until(lambda: (node._renewed or 0) >= asked)
+    assert node.counts["leaves"] - before <= MAX_IN_FLIGHT + WRITE_BUDGET
+    assert cluster.loop.time() - asked < node.config.node_ttl / REFRESHES_PER_TTL
+    cluster.run_until(lambda: not node.link.backlog, 120)
+    assert node.counts["leaves"] - before == MASS
+    assert cluster.members(node) == set()

@@ -99,3 +99,75 @@ def test_sighup_restarts_the_workers_one_by_one(serve, tmp_path):
     assert granted_interval_ms(server.address, "new") == 6000
     assert server.terminate() == 0
     assert len(server.find(r"worker \d \(pid \d+\) exited with code 0")) == 2
+
+
+def _server_full(address: tuple[str, int], name: str) -> bytes:
+    """The payload of the ERROR a newcomer gets, or fail if it is welcomed."""
+    with RawPeer(address) as peer:
+        ftype, payload = peer.hello(name)
+        assert ftype == FrameType.ERROR, (ftype, payload)
+        assert int.from_bytes(payload[:2], "big") == Code.SERVER_FULL
+        return payload
+
+
+def test_sighup_applies_max_connections_and_handshakes_in_place(serve, tmp_path):
+    """--max-connections and --max-handshakes need no restart: after SIGHUP the new
+    limits turn newcomers away while the peers already admitted keep heartbeating."""
+    path = config(tmp_path, FAST + "max-connections = 3\n")
+    server = serve("--config", path)
+    peers = [RawPeer(server.address) for _ in range(2)]
+    try:
+        for i, peer in enumerate(peers):
+            assert peer.hello(f"kept-{i}")[0] == FrameType.WELCOME
+        Path(path).write_text(FAST + "max-connections = 2\nmax-handshakes = 1\n")
+        server.signal(signal.SIGHUP)
+        server.wait_line("SIGHUP: settings reloaded")
+        assert b"2 connections" in _server_full(server.address, "third")
+        assert not server.find("SIGHUP: .* changed; a restart applies it")
+        for peer in peers:  # not reconnected: the same connections answer
+            peer.send(PING_FRAME)
+            assert peer.recv()[0] == FrameType.PONG
+        peers[1].close()
+        # One handshake at a time now: a silent connection holds the only slot.
+        with RawPeer(server.address):
+            assert b"too many handshakes" in _server_full(server.address, "second")
+    finally:
+        for peer in peers:
+            peer.close()
+    assert server.terminate() == 0
+
+
+# Newcomers after the limit is lowered: they land on either worker.
+NEWCOMERS = 8
+
+
+def test_sighup_applies_max_connections_in_every_worker_without_a_restart(serve, tmp_path):
+    path = config(tmp_path, SLOW + "max-connections = 10\n")
+    server = serve("--config", path, "--workers", "2")
+    server.wait_line(r"pids=(\d+) (\d+)")
+    peers = [RawPeer(server.address) for _ in range(2)]
+    try:
+        for i, peer in enumerate(peers):
+            assert peer.hello(f"kept-{i}")[0] == FrameType.WELCOME
+        # A share of 1 a worker: the two peers fill both workers, or one worker with
+        # one slot left on the other.
+        Path(path).write_text(SLOW + "max-connections = 2\n")
+        server.signal(signal.SIGHUP)
+        server.wait_line("SIGHUP: nothing needs a restart; 2 workers apply it in place")
+        server.wait_line("SIGHUP: settings reloaded", count=3)  # the supervisor's and each worker's
+        welcomed = 0
+        for n in range(NEWCOMERS):
+            newcomer = RawPeer(server.address)
+            peers.append(newcomer)  # kept open: a welcome holds its slot
+            ftype, payload = newcomer.hello(f"newcomer-{n}")
+            assert ftype == FrameType.WELCOME or b"1 connections" in payload
+            welcomed += ftype == FrameType.WELCOME
+        assert welcomed <= 1
+        for peer in peers[:2]:
+            peer.send(PING_FRAME)
+            assert peer.recv()[0] == FrameType.PONG
+    finally:
+        for peer in peers:
+            peer.close()
+    assert not server.find("rolling restart")
+    assert server.terminate() == 0

@@ -36,6 +36,9 @@ LIVE_SETTINGS = (
     "accept_burst",
     "max_handshakes_per_source",
     "tls_handshake_rate_per_source",
+    "tls_handshake_rate",
+    "max_connections",
+    "max_handshakes",
 )
 
 log = logging.getLogger("hbloop.cli")
@@ -115,19 +118,24 @@ def restart_needed(current: ServeSettings, new: ServeSettings) -> bool:
 class _Signals:
     """A lone server's (or a worker's) signals. SIGINT and SIGTERM shut it down
     gracefully (a second one at once); SIGHUP re-reads the settings and applies the
-    log level and format in place, logging which other changes need a restart. A
-    worker's STOP_ACCEPTING_SIGNAL, the first step of its retirement, closes its
-    listener and reports that to the supervisor at once (``reporter``, once set)."""
+    LIVE_SETTINGS (log level and format, limits and rates) in place, logging which
+    other changes need a restart. A worker's STOP_ACCEPTING_SIGNAL, the first step of
+    its retirement, closes its listener and reports that to the supervisor at once
+    (``reporter``, once set)."""
 
-    def __init__(self, server: Server, settings: ServeSettings, worker: bool) -> None:
+    def __init__(
+        self, server: Server, settings: ServeSettings, fd_limit: int, worker: int | None
+    ) -> None:
         self.server = server
         self.settings = settings
+        self.fd_limit = fd_limit  # what the default --max-connections is sized from
+        self.worker = worker  # its index, whose share of --max-connections it serves
         self.serving = True
         self.reporter: StatsReporter | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             server.loop.add_signal_handler(signum, self.stop)
         server.loop.add_signal_handler(signal.SIGHUP, self.reload)
-        if worker:
+        if worker is not None:
             server.loop.add_signal_handler(STOP_ACCEPTING_SIGNAL, self.stop_accepting)
 
     def stop_accepting(self) -> None:
@@ -148,6 +156,10 @@ class _Signals:
         live = {field: getattr(new, field) for field in LIVE_SETTINGS}
         self.settings = dataclasses.replace(self.settings, **live)
         self.server.set_admission(self.settings.admission())
+        policy = self.settings.policy(self.fd_limit, self.worker)
+        self.server.set_limits(
+            policy.max_connections, policy.max_handshakes, self.settings.tls_handshake_rate
+        )
         if pending:
             log.warning(
                 "SIGHUP: %s changed; a restart applies it (with --workers, SIGHUP to the "
@@ -195,7 +207,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         return fail(f"cannot listen on {settings.host}:{port}: {exc.strerror or exc}")
     # Before the line that says it listens: whoever waits for that line may signal at
     # once, and a SIGHUP or SIGTERM before the handlers would kill the process.
-    signals = _Signals(server, settings, worker is not None)
+    signals = _Signals(server, settings, fd_limit, None if worker is None else worker.index)
     presence = None
     if settings.redis is not None:
         presence = _start_presence(server, settings, f"{host}:{port}", worker)

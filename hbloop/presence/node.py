@@ -777,6 +777,7 @@ class Presence:
             (),
             self._args(self.node.info()),
             lambda reply: self._heartbeat_answered(sent, failed, reply),
+            first=True,  # the lease renewal: never behind bulk joins and leaves
         )
 
     def _heartbeat_answered(self, sent: float, failed: int, reply: Reply) -> None:
