@@ -202,20 +202,19 @@ def describe(frame: Frame | None) -> str:
     return f"{kind.name} of {len(payload)} bytes" if payload else kind.name
 
 
-class Probe:
-    """One blocking connection to the server under test.
+class Link:
+    """One blocking connection to the peer under test (a server for ``hbloop check``, a
+    client for ``hbloop check-client``).
 
-    Every wait ends at a deadline (``time.monotonic()``), even while the server streams
-    frames without end. While it waits for an answer, the probe answers the server's
-    PINGs as a client must (T4), with one PONG for the PINGs read together, so that a
-    flood of PINGs gets a trickle of PONGs.
+    Every wait ends at a deadline (``time.monotonic()``), even while the peer streams
+    frames without end. While it waits for an answer, the link answers the peer's
+    PINGs (T4), with one PONG for the PINGs read together, so that a flood of PINGs
+    gets a trickle of PONGs.
     """
 
-    def __init__(self, settings: Settings, name: str) -> None:
-        self.settings = settings
-        self.name = name
-        self.answer_timeout = settings.answer_timeout
-        self.sock = settings.connect()
+    def __init__(self, sock: socket.socket, answer_timeout: float) -> None:
+        self.answer_timeout = answer_timeout
+        self.sock = sock
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = FrameDecoder(PROBE_MAX_PAYLOAD)
         self.frames: deque[Frame] = deque()
@@ -229,10 +228,10 @@ class Probe:
             self.sock.sendall(data)
         except TimeoutError:
             raise CaseFailed(
-                f"the server read nothing for {self.answer_timeout:g}s: could not send"
+                f"the peer read nothing for {self.answer_timeout:g}s: could not send"
             ) from None
         except OSError as exc:
-            raise CaseFailed(f"the server closed the connection ({exc.strerror or exc})") from None
+            raise CaseFailed(f"the peer closed the connection ({exc.strerror or exc})") from None
 
     def recv(self, deadline: float) -> Frame | None:
         """The next frame; None once the server has closed. TimeoutError once
@@ -255,7 +254,7 @@ class Probe:
             try:
                 frames = self.decoder.feed(data)
             except RemoteProtocolError as exc:
-                raise CaseFailed(f"the server sent an invalid frame: {exc}") from None
+                raise CaseFailed(f"the peer sent an invalid frame: {exc}") from None
             self.frames.extend(frames)
             self.pings_buffered += sum(1 for ftype, _ in frames if ftype == FrameType.PING)
         if not self.frames:
@@ -292,9 +291,6 @@ class Probe:
         """The next frame that is not a heartbeat or echoed DATA; fails on silence."""
         return self.await_frame("answer", HEARTBEATS_AND_DATA)
 
-    def hello(self, interval_ms: int) -> Welcome:
-        self.send(self.settings.hello(self.name, interval_ms))
-        return self.expect_welcome()
 
     def expect_welcome(self) -> Welcome:
         frame = self.recv_answer()
@@ -330,6 +326,19 @@ class Probe:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Probe(Link):
+    """A link of the checker's to the server under test, saying HELLO as ``name``."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        super().__init__(settings.connect(), settings.answer_timeout)
+        self.settings = settings
+        self.name = name
+
+    def hello(self, interval_ms: int) -> Welcome:
+        self.send(self.settings.hello(self.name, interval_ms))
+        return self.expect_welcome()
 
 
 HEARTBEATS_AND_DATA = frozenset({FrameType.PING, FrameType.PONG, FrameType.DATA})
