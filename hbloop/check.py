@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hbloop.core.protocol import (
     Frame,
@@ -291,7 +292,6 @@ class Link:
         """The next frame that is not a heartbeat or echoed DATA; fails on silence."""
         return self.await_frame("answer", HEARTBEATS_AND_DATA)
 
-
     def expect_welcome(self) -> Welcome:
         frame = self.recv_answer()
         if frame is None or frame[0] != FrameType.WELCOME:
@@ -480,7 +480,7 @@ class Case:
     statement: str
     level: str
     title: str
-    run: CaseRun
+    run: Callable[[Any], str]  # a Checker's case, or a check_client.Server's
 
 
 CASES: list[Case] = []
@@ -887,6 +887,7 @@ def _duplicate_replaced(checker: Checker) -> str:
 class Report:
     target: str
     results: list[Result]
+    role: str = "server"  # what was checked: "server" (hbloop check) or "client"
 
     def count(self, level: str, verdict: Verdict) -> int:
         return sum(1 for r in self.results if r.level == level and r.verdict is verdict)
@@ -923,7 +924,7 @@ class Report:
             for level in (MUST, SHOULD)
         )
         verdict = "conforms" if self.conforms else "does NOT conform"
-        lines.append(f"{self.target}: {counts}. The server {verdict} (every MUST must pass).")
+        lines.append(f"{self.target}: {counts}. The {self.role} {verdict} (every MUST must pass).")
         return "\n".join(lines)
 
 

@@ -267,6 +267,7 @@ class Option:
     metavar: str | None = None  # when not the kind's
     group: str | None = None  # the heading it is listed under in --help
     positional: bool = False  # an argument, not a flag: not a key either
+    many: bool = False  # a positional that takes every remaining word (after ``--``)
     in_file: bool = True  # False: a flag without a key (--config itself)
     default_text: str | None = None  # --help's default where the field's is a stand-in
 
