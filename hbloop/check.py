@@ -33,6 +33,7 @@ from hbloop.core.protocol import (
 )
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
+    CODE_STRUCT,
     HEADER_SIZE,
     HEADER_STRUCT,
     HELLO_FIXED,
@@ -131,6 +132,7 @@ class Settings:
     duplicates: str | None = None  # the server's duplicate-name policy; P1/P2 skipped without
     tls: ssl.SSLContext | None = None  # connect with TLS (hbloop.tls.client_context)
     token: str | None = None  # the credential every HELLO of the checker carries
+    max_handshakes: int | None = None  # the server's handshake cap; SERVER_FULL skipped without
 
     def probe_name(self, number: int) -> str:
         """Probe ``number``'s name: one of its own, except that a token binds every
@@ -599,6 +601,15 @@ def _max_frame(checker: Checker) -> str:
     return "accepted: the PING after it was answered"
 
 
+# PINGs sent back to back in the T8 case: far past any sensible number of strikes
+# (hbloop's server: 3), so that only a server that never counts them answers them all.
+PING_FLOOD = 100
+
+# A code no registry gives out (section 6: receivers accept it) and an ERROR message
+# past F5's 200 bytes that is not UTF-8, for the F5 case.
+UNKNOWN_CODE = 0x0F0F
+LONG_MESSAGE = b"\xff\xfe" + b"m" * 298
+
 # An identifier no registry will give out (protocol.md, Properties): the highest
 # without the must-understand bit, for the F6 cases.
 UNKNOWN_PROPERTY = 0x7FFF
@@ -666,6 +677,11 @@ class Violation:
     def claim(self) -> str:
         when = " after the handshake" if self.after_handshake else ""
         return f"{self.title}{when}: ERROR {self.code.name}, then close"
+
+
+# A code point unassigned (Cn) in Unicode 14.0, the version protocol.md names, and in
+# every version since: in the Greek block, between U+0377 and U+037A.
+UNASSIGNED = 0x0378
 
 
 def _hello_payload(name: bytes, version: int = 1, name_len: int | None = None) -> bytes:
@@ -752,6 +768,34 @@ VIOLATIONS = [
         Code.BAD_NAME,
         False,
     ),
+    Violation(
+        "N1",
+        "HELLO with a line separator (U+2028, Zl) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u2028b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "N1",
+        "HELLO with a paragraph separator (U+2029, Zp) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u2029b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "N1",
+        "HELLO with a C1 control (U+0085) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u0085b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "N1",
+        f"HELLO with U+{UNASSIGNED:04X}, unassigned in Unicode 14.0 and since, in the name",
+        encode_frame(FrameType.HELLO, _hello_payload(f"a{chr(UNASSIGNED)}b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
     Violation("H4", "a second HELLO", encode_hello(CHECK_NAME, 0), Code.DUPLICATE_HELLO, True),
     Violation(
         "H6",
@@ -815,6 +859,43 @@ def _timeout_close(checker: Checker) -> str:
     if last is None or last[0] != FrameType.CLOSE or parse_close(last[1]) != Code.TIMEOUT:
         raise CaseFailed(describe(last))
     return describe(last)
+
+
+@case("T8", MUST, f"{PING_FLOOD} PINGs back to back: ERROR TOO_MANY_PINGS (strikes are counted)")
+def _ping_strikes(checker: Checker) -> str:
+    probe, _ = checker.open()
+    for _ in range(PING_FLOOD):
+        probe.send(PING_FRAME)
+    frame = probe.await_frame("ERROR TOO_MANY_PINGS", frozenset({FrameType.PONG}))
+    if _error_code(frame) != Code.TOO_MANY_PINGS:
+        raise CaseFailed(f"expected ERROR TOO_MANY_PINGS, got {describe(frame)}")
+    return f"{describe(frame)}, then {probe.expect_close()}"
+
+
+@case("C5", MUST, "end of stream inside a frame: ERROR MALFORMED, then close")
+def _truncated(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(PING_FRAME[:3])
+    probe.sock.shutdown(socket.SHUT_WR)
+    return probe.expect_error(Code.MALFORMED)
+
+
+@case("F5", MUST, "ERROR with an unknown code and 300 bytes of non-UTF-8: closed, no reply")
+def _long_error(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(encode_frame(FrameType.ERROR, CODE_STRUCT.pack(UNKNOWN_CODE) + LONG_MESSAGE))
+    return probe.expect_close()
+
+
+@case("H2", MUST, "past the server's handshake cap: ERROR SERVER_FULL")
+def _server_full(checker: Checker) -> str:
+    cap = checker.settings.max_handshakes
+    if cap is None:
+        raise CaseSkipped("needs the server's cap: --max-handshakes N")
+    for _ in range(cap):
+        checker.connect()  # in its handshake until the case ends: it says nothing
+    probe = checker.connect()
+    return probe.expect_error(Code.SERVER_FULL)
 
 
 @case("C2", MUST, "after the client's CLOSE NORMAL the server stops sending and closes")

@@ -22,8 +22,13 @@ from dataclasses import dataclass
 
 from hbloop.check import (
     ANSWER_TIMEOUT,
+    DEFAULT_MAX_WAIT,
     EARLY_TOLERANCE,
+    LONG_MESSAGE,
     MUST,
+    TRICKLE_GAP,
+    UNKNOWN_CODE,
+    UNKNOWN_PROPERTY,
     Case,
     CaseFailed,
     CaseSkipped,
@@ -72,8 +77,6 @@ DEFAULT_QUIET_WINDOW = 3.0
 # The client's handshake deadline (H9) when not told otherwise: hbloop's clients' 10 s.
 DEFAULT_CLIENT_HANDSHAKE_TIMEOUT = 10.0
 
-# Time-based cases that would wait longer than this are skipped.
-DEFAULT_MAX_WAIT = 20.0
 
 # The RECONNECT_WINDOW of the R7 case: an hour, so that a client drawing its delay in
 # [0, W] reconnects within the quiet window with a chance of 1 in 1200 (3 s of 3600),
@@ -83,20 +86,9 @@ R7_WINDOW_MS = 3_600_000
 # The MAX_PAYLOAD a version 2 WELCOME of the checker's states (R6): F2's floor.
 CHECK_MAX_PAYLOAD = 1024
 
-# An ERROR message past F5's 200 bytes, with bytes that are not UTF-8.
-LONG_ERROR_MESSAGE = b"\xff\xfe" + b"m" * 298
-
-# A code no registry gives out: receivers treat it as a generic error (section 6).
-UNKNOWN_CODE = 0x0F0F
-
-# An identifier no registry gives out, for the F6 cases.
-UNKNOWN_PROPERTY = 0x7FFF
 
 # A CLOSE header promising 2 bytes, sent without them: a truncated frame (C5).
 TRUNCATED_CLOSE = HEADER_STRUCT.pack(2, FrameType.CLOSE, 0) + b"\x00"
-
-# Gap between the bytes of a WELCOME sent one byte at a time (F4).
-TRICKLE_GAP = 0.005
 
 
 @dataclass(frozen=True)
@@ -516,7 +508,7 @@ def _close(server: Server) -> str:
 @case("F5", "ERROR with an unknown code and 300 bytes of non-UTF-8: closed without reply")
 def _long_error(server: Server) -> str:
     link = opened(server).link
-    link.send(encode_frame(FrameType.ERROR, CODE_STRUCT.pack(UNKNOWN_CODE) + LONG_ERROR_MESSAGE))
+    link.send(encode_frame(FrameType.ERROR, CODE_STRUCT.pack(UNKNOWN_CODE) + LONG_MESSAGE))
     return expect_ending(link, None)
 
 

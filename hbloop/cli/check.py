@@ -33,6 +33,7 @@ def run(settings: CheckSettings) -> int:
         duplicates=settings.duplicates,
         tls=tls,
         token=token,
+        max_handshakes=settings.max_handshakes,
     )
     try:
         report = cases.run_checks(probe)

@@ -631,6 +631,11 @@ class CheckSettings(ClientTlsSettings):
         words(DUPLICATE_POLICIES),
         "the server's duplicate-name policy; the P1 or P2 case is skipped without it",
     )
+    max_handshakes: int | None = option(
+        None,
+        Count(),
+        "the server's --max-handshakes; the SERVER_FULL case is skipped without it",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
