@@ -38,6 +38,8 @@ from hbloop.core.wire import (
     HEADER_STRUCT,
     HELLO_FIXED,
     MAX_HELLO_PAYLOAD,
+    MAX_NAME_BYTES,
+    MAX_TOKEN_BYTES,
     MIN_MAX_PAYLOAD,
     MUST_UNDERSTAND,
     PING_FRAME,
@@ -103,6 +105,10 @@ GAPS_SHOWN = 5
 # replacing duplicate names treats the cases' connections as strangers.
 CHECK_NAME = "hbloop-check"
 
+# The name of the C4 case's probe, which waits for the server to be stopped: whoever
+# stops it can watch its log for this name.
+AWAITING_SHUTDOWN = f"{CHECK_NAME}-awaiting-shutdown"
+
 # The duplicate-name policies a server may announce to the checker (protocol.md P1, P2).
 DUPLICATE_POLICIES = ("refuse", "replace")
 
@@ -133,6 +139,7 @@ class Settings:
     tls: ssl.SSLContext | None = None  # connect with TLS (hbloop.tls.client_context)
     token: str | None = None  # the credential every HELLO of the checker carries
     max_handshakes: int | None = None  # the server's handshake cap; SERVER_FULL skipped without
+    shutdown_within: float | None = None  # the server is stopped within this; C4 skipped without
 
     def probe_name(self, number: int) -> str:
         """Probe ``number``'s name: one of its own, except that a token binds every
@@ -276,14 +283,20 @@ class Link:
     def await_frame(self, what: str, passing: frozenset[FrameType]) -> Frame | None:
         """The next frame whose type is not in ``passing`` (None if the server closed),
         within an answer timeout; the PINGs passed meanwhile are answered."""
-        deadline = time.monotonic() + self.answer_timeout
+        return self.await_frame_within(what, passing, self.answer_timeout)
+
+    def await_frame_within(
+        self, what: str, passing: frozenset[FrameType], wait: float
+    ) -> Frame | None:
+        """``await_frame``, waiting ``wait`` seconds."""
+        deadline = time.monotonic() + wait
         passed = 0
         while True:
             try:
                 frame = self.recv(deadline)
             except TimeoutError:
                 meanwhile = f" ({passed} heartbeat or DATA frames came meanwhile)" if passed else ""
-                raise CaseFailed(f"no {what} within {self.answer_timeout:g}s{meanwhile}") from None
+                raise CaseFailed(f"no {what} within {wait:g}s{meanwhile}") from None
             if frame is None or frame[0] not in passing:
                 return frame
             passed += 1
@@ -610,6 +623,10 @@ PING_FLOOD = 100
 UNKNOWN_CODE = 0x0F0F
 LONG_MESSAGE = b"\xff\xfe" + b"m" * 298
 
+# The DATA rate of the T9 case: twice what hbloop's server reads from a peer by
+# default (--max-peer-rate 1000), so that a throttling server does throttle.
+FLOOD_RATE = 2000
+
 # An identifier no registry will give out (protocol.md, Properties): the highest
 # without the must-understand bit, for the F6 cases.
 UNKNOWN_PROPERTY = 0x7FFF
@@ -898,6 +915,48 @@ def _server_full(checker: Checker) -> str:
     return probe.expect_error(Code.SERVER_FULL)
 
 
+@case("K1", MUST, f"CLOSE with code 0x{UNKNOWN_CODE:04x}, unknown: the server closes, no reply")
+def _unknown_close(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(encode_close(UNKNOWN_CODE))
+    return probe.expect_close()
+
+
+@case("A1", MUST, "a version 1 HELLO of 4168 bytes (64-byte name, 4096-byte token) is judged")
+def _largest_hello(checker: Checker) -> str:
+    probe = checker.connect()
+    name = probe.name.ljust(MAX_NAME_BYTES, "x")
+    probe.send(encode_hello(name, checker.interval_ms, token="t" * MAX_TOKEN_BYTES))
+    frame = probe.recv_answer()
+    # An authenticating server refuses the made-up token: judged, as A1 asks.
+    if frame is not None and (
+        frame[0] == FrameType.WELCOME or _error_code(frame) == Code.UNAUTHORIZED
+    ):
+        return describe(frame)
+    raise CaseFailed(f"expected WELCOME or ERROR UNAUTHORIZED, got {describe(frame)}")
+
+
+@case("A2", MUST, "with --token-file: the checker's token under another name is UNAUTHORIZED")
+def _token_for_another_name(checker: Checker) -> str:
+    if checker.settings.token is None:
+        raise CaseSkipped("needs a token the server accepts: --token-file FILE")
+    probe = checker.connect()
+    probe.send(encode_hello(f"{CHECK_NAME}-not", checker.interval_ms, token=checker.settings.token))
+    return probe.expect_error(Code.UNAUTHORIZED)
+
+
+@case("T9", MUST, f"{FLOOD_RATE} DATA a second, PINGs on time: the server keeps the client")
+def _throttled(checker: Checker) -> str:
+    welcome = checker.welcome
+    interval, timeout = welcome.interval_ms / 1000, welcome.timeout_ms / 1000
+    checker.require_time(timeout + interval)
+    probe, _ = checker.open()
+    every = interval / 2
+    burst = encode_data(b"d") * round(FLOOD_RATE * every) + PING_FRAME
+    checker.keep_alive(probe, timeout + interval, every, burst, True)
+    return f"open after {timeout + interval:.2f}s of DATA floods"
+
+
 @case("C2", MUST, "after the client's CLOSE NORMAL the server stops sending and closes")
 def _close(checker: Checker) -> str:
     probe, _ = checker.open()
@@ -959,6 +1018,30 @@ def _duplicate_replaced(checker: Checker) -> str:
     if frame is None or frame[0] != FrameType.CLOSE or parse_close(frame[1]) != Code.TAKEN_OVER:
         raise CaseFailed(f"the older connection got {describe(frame)}, not CLOSE TAKEN_OVER")
     return f"newer: WELCOME; older: CLOSE TAKEN_OVER, then {first.expect_close()}"
+
+
+@case("C4", MUST, "stopped during the check: no new connection is accepted after GOING_AWAY")
+def _stops_accepting(checker: Checker) -> str:
+    wait = checker.settings.shutdown_within
+    if wait is None:
+        raise CaseSkipped("needs the server stopped during the check: --shutdown-within S")
+    probe = checker.connect()
+    if checker.settings.token is None:
+        probe.name = AWAITING_SHUTDOWN  # a name the log of the server shows: stop it now
+    probe.hello(checker.interval_ms)
+    start = time.monotonic()
+    frame = probe.await_frame_within("CLOSE GOING_AWAY", HEARTBEATS_AND_DATA, wait)
+    if frame is None or frame[0] != FrameType.CLOSE or parse_close(frame[1]) != Code.GOING_AWAY:
+        raise CaseFailed(f"expected CLOSE GOING_AWAY, got {describe(frame)}")
+    try:
+        late = checker.connect()
+    except CaseFailed as refused:
+        return f"CLOSE GOING_AWAY after {time.monotonic() - start:.1f}s; then {refused}"
+    late.send(checker.settings.hello(late.name, checker.interval_ms))
+    answer = late.recv_answer()
+    if answer is not None and answer[0] == FrameType.WELCOME:
+        raise CaseFailed("a connection made after CLOSE GOING_AWAY was welcomed")
+    return f"CLOSE GOING_AWAY; a later connection got {describe(answer)}"
 
 
 # --- running and reporting -------------------------------------------------------------

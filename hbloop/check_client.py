@@ -26,6 +26,7 @@ from hbloop.check import (
     EARLY_TOLERANCE,
     LONG_MESSAGE,
     MUST,
+    SHOULD,
     TRICKLE_GAP,
     UNKNOWN_CODE,
     UNKNOWN_PROPERTY,
@@ -251,9 +252,9 @@ ClientRun = Callable[[Server], str]
 CASES: list[Case] = []
 
 
-def case(statement: str, title: str) -> Callable[[ClientRun], ClientRun]:
+def case(statement: str, title: str, level: str = MUST) -> Callable[[ClientRun], ClientRun]:
     def register(run: ClientRun) -> ClientRun:
-        CASES.append(Case(statement, MUST, title, run))
+        CASES.append(Case(statement, level, title, run))
         return run
 
     return register
@@ -558,11 +559,32 @@ def _fall_back(server: Server) -> str:
     return f"HELLO v1 after {(time.monotonic() - start) * 1000:.0f} ms, then PONG"
 
 
-@case("H8", "CLOSE TAKEN_OVER: the client does not reconnect by itself")
+@case("P4", "CLOSE TAKEN_OVER: the client does not reconnect by itself")
 def _taken_over(server: Server) -> str:
     link = opened(server).link
     link.send(encode_close(Code.TAKEN_OVER))
     return f"{expect_ending(link, None)}; {no_reconnect(server)}"
+
+
+@case("H8", "ERROR BAD_NAME, a final refusal: the client does not come back", SHOULD)
+def _final_refusal(server: Server) -> str:
+    link = server.attempt().link
+    link.send(encode_error(Code.BAD_NAME, "refused by the checker"))
+    return f"{expect_ending(link, None)}; {no_reconnect(server)}"
+
+
+@case("P3", "ERROR NAME_TAKEN after WELCOME: closed without reply")
+def _name_taken_late(server: Server) -> str:
+    link = opened(server).link
+    link.send(encode_error(Code.NAME_TAKEN, "held on another server"))
+    return expect_ending(link, None)
+
+
+@case("K1", f"CLOSE with code 0x{UNKNOWN_CODE:04x}, unknown: closed without reply")
+def _unknown_close(server: Server) -> str:
+    link = opened(server).link
+    link.send(encode_close(UNKNOWN_CODE))
+    return expect_ending(link, None)
 
 
 @case("H9", "a server that never answers HELLO: the client gives up at its handshake deadline")

@@ -34,6 +34,7 @@ def run(settings: CheckSettings) -> int:
         tls=tls,
         token=token,
         max_handshakes=settings.max_handshakes,
+        shutdown_within=settings.shutdown_within,
     )
     try:
         report = cases.run_checks(probe)

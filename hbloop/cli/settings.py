@@ -636,6 +636,12 @@ class CheckSettings(ClientTlsSettings):
         Count(),
         "the server's --max-handshakes; the SERVER_FULL case is skipped without it",
     )
+    shutdown_within: float | None = option(
+        None,
+        Number(),
+        "the server will be stopped within this many seconds of the last case, which "
+        "checks C4 then; skipped without it",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
