@@ -657,6 +657,7 @@ class CheckClientSettings(Settings):
         positional=True,
         many=True,
         metavar="COMMAND",
+        default_text="none: --listen",
     )
     listen: int | None = option(
         None,
