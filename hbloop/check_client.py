@@ -40,7 +40,7 @@ from hbloop.check import (
     describe,
     late_limit,
 )
-from hbloop.core.protocol import Frame, Hello, RemoteProtocolError, parse_close, parse_hello
+from hbloop.core.protocol import Frame, RemoteProtocolError, parse_close, parse_hello
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     CODE_STRUCT,
@@ -54,6 +54,7 @@ from hbloop.core.wire import (
     WELCOME_STRUCT,
     Code,
     FrameType,
+    Hello,
     Scheme,
     Welcome,
     encode_close,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,13 @@ class Choice(Kind[T_co]):
 
     def show(self, value: Any) -> str:
         return next(word for word, each in self.values.items() if each == value)
+
+
+class Words(Kind[tuple[str, ...]]):
+    """A command line: its words as given after ``--``, or split as a shell would."""
+
+    def parse(self, text: str) -> tuple[str, ...]:
+        return tuple(shlex.split(text))
 
 
 def words(choices: tuple[str, ...]) -> Choice[str]:

@@ -110,7 +110,8 @@ def parse(argv: Sequence[str] | None = None, raise_errors: bool = False) -> Sett
         kind, value = entry.option.kind, given[entry.field]
         try:
             many = entry.option.many
-            given[entry.field] = tuple(map(kind.parse, value)) if many else kind.parse(value)
+            # After ``--`` the words are the shell's already: taken as they are.
+            given[entry.field] = tuple(value) if many else kind.parse(value)
         except ValueError as exc:
             command.error(f"argument {entry.flag}: {exc}")
     if "config" in given:

@@ -36,6 +36,7 @@ from hbloop.cli.options import (
     RedisUrl,
     Target,
     Text,
+    Words,
     Workers,
     option,
     required,
@@ -651,7 +652,7 @@ class CheckClientSettings(Settings):
 
     client: tuple[str, ...] = option(
         (),
-        Text(),
+        Words(),
         "the client to spawn for each case, after '--'; {host} and {port} in it (and "
         "$HBLOOP_HOST, $HBLOOP_PORT) become the checker's address",
         positional=True,
@@ -689,7 +690,7 @@ class CheckClientSettings(Settings):
         "the client's handshake deadline (H9), s",
     )
     max_wait: float = option(
-        check_client.DEFAULT_MAX_WAIT,
+        DEFAULT_MAX_WAIT,
         Number(),
         "skip time-based cases that would take longer than this, s",
     )
