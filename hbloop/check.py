@@ -1,8 +1,9 @@
 """``hbloop check HOST:PORT``: does a server speak protocol.md? In the spirit of Autobahn.
 
 Each numbered case drives the server through real connections and tests one MUST or
-SHOULD statement of protocol.md (H1..H8, F1..F4, T1..T8, C1..C4, and P1 or P2 when
-told the server's duplicate-name policy), reporting what it saw. The server's scheme
+SHOULD statement of protocol.md (its sections' statements, and P1 or P2 when told the
+server's duplicate-name policy), reporting what it saw; ``hbloop.conformance`` holds
+every MUST of protocol.md to a case here or in ``hbloop.check_client``. The server's scheme
 is whatever it grants; the cases of the other scheme are skipped. Plain blocking
 sockets with timeouts: a checker is a diagnostic, not a hot path, and each case reads
 best as a straight-line script.

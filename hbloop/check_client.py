@@ -65,9 +65,11 @@ from hbloop.core.wire import (
 )
 
 # The grant of the cases that heartbeat: above every client's floor on the interval
-# (R5: hbloop's clients refuse less than 100 ms), short enough for a run of seconds.
+# (R5: hbloop's clients refuse less than 100 ms), short enough for a run of seconds;
+# the timeout is five intervals, so that a checker late with its PINGs on a loaded
+# machine does not make the client give up on it.
 GRANT_INTERVAL_MS = 200
-GRANT_TIMEOUT_MS = 600
+GRANT_TIMEOUT_MS = 1000
 
 # How long a client spawned for a case may take to connect (an interpreter starting on
 # a loaded machine): generous, as it is not what is being judged.
