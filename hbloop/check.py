@@ -1,8 +1,9 @@
 """``hbloop check HOST:PORT``: does a server speak protocol.md? In the spirit of Autobahn.
 
 Each numbered case drives the server through real connections and tests one MUST or
-SHOULD statement of protocol.md (H1..H8, F1..F4, N1, N2, T1..T8, C1..C4, and P1 or P2 when
-told the server's duplicate-name policy), reporting what it saw. The server's scheme
+SHOULD statement of protocol.md (its sections' statements, and P1 or P2 when told the
+server's duplicate-name policy), reporting what it saw; ``hbloop.conformance`` holds
+every MUST of protocol.md to a case here or in ``hbloop.check_client``. The server's scheme
 is whatever it grants; the cases of the other scheme are skipped. Plain blocking
 sockets with timeouts: a checker is a diagnostic, not a hot path, and each case reads
 best as a straight-line script.
@@ -19,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hbloop.core.protocol import (
     Frame,
@@ -32,10 +34,13 @@ from hbloop.core.protocol import (
 )
 from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
+    CODE_STRUCT,
     HEADER_SIZE,
     HEADER_STRUCT,
     HELLO_FIXED,
     MAX_HELLO_PAYLOAD,
+    MAX_NAME_BYTES,
+    MAX_TOKEN_BYTES,
     MIN_MAX_PAYLOAD,
     MUST_UNDERSTAND,
     PING_FRAME,
@@ -102,6 +107,10 @@ GAPS_SHOWN = 5
 # replacing duplicate names treats the cases' connections as strangers.
 CHECK_NAME = "hbloop-check"
 
+# The name of the C4 case's probe, which waits for the server to be stopped: whoever
+# stops it can watch its log for this name.
+AWAITING_SHUTDOWN = f"{CHECK_NAME}-awaiting-shutdown"
+
 # The duplicate-name policies a server may announce to the checker (protocol.md P1, P2).
 DUPLICATE_POLICIES = ("refuse", "replace")
 
@@ -131,6 +140,8 @@ class Settings:
     duplicates: str | None = None  # the server's duplicate-name policy; P1/P2 skipped without
     tls: ssl.SSLContext | None = None  # connect with TLS (hbloop.tls.client_context)
     token: str | None = None  # the credential every HELLO of the checker carries
+    max_handshakes: int | None = None  # the server's handshake cap; SERVER_FULL skipped without
+    shutdown_within: float | None = None  # the server is stopped within this; C4 skipped without
 
     def probe_name(self, number: int) -> str:
         """Probe ``number``'s name: one of its own, except that a token binds every
@@ -203,20 +214,19 @@ def describe(frame: Frame | None) -> str:
     return f"{kind.name} of {len(payload)} bytes" if payload else kind.name
 
 
-class Probe:
-    """One blocking connection to the server under test.
+class Link:
+    """One blocking connection to the peer under test (a server for ``hbloop check``, a
+    client for ``hbloop check-client``).
 
-    Every wait ends at a deadline (``time.monotonic()``), even while the server streams
-    frames without end. While it waits for an answer, the probe answers the server's
-    PINGs as a client must (T4), with one PONG for the PINGs read together, so that a
-    flood of PINGs gets a trickle of PONGs.
+    Every wait ends at a deadline (``time.monotonic()``), even while the peer streams
+    frames without end. While it waits for an answer, the link answers the peer's
+    PINGs (T4), with one PONG for the PINGs read together, so that a flood of PINGs
+    gets a trickle of PONGs.
     """
 
-    def __init__(self, settings: Settings, name: str) -> None:
-        self.settings = settings
-        self.name = name
-        self.answer_timeout = settings.answer_timeout
-        self.sock = settings.connect()
+    def __init__(self, sock: socket.socket, answer_timeout: float) -> None:
+        self.answer_timeout = answer_timeout
+        self.sock = sock
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = FrameDecoder(PROBE_MAX_PAYLOAD)
         self.frames: deque[Frame] = deque()
@@ -230,10 +240,10 @@ class Probe:
             self.sock.sendall(data)
         except TimeoutError:
             raise CaseFailed(
-                f"the server read nothing for {self.answer_timeout:g}s: could not send"
+                f"the peer read nothing for {self.answer_timeout:g}s: could not send"
             ) from None
         except OSError as exc:
-            raise CaseFailed(f"the server closed the connection ({exc.strerror or exc})") from None
+            raise CaseFailed(f"the peer closed the connection ({exc.strerror or exc})") from None
 
     def recv(self, deadline: float) -> Frame | None:
         """The next frame; None once the server has closed. TimeoutError once
@@ -256,7 +266,7 @@ class Probe:
             try:
                 frames = self.decoder.feed(data)
             except RemoteProtocolError as exc:
-                raise CaseFailed(f"the server sent an invalid frame: {exc}") from None
+                raise CaseFailed(f"the peer sent an invalid frame: {exc}") from None
             self.frames.extend(frames)
             self.pings_buffered += sum(1 for ftype, _ in frames if ftype == FrameType.PING)
         if not self.frames:
@@ -275,14 +285,20 @@ class Probe:
     def await_frame(self, what: str, passing: frozenset[FrameType]) -> Frame | None:
         """The next frame whose type is not in ``passing`` (None if the server closed),
         within an answer timeout; the PINGs passed meanwhile are answered."""
-        deadline = time.monotonic() + self.answer_timeout
+        return self.await_frame_within(what, passing, self.answer_timeout)
+
+    def await_frame_within(
+        self, what: str, passing: frozenset[FrameType], wait: float
+    ) -> Frame | None:
+        """``await_frame``, waiting ``wait`` seconds."""
+        deadline = time.monotonic() + wait
         passed = 0
         while True:
             try:
                 frame = self.recv(deadline)
             except TimeoutError:
                 meanwhile = f" ({passed} heartbeat or DATA frames came meanwhile)" if passed else ""
-                raise CaseFailed(f"no {what} within {self.answer_timeout:g}s{meanwhile}") from None
+                raise CaseFailed(f"no {what} within {wait:g}s{meanwhile}") from None
             if frame is None or frame[0] not in passing:
                 return frame
             passed += 1
@@ -292,10 +308,6 @@ class Probe:
     def recv_answer(self) -> Frame | None:
         """The next frame that is not a heartbeat or echoed DATA; fails on silence."""
         return self.await_frame("answer", HEARTBEATS_AND_DATA)
-
-    def hello(self, interval_ms: int) -> Welcome:
-        self.send(self.settings.hello(self.name, interval_ms))
-        return self.expect_welcome()
 
     def expect_welcome(self) -> Welcome:
         frame = self.recv_answer()
@@ -331,6 +343,19 @@ class Probe:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Probe(Link):
+    """A link of the checker's to the server under test, saying HELLO as ``name``."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        super().__init__(settings.connect(), settings.answer_timeout)
+        self.settings = settings
+        self.name = name
+
+    def hello(self, interval_ms: int) -> Welcome:
+        self.send(self.settings.hello(self.name, interval_ms))
+        return self.expect_welcome()
 
 
 HEARTBEATS_AND_DATA = frozenset({FrameType.PING, FrameType.PONG, FrameType.DATA})
@@ -472,7 +497,7 @@ class Case:
     statement: str
     level: str
     title: str
-    run: CaseRun
+    run: Callable[[Any], str]  # a Checker's case, or a check_client.Server's
 
 
 CASES: list[Case] = []
@@ -591,6 +616,19 @@ def _max_frame(checker: Checker) -> str:
     return "accepted: the PING after it was answered"
 
 
+# PINGs sent back to back in the T8 case: far past any sensible number of strikes
+# (hbloop's server: 3), so that only a server that never counts them answers them all.
+PING_FLOOD = 100
+
+# A code no registry gives out (section 6: receivers accept it) and an ERROR message
+# past F5's 200 bytes that is not UTF-8, for the F5 case.
+UNKNOWN_CODE = 0x0F0F
+LONG_MESSAGE = b"\xff\xfe" + b"m" * 298
+
+# The DATA rate of the T9 case: twice what hbloop's server reads from a peer by
+# default (--max-peer-rate 1000), so that a throttling server does throttle.
+FLOOD_RATE = 2000
+
 # An identifier no registry will give out (protocol.md, Properties): the highest
 # without the must-understand bit, for the F6 cases.
 UNKNOWN_PROPERTY = 0x7FFF
@@ -663,6 +701,15 @@ def _reauth(checker: Checker) -> str:
     return "answered with an empty AUTH"
 
 
+@case("A2", MUST, "version 2: AUTH without TOKEN (an empty property block) gets MALFORMED")
+def _auth_without_token(checker: Checker) -> str:
+    probe, frame = _v2_answer(checker)
+    if not _v2_welcome(frame).reauth:
+        raise CaseSkipped("the server's WELCOME does not offer AUTH (REAUTH)")
+    probe.send(encode_frame(FrameType.AUTH, b""))
+    return probe.expect_error(Code.MALFORMED)
+
+
 @case("A1", MUST, "version 1: AUTH is an unknown type: ERROR UNKNOWN_TYPE")
 def _auth_in_version_1(checker: Checker) -> str:
     probe, _ = checker.open()
@@ -682,6 +729,11 @@ class Violation:
     def claim(self) -> str:
         when = " after the handshake" if self.after_handshake else ""
         return f"{self.title}{when}: ERROR {self.code.name}, then close"
+
+
+# A code point unassigned (Cn) in Unicode 14.0, the version protocol.md names, and in
+# every version since: in the Greek block, between U+0377 and U+037A.
+UNASSIGNED = 0x0378
 
 
 def _hello_payload(name: bytes, version: int = 1, name_len: int | None = None) -> bytes:
@@ -782,6 +834,34 @@ VIOLATIONS = [
         Code.BAD_NAME,
         False,
     ),
+    Violation(
+        "F8",
+        "HELLO with a line separator (U+2028, Zl) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u2028b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "F8",
+        "HELLO with a paragraph separator (U+2029, Zp) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u2029b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "F8",
+        "HELLO with a C1 control (U+0085) in the name",
+        encode_frame(FrameType.HELLO, _hello_payload("a\u0085b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
+    Violation(
+        "F8",
+        f"HELLO with U+{UNASSIGNED:04X}, unassigned in Unicode 14.0 and since, in the name",
+        encode_frame(FrameType.HELLO, _hello_payload(f"a{chr(UNASSIGNED)}b".encode())),
+        Code.BAD_NAME,
+        False,
+    ),
     Violation("H4", "a second HELLO", encode_hello(CHECK_NAME, 0), Code.DUPLICATE_HELLO, True),
     Violation(
         "H6",
@@ -847,6 +927,85 @@ def _timeout_close(checker: Checker) -> str:
     return describe(last)
 
 
+@case("T8", MUST, f"{PING_FLOOD} PINGs back to back: ERROR TOO_MANY_PINGS (strikes are counted)")
+def _ping_strikes(checker: Checker) -> str:
+    probe, _ = checker.open()
+    for _ in range(PING_FLOOD):
+        probe.send(PING_FRAME)
+    frame = probe.await_frame("ERROR TOO_MANY_PINGS", frozenset({FrameType.PONG}))
+    if _error_code(frame) != Code.TOO_MANY_PINGS:
+        raise CaseFailed(f"expected ERROR TOO_MANY_PINGS, got {describe(frame)}")
+    return f"{describe(frame)}, then {probe.expect_close()}"
+
+
+@case("C5", MUST, "end of stream inside a frame: ERROR MALFORMED, then close")
+def _truncated(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(PING_FRAME[:3])
+    probe.sock.shutdown(socket.SHUT_WR)
+    return probe.expect_error(Code.MALFORMED)
+
+
+@case("F5", MUST, "ERROR with an unknown code and 300 bytes of non-UTF-8: closed, no reply")
+def _long_error(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(encode_frame(FrameType.ERROR, CODE_STRUCT.pack(UNKNOWN_CODE) + LONG_MESSAGE))
+    return probe.expect_close()
+
+
+@case("H2", MUST, "past the server's handshake cap: ERROR SERVER_FULL")
+def _server_full(checker: Checker) -> str:
+    cap = checker.settings.max_handshakes
+    if cap is None:
+        raise CaseSkipped("needs the server's cap: --max-handshakes N")
+    for _ in range(cap):
+        checker.connect()  # in its handshake until the case ends: it says nothing
+    probe = checker.connect()
+    return probe.expect_error(Code.SERVER_FULL)
+
+
+@case("K1", MUST, f"CLOSE with code 0x{UNKNOWN_CODE:04x}, unknown: the server closes, no reply")
+def _unknown_close(checker: Checker) -> str:
+    probe, _ = checker.open()
+    probe.send(encode_close(UNKNOWN_CODE))
+    return probe.expect_close()
+
+
+@case("S1", MUST, "a version 1 HELLO of 4168 bytes (64-byte name, 4096-byte token) is judged")
+def _largest_hello(checker: Checker) -> str:
+    probe = checker.connect()
+    name = probe.name.ljust(MAX_NAME_BYTES, "x")
+    probe.send(encode_hello(name, checker.interval_ms, token="t" * MAX_TOKEN_BYTES))
+    frame = probe.recv_answer()
+    # An authenticating server refuses the made-up token: judged, as S1 asks.
+    if frame is not None and (
+        frame[0] == FrameType.WELCOME or _error_code(frame) == Code.UNAUTHORIZED
+    ):
+        return describe(frame)
+    raise CaseFailed(f"expected WELCOME or ERROR UNAUTHORIZED, got {describe(frame)}")
+
+
+@case("S2", MUST, "with --token-file: the checker's token under another name is UNAUTHORIZED")
+def _token_for_another_name(checker: Checker) -> str:
+    if checker.settings.token is None:
+        raise CaseSkipped("needs a token the server accepts: --token-file FILE")
+    probe = checker.connect()
+    probe.send(encode_hello(f"{CHECK_NAME}-not", checker.interval_ms, token=checker.settings.token))
+    return probe.expect_error(Code.UNAUTHORIZED)
+
+
+@case("T9", MUST, f"{FLOOD_RATE} DATA a second, PINGs on time: the server keeps the client")
+def _throttled(checker: Checker) -> str:
+    welcome = checker.welcome
+    interval, timeout = welcome.interval_ms / 1000, welcome.timeout_ms / 1000
+    checker.require_time(timeout + interval)
+    probe, _ = checker.open()
+    every = interval / 2
+    burst = encode_data(b"d") * round(FLOOD_RATE * every) + PING_FRAME
+    checker.keep_alive(probe, timeout + interval, every, burst, True)
+    return f"open after {timeout + interval:.2f}s of DATA floods"
+
+
 @case("C2", MUST, "after the client's CLOSE NORMAL the server stops sending and closes")
 def _close(checker: Checker) -> str:
     probe, _ = checker.open()
@@ -882,12 +1041,20 @@ def _handshake_deadline(checker: Checker) -> str:
     return seen
 
 
-def _second_with_same_name(checker: Checker, policy: str) -> tuple[Probe, Probe]:
+# N3's look-alike: CYRILLIC SMALL LETTER O for the Latin o of the checker's names; the
+# two share a UTS #39 skeleton, so a duplicate policy must take them for one name.
+LATIN_O, CYRILLIC_O = "o", "\u043e"
+
+
+def _second_with_same_name(
+    checker: Checker, policy: str, look_alike: bool = False
+) -> tuple[Probe, Probe]:
     if checker.settings.duplicates != policy:
         raise CaseSkipped(f"needs a server that {policy}s duplicates: --duplicates {policy}")
     first, _ = checker.open()
     second = checker.connect()
-    second.send(encode_hello(first.name, checker.interval_ms))
+    name = first.name.replace(LATIN_O, CYRILLIC_O, 1) if look_alike else first.name
+    second.send(encode_hello(name, checker.interval_ms))
     return first, second
 
 
@@ -910,6 +1077,53 @@ def _duplicate_replaced(checker: Checker) -> str:
     return f"newer: WELCOME; older: CLOSE TAKEN_OVER, then {first.expect_close()}"
 
 
+@case(
+    "N3", MUST, "refuse: a look-alike (U+043E CYRILLIC o for o) of a connected name gets NAME_TAKEN"
+)
+def _look_alike_refused(checker: Checker) -> str:
+    first, second = _second_with_same_name(checker, "refuse", look_alike=True)
+    seen = second.expect_error(Code.NAME_TAKEN)
+    first.send(PING_FRAME)
+    first.expect_pong()
+    return f"{seen}; the first connection still answers PING"
+
+
+@case(
+    "N3", MUST, "replace: a look-alike (U+043E CYRILLIC o for o) of a connected name takes it over"
+)
+def _look_alike_replaces(checker: Checker) -> str:
+    first, second = _second_with_same_name(checker, "replace", look_alike=True)
+    second.expect_welcome()
+    frame = first.recv_answer()
+    if frame is None or frame[0] != FrameType.CLOSE or parse_close(frame[1]) != Code.TAKEN_OVER:
+        raise CaseFailed(f"the older connection got {describe(frame)}, not CLOSE TAKEN_OVER")
+    return f"look-alike: WELCOME; older: CLOSE TAKEN_OVER, then {first.expect_close()}"
+
+
+@case("C4", MUST, "stopped during the check: no new connection is accepted after GOING_AWAY")
+def _stops_accepting(checker: Checker) -> str:
+    wait = checker.settings.shutdown_within
+    if wait is None:
+        raise CaseSkipped("needs the server stopped during the check: --shutdown-within S")
+    probe = checker.connect()
+    if checker.settings.token is None:
+        probe.name = AWAITING_SHUTDOWN  # a name the log of the server shows: stop it now
+    probe.hello(checker.interval_ms)
+    start = time.monotonic()
+    frame = probe.await_frame_within("CLOSE GOING_AWAY", HEARTBEATS_AND_DATA, wait)
+    if frame is None or frame[0] != FrameType.CLOSE or parse_close(frame[1]) != Code.GOING_AWAY:
+        raise CaseFailed(f"expected CLOSE GOING_AWAY, got {describe(frame)}")
+    try:
+        late = checker.connect()
+    except CaseFailed as refused:
+        return f"CLOSE GOING_AWAY after {time.monotonic() - start:.1f}s; then {refused}"
+    late.send(checker.settings.hello(late.name, checker.interval_ms))
+    answer = late.recv_answer()
+    if answer is not None and answer[0] == FrameType.WELCOME:
+        raise CaseFailed("a connection made after CLOSE GOING_AWAY was welcomed")
+    return f"CLOSE GOING_AWAY; a later connection got {describe(answer)}"
+
+
 # --- running and reporting -------------------------------------------------------------
 
 
@@ -917,6 +1131,7 @@ def _duplicate_replaced(checker: Checker) -> str:
 class Report:
     target: str
     results: list[Result]
+    role: str = "server"  # what was checked: "server" (hbloop check) or "client"
 
     def count(self, level: str, verdict: Verdict) -> int:
         return sum(1 for r in self.results if r.level == level and r.verdict is verdict)
@@ -953,7 +1168,7 @@ class Report:
             for level in (MUST, SHOULD)
         )
         verdict = "conforms" if self.conforms else "does NOT conform"
-        lines.append(f"{self.target}: {counts}. The server {verdict} (every MUST must pass).")
+        lines.append(f"{self.target}: {counts}. The {self.role} {verdict} (every MUST must pass).")
         return "\n".join(lines)
 
 

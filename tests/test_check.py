@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 from fakeserver import FakeServer, ping_flood, welcome
 
+from hbloop.check import AWAITING_SHUTDOWN
 from hbloop.core.protocol import Frame, FrameDecoder
-from hbloop.core.wire import FrameType, Scheme
+from hbloop.core.wire import PONG_FRAME, FrameType, Scheme
 
 from conftest import HBLOOP, ROOT
 
@@ -158,3 +159,63 @@ def test_a_ping_flood_cannot_stall_the_checker() -> None:
     # together, so the flood did not make it flood back.
     pongs = sum(1 for ftype, _ in fake.frames() if ftype == FrameType.PONG)
     assert 0 < pongs * 100 < fake.pings_flooded(), (pongs, fake.pings_flooded())
+
+
+def _pong_every_ping(
+    server: FakeServer, sock: socket.socket, decoder: FrameDecoder, frames: list[Frame]
+) -> None:
+    """Broken: answers every PING with PONG, however many come (it counts no strikes,
+    T8), and closes when the client does."""
+    while True:
+        pings = sum(1 for ftype, _ in frames if ftype == FrameType.PING)
+        sock.sendall(PONG_FRAME * pings)
+        data = sock.recv(65536)
+        if not data:
+            return
+        frames = decoder.feed(data)
+
+
+def test_a_server_that_never_counts_strikes_fails() -> None:
+    fake = FakeServer(
+        welcome(Scheme.CLIENT, BROKEN_INTERVAL_MS, BROKEN_TIMEOUT_MS), _pong_every_ping
+    )
+    try:
+        host, port = fake.address
+        result = run_check(f"{host}:{port}", "--json", "--max-wait", "0.01")
+    finally:
+        fake.close()
+    assert result.returncode == 1, result.stderr
+    by_statement = {case["statement"]: case for case in json.loads(result.stdout)["cases"]}
+    strikes = by_statement["T8"]
+    assert strikes["result"] == "fail"
+    assert strikes["saw"].startswith("no ERROR TOO_MANY_PINGS within")
+    assert by_statement["T4"]["result"] == "pass"  # a PING is answered: only T8 fails
+
+
+# A handshake cap small enough to reach with a few idle connections.
+MAX_HANDSHAKES = "2"
+
+
+@pytest.mark.timeout(2 * CHECK_TIMEOUT)
+def test_server_full_and_stopping_are_checked(serve) -> None:
+    server = serve(*SERVER_ARGS, "--max-handshakes", MAX_HANDSHAKES, "--drain-period", "0")
+    args = ["--json", "--max-wait", "0.01", "--max-handshakes", MAX_HANDSHAKES]
+    check = subprocess.Popen(
+        [*HBLOOP, "check", f"127.0.0.1:{server.port}", *args, "--shutdown-within", "60"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server.wait_line(rf"name={AWAITING_SHUTDOWN}\b", timeout=CHECK_TIMEOUT)
+        assert server.terminate() == 0
+        stdout, stderr = check.communicate(timeout=CHECK_TIMEOUT)
+    finally:
+        check.kill()
+    by_title = {case["title"]: case for case in json.loads(stdout)["cases"]}
+    full = by_title["past the server's handshake cap: ERROR SERVER_FULL"]
+    assert full["result"] == "pass", full
+    stopped = next(case for case in by_title.values() if case["statement"] == "C4")
+    assert stopped["result"] == "pass", stopped
+    assert check.returncode == 0, stderr

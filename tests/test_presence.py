@@ -312,6 +312,12 @@ def test_hbloop_check_confirms_the_duplicate_policy(
     assert by_statement[statement]["result"] == "pass"
     other = "P2" if policy == "refuse" else "P1"
     assert by_statement[other]["result"] == "skip"
+    # N3: the policy's look-alike case passes, through Redis' skeleton index; the
+    # other policy's is skipped.
+    look_alikes = {
+        c["title"].split(":")[0]: c["result"] for c in report["cases"] if c["statement"] == "N3"
+    }
+    assert look_alikes == {policy: "pass", ("replace" if policy == "refuse" else "refuse"): "skip"}
 
 
 def test_each_worker_is_a_node_and_presence_has_metrics(

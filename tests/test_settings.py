@@ -32,6 +32,9 @@ SAMPLES = {
     "metrics-port": "9100",
     "count": "4",
     "handshake-timeout": "2",
+    "max-handshakes": "2",
+    "shutdown-within": "30",
+    "listen": "7900",
 }
 
 

@@ -685,7 +685,7 @@ class Client extends EventEmitter {
     });
     socket.on('secureConnect', () => this.sayHello());
     socket.on('data', (chunk) => this.received(chunk));
-    socket.on('end', () => this.finished({ reason: 'peer_closed', detail: 'EOF' }));
+    socket.on('end', () => this.endOfStream());
     socket.on('error', (err) => {
       // A TLS library error before WELCOME is a failed TLS check: during the handshake,
       // or just after it for the server's verdict on our certificate, which TLS 1.3
@@ -910,6 +910,20 @@ class Client extends EventEmitter {
     if (this.state === State.CLOSED) return;
     this.socket?.destroy(); // none if closed before connect()
     this.report(outcome);
+  }
+
+  /**
+   * The server's FIN. Inside a frame it is a truncation (C5): ERROR MALFORMED, which a
+   * server that only half-closed can still read; otherwise the connection just ended.
+   */
+  endOfStream() {
+    const pending = this.decoder.buffered;
+    if (pending > 0 && (this.state === State.AWAIT_WELCOME || this.state === State.OPEN)) {
+      const detail = `EOF inside a frame, ${pending} bytes in`;
+      this.end(encodeError(Code.MALFORMED, detail), { reason: 'protocol_error', code: Code.MALFORMED, detail });
+      return;
+    }
+    this.finished({ reason: 'peer_closed', detail: 'EOF' });
   }
 
   /** The socket ended under us: a FIN after our CLOSE is expected, anything else is reported. */

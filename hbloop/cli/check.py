@@ -33,6 +33,8 @@ def run(settings: CheckSettings) -> int:
         duplicates=settings.duplicates,
         tls=tls,
         token=token,
+        max_handshakes=settings.max_handshakes,
+        shutdown_within=settings.shutdown_within,
     )
     try:
         report = cases.run_checks(probe)

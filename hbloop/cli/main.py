@@ -1,4 +1,5 @@
-"""The ``hbloop`` command: ``serve``, ``client``, ``check``, ``who`` and ``watch``.
+"""The ``hbloop`` command: ``serve``, ``client``, ``check``, ``check-client``, ``who``
+and ``watch``.
 
 The command line becomes the command's settings (``hbloop.cli.parser``, from the
 option table of ``hbloop.cli.settings``), which its module runs. Exit codes and
@@ -10,11 +11,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from hbloop.cli import check, client, serve, watch, who
+from hbloop.cli import check, check_client, client, serve, watch, who
 from hbloop.cli.config import ConfigError
 from hbloop.cli.errors import EXIT_USAGE, UsageError, fail
 from hbloop.cli.parser import parse
 from hbloop.cli.settings import (
+    CheckClientSettings,
     CheckSettings,
     ClientSettings,
     ServeSettings,
@@ -33,6 +35,8 @@ def run(settings: Settings) -> int:
             return client.run(settings)
         case CheckSettings():
             return check.run(settings)
+        case CheckClientSettings():
+            return check_client.run(settings)
         case WhoSettings():
             return who.run(settings)
         case WatchSettings():

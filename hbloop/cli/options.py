@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,13 @@ class Choice(Kind[T_co]):
         return next(word for word, each in self.values.items() if each == value)
 
 
+class Words(Kind[tuple[str, ...]]):
+    """A command line: its words as given after ``--``, or split as a shell would."""
+
+    def parse(self, text: str) -> tuple[str, ...]:
+        return tuple(shlex.split(text))
+
+
 def words(choices: tuple[str, ...]) -> Choice[str]:
     """A choice of words that stand for themselves."""
     return Choice({word: word for word in choices})
@@ -267,6 +275,7 @@ class Option:
     metavar: str | None = None  # when not the kind's
     group: str | None = None  # the heading it is listed under in --help
     positional: bool = False  # an argument, not a flag: not a key either
+    many: bool = False  # a positional that takes every remaining word (after ``--``)
     in_file: bool = True  # False: a flag without a key (--config itself)
     default_text: str | None = None  # --help's default where the field's is a stand-in
 

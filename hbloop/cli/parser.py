@@ -72,7 +72,7 @@ def _add_options(parser: argparse.ArgumentParser, entries: list[Entry]) -> None:
             more["metavar"] = option.metavar or kind.metavar
         if option.positional:
             names = [entry.field]
-            more["nargs"] = None if entry.required else "?"
+            more["nargs"] = "*" if option.many else None if entry.required else "?"
         else:
             names = [*([option.short] if option.short else []), entry.flag]
             more["dest"] = entry.field
@@ -107,8 +107,11 @@ def parse(argv: Sequence[str] | None = None, raise_errors: bool = False) -> Sett
     for entry in entries:
         if entry.field not in given or isinstance(entry.option.kind, Flag):
             continue
+        kind, value = entry.option.kind, given[entry.field]
         try:
-            given[entry.field] = entry.option.kind.parse(given[entry.field])
+            many = entry.option.many
+            # After ``--`` the words are the shell's already: taken as they are.
+            given[entry.field] = tuple(value) if many else kind.parse(value)
         except ValueError as exc:
             command.error(f"argument {entry.flag}: {exc}")
     if "config" in given:

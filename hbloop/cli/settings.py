@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from hbloop import check_client
 from hbloop.check import ANSWER_TIMEOUT, DEFAULT_MAX_WAIT, DUPLICATE_POLICIES, PROBE_INTERVAL
 from hbloop.cli.errors import UsageError
 from hbloop.cli.options import (
@@ -35,6 +36,7 @@ from hbloop.cli.options import (
     RedisUrl,
     Target,
     Text,
+    Words,
     Workers,
     option,
     required,
@@ -641,6 +643,73 @@ class CheckSettings(ClientTlsSettings):
         words(DUPLICATE_POLICIES),
         "the server's duplicate-name policy; the P1 or P2 case is skipped without it",
     )
+    max_handshakes: int | None = option(
+        None,
+        Count(),
+        "the server's --max-handshakes; the SERVER_FULL case is skipped without it",
+    )
+    shutdown_within: float | None = option(
+        None,
+        Number(),
+        "the server will be stopped within this many seconds of the last case, which "
+        "checks C4 then; skipped without it",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckClientSettings(Settings):
+    command = "check-client"
+    summary = "check that a client speaks protocol.md, case by case (a scripted server)"
+
+    client: tuple[str, ...] = option(
+        (),
+        Words(),
+        "the client to spawn for each case, after '--'; {host} and {port} in it (and "
+        "$HBLOOP_HOST, $HBLOOP_PORT) become the checker's address",
+        positional=True,
+        many=True,
+        metavar="COMMAND",
+        default_text="none: --listen",
+    )
+    listen: int | None = option(
+        None,
+        Port(),
+        "instead of spawning, wait on this port for a client that reconnects by itself "
+        "(0: any free port, printed)",
+        metavar="PORT",
+    )
+    host: str = option(DEFAULT_HOST, Text(), "address to listen on", metavar="H")
+    json: bool = option(False, Flag(), "print the report as JSON")
+    answer_timeout: float = option(
+        ANSWER_TIMEOUT,
+        Number(),
+        "time the client has for an answer it owes at once; a case waits no longer",
+    )
+    start_timeout: float = option(
+        check_client.DEFAULT_START_TIMEOUT,
+        Number(),
+        "time a case's client has for its first connection (spawning, or reconnecting)",
+    )
+    quiet_window: float = option(
+        check_client.DEFAULT_QUIET_WINDOW,
+        Number(),
+        "how long a client that must not reconnect is watched, s",
+    )
+    handshake_timeout: float = option(
+        check_client.DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+        Number(),
+        "the client's handshake deadline (H9), s",
+    )
+    max_wait: float = option(
+        DEFAULT_MAX_WAIT,
+        Number(),
+        "skip time-based cases that would take longer than this, s",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.client) == (self.listen is not None):
+            raise UsageError("give either a client command (after '--') or --listen PORT")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -676,6 +745,7 @@ COMMANDS: tuple[type[Settings], ...] = (
     ServeSettings,
     ClientSettings,
     CheckSettings,
+    CheckClientSettings,
     WhoSettings,
     WatchSettings,
 )

@@ -1,0 +1,151 @@
+"""`hbloop check-client` against hbloop's three clients (they conform), a broken client
+(it does not), and a client started apart (--listen)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from hbloop.core.wire import encode_hello
+
+from conftest import HBLOOP, ROOT, LoggedProcess
+
+NODE = shutil.which("node")
+
+# A whole run: about 35 cases, each spawning a client (an interpreter start on a busy
+# machine), two quiet windows of 3 s and H9's handshake deadline.
+RUN_LIMIT = 300.0
+
+pytestmark = pytest.mark.timeout(RUN_LIMIT + 60)
+
+# The aio client's handshake deadline (tests/aio_client.py), so that H9 runs.
+AIO_HANDSHAKE_TIMEOUT = "2"
+
+# H9 against a client whose deadline is hbloop's 10 s is skipped to keep the run short.
+SHORT_MAX_WAIT = "5"
+
+
+def check_client(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HBLOOP, "check-client", "--json", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_LIMIT,
+    )
+
+
+def assert_conforms(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
+    report = json.loads(result.stdout)
+    failed = [case for case in report["cases"] if case["result"] == "fail"]
+    assert failed == [], result.stderr
+    assert result.returncode == 0
+    assert report["summary"]["conforms"] is True
+    return {case["title"]: case for case in report["cases"]}
+
+
+def test_hbloop_client_passes() -> None:
+    result = check_client(
+        "--max-wait",
+        SHORT_MAX_WAIT,
+        "--",
+        *HBLOOP,
+        "client",
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+    )
+    cases = assert_conforms(result)
+    passed = {case["statement"] for case in cases.values() if case["result"] == "pass"}
+    assert {"H1", "H3", "H6", "H10", "T3", "T4", "T6", "T7", "C1", "C2", "C5", "P4"} <= passed
+
+
+def test_aio_client_passes_with_its_handshake_deadline() -> None:
+    result = check_client(
+        "--handshake-timeout",
+        AIO_HANDSHAKE_TIMEOUT,
+        "--",
+        sys.executable,
+        str(ROOT / "tests" / "aio_client.py"),
+    )
+    cases = assert_conforms(result)
+    deadline = next(case for case in cases.values() if case["statement"] == "H9")
+    assert deadline["result"] == "pass", deadline
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_node_client_passes() -> None:
+    assert NODE is not None
+    cli = str(ROOT / "clients" / "js" / "cli.js")
+    result = check_client(
+        "--max-wait", SHORT_MAX_WAIT, "--", NODE, cli, "--host", "{host}", "--port", "{port}"
+    )
+    assert_conforms(result)
+
+
+# A client that says HELLO and then nothing at all: no PONG, no ERROR, no CLOSE.
+MUTE_CLIENT = """
+import os, socket, sys, time
+sock = socket.create_connection((os.environ["HBLOOP_HOST"], int(os.environ["HBLOOP_PORT"])))
+sock.sendall(bytes.fromhex(sys.argv[1]))
+time.sleep(3600)
+"""
+
+
+def test_a_client_that_never_answers_fails() -> None:
+    hello = encode_hello("mute", 0).hex()
+    quick = ("--max-wait", "1", "--answer-timeout", "1", "--quiet-window", "1")
+    result = check_client(*quick, "--", sys.executable, "-c", MUTE_CLIENT, hello)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    verdicts = {case["title"]: case for case in report["cases"]}
+    pong = verdicts["server scheme: the client answers the server's PING with PONG"]
+    assert pong["statement"] == "T4"
+    assert pong["result"] == "fail"
+    assert pong["saw"].startswith("no PONG within")
+    assert verdicts["the client's first frame is HELLO"]["result"] == "pass"
+    assert report["summary"]["conforms"] is False
+
+
+def test_neither_command_nor_listen_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [*HBLOOP, "check-client"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "give either a client command (after '--') or --listen PORT" in result.stderr
+
+
+# Restarted after each ending, past the checker's 3 s quiet window, as --listen needs.
+RESTART_LOOP = 'while :; do "$@" --port "$PORT"; sleep 4; done'
+
+
+def test_listen_waits_for_a_client_started_apart() -> None:
+    checker = LoggedProcess([*HBLOOP, "check-client", "--listen", "0", "--max-wait", "1", "--json"])
+    client = None
+    try:
+        port = checker.wait_line(r"waiting for the client on 127\.0\.0\.1:(\d+)").group(1)
+        client = subprocess.Popen(
+            ["sh", "-c", RESTART_LOOP, "loop", *HBLOOP, "client", "--backoff-base", "0.1"],
+            env={**os.environ, "PORT": port},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert checker.wait(RUN_LIMIT) == 0, "\n".join(checker.lines())
+    finally:
+        if client is not None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+        checker.stop()
+    report = json.loads("\n".join(checker.lines("stdout")))
+    assert report["summary"]["conforms"] is True
+    assert report["summary"]["must"]["pass"] >= 25
