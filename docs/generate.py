@@ -3,7 +3,9 @@
 - ``reference/options.md``: every flag and config key of every command, from the option
   table (the settings dataclasses of ``hbloop.cli.settings``);
 - ``reference/metrics.md``: every hbloop figure, from its declaration (the ``Figures``
-  classes), as /metrics exports it and as the stats line shows it.
+  classes), as /metrics exports it and as the stats line shows it;
+- ``reference/conformance.md``: every MUST statement of protocol.md with the cases of
+  ``hbloop check`` and ``hbloop check-client`` that judge it (``hbloop.conformance``).
 
 ``python docs/generate.py`` rewrites them; ``--check`` exits 1 if a committed page
 differs from what the declarations make (``tests/test_docs.py`` runs it that way).
@@ -30,6 +32,7 @@ from hbloop.cli.options import (
 )
 from hbloop.cli.parser import config_example
 from hbloop.cli.settings import COMMANDS
+from hbloop.conformance import UNOBSERVABLE, cases_by_statement, must_statements
 from hbloop.net.counters import Count as CountFigure
 from hbloop.net.counters import Figure, Figures, Histogram, IoCounters, Labelled, ServerStats
 from hbloop.ops.stats import LoopFigures
@@ -163,7 +166,36 @@ def metrics_page() -> Iterator[str]:
         yield "\n"
 
 
-PAGES = {"reference/options.md": options_page, "reference/metrics.md": metrics_page}
+def conformance_page() -> Iterator[str]:
+    yield HEADER.format(source="protocol.md and the cases of hbloop check and check-client")
+    yield "# Conformance coverage\n\n"
+    yield (
+        "Every MUST statement of [the protocol](protocol.md), in its order, with the "
+        "cases that judge it: `check` cases drive a server (`hbloop check HOST:PORT`), "
+        "`check-client` cases drive a client (`hbloop check-client -- COMMAND`). "
+        "`tests/test_conformance.py` fails when a MUST has no identifier or no case; "
+        "the few that no peer can observe say why instead. "
+        "[A client in another language](../howto/other-language.md) shows how to run "
+        "both checkers.\n\n"
+        "| statement | judged by |\n|---|---|\n"
+    )
+    covered = cases_by_statement()
+    seen: set[str] = set()
+    protocol = (DOCS.parent / "protocol.md").read_text(encoding="utf-8")
+    for statement in must_statements(protocol):
+        ident = statement.ident
+        if ident is None or ident in seen:
+            continue
+        seen.add(ident)
+        judged = covered.get(ident) or [f"not observable on the wire: {UNOBSERVABLE[ident]}"]
+        yield f"| {ident} | " + "<br>".join(cell(case) for case in judged) + " |\n"
+
+
+PAGES = {
+    "reference/options.md": options_page,
+    "reference/metrics.md": metrics_page,
+    "reference/conformance.md": conformance_page,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -940,6 +940,11 @@ def _ping_strikes(checker: Checker) -> str:
 
 @case("C5", MUST, "end of stream inside a frame: ERROR MALFORMED, then close")
 def _truncated(checker: Checker) -> str:
+    if checker.settings.tls is not None:
+        # The case ends the stream with a TCP half-close; on TLS that drops the TLS
+        # layer (the checker would then read records as frames), and a close_notify
+        # ends the TLS session, not just one direction.
+        raise CaseSkipped("needs a plain port: the case half-closes the TCP stream")
     probe, _ = checker.open()
     probe.send(PING_FRAME[:3])
     probe.sock.shutdown(socket.SHUT_WR)
