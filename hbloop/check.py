@@ -276,6 +276,18 @@ class Link:
             self.pings_buffered -= 1
         return frame
 
+    def recv_ending(self, give_up: float, since: float, after: str) -> Frame | None:
+        """The peer's CLOSE or ERROR (None if it closed without either), passing over
+        whatever comes before; CaseFailed if the connection is still open at
+        ``give_up`` (``since``: when ``after`` happened, for the message)."""
+        while True:
+            try:
+                frame = self.recv(give_up)
+            except TimeoutError:
+                raise CaseFailed(f"still open {give_up - since:.1f}s after {after}") from None
+            if frame is None or frame[0] in (FrameType.CLOSE, FrameType.ERROR):
+                return frame
+
     def answer_ping(self) -> None:
         """PONG for a PING just received, unless a later PING read with it is still
         to come (that one gets the PONG)."""
@@ -472,13 +484,7 @@ class Checker:
             limit = late_limit(timeout)
             self.require_time(limit)
             give_up = sent_at + limit + self.settings.answer_timeout
-            while True:
-                try:
-                    frame = probe.recv(give_up)
-                except TimeoutError:
-                    raise CaseFailed(f"still open {give_up - sent_at:.1f}s after HELLO") from None
-                if frame is None or frame[0] in (FrameType.CLOSE, FrameType.ERROR):
-                    break
+            frame = probe.recv_ending(give_up, sent_at, "HELLO")
             self._silence = Silence(timeout, time.monotonic() - sent_at, frame)
         return self._silence
 

@@ -343,14 +343,7 @@ def _silent_server(server: Server) -> str:
     start = time.monotonic()
     timeout = GRANT_TIMEOUT_MS / 1000
     give_up = start + late_limit(timeout) + server.settings.answer_timeout
-    frame: Frame | None
-    while True:
-        try:
-            frame = link.recv(give_up)
-        except TimeoutError:
-            raise CaseFailed(f"still open {give_up - start:.1f}s after WELCOME") from None
-        if frame is None or frame[0] in (FrameType.CLOSE, FrameType.ERROR):
-            break
+    frame = link.recv_ending(give_up, start, "WELCOME")
     elapsed = time.monotonic() - start
     seen = f"{describe(frame)} {elapsed * 1000:.0f} ms after WELCOME, T = {GRANT_TIMEOUT_MS} ms"
     if frame is None or frame[0] != FrameType.CLOSE or parse_close(frame[1]) != Code.TIMEOUT:
