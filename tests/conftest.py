@@ -676,4 +676,3 @@ def own_redis() -> Iterator[RedisProcess]:
 def prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix of this test's own, so that tests share the session's Redis."""
     return f"t:{request.node.name}:"
-
