@@ -67,12 +67,14 @@ def allowed(kind: Kind[Any]) -> str:
         "Keepalive": "IDLE and INTVL 1-32767 s, CNT 1-127",
         "RedisUrl": "`redis://[:password@]host[:port][/db]` or `unix:///path[?db=N]`",
         "Target": "HOST:PORT",
+        "CaseName": "a case number or a statement ID",
     }.get(type(kind).__name__, "text")
 
 
 def toml_type(entry: Entry) -> str:
     names = {bool: "boolean", int: "integer", float: "float", str: "string"}
-    return " or ".join(names[t] for t in entry.option.kind.toml_types)
+    types = " or ".join(names[t] for t in entry.option.kind.toml_types)
+    return f"array of {types}" if entry.option.repeat else types
 
 
 def options_page() -> Iterator[str]:

@@ -39,6 +39,7 @@ from hbloop.check import (
     Verdict,
     describe,
     late_limit,
+    numbered,
 )
 from hbloop.core.protocol import Frame, RemoteProtocolError, parse_close, parse_hello
 from hbloop.core.wire import (
@@ -105,6 +106,7 @@ class Settings:
     quiet_window: float = DEFAULT_QUIET_WINDOW
     handshake_timeout: float = DEFAULT_CLIENT_HANDSHAKE_TIMEOUT
     max_wait: float = DEFAULT_MAX_WAIT
+    cases: tuple[str, ...] = ()  # the cases to run, by number or statement; all without
 
 
 @dataclass
@@ -156,6 +158,19 @@ class Server:
             raise CaseFailed(f"an invalid HELLO: {exc}") from None
         raw = HEADER_STRUCT.pack(len(frame[1]), frame[0], 0) + frame[1]
         return Attempt(link, hello, raw)
+
+    def drop_backlog(self) -> None:
+        """Close the connections waiting to be accepted. Called once a spawned client is
+        dead: R1's jittered back-off may be all but 0, so a client killed as its case
+        ended may have reconnected first, and that connection, closed by its death,
+        must not be taken for the next client's."""
+        self.listener.settimeout(0)
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            sock.close()
 
     def close_links(self) -> None:
         for link in self.links:
@@ -655,6 +670,7 @@ class Harness:
         finally:
             process.kill()
             process.wait()
+            self.server.drop_backlog()
 
     def run_case(self, number: int, spec: Case) -> Result:
         verdict, saw = Verdict.PASS, ""
@@ -674,7 +690,8 @@ class Harness:
 
     def run(self) -> Report:
         try:
-            results = [self.run_case(n, spec) for n, spec in enumerate(CASES, start=1)]
+            picked = numbered(CASES, self.settings.cases)
+            results = [self.run_case(n, spec) for n, spec in picked]
         finally:
             self.server.close()
         return Report(self.target, results, role="client")

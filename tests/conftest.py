@@ -304,6 +304,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def assert_no_case_failed(report: dict[str, Any], detail: str = "") -> None:
+    """Every case of an ``hbloop check`` or ``check-client`` JSON report passed or was
+    skipped; on failure, each failed case's id, statement, title and what it saw, one a
+    line, then ``detail`` (the checker's stderr, say)."""
+    failed = [
+        f"{case['id']} {case['statement']} {case['title']} -- {case['saw']}"
+        for case in report["cases"]
+        if case["result"] == "fail"
+    ]
+    assert not failed, "\n".join([*failed, detail])
+
+
 # --- hostile-peer helpers -------------------------------------------------------------
 
 

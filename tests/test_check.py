@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 from fakeserver import FakeServer, ping_flood, welcome
 
-from hbloop.check import AWAITING_SHUTDOWN
+from hbloop.check import AWAITING_SHUTDOWN, CASES, numbered
 from hbloop.core.protocol import Frame, FrameDecoder
 from hbloop.core.wire import PONG_FRAME, FrameType, Scheme
 
-from conftest import HBLOOP, ROOT
+from conftest import HBLOOP, ROOT, assert_no_case_failed
 
 # A fast but safe configuration: the checker asks for 0.5 s and the minimum 0.1 s
 # intervals, so a whole run takes seconds; 1 s of handshake deadline lets H5 run.
@@ -50,8 +50,7 @@ def test_hbloop_serve_passes_every_must(serve, scheme: str) -> None:
     server = serve(*SERVER_ARGS, "--scheme", scheme)
     result = run_check(f"127.0.0.1:{server.port}", "--json", "--handshake-timeout", "1")
     report = json.loads(result.stdout)
-    failed = [case for case in report["cases"] if case["result"] == "fail"]
-    assert failed == []
+    assert_no_case_failed(report, result.stderr)
     assert result.returncode == 0, result.stderr
     assert report["summary"]["conforms"] is True
     assert report["summary"]["must"]["pass"] >= 25
@@ -108,6 +107,16 @@ def test_unreachable_target_is_a_one_line_error() -> None:
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"hbloop: error: cannot reach 127.0.0.1:{port}")
+
+
+def test_cases_are_picked_by_number_or_statement() -> None:
+    t8 = [n for n, case in enumerate(CASES, start=1) if case.statement == "T8"]
+    assert t8
+    picked = numbered(CASES, ("t8", "3", "T8"))  # any case; each case once, in order
+    assert [n for n, _ in picked] == sorted({3, *t8})
+    assert numbered(CASES) == list(enumerate(CASES, start=1))
+    with pytest.raises(ValueError, match=rf"^'0' is neither a case number \(1 to {len(CASES)}\)"):
+        numbered(CASES, ("T8", "0"))
 
 
 def test_bad_target_is_a_usage_error() -> None:
@@ -213,9 +222,12 @@ def test_server_full_and_stopping_are_checked(serve) -> None:
         stdout, stderr = check.communicate(timeout=CHECK_TIMEOUT)
     finally:
         check.kill()
-    by_title = {case["title"]: case for case in json.loads(stdout)["cases"]}
+    report = json.loads(stdout)
+    by_title = {case["title"]: case for case in report["cases"]}
     full = by_title["past the server's handshake cap: ERROR SERVER_FULL"]
     assert full["result"] == "pass", full
+    assert re.search(r"; welcomed again after \d+ ms$", full["saw"]), full
     stopped = next(case for case in by_title.values() if case["statement"] == "C4")
     assert stopped["result"] == "pass", stopped
+    assert_no_case_failed(report, stderr)
     assert check.returncode == 0, stderr

@@ -14,7 +14,7 @@ import pytest
 
 from hbloop.core.wire import encode_hello
 
-from conftest import HBLOOP, ROOT, LoggedProcess
+from conftest import HBLOOP, ROOT, LoggedProcess, assert_no_case_failed
 
 NODE = shutil.which("node")
 
@@ -43,8 +43,7 @@ def check_client(*args: str) -> subprocess.CompletedProcess[str]:
 
 def assert_conforms(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
     report = json.loads(result.stdout)
-    failed = [case for case in report["cases"] if case["result"] == "fail"]
-    assert failed == [], result.stderr
+    assert_no_case_failed(report, result.stderr)
     assert result.returncode == 0
     assert report["summary"]["conforms"] is True
     return {case["title"]: case for case in report["cases"]}
@@ -112,6 +111,27 @@ def test_a_client_that_never_answers_fails() -> None:
     assert pong["saw"].startswith("no PONG within")
     assert verdicts["the client's first frame is HELLO"]["result"] == "pass"
     assert report["summary"]["conforms"] is False
+
+
+# A client that makes a second connection, says nothing on it, and only then says HELLO
+# on its first: killed as its case ends, it leaves the second in the checker's backlog,
+# as a client does that reconnects (R1's back-off may be all but 0) just before it is
+# killed.
+TWO_CONNECTIONS_CLIENT = """
+import os, socket, sys, time
+address = (os.environ["HBLOOP_HOST"], int(os.environ["HBLOOP_PORT"]))
+first = socket.create_connection(address)
+second = socket.create_connection(address)
+first.sendall(bytes.fromhex(sys.argv[1]))
+time.sleep(3600)
+"""
+
+
+def test_a_killed_clients_last_connection_is_not_the_next_cases() -> None:
+    hello = encode_hello("twice", 0).hex()
+    command = ("--", sys.executable, "-c", TWO_CONNECTIONS_CLIENT, hello)
+    cases = assert_conforms(check_client("--case", "H1", "--case", "F2", *command))
+    assert [case["statement"] for case in cases.values()] == ["H1", "F2"]
 
 
 def test_neither_command_nor_listen_is_a_usage_error() -> None:

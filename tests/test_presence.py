@@ -25,6 +25,7 @@ from conftest import (
     RawPeer,
     RedisProcess,
     ServerProcess,
+    assert_no_case_failed,
     expect_last_word,
     frame_code,
     metrics_address,
@@ -306,7 +307,8 @@ def test_hbloop_check_confirms_the_duplicate_policy(
         timeout=CLI_TIMEOUT,
     )
     report = json.loads(result.stdout)
-    assert result.returncode == 0, [c for c in report["cases"] if c["result"] == "fail"]
+    assert_no_case_failed(report, result.stderr)
+    assert result.returncode == 0, result.stderr
     by_statement = {case["statement"]: case for case in report["cases"]}
     statement = "P1" if policy == "refuse" else "P2"
     assert by_statement[statement]["result"] == "pass"

@@ -19,7 +19,13 @@ from hbloop.cli.main import main
 from hbloop.cli.options import MAX_COUNT, MAX_SECONDS, MAX_WORKERS, Entry, Flag, table
 from hbloop.cli.parser import build_parser, parse
 from hbloop.cli.serve import reload_workers
-from hbloop.cli.settings import COMMANDS, ServeSettings, changed
+from hbloop.cli.settings import (
+    COMMANDS,
+    CheckClientSettings,
+    CheckSettings,
+    ServeSettings,
+    changed,
+)
 from hbloop.ops import logs
 from hbloop.ops.supervisor import SUPERVISOR_SETTINGS
 
@@ -35,6 +41,7 @@ SAMPLES = {
     "max-handshakes": "2",
     "shutdown-within": "30",
     "listen": "7900",
+    "case": "T8",
 }
 
 
@@ -82,11 +89,13 @@ def test_a_key_takes_what_its_flag_takes(command: str, entry: Entry) -> None:
     text = SAMPLES.get(entry.name) or entry.default_text() or (choices or ["x"])[0]
     if entry.option.default_text is not None:  # a stand-in default: try a real value
         text = SAMPLES.get(entry.name, "7")
-    table_ = tomllib.loads(f"{entry.name} = {toml_literal(entry, text)}")
+    literal = toml_literal(entry, text)
+    repeat = entry.option.repeat  # the flag given once, the key an array of one
+    table_ = tomllib.loads(f"{entry.name} = {f'[{literal}]' if repeat else literal}")
     from_key = file_values([entry], table_, "f.toml", f"hbloop {command}")[entry.field]
     kind = entry.option.kind
     from_flag = True if isinstance(kind, Flag) else kind.parse(text)
-    assert from_key == from_flag
+    assert from_key == ((from_flag,) if repeat else from_flag)
 
 
 def test_a_count_given_as_a_number_is_accepted(tmp_path: Path) -> None:
@@ -177,6 +186,29 @@ def test_a_value_of_the_wrong_toml_type_names_the_type(tmp_path: Path, capsys) -
     assert refusal(capsys, "serve", "--config", str(config)).endswith(
         "port must be an integer, not a float"
     )
+
+
+def cases_of(*argv: str) -> tuple[str, ...]:
+    settings = parse(list(argv))
+    assert isinstance(settings, CheckSettings | CheckClientSettings)
+    return settings.case
+
+
+@pytest.mark.parametrize("command", ["check", "check-client"])
+def test_case_is_repeated_or_an_array_and_must_name_a_case(
+    command: str, tmp_path: Path, capsys
+) -> None:
+    tail = ["127.0.0.1:1"] if command == "check" else ["--", "true"]
+    assert cases_of(command, "--case", "t3", "--case", "2", *tail) == ("t3", "2")
+    config = tmp_path / "cases.toml"
+    config.write_text('case = ["T3", 2]\n')
+    assert cases_of(command, "--config", str(config), *tail) == ("T3", "2")
+    line = refusal(capsys, command, "--case", "Z9", *tail)
+    assert line.startswith("hbloop: error: --case 'Z9' is neither a case number (1 to ")
+    assert "argument --case: 'T 3' is neither" in refusal(capsys, command, "--case", "T 3", *tail)
+    config.write_text('case = "T3"\n')
+    by_key = refusal(capsys, command, "--config", str(config), *tail)
+    assert by_key.endswith("case must be an array, not a string")
 
 
 def test_settings_pickle_as_the_supervisor_sends_them() -> None:

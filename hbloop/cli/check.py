@@ -35,6 +35,7 @@ def run(settings: CheckSettings) -> int:
         token=token,
         max_handshakes=settings.max_handshakes,
         shutdown_within=settings.shutdown_within,
+        cases=settings.case,
     )
     try:
         report = cases.run_checks(probe)

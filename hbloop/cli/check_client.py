@@ -23,6 +23,7 @@ def run(settings: CheckClientSettings) -> int:
         quiet_window=settings.quiet_window,
         handshake_timeout=settings.handshake_timeout,
         max_wait=settings.max_wait,
+        cases=settings.case,
     )
     try:
         harness = cases.Harness(spec)

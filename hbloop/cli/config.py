@@ -65,6 +65,18 @@ def file_values(
 
 
 def _convert(entry: Entry, value: Any, where: str) -> Any:
+    if not entry.option.repeat:
+        return _convert_one(entry, value, where)
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be an array, not {_given(value)}")
+    return tuple(_convert_one(entry, each, where) for each in value)
+
+
+def _given(value: Any) -> str:
+    return _GIVEN_NAMES.get(type(value), "a date or time")
+
+
+def _convert_one(entry: Entry, value: Any, where: str) -> Any:
     kind = entry.option.kind
     expected = kind.toml_types
     # bool is an int to Python, never to TOML.
@@ -73,8 +85,7 @@ def _convert(entry: Entry, value: Any, where: str) -> Any:
         wanted = " or ".join(
             _TYPE_NAMES[t] for t in expected if t is not int or float not in expected
         )
-        given = _GIVEN_NAMES.get(type(value), "a date or time")
-        raise ConfigError(f"{where} must be {wanted}, not {given}")
+        raise ConfigError(f"{where} must be {wanted}, not {_given(value)}")
     try:
         return kind.from_toml(value)
     except ValueError as exc:

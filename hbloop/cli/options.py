@@ -247,6 +247,20 @@ class Words(Kind[tuple[str, ...]]):
         return tuple(shlex.split(text))
 
 
+class CaseName(Kind[str]):
+    """A checker's case, by its number in the report (``17``) or by the ID of the
+    statement it tests (``T8``: every case of that statement); which names match a case
+    is the checker's to say (``hbloop.check.numbered``)."""
+
+    metavar = "ID_OR_STATEMENT"
+    toml_types = (str, int)
+
+    def parse(self, text: str) -> str:
+        if not (text.isascii() and text.isalnum()):
+            raise ValueError(f"{text!r} is neither a case number nor a statement ID (17, T8)")
+        return text
+
+
 def words(choices: tuple[str, ...]) -> Choice[str]:
     """A choice of words that stand for themselves."""
     return Choice({word: word for word in choices})
@@ -276,6 +290,7 @@ class Option:
     group: str | None = None  # the heading it is listed under in --help
     positional: bool = False  # an argument, not a flag: not a key either
     many: bool = False  # a positional that takes every remaining word (after ``--``)
+    repeat: bool = False  # a flag given any number of times; its key, an array
     in_file: bool = True  # False: a flag without a key (--config itself)
     default_text: str | None = None  # --help's default where the field's is a stand-in
 
@@ -283,6 +298,15 @@ class Option:
 def option(default: T, kind: Kind[T], help: str, **more: Any) -> T:
     """A settings field that is an option, with its default."""
     field: T = dataclasses.field(default=default, metadata={OPTION: Option(kind, help, **more)})
+    return field
+
+
+def repeated(kind: Kind[T], help: str, **more: Any) -> tuple[T, ...]:
+    """A settings field that is a flag given any number of times (a key: an array),
+    each value read by ``kind``; none by default."""
+    field: tuple[T, ...] = dataclasses.field(
+        default=(), metadata={OPTION: Option(kind, help, repeat=True, **more)}
+    )
     return field
 
 
@@ -325,6 +349,8 @@ class Entry:
         if self.option.default_text is not None:
             return self.option.default_text
         if self.required or self.default is None or self.default is False:
+            return None
+        if self.option.repeat and not self.default:
             return None
         return self.option.kind.show(self.default)
 

@@ -70,6 +70,8 @@ def _add_options(parser: argparse.ArgumentParser, entries: list[Entry]) -> None:
             more["choices"] = kind.choices
         else:
             more["metavar"] = option.metavar or kind.metavar
+        if option.repeat:
+            more["action"] = "append"
         if option.positional:
             names = [entry.field]
             more["nargs"] = "*" if option.many else None if entry.required else "?"
@@ -109,9 +111,12 @@ def parse(argv: Sequence[str] | None = None, raise_errors: bool = False) -> Sett
             continue
         kind, value = entry.option.kind, given[entry.field]
         try:
-            many = entry.option.many
-            # After ``--`` the words are the shell's already: taken as they are.
-            given[entry.field] = tuple(value) if many else kind.parse(value)
+            if entry.option.many:  # after ``--`` the words are the shell's already
+                given[entry.field] = tuple(value)
+            elif entry.option.repeat:
+                given[entry.field] = tuple(kind.parse(each) for each in value)
+            else:
+                given[entry.field] = kind.parse(value)
         except ValueError as exc:
             command.error(f"argument {entry.flag}: {exc}")
     if "config" in given:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from hbloop import check_client
+from hbloop import check, check_client
 from hbloop.check import ANSWER_TIMEOUT, DEFAULT_MAX_WAIT, DUPLICATE_POLICIES, PROBE_INTERVAL
 from hbloop.cli.errors import UsageError
 from hbloop.cli.options import (
     AUTO_WORKERS,
     MAX_AUTO_WORKERS,
     MAX_COUNT,
+    CaseName,
     Choice,
     Count,
     File,
@@ -39,6 +40,7 @@ from hbloop.cli.options import (
     Words,
     Workers,
     option,
+    repeated,
     required,
     table,
     words,
@@ -613,6 +615,24 @@ class ClientSettings(LogSettings, ClientTlsSettings):
             )
 
 
+CASE_HELP = (
+    "run only this case: its number in the report, or a statement ID for every case "
+    "of that statement; repeat for more (default: every case)"
+)
+
+
+def cases_option() -> tuple[str, ...]:
+    return repeated(CaseName(), CASE_HELP)
+
+
+def check_cases(cases: list[check.Case], names: tuple[str, ...]) -> None:
+    """UsageError unless each of ``names`` picks one of ``cases`` at least."""
+    try:
+        check.numbered(cases, names)
+    except ValueError as exc:
+        raise UsageError(f"--case {exc}") from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckSettings(ClientTlsSettings):
     command = "check"
@@ -654,6 +674,11 @@ class CheckSettings(ClientTlsSettings):
         "the server will be stopped within this many seconds of the last case, which "
         "checks C4 then; skipped without it",
     )
+    case: tuple[str, ...] = cases_option()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_cases(check.CASES, self.case)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -705,11 +730,13 @@ class CheckClientSettings(Settings):
         Number(),
         "skip time-based cases that would take longer than this, s",
     )
+    case: tuple[str, ...] = cases_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if bool(self.client) == (self.listen is not None):
             raise UsageError("give either a client command (after '--') or --listen PORT")
+        check_cases(check_client.CASES, self.case)
 
 
 @dataclass(frozen=True, kw_only=True)
