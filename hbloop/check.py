@@ -142,7 +142,7 @@ class Settings:
     token: str | None = None  # the credential every HELLO of the checker carries
     max_handshakes: int | None = None  # the server's handshake cap; SERVER_FULL skipped without
     shutdown_within: float | None = None  # the server is stopped within this; C4 skipped without
-    cases: tuple[str, ...] = ()  # the cases to run, by number or statement (``numbered``); all
+    cases: tuple[str, ...] = ()  # by number or statement (``numbered``); every case without
 
     def probe_name(self, number: int) -> str:
         """Probe ``number``'s name: one of its own, except that a token binds every
@@ -1208,8 +1208,8 @@ class Report:
 
 def numbered(cases: list[Case], names: tuple[str, ...] = ()) -> list[tuple[int, Case]]:
     """The cases ``names`` picks, each with its number in ``cases`` (from 1: the report's
-    id), in order: a name is a case's number or the ID of its statement, in any case
-    (every case of that statement); no names pick every case. ValueError for a name
+    id), in order: a name is a case's number or the ID of its statement (every case of
+    that statement; ``t8`` is ``T8``); no names pick every case. ValueError for a name
     that matches no case."""
     every = list(enumerate(cases, start=1))
     if not names:

@@ -106,7 +106,7 @@ class Settings:
     quiet_window: float = DEFAULT_QUIET_WINDOW
     handshake_timeout: float = DEFAULT_CLIENT_HANDSHAKE_TIMEOUT
     max_wait: float = DEFAULT_MAX_WAIT
-    cases: tuple[str, ...] = ()  # the cases to run, by number or statement; all without
+    cases: tuple[str, ...] = ()  # run these cases, by number or statement; all without
 
 
 @dataclass
