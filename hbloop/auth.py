@@ -20,20 +20,26 @@ no reason ever contains the token, and ``Hello``'s repr leaves it out.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typing import TYPE_CHECKING, Protocol
 
 from hbloop.core.logfields import token
 from hbloop.core.wire import Code, Hello
 from hbloop.net.tls import Certificate
+
+# PyJWT and cryptography are imported where a key is loaded or a token verified: they
+# cost about 0.1 s of CPU to import, as much as the rest of an hbloop process's start,
+# and most processes (clients, checkers, servers without --jwt-*) never use them.
+if TYPE_CHECKING:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 log = logging.getLogger("hbloop.auth")
 
@@ -49,18 +55,23 @@ MIN_HS256_SECRET_BYTES = 32
 # and ``sub`` is the name it vouches for.
 REQUIRED_CLAIMS = ("exp", "sub")
 
-# One-line reasons for PyJWT's errors, most specific first. They name the problem,
-# never the token.
-_JWT_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.ExpiredSignatureError, "token expired"),
-    (jwt.ImmatureSignatureError, "token not valid yet"),
-    (jwt.InvalidSignatureError, "token signature invalid"),
-    (jwt.InvalidAlgorithmError, "token algorithm not accepted"),
-    (jwt.InvalidAudienceError, "token audience not accepted"),
-    (jwt.InvalidIssuerError, "token issuer not accepted"),
-    (jwt.InvalidIssuedAtError, "token issued-at time invalid"),
-    (jwt.DecodeError, "token is not a valid JWT"),
-)
+
+@functools.cache
+def _jwt_reasons() -> tuple[tuple[type[jwt.PyJWTError], str], ...]:
+    """One-line reasons for PyJWT's errors, most specific first. They name the
+    problem, never the token."""
+    import jwt
+
+    return (
+        (jwt.ExpiredSignatureError, "token expired"),
+        (jwt.ImmatureSignatureError, "token not valid yet"),
+        (jwt.InvalidSignatureError, "token signature invalid"),
+        (jwt.InvalidAlgorithmError, "token algorithm not accepted"),
+        (jwt.InvalidAudienceError, "token audience not accepted"),
+        (jwt.InvalidIssuerError, "token issuer not accepted"),
+        (jwt.InvalidIssuedAtError, "token issued-at time invalid"),
+        (jwt.DecodeError, "token is not a valid JWT"),
+    )
 
 
 class AuthConfigError(ValueError):
@@ -86,9 +97,6 @@ class Refusal:
     code: Code
     reason: str
     check: str  # which check refused: one of hbloop.net.counters.AUTH_CHECKS
-
-
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +129,9 @@ class JwtKey:
     @classmethod
     def public_key_file(cls, path: Path) -> JwtKey:
         """ES256 or RS256, as the PEM public key is an EC P-256 or an RSA key."""
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
         try:
             key = load_pem_public_key(path.read_bytes())
         except OSError as exc:
@@ -158,6 +169,8 @@ class JwtVerifier:
 
     def verify(self, token: str, name: str) -> str | None:
         """None if ``token`` vouches for ``name`` now, else why not."""
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,
@@ -172,7 +185,7 @@ class JwtVerifier:
             return f"token has no '{exc.claim}' claim"
         except jwt.PyJWTError as exc:
             return next(
-                (reason for kind, reason in _JWT_REASONS if isinstance(exc, kind)),
+                (reason for kind, reason in _jwt_reasons() if isinstance(exc, kind)),
                 "token rejected",
             )
         if claims["sub"] != name:

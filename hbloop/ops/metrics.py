@@ -1,9 +1,10 @@
 """``/metrics`` and ``/healthz``: hbloop's statistics and state, served by the loop.
 
-prometheus_client fits the single-threaded design as a formatter: collectors turn
-the latest snapshots (and /proc) into metric families on each scrape, and
-``generate_latest`` renders them synchronously, on the loop, without a thread. Its
-own HTTP server (a thread per process) is not used; a request is answered by
+prometheus_client fits the single-threaded design as a formatter
+(``hbloop.ops.exposition``): collectors turn the latest snapshots (and /proc) into
+metric families on each scrape, and ``generate_latest`` renders them synchronously,
+on the loop, without a thread. Its own HTTP server (a thread per process) is not
+used; a request is answered by
 ``MetricsEndpoint``, a small non-blocking HTTP/1.x responder on the same EventLoop:
 read one request (bounded in size and time; CRLF or bare LF line ends, and what cannot
 be HTTP refused at once), answer it, close.
@@ -21,28 +22,14 @@ from __future__ import annotations
 import http
 import json
 import logging
-import platform
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
 from typing import Any
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
-from prometheus_client.metrics_core import Metric
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from hbloop.core.version import __version__
 from hbloop.net.acceptor import Acceptor
-from hbloop.net.counters import Count, Figure, Figures, Histogram, Labelled, LabelledLevel
 from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import make_listener
 from hbloop.ops.stats import Snapshot
@@ -105,112 +92,6 @@ class Report:
         return cls(snapshot, {"1": snapshot}, serving=serving, supervised=False)
 
 
-def _family(
-    figure: Figure[Any], name: str, labels: list[str], rows: dict[tuple[str, ...], Any]
-) -> Metric:
-    """The family of one figure; ``rows`` maps the values of ``labels`` to its value."""
-    if isinstance(figure, Labelled):
-        kind = GaugeMetricFamily if isinstance(figure, LabelledLevel) else CounterMetricFamily
-        labelled = kind(name, figure.help, labels=[*labels, figure.label])
-        for values, counts in rows.items():
-            for label in figure.values:
-                labelled.add_metric([*values, label], counts.get(label, 0))
-        return labelled
-    if isinstance(figure, Histogram):
-        histogram = HistogramMetricFamily(name, figure.help, labels=labels)
-        for values, buckets in rows.items():
-            bounds = [*map(str, buckets.bounds), "+Inf"]
-            cumulative = zip(bounds, accumulate(buckets.counts), strict=True)  # Prometheus'
-            histogram.add_metric(list(values), list(cumulative), buckets.sum)
-        return histogram
-    kind = CounterMetricFamily if isinstance(figure, Count) else GaugeMetricFamily
-    family = kind(name, figure.help, labels=labels)
-    for values, value in rows.items():
-        family.add_metric(list(values), value)
-    return family
-
-
-def _families(
-    prefix: str, labels: list[str], rows: dict[tuple[str, ...], Snapshot]
-) -> Iterator[Metric]:
-    """A family for each figure the snapshots have (presence's only where it is on);
-    ``rows`` maps the values of ``labels`` to snapshots."""
-    parts: dict[type[Figures], dict[tuple[str, ...], Figures]] = {}
-    for values, snapshot in rows.items():
-        for part in snapshot.parts():
-            parts.setdefault(type(part), {})[values] = part
-    for group, by_labels in parts.items():
-        for figure in group.figures:
-            figure_rows = {key: getattr(part, figure.name) for key, part in by_labels.items()}
-            yield _family(figure, prefix + figure.metric, labels, figure_rows)
-
-
-class _WorkerProcesses:
-    """prometheus_client's process figures for each worker process, relabelled as
-    ``hbloop_worker_process_*{worker="N"}``."""
-
-    def __init__(self) -> None:
-        self._collectors: dict[int, ProcessCollector] = {}
-
-    def collect(self, pids: dict[str, int]) -> Iterator[Metric]:
-        self._collectors = {
-            pid: self._collectors.get(pid) or ProcessCollector(pid=_constant(pid), registry=None)
-            for pid in pids.values()
-        }
-        merged: dict[str, Metric] = {}
-        for worker, pid in pids.items():
-            for family in self._collectors[pid].collect():
-                name = "hbloop_worker_" + family.name
-                target = merged.setdefault(name, Metric(name, family.documentation, family.type))
-                for sample in family.samples:
-                    target.add_sample(
-                        "hbloop_worker_" + sample.name, {"worker": worker}, sample.value
-                    )
-        yield from merged.values()
-
-
-def _constant(value: int) -> Callable[[], int]:
-    return lambda: value
-
-
-class _ReportCollector:
-    def __init__(self, source: Callable[[], Report]) -> None:
-        self.source = source
-        self.worker_processes = _WorkerProcesses()
-
-    def collect(self) -> Iterator[Metric]:
-        report = self.source()
-        build = GaugeMetricFamily(
-            "hbloop_build_info", "The running hbloop, always 1.", labels=["version", "python"]
-        )
-        build.add_metric([__version__, platform.python_version()], 1)
-        yield build
-        yield from _families("hbloop_", [], {(): report.total})
-        if not report.supervised:
-            return
-        workers = GaugeMetricFamily("hbloop_workers", "Worker processes running.")
-        workers.add_metric([], len(report.workers))
-        yield workers
-        restarts = CounterMetricFamily("hbloop_restarts", "Workers restarted after dying.")
-        restarts.add_metric([], report.restarts)
-        yield restarts
-        per_worker: dict[tuple[str, ...], Snapshot] = {
-            (worker,): s for worker, s in report.workers.items()
-        }
-        yield from _families("hbloop_worker_", ["worker"], per_worker)
-        yield from self.worker_processes.collect(report.pids)
-
-
-def exposition(source: Callable[[], Report]) -> Callable[[], bytes]:
-    """A function rendering ``source()``'s report, and this process's standard
-    figures, in the text exposition format."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ReportCollector(source))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    return lambda: generate_latest(registry)
-
-
 class StartError(Exception):
     """A listener that cannot be opened, said in one line for the operator."""
 
@@ -230,9 +111,14 @@ class MetricsEndpoint:
     from ``source()``."""
 
     def __init__(self, loop: EventLoop, host: str, port: int, source: Callable[[], Report]) -> None:
+        # prometheus_client costs about 0.05 s of CPU to import, as much as a third of
+        # an hbloop process's start: only a server with --metrics-port pays it.
+        from hbloop.ops.exposition import CONTENT_TYPE, exposition
+
         self.loop = loop
         self.source = source
         self.render = exposition(source)
+        self.content_type = CONTENT_TYPE
         # Ordered oldest first: a dict as an insertion-ordered set.
         self._exchanges: dict[_Exchange, None] = {}
         self._acceptor = Acceptor(
@@ -264,7 +150,7 @@ class MetricsEndpoint:
         if method != b"GET":
             return http.HTTPStatus.METHOD_NOT_ALLOWED, TEXT_CONTENT_TYPE, b"GET only\n"
         if path == b"/metrics":
-            return http.HTTPStatus.OK, CONTENT_TYPE_LATEST, self.render()
+            return http.HTTPStatus.OK, self.content_type, self.render()
         return self.health()
 
     def health(self) -> tuple[int, str, bytes]:
