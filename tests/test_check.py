@@ -7,14 +7,22 @@ import json
 import re
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
-from fakeserver import FakeServer, ping_flood, welcome
+from fakeserver import FakeServer, ping_flood, welcome, welcome_answering
 
 from hbloop.check import AWAITING_SHUTDOWN, CASES, numbered
 from hbloop.core.protocol import Frame, FrameDecoder
-from hbloop.core.wire import PONG_FRAME, FrameType, Scheme
+from hbloop.core.wire import (
+    DEFAULT_MAX_PAYLOAD,
+    PONG_FRAME,
+    Code,
+    FrameType,
+    Scheme,
+    encode_error,
+)
 
 from conftest import HBLOOP, ROOT, assert_no_case_failed
 
@@ -206,6 +214,74 @@ def test_a_server_that_never_counts_strikes_fails() -> None:
 
 # A handshake cap small enough to reach with a few idle connections.
 MAX_HANDSHAKES = "2"
+
+# How many newcomers the lagging server below refuses after the holders have left.
+LAG = 3
+
+
+class LaggingCapServer:
+    """A server with a handshake cap of MAX_HANDSHAKES that, once full, refuses LAG
+    more newcomers, as a busy server does that accepts them before it reads the FINs
+    of the connections holding its slots. Otherwise it welcomes a HELLO and closes
+    when the client says CLOSE or leaves."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self.listener.getsockname()
+        self.silent = 0  # connections that have not said HELLO, nor left
+        self.lag = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with self.lock:
+                full = self.silent >= int(MAX_HANDSHAKES)
+                refused = full or self.lag > 0
+                self.lag = LAG if full else max(0, self.lag - 1)
+                self.silent += not refused
+            if refused:
+                with sock:
+                    sock.sendall(encode_error(Code.SERVER_FULL, "full"))
+            else:
+                threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
+        with sock:
+            frames: list[Frame] = []
+            while not frames and (data := sock.recv(65536)):
+                frames = decoder.feed(data)
+            with self.lock:
+                self.silent -= 1
+            if frames:
+                sock.sendall(welcome_answering(frames[0][1], welcome(Scheme.CLIENT, 500, 1500)))
+            while frames and all(ftype != FrameType.CLOSE for ftype, _ in frames):
+                frames = decoder.feed(sock.recv(65536)) or [(FrameType.CLOSE, b"")]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_server_full_case_waits_for_the_slots_to_come_back() -> None:
+    """The case after SERVER_FULL's (K1) needs a slot of the handshake cap: the checker
+    waits until a newcomer is welcomed again, and the server's lag costs no case."""
+    full = next(n for n, case in enumerate(CASES, 1) if "handshake cap" in case.title)
+    assert CASES[full].statement == "K1"  # the case after it
+    server = LaggingCapServer()
+    try:
+        host, port = server.address
+        picked = ("--case", str(full), "--case", str(full + 1))
+        result = run_check(f"{host}:{port}", "--json", "--max-handshakes", MAX_HANDSHAKES, *picked)
+    finally:
+        server.close()
+    report = json.loads(result.stdout)
+    assert_no_case_failed(report, result.stderr)
+    assert re.search(r"; welcomed again after \d+ ms$", report["cases"][0]["saw"]), report
 
 
 @pytest.mark.timeout(2 * CHECK_TIMEOUT)
