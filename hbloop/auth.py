@@ -32,9 +32,10 @@ from hbloop.core.logfields import token
 from hbloop.core.wire import Code, Hello
 from hbloop.net.tls import Certificate
 
-# PyJWT and cryptography are imported where a key is loaded or a token verified: they
+# PyJWT and cryptography are imported where a key is loaded or a verifier made: they
 # cost about 0.1 s of CPU to import, as much as the rest of an hbloop process's start,
-# and most processes (clients, checkers, servers without --jwt-*) never use them.
+# and most processes (clients, checkers, servers without --jwt-*) never use them. A
+# server that verifies tokens pays at start-up, not at its first HELLO.
 if TYPE_CHECKING:
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -166,6 +167,7 @@ class JwtVerifier:
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
+        self.reasons = _jwt_reasons()  # imports PyJWT now (see the imports)
 
     def verify(self, token: str, name: str) -> str | None:
         """None if ``token`` vouches for ``name`` now, else why not."""
@@ -185,7 +187,7 @@ class JwtVerifier:
             return f"token has no '{exc.claim}' claim"
         except jwt.PyJWTError as exc:
             return next(
-                (reason for kind, reason in _jwt_reasons() if isinstance(exc, kind)),
+                (reason for kind, reason in self.reasons if isinstance(exc, kind)),
                 "token rejected",
             )
         if claims["sub"] != name:
