@@ -58,9 +58,10 @@ def test_a_token_rotated_under_a_live_session_is_offered_in_band(
     it in AUTH, the server logs the re-auth and the session outlives the first token.
     Then the server restarts and the client reconnects with the file's token."""
     token_file = tmp_path / "token"
+    server = serve("--jwt-secret-file", str(secret_file))
+    # Minted once the server is up, so that its start-up does not eat the lifetime.
     first, first_exp = make_token("rotor", SHORT_LIFETIME)
     token_file.write_text(first + "\n")
-    server = serve("--jwt-secret-file", str(secret_file))
     client = spawn(
         "client", "--port", str(server.port), "-n", "rotor", "--token-file", str(token_file),
         *FAST_BACKOFF,
