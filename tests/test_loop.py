@@ -232,20 +232,23 @@ def test_a_raising_callback_is_logged_and_the_loop_goes_on(loop: EventLoop, capl
 
 def test_coalescing_waits_after_a_quiet_wake_up_but_not_past_a_deadline() -> None:
     loop = EventLoop(coalesce=0.2, clock=MockClock())
+    pairs = [socket.socketpair() for _ in range(2)]
     try:
-        a, b = socket.socketpair()
-        loop.add_reader(b.fileno(), lambda: b.recv(100))
-        a.send(b"x")
+        for _, b in pairs:
+            loop.add_reader(b.fileno(), lambda b=b: b.recv(100))
+        pairs[0][0].send(b"x")
         loop.run_once()  # one event: a quiet wake-up, so it lingers
         assert loop.time() == 0.2
         loop.call_later(0.05, lambda: None)
-        a.send(b"y")
+        for a, _ in pairs:  # two events in 0.2 s: a linger of 0.2 s would gather two
+            a.send(b"y")
         loop.run_once()  # lingers only until the timer is due
         assert loop.time() == pytest.approx(0.25, abs=1e-12)
-        loop.forget_fd(b.fileno())
-        a.close()
-        b.close()
     finally:
+        for a, b in pairs:
+            loop.forget_fd(b.fileno())
+            a.close()
+            b.close()
         loop.close()
 
 
