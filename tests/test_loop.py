@@ -18,7 +18,12 @@ from collections.abc import Iterator
 import pytest
 
 from hbloop.net.clock import MockClock
-from hbloop.net.gather import COALESCE_BELOW, COALESCE_MIN_GATHER
+from hbloop.net.gather import (
+    COALESCE_BELOW,
+    COALESCE_MIN_GATHER,
+    NATURAL_BATCH_RATE,
+    default_limit,
+)
 from hbloop.net.loop import MIN_CANCELLED_FOR_PURGE, EventLoop
 
 
@@ -293,6 +298,36 @@ def test_coalescing_stays_off_for_a_trickle_and_comes_back_with_the_load() -> No
             lingered += loop.time() > woke
         assert loop.arrival_rate * loop.coalesce >= COALESCE_MIN_GATHER
         assert lingered  # from the wake-up at which the average crossed the line
+    finally:
+        loop.forget_fd(b.fileno())
+        a.close()
+        b.close()
+        loop.close()
+
+
+@pytest.mark.parametrize(("gap", "lingers"), [(0.003, True), (0.0002, False)])
+def test_the_default_bound_lingers_for_slow_heartbeats_only(gap: float, lingers: bool) -> None:
+    """hbloop serve's default at a 30 s interval (a 15 ms bound, no gather above
+    NATURAL_BATCH_RATE): events 3 ms apart (10,000 peers) make it linger the whole
+    bound; events 0.2 ms apart (5,000 a second) never."""
+    clock = MockClock()
+    loop = EventLoop(
+        coalesce=default_limit(30.0), clock=clock, coalesce_max_rate=NATURAL_BATCH_RATE
+    )
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(b.fileno(), lambda: b.recv(100))
+        lingered = []
+        for _ in range(30):
+            clock.jump(gap)
+            a.send(b"x")
+            woke = loop.time()
+            loop.run_once()
+            lingered.append(loop.time() - woke)
+        if lingers:
+            assert lingered[-1] == pytest.approx(default_limit(30.0))
+        else:
+            assert not any(lingered)
     finally:
         loop.forget_fd(b.fileno())
         a.close()

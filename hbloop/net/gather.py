@@ -35,14 +35,12 @@ COALESCE_MIN_GATHER = 2.0
 RATE_WEIGHT = 0.1
 
 # The bound of a server left to choose it (``hbloop serve`` without ``--coalesce``):
-# this share of its heartbeat interval, so a gather adds at most 1/2000 of an
-# interval to a heartbeat's round trip (0.5 ms at 1 s, 15 ms at 30 s). N peers
-# arrive at N / interval a second, so such a gather brings N / 2000 events whatever
-# the interval: 2.5 at 5,000 peers, which is what heartbeats a second apart bring
-# one wake-up without gathering. A fixed bound cannot do both: 1 ms gathers a sixth
-# of a heartbeat at 5,000 peers and 30 s, where each heartbeat then pays a whole
-# wake-up (a cold one: about 70 us against 18 us at 1 s, docs/explanation/figures.md),
-# and 15 ms would double the round trip of heartbeats a second apart.
+# this share of its heartbeat interval, so a gather adds at most 1/2000 of an interval
+# to a heartbeat's round trip (15 ms at 30 s). N peers arrive at N / interval a second,
+# so such a gather brings N / 2000 events at any interval (2.5 at 5,000 peers), where a
+# fixed bound gathers the less the longer the interval: 1 ms brings a sixth of a
+# heartbeat at 5,000 peers and 30 s, each of which then pays a whole wake-up after a
+# sleep, with cold caches (docs/explanation/figures.md, "Slow heartbeats").
 INTERVAL_SHARE = 1 / 2000
 
 # The default bound gathers only below this many events a second. Above it wake-ups
