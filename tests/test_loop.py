@@ -309,7 +309,9 @@ def test_coalescing_stays_off_for_a_trickle_and_comes_back_with_the_load() -> No
 def test_the_default_bound_lingers_for_slow_heartbeats_only(gap: float, lingers: bool) -> None:
     """hbloop serve's default at a 30 s interval (a 15 ms bound, no gather above
     NATURAL_BATCH_RATE): events 3 ms apart (10,000 peers) make it linger the whole
-    bound; events 0.2 ms apart (5,000 a second) never."""
+    bound; events 0.2 ms apart (5,000 a second) never. (Here the events come only
+    between iterations, so a linger gathers none and the measured rate then falls:
+    test_gather's simulation follows a steady stream.)"""
     clock = MockClock()
     loop = EventLoop(
         coalesce=default_limit(30.0), clock=clock, coalesce_max_rate=NATURAL_BATCH_RATE
@@ -325,7 +327,7 @@ def test_the_default_bound_lingers_for_slow_heartbeats_only(gap: float, lingers:
             loop.run_once()
             lingered.append(loop.time() - woke)
         if lingers:
-            assert lingered[-1] == pytest.approx(default_limit(30.0))
+            assert max(lingered) == pytest.approx(default_limit(30.0))
         else:
             assert not any(lingered)
     finally:
