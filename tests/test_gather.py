@@ -137,6 +137,12 @@ def test_the_default_bound_leaves_heartbeats_a_second_apart_alone() -> None:
     batch = events_per_wake_up(5000, 1.0, default_limit(1.0), 4000, NATURAL_BATCH_RATE)
     assert batch == pytest.approx(1.0, abs=0.001)
     assert gather_delay(1, 5000.0, default_limit(1.0), FAR, NATURAL_BATCH_RATE) == 0.0
+    # At 1 s a gather would need 4,000 events a second to bring two, and the cap stops
+    # it there: at intervals of 1 s and less the default never gathers.
+    for rate in (100.0, 1000.0, 3999.0, 4001.0, 10_000.0, 100_000.0, math.inf):
+        for interval in (0.1, 0.5, 1.0):
+            limit = default_limit(interval)
+            assert gather_delay(1, rate, limit, FAR, NATURAL_BATCH_RATE) == 0.0
     # Without the cap (an explicit --coalesce) the same bound gathers.
     assert gather_delay(1, 5000.0, default_limit(1.0), FAR) == default_limit(1.0)
 
