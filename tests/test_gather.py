@@ -86,8 +86,9 @@ def events_per_wake_up(
 ) -> float:
     """A loop following the policy over ``peers`` heartbeating every ``interval``, one
     every ``interval / peers`` s: at each wake-up it serves every event that has come
-    and asks ``gather_delay`` how long to gather; after a gather it polls again (a
-    wake-up, even if it finds nothing), else it sleeps until the next event. The mean
+    and asks ``gather_delay`` how long to gather; the end of a gather is a wake-up of
+    its own, after which the loop serves what came meanwhile or, if nothing did,
+    sleeps in epoll_wait until the next event, as it does without a gather. The mean
     batch a wake-up serves, over ``heartbeats`` events."""
     gap = interval / peers
     now = woke = 0.0
@@ -104,6 +105,10 @@ def events_per_wake_up(
             now += delay
             # events come at 0, gap, 2 gap, ...: those up to now that are not served
             ready = max(0, math.floor(now / gap) + 1 - served)
+            if not ready:  # the sleep woke it for nothing; epoll_wait then waits
+                wake_ups += 1
+                now = served * gap
+                ready = 1
         else:
             now = max(now, served * gap)
             ready = 1
