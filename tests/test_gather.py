@@ -9,8 +9,11 @@ import pytest
 from hbloop.net.gather import (
     COALESCE_BELOW,
     COALESCE_MIN_GATHER,
+    INTERVAL_SHARE,
+    NATURAL_BATCH_RATE,
     RATE_WEIGHT,
     arrival_rate,
+    default_limit,
     gather_delay,
 )
 
@@ -76,3 +79,82 @@ def test_a_trickle_brings_the_rate_down_until_gathering_stops() -> None:
     for _ in range(60):  # then one event every 10 ms
         rate = arrival_rate(rate, 1, 0.01)
     assert gather_delay(1, rate, LIMIT, FAR) == 0.0
+
+
+def events_per_wake_up(
+    peers: int, interval: float, limit: float, heartbeats: int, max_rate: float = math.inf
+) -> float:
+    """A loop following the policy over ``peers`` heartbeating every ``interval``, one
+    every ``interval / peers`` s: at each wake-up it serves every event that has come
+    and asks ``gather_delay`` how long to gather; the end of a gather is a wake-up of
+    its own, after which the loop serves what came meanwhile or, if nothing did,
+    sleeps in epoll_wait until the next event, as it does without a gather. The mean
+    batch a wake-up serves, over ``heartbeats`` events."""
+    gap = interval / peers
+    now = woke = 0.0
+    rate = math.inf
+    served = wake_ups = 0
+    ready = 1  # the first event wakes the loop
+    while served < heartbeats:
+        served += ready
+        wake_ups += 1
+        rate = arrival_rate(rate, ready, now - woke)
+        woke = now
+        delay = gather_delay(ready, rate, limit, FAR, max_rate)
+        if delay:
+            now += delay
+            # events come at 0, gap, 2 gap, ...: those up to now that are not served
+            ready = max(0, math.floor(now / gap) + 1 - served)
+            if not ready:  # the sleep woke it for nothing; epoll_wait then waits
+                wake_ups += 1
+                now = served * gap
+                ready = 1
+        else:
+            now = max(now, served * gap)
+            ready = 1
+    return served / wake_ups
+
+
+def test_the_default_bound_is_a_share_of_the_interval() -> None:
+    assert default_limit(1.0) == pytest.approx(0.0005)
+    assert default_limit(30.0) == pytest.approx(0.015)
+
+
+def test_without_gathering_each_slow_heartbeat_is_a_wake_up_of_its_own() -> None:
+    assert events_per_wake_up(5000, 30.0, 0.0, 2000) == 1.0
+    # A fixed bound of 1 ms stays off at 167 heartbeats a second (a trickle), after
+    # the one gather of the unmeasured rate at the start.
+    assert events_per_wake_up(5000, 30.0, LIMIT, 2000) == pytest.approx(1.0, abs=0.001)
+
+
+@pytest.mark.parametrize("interval", [5.0, 30.0, 120.0])
+def test_the_default_bound_gathers_as_much_at_any_slow_interval(interval: float) -> None:
+    """N peers at N / interval a second and a bound of interval / 2000: a gather takes
+    N / 2000 events, 2.5 at 5,000 peers, whatever the interval."""
+    limit = default_limit(interval)
+    batch = events_per_wake_up(5000, interval, limit, 4000, NATURAL_BATCH_RATE)
+    assert batch == pytest.approx(5000 * INTERVAL_SHARE, rel=0.1)
+
+
+def test_the_default_bound_leaves_heartbeats_a_second_apart_alone() -> None:
+    # 5,000 a second: past NATURAL_BATCH_RATE, where wake-ups batch by themselves.
+    assert NATURAL_BATCH_RATE < 5000
+    batch = events_per_wake_up(5000, 1.0, default_limit(1.0), 4000, NATURAL_BATCH_RATE)
+    assert batch == pytest.approx(1.0, abs=0.001)
+    assert gather_delay(1, 5000.0, default_limit(1.0), FAR, NATURAL_BATCH_RATE) == 0.0
+    # At 1 s a gather would need 4,000 events a second to bring two, and the cap stops
+    # it there: at intervals of 1 s and less the default never gathers.
+    for rate in (100.0, 1000.0, 3999.0, 4001.0, 10_000.0, 100_000.0, math.inf):
+        for interval in (0.1, 0.5, 1.0):
+            limit = default_limit(interval)
+            assert gather_delay(1, rate, limit, FAR, NATURAL_BATCH_RATE) == 0.0
+    # Without the cap (an explicit --coalesce) the same bound gathers.
+    assert gather_delay(1, 5000.0, default_limit(1.0), FAR) == default_limit(1.0)
+
+
+def test_a_gather_that_would_bring_one_event_saves_no_wake_up_and_is_not_made() -> None:
+    # 2,000 peers at 30 s and a 15 ms bound: one event a gather, a wake-up each.
+    assert 2000 / 30.0 * default_limit(30.0) < COALESCE_MIN_GATHER
+    batch = events_per_wake_up(2000, 30.0, default_limit(30.0), 1000)
+    assert batch == pytest.approx(1.0, abs=0.001)
+    assert gather_delay(1, 2000 / 30.0, default_limit(30.0), FAR) == 0.0

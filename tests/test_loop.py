@@ -18,7 +18,12 @@ from collections.abc import Iterator
 import pytest
 
 from hbloop.net.clock import MockClock
-from hbloop.net.gather import COALESCE_BELOW, COALESCE_MIN_GATHER
+from hbloop.net.gather import (
+    COALESCE_BELOW,
+    COALESCE_MIN_GATHER,
+    NATURAL_BATCH_RATE,
+    default_limit,
+)
 from hbloop.net.loop import MIN_CANCELLED_FOR_PURGE, EventLoop
 
 
@@ -232,20 +237,23 @@ def test_a_raising_callback_is_logged_and_the_loop_goes_on(loop: EventLoop, capl
 
 def test_coalescing_waits_after_a_quiet_wake_up_but_not_past_a_deadline() -> None:
     loop = EventLoop(coalesce=0.2, clock=MockClock())
+    pairs = [socket.socketpair() for _ in range(2)]
     try:
-        a, b = socket.socketpair()
-        loop.add_reader(b.fileno(), lambda: b.recv(100))
-        a.send(b"x")
+        for _, b in pairs:
+            loop.add_reader(b.fileno(), lambda b=b: b.recv(100))
+        pairs[0][0].send(b"x")
         loop.run_once()  # one event: a quiet wake-up, so it lingers
         assert loop.time() == 0.2
         loop.call_later(0.05, lambda: None)
-        a.send(b"y")
+        for a, _ in pairs:  # two events in 0.2 s: a linger of 0.2 s would gather two
+            a.send(b"y")
         loop.run_once()  # lingers only until the timer is due
         assert loop.time() == pytest.approx(0.25, abs=1e-12)
-        loop.forget_fd(b.fileno())
-        a.close()
-        b.close()
     finally:
+        for a, b in pairs:
+            loop.forget_fd(b.fileno())
+            a.close()
+            b.close()
         loop.close()
 
 
@@ -290,6 +298,38 @@ def test_coalescing_stays_off_for_a_trickle_and_comes_back_with_the_load() -> No
             lingered += loop.time() > woke
         assert loop.arrival_rate * loop.coalesce >= COALESCE_MIN_GATHER
         assert lingered  # from the wake-up at which the average crossed the line
+    finally:
+        loop.forget_fd(b.fileno())
+        a.close()
+        b.close()
+        loop.close()
+
+
+@pytest.mark.parametrize(("gap", "lingers"), [(0.003, True), (0.0002, False)])
+def test_the_default_bound_lingers_for_slow_heartbeats_only(gap: float, lingers: bool) -> None:
+    """hbloop serve's default at a 30 s interval (a 15 ms bound, no gather above
+    NATURAL_BATCH_RATE): events 3 ms apart (10,000 peers) make it linger the whole
+    bound; events 0.2 ms apart (5,000 a second) never. (Here the events come only
+    between iterations, so a linger gathers none and the measured rate then falls:
+    test_gather's simulation follows a steady stream.)"""
+    clock = MockClock()
+    loop = EventLoop(
+        coalesce=default_limit(30.0), clock=clock, coalesce_max_rate=NATURAL_BATCH_RATE
+    )
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(b.fileno(), lambda: b.recv(100))
+        lingered = []
+        for _ in range(30):
+            clock.jump(gap)
+            a.send(b"x")
+            woke = loop.time()
+            loop.run_once()
+            lingered.append(loop.time() - woke)
+        if lingers:
+            assert max(lingered) == pytest.approx(default_limit(30.0))
+        else:
+            assert not any(lingered)
     finally:
         loop.forget_fd(b.fileno())
         a.close()

@@ -6,6 +6,7 @@ settings fields. In-process: ``main()`` and ``parse()`` as the command line call
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import re
 import ssl
@@ -26,6 +27,7 @@ from hbloop.cli.settings import (
     ServeSettings,
     changed,
 )
+from hbloop.net.gather import NATURAL_BATCH_RATE
 from hbloop.ops import logs
 from hbloop.ops.supervisor import SUPERVISOR_SETTINGS
 
@@ -279,3 +281,23 @@ def test_unusable_tls_files_are_one_line_by_flag_and_by_key(
     by_key = refusal(capsys, "serve", "--config", str(config))
     for line in (by_flag, by_key):
         assert f"cannot load certificate {cert} with key {key}: " in line and says in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "bound", "max_rate"),
+    [
+        ((), 0.015, NATURAL_BATCH_RATE),  # 1/2000 of the 30 s interval, slow rates only
+        (("--coalesce", "0"), 0.0, math.inf),
+        (("--coalesce", "2"), 0.002, math.inf),
+    ],
+)
+def test_the_loop_gathers_as_coalesce_says_or_by_the_interval_without_it(
+    flags: tuple[str, ...], bound: float, max_rate: float
+) -> None:
+    settings = parse(["serve", "--interval", "30", "--timeout", "90", *flags])
+    loop = settings.event_loop()
+    try:
+        assert loop.coalesce == pytest.approx(bound)
+        assert loop.coalesce_max_rate == max_rate
+    finally:
+        loop.close()

@@ -12,7 +12,6 @@ from hbloop.cli.errors import EXIT_OK, UsageError, fail
 from hbloop.cli.parser import parse
 from hbloop.cli.security import server_security
 from hbloop.cli.settings import AUTH_EXPIRY_CLOSE, ServeSettings, changed, flags
-from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import default_max_connections, raise_open_files_limit
 from hbloop.ops import logs
 from hbloop.ops.metrics import Report, StartError, serve_metrics
@@ -191,7 +190,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         port,
         policy,
         on_message=echo,
-        loop=EventLoop(coalesce=settings.coalesce / 1000),
+        loop=settings.event_loop(),
         backlog=settings.backlog,
         reuse_port=worker is not None,
         tls_context=tls_context,

@@ -65,6 +65,8 @@ from hbloop.core.policy import (
 )
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
 from hbloop.net.acceptor import AdmissionLimits
+from hbloop.net.gather import INTERVAL_SHARE, NATURAL_BATCH_RATE, default_limit
+from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import default_max_connections, open_files_ceiling
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
 from hbloop.ops.logs import LOG_FORMATS, LOG_LEVELS
@@ -86,6 +88,9 @@ DEFAULT_PORT = 7878
 # A stats line a minute: enough to follow a server's life in its log without
 # drowning the connect and disconnect lines.
 DEFAULT_STATS_INTERVAL = 60.0
+
+# --coalesce is in milliseconds, the loop's bound in seconds.
+MS_PER_S = 1000
 
 # The --help headings of options shared by several commands.
 TLS_CLIENT = "TLS and authentication"
@@ -302,12 +307,15 @@ class ServeSettings(LogSettings):
         Number(least=0.001, inclusive=True),
         "TCP_USER_TIMEOUT: close when sent data stays unacknowledged this long, s",
     )
-    coalesce: float = option(
-        0.0,
+    coalesce: float | None = option(
+        None,
         Number(inclusive=True),
-        "after a quiet wake-up, let events gather this many milliseconds before "
-        "polling again: less CPU per heartbeat for up to MS more latency (0: off)",
+        "after a quiet wake-up, let events gather up to this many milliseconds before "
+        "polling again, while the arrival rate says a wait gathers two or more: less "
+        "CPU per heartbeat for up to MS more latency (0: off)",
         metavar="MS",
+        default_text=f"1/{round(1 / INTERVAL_SHARE)} of --interval, gathering only below "
+        f"{NATURAL_BATCH_RATE:,.0f} events/s",
     )
     backlog: int = option(
         DEFAULT_BACKLOG, Count(), "listen backlog (Linux caps it at net.core.somaxconn)"
@@ -515,6 +523,16 @@ class ServeSettings(LogSettings):
             handshakes_per_source=self.max_handshakes_per_source,
             tls_rate_per_source=self.tls_handshake_rate_per_source,
         )
+
+    def event_loop(self) -> EventLoop:
+        """A server process's loop, gathering as --coalesce says: up to MS, or without
+        it a share of --interval and only at rates that bring no batch of their own
+        (``hbloop.net.gather.default_limit`` and ``NATURAL_BATCH_RATE``)."""
+        if self.coalesce is None:
+            return EventLoop(
+                coalesce=default_limit(self.interval), coalesce_max_rate=NATURAL_BATCH_RATE
+            )
+        return EventLoop(coalesce=self.coalesce / MS_PER_S)
 
     def worker_max_connections(self, index: int) -> int:
         """Worker ``index``'s share of --max-connections (1-based): an even split, the

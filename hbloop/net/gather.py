@@ -7,6 +7,11 @@ A gather adds its length to the latency of the events it waits for, so it is bou
 (``limit``, the caller's ``coalesce``), never passes the next deadline, and is adaptive:
 none after a busy wake-up, none for a trickle that a whole ``limit`` would not add to,
 and no longer than the measured arrival rate takes to bring a full batch.
+
+A server not told its bound takes ``default_limit`` of its heartbeat interval, and
+gathers only below ``NATURAL_BATCH_RATE``: the latency a heartbeat can spare grows with
+its interval, and so does the gather that slow heartbeats need (see
+``INTERVAL_SHARE``), while fast ones are batched by their own rate.
 """
 
 from __future__ import annotations
@@ -19,14 +24,31 @@ import math
 COALESCE_BELOW = 16
 
 # The loop gathers only while the arrival rate says a gather of the whole limit brings
-# at least this many events: below it (a trickle of heartbeats), a gather adds its
-# whole length to their RTT and saves next to nothing.
-COALESCE_MIN_GATHER = 1.0
+# at least this many events. A gather ends in a wake-up of its own (the poll after the
+# sleep), so one that brings a single event saves no wake-up at all, and below it (a
+# trickle of heartbeats) a gather adds its whole length to their RTT for nothing.
+COALESCE_MIN_GATHER = 2.0
 
 # Weight of the newest wake-up in the arrival rate's moving average: about the last ten
 # wake-ups count, so that the loop follows a change of load within a few milliseconds
 # at the rates where gathering pays.
 RATE_WEIGHT = 0.1
+
+# The bound of a server left to choose it (``hbloop serve`` without ``--coalesce``):
+# this share of its heartbeat interval, so a gather adds at most 1/2000 of an interval
+# to a heartbeat's round trip (15 ms at 30 s). N peers arrive at N / interval a second,
+# so such a gather brings N / 2000 events at any interval (2.5 at 5,000 peers), where a
+# fixed bound gathers the less the longer the interval: 1 ms brings a sixth of a
+# heartbeat at 5,000 peers and 30 s, each of which then pays a whole wake-up after a
+# sleep, with cold caches (docs/explanation/figures.md, "Slow heartbeats").
+INTERVAL_SHARE = 1 / 2000
+
+# The default bound gathers only below this many events a second. Above it wake-ups
+# bring a batch without gathering (5,000 heartbeats a second: 0.31 to 0.44 wake-ups
+# per heartbeat measured, against 1.0 at 167 a second), so a gather would add its
+# length to the round trip and save next to nothing: heartbeats a second apart keep
+# their sub-millisecond round trip.
+NATURAL_BATCH_RATE = 4000.0
 
 
 def arrival_rate(rate: float, count: int, elapsed: float) -> float:
@@ -41,14 +63,22 @@ def arrival_rate(rate: float, count: int, elapsed: float) -> float:
     return rate + RATE_WEIGHT * (newest - rate)
 
 
-def gather_delay(ready: int, rate: float, limit: float, until_due: float) -> float:
+def gather_delay(
+    ready: int, rate: float, limit: float, until_due: float, max_rate: float = math.inf
+) -> float:
     """How long to let events gather, s, after a wake-up that found ``ready`` events,
     at an arrival ``rate`` per second (infinity: unknown, so the whole ``limit``), at
     most ``limit`` and never past a deadline ``until_due`` seconds away: 0 after a busy
-    wake-up or for a trickle, else the time the rate takes to fill a batch of
-    ``COALESCE_BELOW``."""
-    if ready >= COALESCE_BELOW or rate * limit < COALESCE_MIN_GATHER:
+    wake-up, for a trickle or above ``max_rate`` events a second, else the time the
+    rate takes to fill a batch of ``COALESCE_BELOW``."""
+    if ready >= COALESCE_BELOW or rate * limit < COALESCE_MIN_GATHER or rate > max_rate:
         return 0.0
     fill = limit if rate == math.inf else (COALESCE_BELOW - ready) / rate
     delay = min(limit, fill, until_due)
     return delay if delay > 0.0 else 0.0
+
+
+def default_limit(interval: float) -> float:
+    """The gather bound, s, of a server whose peers heartbeat every ``interval``
+    seconds and that was given none (``INTERVAL_SHARE`` of it)."""
+    return interval * INTERVAL_SHARE

@@ -265,7 +265,9 @@ class EventLoop:
     one. It adapts (``hbloop.net.gather``): the loop measures the rate events arrive
     at (``arrival_rate``, a moving average over wake-ups), and waits only while a
     wait would gather events, and no longer than a batch takes to come, so a trickle
-    pays no latency for a batch that never comes.
+    pays no latency for a batch that never comes. ``coalesce_max_rate`` (events a
+    second, default infinity) turns it off above that rate, where wake-ups bring
+    batches of their own (``hbloop.net.gather.NATURAL_BATCH_RATE``).
 
     ``clock`` is where the loop's time comes from, ``time.monotonic`` by default. Any
     callable returning seconds will do for the loop's time, with waits still measured
@@ -273,10 +275,16 @@ class EventLoop:
     too, so that a test decides when time passes.
     """
 
-    def __init__(self, coalesce: float = 0.0, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        coalesce: float = 0.0,
+        clock: Clock = time.monotonic,
+        coalesce_max_rate: float = math.inf,
+    ) -> None:
         if coalesce < 0:
             raise ValueError("coalesce cannot be negative")
         self.coalesce = coalesce
+        self.coalesce_max_rate = coalesce_max_rate
         #: The loop's clock: ``time.monotonic`` unless a test injects another.
         self.clock = clock
         self._backend = backend = _Epoll()
@@ -520,7 +528,9 @@ class EventLoop:
         self.arrival_rate = arrival_rate(self.arrival_rate, count, woke - self._woke)
         self._woke = woke
         until_due = timers[0] - self.clock() if timers else math.inf
-        delay = gather_delay(count, self.arrival_rate, self.coalesce, until_due)
+        delay = gather_delay(
+            count, self.arrival_rate, self.coalesce, until_due, self.coalesce_max_rate
+        )
         if delay:
             self._sleep(delay)
 
