@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm",
         choices=STORM_KINDS,
         default=None,
-        help=f"start the server with --workers {STORM_WORKERS} and, 1s into the "
+        help=f"start the server with --workers {STORM_WORKERS} (or auto, if one process "
+        "cannot hold the clients) and, 1s into the "
         "window, kill its busiest worker (SIGKILL), restart it (SIGTERM, then again on "
         "its port) or SIGHUP it after a config change that needs new processes; dropped "
         "clients reconnect at once. Reports time to 50/99/100%% back, peak accept rate, "

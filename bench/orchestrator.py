@@ -72,13 +72,17 @@ class _Worker:
 
 class _Sampler:
     """CPU time and resident memory of a spawned server (psutil), summed over its
-    process and its children: with --workers, the supervisor and every worker. A
-    worker that exits takes its CPU time out of the sum; the bench kills none. With
+    process and its children: with --workers, the supervisor and every worker.
+    ``root`` gives the server's process now (--storm restart starts a new one). A
+    process that exits keeps the CPU time it had when last sampled in the sum. With
     ``pids``, of that process and those (the bench and its load generators) instead."""
 
-    def __init__(self, process: psutil.Process, pids: list[int] | None = None) -> None:
-        self.process = process
+    def __init__(
+        self, root: Callable[[], psutil.Process | None], pids: list[int] | None = None
+    ) -> None:
+        self.root = root
         self.pids = pids
+        self.times: dict[tuple[int, float], tuple[float, float]] = {}  # by pid, start
         self.rss_before_kb = self.rss_kb()
         self.cpu_before = sum(self.cpu())
         self.cpu_ramp = 0.0
@@ -86,9 +90,12 @@ class _Sampler:
 
     def _tree(self) -> list[psutil.Process]:
         try:
+            process = self.root()
+            if process is None:
+                return []
             if self.pids is not None:
-                return [self.process, *map(psutil.Process, self.pids)]
-            return [self.process, *self.process.children(recursive=True)]
+                return [process, *map(psutil.Process, self.pids)]
+            return [process, *process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
 
@@ -96,13 +103,12 @@ class _Sampler:
         self.cpu_ramp = sum(self.cpu()) - self.cpu_before
 
     def cpu(self) -> tuple[float, float]:
-        user = system = 0.0
         for process in self._tree():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
-                user += times.user
-                system += times.system
-        return user, system
+                self.times[process.pid, process.create_time()] = (times.user, times.system)
+        values = self.times.values()
+        return sum(user for user, _ in values), sum(system for _, system in values)
 
     def rss_kb(self) -> float:
         total = 0
@@ -146,12 +152,12 @@ class Run:
 
     def execute(self) -> RunResult:
         config = self.config
-        server_process = self.server.psutil_process
-        sampler = _Sampler(server_process) if server_process is not None else None
+        server = self.server
+        sampler = _Sampler(lambda: server.psutil_process) if server.process is not None else None
         self.epoch = time.monotonic()
         self._start_workers()
         pids = [w.process.pid for w in self.workers if w.process.pid is not None]
-        generator = _Sampler(psutil.Process(), pids)
+        generator = _Sampler(psutil.Process, pids)
         try:
             ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
             self._follow_until(self.epoch + ramp_budget, self._ramp_done)

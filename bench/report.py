@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -286,12 +287,14 @@ GENERATOR_START = 1.0
 
 # Load-generator processes busy this share of the ramp on average were the bottleneck:
 # each is one thread, so it cannot go faster; below it they were waiting on the server.
+# With more processes than CPUs, the share is of the CPUs they could have used.
 GENERATOR_BUSY = 0.8
 
 
-def ramp_line(result: RunResult, config: BenchConfig) -> str:
+def ramp_line(result: RunResult, config: BenchConfig, cpus: int | None = None) -> str:
     """The ramp's CPU, the load generator's next to the server's, and, if it fell
-    behind, which of them did."""
+    behind, which of them did (the generator if it kept busy the ``cpus``, default
+    this machine's, its processes could use)."""
     ramp = result.ramp_s or 1.0
     asked = config.clients / config.connect_rate
     generator = result.generator_cpu_ramp_s / ramp  # cores
@@ -304,7 +307,8 @@ def ramp_line(result: RunResult, config: BenchConfig) -> str:
     )
     if result.ramp_s <= asked * RAMP_BEHIND + GENERATOR_START:
         return line
-    busy = generator / processes
+    usable = min(processes, len(os.sched_getaffinity(0)) if cpus is None else cpus)
+    busy = generator / usable
     who = "the load generator" if busy >= GENERATOR_BUSY else "the server (or the machine)"
     return f"{line}\n[{result.server}] fell behind: {who}, generator {busy:.0%} busy"
 

@@ -1,10 +1,14 @@
-"""How the clients are split over worker processes and loopback source addresses."""
+"""How the clients are split over worker processes and loopback source addresses, and
+how many processes a spawned ``hbloop serve`` needs to hold them."""
 
 from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from hbloop.net.sockets import default_max_connections, open_files_ceiling
 
 # Clients per load-generator process. Each client is one descriptor and the hard
 # open-files limit here is 20,000; 10,000 leaves the rest for the process itself
@@ -68,3 +72,48 @@ def source_addresses(clients: int, host: str) -> list[str]:
         return []
     count = max(1, math.ceil(clients / MAX_CLIENTS_PER_SOURCE))
     return [str(LOOPBACK_BASE + i) for i in range(count)]
+
+
+# A server the bench sizes (more clients than one process holds) gets a whole-server
+# --max-connections this much above the clients: the kernel spreads connections over
+# SO_REUSEPORT workers by a hash of their addresses, not evenly, and each worker
+# refuses past its even share; a 25% margin keeps the fullest of 20+ workers, a few
+# standard deviations above its mean, below its cap.
+SERVER_HEADROOM = 1.25
+
+
+def server_capacity() -> int:
+    """Connections one ``hbloop serve`` process holds: its open-files limit, raised to
+    the hard one, less what the server keeps back."""
+    return default_max_connections(open_files_ceiling())
+
+
+def _given(args: Sequence[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(f"{flag}=") for arg in args)
+
+
+def server_args(
+    clients: int, given: Sequence[str], least_workers: int = 1, capacity: int | None = None
+) -> tuple[str, ...]:
+    """What the bench adds to a spawned ``hbloop serve`` (with the user's ``given``
+    arguments) so that it holds ``clients`` with at least ``least_workers`` workers:
+    ``--workers auto`` and a whole-server ``--max-connections`` when one process's
+    ``capacity`` (default: ``server_capacity()``) is too small. A user-given
+    ``--workers`` wins; a user-given ``--max-connections`` is kept."""
+    if _given(given, "--workers"):
+        return ()
+    if clients <= (server_capacity() if capacity is None else capacity):
+        return () if least_workers == 1 else ("--workers", str(least_workers))
+    if _given(given, "--max-connections"):
+        return ("--workers", "auto")
+    return ("--workers", "auto", "--max-connections", str(math.ceil(clients * SERVER_HEADROOM)))
+
+
+def describe_server_args(clients: int, added: Sequence[str]) -> str | None:
+    """The line that says the bench sized the server, or None if it did not."""
+    if "auto" not in added:
+        return None
+    return (
+        f"bench: {clients:,} clients need more than one process's {server_capacity():,} "
+        f"descriptors: hbloop serve {' '.join(added)}"
+    )

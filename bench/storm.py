@@ -1,6 +1,7 @@
 """``python -m bench --storm KIND``: a fault under load, and the reconnect storm after it.
 
-The bench starts ``hbloop serve --workers 2``; its clients reconnect at once when
+The bench starts ``hbloop serve --workers 2`` (or ``--workers auto`` when one process
+cannot hold the clients: ``bench.sizing``); its clients reconnect at once when
 dropped (``WorkerPlan.reconnect``). ``STALL_AFTER`` seconds into the window it strikes:
 
 * ``kill-worker``: SIGKILL to the worker with the most connections. Its clients see
@@ -34,7 +35,6 @@ from typing import Any
 
 import psutil
 
-from bench.config import STORM_WORKERS
 from bench.histograms import merge_encoded, new_histogram, summary_ms
 from bench.messages import Final
 from bench.redis_server import RedisProcess
@@ -89,8 +89,9 @@ class Setup:
         self.prefix = ""
 
     def server_args(self) -> tuple[str, ...]:
-        """What the storm adds to the next spawned ``hbloop serve``."""
-        args: tuple[str, ...] = ("--workers", str(STORM_WORKERS))
+        """What the storm adds to the next spawned ``hbloop serve``, besides its
+        workers (at least ``STORM_WORKERS``: ``bench.sizing.server_args``)."""
+        args: tuple[str, ...] = ()
         if self.kind == "hup":
             _hup_config(self.scratch).write_text(_hup_line(0))
             args += ("--config", str(_hup_config(self.scratch)))
