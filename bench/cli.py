@@ -310,9 +310,9 @@ def _check(args: argparse.Namespace) -> str | None:
     if args.timeout < MIN_TIMEOUT_RATIO * args.interval:
         return f"--timeout must be at least {MIN_TIMEOUT_RATIO:g}x --interval"
     try:
-        worker_count(args.clients, args.workers)
+        worker_count(args.clients, args.workers, args.interval)
         if args.redis:
-            worker_count(args.outage_clients, args.workers)
+            worker_count(args.outage_clients, args.workers, args.interval)
     except ValueError as exc:
         return str(exc)
     if args.tls and args.target is not None:

@@ -256,6 +256,8 @@ class Worker:
         client.channel.connect(self.plan.target)  # a failure ends it as connect_failures
 
     def tick(self, second: int) -> None:
+        if self.done:  # STOP came in this iteration: the Final was the last report
+            return
         self.pipe.send(
             Tick(
                 worker=self.plan.worker,

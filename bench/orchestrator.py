@@ -33,8 +33,9 @@ from bench.results import RunResult, Second, ServerFigures
 from bench.servers import STOP_TIMEOUT, ServerUnderTest
 from bench.sizing import source_addresses, split, worker_count
 
-# The ramp may take this much longer than clients / rate before the run goes on
-# without the stragglers (which then count as connect failures or never connect).
+# The ramp may take this much longer than clients / rate, and then as long again
+# while clients still connect or fail, before the run goes on without the stragglers
+# (which then count as connect failures or never connect).
 RAMP_SLACK = WELCOME_DEADLINE + 10.0
 
 # The settle period between the ramp and the window is at least this long.
@@ -161,6 +162,7 @@ class Run:
         try:
             ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
             self._follow_until(self.epoch + ramp_budget, self._ramp_done)
+            self._follow_while_ramping()
             ramp_end = time.monotonic()
             if sampler is not None:
                 sampler.end_ramp()
@@ -250,7 +252,7 @@ class Run:
     def _start_workers(self) -> None:
         config = self.config
         host, port = self.server.address
-        count = worker_count(config.clients, config.workers)
+        count = worker_count(config.clients, config.workers, config.interval)
         sources = source_addresses(config.clients, host)
         context = multiprocessing.get_context("spawn")
         for share in split(config.clients, count, config.zombie_count):
@@ -279,6 +281,16 @@ class Run:
 
     def _ramp_done(self) -> bool:
         return all(worker.ramp_done for worker in self.workers)
+
+    def _follow_while_ramping(self) -> None:
+        """Past its budget, the ramp goes on while clients still connect or fail: many
+        generator processes take seconds to start on a small machine, and a slow ramp
+        is a figure (the summary says who fell behind), not a reason to stop short."""
+        while not self._ramp_done():
+            ended = self.counts.established + self.counts.errors
+            self._follow_until(time.monotonic() + RAMP_SLACK, self._ramp_done)
+            if self.counts.established + self.counts.errors == ended:
+                return
 
     def _follow_until(self, deadline: float, condition: Callable[[], bool] | None = None) -> None:
         """Handle worker messages until ``deadline`` or until ``condition()`` holds."""

@@ -114,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
                     server = spawn_reference(loop, args.host, args.interval, args.timeout, tls)
                 references.append(run_and_stop(config, server))
             if args.baseline is not None:
+                given = config.server_args + sized
                 baseline = spawn_hbloop(
-                    args.host, args.interval, args.timeout, config.server_args + sized, args.baseline
+                    args.host, args.interval, args.timeout, given, args.baseline
                 )
                 references.append(run_and_stop(config, baseline))
     except (BenchError, ServerStartError) as exc:

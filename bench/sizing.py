@@ -10,16 +10,18 @@ from dataclasses import dataclass
 
 from hbloop.net.sockets import default_max_connections, open_files_ceiling
 
-# Clients per load-generator process. Each client is one descriptor and the hard
-# open-files limit here is 20,000; 10,000 leaves the rest for the process itself
-# while keeping the number of processes (and their CPU contention with the server
-# on a small machine) low.
-MAX_CLIENTS_PER_WORKER = 10_000
+# Heartbeats a second one load-generator process is given: a Python process times
+# about twice that before it falls behind, and the clients of a second's interval
+# (the default) then come 10,000 to a process, as many as the processes the bench
+# started with before it sized them by descriptors too.
+MAX_HEARTBEATS_PER_WORKER = 10_000
 
 # Connections per (source address, server address) pair. Linux hands out ephemeral
-# ports from 32768-60999 (28,232 of them); stopping well short leaves room for the
-# rest of the machine.
-MAX_CLIENTS_PER_SOURCE = 25_000
+# ports from 32768-60999 (28,232 of them), but connect() tries the even half first
+# and, once those 14,116 are taken, scans them all on every connect before the odd
+# ones: at 20,000 a source, 74% of the machine's CPU went to __inet_check_established
+# (perf) and the ramp fell from 2,000 to 500 connects/s. 10,000 stays in the even half.
+MAX_CLIENTS_PER_SOURCE = 10_000
 
 # Loopback addresses used as extra sources: 127.0.0.1, 127.0.0.2, ...
 LOOPBACK_BASE = ipaddress.IPv4Address("127.0.0.1")
@@ -35,14 +37,22 @@ class Share:
     zombies: int  # how many of them go silent after the ramp
 
 
-def worker_count(clients: int, requested: int | None = None) -> int:
-    needed = math.ceil(clients / MAX_CLIENTS_PER_WORKER)
+def clients_per_worker(interval: float) -> int:
+    """Clients one load-generator process is given: as many as its descriptors hold
+    (the open-files limit, less the reserve a server keeps too) and heartbeat at most
+    ``MAX_HEARTBEATS_PER_WORKER`` a second at ``interval``."""
+    return max(1, min(server_capacity(), int(MAX_HEARTBEATS_PER_WORKER * interval)))
+
+
+def worker_count(clients: int, requested: int | None = None, interval: float = 1.0) -> int:
+    each = clients_per_worker(interval)
+    needed = math.ceil(clients / each)
     if requested is None:
         return max(1, needed)
     if requested < needed:
         raise ValueError(
             f"{clients} clients need at least {needed} workers "
-            f"({MAX_CLIENTS_PER_WORKER} descriptors each)"
+            f"({each} clients each at interval {interval:g}s)"
         )
     return requested
 
