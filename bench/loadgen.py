@@ -2,8 +2,10 @@
 
 Each client connects (bound to its loopback source address), sends HELLO asking for
 the interval, and from WELCOME on sends a PING at every slot of a fixed schedule:
-client ``g`` of ``N`` owns the slots ``epoch + g/N x I + k x I``, so the load is
-smooth. A PONG's round trip is timed from the slot's *scheduled* time, not from when
+client ``g`` owns the slots ``epoch + phase(g) x I + k x I``, where ``phase(g)`` is the
+fractional part of ``g`` times the golden ratio: the phases of any run of consecutive
+clients (those connected so far in a ramp, which goes in index order) spread evenly
+over the interval, so the load is smooth during the ramp as well as after it. A PONG's round trip is timed from the slot's *scheduled* time, not from when
 the PING left, so a stall anywhere (server, kernel or this worker) shows up in the
 figures instead of silently delaying the next PING (coordinated omission). If the
 worker falls whole intervals behind, the skipped slots are recorded as if their
@@ -76,6 +78,17 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 RETRY_DELAY = 0.2
 
 
+# The golden ratio's fractional part: multiples of it modulo 1 fill [0, 1) more evenly
+# than those of any other step (the three-distance theorem's best case), whatever
+# prefix of them is taken.
+GOLDEN = (5**0.5 - 1) / 2
+
+
+def phase(index: int) -> float:
+    """Client ``index``'s share of the interval, in [0, 1), at which it heartbeats."""
+    return (index * GOLDEN) % 1.0
+
+
 class BenchClient:
     """One heartbeat client: its channel runs a client session, the worker does the
     bookkeeping.
@@ -132,7 +145,7 @@ class BenchClient:
         # This client's phase, then the first slot of the schedule not yet past.
         plan = self.worker.plan
         interval = self.channel.session.grant.interval
-        first = plan.epoch + self.index / plan.clients * interval
+        first = plan.epoch + phase(self.index) * interval
         self.next_slot = first + max(0, -int((first - now) // interval)) * interval
         self.schedule = self.worker.loop.call_at(self.next_slot, self.on_slot)
         self.worker.welcomed(self)

@@ -71,7 +71,7 @@ class _Worker:
         self.final: Final | None = None
 
 
-class _Sampler:
+class Sampler:
     """CPU time and resident memory of a spawned server (psutil), summed over its
     process and its children: with --workers, the supervisor and every worker.
     ``root`` gives the server's process now (--storm restart starts a new one). A
@@ -89,7 +89,7 @@ class _Sampler:
         self.cpu_ramp = 0.0
         self.cpu_start = (0.0, 0.0)
 
-    def _tree(self) -> list[psutil.Process]:
+    def processes(self) -> list[psutil.Process]:
         try:
             process = self.root()
             if process is None:
@@ -104,7 +104,7 @@ class _Sampler:
         self.cpu_ramp = sum(self.cpu()) - self.cpu_before
 
     def cpu(self) -> tuple[float, float]:
-        for process in self._tree():
+        for process in self.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
                 self.times[process.pid, process.create_time()] = (times.user, times.system)
@@ -113,7 +113,7 @@ class _Sampler:
 
     def rss_kb(self) -> float:
         total = 0
-        for process in self._tree():
+        for process in self.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         return total / KB
@@ -154,11 +154,11 @@ class Run:
     def execute(self) -> RunResult:
         config = self.config
         server = self.server
-        sampler = _Sampler(lambda: server.psutil_process) if server.process is not None else None
+        sampler = Sampler(lambda: server.psutil_process) if server.process is not None else None
         self.epoch = time.monotonic()
         self._start_workers()
         pids = [w.process.pid for w in self.workers if w.process.pid is not None]
-        generator = _Sampler(psutil.Process, pids)
+        generator = Sampler(psutil.Process, pids)
         try:
             ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
             self._follow_until(self.epoch + ramp_budget, self._ramp_done)
@@ -180,6 +180,7 @@ class Run:
             self._follow_until(self.epoch + first)
             if sampler is not None:
                 sampler.start_window()
+            generator.start_window()
             flooder = None
             if config.flooders:
                 self.result.flooders = config.flooders
@@ -194,6 +195,9 @@ class Run:
                 hit = self._strike(config.storm)
             self._follow_until(self.epoch + last)
             snapshot = sampler.end_window() if sampler is not None else None
+            self.result.generator_cpu_window_s = sum(generator.end_window()[:2])
+            if sampler is not None:
+                self.result.server_processes = len(sampler.processes())
             if flooder is not None:
                 self.result.flood_frames = flood.frames_sent(flooder, FLOOD_STOP_TIMEOUT)
             self._follow_until(self.epoch + last + 1, lambda: last in self.completed)
@@ -260,7 +264,6 @@ class Run:
                 worker=share.worker,
                 target=(host, port),
                 indices=share.indices,
-                clients=config.clients,
                 interval=config.interval,
                 connect_rate=config.connect_rate / count,
                 max_in_flight=max(1, config.max_in_flight // count),

@@ -313,6 +313,23 @@ def ramp_line(result: RunResult, config: BenchConfig, cpus: int | None = None) -
     return f"{line}\n[{result.server}] fell behind: {who}, generator {busy:.0%} busy"
 
 
+def window_line(result: RunResult) -> str:
+    """The steady state's CPU in cores, the load generator's next to the server's
+    (summed over its processes), and the server's memory per connection."""
+    window = result.window_s or 1.0
+    figures = result.figures
+    server = "-"
+    if figures is not None:
+        server = (
+            f"{figures.cpu_seconds / window:.2f} cores ({result.server_processes} processes), "
+            f"{_num(figures.rss_kb_per_conn, 2)} KB/conn"
+        )
+    return (
+        f"[{result.server}] window {result.window_s:g}s: generator "
+        f"{result.generator_cpu_window_s / window:.2f} cores, server {server}"
+    )
+
+
 def describe_run(config: BenchConfig, main: RunResult) -> str:
     """The workload of a run in one line, for the summary and the plot's title."""
     return (
@@ -344,6 +361,7 @@ def print_summary(
                 file=out,
             )
         print(ramp_line(result, config), file=out)
+        print(window_line(result), file=out)
         doc = result.to_json()
         if doc["flood"]:
             rtt = doc["flood"]["bystander_rtt_ms"]
