@@ -5,8 +5,9 @@ the interval, and from WELCOME on sends a PING at every slot of a fixed schedule
 client ``g`` owns the slots ``epoch + phase(g) x I + k x I``, where ``phase(g)`` is the
 fractional part of ``g`` times the golden ratio: the phases of any run of consecutive
 clients (those connected so far in a ramp, which goes in index order) spread evenly
-over the interval, so the load is smooth during the ramp as well as after it. A PONG's round trip is timed from the slot's *scheduled* time, not from when
-the PING left, so a stall anywhere (server, kernel or this worker) shows up in the
+over the interval, so the load is smooth during the ramp as well as after it. A
+PONG's round trip is timed from the slot's *scheduled* time, not from when the PING
+left, so a stall anywhere (server, kernel or this worker) shows up in the
 figures instead of silently delaying the next PING (coordinated omission). If the
 worker falls whole intervals behind, the skipped slots are recorded as if their
 PINGs had waited for the one sent late, as wrk2 does.

@@ -217,3 +217,26 @@ def listening_port(process: subprocess.Popen[str], deadline: float) -> int:
                         return int(conn.laddr.port)
         time.sleep(POLL_STEP)
     raise ServerStartError("hbloop serve did not listen in time")
+
+
+# The kernel's TCP socket tables, one line a socket: "sl local rem st ...", addresses
+# as hex IP:PORT, state 0A for LISTEN.
+TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+
+
+def wait_listening(process: subprocess.Popen[str], port: int, deadline: float) -> None:
+    """Wait until something listens on ``port`` (the server ``process`` started again on
+    it). Searched for in the kernel's tables as text, not through psutil, which parses
+    every line per process: seconds each at hundreds of thousands of sockets."""
+    needle = f":{port:04X} 00000000000000000000000000000000:0000 0A "
+    needle4 = f":{port:04X} 00000000:0000 0A "
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"hbloop serve exited with {process.returncode}")
+        for table in TCP_TABLES:
+            with contextlib.suppress(OSError):
+                text = table.read_text()
+                if needle4 in text or needle in text:
+                    return
+        time.sleep(POLL_STEP)
+    raise ServerStartError("hbloop serve did not listen in time")

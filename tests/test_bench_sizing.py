@@ -5,6 +5,8 @@ server process and more than one generator process."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import resource
 import subprocess
 import sys
 import time
@@ -25,6 +27,8 @@ from bench.sizing import (
     source_addresses,
     worker_count,
 )
+
+from conftest import ROOT
 
 PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 CAPACITY = 1_000  # one server process's connections, as a test states it
@@ -125,3 +129,40 @@ def test_the_sampler_keeps_an_exited_servers_cpu_and_follows_the_new_one():
         assert len(sampler.processes()) == 1
     finally:
         second.communicate(b"")
+
+
+# End to end, at an open-files limit that lowers one process's capacity to 960: 1,500
+# clients need two server workers and two generator processes.
+LOW_FILES_LIMIT = 1024
+SIZED_CLIENTS = 1_500
+BENCH_TIMEOUT = 180  # a few seconds of run, spawned processes on a loaded machine
+
+
+def low_files_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_FILES_LIMIT, LOW_FILES_LIMIT))
+
+
+def test_a_bench_run_too_big_for_one_process_sizes_the_server_and_the_generator(tmp_path):
+    out = tmp_path / "run.json"
+    argv = [sys.executable, "-m", "bench", "--clients", str(SIZED_CLIENTS), "--duration", "2"]
+    done = subprocess.run(
+        [*argv, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+        preexec_fn=low_files_limit,
+    )
+    assert done.returncode == 0, done.stderr
+    max_connections = round(SIZED_CLIENTS * SERVER_HEADROOM)
+    assert done.stdout.startswith(
+        f"bench: {SIZED_CLIENTS:,} clients need more than one process's 960 descriptors: "
+        f"hbloop serve --workers auto --max-connections {max_connections}\n"
+    )
+    figures = json.loads(out.read_text())
+    assert figures["connected"] == SIZED_CLIENTS
+    assert figures["dropped"] == figures["errors"] == 0
+    assert figures["generator"]["processes"] == 2
+    # The supervisor and its two workers (auto: one per CPU, at least the two needed).
+    assert figures["server"]["processes"] >= 3
+    assert "window" in done.stdout and "server" in done.stdout
