@@ -18,14 +18,15 @@ WAIT = 30.0  # for a process to start on a loaded machine
 def test_a_listening_port_is_found_and_a_dead_server_is_reported():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], text=True)
     listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     try:
-        wait_listening(sleeper, listener.getsockname()[1], time.monotonic() + WAIT)
+        wait_listening(sleeper, port, time.monotonic() + WAIT)
     finally:
         listener.close()
         sleeper.kill()
         sleeper.wait()
     with pytest.raises(ServerStartError, match="exited"):
-        wait_listening(sleeper, listener.getsockname()[1], time.monotonic() + WAIT)
+        wait_listening(sleeper, port, time.monotonic() + WAIT)
 
 
 def test_a_port_nobody_listens_on_times_out():
