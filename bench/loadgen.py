@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import random
 import signal
 import socket
 import ssl
@@ -30,6 +29,7 @@ from hdrh.histogram import HdrHistogram
 
 from bench.histograms import new_histogram, record_seconds
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
+from hbloop.core.backoff import Backoff
 from hbloop.core.policy import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING,
@@ -74,9 +74,11 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 # With reconnect (--storm), a dropped client connects again at once, as the issue's
 # fleet does; a connect that fails (refused while a server restarts, or shed) is
-# retried after this long to twice it, so that a closed port costs the generator
-# little CPU.
+# retried with hbloop's capped exponential back-off and full jitter, from this base to
+# this cap. With a fixed 0.2 to 0.4 s, 200,000 clients closed by --storm hup failed
+# 143,640 connects in 9 s (shed at the handshake limit) and 4,500 got back in.
 RETRY_DELAY = 0.2
+RETRY_CAP = 5.0
 
 
 # The golden ratio's fractional part: multiples of it modulo 1 fill [0, 1) more evenly
@@ -208,6 +210,7 @@ class Worker:
         self.done = False
         self._ramp_start = 0.0
         self.lost: dict[int, float] = {}  # reconnect: client index -> first drop not yet back
+        self.retries: dict[int, Backoff] = {}  # reconnect: of the lost refused so far
         self.drops: list[tuple[int, float, bool]] = []
         self.returns: list[tuple[int, float]] = []
         self.handshakes: HdrHistogram = new_histogram()
@@ -354,6 +357,7 @@ class Worker:
         self.counts.established += 1
         self.counts.open += 1
         dropped_at = self.lost.pop(client.index, None)
+        self.retries.pop(client.index, None)
         if dropped_at is not None:
             now = time.monotonic()
             self.returns.append((client.index, now))
@@ -370,7 +374,8 @@ class Worker:
         else:
             self.in_flight -= 1
             if client.index in self.lost:  # a reconnect refused or shed: again, later
-                delay = RETRY_DELAY * (1 + random.random())  # jitter: no synchronised waves
+                backoff = self.retries.setdefault(client.index, Backoff(RETRY_DELAY, RETRY_CAP))
+                delay = backoff.next_delay()
                 self.loop.call_later(delay, self.connect, client.index)
         if disconnect.reason in (Reason.PEER_ERROR, Reason.PROTOCOL_ERROR):
             counts.protocol_errors += 1
