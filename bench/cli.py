@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm",
         choices=STORM_KINDS,
         default=None,
-        help=f"start the server with --workers {STORM_WORKERS} and, 1s into the "
+        help=f"start the server with --workers {STORM_WORKERS} (or auto, if one process "
+        "cannot hold the clients) and, 1s into the "
         "window, kill its busiest worker (SIGKILL), restart it (SIGTERM, then again on "
         "its port) or SIGHUP it after a config change that needs new processes; dropped "
         "clients reconnect at once. Reports time to 50/99/100%% back, peak accept rate, "
@@ -309,9 +310,9 @@ def _check(args: argparse.Namespace) -> str | None:
     if args.timeout < MIN_TIMEOUT_RATIO * args.interval:
         return f"--timeout must be at least {MIN_TIMEOUT_RATIO:g}x --interval"
     try:
-        worker_count(args.clients, args.workers)
+        worker_count(args.clients, args.workers, args.interval)
         if args.redis:
-            worker_count(args.outage_clients, args.workers)
+            worker_count(args.outage_clients, args.workers, args.interval)
     except ValueError as exc:
         return str(exc)
     if args.tls and args.target is not None:

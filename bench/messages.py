@@ -12,8 +12,7 @@ class WorkerPlan:
 
     worker: int
     target: tuple[str, int]
-    indices: range  # global client indices; phase of client g = g / clients x interval
-    clients: int  # all clients of the run, over every worker
+    indices: range  # global client indices (their phases: bench.loadgen.phase)
     interval: float  # requested in HELLO; PINGs follow the granted one
     connect_rate: float  # this worker's connects per second
     max_in_flight: int  # connects not yet answered by WELCOME

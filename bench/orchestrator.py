@@ -33,8 +33,9 @@ from bench.results import RunResult, Second, ServerFigures
 from bench.servers import STOP_TIMEOUT, ServerUnderTest
 from bench.sizing import source_addresses, split, worker_count
 
-# The ramp may take this much longer than clients / rate before the run goes on
-# without the stragglers (which then count as connect failures or never connect).
+# The ramp may take this much longer than clients / rate, and then as long again
+# while clients still connect or fail, before the run goes on without the stragglers
+# (which then count as connect failures or never connect).
 RAMP_SLACK = WELCOME_DEADLINE + 10.0
 
 # The settle period between the ramp and the window is at least this long.
@@ -70,25 +71,32 @@ class _Worker:
         self.final: Final | None = None
 
 
-class _Sampler:
+class Sampler:
     """CPU time and resident memory of a spawned server (psutil), summed over its
-    process and its children: with --workers, the supervisor and every worker. A
-    worker that exits takes its CPU time out of the sum; the bench kills none. With
+    process and its children: with --workers, the supervisor and every worker.
+    ``root`` gives the server's process now (--storm restart starts a new one). A
+    process that exits keeps the CPU time it had when last sampled in the sum. With
     ``pids``, of that process and those (the bench and its load generators) instead."""
 
-    def __init__(self, process: psutil.Process, pids: list[int] | None = None) -> None:
-        self.process = process
+    def __init__(
+        self, root: Callable[[], psutil.Process | None], pids: list[int] | None = None
+    ) -> None:
+        self.root = root
         self.pids = pids
+        self.times: dict[tuple[int, float], tuple[float, float]] = {}  # by pid, start
         self.rss_before_kb = self.rss_kb()
         self.cpu_before = sum(self.cpu())
         self.cpu_ramp = 0.0
         self.cpu_start = (0.0, 0.0)
 
-    def _tree(self) -> list[psutil.Process]:
+    def processes(self) -> list[psutil.Process]:
         try:
+            process = self.root()
+            if process is None:
+                return []
             if self.pids is not None:
-                return [self.process, *map(psutil.Process, self.pids)]
-            return [self.process, *self.process.children(recursive=True)]
+                return [process, *map(psutil.Process, self.pids)]
+            return [process, *process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
 
@@ -96,17 +104,16 @@ class _Sampler:
         self.cpu_ramp = sum(self.cpu()) - self.cpu_before
 
     def cpu(self) -> tuple[float, float]:
-        user = system = 0.0
-        for process in self._tree():
+        for process in self.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
-                user += times.user
-                system += times.system
-        return user, system
+                self.times[process.pid, process.create_time()] = (times.user, times.system)
+        values = self.times.values()
+        return sum(user for user, _ in values), sum(system for _, system in values)
 
     def rss_kb(self) -> float:
         total = 0
-        for process in self._tree():
+        for process in self.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         return total / KB
@@ -146,15 +153,16 @@ class Run:
 
     def execute(self) -> RunResult:
         config = self.config
-        server_process = self.server.psutil_process
-        sampler = _Sampler(server_process) if server_process is not None else None
+        server = self.server
+        sampler = Sampler(lambda: server.psutil_process) if server.process is not None else None
         self.epoch = time.monotonic()
         self._start_workers()
         pids = [w.process.pid for w in self.workers if w.process.pid is not None]
-        generator = _Sampler(psutil.Process(), pids)
+        generator = Sampler(psutil.Process, pids)
         try:
             ramp_budget = config.clients / config.connect_rate + RAMP_SLACK
             self._follow_until(self.epoch + ramp_budget, self._ramp_done)
+            self._follow_while_ramping()
             ramp_end = time.monotonic()
             if sampler is not None:
                 sampler.end_ramp()
@@ -172,6 +180,7 @@ class Run:
             self._follow_until(self.epoch + first)
             if sampler is not None:
                 sampler.start_window()
+            generator.start_window()
             flooder = None
             if config.flooders:
                 self.result.flooders = config.flooders
@@ -186,6 +195,9 @@ class Run:
                 hit = self._strike(config.storm)
             self._follow_until(self.epoch + last)
             snapshot = sampler.end_window() if sampler is not None else None
+            self.result.generator_cpu_window_s = sum(generator.end_window()[:2])
+            if sampler is not None:
+                self.result.server_processes = len(sampler.processes())
             if flooder is not None:
                 self.result.flood_frames = flood.frames_sent(flooder, FLOOD_STOP_TIMEOUT)
             self._follow_until(self.epoch + last + 1, lambda: last in self.completed)
@@ -244,7 +256,7 @@ class Run:
     def _start_workers(self) -> None:
         config = self.config
         host, port = self.server.address
-        count = worker_count(config.clients, config.workers)
+        count = worker_count(config.clients, config.workers, config.interval)
         sources = source_addresses(config.clients, host)
         context = multiprocessing.get_context("spawn")
         for share in split(config.clients, count, config.zombie_count):
@@ -252,7 +264,6 @@ class Run:
                 worker=share.worker,
                 target=(host, port),
                 indices=share.indices,
-                clients=config.clients,
                 interval=config.interval,
                 connect_rate=config.connect_rate / count,
                 max_in_flight=max(1, config.max_in_flight // count),
@@ -273,6 +284,16 @@ class Run:
 
     def _ramp_done(self) -> bool:
         return all(worker.ramp_done for worker in self.workers)
+
+    def _follow_while_ramping(self) -> None:
+        """Past its budget, the ramp goes on while clients still connect or fail: many
+        generator processes take seconds to start on a small machine, and a slow ramp
+        is a figure (the summary says who fell behind), not a reason to stop short."""
+        while not self._ramp_done():
+            ended = self.counts.established + self.counts.errors
+            self._follow_until(time.monotonic() + RAMP_SLACK, self._ramp_done)
+            if self.counts.established + self.counts.errors == ended:
+                return
 
     def _follow_until(self, deadline: float, condition: Callable[[], bool] | None = None) -> None:
         """Handle worker messages until ``deadline`` or until ``condition()`` holds."""

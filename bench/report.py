@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -286,12 +287,14 @@ GENERATOR_START = 1.0
 
 # Load-generator processes busy this share of the ramp on average were the bottleneck:
 # each is one thread, so it cannot go faster; below it they were waiting on the server.
+# With more processes than CPUs, the share is of the CPUs they could have used.
 GENERATOR_BUSY = 0.8
 
 
-def ramp_line(result: RunResult, config: BenchConfig) -> str:
+def ramp_line(result: RunResult, config: BenchConfig, cpus: int | None = None) -> str:
     """The ramp's CPU, the load generator's next to the server's, and, if it fell
-    behind, which of them did."""
+    behind, which of them did (the generator if it kept busy the ``cpus``, default
+    this machine's, its processes could use)."""
     ramp = result.ramp_s or 1.0
     asked = config.clients / config.connect_rate
     generator = result.generator_cpu_ramp_s / ramp  # cores
@@ -304,9 +307,27 @@ def ramp_line(result: RunResult, config: BenchConfig) -> str:
     )
     if result.ramp_s <= asked * RAMP_BEHIND + GENERATOR_START:
         return line
-    busy = generator / processes
+    usable = min(processes, len(os.sched_getaffinity(0)) if cpus is None else cpus)
+    busy = generator / usable
     who = "the load generator" if busy >= GENERATOR_BUSY else "the server (or the machine)"
     return f"{line}\n[{result.server}] fell behind: {who}, generator {busy:.0%} busy"
+
+
+def window_line(result: RunResult) -> str:
+    """The steady state's CPU in cores, the load generator's next to the server's
+    (summed over its processes), and the server's memory per connection."""
+    window = result.window_s or 1.0
+    figures = result.figures
+    server = "-"
+    if figures is not None:
+        server = (
+            f"{figures.cpu_seconds / window:.2f} cores ({result.server_processes} processes), "
+            f"{_num(figures.rss_kb_per_conn, 2)} KB/conn"
+        )
+    return (
+        f"[{result.server}] window {result.window_s:g}s: generator "
+        f"{result.generator_cpu_window_s / window:.2f} cores, server {server}"
+    )
 
 
 def describe_run(config: BenchConfig, main: RunResult) -> str:
@@ -340,6 +361,7 @@ def print_summary(
                 file=out,
             )
         print(ramp_line(result, config), file=out)
+        print(window_line(result), file=out)
         doc = result.to_json()
         if doc["flood"]:
             rtt = doc["flood"]["bystander_rtt_ms"]

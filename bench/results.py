@@ -82,6 +82,8 @@ class RunResult:
     stalled_s: float = 0.0  # the server was stopped this long (--stall)
     generator_processes: int = 0  # load-generator processes, besides the bench's own
     generator_cpu_ramp_s: float = 0.0  # their CPU (and the bench's) over the ramp
+    generator_cpu_window_s: float = 0.0  # and over the steady-state window
+    server_processes: int = 0  # a spawned server's, at the end of the window
     storm: StormFigures | None = None  # --storm
 
     @property
@@ -110,6 +112,7 @@ class RunResult:
             "generator": {
                 "processes": self.generator_processes,
                 "cpu_ramp_s": self.generator_cpu_ramp_s,
+                "cpu_window_s": self.generator_cpu_window_s,
             },
             "rtt_ms": summary_ms(self.rtt),
             "server": {
@@ -122,6 +125,7 @@ class RunResult:
                 "rss_before_kb": figures and figures.rss_before_kb,
                 "rss_steady_kb": figures and figures.rss_steady_kb,
                 "connections_at_rss": figures and figures.connections,
+                "processes": self.server_processes,
             },
             "zombies": {
                 "count": self.zombies,

@@ -8,8 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import c_server, faults, plot, presence, report, storm
-from bench.config import EXIT_ERROR, BenchConfig
+from bench import c_server, faults, plot, presence, report, sizing, storm
+from bench.config import EXIT_ERROR, STORM_WORKERS, BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
 from bench.redis_server import RedisProcess
 from bench.results import RunResult
@@ -75,8 +75,14 @@ def run(args: argparse.Namespace) -> int:
                     stack.callback(redis.stop)
                 setup = storm.Setup(args.storm, Path(scratch), redis)
 
+            least = STORM_WORKERS if setup else 1
+            sized = sizing.server_args(config.clients, config.server_args, least)
+            note = sizing.describe_server_args(config.clients, sized)
+            if note is not None and args.target is None:
+                print(note, flush=True)
+
             def extra() -> tuple[str, ...]:
-                return config.server_args + (setup.server_args() if setup else ())
+                return config.server_args + sized + (setup.server_args() if setup else ())
 
             def struck(result: RunResult) -> RunResult:
                 if setup is not None:
@@ -108,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
                     server = spawn_reference(loop, args.host, args.interval, args.timeout, tls)
                 references.append(run_and_stop(config, server))
             if args.baseline is not None:
+                given = config.server_args + sized
                 baseline = spawn_hbloop(
-                    args.host, args.interval, args.timeout, config.server_args, args.baseline
+                    args.host, args.interval, args.timeout, given, args.baseline
                 )
                 references.append(run_and_stop(config, baseline))
     except (BenchError, ServerStartError) as exc:

@@ -217,3 +217,37 @@ def listening_port(process: subprocess.Popen[str], deadline: float) -> int:
                         return int(conn.laddr.port)
         time.sleep(POLL_STEP)
     raise ServerStartError("hbloop serve did not listen in time")
+
+
+# The kernel's TCP socket tables, one line a socket: "sl local rem st ...", addresses
+# as hex IP:PORT, state 0A for LISTEN. Listening sockets come first (the kernel walks
+# its listening hash before the established one), so a search stops at the first
+# other line rather than read hundreds of thousands of connections.
+TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+LISTEN = "0A"
+
+
+def _listening(table: Path, port: int) -> bool:
+    suffix = f":{port:04X}"
+    with contextlib.suppress(OSError), table.open() as lines:
+        next(lines, None)  # the header
+        for line in lines:
+            _, local, _, state, *_ = line.split()
+            if state != LISTEN:
+                return False
+            if local.endswith(suffix):
+                return True
+    return False
+
+
+def wait_listening(process: subprocess.Popen[str], port: int, deadline: float) -> None:
+    """Wait until something listens on ``port`` (the server ``process`` started again on
+    it), from the kernel's tables rather than psutil, which parses every socket of the
+    machine per process: seconds each at hundreds of thousands."""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"hbloop serve exited with {process.returncode}")
+        if any(_listening(table, port) for table in TCP_TABLES):
+            return
+        time.sleep(POLL_STEP)
+    raise ServerStartError("hbloop serve did not listen in time")

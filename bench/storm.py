@@ -1,6 +1,7 @@
 """``python -m bench --storm KIND``: a fault under load, and the reconnect storm after it.
 
-The bench starts ``hbloop serve --workers 2``; its clients reconnect at once when
+The bench starts ``hbloop serve --workers 2`` (or ``--workers auto`` when one process
+cannot hold the clients: ``bench.sizing``); its clients reconnect at once when
 dropped (``WorkerPlan.reconnect``). ``STALL_AFTER`` seconds into the window it strikes:
 
 * ``kill-worker``: SIGKILL to the worker with the most connections. Its clients see
@@ -34,12 +35,11 @@ from typing import Any
 
 import psutil
 
-from bench.config import STORM_WORKERS
 from bench.histograms import merge_encoded, new_histogram, summary_ms
 from bench.messages import Final
 from bench.redis_server import RedisProcess
 from bench.results import RunResult, Second
-from bench.servers import START_TIMEOUT, ServerUnderTest, listening_port
+from bench.servers import START_TIMEOUT, ServerUnderTest, wait_listening
 
 # The reason of a leave event for a member reaped with its node (hbloop.presence).
 NODE_LOST = "node_lost"
@@ -49,6 +49,10 @@ NODE_LOST = "node_lost"
 HUP_KEY = "handshake-timeout"
 HUP_VALUES = (10.0, 11.0)
 
+# How long the restart storm's server may take to listen again: its workers (26 at
+# 400,000 clients) start while every client's reconnects load the machine.
+RESTART_TIMEOUT = 4 * START_TIMEOUT
+
 # Shares of the affected clients whose return is timed (50, 99 and 100%).
 RETURN_SHARES = (0.5, 0.99, 1.0)
 
@@ -57,14 +61,14 @@ RETURN_SHARES = (0.5, 0.99, 1.0)
 class Strike:
     kind: str
     at: float  # time.monotonic() of the signal
-    victims: int | None  # kill-worker: the killed worker's connections (psutil), at the kill
+    victims: int | None  # kill-worker: the killed worker's descriptors, at the kill
 
 
 @dataclass
 class StormFigures:
     kind: str
     affected: int  # distinct clients dropped (kill-worker: without a CLOSE frame)
-    victims_counted: int | None  # kill-worker: the killed worker's connections, per psutil
+    victims_counted: int | None  # kill-worker: the killed worker's descriptors
     returned: int  # of the affected, welcomed again by the end of the window
     return_s: dict[str, float | None]  # "p50"/"p99"/"p100": from the strike, seconds
     peak_accept_rate: int  # handshakes completed in the busiest second after the strike
@@ -89,8 +93,9 @@ class Setup:
         self.prefix = ""
 
     def server_args(self) -> tuple[str, ...]:
-        """What the storm adds to the next spawned ``hbloop serve``."""
-        args: tuple[str, ...] = ("--workers", str(STORM_WORKERS))
+        """What the storm adds to the next spawned ``hbloop serve``, besides its
+        workers (at least ``STORM_WORKERS``: ``bench.sizing.server_args``)."""
+        args: tuple[str, ...] = ()
         if self.kind == "hup":
             _hup_config(self.scratch).write_text(_hup_line(0))
             args += ("--config", str(_hup_config(self.scratch)))
@@ -144,13 +149,18 @@ def strike(kind: str, server: ServerUnderTest, scratch: Path) -> Strike:
 
 
 def _busiest_worker(supervisor: psutil.Process) -> tuple[psutil.Process, int]:
-    def established(worker: psutil.Process) -> int:
+    """The worker with the most descriptors, and how many: its connections and the few
+    of its own (listener, epoll, signal pair). Counted with one listing of
+    /proc/PID/fd each: psutil's net_connections parses every socket of the machine per
+    process, and reading each descriptor's link took 56 s for 400,000 connections on a
+    loaded machine, while the load generators waited for the bench to read them."""
+
+    def descriptors(worker: psutil.Process) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
-            connections = worker.net_connections(kind="tcp")
-            return sum(c.status == psutil.CONN_ESTABLISHED for c in connections)
+            return worker.num_fds()
         return 0
 
-    counted = [(established(w), w) for w in supervisor.children()]
+    counted = [(descriptors(w), w) for w in supervisor.children()]
     count, worker = max(counted, key=lambda pair: pair[0])
     return worker, count
 
@@ -163,10 +173,10 @@ def start_again(server: ServerUnderTest) -> None:
     server.stop()
     port = str(server.address[1])
     again = [port if i and argv[i - 1] == "--port" else arg for i, arg in enumerate(argv)]
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + RESTART_TIMEOUT
     process = subprocess.Popen(again, stdin=subprocess.DEVNULL, text=True)
     server.process = process
-    listening_port(process, deadline)
+    wait_listening(process, server.address[1], deadline)
 
 
 def figures(
