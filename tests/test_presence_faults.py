@@ -27,7 +27,7 @@ from hbloop.core.wire import PING_FRAME, Code, FrameType
 from hbloop.presence.scripts import Keys
 
 from conftest import WAIT_TIMEOUT, RawPeer, RedisProcess, frame_code, wait_for
-from test_presence import NODE_TTL, cli, events, joined, members, start_node
+from test_presence import NODE_TTL, REAP_INTERVAL, cli, events, joined, members, start_node
 
 # Members of the partitioned node, as in the report (50 there).
 MEMBERS = 20
@@ -46,6 +46,10 @@ RENEWALS = 6
 # under the link's 5 s reply timeout, so that every node's queued commands, its
 # reaper's included, run the moment Redis continues.
 STOP = 2.5 * NODE_TTL
+
+# How long after registering a node's reaper runs: a TTL of Redis' service, then its
+# next reap interval.
+REAPING_AFTER = NODE_TTL + 2 * REAP_INTERVAL
 
 # The takeover fight: limit, window and first back-off given to the servers, and how
 # long the two clients fight.
@@ -176,11 +180,15 @@ def test_redis_away_longer_than_the_ttl_costs_no_member(
 ) -> None:
     a = start_node(serve, own_redis, prefix, "a")
     b = start_node(serve, own_redis, prefix, "b")
+    served = time.monotonic()  # both registered: each has been served since before now
     peers = [joined(a.address, f"a-{i}") for i in range(5)]
     peers += [joined(b.address, f"b-{i}") for i in range(5)]
     assert wait_for(lambda: len(members(own_redis, prefix)) == 10)
     before = events(own_redis, prefix)[-1]["id"]
     assert own_redis.process is not None
+    # A node reaps only once served for a TTL; past that (and a reap interval), each
+    # reaper queues a REAP in the stop's first second, which the held-reap check needs.
+    assert wait_for(lambda: time.monotonic() - served > REAPING_AFTER)
 
     if fault == "stopped":
         own_redis.process.send_signal(signal.SIGSTOP)
