@@ -15,6 +15,7 @@ from hbloop.net.gather import (
     arrival_rate,
     default_limit,
     gather_delay,
+    rate_gathers,
 )
 
 LIMIT = 0.001  # --coalesce 1
@@ -158,3 +159,10 @@ def test_a_gather_that_would_bring_one_event_saves_no_wake_up_and_is_not_made() 
     batch = events_per_wake_up(2000, 30.0, default_limit(30.0), 1000)
     assert batch == pytest.approx(1.0, abs=0.001)
     assert gather_delay(1, 2000 / 30.0, default_limit(30.0), FAR) == 0.0
+
+
+def test_a_rate_gathers_unless_a_trickle_or_above_the_max_rate() -> None:
+    assert rate_gathers(COALESCE_MIN_GATHER / LIMIT, LIMIT)
+    assert not rate_gathers(COALESCE_MIN_GATHER / LIMIT / 2, LIMIT)  # a trickle
+    assert not rate_gathers(5000.0, LIMIT, max_rate=NATURAL_BATCH_RATE)
+    assert rate_gathers(math.inf, LIMIT)  # nothing measured yet: the whole limit

@@ -20,8 +20,8 @@ import pytest
 from hbloop.net.clock import MockClock
 from hbloop.net.gather import (
     COALESCE_BELOW,
-    COALESCE_MIN_GATHER,
     NATURAL_BATCH_RATE,
+    RATE_REVIEW_PERIOD,
     default_limit,
 )
 from hbloop.net.loop import MIN_CANCELLED_FOR_PURGE, EventLoop
@@ -276,7 +276,8 @@ def test_a_busy_wake_up_polls_again_at_once() -> None:
 
 def test_coalescing_stays_off_for_a_trickle_and_comes_back_with_the_load() -> None:
     """The linger adapts: events a second apart would make a 10 ms linger gather
-    nothing, so there is none; events a millisecond apart bring it back."""
+    nothing, so there is none; events a millisecond apart bring it back once the loop
+    measures the rate again, a review period (RATE_REVIEW_PERIOD) later."""
     clock = MockClock()
     loop = EventLoop(coalesce=0.01, clock=clock)
     a, b = socket.socketpair()
@@ -290,14 +291,45 @@ def test_coalescing_stays_off_for_a_trickle_and_comes_back_with_the_load() -> No
             assert loop.time() == woke  # no linger
         assert loop.arrival_rate == pytest.approx(1.0)
         lingered = 0
-        for _ in range(30):  # one event a millisecond: a linger gathers ten
+        # One event a millisecond, for two review periods: a linger gathers ten.
+        for _ in range(round(2 * RATE_REVIEW_PERIOD / 0.001)):
             clock.jump(0.001)
             a.send(b"x")
             woke = loop.time()
             loop.run_once()
             lingered += loop.time() > woke
-        assert loop.arrival_rate * loop.coalesce >= COALESCE_MIN_GATHER
-        assert lingered  # from the wake-up at which the average crossed the line
+        assert lingered  # from the review that measured a millisecond's events
+    finally:
+        loop.forget_fd(b.fileno())
+        a.close()
+        b.close()
+        loop.close()
+
+
+def test_a_loop_too_busy_to_gather_measures_the_rate_once_per_review_period() -> None:
+    """Above its max rate a loop never gathers, so it only counts events until the
+    review period has passed, then measures the rate over the whole period."""
+    clock = MockClock()
+    loop = EventLoop(coalesce=0.0005, clock=clock, coalesce_max_rate=NATURAL_BATCH_RATE)
+    a, b = socket.socketpair()
+    gap = 0.0001  # 10,000 events a second
+    try:
+        loop.add_reader(b.fileno(), lambda: b.recv(100))
+        clock.jump(gap)
+        a.send(b"x")
+        loop.run_once()  # the first measure: above the max rate, so the next is deferred
+        first = loop.arrival_rate
+        assert first > NATURAL_BATCH_RATE
+        for _ in range(round(RATE_REVIEW_PERIOD / gap) - 2):
+            clock.jump(gap)
+            a.send(b"x")
+            loop.run_once()
+            assert loop.arrival_rate == first  # counted, not measured
+        for _ in range(2):  # past the period: measured over it
+            clock.jump(gap)
+            a.send(b"x")
+            loop.run_once()
+        assert loop.arrival_rate == pytest.approx(1 / gap, rel=0.05)
     finally:
         loop.forget_fd(b.fileno())
         a.close()

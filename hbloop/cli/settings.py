@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ from hbloop.core.policy import (
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
 from hbloop.net.acceptor import AdmissionLimits
 from hbloop.net.gather import INTERVAL_SHARE, NATURAL_BATCH_RATE, default_limit
-from hbloop.net.loop import EventLoop
+from hbloop.net.loop import Clock, EventLoop
 from hbloop.net.sockets import default_max_connections, open_files_ceiling
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
 from hbloop.ops.logs import LOG_FORMATS, LOG_LEVELS
@@ -524,15 +525,18 @@ class ServeSettings(LogSettings):
             tls_rate_per_source=self.tls_handshake_rate_per_source,
         )
 
-    def event_loop(self) -> EventLoop:
+    def event_loop(self, clock: Clock = time.monotonic) -> EventLoop:
         """A server process's loop, gathering as --coalesce says: up to MS, or without
         it a share of --interval and only at rates that bring no batch of their own
-        (``hbloop.net.gather.default_limit`` and ``NATURAL_BATCH_RATE``)."""
+        (``hbloop.net.gather.default_limit`` and ``NATURAL_BATCH_RATE``). ``clock``:
+        the loop's (the cost gate's is simulated)."""
         if self.coalesce is None:
             return EventLoop(
-                coalesce=default_limit(self.interval), coalesce_max_rate=NATURAL_BATCH_RATE
+                coalesce=default_limit(self.interval),
+                clock=clock,
+                coalesce_max_rate=NATURAL_BATCH_RATE,
             )
-        return EventLoop(coalesce=self.coalesce / MS_PER_S)
+        return EventLoop(coalesce=self.coalesce / MS_PER_S, clock=clock)
 
     def worker_max_connections(self, index: int) -> int:
         """Worker ``index``'s share of --max-connections (1-based): an even split, the

@@ -50,6 +50,13 @@ INTERVAL_SHARE = 1 / 2000
 # their sub-millisecond round trip.
 NATURAL_BATCH_RATE = 4000.0
 
+# While the arrival rate is not worth gathering (``rate_gathers``: a trickle, or above
+# the loop's ``max_rate``), a loop measures it once per this period rather than at
+# each wake-up, whose three calls cost a sixth of a heartbeat's instructions (``python
+# -m bench.cost``). A tenth of a second follows a change of load within about a second
+# (RATE_WEIGHT), and adds at most that to when a rising trickle starts gathering.
+RATE_REVIEW_PERIOD = 0.1
+
 
 def arrival_rate(rate: float, count: int, elapsed: float) -> float:
     """Events per second after a wake-up that found ``count`` events ``elapsed``
@@ -71,11 +78,19 @@ def gather_delay(
     most ``limit`` and never past a deadline ``until_due`` seconds away: 0 after a busy
     wake-up, for a trickle or above ``max_rate`` events a second, else the time the
     rate takes to fill a batch of ``COALESCE_BELOW``."""
-    if ready >= COALESCE_BELOW or rate * limit < COALESCE_MIN_GATHER or rate > max_rate:
+    if ready >= COALESCE_BELOW or not rate_gathers(rate, limit, max_rate):
         return 0.0
     fill = limit if rate == math.inf else (COALESCE_BELOW - ready) / rate
     delay = min(limit, fill, until_due)
     return delay if delay > 0.0 else 0.0
+
+
+def rate_gathers(rate: float, limit: float, max_rate: float = math.inf) -> bool:
+    """Whether events arriving at ``rate`` a second are worth gathering for up to
+    ``limit`` seconds: not a trickle that a whole ``limit`` would bring fewer than
+    ``COALESCE_MIN_GATHER`` of, and not above ``max_rate``. While it says no, a loop
+    need not measure the rate at each wake-up (``RATE_REVIEW_PERIOD``)."""
+    return rate * limit >= COALESCE_MIN_GATHER and rate <= max_rate
 
 
 def default_limit(interval: float) -> float:

@@ -62,7 +62,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from hbloop.net.gather import arrival_rate, gather_delay
+from hbloop.net.gather import RATE_REVIEW_PERIOD, arrival_rate, gather_delay, rate_gathers
 
 # The heap is rebuilt when it holds more than this many timers and more than half of
 # them are cancelled: below it, skipping dead entries is cheaper than rebuilding.
@@ -317,6 +317,11 @@ class EventLoop:
         #: until a wake-up has taken time: a loop that has measured nothing lingers).
         self.arrival_rate = math.inf
         self._woke = self.now
+        # Above ``coalesce_max_rate`` the loop measures the rate once per
+        # ``RATE_REVIEW_PERIOD`` instead of at each wake-up: until ``_review_at`` it
+        # only adds up the events it found in ``_unmeasured``.
+        self._review_at = self.now
+        self._unmeasured = 0
 
     # --- file events ------------------------------------------------------------
 
@@ -520,13 +525,27 @@ class EventLoop:
         if self._ready:
             self._run_ready()
         if self.coalesce:
-            self._linger(timers, len(events), now)
+            if now < self._review_at:
+                self._unmeasured += len(events)  # too busy to gather: see _linger
+            else:
+                self._linger(timers, len(events), now)
 
     def _linger(self, timers: list[Timer], count: int, woke: float) -> None:
         """After a wake-up that found ``count`` events at ``woke``, let events gather
-        for as long as ``hbloop.net.gather.gather_delay`` says."""
-        self.arrival_rate = arrival_rate(self.arrival_rate, count, woke - self._woke)
+        for as long as ``hbloop.net.gather.gather_delay`` says. While the rate is not
+        worth gathering (``rate_gathers``) the loop stops asking (three calls a
+        wake-up, a sixth of a heartbeat's cost) until ``RATE_REVIEW_PERIOD`` has
+        passed, and then measures the rate over the whole period."""
+        count += self._unmeasured
+        self._unmeasured = 0
+        elapsed = woke - self._woke
+        # A measure over a whole review period is an average already: it stands alone.
+        previous = self.arrival_rate if elapsed < RATE_REVIEW_PERIOD else math.inf
+        self.arrival_rate = arrival_rate(previous, count, elapsed)
         self._woke = woke
+        if not rate_gathers(self.arrival_rate, self.coalesce, self.coalesce_max_rate):
+            self._review_at = woke + RATE_REVIEW_PERIOD
+            return
         until_due = timers[0] - self.clock() if timers else math.inf
         delay = gather_delay(
             count, self.arrival_rate, self.coalesce, until_due, self.coalesce_max_rate
