@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from hbloop import FrameType, Server, ServerPolicy
 
 # hbloop's wire encoders, which the top-level package does not export, and the
-# server's settings, which build its loop: the imports from inside hbloop in the cost
+# function that makes hbloop serve's loop: the imports from inside hbloop in the cost
 # gate. Update them here when the modules move.
-from hbloop.cli.settings import ServeSettings
 from hbloop.core.wire import HEADER_STRUCT, PING_FRAME, PONG_FRAME, encode_hello
+from hbloop.net.loop import paced_loop
 
 # The default 10 s / 30 s grant scaled down: the clock is simulated, so only the ratio
 # matters, and with three intervals per timeout each connection's timer comes due and
@@ -34,7 +34,6 @@ from hbloop.core.wire import HEADER_STRUCT, PING_FRAME, PONG_FRAME, encode_hello
 INTERVAL = 1.0
 TIMEOUT = 3.0
 POLICY = ServerPolicy(interval=INTERVAL, timeout=TIMEOUT, max_connections=100_000)
-SETTINGS = ServeSettings(interval=INTERVAL, timeout=TIMEOUT)
 
 # Every client says the same HELLO, asking for the server's default interval.
 HELLO = encode_hello("cost", 0)
@@ -60,7 +59,7 @@ class Rig:
         # A C-level callable: reading the clock runs no Python code, as with the real one.
         clock = functools.partial(self._now.__getitem__, 0)
         # The loop ``hbloop serve`` runs, gather policy included (it costs per wake-up).
-        self.loop = SETTINGS.event_loop(clock)
+        self.loop = paced_loop(INTERVAL, clock=clock)
         self.server = Server("127.0.0.1", 0, POLICY, loop=self.loop)
         self.address = self.server.start()
         self.clients = clients

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +65,8 @@ from hbloop.core.policy import (
 )
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
 from hbloop.net.acceptor import AdmissionLimits
-from hbloop.net.gather import INTERVAL_SHARE, NATURAL_BATCH_RATE, default_limit
-from hbloop.net.loop import Clock, EventLoop
+from hbloop.net.gather import INTERVAL_SHARE, NATURAL_BATCH_RATE
+from hbloop.net.loop import EventLoop, paced_loop
 from hbloop.net.sockets import default_max_connections, open_files_ceiling
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
 from hbloop.ops.logs import LOG_FORMATS, LOG_LEVELS
@@ -525,18 +524,11 @@ class ServeSettings(LogSettings):
             tls_rate_per_source=self.tls_handshake_rate_per_source,
         )
 
-    def event_loop(self, clock: Clock = time.monotonic) -> EventLoop:
+    def event_loop(self) -> EventLoop:
         """A server process's loop, gathering as --coalesce says: up to MS, or without
-        it a share of --interval and only at rates that bring no batch of their own
-        (``hbloop.net.gather.default_limit`` and ``NATURAL_BATCH_RATE``). ``clock``:
-        the loop's (the cost gate's is simulated)."""
-        if self.coalesce is None:
-            return EventLoop(
-                coalesce=default_limit(self.interval),
-                clock=clock,
-                coalesce_max_rate=NATURAL_BATCH_RATE,
-            )
-        return EventLoop(coalesce=self.coalesce / MS_PER_S, clock=clock)
+        it a share of --interval (``hbloop.net.loop.paced_loop``)."""
+        coalesce = None if self.coalesce is None else self.coalesce / MS_PER_S
+        return paced_loop(self.interval, coalesce)
 
     def worker_max_connections(self, index: int) -> int:
         """Worker ``index``'s share of --max-connections (1-based): an even split, the

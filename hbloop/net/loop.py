@@ -62,7 +62,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from hbloop.net.gather import RATE_REVIEW_PERIOD, arrival_rate, gather_delay, rate_gathers
+from hbloop.net.gather import (
+    NATURAL_BATCH_RATE,
+    RATE_REVIEW_PERIOD,
+    arrival_rate,
+    default_limit,
+    gather_delay,
+    rate_gathers,
+)
 
 # The heap is rebuilt when it holds more than this many timers and more than half of
 # them are cancelled: below it, skipping dead entries is cheaper than rebuilding.
@@ -596,6 +603,22 @@ class EventLoop:
                 sock.close()
             self._signal_socks = None
         self._backend.close()
+
+
+def paced_loop(
+    period: float, coalesce: float | None = None, clock: Clock = time.monotonic
+) -> EventLoop:
+    """A loop for sources that each send about once per ``period`` seconds (a server's
+    heartbeat interval): it gathers up to ``coalesce`` seconds (0: never), or by
+    default ``hbloop.net.gather.default_limit(period)``, and then only below
+    ``NATURAL_BATCH_RATE`` events a second, where wake-ups bring no batch of their
+    own. ``hbloop serve`` and the cost gate (``bench.cost_workload``) both make theirs
+    here, so that the gate measures the loop the server runs."""
+    if coalesce is None:
+        return EventLoop(
+            coalesce=default_limit(period), clock=clock, coalesce_max_rate=NATURAL_BATCH_RATE
+        )
+    return EventLoop(coalesce=coalesce, clock=clock)
 
 
 def _ignore_signal(signum: int, frame: object) -> None:
