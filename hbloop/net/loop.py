@@ -324,9 +324,10 @@ class EventLoop:
         #: until a wake-up has taken time: a loop that has measured nothing lingers).
         self.arrival_rate = math.inf
         self._woke = self.now
-        # Above ``coalesce_max_rate`` the loop measures the rate once per
-        # ``RATE_REVIEW_PERIOD`` instead of at each wake-up: until ``_review_at`` it
-        # only adds up the events it found in ``_unmeasured``.
+        # While the rate is not worth gathering (``rate_gathers``: a trickle, or above
+        # ``coalesce_max_rate``) the loop measures it once per ``RATE_REVIEW_PERIOD``
+        # instead of at each wake-up: until ``_review_at`` it only adds up the events
+        # it found in ``_unmeasured``.
         self._review_at = self.now
         self._unmeasured = 0
 
