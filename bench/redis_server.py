@@ -33,14 +33,19 @@ class RedisProcess:
     """redis-server listening on ``directory/redis.sock`` (no TCP port)."""
 
     def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RedisNotInstalled("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
+        self.binary = self.find_binary()
         self.directory = directory
         self.socket_path = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
+
+    @staticmethod
+    def find_binary() -> str:
+        """redis-server's path, or RedisNotInstalled saying how to install it."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisNotInstalled("redis-server is not installed (apt-get install redis-server)")
+        return binary
 
     @property
     def url(self) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench import c_server, faults, plot, presence, report, sizing, storm
 from bench.config import EXIT_ERROR, STORM_WORKERS, BenchConfig
 from bench.orchestrator import BenchError, run_and_stop
-from bench.redis_server import RedisProcess
+from bench.redis_server import RedisNotInstalled, RedisProcess
 from bench.results import RunResult
 from bench.servers import (
     ServerStartError,
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                     args.host, args.interval, args.timeout, given, args.baseline
                 )
                 references.append(run_and_stop(config, baseline))
-    except (BenchError, ServerStartError) as exc:
+    except (BenchError, ServerStartError, RedisNotInstalled) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     results = [main_result, *references]

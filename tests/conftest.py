@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -655,14 +655,28 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 # --- Redis for the presence tests ---------------------------------------------------------
 
 
+def _redis_missing(exc: RedisNotInstalled) -> NoReturn:
+    """Without redis-server a test is skipped, or fails under CI, which installs it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(str(exc))
+    pytest.skip(str(exc))
+
+
 def _redis(directory: Path) -> RedisProcess:
     """A redis-server; without the binary the test is skipped, or fails under CI."""
     try:
         return RedisProcess(directory)
     except RedisNotInstalled as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        _redis_missing(exc)
+
+
+@pytest.fixture
+def redis_installed() -> None:
+    """For a test whose subprocess starts its own redis-server (the bench's --redis)."""
+    try:
+        RedisProcess.find_binary()
+    except RedisNotInstalled as exc:
+        _redis_missing(exc)
 
 
 @pytest.fixture(scope="session")

@@ -208,7 +208,7 @@ def test_plot_title_and_colours():
     assert colours(results) == {"hbloop": "C0", "uvloop": "C1"}
 
 
-def test_bench_redis_measures_presence_in_one_run(tmp_path):
+def test_bench_redis_measures_presence_in_one_run(tmp_path, redis_installed):
     """Tiny sizes, every phase: heartbeats off and on, churn, a killed node, an outage."""
     out = tmp_path / "presence.json"
     result = run_bench(
@@ -266,7 +266,7 @@ def _storm(tmp_path, kind, *extra):
     return json.loads(out.read_text())
 
 
-def test_bench_storm_kill_worker_counts_the_killed_workers_clients_back(tmp_path):
+def test_bench_storm_kill_worker_counts_the_killed_workers_clients_back(tmp_path, redis_installed):
     """--storm kill-worker --redis: the clients that lost their connection without a
     CLOSE are the killed worker's (its descriptors at the kill: those and the few of its
     own, fewer than the server keeps back for them), every one is back in the window,
@@ -290,6 +290,18 @@ def test_bench_storm_hup_on_tls_closes_each_client_once(tmp_path):
     for storm in (document["storm"], document["against"]["hbloop"]["storm"]):
         assert storm["affected"] == storm["returned"] == 60
         assert storm["closed_twice"] == storm["false_timeouts"] == 0
+
+
+@pytest.mark.parametrize("storm", [(), ("--storm", "kill-worker")])
+def test_bench_without_redis_says_so_in_one_line(tmp_path, storm):
+    """--redis on a machine without redis-server (here: a PATH that finds nothing) ends
+    with one line saying how to install it, in the presence runs and the storms alike."""
+    env = {**os.environ, "PATH": str(tmp_path)}
+    result = run_bench("--redis", "--clients", "2", "--duration", "3", *storm, env=env)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "bench: error: redis-server is not installed (apt-get install redis-server)\n"
+    )
 
 
 def test_bench_refuses_a_storm_it_cannot_strike():
