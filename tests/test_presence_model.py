@@ -185,9 +185,12 @@ def test_a_mass_leave_never_starves_the_lease_renewal(cluster: Cluster) -> None:
     node = cluster.node("n")
     members = [cluster.join(node, f"m{i}") for i in range(MASS)]
     cluster.run_until(lambda: all(m.state is State.ONLINE for m in members), 120)
+    # On a loaded machine the joins take long enough for the node's own timers (a
+    # renewal, a reap) to have queued a command or two not yet written.
+    queued = node.link.backlog
     for member in members:
         node.left(member, "peer_closed")
-    assert node.link.backlog == MASS
+    assert node.link.backlog == queued + MASS
     before = node.counts["leaves"]
     asked = cluster.loop.time()
     node._heartbeat()
