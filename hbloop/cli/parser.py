@@ -12,7 +12,30 @@ from hbloop.cli.config import file_values, read_table
 from hbloop.cli.errors import EXIT_USAGE, UsageError
 from hbloop.cli.options import Entry, Flag, table
 from hbloop.cli.settings import COMMANDS, COMMON, Settings
-from hbloop.core.version import __version__
+from hbloop.core.version import version
+
+
+class _Version(argparse.Action):
+    """``--version``: argparse's own, but with the version read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show program's version number and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        print(f"hbloop {version()}")
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +61,7 @@ def build_parser(raise_errors: bool = False) -> _Parser:
         description="TCP heartbeat server and client.",
         epilog="Exit codes: 0 success, 1 failure at run time, 2 usage or configuration error.",
     )
-    parser.add_argument("--version", action="version", version=f"hbloop {__version__}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     parser.commands = commands.choices
     for settings in COMMANDS:

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from hbloop.core.version import __version__
+from hbloop.core.version import version
 from hbloop.net.counters import Count, Figure, Figures, Histogram, Labelled, LabelledLevel
 from hbloop.ops.stats import Snapshot
 
@@ -111,7 +111,7 @@ class _ReportCollector:
         build = GaugeMetricFamily(
             "hbloop_build_info", "The running hbloop, always 1.", labels=["version", "python"]
         )
-        build.add_metric([__version__, platform.python_version()], 1)
+        build.add_metric([version(), platform.python_version()], 1)
         yield build
         yield from _families("hbloop_", [], {(): report.total})
         if not report.supervised:

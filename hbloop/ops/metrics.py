@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hbloop.core.version import __version__
+from hbloop.core.version import version
 from hbloop.net.acceptor import Acceptor
 from hbloop.net.loop import EventLoop
 from hbloop.net.sockets import make_listener
@@ -162,7 +162,7 @@ class MetricsEndpoint:
         report = self.source()
         body: dict[str, Any] = {
             "status": "serving" if report.serving else "stopping",
-            "version": __version__,
+            "version": version(),
             "connections": report.total.server.connections,
             "workers": len(report.workers),
         }
