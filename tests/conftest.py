@@ -63,6 +63,38 @@ os.environ.setdefault(
 )
 HBLOOP = [sys.executable, "-m", "hbloop"]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Spread the ``slow`` tests over the first halves of the workers' shares.
+
+    ``--dist worksteal`` first hands each worker an equal run of the collection, in
+    order, and a worker that runs out steals the second half of the longest queue. A
+    30 s test collected late could start last and hold the run open while the other
+    workers idle. Here each worker's share starts with a slow test and has its others
+    spaced out over its first half: none is left for the end, and they do not all run
+    at once, which would load the machine as no test run beside them expects. Every
+    worker computes the same order, as xdist requires.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if workers < 2 or not slow:
+        return
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    ordered: list[pytest.Item] = []
+    left = len(items)
+    for worker in range(workers):
+        share = left // (workers - worker)  # as the scheduler divides what is pending
+        left -= share
+        heads = slow[worker::workers]
+        fill = rest[: max(0, share - len(heads))]
+        del rest[: len(fill)]
+        gap = len(fill) // (2 * len(heads)) if heads else 0
+        for index, item in enumerate(heads):
+            ordered += [item, *fill[index * gap : (index + 1) * gap]]
+        ordered += fill[len(heads) * gap :]
+    items[:] = ordered + rest
+
+
 # Generous bounds: these tests check behaviour, not speed, on a shared 2-core machine.
 START_TIMEOUT = 15.0
 WAIT_TIMEOUT = 15.0

@@ -88,6 +88,7 @@ def check_run(figures: dict, clients: int) -> None:
     assert set(zombies["late_ms"]) == {"p50", "p99", "max"}
 
 
+@pytest.mark.slow
 def test_bench_smoke_run_is_clean_and_reports_every_key(tmp_path):
     out = tmp_path / "bench.json"
     clients = 40
@@ -123,6 +124,7 @@ def test_bench_smoke_run_is_clean_and_reports_every_key(tmp_path):
         assert float(spectrum[-2].rsplit("=", 1)[1].strip(" ]")) == run["heartbeats"]
 
 
+@pytest.mark.slow
 def test_bench_tls_runs_plain_hbloop_beside_and_reports_what_tls_costs(tmp_path):
     out = tmp_path / "tls.json"
     result = run_bench(
@@ -208,6 +210,7 @@ def test_plot_title_and_colours():
     assert colours(results) == {"hbloop": "C0", "uvloop": "C1"}
 
 
+@pytest.mark.slow
 def test_bench_redis_measures_presence_in_one_run(tmp_path, redis_installed):
     """Tiny sizes, every phase: heartbeats off and on, churn, a killed node, an outage."""
     out = tmp_path / "presence.json"
@@ -230,6 +233,7 @@ def test_bench_redis_measures_presence_in_one_run(tmp_path, redis_installed):
     assert 0 < figures["resync_s"] <= 5.0
 
 
+@pytest.mark.slow
 def test_bench_floods_and_stalls_the_server_and_reports_its_bystanders(tmp_path):
     """--flooders and --stall in one small run: the server stopped for longer than the
     timeout, flooders streaming beside the clients; none of the clients is dropped."""
@@ -266,6 +270,7 @@ def _storm(tmp_path, kind, *extra):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_bench_storm_kill_worker_counts_the_killed_workers_clients_back(tmp_path, redis_installed):
     """--storm kill-worker --redis: the clients that lost their connection without a
     CLOSE are the killed worker's (its descriptors at the kill: those and the few of its
@@ -282,6 +287,7 @@ def test_bench_storm_kill_worker_counts_the_killed_workers_clients_back(tmp_path
     assert storm["presence_flaps"] == 0
 
 
+@pytest.mark.slow
 def test_bench_storm_hup_on_tls_closes_each_client_once(tmp_path):
     """--storm hup: a config change that needs new processes, then SIGHUP: the rolling
     restart closes every client once (here, with a 1 s drain period, within the
@@ -403,6 +409,7 @@ def test_c_reference_grants_as_t1_and_refuses_what_t2_forbids(hbref):
         assert refused.stdout == "" and refused.stderr.startswith("hbref: "), case["name"]
 
 
+@pytest.mark.slow
 def test_bench_against_c_connects_every_client_and_reports_its_cpu(hbref, tmp_path):
     out = tmp_path / "c.json"
     clients = 100

@@ -144,6 +144,7 @@ FLOOD_ANSWER_TIMEOUT = 0.5
 FLOOD_RUN_LIMIT = 60.0
 
 
+@pytest.mark.slow
 def test_a_ping_flood_cannot_stall_the_checker() -> None:
     fake = FakeServer(
         welcome(Scheme.SERVER, FLOOD_INTERVAL_MS, FLOOD_TIMEOUT_MS), ping_flood(read=True)

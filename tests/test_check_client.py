@@ -56,6 +56,7 @@ def assert_conforms(result: subprocess.CompletedProcess[str]) -> dict[str, dict[
     return {case["title"]: case for case in report["cases"]}
 
 
+@pytest.mark.slow
 def test_hbloop_client_passes() -> None:
     result = check_client(
         *("--max-wait", SHORT_MAX_WAIT, *QUIET_WINDOW, "--"),
@@ -66,6 +67,7 @@ def test_hbloop_client_passes() -> None:
     assert {"H1", "H3", "H6", "H10", "T3", "T4", "T6", "T7", "C1", "C2", "C5", "P4"} <= passed
 
 
+@pytest.mark.slow
 def test_aio_client_passes_with_its_handshake_deadline() -> None:
     result = check_client(
         *("--handshake-timeout", AIO_HANDSHAKE_TIMEOUT, *QUIET_WINDOW, "--"),
@@ -76,6 +78,7 @@ def test_aio_client_passes_with_its_handshake_deadline() -> None:
     assert deadline["result"] == "pass", deadline
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
 def test_node_client_passes() -> None:
     assert NODE is not None
@@ -152,6 +155,7 @@ def test_neither_command_nor_listen_is_a_usage_error() -> None:
 RESTART_LOOP = 'while :; do "$@" --port "$PORT"; sleep 2; done'
 
 
+@pytest.mark.slow
 def test_listen_waits_for_a_client_started_apart() -> None:
     checker = LoggedProcess(
         [*HBLOOP, "check-client", "--listen", "0", "--max-wait", "1", *QUIET_WINDOW, "--json"]

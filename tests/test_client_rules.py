@@ -412,6 +412,7 @@ def _token(secret: bytes, name: str) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_token_provider_rotates_the_token_across_a_server_restart(
     serve, drive, pki, tmp_path, kind: str
@@ -457,6 +458,7 @@ def test_a_token_provider_rotates_the_token_across_a_server_restart(
 SHORT_TOKEN_LIFETIME = 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a6_a_token_provider_renews_the_token_in_band_before_exp(
     serve, drive, tmp_path, kind: str

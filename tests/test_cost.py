@@ -45,6 +45,7 @@ def budget_file(tmp_path: Path, **changes: Any) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(GATE_TIMEOUT)
 def test_the_hot_path_is_within_its_budgets():
     measured_with = json.loads(BUDGET_FILE.read_text())["interpreter"]

@@ -376,6 +376,7 @@ def source_files() -> list[str]:
     return sorted(name for name in listed.split("\0") if name and (ROOT / name).is_file())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(WHEEL_TEST_TIMEOUT)
 def test_the_wheel_and_sdist_pass_twine_and_the_wheel_installs_and_serves(tmp_path: Path):
     # Built from a copy, so that the build's by-products stay out of the work tree.

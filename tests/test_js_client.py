@@ -751,6 +751,7 @@ def test_the_package_ships_the_client_and_nothing_else() -> None:
 DECLARED_VALUE = re.compile(r"^export declare (?:const|function|class) (\w+)", re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_the_type_declarations_match_the_module_and_check() -> None:
     assert NODE is not None
     exported = subprocess.run(

@@ -41,6 +41,7 @@ SILENT_INTERVAL_MS = 2000
 FAST = ("--interval", "0.5", "--timeout", "1.5")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_metrics_count_a_known_workload(serve, good_peers, raw_peer, workers):
     server = serve(*FAST, "--workers", workers, "--metrics-port", "0")

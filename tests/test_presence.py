@@ -387,6 +387,7 @@ def test_replace_on_one_server_without_redis(serve) -> None:
         peer.close()
 
 
+@pytest.mark.slow
 def test_watch_says_so_when_events_it_asked_for_were_trimmed(
     serve, redis_server: RedisProcess, prefix: str
 ) -> None:

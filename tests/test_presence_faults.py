@@ -406,6 +406,7 @@ def test_a_node_stopped_cleanly_removes_its_members_before_it_exits(
 # --- python -m bench --redis --faults, short --------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_bench_fault_cases_measure_the_issues_figures(own_redis: RedisProcess) -> None:
     """bench.faults' cases with a 1 s node TTL: the measuring the bench reports."""
     figures = faults.FaultFigures(node_ttl=NODE_TTL, stop_s=STOP, partition_s=3 * NODE_TTL)

@@ -51,6 +51,7 @@ def open_v2(address: tuple[str, int], name: str, token: str) -> RawPeer:
     return peer
 
 
+@pytest.mark.slow
 def test_a_token_rotated_under_a_live_session_is_offered_in_band(
     serve, spawn, secret_file: Path, tmp_path: Path
 ) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import ROOT
 
 CHECKED = ("hbloop", "bench", "tests")
@@ -27,6 +29,7 @@ def test_ruff_format_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_mypy_strict_is_clean():
     mypy = shutil.which("mypy")
     assert mypy, "mypy is part of the test extra"
