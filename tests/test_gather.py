@@ -9,6 +9,7 @@ import pytest
 from hbloop.net.gather import (
     COALESCE_BELOW,
     COALESCE_MIN_GATHER,
+    GATHER_BATCH,
     INTERVAL_SHARE,
     NATURAL_BATCH_RATE,
     RATE_WEIGHT,
@@ -23,14 +24,17 @@ FAR = math.inf  # no deadline
 
 
 def test_a_quiet_wake_up_at_a_rate_that_fills_no_batch_within_the_limit_waits_it_all() -> None:
-    # 10,000 heartbeats a second: 1 ms brings 10, short of a batch of 16.
+    # 10,000 heartbeats a second: 1 ms brings 10, short of a batch of 32.
+    assert 10_000.0 * LIMIT < GATHER_BATCH
     assert gather_delay(1, 10_000.0, LIMIT, FAR) == LIMIT
 
 
 def test_the_wait_is_no_longer_than_a_batch_takes_to_come() -> None:
-    # 100,000 a second: the 15 events a wake-up of one lacks take 0.15 ms.
+    # 100,000 a second: a batch takes 0.32 ms, whatever the wake-up found (its events
+    # are served already; the next poll finds those that come during the wait).
     rate = 100_000.0
-    assert gather_delay(1, rate, LIMIT, FAR) == pytest.approx((COALESCE_BELOW - 1) / rate)
+    for ready in (1, GATHER_BATCH - 1, GATHER_BATCH, COALESCE_BELOW - 1):
+        assert gather_delay(ready, rate, LIMIT, FAR) == pytest.approx(GATHER_BATCH / rate)
     assert gather_delay(1, rate, LIMIT, FAR) < LIMIT
 
 
@@ -43,8 +47,9 @@ def test_a_trickle_waits_for_nothing() -> None:
     # 333 heartbeats a second (10,000 peers at 30 s): 1 ms would gather a third of one.
     assert 333.0 * LIMIT < COALESCE_MIN_GATHER
     assert gather_delay(1, 333.0, LIMIT, FAR) == 0.0
-    # The same rate with a longer limit does gather.
-    assert gather_delay(1, 333.0, 0.01, FAR) == 0.01
+    # The same rate with a limit that brings a quarter of a batch does gather.
+    assert COALESCE_MIN_GATHER <= 333.0 * 0.03
+    assert gather_delay(1, 333.0, 0.03, FAR) == 0.03
 
 
 def test_never_past_the_next_deadline() -> None:
@@ -117,8 +122,8 @@ def events_per_wake_up(
 
 
 def test_the_default_bound_is_a_share_of_the_interval() -> None:
-    assert default_limit(1.0) == pytest.approx(0.0005)
-    assert default_limit(30.0) == pytest.approx(0.015)
+    assert default_limit(1.0) == pytest.approx(0.002)
+    assert default_limit(30.0) == pytest.approx(0.06)
 
 
 def test_without_gathering_each_slow_heartbeat_is_a_wake_up_of_its_own() -> None:
@@ -130,11 +135,20 @@ def test_without_gathering_each_slow_heartbeat_is_a_wake_up_of_its_own() -> None
 
 @pytest.mark.parametrize("interval", [5.0, 30.0, 120.0])
 def test_the_default_bound_gathers_as_much_at_any_slow_interval(interval: float) -> None:
-    """N peers at N / interval a second and a bound of interval / 2000: a gather takes
-    N / 2000 events, 2.5 at 5,000 peers, whatever the interval."""
+    """N peers at N / interval a second and a bound of interval / 500: a gather takes
+    N / 500 events, 10 at 5,000 peers, whatever the interval."""
     limit = default_limit(interval)
     batch = events_per_wake_up(5000, interval, limit, 4000, NATURAL_BATCH_RATE)
     assert batch == pytest.approx(5000 * INTERVAL_SHARE, rel=0.1)
+
+
+def test_a_worker_busy_enough_for_a_batch_within_the_bound_gets_a_whole_one() -> None:
+    """20,000 peers at 30 s (667 a second) fill a batch in 48 ms, inside the 60 ms
+    bound: every wake-up after a gather serves about GATHER_BATCH, not the half that a
+    gather sized by what the wake-up before it lacked would settle at."""
+    assert default_limit(30.0) > GATHER_BATCH / (20_000 / 30.0)
+    batch = events_per_wake_up(20_000, 30.0, default_limit(30.0), 20_000, NATURAL_BATCH_RATE)
+    assert batch == pytest.approx(GATHER_BATCH, rel=0.1)
 
 
 def test_the_default_bound_leaves_heartbeats_a_second_apart_alone() -> None:
@@ -143,8 +157,9 @@ def test_the_default_bound_leaves_heartbeats_a_second_apart_alone() -> None:
     batch = events_per_wake_up(5000, 1.0, default_limit(1.0), 4000, NATURAL_BATCH_RATE)
     assert batch == pytest.approx(1.0, abs=0.001)
     assert gather_delay(1, 5000.0, default_limit(1.0), FAR, NATURAL_BATCH_RATE) == 0.0
-    # At 1 s a gather would need 4,000 events a second to bring two, and the cap stops
-    # it there: at intervals of 1 s and less the default never gathers.
+    # At 1 s a gather of the whole 2 ms bound would need 4,000 events a second to bring
+    # a quarter of a batch, and the cap stops it there: at intervals of 1 s and less
+    # the default never gathers.
     for rate in (100.0, 1000.0, 3999.0, 4001.0, 10_000.0, 100_000.0, math.inf):
         for interval in (0.1, 0.5, 1.0):
             limit = default_limit(interval)
@@ -153,11 +168,13 @@ def test_the_default_bound_leaves_heartbeats_a_second_apart_alone() -> None:
     assert gather_delay(1, 5000.0, default_limit(1.0), FAR) == default_limit(1.0)
 
 
-def test_a_gather_that_would_bring_one_event_saves_no_wake_up_and_is_not_made() -> None:
-    # 2,000 peers at 30 s and a 15 ms bound: one event a gather, a wake-up each.
+def test_a_gather_that_would_bring_a_few_events_is_not_made() -> None:
+    # 2,000 peers at 30 s and a 60 ms bound: four events a gather, short of a quarter
+    # of a batch, so a wake-up each.
     assert 2000 / 30.0 * default_limit(30.0) < COALESCE_MIN_GATHER
     batch = events_per_wake_up(2000, 30.0, default_limit(30.0), 1000)
-    assert batch == pytest.approx(1.0, abs=0.001)
+    # (after the one gather of the unmeasured rate at the start, which brings four)
+    assert batch == pytest.approx(1.0, abs=0.005)
     assert gather_delay(1, 2000 / 30.0, default_limit(30.0), FAR) == 0.0
 
 

@@ -20,6 +20,7 @@ import pytest
 from hbloop.net.clock import MockClock
 from hbloop.net.gather import (
     COALESCE_BELOW,
+    COALESCE_MIN_GATHER,
     NATURAL_BATCH_RATE,
     RATE_REVIEW_PERIOD,
     default_limit,
@@ -237,7 +238,8 @@ def test_a_raising_callback_is_logged_and_the_loop_goes_on(loop: EventLoop, capl
 
 def test_coalescing_waits_after_a_quiet_wake_up_but_not_past_a_deadline() -> None:
     loop = EventLoop(coalesce=0.2, clock=MockClock())
-    pairs = [socket.socketpair() for _ in range(2)]
+    # Enough events in one linger for the rate to be worth gathering.
+    pairs = [socket.socketpair() for _ in range(math.ceil(COALESCE_MIN_GATHER))]
     try:
         for _, b in pairs:
             loop.add_reader(b.fileno(), lambda b=b: b.recv(100))
@@ -245,7 +247,7 @@ def test_coalescing_waits_after_a_quiet_wake_up_but_not_past_a_deadline() -> Non
         loop.run_once()  # one event: a quiet wake-up, so it lingers
         assert loop.time() == 0.2
         loop.call_later(0.05, lambda: None)
-        for a, _ in pairs:  # two events in 0.2 s: a linger of 0.2 s would gather two
+        for a, _ in pairs:  # a linger of 0.2 s would gather as many again
             a.send(b"y")
         loop.run_once()  # lingers only until the timer is due
         assert loop.time() == pytest.approx(0.25, abs=1e-12)
@@ -339,7 +341,7 @@ def test_a_loop_too_busy_to_gather_measures_the_rate_once_per_review_period() ->
 
 @pytest.mark.parametrize(("gap", "lingers"), [(0.003, True), (0.0002, False)])
 def test_the_default_bound_lingers_for_slow_heartbeats_only(gap: float, lingers: bool) -> None:
-    """hbloop serve's default at a 30 s interval (a 15 ms bound, no gather above
+    """hbloop serve's default at a 30 s interval (a 60 ms bound, no gather above
     NATURAL_BATCH_RATE): events 3 ms apart (10,000 peers) make it linger the whole
     bound; events 0.2 ms apart (5,000 a second) never. (Here the events come only
     between iterations, so a linger gathers none and the measured rate then falls:

@@ -286,7 +286,7 @@ def test_unusable_tls_files_are_one_line_by_flag_and_by_key(
 @pytest.mark.parametrize(
     ("flags", "bound", "max_rate"),
     [
-        ((), 0.015, NATURAL_BATCH_RATE),  # 1/2000 of the 30 s interval, slow rates only
+        ((), 0.06, NATURAL_BATCH_RATE),  # 1/500 of the 30 s interval, slow rates only
         (("--coalesce", "0"), 0.0, math.inf),
         (("--coalesce", "2"), 0.002, math.inf),
     ],

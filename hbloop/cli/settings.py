@@ -65,7 +65,12 @@ from hbloop.core.policy import (
 )
 from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
 from hbloop.net.acceptor import AdmissionLimits
-from hbloop.net.gather import INTERVAL_SHARE, NATURAL_BATCH_RATE
+from hbloop.net.gather import (
+    COALESCE_MIN_GATHER,
+    GATHER_BATCH,
+    INTERVAL_SHARE,
+    NATURAL_BATCH_RATE,
+)
 from hbloop.net.loop import EventLoop, paced_loop
 from hbloop.net.sockets import default_max_connections, open_files_ceiling
 from hbloop.net.tls import DEFAULT_HANDSHAKE_RATE
@@ -311,8 +316,9 @@ class ServeSettings(LogSettings):
         None,
         Number(inclusive=True),
         "after a quiet wake-up, let events gather up to this many milliseconds before "
-        "polling again, while the arrival rate says a wait gathers two or more: less "
-        "CPU per heartbeat for up to MS more latency (0: off)",
+        f"polling again, while the arrival rate says a wait gathers {COALESCE_MIN_GATHER:.0f} "
+        f"or more, and no longer than {GATHER_BATCH} take to come: less CPU per heartbeat "
+        "for up to MS more latency (0: off)",
         metavar="MS",
         default_text=f"1/{round(1 / INTERVAL_SHARE)} of --interval, gathering only below "
         f"{NATURAL_BATCH_RATE:,.0f} events/s",

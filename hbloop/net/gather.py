@@ -18,16 +18,29 @@ from __future__ import annotations
 
 import math
 
+# The batch a gather waits for: it lasts as long as the measured arrival rate takes to
+# bring this many events (within its bound), which the poll after it then serves in
+# one wake-up. A wake-up after a sleep finds the caches cold, and costs tens of
+# microseconds more than a warm one (docs/explanation/figures.md, "Slow heartbeats"):
+# 32 spreads that to about a microsecond per event. 200,000 peers at 30 s on 13
+# workers cost 32.3 us per heartbeat at 7.2 events a wake-up, 25.0 at 15.6 and 19.6 at
+# 30.9.
+GATHER_BATCH = 32
+
 # A wake-up that found at least this many ready descriptors is busy enough to poll
-# again at once: waiting would add latency and save little. It is also the batch a
-# gather aims at: past it, the iteration's fixed cost is spread thin already.
-COALESCE_BELOW = 16
+# again at once: waiting would add latency and save little. Twice the batch, so that
+# the wake-up a gather ends in, which finds about GATHER_BATCH events (more or fewer by
+# chance), gathers again rather than taking its batch for a sign of a busy loop.
+COALESCE_BELOW = 2 * GATHER_BATCH
 
 # The loop gathers only while the arrival rate says a gather of the whole limit brings
-# at least this many events. A gather ends in a wake-up of its own (the poll after the
-# sleep), so one that brings a single event saves no wake-up at all, and below it (a
-# trickle of heartbeats) a gather adds its whole length to their RTT for nothing.
-COALESCE_MIN_GATHER = 2.0
+# at least this many events, a quarter of a batch. A gather ends in a wake-up of its
+# own (the poll after the sleep), so one that brings a single event saves no wake-up
+# at all and one that brings a few saves little, while adding up to the whole limit
+# to their RTT. With the default bound (INTERVAL_SHARE) it takes 4,000 peers' worth
+# of heartbeats at any interval to gather, so at 1 s it takes 4,000 a second, where
+# NATURAL_BATCH_RATE stops it: heartbeats a second apart never wait.
+COALESCE_MIN_GATHER = GATHER_BATCH / 4
 
 # Weight of the newest wake-up in the arrival rate's moving average: about the last ten
 # wake-ups count, so that the loop follows a change of load within a few milliseconds
@@ -35,13 +48,14 @@ COALESCE_MIN_GATHER = 2.0
 RATE_WEIGHT = 0.1
 
 # The bound of a server left to choose it (``hbloop serve`` without ``--coalesce``):
-# this share of its heartbeat interval, so a gather adds at most 1/2000 of an interval
-# to a heartbeat's round trip (15 ms at 30 s). N peers arrive at N / interval a second,
-# so such a gather brings N / 2000 events at any interval (2.5 at 5,000 peers), where a
-# fixed bound gathers the less the longer the interval: 1 ms brings a sixth of a
-# heartbeat at 5,000 peers and 30 s, each of which then pays a whole wake-up after a
-# sleep, with cold caches (docs/explanation/figures.md, "Slow heartbeats").
-INTERVAL_SHARE = 1 / 2000
+# this share of its heartbeat interval, so a gather adds at most 1/500 of an interval
+# to a heartbeat's round trip (60 ms at 30 s, far inside any timeout). N peers arrive
+# at N / interval a second, so such a bound lets a gather bring up to N / 500 events
+# at any interval: a whole GATHER_BATCH from 16,000 peers on (200,000 at 30 s on 13
+# workers, about 15,400 each, fill one in 62 ms), where a fixed bound gathers the
+# less the longer the interval. At 1/2000 (15 ms at 30 s) the same workers woke for
+# 7.2 events each time and paid 32.3 us per heartbeat, against 19.6 at 1/500.
+INTERVAL_SHARE = 1 / 500
 
 # The default bound gathers only below this many events a second. Above it wake-ups
 # bring a batch without gathering (5,000 heartbeats a second: 0.31 to 0.44 wake-ups
@@ -77,10 +91,11 @@ def gather_delay(
     at an arrival ``rate`` per second (infinity: unknown, so the whole ``limit``), at
     most ``limit`` and never past a deadline ``until_due`` seconds away: 0 after a busy
     wake-up, for a trickle or above ``max_rate`` events a second, else the time the
-    rate takes to fill a batch of ``COALESCE_BELOW``."""
+    rate takes to bring a batch of ``GATHER_BATCH``: the ``ready`` events are served
+    already, so the next poll finds only those that come meanwhile."""
     if ready >= COALESCE_BELOW or not rate_gathers(rate, limit, max_rate):
         return 0.0
-    fill = limit if rate == math.inf else (COALESCE_BELOW - ready) / rate
+    fill = limit if rate == math.inf else GATHER_BATCH / rate
     delay = min(limit, fill, until_due)
     return delay if delay > 0.0 else 0.0
 
