@@ -73,6 +73,31 @@ def test_handshake_then_frames_both_ways(pki: Pki, maximum: ssl.TLSVersion | Non
     assert server.data_to_send() == client.data_to_send() == b""
 
 
+def test_can_send_once_the_handshake_is_done_until_close(pki: Pki) -> None:
+    server, client = server_layer(pki), client_layer(pki)
+    assert not server.can_send and not client.can_send
+    handshake(server, client)
+    assert server.can_send and client.can_send
+    client.receive(server.close())
+    assert not server.can_send
+    with pytest.raises(RuntimeError):
+        server.send(PING_FRAME)
+
+
+def test_records_through_the_sslobject_without_its_c_object(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Records go through the SSLObject's C object where CPython has one; an SSLObject
+    # without it (another implementation, a later CPython) is used as it is.
+    monkeypatch.setattr(tls, "_C_RECORDS", "_no_such_attribute")
+    server, client = server_layer(pki), client_layer(pki)
+    assert server._records is server._tls
+    handshake(server, client)
+    big = encode_data(b"z" * 40_000)  # three records
+    assert server.receive(client.send(PING_FRAME + big)) == PING_FRAME + big
+    assert client.receive(server.send(PING_FRAME)) == PING_FRAME
+
+
 def test_ciphertext_byte_at_a_time(pair: tuple[TlsLayer, TlsLayer]) -> None:
     server, client = pair
     message = encode_data(b"x" * 1000)
@@ -81,18 +106,17 @@ def test_ciphertext_byte_at_a_time(pair: tuple[TlsLayer, TlsLayer]) -> None:
     assert received == message
 
 
-def test_a_record_of_many_frames_is_drained_in_one_receive(
-    pair: tuple[TlsLayer, TlsLayer], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Read in small pieces, so that most of the record stays decrypted inside OpenSSL
-    # after the first read: receive() must keep reading until nothing is pending.
-    monkeypatch.setattr(tls, "MAX_RECORD_PLAINTEXT", 100)
+def test_a_full_record_is_read_whole(pair: tuple[TlsLayer, TlsLayer]) -> None:
+    # receive() stops when the incoming BIO is empty, without asking pending(): each
+    # read takes up to MAX_RECORD_PLAINTEXT bytes, a whole record, so none of a
+    # record's plaintext can stay decrypted inside OpenSSL.
     server, client = pair
-    pings = PING_FRAME * 2000  # 12,000 bytes: one TLS record
-    ciphertext = client.send(pings)
-    plaintext = server.receive(ciphertext)
+    count = tls.MAX_RECORD_PLAINTEXT // len(PING_FRAME)
+    pings = PING_FRAME * count  # one record, as full as whole frames make it
+    plaintext = server.receive(client.send(pings))
     assert plaintext == pings
-    assert FrameDecoder(DEFAULT_MAX_PAYLOAD).feed(plaintext) == [(FrameType.PING, b"")] * 2000
+    assert FrameDecoder(DEFAULT_MAX_PAYLOAD).feed(plaintext) == [(FrameType.PING, b"")] * count
+    assert server._tls.pending() == 0
 
 
 def test_several_records_in_one_receive(pair: tuple[TlsLayer, TlsLayer]) -> None:
@@ -100,6 +124,7 @@ def test_several_records_in_one_receive(pair: tuple[TlsLayer, TlsLayer]) -> None
     big = encode_data(b"y" * 40_000)  # three records
     ciphertext = client.send(PING_FRAME) + client.send(big) + client.send(PING_FRAME)
     assert server.receive(ciphertext) == PING_FRAME + big + PING_FRAME
+    assert server._tls.pending() == 0
 
 
 def test_a_partial_record_waits_for_the_rest(pair: tuple[TlsLayer, TlsLayer]) -> None:

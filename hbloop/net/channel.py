@@ -515,9 +515,8 @@ class LayeredChannel(Channel[AppT]):
                 self.endpoint.tls_handshake(False)
             self._tls_failed(tls, exc)
             return 0
-        records = tls.data_to_send()
-        if records and not self._write_raw(records):
-            return 0
+        if tls.outgoing.pending and not self._write_raw(tls.data_to_send()):
+            return 0  # handshake records, an alert: sent as soon as they are made
         if not established and tls.handshake_done:
             self.endpoint.tls_handshake(True)
             if self.session.state is State.CONNECTING:  # a client says HELLO now (H1)
