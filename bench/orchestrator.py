@@ -31,7 +31,7 @@ from bench.loadgen import WELCOME_DEADLINE, worker_main
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
 from bench.results import RunResult, Second, ServerFigures
 from bench.servers import STOP_TIMEOUT, ServerUnderTest
-from bench.sizing import source_addresses, split, worker_count
+from bench.sizing import max_in_flight, source_addresses, split, worker_count
 
 # The ramp may take this much longer than clients / rate, and then as long again
 # while clients still connect or fail, before the run goes on without the stragglers
@@ -259,6 +259,8 @@ class Run:
         count = worker_count(config.clients, config.workers, config.interval)
         sources = source_addresses(config.clients, host)
         context = multiprocessing.get_context("spawn")
+        in_flight = config.max_in_flight or max_in_flight(config.clients)
+        self.result.generator_max_in_flight = in_flight
         for share in split(config.clients, count, config.zombie_count):
             plan = WorkerPlan(
                 worker=share.worker,
@@ -266,7 +268,7 @@ class Run:
                 indices=share.indices,
                 interval=config.interval,
                 connect_rate=config.connect_rate / count,
-                max_in_flight=max(1, config.max_in_flight // count),
+                max_in_flight=max(1, in_flight // count),
                 sources=sources,
                 epoch=self.epoch,
                 zombies=share.zombies,

@@ -82,6 +82,7 @@ class RunResult:
     stalled_s: float = 0.0  # the server was stopped this long (--stall)
     generator_processes: int = 0  # load-generator processes, besides the bench's own
     generator_cpu_ramp_s: float = 0.0  # their CPU (and the bench's) over the ramp
+    generator_max_in_flight: int = 0  # connects awaiting WELCOME at once, all processes
     generator_cpu_window_s: float = 0.0  # and over the steady-state window
     server_processes: int = 0  # a spawned server's, at the end of the window
     storm: StormFigures | None = None  # --storm
@@ -113,6 +114,7 @@ class RunResult:
                 "processes": self.generator_processes,
                 "cpu_ramp_s": self.generator_cpu_ramp_s,
                 "cpu_window_s": self.generator_cpu_window_s,
+                "max_in_flight": self.generator_max_in_flight,
             },
             "rtt_ms": summary_ms(self.rtt),
             "server": {
