@@ -242,15 +242,29 @@ class Run:
 
     def _strike(self, kind: str) -> storm.Strike:
         """Strike the spawned server (``bench.storm``). A restart's server is waited for
-        while the workers' reports are read (so that none blocks on a full pipe), then
-        started again."""
+        (asked again to stop, then killed, if it takes longer than ``STOP_TIMEOUT``),
+        started again, and waited for until it listens, all while the workers' reports
+        are read: the restarted server's start, up to ``storm.RESTART_TIMEOUT``, once went
+        by with no report read, and a generator blocked on a full pipe stops its clients."""
         process = self.server.process
         if self.scratch is None or process is None:
             raise BenchError("--storm needs a server the bench starts")
         hit = storm.strike(kind, self.server, self.scratch)
         if kind == "restart":
-            self._follow_until(time.monotonic() + STOP_TIMEOUT, lambda: process.poll() is not None)
+
+            def exited() -> bool:
+                return process.poll() is not None
+
+            for stop in (process.terminate, process.kill):
+                self._follow_until(time.monotonic() + STOP_TIMEOUT, exited)
+                if not exited():
+                    stop()
+            process.wait()
             storm.start_again(self.server)
+            started = time.monotonic() + storm.RESTART_TIMEOUT
+            self._follow_until(started, lambda: storm.restarted(self.server))
+            if not storm.restarted(self.server):
+                raise BenchError("the restarted hbloop serve did not listen in time")
         return hit
 
     def _start_workers(self) -> None:

@@ -39,7 +39,7 @@ from bench.histograms import merge_encoded, new_histogram, summary_ms
 from bench.messages import Final
 from bench.redis_server import RedisProcess
 from bench.results import RunResult, Second
-from bench.servers import START_TIMEOUT, ServerUnderTest, wait_listening
+from bench.servers import START_TIMEOUT, ServerUnderTest, listening
 
 # The reason of a leave event for a member reaped with its node (hbloop.presence).
 NODE_LOST = "node_lost"
@@ -166,17 +166,21 @@ def _busiest_worker(supervisor: psutil.Process) -> tuple[psutil.Process, int]:
 
 
 def start_again(server: ServerUnderTest) -> None:
-    """The restart storm's second half: the stopped server's command line again, on
-    its port (a server still running is stopped first)."""
+    """The restart storm's second half: the exited server's command line again, on its
+    port. It returns at once: ``restarted`` says when the new server listens, while the
+    caller reads the load generators' reports (none may block on a full pipe)."""
     assert server.argv is not None
     argv = server.argv
-    server.stop()
     port = str(server.address[1])
     again = [port if i and argv[i - 1] == "--port" else arg for i, arg in enumerate(argv)]
-    deadline = time.monotonic() + RESTART_TIMEOUT
-    process = subprocess.Popen(again, stdin=subprocess.DEVNULL, text=True)
-    server.process = process
-    wait_listening(process, server.address[1], deadline)
+    server.process = subprocess.Popen(again, stdin=subprocess.DEVNULL, text=True)
+
+
+def restarted(server: ServerUnderTest) -> bool:
+    """Whether the server ``start_again`` started listens yet (ServerStartError if it
+    exited)."""
+    assert server.process is not None
+    return listening(server.process, server.address[1])
 
 
 def figures(
