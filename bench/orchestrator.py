@@ -219,9 +219,7 @@ class Run:
             self._collect_finals()
             if hit is not None:
                 finals = [w.final for w in self.workers if w.final is not None]
-                self.result.storm = storm.figures(
-                    hit, finals, self.result.seconds, self.epoch, self.epoch + last
-                )
+                self.result.storm = storm.figures(hit, finals, self.epoch + last)
         finally:
             self._reap_workers()
         return self.result
