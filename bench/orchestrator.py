@@ -360,6 +360,8 @@ class Run:
             dropped=counts.dropped,
             errors=counts.errors,
             established=counts.established,
+            generator_late=max(t.late for t in ticks),
+            bench_late=time.monotonic() - (self.epoch + tick.second),
         )
         self.result.seconds.append(second)
         self.on_second(self.result, second)

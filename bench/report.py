@@ -53,12 +53,21 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+# A second's reports read this much after its end or later are said to be late in its
+# progress line: the load generator (its slowest process) or the bench reading them
+# fell behind, and the figures of that second include their own delay.
+LATE_SHOWN = 1.0
+
+
 def progress_line(result: RunResult, second: Second) -> str:
-    return (
+    line = (
         f"[{result.server}] {second.second:4d}s  connected {second.open:6d}  "
         f"hb/s {second.heartbeats:6d}  p99 {_ms(second.rtt_ms['p99']):>7} ms  "
         f"dropped {second.dropped}  errors {second.errors}"
     )
+    if second.bench_late < LATE_SHOWN:
+        return line
+    return f"{line}  late: generator {second.generator_late:.1f}s, bench {second.bench_late:.1f}s"
 
 
 def _ratio(ours: float | None, theirs: float | None) -> float | None:
@@ -313,6 +322,20 @@ def ramp_line(result: RunResult, config: BenchConfig, cpus: int | None = None) -
     return f"{line}\n[{result.server}] fell behind: {who}, generator {busy:.0%} busy"
 
 
+def late_line(result: RunResult) -> str | None:
+    """How far behind the load generator, and the bench reading its reports, fell at
+    worst; None if no second was read ``LATE_SHOWN`` late."""
+    late = [s for s in result.seconds if s.bench_late >= LATE_SHOWN]
+    if not late:
+        return None
+    generator = max(s.generator_late for s in late)
+    bench = max(s.bench_late for s in late)
+    return (
+        f"[{result.server}] late in {len(late)} seconds: the generator's reports up to "
+        f"{generator:.1f}s, read by the bench up to {bench:.1f}s after their second"
+    )
+
+
 def window_line(result: RunResult) -> str:
     """The steady state's CPU in cores, the load generator's next to the server's
     (summed over its processes), and the server's memory per connection."""
@@ -361,6 +384,9 @@ def print_summary(
                 file=out,
             )
         print(ramp_line(result, config), file=out)
+        late = late_line(result)
+        if late is not None:
+            print(late, file=out)
         print(window_line(result), file=out)
         doc = result.to_json()
         if doc["flood"]:

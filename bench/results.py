@@ -25,6 +25,10 @@ class Second:
     dropped: int
     errors: int
     established: int = 0  # handshakes completed since the start
+    # How long after the second's end its last load generator's report was sent, and
+    # the bench had read them all: the generator's delay, and the bench's on top of it.
+    generator_late: float = 0.0
+    bench_late: float = 0.0
 
 
 @dataclass
