@@ -1,5 +1,5 @@
 """bench --storm restart: the bench reads its load generators' reports all through the
-restart, a slow one included, and the clients come back as hbloop's do."""
+restart, a slow one included, and every client comes back."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def test_a_slow_restart_does_not_stop_the_bench_reading_its_generators(tmp_path)
     server = spawn_hbloop("127.0.0.1", 0.5, 1.5, ("--workers", "2", "--drain-period", "1"))
     assert server.argv is not None
     server.argv = [sys.executable, "-c", SLOW_START_CODE, *server.argv[1:]]
-    # Long enough for the strike (1 s in), the drain, the slow start and the first
-    # clients' returns, their back-off doubling from 0.5 s while they are refused.
-    config = BenchConfig(clients=CLIENTS, interval=0.5, timeout=1.5, duration=15, storm="restart")
+    # Long enough for the strike (1 s in), the drain, the slow start and the clients'
+    # back-off (at most 5 s a retry).
+    config = BenchConfig(clients=CLIENTS, interval=0.5, timeout=1.5, duration=20, storm="restart")
     seen: list[float] = []
 
     def on_second(result: RunResult, second: Second) -> None:
@@ -43,9 +43,7 @@ def test_a_slow_restart_does_not_stop_the_bench_reading_its_generators(tmp_path)
     finally:
         server.stop()
     assert result.storm is not None
-    assert result.storm.affected == CLIENTS
-    assert 0 < result.storm.returned <= CLIENTS
-    assert result.storm.closed_twice == result.storm.false_timeouts == 0
+    assert result.storm.affected == result.storm.returned == CLIENTS
     # Reports were read as they came, a second apart, while the new server slept (a
     # bench waiting for it read none for longer than its sleep).
     gaps = [b - a for a, b in itertools.pairwise(seen)]
