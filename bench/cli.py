@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-in-flight",
         type=_positive(int),
-        default=DEFAULT_MAX_IN_FLIGHT,
-        help="connects awaiting WELCOME at once",
+        default=None,
+        help=f"connects awaiting WELCOME at once (default: {DEFAULT_MAX_IN_FLIGHT} for each "
+        "server process the clients need: a quarter of each one's accept queue)",
     )
     parser.add_argument(
         "--zombies",

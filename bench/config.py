@@ -22,9 +22,10 @@ DEFAULT_DURATION = 30.0
 # (net.core.somaxconn); 2,000 a second keeps it short even if the server stalls.
 DEFAULT_CONNECT_RATE = 2000.0
 
-# Connects not yet answered by WELCOME, over all workers: a quarter of the accept
-# queue, so a slow server never sees its queue overflow (which would look like
-# connect timeouts, not like the server's fault).
+# Connects not yet answered by WELCOME, over all workers, for each server process the
+# clients need (bench.sizing.max_in_flight): a quarter of one process's accept queue,
+# so a slow server never sees its queue overflow (which would look like connect
+# timeouts, not like the server's fault).
 DEFAULT_MAX_IN_FLIGHT = 1024
 
 
@@ -64,7 +65,7 @@ class BenchConfig:
     connect_rate: float = DEFAULT_CONNECT_RATE
     zombies: float = 0.0  # fraction of the clients that go silent after the ramp
     workers: int | None = None  # None: as few as the descriptor limit allows
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_in_flight: int | None = None  # None: DEFAULT_MAX_IN_FLIGHT per server process
     server_args: tuple[str, ...] = ()  # extra arguments for a spawned `hbloop serve`
     flooders: int = 0  # flooding connections beside the clients, during the window
     flood_kind: str = "pong"  # what they stream: unsolicited PONGs or empty DATA

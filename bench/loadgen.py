@@ -283,6 +283,7 @@ class Worker:
                 pongs=self.pongs,
                 rtt=self.rtt.encode() if self.pongs else b"",
                 ramp_done=self.started == len(self.plan.indices) and not self.in_flight,
+                late=time.monotonic() - (self.plan.epoch + second),
             )
         )
         self.pongs = 0

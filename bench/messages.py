@@ -57,6 +57,7 @@ class Tick:
     pongs: int  # in this second
     rtt: bytes  # encoded HdrHistogram of this second's round trips, microseconds
     ramp_done: bool  # every client has connected or failed
+    late: float = 0.0  # how long after the second's end the worker sent this, s
 
 
 @dataclass

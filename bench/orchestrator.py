@@ -31,7 +31,7 @@ from bench.loadgen import WELCOME_DEADLINE, worker_main
 from bench.messages import Command, Counts, Final, Tick, WorkerPlan
 from bench.results import RunResult, Second, ServerFigures
 from bench.servers import STOP_TIMEOUT, ServerUnderTest
-from bench.sizing import source_addresses, split, worker_count
+from bench.sizing import max_in_flight, source_addresses, split, worker_count
 
 # The ramp may take this much longer than clients / rate, and then as long again
 # while clients still connect or fail, before the run goes on without the stragglers
@@ -219,9 +219,7 @@ class Run:
             self._collect_finals()
             if hit is not None:
                 finals = [w.final for w in self.workers if w.final is not None]
-                self.result.storm = storm.figures(
-                    hit, finals, self.result.seconds, self.epoch, self.epoch + last
-                )
+                self.result.storm = storm.figures(hit, finals, self.epoch + last)
         finally:
             self._reap_workers()
         return self.result
@@ -242,15 +240,29 @@ class Run:
 
     def _strike(self, kind: str) -> storm.Strike:
         """Strike the spawned server (``bench.storm``). A restart's server is waited for
-        while the workers' reports are read (so that none blocks on a full pipe), then
-        started again."""
+        (asked again to stop, then killed, if it takes longer than ``STOP_TIMEOUT``),
+        started again, and waited for until it listens, all while the workers' reports
+        are read: the restarted server's start, up to ``storm.RESTART_TIMEOUT``, once went
+        by with no report read, and a generator blocked on a full pipe stops its clients."""
         process = self.server.process
         if self.scratch is None or process is None:
             raise BenchError("--storm needs a server the bench starts")
         hit = storm.strike(kind, self.server, self.scratch)
         if kind == "restart":
-            self._follow_until(time.monotonic() + STOP_TIMEOUT, lambda: process.poll() is not None)
+
+            def exited() -> bool:
+                return process.poll() is not None
+
+            for stop in (process.terminate, process.kill):
+                self._follow_until(time.monotonic() + STOP_TIMEOUT, exited)
+                if not exited():
+                    stop()
+            process.wait()
             storm.start_again(self.server)
+            started = time.monotonic() + storm.RESTART_TIMEOUT
+            self._follow_until(started, lambda: storm.restarted(self.server))
+            if not storm.restarted(self.server):
+                raise BenchError("the restarted hbloop serve did not listen in time")
         return hit
 
     def _start_workers(self) -> None:
@@ -259,6 +271,8 @@ class Run:
         count = worker_count(config.clients, config.workers, config.interval)
         sources = source_addresses(config.clients, host)
         context = multiprocessing.get_context("spawn")
+        in_flight = config.max_in_flight or max_in_flight(config.clients)
+        self.result.generator_max_in_flight = in_flight
         for share in split(config.clients, count, config.zombie_count):
             plan = WorkerPlan(
                 worker=share.worker,
@@ -266,7 +280,7 @@ class Run:
                 indices=share.indices,
                 interval=config.interval,
                 connect_rate=config.connect_rate / count,
-                max_in_flight=max(1, config.max_in_flight // count),
+                max_in_flight=max(1, in_flight // count),
                 sources=sources,
                 epoch=self.epoch,
                 zombies=share.zombies,
@@ -346,6 +360,8 @@ class Run:
             dropped=counts.dropped,
             errors=counts.errors,
             established=counts.established,
+            generator_late=max(t.late for t in ticks),
+            bench_late=time.monotonic() - (self.epoch + tick.second),
         )
         self.result.seconds.append(second)
         self.on_second(self.result, second)

@@ -25,6 +25,10 @@ class Second:
     dropped: int
     errors: int
     established: int = 0  # handshakes completed since the start
+    # How long after the second's end its last load generator's report was sent, and
+    # the bench had read them all: the generator's delay, and the bench's on top of it.
+    generator_late: float = 0.0
+    bench_late: float = 0.0
 
 
 @dataclass
@@ -82,6 +86,7 @@ class RunResult:
     stalled_s: float = 0.0  # the server was stopped this long (--stall)
     generator_processes: int = 0  # load-generator processes, besides the bench's own
     generator_cpu_ramp_s: float = 0.0  # their CPU (and the bench's) over the ramp
+    generator_max_in_flight: int = 0  # connects awaiting WELCOME at once, all processes
     generator_cpu_window_s: float = 0.0  # and over the steady-state window
     server_processes: int = 0  # a spawned server's, at the end of the window
     storm: StormFigures | None = None  # --storm
@@ -113,6 +118,7 @@ class RunResult:
                 "processes": self.generator_processes,
                 "cpu_ramp_s": self.generator_cpu_ramp_s,
                 "cpu_window_s": self.generator_cpu_window_s,
+                "max_in_flight": self.generator_max_in_flight,
             },
             "rtt_ms": summary_ms(self.rtt),
             "server": {

@@ -240,14 +240,21 @@ def _listening(table: Path, port: int) -> bool:
     return False
 
 
-def wait_listening(process: subprocess.Popen[str], port: int, deadline: float) -> None:
-    """Wait until something listens on ``port`` (the server ``process`` started again on
+def listening(process: subprocess.Popen[str], port: int) -> bool:
+    """Whether something listens on ``port`` (the server ``process`` started again on
     it), from the kernel's tables rather than psutil, which parses every socket of the
-    machine per process: seconds each at hundreds of thousands."""
+    machine per process: seconds each at hundreds of thousands. ServerStartError if
+    ``process`` has exited."""
+    if process.poll() is not None:
+        raise ServerStartError(f"hbloop serve exited with {process.returncode}")
+    return any(_listening(table, port) for table in TCP_TABLES)
+
+
+def wait_listening(process: subprocess.Popen[str], port: int, deadline: float) -> None:
+    """Wait until ``listening(process, port)``, or raise ServerStartError at
+    ``deadline``."""
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerStartError(f"hbloop serve exited with {process.returncode}")
-        if any(_listening(table, port) for table in TCP_TABLES):
+        if listening(process, port):
             return
         time.sleep(POLL_STEP)
     raise ServerStartError("hbloop serve did not listen in time")

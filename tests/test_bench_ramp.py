@@ -3,9 +3,12 @@ them fell behind when the ramp took longer than asked."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from bench.config import BenchConfig
-from bench.report import GENERATOR_BUSY, RAMP_BEHIND, ramp_line, window_line
-from bench.results import RunResult, ServerFigures
+from bench.report import GENERATOR_BUSY, GENERATOR_LATE, RAMP_BEHIND, ramp_line, window_line
+from bench.results import RunResult, Second, ServerFigures
 
 CONFIG = BenchConfig(clients=10_000, connect_rate=1_000)  # a 10 s ramp asked
 ASKED = 10.0
@@ -47,6 +50,19 @@ def test_an_idle_generator_blames_the_server():
     slow = ASKED * RAMP_BEHIND * 2
     line = ramp_line(result(slow, 0.2), CONFIG, CPUS)
     assert line.endswith("fell behind: the server (or the machine), generator 10% busy")
+
+
+def test_a_generator_late_by_seconds_is_named_however_idle():
+    slow = ASKED * RAMP_BEHIND * 2
+    run = result(slow, 0.2)
+    on_time = Second(second=1, open=1, heartbeats=1, rtt_ms={}, dropped=0, errors=0)
+    late = dataclasses.replace(on_time, second=2, generator_late=GENERATOR_LATE + 1)
+    after = dataclasses.replace(on_time, second=math.ceil(slow) + 1, generator_late=99.0)
+    run.seconds = [on_time, late, after]  # the last is past the ramp: not counted
+    line = ramp_line(run, CONFIG, CPUS)
+    assert line.endswith(
+        "fell behind: the load generator, generator 10% busy, its reports up to 6.0s late"
+    )
 
 
 def test_many_generator_processes_are_busy_when_they_fill_the_cpus_they_share():

@@ -10,9 +10,12 @@ import pytest
 from bench.config import BenchConfig
 from bench.plot import draw, plot, spectrum
 from bench.report import (
+    LATE_SHOWN,
     MIN_CONNECTIONS_FOR_RSS,
     MIN_HEARTBEATS_FOR_RTT,
+    late_line,
     noisy_figures,
+    progress_line,
     summary_table,
     to_json,
 )
@@ -99,3 +102,37 @@ def test_the_plot_has_the_headline_panels_and_a_timeline_per_server(tmp_path: Pa
     path = tmp_path / "bench.png"
     plot(path, results, BenchConfig(clients=SMALL_CONNECTIONS))
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def late_second(generator_late: float, bench_late: float) -> Second:
+    return Second(
+        second=7,
+        open=100,
+        heartbeats=10,
+        rtt_ms={"p50": 1.0, "p99": 2.0, "max": 3.0},
+        dropped=0,
+        errors=0,
+        generator_late=generator_late,
+        bench_late=bench_late,
+    )
+
+
+def test_a_second_read_on_time_says_nothing_of_lateness():
+    line = progress_line(RunResult("hbloop", 100), late_second(0.1, 0.2))
+    assert "late" not in line
+
+
+def test_a_second_read_late_says_how_late_the_generator_and_the_bench_were():
+    line = progress_line(RunResult("hbloop", 100), late_second(2.5, LATE_SHOWN + 2))
+    assert line.endswith("errors 0  late: generator 2.5s, bench 3.0s")
+
+
+def test_the_summary_gives_the_worst_lateness_and_how_many_seconds_were_late():
+    run = RunResult("hbloop", 100)
+    run.seconds = [late_second(0.0, 0.1), late_second(4.0, 5.5), late_second(1.0, 2.0)]
+    assert late_line(run) == (
+        "[hbloop] late in 2 seconds: the generator's reports up to 4.0s, read by the "
+        "bench up to 5.5s after their second"
+    )
+    run.seconds = [late_second(0.0, 0.1)]
+    assert late_line(run) is None

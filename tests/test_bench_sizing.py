@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.config import DEFAULT_MAX_IN_FLIGHT
 from bench.orchestrator import Sampler
 from bench.sizing import (
     MAX_CLIENTS_PER_SOURCE,
@@ -22,6 +23,7 @@ from bench.sizing import (
     SERVER_HEADROOM,
     clients_per_worker,
     describe_server_args,
+    max_in_flight,
     server_args,
     server_capacity,
     source_addresses,
@@ -70,6 +72,12 @@ def test_the_bench_says_when_it_sized_the_server():
         "descriptors: hbloop serve --workers auto --max-connections 500000"
     )
     assert describe_server_args(10, ("--workers", "2")) is None
+
+
+def test_connects_in_flight_grow_with_the_server_processes_the_clients_need():
+    assert max_in_flight(CAPACITY, capacity=CAPACITY) == DEFAULT_MAX_IN_FLIGHT
+    assert max_in_flight(CAPACITY + 1, capacity=CAPACITY) == 2 * DEFAULT_MAX_IN_FLIGHT
+    assert max_in_flight(400_000, capacity=19_936) == 21 * DEFAULT_MAX_IN_FLIGHT
 
 
 def test_generator_processes_hold_what_their_descriptors_and_heartbeat_rate_allow():
@@ -163,6 +171,7 @@ def test_a_bench_run_too_big_for_one_process_sizes_the_server_and_the_generator(
     assert figures["connected"] == SIZED_CLIENTS
     assert figures["dropped"] == figures["errors"] == 0
     assert figures["generator"]["processes"] == 2
+    assert figures["generator"]["max_in_flight"] == 2 * DEFAULT_MAX_IN_FLIGHT
     # The supervisor and its two workers (auto: one per CPU, at least the two needed).
     assert figures["server"]["processes"] >= 3
     assert "window" in done.stdout and "server" in done.stdout

@@ -1,0 +1,50 @@
+"""bench --storm restart: the bench reads its load generators' reports all through the
+restart, a slow one included, and every client comes back."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+
+from bench.config import BenchConfig
+from bench.orchestrator import Run
+from bench.results import RunResult, Second
+from bench.servers import spawn_hbloop
+
+# The restarted server takes this long before it starts: a slow start (26 workers on a
+# loaded machine) that the bench used to wait out without reading any report.
+SLOW_START = 4.0
+
+# A new server's command line: sleep, then the real one (``sys.argv[1:]``, from "-m").
+SLOW_START_CODE = (
+    "import os, sys, time\n"
+    f"time.sleep({SLOW_START})\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+)
+
+CLIENTS = 60
+
+
+def test_a_slow_restart_does_not_stop_the_bench_reading_its_generators(tmp_path):
+    server = spawn_hbloop("127.0.0.1", 0.5, 1.5, ("--workers", "2", "--drain-period", "1"))
+    assert server.argv is not None
+    server.argv = [sys.executable, "-c", SLOW_START_CODE, *server.argv[1:]]
+    # Long enough for the strike (1 s in), the drain, the slow start and the clients'
+    # back-off (at most 5 s a retry).
+    config = BenchConfig(clients=CLIENTS, interval=0.5, timeout=1.5, duration=20, storm="restart")
+    seen: list[float] = []
+
+    def on_second(result: RunResult, second: Second) -> None:
+        seen.append(time.monotonic())
+
+    try:
+        result = Run(config, server, on_second, tmp_path).execute()
+    finally:
+        server.stop()
+    assert result.storm is not None
+    assert result.storm.affected == result.storm.returned == CLIENTS
+    # Reports were read as they came, a second apart, while the new server slept (a
+    # bench waiting for it read none for longer than its sleep).
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
+    assert max(gaps) < SLOW_START
