@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hbloop.core.policy import CHECK_ANSWER_TIMEOUT, CHECK_MAX_WAIT, CHECK_PROBE_INTERVAL
 from hbloop.core.protocol import (
     Frame,
     FrameDecoder,
@@ -62,19 +63,6 @@ from hbloop.core.wire import (
 MUST = "MUST"
 SHOULD = "SHOULD"
 
-# How long the server may take over an answer it owes at once (WELCOME, PONG, ERROR,
-# its FIN), and over reading what the checker sends: generous, as the server may share
-# a loaded machine with the checker. Every wait has such a deadline, however many
-# heartbeats the server sends meanwhile (--answer-timeout).
-ANSWER_TIMEOUT = 5.0
-
-# The interval the liveness cases ask for by default: short so that a run takes
-# seconds, yet well above the hbloop server's 0.1 s minimum.
-PROBE_INTERVAL = 0.5
-
-# Time-based cases that would wait longer than this are skipped rather than run.
-DEFAULT_MAX_WAIT = 20.0
-
 # Asking for a 1 ms interval gets the server's minimum: the quickest timeout to measure.
 SHORTEST_INTERVAL_MS = 1
 
@@ -111,9 +99,6 @@ CHECK_NAME = "hbloop-check"
 # stops it can watch its log for this name.
 AWAITING_SHUTDOWN = f"{CHECK_NAME}-awaiting-shutdown"
 
-# The duplicate-name policies a server may announce to the checker (protocol.md P1, P2).
-DUPLICATE_POLICIES = ("refuse", "replace")
-
 
 class Verdict(enum.Enum):
     PASS = "pass"
@@ -133,10 +118,10 @@ class CaseSkipped(Exception):
 class Settings:
     host: str
     port: int
-    interval: float = PROBE_INTERVAL
-    max_wait: float = DEFAULT_MAX_WAIT
+    interval: float = CHECK_PROBE_INTERVAL
+    max_wait: float = CHECK_MAX_WAIT
     handshake_timeout: float | None = None  # the server's deadline; H5 is skipped without it
-    answer_timeout: float = ANSWER_TIMEOUT
+    answer_timeout: float = CHECK_ANSWER_TIMEOUT
     duplicates: str | None = None  # the server's duplicate-name policy; P1/P2 skipped without
     tls: ssl.SSLContext | None = None  # connect with TLS (hbloop.tls.client_context)
     token: str | None = None  # the credential every HELLO of the checker carries

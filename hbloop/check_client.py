@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from hbloop.check import (
-    ANSWER_TIMEOUT,
-    DEFAULT_MAX_WAIT,
     EARLY_TOLERANCE,
     LONG_MESSAGE,
     MUST,
@@ -40,6 +38,13 @@ from hbloop.check import (
     describe,
     late_limit,
     numbered,
+)
+from hbloop.core.policy import (
+    CHECK_ANSWER_TIMEOUT,
+    CHECK_CLIENT_HANDSHAKE_TIMEOUT,
+    CHECK_CLIENT_QUIET_WINDOW,
+    CHECK_CLIENT_START_TIMEOUT,
+    CHECK_MAX_WAIT,
 )
 from hbloop.core.protocol import Frame, RemoteProtocolError, parse_close, parse_hello
 from hbloop.core.wire import (
@@ -72,16 +77,6 @@ from hbloop.core.wire import (
 GRANT_INTERVAL_MS = 200
 GRANT_TIMEOUT_MS = 1000
 
-# How long a client spawned for a case may take to connect (an interpreter starting on
-# a loaded machine): generous, as it is not what is being judged.
-DEFAULT_START_TIMEOUT = 30.0
-
-# How long a client that must not reconnect (CLOSE TAKEN_OVER, H8) is watched.
-DEFAULT_QUIET_WINDOW = 3.0
-
-# The client's handshake deadline (H9) when not told otherwise: hbloop's clients' 10 s.
-DEFAULT_CLIENT_HANDSHAKE_TIMEOUT = 10.0
-
 
 # The RECONNECT_WINDOW of the R7 case: an hour, so that a client drawing its delay in
 # [0, W] reconnects within the quiet window with a chance of 1 in 1200 (3 s of 3600),
@@ -101,11 +96,11 @@ class Settings:
     command: tuple[str, ...] = ()  # spawn this client for each case; empty: --listen
     host: str = "127.0.0.1"
     port: int = 0
-    answer_timeout: float = ANSWER_TIMEOUT
-    start_timeout: float = DEFAULT_START_TIMEOUT
-    quiet_window: float = DEFAULT_QUIET_WINDOW
-    handshake_timeout: float = DEFAULT_CLIENT_HANDSHAKE_TIMEOUT
-    max_wait: float = DEFAULT_MAX_WAIT
+    answer_timeout: float = CHECK_ANSWER_TIMEOUT
+    start_timeout: float = CHECK_CLIENT_START_TIMEOUT
+    quiet_window: float = CHECK_CLIENT_QUIET_WINDOW
+    handshake_timeout: float = CHECK_CLIENT_HANDSHAKE_TIMEOUT
+    max_wait: float = CHECK_MAX_WAIT
     cases: tuple[str, ...] = ()  # run these cases, by number or statement; all without
 
 

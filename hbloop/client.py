@@ -31,6 +31,7 @@ from hbloop.core.policy import (
     DEFAULT_MIN_INTERVAL,
     DEFAULT_PING_STRIKES,
     LINGER_SECONDS,
+    MIN_PEER_MAX_PAYLOAD,
 )
 from hbloop.core.protocol import LocalProtocolError, RemoteProtocolError, token_problem
 from hbloop.core.session import (
@@ -75,10 +76,6 @@ FATAL_ERRORS = frozenset(
 # A newer connection with this client's name replaced it (protocol.md H8): reconnecting
 # would evict that one in turn, and two clients with one name would take turns forever.
 FINAL_CLOSE_CODES = frozenset({Code.TAKEN_OVER})
-
-# The smallest maximum payload a server may be configured with (R6: the Node client's
-# peerMaxPayload has the same floor): below it not even a short line fits.
-MIN_PEER_MAX_PAYLOAD = 1024
 
 
 def is_final(disconnect: Disconnect, opened: bool = False) -> bool:

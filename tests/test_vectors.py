@@ -23,14 +23,11 @@ from hbloop.core.protocol import (
     parse_hello,
     parse_welcome,
 )
+from hbloop.core.schema import FRAME, HEADER, PROPERTY_VALUES, TYPED_FRAME
 from hbloop.core.wire import (
-    FRAME,
-    HEADER,
     HEADER_SIZE,
     HEADER_STRUCT,
     MUST_UNDERSTAND,
-    PROPERTY_VALUES,
-    TYPED_FRAME,
     VERSION_2,
     Code,
     FrameType,

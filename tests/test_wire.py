@@ -5,21 +5,32 @@ from __future__ import annotations
 import pytest
 
 from hbloop.core.protocol import parse_hello
-from hbloop.core.wire import (
+from hbloop.core.schema import (
     CLOSE,
     ERROR,
     FRAME,
     HEADER,
+    HELLO,
+    PROPERTY,
+    PROPERTY_VALUES,
+    TYPED_FRAME,
+    WELCOME,
+)
+from hbloop.core.wire import (
+    CODE_STRUCT,
     HEADER_SIZE,
     HEADER_STRUCT,
-    HELLO,
+    HELLO_FIXED,
     MAX_TOKEN_BYTES,
     PING_FRAME,
     PONG_FRAME,
-    TYPED_FRAME,
-    WELCOME,
+    PROPERTY_HEADER,
+    TOKEN_LENGTH,
+    U32_VALUE,
+    WELCOME_STRUCT,
     Code,
     FrameType,
+    Prop,
     Scheme,
     Welcome,
     encode_close,
@@ -48,6 +59,25 @@ FRAMES = [
     encode_error(Code.SERVER_FULL, "full"),
     encode_error(Code.BAD_NAME, ""),
 ]
+
+
+def test_the_fixed_struct_formats_are_the_schemas_layouts() -> None:
+    """wire.py writes each fixed layout of the schema out as a struct format, so that
+    the per-frame path never imports construct: each packs what the schema builds."""
+    assert HEADER_STRUCT.pack(5, FrameType.DATA, 0) == HEADER.build(
+        {"length": 5, "type": "DATA", "flags": 0}
+    )
+    assert HEADER_STRUCT.size == HEADER.sizeof() == HEADER_SIZE
+    welcome = {"scheme": "SERVER", "interval_ms": 2_000, "timeout_ms": 6_000}
+    assert WELCOME_STRUCT.pack(1, Scheme.SERVER, 2_000, 6_000) == WELCOME.build(welcome)
+    hello = {"interval_ms": 7, "name": "ab", "token": "t"}
+    packed_hello = HELLO_FIXED.pack(1, 7, 2) + b"ab" + TOKEN_LENGTH.pack(1) + b"t"
+    assert packed_hello == HELLO.build(hello)
+    assert PROPERTY_HEADER.pack(Prop.TOKEN, 3) + b"abc" == PROPERTY.build(
+        {"id": Prop.TOKEN, "value": b"abc"}
+    )
+    assert U32_VALUE.pack(70_000) == PROPERTY_VALUES[Prop.MAX_PAYLOAD].build(70_000)
+    assert CODE_STRUCT.pack(Code.TIMEOUT) == CLOSE.build({"code": Code.TIMEOUT})
 
 
 @pytest.mark.parametrize("frame", FRAMES, ids=lambda f: FrameType(f[4]).name)

@@ -12,6 +12,7 @@ supervisor hands them to its workers.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import resource
 from collections.abc import Sequence
@@ -19,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from hbloop import check, check_client
-from hbloop.check import ANSWER_TIMEOUT, DEFAULT_MAX_WAIT, DUPLICATE_POLICIES, PROBE_INTERVAL
 from hbloop.cli.errors import UsageError
 from hbloop.cli.options import (
     AUTO_WORKERS,
@@ -45,9 +44,15 @@ from hbloop.cli.options import (
     table,
     words,
 )
-from hbloop.client import MIN_PEER_MAX_PAYLOAD
 from hbloop.core.backoff import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP
 from hbloop.core.policy import (
+    CHECK_ANSWER_TIMEOUT,
+    CHECK_CLIENT_HANDSHAKE_TIMEOUT,
+    CHECK_CLIENT_QUIET_WINDOW,
+    CHECK_CLIENT_START_TIMEOUT,
+    CHECK_DUPLICATE_POLICIES,
+    CHECK_MAX_WAIT,
+    CHECK_PROBE_INTERVAL,
     DEFAULT_BACKLOG,
     DEFAULT_DRAIN_PERIOD,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -60,6 +65,7 @@ from hbloop.core.policy import (
     DEFAULT_PING_STRIKES,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_TIMEOUT,
+    MIN_PEER_MAX_PAYLOAD,
     ServerPolicy,
     TcpKeepalive,
 )
@@ -645,10 +651,15 @@ def cases_option() -> tuple[str, ...]:
     return repeated(CaseName(), CASE_HELP)
 
 
-def check_cases(cases: list[check.Case], names: tuple[str, ...]) -> None:
-    """UsageError unless each of ``names`` picks one of ``cases`` at least."""
+def check_cases(checker: str, names: tuple[str, ...]) -> None:
+    """UsageError unless each of ``names`` picks one of the cases of the ``checker``
+    module at least. The checker is imported only when there are names to judge, so
+    that parsing any command line stays cheap (the checkers are large)."""
+    if not names:
+        return
+    module = importlib.import_module(checker)
     try:
-        check.numbered(cases, names)
+        module.numbered(module.CASES, names)
     except ValueError as exc:
         raise UsageError(f"--case {exc}") from None
 
@@ -661,10 +672,10 @@ class CheckSettings(ClientTlsSettings):
     target: tuple[str, int] = required(Target(), "server to check", positional=True)
     json: bool = option(False, Flag(), "print the report as JSON")
     interval: float = option(
-        PROBE_INTERVAL, Number(), "interval to ask for in the liveness cases, s"
+        CHECK_PROBE_INTERVAL, Number(), "interval to ask for in the liveness cases, s"
     )
     max_wait: float = option(
-        DEFAULT_MAX_WAIT,
+        CHECK_MAX_WAIT,
         Number(),
         "skip time-based cases that would take longer than this, s",
     )
@@ -674,13 +685,13 @@ class CheckSettings(ClientTlsSettings):
         "the server's handshake deadline; the H5 case is skipped without it",
     )
     answer_timeout: float = option(
-        ANSWER_TIMEOUT,
+        CHECK_ANSWER_TIMEOUT,
         Number(),
         "time the server has for an answer it owes at once; a case waits no longer",
     )
     duplicates: str | None = option(
         None,
-        words(DUPLICATE_POLICIES),
+        words(CHECK_DUPLICATE_POLICIES),
         "the server's duplicate-name policy; the P1 or P2 case is skipped without it",
     )
     max_handshakes: int | None = option(
@@ -698,7 +709,7 @@ class CheckSettings(ClientTlsSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_cases(check.CASES, self.case)
+        check_cases("hbloop.check", self.case)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -726,27 +737,27 @@ class CheckClientSettings(Settings):
     host: str = option(DEFAULT_HOST, Text(), "address to listen on", metavar="H")
     json: bool = option(False, Flag(), "print the report as JSON")
     answer_timeout: float = option(
-        ANSWER_TIMEOUT,
+        CHECK_ANSWER_TIMEOUT,
         Number(),
         "time the client has for an answer it owes at once; a case waits no longer",
     )
     start_timeout: float = option(
-        check_client.DEFAULT_START_TIMEOUT,
+        CHECK_CLIENT_START_TIMEOUT,
         Number(),
         "time a case's client has for its first connection (spawning, or reconnecting)",
     )
     quiet_window: float = option(
-        check_client.DEFAULT_QUIET_WINDOW,
+        CHECK_CLIENT_QUIET_WINDOW,
         Number(),
         "how long a client that must not reconnect is watched, s",
     )
     handshake_timeout: float = option(
-        check_client.DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+        CHECK_CLIENT_HANDSHAKE_TIMEOUT,
         Number(),
         "the client's handshake deadline (H9), s",
     )
     max_wait: float = option(
-        DEFAULT_MAX_WAIT,
+        CHECK_MAX_WAIT,
         Number(),
         "skip time-based cases that would take longer than this, s",
     )
@@ -756,7 +767,7 @@ class CheckClientSettings(Settings):
         super().__post_init__()
         if bool(self.client) == (self.listen is not None):
             raise UsageError("give either a client command (after '--') or --listen PORT")
-        check_cases(check_client.CASES, self.case)
+        check_cases("hbloop.check_client", self.case)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -250,3 +250,40 @@ class ServerPolicy:
             self.max_interval_ms,
             requested_ms,
         )
+
+
+# The smallest maximum payload a client may be told its server has (--peer-max-payload,
+# R6: the Node client's peerMaxPayload has the same floor): below it not even a short
+# line fits.
+MIN_PEER_MAX_PAYLOAD = 1024
+
+
+# --- conformance checkers -----------------------------------------------------------
+# The defaults of ``hbloop check`` and ``hbloop check-client``, here rather than in the
+# checkers so that the command line's settings know them without importing a checker.
+
+# How long the peer under check may take over an answer it owes at once (WELCOME, PONG,
+# ERROR, its FIN), and over reading what the checker sends: generous, as it may share
+# a loaded machine with the checker. Every wait has such a deadline, however many
+# heartbeats the peer sends meanwhile (--answer-timeout).
+CHECK_ANSWER_TIMEOUT = 5.0
+
+# The interval the liveness cases ask for by default: short so that a run takes
+# seconds, yet well above the hbloop server's 0.1 s minimum.
+CHECK_PROBE_INTERVAL = 0.5
+
+# Time-based cases that would wait longer than this are skipped rather than run.
+CHECK_MAX_WAIT = 20.0
+
+# The duplicate-name policies a server may announce to the checker (protocol.md P1, P2).
+CHECK_DUPLICATE_POLICIES = ("refuse", "replace")
+
+# How long a client spawned for a case may take to connect (an interpreter starting on
+# a loaded machine): generous, as it is not what is being judged.
+CHECK_CLIENT_START_TIMEOUT = 30.0
+
+# How long a client that must not reconnect (CLOSE TAKEN_OVER, H8) is watched.
+CHECK_CLIENT_QUIET_WINDOW = 3.0
+
+# The client's handshake deadline (H9) when not told otherwise: hbloop's clients' 10 s.
+CHECK_CLIENT_HANDSHAKE_TIMEOUT = 10.0
