@@ -352,6 +352,10 @@ BEATS_EACH = 4
 # Share of heartbeats that must land in that bucket: one late one in ten is allowed
 # for a stall of this shared machine.
 ON_TIME_SHARE = 0.9
+# How far the mean gap may stray from BEAT_INTERVAL. The gaps' sum telescopes to the
+# last heartbeat's arrival less the first's, so a first one late by d takes d / count
+# off the mean (on two busy cores: 0.39988 s over 16 gaps), and a last one late adds it.
+MEAN_TOLERANCE = 0.02
 
 
 def test_heartbeat_interval_histogram_shows_the_peers_interval(serve):
@@ -386,6 +390,6 @@ def test_heartbeat_interval_histogram_shows_the_peers_interval(serve):
     assert last[f'{name}_bucket{{le="0.3"}}'] == 0
     on_time = last[f'{name}_bucket{{le="0.5"}}']
     assert on_time >= ON_TIME_SHARE * count, f"{on_time} of {count} heartbeats within 0.5 s"
-    assert BEAT_INTERVAL <= last[f"{name}_sum"] / count < 0.5
+    assert abs(last[f"{name}_sum"] / count - BEAT_INTERVAL) < MEAN_TOLERANCE
     workers = [value for key, value in last.items() if key.startswith(per_worker)]
     assert len(workers) == 2 and sum(workers) == count
