@@ -1,13 +1,20 @@
 """bench.loadgen's schedule: the clients connected so far in a ramp heartbeat evenly
-over the interval, not bunched in the part of it their indices would give them."""
+over the interval, not bunched in the part of it their indices would give them; a storm's
+reconnects do not pile up."""
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import socket
+import time
 
 import pytest
 
-from bench.loadgen import phase
+from bench.loadgen import Worker, phase
+from bench.messages import WorkerPlan
+
+from conftest import WAIT_TIMEOUT
 
 # The three-distance theorem bounds the largest gap between n golden-ratio phases by
 # about 2.6 / n (1 + golden ratio, over n); an even spread would be 1 / n.
@@ -21,3 +28,43 @@ def test_any_ramps_worth_of_clients_spreads_over_the_whole_interval(connected):
     gaps.append(1.0 + phases[0] - phases[-1])  # around the end of the interval
     assert all(0.0 <= p < 1.0 for p in phases)
     assert max(gaps) < GAP_BOUND / connected
+
+
+# Refused reconnects a storm's client makes before the test is satisfied: with the
+# generator's back-off (0.2 s doubling, full jitter) three take at most 1.4 s.
+REFUSED_ATTEMPTS = 3
+
+
+def test_a_storms_refused_reconnects_keep_one_client_per_index():
+    # A port bound but not listening refuses every connect at once (loopback only).
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        target = closed_port.getsockname()
+        plan = WorkerPlan(
+            worker=0,
+            target=target,
+            indices=range(2),
+            interval=1.0,
+            connect_rate=1.0,
+            max_in_flight=2,
+            sources=[],
+            epoch=time.monotonic(),
+            zombies=0,
+            reconnect=True,
+        )
+        ours, theirs = multiprocessing.Pipe()
+        worker = Worker(plan, ours)
+        try:
+            for index in plan.indices:
+                worker.lost[index] = time.monotonic()  # dropped: each retries its refusals
+                worker.connect(index)
+            refused = REFUSED_ATTEMPTS * len(plan.indices)
+            assert worker.loop.run_until(
+                lambda: worker.counts.connect_failures >= refused, WAIT_TIMEOUT
+            )
+            # Every attempt was a client object; only each index's latest is kept.
+            assert sorted(worker.clients) == list(plan.indices)
+        finally:
+            worker.stop()
+            worker.loop.close()
+            theirs.close()
