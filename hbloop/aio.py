@@ -540,7 +540,7 @@ class Client(ClientBase):
                 welcome = event.grant.welcome
                 refusal = self.grant_refused(welcome)
                 if refusal is None:
-                    self.opened(welcome, conn.loop.time())
+                    self.opened(welcome, conn.session.last_recv)
                     self._arm_reauth(conn, self.reauth_delay(welcome))
                 else:
                     conn.apply(conn.session.protocol_error(refusal, conn.loop.time()))

@@ -310,8 +310,11 @@ class ClientBase:
             raise PayloadTooLarge(len(data), self.payload_limit)
 
     def opened(self, welcome: Welcome, now: float) -> None:
-        """A handshake succeeded; the back-off starts again from its base only once
-        this connection has lasted its granted timeout (R2)."""
+        """A handshake succeeded, ``welcome`` received at ``now``; the back-off starts
+        again from its base only once this connection has lasted its granted timeout
+        (R2). ``now`` is the session's own stamp of the WELCOME (``last_recv``), the
+        time its silence deadline counts from: a later reading of the clock would make
+        a connection timed out at that deadline seem not to have lasted it."""
         self.connects += 1
         self._opened_at = now
         self._granted_timeout = welcome.timeout_ms / 1000
@@ -539,7 +542,7 @@ class Client(ClientBase):
                 welcome = event.grant.welcome
                 refusal = self.grant_refused(welcome)
                 if refusal is None:
-                    self.opened(welcome, self.loop.now)
+                    self.opened(welcome, channel.session.last_recv)
                     self._arm_reauth(self.reauth_delay(welcome))
                 else:
                     channel.apply(channel.session.protocol_error(refusal, self.loop.now))
