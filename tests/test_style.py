@@ -87,7 +87,7 @@ def test_importing_hbloop_imports_no_submodule():
 
 def test_a_server_never_imports_the_client_the_checkers_or_construct():
     # What a serving process loads is start-up every worker and every restart pays:
-    # construct alone is a tenth of it, and the schema it declares is for documents
+    # construct alone adds about 20 ms, and the schema it declares is for documents
     # and tests (hbloop.core.wire is the server's).
     server = LoggedProcess(
         [*HBLOOP, "serve", "--port", "0", "--log-level", "info"],
