@@ -1,8 +1,8 @@
 """hbloop: a TCP heartbeat server and client on a hand-rolled epoll loop.
 
 The names below are imported when first used (PEP 562), so that ``import hbloop``,
-which every ``hbloop.*`` module implies, costs nothing: a server process never loads
-the client, nor a client the server (tests/test_style.py holds it to that).
+which every ``hbloop.*`` module implies, imports no submodule: a server process never
+loads the client (tests/test_style.py holds it to that).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from hbloop.cli.settings import (
 
 # The module that runs each command's settings (its ``run``). Imported only for the
 # command given: a server never loads the client, the checkers or construct, which
-# took `serve --help` from 296 to 218 ms on a quiet machine (tests/test_style.py holds
-# it to that).
+# every worker and every restart would otherwise pay for at start-up
+# (tests/test_style.py holds it to that).
 RUNNERS: dict[type[Settings], str] = {
     ServeSettings: "hbloop.cli.serve",
     ClientSettings: "hbloop.cli.client",
