@@ -35,6 +35,7 @@ from hbloop.core.wire import (
     encode_hello,
 )
 from hbloop.net.channel import Channel, make_channel
+from hbloop.net.clock import MockClock
 from hbloop.net.counters import IoCounters
 from hbloop.net.loop import EventLoop
 from hbloop.net.tls import TlsLayer
@@ -256,3 +257,44 @@ def test_a_burst_is_acted_on_a_share_per_read(loop, pair):
     assert len(recorder.events) - before == MAX_FRAMES_PER_READ + 10
     assert all(isinstance(event, Message) for event in recorder.events[before:])
     assert channel.fd in loop._readers  # then the socket again
+
+
+# PINGs a peer sent, one an interval, while the server was stalled.
+STALLED_PINGS = 8
+
+
+def test_pings_that_waited_out_a_stall_after_the_wake_up_are_no_flood(pair):
+    """T6, T8: the loop reads its clock when epoll returns. A process stopped (SIGSTOP,
+    a paused VM) or starved right after that reads, on resuming, the PINGs a live peer
+    sent during the whole stall: on time, not a flood, once judged by the time they
+    were read rather than the wake-up's."""
+    clock = MockClock()
+    loop = EventLoop(clock=clock)
+    try:
+        recorder, channel, theirs = open_channel(loop, pair)
+        interval = GRANT.interval
+        decoder = FrameDecoder(DEFAULT_MAX_PAYLOAD)
+        clock.jump(interval)
+        theirs.sendall(PING_FRAME)  # on time
+        assert loop.run_until(lambda: bool(read_frames(theirs, decoder)), WAIT_TIMEOUT)
+
+        def stall_then_read() -> None:  # the wake-up's time is read; then the stall
+            clock.jump(STALLED_PINGS * interval)
+            channel.on_readable()
+
+        loop._readers[channel.fd] = stall_then_read
+        theirs.sendall(PING_FRAME * STALLED_PINGS)
+        assert select.select([channel.sock], [], [], WAIT_TIMEOUT)[0]
+        loop.run_once()
+        answers: list[Frame] = []
+
+        def answered() -> bool:  # every PONG, or anything else (the mock time stands still)
+            answers.extend(read_frames(theirs, decoder))
+            pongs = all(frame == (FrameType.PONG, b"") for frame in answers)
+            return len(answers) >= STALLED_PINGS or not pongs
+
+        assert loop.run_until(answered, WAIT_TIMEOUT)
+        assert answers == [(FrameType.PONG, b"")] * STALLED_PINGS
+        assert recorder.closed() is None and channel.session.state is State.OPEN
+    finally:
+        loop.close()

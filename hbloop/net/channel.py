@@ -291,6 +291,9 @@ class Channel(Generic[AppT]):
                     self._send(answer)  # a quick PONG, counted by IoCounters.settle
                 return
         endpoint.counters.bytes_in += n
+        # More than one heartbeat: PINGs that waited in the socket share the time since
+        # the previous read (T8), which a stall since the wake-up would hide.
+        now = endpoint.loop.refresh_now()
         out, events = session.receive_data(_read_view[:n], now)
         if self.group is not None and session.last_recv == now:
             self.group.move_to_end(self)
@@ -333,7 +336,7 @@ class Channel(Generic[AppT]):
     def _serve(self, data: bytes | memoryview) -> None:
         """Hand the session ``data`` and follow its step; pause if it asks to."""
         session = self.session
-        now = self.endpoint.loop.now
+        now = self.endpoint.loop.refresh_now()  # as on_readable's general path
         step = session.receive_data(data, now)
         if self.group is not None and session.last_recv == now:
             self.group.move_to_end(self)  # its silence deadline moved

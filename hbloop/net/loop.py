@@ -314,7 +314,8 @@ class EventLoop:
         self._previous_handlers: dict[int, object] = {}
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
         self._old_wakeup_fd = -1
-        #: The loop's clock, read once per iteration and again before due timers run.
+        #: The loop's clock, read once per iteration, again before due timers run, and by
+        #: ``refresh_now``.
         self.now = clock()
         #: Iterations run so far.
         self.iterations = 0
@@ -384,6 +385,15 @@ class EventLoop:
     def time(self) -> float:
         """The loop's clock now (``now`` is its value when the iteration woke up)."""
         return self.clock()
+
+    def refresh_now(self) -> float:
+        """Read the clock into ``now`` again and return it, for a callback that must not
+        judge by a time read before a stall: a process stopped (SIGSTOP, a paused VM) or
+        starved right after the wake-up finds, on resuming, input that waited out the
+        whole stall. ``now`` only moves forward, so what the iteration ordered by it
+        stays in order."""
+        now = self.now = self.clock()
+        return now
 
     def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
         timer = Timer(self, when, callback, args)
