@@ -383,7 +383,8 @@ class EventLoop:
     # --- timers -----------------------------------------------------------------
 
     def time(self) -> float:
-        """The loop's clock now (``now`` is its value when the iteration woke up)."""
+        """The loop's clock now (``now`` is its value when the iteration woke up, or
+        when ``refresh_now`` last read it)."""
         return self.clock()
 
     def refresh_now(self) -> float:
