@@ -31,7 +31,6 @@ from hbloop.core.policy import (
     DEFAULT_MIN_INTERVAL,
     DEFAULT_PING_STRIKES,
     LINGER_SECONDS,
-    MIN_PEER_MAX_PAYLOAD,
 )
 from hbloop.core.protocol import LocalProtocolError, RemoteProtocolError, token_problem
 from hbloop.core.session import (
@@ -52,6 +51,7 @@ from hbloop.core.wire import (
     ABSOLUTE_MAX_PAYLOAD,
     DEFAULT_MAX_PAYLOAD,
     MAX_NAME_BYTES,
+    MIN_MAX_PAYLOAD,
     PROTOCOL_VERSION,
     U32_MAX,
     Code,
@@ -185,10 +185,10 @@ class ClientBase:
                 f"interval {interval:g}s is below min_interval {min_interval:g}s: "
                 "its own grant would be refused"
             )
-        if not MIN_PEER_MAX_PAYLOAD <= peer_max_payload <= ABSOLUTE_MAX_PAYLOAD:
+        if not MIN_MAX_PAYLOAD <= peer_max_payload <= ABSOLUTE_MAX_PAYLOAD:
             raise ClientConfigError(
                 f"peer_max_payload {peer_max_payload} is not in "
-                f"{MIN_PEER_MAX_PAYLOAD}..{ABSOLUTE_MAX_PAYLOAD} bytes"
+                f"{MIN_MAX_PAYLOAD}..{ABSOLUTE_MAX_PAYLOAD} bytes"
             )
         if isinstance(token, str):
             self._check_token(token)

@@ -65,11 +65,10 @@ from hbloop.core.policy import (
     DEFAULT_PING_STRIKES,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_TIMEOUT,
-    MIN_PEER_MAX_PAYLOAD,
     ServerPolicy,
     TcpKeepalive,
 )
-from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, Scheme
+from hbloop.core.wire import DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD, Scheme
 from hbloop.net.acceptor import AdmissionLimits
 from hbloop.net.gather import (
     COALESCE_MIN_GATHER,
@@ -620,7 +619,7 @@ class ClientSettings(LogSettings, ClientTlsSettings):
     )
     peer_max_payload: int = option(
         DEFAULT_MAX_PAYLOAD,
-        Count(least=MIN_PEER_MAX_PAYLOAD),
+        Count(least=MIN_MAX_PAYLOAD),
         "the server's --max-frame: longer lines are refused here, bytes (R6)",
         metavar="BYTES",
     )

@@ -252,12 +252,6 @@ class ServerPolicy:
         )
 
 
-# The smallest maximum payload a client may be told its server has (--peer-max-payload,
-# R6: the Node client's peerMaxPayload has the same floor): below it not even a short
-# line fits.
-MIN_PEER_MAX_PAYLOAD = 1024
-
-
 # --- conformance checkers -----------------------------------------------------------
 # The defaults of ``hbloop check`` and ``hbloop check-client``, here rather than in the
 # checkers so that the command line's settings know them without importing a checker.
