@@ -51,7 +51,6 @@ import enum
 import functools
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -352,7 +351,10 @@ class Presence:
         self._leaves: dict[str, str] = {}  # name -> reason, for Redis when it is back
         self._synced = False  # Redis has (or is being sent) the whole table
         self._resync_timer: Timer | None = None
-        self._resync_sent = -math.inf  # when the last resync was sent (loop time)
+        # Resyncs sent and not yet answered. Redis answers one connection's commands in
+        # order, so a renewal answered while one is out ran before it (it was written
+        # ahead of the queue): what it found is stale, the resync registers the node.
+        self._resyncs_out = 0
         self._timers: list[Timer] = []
         self._registered = False  # the liveness key was set on this connection
         # This node's own view of Redis: when the last renewal that Redis confirmed was
@@ -716,7 +718,7 @@ class Presence:
             return
         self._leaves = {}
         self._synced = True
-        self._resync_sent = started
+        self._resyncs_out += 1
         for member in batch:
             member.state = State.PENDING
             member.known = True
@@ -724,6 +726,7 @@ class Presence:
     def _resynced(
         self, batch: list[Member], leaves: dict[str, str], started: float, reply: Reply
     ) -> None:
+        self._resyncs_out -= 1
         if not isinstance(reply, list):
             for name, reason in leaves.items():  # not told yet: keep them for next time
                 if self.config.policy.key(name) not in self._local:
@@ -793,8 +796,8 @@ class Presence:
         if renewed == 1:
             self._registered = True
             return
-        if self._resync_sent >= sent:
-            return  # a resync sent since then registers the node and its members
+        if self._resyncs_out:
+            return  # a resync ran after it in Redis: it registers the node and its members
         if self._registered:
             self.counts["lapses"] += 1
             log.warning(
