@@ -5,8 +5,10 @@ a resync that settles a conflict)."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ from bench.redis_server import RedisProcess
 from hbloop.core.wire import Code
 from hbloop.net.loop import EventLoop
 from hbloop.presence.node import (
+    LEAVE_BATCH,
     REFRESHES_PER_TTL,
     Member,
     Node,
@@ -24,7 +27,10 @@ from hbloop.presence.node import (
     State,
 )
 from hbloop.presence.redis_link import MAX_IN_FLIGHT, WRITE_BUDGET
-from hbloop.presence.scripts import Keys
+from hbloop.presence.scripts import REAP, Keys
+
+from conftest import wait_for
+from test_presence import events
 
 TIMEOUT = 10.0
 
@@ -194,29 +200,90 @@ def test_a_renewal_that_ran_ahead_of_a_resync_asks_for_no_second_one(cluster: Cl
     assert cluster.redis.command("SISMEMBER", keys.nodes, node.node.id) == 1
 
 
+def test_a_reap_trims_the_oldest_events_past_the_cap_then_the_retention(
+    cluster: Cluster,
+) -> None:
+    """At most a batch a run, from the old end, the newest trimmed id kept for watch."""
+    node = cluster.node("n")
+    members = [cluster.join(node, f"m{i}") for i in range(10)]
+    cluster.run_until(lambda: all(m.state is State.ONLINE for m in members))
+    keys = Keys(cluster.prefix)
+    ids = [e["id"] for e in events(cluster.redis, cluster.prefix)]
+    assert len(ids) == 10
+
+    def reap(retention_ms: int, batch: int) -> list[str]:
+        cluster.redis.command(
+            *("EVALSHA", REAP.sha, 0, cluster.prefix, node.node.id, 60_000),
+            *(retention_ms, 4, batch),  # a cap of 4 events
+        )
+        assert cluster.redis.command("GET", keys.trimmed).decode() == ids[-len(left()) - 1]
+        return left()
+
+    def left() -> list[str]:
+        return [e["id"] for e in events(cluster.redis, cluster.prefix)]
+
+    day = 24 * 3600 * 1000
+    assert reap(day, 3) == ids[3:]  # 6 past the cap, 3 a run
+    assert reap(day, 100) == ids[6:]
+    newest = int(ids[-1].split("-")[0])
+
+    def redis_ms() -> int:
+        seconds, micros = cluster.redis.command("TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    assert wait_for(lambda: redis_ms() > newest + 50)
+    assert reap(50, 2) == ids[8:]  # all older than the retention: 2 a run
+    assert reap(50, 100) == []
+
+
 # Members of one node that all leave at once: many times what the link lets in flight,
 # as a mass disconnect queues them (issue 20: 200,000 leaves, the lease lost).
 MASS = 20_000
 
 
-def test_a_mass_leave_never_starves_the_lease_renewal(cluster: Cluster) -> None:
-    """With MASS leaves queued, the next renewal is written ahead of them: Redis
-    confirms it while most of them still wait, well within a renewal period."""
+def test_a_mass_leave_goes_in_batches_behind_the_lease_renewal(cluster: Cluster) -> None:
+    """MASS leaves in one iteration go to Redis LEAVE_BATCH a script, and the next
+    renewal is written ahead of them: Redis confirms it while most of them still wait,
+    well within a renewal period. Each member's leave event keeps its own reason."""
     node = cluster.node("n")
     members = [cluster.join(node, f"m{i}") for i in range(MASS)]
     cluster.run_until(lambda: all(m.state is State.ONLINE for m in members), 120)
     # On a loaded machine the joins take long enough for the node's own timers (a
     # renewal, a reap) to have queued a command or two not yet written.
     queued = node.link.backlog
-    for member in members:
-        node.left(member, "peer_closed")
-    assert node.link.backlog == queued + MASS
+    for i, member in enumerate(members):
+        node.left(member, "timeout" if i % 2 else "peer_closed")
+    node._flush_leaves()  # as the end of this iteration does
+    assert node.link.backlog == queued + math.ceil(MASS / LEAVE_BATCH)
     before = node.counts["leaves"]
     asked = cluster.loop.time()
     node._heartbeat()
     cluster.run_until(lambda: (node._renewed or 0) >= asked)
-    assert node.counts["leaves"] - before <= MAX_IN_FLIGHT + WRITE_BUDGET
+    assert node.counts["leaves"] - before <= (MAX_IN_FLIGHT + WRITE_BUDGET) * LEAVE_BATCH
     assert cluster.loop.time() - asked < node.config.node_ttl / REFRESHES_PER_TTL
-    cluster.run_until(lambda: not node.link.backlog, 120)
-    assert node.counts["leaves"] - before == MASS
+    cluster.run_until(lambda: node.counts["leaves"] - before == MASS, 120)
     assert cluster.members(node) == set()
+    reasons = Counter(
+        e["reason"] for e in events(cluster.redis, cluster.prefix) if e["event"] == "leave"
+    )
+    assert reasons == {"timeout": MASS // 2, "peer_closed": MASS // 2}
+
+
+def test_a_leave_and_a_join_of_one_name_in_one_iteration_keep_their_order(
+    cluster: Cluster,
+) -> None:
+    """The join waits for no iteration's end: the gathered leaves go first."""
+    node = cluster.node("n")
+    first = cluster.join(node, "x")
+    other = cluster.join(node, "y")
+    cluster.run_until(lambda: first.state is State.ONLINE and other.state is State.ONLINE)
+    node.left(first, "peer_closed")
+    node.left(other, "peer_closed")
+    again = cluster.join(node, "x")  # the same iteration: no flush has run yet
+    cluster.run_until(lambda: again.state is State.ONLINE and not node.link.backlog)
+    assert cluster.members(node) == {"x"}
+    assert [(e["event"], e["name"]) for e in events(cluster.redis, cluster.prefix)][-3:] == [
+        ("leave", "x"),
+        ("leave", "y"),
+        ("join", "x"),
+    ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -180,3 +182,20 @@ def test_a_refused_handshake_is_retried_and_logged_once(
     finally:
         link.close()
         loop.close()
+
+
+def test_the_watchdog_reads_a_waiting_reply_before_it_judges(
+    redis_server: RedisProcess, recorder
+) -> None:
+    """A reply that came while the loop was busy with other events past the reply
+    timeout is progress, not a stalled Redis (a mass disconnect of 15,000 peers made
+    a worker's iterations last seconds: issue 20)."""
+    rec = recorder(redis_server, reply_timeout=0.2)
+    replies: list[Any] = []
+    rec.link.call(replies.append, "PING")
+    rec.link._flush()  # written now rather than at the iteration's end
+    assert select.select([rec.link._sock], [], [], 10)[0]  # answered, not yet read
+    time.sleep(0.3)  # the rest of a long iteration, past the reply timeout
+    rec.loop.refresh_now()
+    rec.link._on_timer()  # as the watchdog's timer fires after those events
+    assert (replies, rec.events) == ([b"PONG"], ["ready"])

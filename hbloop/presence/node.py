@@ -123,9 +123,9 @@ DEFAULT_STREAM_RETENTION = 24 * 3600.0
 # of Redis). A day of a 10,000-member fleet reconnecting every 20 minutes fits.
 STREAM_MAXLEN = 1_000_000
 
-# A reaper trims at most this many events past the cap a run, so that one run stays
-# short (about 10 ms of Redis) even when the cap was just lowered; at one run every
-# few seconds per node it outpaces any churn the cap is meant for.
+# A reaper trims at most this many events a run (past the retention or the cap), so
+# that one run stays short (about 10 ms of Redis) even when the cap was just lowered;
+# at one run every few seconds per node it outpaces any churn the cap is meant for.
 TRIM_BATCH = 10_000
 
 # A name taken over more than this many times within the window is refused for a
@@ -139,6 +139,13 @@ DEFAULT_TAKEOVER_WINDOW = 60.0
 # enough that a name that changed hands for good is usable again soon.
 DEFAULT_TAKEOVER_BACKOFF = 5.0
 TAKEOVER_BACKOFF_DOUBLINGS = 6
+
+# The leaves of one loop iteration go to Redis together, at most this many a script:
+# a mass disconnect's members then cost Redis one EVALSHA, key check and clock update
+# a batch instead of a member. 20,000 leaves took Redis 30.6 us of CPU a member one
+# a script, 8.3 in 16s, 7.1 in 128s, 6.7 in 512s (INFO's used_cpu, one run); a script
+# of 128 holds Redis up for about a millisecond, a renewal's wait at worst.
+LEAVE_BATCH = 128
 
 # How long a stopping node waits for Redis to take its queued updates, then to record
 # its departure: a fraction of the server's default shutdown grace (5 s).
@@ -349,6 +356,7 @@ class Presence:
         # key (Policy.key) -> its newest connection (see Member.older)
         self._local: dict[str, Member] = {}
         self._leaves: dict[str, str] = {}  # name -> reason, for Redis when it is back
+        self._leaving: dict[str, str] = {}  # name -> reason, this iteration's leaves
         self._synced = False  # Redis has (or is being sent) the whole table
         self._resync_timer: Timer | None = None
         # Resyncs sent and not yet answered. Redis answers one connection's commands in
@@ -399,6 +407,7 @@ class Presence:
         if self._resync_timer is not None:
             self._resync_timer.cancel()
         if self.link.ready:
+            self._flush_leaves()  # with their own reasons, not the shutdown's
             self.link.drain(DEREGISTER_TIMEOUT)
         if self.link.run(DEREGISTER, (), self._args(SHUTDOWN_REASON), self._deregistered):
             self.link.drain(DEREGISTER_TIMEOUT)
@@ -542,6 +551,7 @@ class Presence:
     # --- joins and leaves -----------------------------------------------------------------
 
     def _send_join(self, member: Member, took_over: bool) -> None:
+        self._flush_leaves()  # a leave of this name must reach Redis before the join
         config = self.config
         args = self._args(
             member.name,
@@ -597,17 +607,33 @@ class Presence:
         self._drop(member, Code.NAME_TAKEN, message or online)
 
     def _send_leave(self, name: str, reason: str) -> None:
-        args = self._args(name, reason)
-        if not self.link.run(LEAVE, (), args, lambda r: self._leave_answered(name, reason, r)):
-            self._leaves[name] = reason
-            self._overflow()
+        """Gather the leave for the end of the iteration (``_flush_leaves``)."""
+        if not self._leaving:
+            self.loop.call_soon(self._flush_leaves)
+        self._leaving[name] = reason
 
-    def _leave_answered(self, name: str, reason: str, reply: Reply) -> None:
+    def _flush_leaves(self) -> None:
+        """Send the gathered leaves, LEAVE_BATCH a script. Any other command of this
+        node's is queued after them (joins and resyncs call this first), so Redis runs
+        a name's leave and its next join in the order they happened here."""
+        leaving, self._leaving = self._leaving, {}
+        pairs = list(leaving.items())
+        for start in range(0, len(pairs), LEAVE_BATCH):
+            batch = pairs[start : start + LEAVE_BATCH]
+            args = self._args(*(field for pair in batch for field in pair))
+            if not self.link.run(LEAVE, (), args, functools.partial(self._left, batch)):
+                self._leaves.update(pairs[start:])  # for the resync
+                if self.link.ready:
+                    self._overflow()  # the backlog is full (else the link was lost)
+                return
+
+    def _left(self, batch: list[tuple[str, str]], reply: Reply) -> None:
         if isinstance(reply, int):
             self.counts["leaves"] += reply
             return
-        if self.config.policy.key(name) not in self._local:
-            self._leaves[name] = reason
+        for name, reason in batch:
+            if self.config.policy.key(name) not in self._local:
+                self._leaves[name] = reason
         if not isinstance(reply, RedisUnavailable):
             self._script_failed("leave", reply)
             self._resync_soon()
@@ -695,6 +721,7 @@ class Presence:
     def _resync(self) -> None:
         """Make Redis' view of this node exactly the local table, in one script."""
         self._resync_timer = None
+        self._flush_leaves()  # their reasons; if they cannot go, they go with it
         batch: list[Member] = []
         names: list[Any] = []
         for key in self._local:

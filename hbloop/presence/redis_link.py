@@ -524,7 +524,9 @@ class RedisLink:
             return
         reader = self._reader
         reader.feed(data)
-        self._progress = self.loop.now
+        # The clock now, not the iteration's: work after this read in a starved
+        # iteration must not make the reply look late to the watchdog.
+        self._progress = self.loop.refresh_now()
         while self._sock is not None:
             try:
                 reply = reader.gets()
@@ -553,12 +555,20 @@ class RedisLink:
         self._timer = None
         if self.state == _State.CONNECTING:
             self._fail(f"connect timed out after {CONNECT_TIMEOUT:g}s")
-        elif self._pending:
-            due = self._progress + self.reply_timeout
-            if self.loop.now >= due:
-                self._fail(f"no reply for {self.reply_timeout:g}s")
-            else:
-                self._arm(due)
+            return
+        if not self._pending:
+            return
+        if self.loop.now >= self._progress + self.reply_timeout:
+            # Replies that came while this process was starved or stopped are progress:
+            # read them before judging Redis.
+            self._on_readable()
+            if not self._pending or self._timer is not None:
+                return  # all answered, or the connection failed, or a new timer is armed
+        due = self._progress + self.reply_timeout
+        if self.loop.now >= due:
+            self._fail(f"no reply for {self.reply_timeout:g}s")
+        else:
+            self._arm(due)
 
 
 class BlockingRedis:
