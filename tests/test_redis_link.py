@@ -199,3 +199,18 @@ def test_the_watchdog_reads_a_waiting_reply_before_it_judges(
     rec.loop.refresh_now()
     rec.link._on_timer()  # as the watchdog's timer fires after those events
     assert (replies, rec.events) == ([b"PONG"], ["ready"])
+
+
+def test_replies_waiting_behind_other_sockets_can_be_taken_at_once(
+    redis_server: RedisProcess, recorder
+) -> None:
+    """take_replies reads what the loop has not reported yet (the lease renewal's
+    confirmation, behind a mass disconnect's ready sockets), and nothing else."""
+    rec = recorder(redis_server)
+    replies: list[Any] = []
+    rec.link.take_replies()  # nothing waits: nothing is read, nothing blocks
+    rec.link.call(replies.append, "PING")
+    rec.link._flush()  # written now rather than at the iteration's end
+    assert select.select([rec.link._sock], [], [], 10)[0]
+    rec.link.take_replies()
+    assert (replies, rec.link.backlog, rec.events) == ([b"PONG"], 0, ["ready"])

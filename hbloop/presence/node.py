@@ -798,6 +798,7 @@ class Presence:
     # --- timers ---------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        self.link.take_replies()  # the last renewal's confirmation may be waiting
         self._lease_lapsing()
         if not self.link.ready:
             return

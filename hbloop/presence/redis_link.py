@@ -291,6 +291,14 @@ class RedisLink:
     def start(self) -> None:
         self._connect()
 
+    def take_replies(self) -> None:
+        """Read the replies already waiting on the connection. The loop reports ready
+        sockets in the kernel's order, a few hundred an iteration: behind thousands of
+        closing peers (a mass disconnect) a reply waits seconds for its turn, so
+        whoever judges Redis' silence reads first."""
+        if self._pending and self.state in (_State.HANDSHAKE, _State.READY):
+            self._on_readable()
+
     def call(self, callback: ReplyCallback, *args: Any, first: bool = False) -> bool:
         """Queue a command; ``callback(reply)`` runs when it is answered or lost.
         False (and no callback, ever) when not ready or the backlog is full. A ``first``
@@ -559,9 +567,7 @@ class RedisLink:
         if not self._pending:
             return
         if self.loop.now >= self._progress + self.reply_timeout:
-            # Replies that came while this process was starved or stopped are progress:
-            # read them before judging Redis.
-            self._on_readable()
+            self.take_replies()  # what came while this process was busy is progress
             if not self._pending or self._timer is not None:
                 return  # all answered, or the connection failed, or a new timer is armed
         due = self._progress + self.reply_timeout
