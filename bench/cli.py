@@ -171,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "cannot hold the clients) and, 1s into the "
         "window, kill its busiest worker (SIGKILL), restart it (SIGTERM, then again on "
         "its port) or SIGHUP it after a config change that needs new processes; dropped "
-        "clients reconnect at once. Reports time to 50/99/100%% back, peak accept rate, "
-        "handshake p99, drops elsewhere, false timeouts, clients closed twice and, with "
-        "--redis (the server's presence then on a redis-server of the bench's), presence "
-        "flaps (the JSON's 'storm')",
+        "clients reconnect at once. Or (leave) close every client at once, for good, and "
+        "watch a presence lease and a reap longer. Reports time to 50/99/100%% back, peak "
+        "accept rate, handshake p99, drops elsewhere, false timeouts, clients closed twice "
+        "and, with --redis (the server's presence then on a redis-server of the bench's), "
+        "presence flaps: members of live nodes reaped (the JSON's 'storm')",
     )
     parser.add_argument(
         "--workers",

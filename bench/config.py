@@ -50,9 +50,9 @@ DEFAULT_FAULT_FIGHT = FIGHT_SETTLE + 5.0
 STALL_AFTER = 1.0
 
 
-# --storm (bench.storm): what strikes the server, which has this many workers (one of
-# them is what kill-worker kills).
-STORM_KINDS = ("kill-worker", "restart", "hup")
+# --storm (bench.storm): what strikes the server (or, leave, its clients), which has
+# this many workers (one of them is what kill-worker kills).
+STORM_KINDS = ("kill-worker", "restart", "hup", "leave")
 STORM_WORKERS = 2
 
 

@@ -242,6 +242,8 @@ class Worker:
             self.zombify()
         elif command is Command.STOP:
             self.stop()
+        elif command is Command.LEAVE:
+            self.leave()
 
     def ramp(self) -> None:
         indices = self.plan.indices
@@ -303,13 +305,8 @@ class Worker:
             self.zombies.append(client)
 
     def stop(self) -> None:
-        self.stopping = True
         unclosed = sum(1 for c in self.zombies if c.channel.session.state is State.OPEN)
-        for client in self.clients.values():
-            channel = client.channel
-            if not channel.released:
-                channel.close(Code.NORMAL)
-                channel.drop(Reason.CLOSED_LOCALLY)
+        self.leave()
         final = Final(
             worker=self.plan.worker,
             counts=self.counts,
@@ -325,6 +322,17 @@ class Worker:
         with contextlib.suppress(OSError):  # the orchestrator may be gone already
             self.pipe.send(final)
         self.done = True
+
+    def leave(self) -> None:
+        """Close every client with CLOSE NORMAL in this one iteration; none reconnects
+        and, from now on, no close is classified (``ended``)."""
+        self.stopping = True
+        for client in self.clients.values():
+            channel = client.channel
+            if not channel.released:
+                channel.close(Code.NORMAL)
+                channel.drop(Reason.CLOSED_LOCALLY)
+        self.counts.open = 0
 
     # --- called by clients -------------------------------------------------------------
 

@@ -26,6 +26,7 @@ class WorkerPlan:
 class Command(enum.Enum):
     ZOMBIFY = "zombify"  # the ramp is over: silence the zombies now
     STOP = "stop"  # close every client and send the Final report
+    LEAVE = "leave"  # --storm leave: close every client at once, then go on reporting
 
 
 @dataclass

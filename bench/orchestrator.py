@@ -190,10 +190,13 @@ class Run:
                 self._follow_until(self.epoch + first + STALL_AFTER)
                 self._stall(config.stall)
             hit = None
+            end = self.epoch + last
             if config.storm is not None:
                 self._follow_until(self.epoch + first + STALL_AFTER)
                 hit = self._strike(config.storm)
-            self._follow_until(self.epoch + last)
+                if hit.kind == "leave":
+                    end = max(end, hit.at + storm.LEAVE_WATCH)
+            self._follow_until(end)
             snapshot = sampler.end_window() if sampler is not None else None
             self.result.generator_cpu_window_s = sum(generator.end_window()[:2])
             if sampler is not None:
@@ -247,6 +250,10 @@ class Run:
         process = self.server.process
         if self.scratch is None or process is None:
             raise BenchError("--storm needs a server the bench starts")
+        if kind == "leave":
+            hit = storm.Strike(kind, time.monotonic(), self.counts.open)
+            self._send(Command.LEAVE)
+            return hit
         hit = storm.strike(kind, self.server, self.scratch)
         if kind == "restart":
 

@@ -12,6 +12,10 @@ dropped (``WorkerPlan.reconnect``). ``STALL_AFTER`` seconds into the window it s
 * ``hup``: the server's ``--config`` file is changed in a setting that needs new
   processes, then SIGHUP: the supervisor's rolling restart; every client is affected,
   and none may be closed twice.
+* ``leave``: every client closes (CLOSE NORMAL) in the same moment and none comes back:
+  a mass disconnect. The bench then watches for LEAVE_WATCH (the window ends no
+  sooner), long enough for any node whose lease the leaves starved to be reaped; with
+  ``--redis``, its figure is the presence flaps (target: 0).
 
 Figures, from the load generators' drop and return times on the shared monotonic clock:
 seconds from the strike until 50, 99 and 100% of the affected clients were welcomed
@@ -39,6 +43,7 @@ from bench.messages import Final
 from bench.redis_server import RedisProcess
 from bench.results import RunResult
 from bench.servers import START_TIMEOUT, ServerUnderTest, listening
+from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL, JITTER
 
 # The reason of a leave event for a member reaped with its node (hbloop.presence).
 NODE_LOST = "node_lost"
@@ -52,6 +57,11 @@ HUP_VALUES = (10.0, 11.0)
 # 400,000 clients) start while every client's reconnects load the machine.
 RESTART_TIMEOUT = 4 * START_TIMEOUT
 
+# After --storm leave, how long the bench watches: a presence node's lease (hbloop
+# serve's default --node-ttl) and the longest reap interval that follows it, so that a
+# lease the leaves starved shows as members reaped (node_lost) within the run.
+LEAVE_WATCH = DEFAULT_NODE_TTL + DEFAULT_REAP_INTERVAL * (1 + JITTER)
+
 # Shares of the affected clients whose return is timed (50, 99 and 100%).
 RETURN_SHARES = (0.5, 0.99, 1.0)
 
@@ -60,13 +70,13 @@ RETURN_SHARES = (0.5, 0.99, 1.0)
 class Strike:
     kind: str
     at: float  # time.monotonic() of the signal
-    victims: int | None  # kill-worker: the killed worker's descriptors, at the kill
+    victims: int | None  # kill-worker: the killed worker's descriptors; leave: the clients
 
 
 @dataclass
 class StormFigures:
     kind: str
-    affected: int  # distinct clients dropped (kill-worker: without a CLOSE frame)
+    affected: int  # distinct clients dropped (kill-worker: without a CLOSE frame; leave: left)
     victims_counted: int | None  # kill-worker: the killed worker's descriptors
     returned: int  # of the affected, welcomed again by the end of the window
     return_s: dict[str, float | None]  # "p50"/"p99"/"p100": from the strike, seconds
@@ -211,9 +221,10 @@ def figures(hit: Strike, finals: list[Final], end: float) -> StormFigures:
         if final.handshakes:
             merge_encoded(handshakes, final.handshakes)
     closed = Counter(index for index, _, _ in drops)
+    left = hit.victims if hit.kind == "leave" else None
     return StormFigures(
         kind=hit.kind,
-        affected=len(affected),
+        affected=len(affected) if left is None else left,
         victims_counted=hit.victims,
         returned=len(back),
         return_s=return_s,

@@ -298,6 +298,17 @@ def test_bench_storm_hup_on_tls_closes_each_client_once(tmp_path):
         assert storm["closed_twice"] == storm["false_timeouts"] == 0
 
 
+@pytest.mark.slow
+def test_bench_storm_leave_lets_every_client_go_and_reaps_no_live_node(tmp_path, redis_installed):
+    """--storm leave --redis: every client closes at once and none comes back; the
+    bench watches a lease and a reap past it, and presence reaped no member of the
+    live nodes."""
+    storm = _storm(tmp_path, "leave", "--redis")["storm"]
+    assert (storm["affected"], storm["returned"]) == (60, 0)
+    assert storm["false_timeouts"] == storm["closed_twice"] == 0
+    assert storm["presence_flaps"] == 0
+
+
 @pytest.mark.parametrize("storm", [(), ("--storm", "kill-worker")])
 def test_bench_without_redis_says_so_in_one_line(tmp_path, storm):
     """--redis on a machine without redis-server (here: a PATH that finds nothing) ends

@@ -148,7 +148,10 @@ def test_sigterm_continues_a_stopped_worker(serve):
 
 
 def test_workers_stuck_in_their_grace_are_killed(serve):
-    grace = 1.0
+    # Long enough that the workers are stopped inside it: on a busy machine their
+    # "shutting down" lines reached the test over a second late, after a 1 s grace
+    # had let one worker exit.
+    grace = 3.0
     # No drain period: the supervisor's kill is due the grace and its margin after.
     server = serve(*SLOW, "--workers", "2", "--shutdown-grace", f"{grace:g}", "--drain-period", "0")
     pids = _worker_pids(server)
