@@ -6,10 +6,10 @@ waits for Redis:
 * **Pipelined.** ``call()`` encodes a command at once (hiredis' ``pack_command``, in C)
   and appends it to an output buffer; one ``loop.call_soon`` per iteration sends the
   whole buffer with one ``send``. Replies are matched to callbacks in order.
-* **Budgeted, renewal first.** Ordinary commands wait in a queue and leave at most
-  WRITE_BUDGET an iteration while fewer than MAX_IN_FLIGHT are unanswered; a
-  ``first`` command (presence's lease renewal) goes straight to the output buffer,
-  so that a mass disconnect's leaves never hold it back more than MAX_IN_FLIGHT.
+* **Bounded in flight, renewal first.** Ordinary commands wait in a queue and leave
+  while fewer than MAX_IN_FLIGHT are unanswered; a ``first`` command (presence's
+  lease renewal) goes straight to the output buffer, so that a mass connect or
+  disconnect never holds it back more than MAX_IN_FLIGHT.
 * **Parsed by hiredis.** ``hiredis.Reader`` is the RESP parser of Redis's official C
   client; the connection speaks RESP3 (``HELLO 3``), so pub/sub messages arrive as
   push replies on the same connection, between the ordinary replies, in the order
@@ -64,15 +64,15 @@ DEFAULT_PORT = 6379
 MAX_PENDING_COMMANDS = 32_768
 
 # Commands other than ``first`` ones (presence's joins, leaves and resyncs) are written
-# at most WRITE_BUDGET a loop iteration, and only while fewer than MAX_IN_FLIGHT are
-# sent and unanswered; a ``first`` command (the lease renewal) is written at once, so
-# that it waits behind at most MAX_IN_FLIGHT others at Redis (a few ms of Lua), never
-# behind a whole mass disconnect (200,000 leaves took the lease past its TTL: issue
-# 20). 512 a iteration keeps an iteration's write under about 100 KB; 1,024 in flight
-# keep the pipeline full across a round trip of a loaded machine (~10 ms at 100,000 a
-# second, Redis' pace for these scripts).
-WRITE_BUDGET = 512
-MAX_IN_FLIGHT = 1024
+# only while fewer than this many are sent and unanswered; a ``first`` command (the
+# lease renewal) is written at once, so that it waits at Redis behind at most this
+# many of its node's (200,000 leaves queued at once took the lease past its TTL: issue
+# 20). With 1,024, Redis sharing two starved cores answered 13 nodes' renewals up to
+# 15 s late during a 4,000/s ramp of joins (52 leases unconfirmed past their TTL in
+# one `--storm leave --redis` run of 200,000; none with 128). 128 still keep a node's
+# pipeline full across a loaded machine's round trip: 12,800 commands a second at
+# 10 ms, more than a node is ever asked for.
+MAX_IN_FLIGHT = 128
 
 # A command unanswered this long means that Redis (or the path to it) is stopped: the
 # connection is dropped and made anew. Redis answers in well under a millisecond; a
@@ -302,7 +302,7 @@ class RedisLink:
     def call(self, callback: ReplyCallback, *args: Any, first: bool = False) -> bool:
         """Queue a command; ``callback(reply)`` runs when it is answered or lost.
         False (and no callback, ever) when not ready or the backlog is full. A ``first``
-        command is written ahead of those queued (WRITE_BUDGET)."""
+        command is written ahead of those queued (MAX_IN_FLIGHT)."""
         if self.state != _State.READY or self.backlog >= self.max_pending:
             self.refused += 1
             return False
@@ -494,10 +494,8 @@ class RedisLink:
         self._flush_scheduled = False
         queued = self._queued
         if queued and self.state == _State.READY:
-            for _ in range(min(WRITE_BUDGET, MAX_IN_FLIGHT - len(self._pending), len(queued))):
-                self._pack(*queued.popleft())
-            if queued and len(self._pending) < MAX_IN_FLIGHT:
-                self._schedule_flush()  # the budget bit: the rest next iteration
+            for _ in range(min(MAX_IN_FLIGHT - len(self._pending), len(queued))):
+                self._pack(*queued.popleft())  # the rest as replies make room
         if not self._writing and self._out and self._sock is not None:
             self._write()
 
