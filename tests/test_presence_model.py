@@ -236,8 +236,9 @@ def test_a_reap_trims_the_oldest_events_past_the_cap_then_the_retention(
     assert reap(50, 100) == []
 
 
-# Members of one node that all leave at once: many times what the link lets in flight,
-# as a mass disconnect queues them (issue 20: 200,000 leaves, the lease lost).
+# Members of one node that all leave at once, as a mass disconnect queues them (issue
+# 20: 200,000 leaves, the lease lost): even in batches, more scripts (157) than the
+# link lets in flight.
 MASS = 20_000
 
 
