@@ -99,11 +99,18 @@ def run(args: argparse.Namespace) -> int:
                     extra(),
                     tls=tls,
                     connect_rate=args.connect_rate,
+                    held=setup.held(args.host) if setup else None,
                 )
                 main_result = struck(run_and_stop(config, server, Path(scratch)))
             references = []
             if tls is not None:
-                server = spawn_hbloop(args.host, args.interval, args.timeout, extra())
+                server = spawn_hbloop(
+                    args.host,
+                    args.interval,
+                    args.timeout,
+                    extra(),
+                    held=setup.held(args.host) if setup else None,
+                )
                 plain = struck(run_and_stop(config, server, Path(scratch)))
                 references.append(plain)
             for loop in args.against:

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -104,20 +105,40 @@ class ServerUnderTest:
     process: subprocess.Popen[str] | None = None
     tls_ca: Path | None = None
     argv: list[str] | None = None  # a spawned hbloop's command line (--storm restart)
+    held: socket.socket | None = None  # the listener the bench passes it (``hold_port``)
 
     @property
     def psutil_process(self) -> psutil.Process | None:
         return None if self.process is None else psutil.Process(self.process.pid)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+        if self.held is not None:
+            self.held.close()
+
+    def start(self, argv: list[str], **popen: object) -> None:
+        """Run ``argv`` as the server's process, passing it the held listener."""
+        fds = () if self.held is None else (self.held.fileno(),)
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            pass_fds=fds,
+            **popen,  # type: ignore[call-overload]
+        )
+
+
+def hold_port(host: str, backlog: int) -> socket.socket:
+    """A listening socket on ``host`` (any free port) for a spawned hbloop to serve with
+    ``--fd``, as systemd's socket activation passes one: the bench keeps it open, so
+    connects made while no server runs (``--storm restart``) wait in its backlog."""
+    return socket.create_server((host, 0), backlog=backlog)
 
 
 def spawn_hbloop(
@@ -128,10 +149,12 @@ def spawn_hbloop(
     checkout: Path | None = None,
     tls: TlsFiles | None = None,
     connect_rate: float = 0.0,
+    held: socket.socket | None = None,
 ) -> ServerUnderTest:
     """``hbloop serve`` from this installation, or from the source tree ``checkout``
     (then named "baseline"); with ``tls``, on TLS ("hbloop-tls"), its handshake rate
-    limit kept above ``connect_rate``."""
+    limit kept above ``connect_rate``; with ``held`` (``hold_port``), serving that
+    listener, which it then owns."""
     argv = [sys.executable, "-m", "hbloop", "serve", "--host", host, "--port", "0"]
     argv += ["--interval", str(interval), "--timeout", str(timeout)]
     # hbloop refuses an interval outside its bounds, and the bench's interval is the one
@@ -142,18 +165,24 @@ def spawn_hbloop(
     if tls is not None:
         argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         argv += ["--tls-handshake-rate", str(HANDSHAKE_HEADROOM * connect_rate)]
+    if held is not None:
+        argv += ["--fd", str(held.fileno())]
     env = None
     if checkout is not None:
         env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, text=True, env=env, cwd=checkout)
-    try:
-        port = listening_port(process, time.monotonic() + START_TIMEOUT)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
     name = "hbloop" if checkout is None else "baseline"
-    server = _tested(name, (host, port), process, tls)
+    server = _tested(name, (host, 0), None, tls)
+    server.held = held
+    server.start(argv, env=env, cwd=checkout)
+    assert server.process is not None
+    try:
+        port = listening_port(server.process, time.monotonic() + START_TIMEOUT)
+    except BaseException:
+        server.process.kill()
+        server.process.wait()
+        server.stop()
+        raise
+    server.address = (host, port)
     server.argv = argv
     return server
 
@@ -196,7 +225,7 @@ def _announced_port(process: subprocess.Popen[str], what: str) -> int:
 
 
 def _tested(
-    name: str, address: tuple[str, int], process: subprocess.Popen[str], tls: TlsFiles | None
+    name: str, address: tuple[str, int], process: subprocess.Popen[str] | None, tls: TlsFiles | None
 ) -> ServerUnderTest:
     if tls is None:
         return ServerUnderTest(name, address, process)

@@ -8,7 +8,10 @@ dropped (``WorkerPlan.reconnect``). ``STALL_AFTER`` seconds into the window it s
   their connection end without a CLOSE frame; a client closed *with* one was on the
   other worker, and counts as a drop elsewhere (target: 0).
 * ``restart``: SIGTERM to the whole server (its graceful shutdown), then the same
-  command line on the same port once it has exited; every client is affected.
+  command line once it has exited; every client is affected. The bench holds the
+  listening socket and passes it with ``--fd``, as systemd's socket activation does,
+  so the reconnects made while no server runs wait in its backlog (and, past it, in
+  their SYN retries) rather than being refused.
 * ``hup``: the server's ``--config`` file is changed in a setting that needs new
   processes, then SIGHUP: the supervisor's rolling restart; every client is affected,
   and none may be closed twice.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
+import socket
 import time
 import uuid
 from collections import Counter
@@ -42,7 +45,8 @@ from bench.histograms import merge_encoded, new_histogram, summary_ms
 from bench.messages import Final
 from bench.redis_server import RedisProcess
 from bench.results import RunResult
-from bench.servers import START_TIMEOUT, ServerUnderTest, listening
+from bench.servers import START_TIMEOUT, ServerUnderTest, hold_port, listening
+from hbloop.core.policy import DEFAULT_BACKLOG
 from hbloop.presence.node import DEFAULT_NODE_TTL, DEFAULT_REAP_INTERVAL, JITTER
 
 # The reason of a leave event for a member reaped with its node (hbloop.presence).
@@ -100,6 +104,12 @@ class Setup:
         self.scratch = scratch
         self.redis = redis
         self.prefix = ""
+
+    def held(self, host: str) -> socket.socket | None:
+        """The listener the bench holds for the spawned server, with ``--fd``: a
+        restart's, so that the port listens while no server runs, as under systemd's
+        socket activation (deploy/systemd/hbloop.socket); None for the other storms."""
+        return hold_port(host, DEFAULT_BACKLOG) if self.kind == "restart" else None
 
     def server_args(self) -> tuple[str, ...]:
         """What the storm adds to the next spawned ``hbloop serve``, besides its
@@ -182,12 +192,13 @@ def start_again(server: ServerUnderTest) -> None:
     argv = server.argv
     port = str(server.address[1])
     again = [port if i and argv[i - 1] == "--port" else arg for i, arg in enumerate(argv)]
-    server.process = subprocess.Popen(again, stdin=subprocess.DEVNULL, text=True)
+    server.start(again)
 
 
 def restarted(server: ServerUnderTest) -> bool:
     """Whether the server ``start_again`` started listens yet (ServerStartError if it
-    exited)."""
+    exited). With the listener held by the bench, the port listens throughout: the
+    connects of the clients wait in its backlog, and the bench goes on at once."""
     assert server.process is not None
     return listening(server.process, server.address[1])
 

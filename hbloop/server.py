@@ -227,6 +227,12 @@ class Server:
     with ``close_expired`` a session whose JWT's ``exp`` passes with no fresh token is
     closed with CLOSE CREDENTIALS_EXPIRED (A5).
     With ``trace``, every frame in and out is logged at debug level (``hbloop.net.trace``).
+
+    ``listener``, a listening socket the process inherited (``hbloop.net.sockets.
+    adopt_listener``: systemd's socket activation, a supervisor's, ``--fd``), is served
+    instead of binding ``host`` and ``port``. Other processes may accept from it too,
+    and the socket outlives this server: whoever passed it keeps it listening, so
+    connections that arrive while no server runs wait in its backlog.
     """
 
     def __init__(
@@ -241,6 +247,7 @@ class Server:
         loop: EventLoop | None = None,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
+        listener: socket.socket | None = None,
         presence: Registry | None = None,
         tls_context: ssl.SSLContext | None = None,
         tls_handshake_rate: float = DEFAULT_HANDSHAKE_RATE,
@@ -258,6 +265,7 @@ class Server:
         self.loop = loop or EventLoop()
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.listener = listener
         self.presence = presence
         self.stats = ServerStats()
         self.counters: IoCounters = self.stats  # what the peers' channels count into
@@ -305,8 +313,11 @@ class Server:
     # --- lifecycle -------------------------------------------------------------
 
     def start(self) -> tuple[str, int]:
-        """Bind and listen; return the bound address (useful with port 0)."""
-        listener = make_listener(self.host, self.port, self.backlog, self.reuse_port)
+        """Bind and listen, unless given a ``listener``; return the address it listens
+        on (useful with port 0)."""
+        listener = self.listener
+        if listener is None:
+            listener = make_listener(self.host, self.port, self.backlog, self.reuse_port)
         self._acceptor = Acceptor(
             self.loop,
             listener,
@@ -316,6 +327,7 @@ class Server:
             on_shed=self._count_shed,
             log=log,
             limiter=self.admission.accept_limiter(self.loop.now),
+            shared=self.listener is not None,
         )
         host, self.port = self._acceptor.address
         return host, self.port
@@ -335,7 +347,9 @@ class Server:
     def stop_accepting(self) -> None:
         """Close the listening socket, so that new connections go elsewhere (with
         ``reuse_port``, the port's other listeners: the kernel hashes none to a closed
-        one); the peers already connected are served on. ``stats.draining`` says so."""
+        one; with an inherited ``listener``, this process's descriptor only: the others'
+        keep the socket and its queue); the peers already connected are served on.
+        ``stats.draining`` says so."""
         self._close_listener()
         self.stats.draining = 1
 

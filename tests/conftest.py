@@ -215,9 +215,9 @@ class LoggedProcess:
 class ServerProcess(LoggedProcess):
     """`hbloop serve` on a free port; ``port`` is read from its 'listening' line."""
 
-    def __init__(self, *args: str, prefix: list[str] | None = None) -> None:
+    def __init__(self, *args: str, prefix: list[str] | None = None, **popen: object) -> None:
         argv = [*(prefix or []), *HBLOOP, "serve", "--port", "0", "--log-level", "info", *args]
-        super().__init__(argv)
+        super().__init__(argv, **popen)
         match = self.wait_line(r"listening on ([\d.]+):(\d+)", timeout=START_TIMEOUT)
         self.host = match.group(1)
         self.port = int(match.group(2))
@@ -233,11 +233,12 @@ class ServerProcess(LoggedProcess):
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: ``serve("--interval", "1", ...)`` starts a server, stopped after the test."""
+    """Factory: ``serve("--interval", "1", ...)`` starts a server, stopped after the test
+    (keywords go to ``subprocess.Popen``: ``pass_fds``)."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, prefix: list[str] | None = None) -> ServerProcess:
-        server = ServerProcess(*args, prefix=prefix)
+    def start(*args: str, prefix: list[str] | None = None, **popen: object) -> ServerProcess:
+        server = ServerProcess(*args, prefix=prefix, **popen)
         started.append(server)
         return server
 

@@ -1,5 +1,6 @@
 """bench --storm restart: the bench reads its load generators' reports all through the
-restart, a slow one included, and every client comes back."""
+restart, a slow one included, and every client comes back; on the listener the bench
+holds, no reconnect is refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 from bench.config import BenchConfig
 from bench.orchestrator import Run
 from bench.results import RunResult, Second
-from bench.servers import spawn_hbloop
+from bench.servers import hold_port, spawn_hbloop
+from hbloop.core.policy import DEFAULT_BACKLOG
 
 # The restarted server takes this long before it starts: a slow start (26 workers on a
 # loaded machine) that the bench used to wait out without reading any report.
@@ -27,7 +29,10 @@ CLIENTS = 60
 
 
 def test_a_slow_restart_does_not_stop_the_bench_reading_its_generators(tmp_path):
-    server = spawn_hbloop("127.0.0.1", 0.5, 1.5, ("--workers", "2", "--drain-period", "1"))
+    held = hold_port("127.0.0.1", DEFAULT_BACKLOG)
+    server = spawn_hbloop(
+        "127.0.0.1", 0.5, 1.5, ("--workers", "2", "--drain-period", "1"), held=held
+    )
     assert server.argv is not None
     server.argv = [sys.executable, "-c", SLOW_START_CODE, *server.argv[1:]]
     # Long enough for the strike (1 s in), the drain, the slow start and the clients'
@@ -44,6 +49,8 @@ def test_a_slow_restart_does_not_stop_the_bench_reading_its_generators(tmp_path)
         server.stop()
     assert result.storm is not None
     assert result.storm.affected == result.storm.returned == CLIENTS
+    # The reconnects made while no server ran waited in the held listener's backlog.
+    assert result.counts.connect_failures == 0
     # Reports were read as they came, a second apart, while the new server slept (a
     # bench waiting for it read none for longer than its sleep).
     gaps = [b - a for a, b in itertools.pairwise(seen)]

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from bench.redis_server import RedisProcess
+from hbloop.core.policy import DEFAULT_BACKLOG
 from hbloop.core.wire import FrameType
 from hbloop.net.tls import client_context
 
@@ -52,6 +53,7 @@ ALERT_TESTS = DEPLOY / "prometheus" / "hbloop-alerts.test.yml"
 SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "hbloop-dashboard.json"
 UNIT = DEPLOY / "systemd" / "hbloop.service"
+SOCKET_UNIT = DEPLOY / "systemd" / "hbloop.socket"
 SETTINGS = DEPLOY / "systemd" / "hbloop.toml"
 TLS_HOWTO = ROOT / "docs" / "howto" / "tls.md"
 
@@ -288,10 +290,10 @@ def test_dashboard_panels_tile_the_grid_and_use_the_datasource_variable():
 # --- the systemd unit ------------------------------------------------------------------
 
 
-def unit_settings(section: str) -> list[tuple[str, str]]:
-    """The ``Key=value`` lines of a section of the unit, in order, with continuation
+def unit_settings(section: str, unit: Path = UNIT) -> list[tuple[str, str]]:
+    """The ``Key=value`` lines of a section of ``unit``, in order, with continuation
     lines (a trailing backslash) joined."""
-    text = re.sub(r"\\\n\s*", " ", UNIT.read_text())
+    text = re.sub(r"\\\n\s*", " ", unit.read_text())
     settings, current = [], None
     for line in text.splitlines():
         if line.startswith("["):
@@ -308,9 +310,20 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path):
     assert INSTALLED_HBLOOP in text
     copy = tmp_path / UNIT.name
     copy.write_text(text.replace(INSTALLED_HBLOOP, str(Path(sys.executable).with_name("hbloop"))))
-    result = run([tool("systemd-analyze"), "verify", copy])
+    shutil.copyfile(SOCKET_UNIT, tmp_path / SOCKET_UNIT.name)  # the service requires it
+    result = run([tool("systemd-analyze"), "verify", tmp_path / SOCKET_UNIT.name, copy])
     # verify exits 0 on unknown keys and bad values, which it only reports.
     assert result.stdout + result.stderr == ""
+
+
+def test_the_socket_unit_listens_where_the_settings_would_with_hbloops_backlog():
+    """hbloop.socket replaces the settings file's host and port (socket activation),
+    with the backlog hbloop would listen with."""
+    settings = tomllib.loads(SETTINGS.read_text())
+    socket_unit = dict(unit_settings("Socket", SOCKET_UNIT))
+    assert socket_unit["ListenStream"] == f"{settings['host']}:{settings['port']}"
+    assert int(socket_unit["Backlog"]) == DEFAULT_BACKLOG
+    assert ("Requires", SOCKET_UNIT.name) in unit_settings("Unit")
 
 
 def test_systemd_analyze_rates_the_units_sandbox_ok():

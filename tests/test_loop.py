@@ -8,10 +8,12 @@ the kernel's clock, to check what only it can show: the real poll's sleep.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -26,6 +28,10 @@ from hbloop.net.gather import (
     default_limit,
 )
 from hbloop.net.loop import MIN_CANCELLED_FOR_PURGE, EventLoop
+
+# How long a loop of the shared-listener test waits at most: long enough that both of
+# its threads are asleep in epoll before the connection on a loaded machine.
+WAKE_BOUND = 3.0
 
 
 @pytest.fixture
@@ -551,3 +557,45 @@ def test_run_until_gives_up_at_its_timeout_on_the_loops_clock(loop: EventLoop) -
     assert not loop.run_until(lambda: False, timeout=86400)
     assert loop.now == 86400.0
     assert time.monotonic() - start < 1.0  # a day of clock time, without waiting
+
+
+def _asleep(thread_id: int) -> bool:
+    """Whether the thread is blocked in the kernel (state S in /proc)."""
+    with open(f"/proc/self/task/{thread_id}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "S"
+
+
+def test_a_shared_listener_wakes_one_of_the_loops_waiting_on_it() -> None:
+    """Two loops (as two workers would) watch one listening socket: a connection wakes
+    one of them, and the other sleeps on until its own timer. Neither accepts, so the
+    listener stays readable: a loop woken as well would see it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    loops = [EventLoop(), EventLoop()]
+    woken: list[int] = []
+    for index, each in enumerate(loops):
+        each.add_shared_reader(listener.fileno(), functools.partial(woken.append, index))
+        each.call_later(WAKE_BOUND, lambda: None)  # each run_once ends by then
+    ids: list[int] = []
+
+    def run(each: EventLoop) -> None:
+        ids.append(threading.get_native_id())
+        each.run_once()
+
+    threads = [threading.Thread(target=run, args=(each,)) for each in loops]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + WAKE_BOUND / 2
+    while not (len(ids) == 2 and all(_asleep(i) for i in ids)):
+        assert time.monotonic() < deadline, "the loops did not both wait"
+        time.sleep(0.01)
+    with socket.create_connection(listener.getsockname()):
+        for thread in threads:
+            thread.join()
+    assert len(woken) == 1, woken
+    with pytest.raises(ValueError, match="watched already"):
+        loops[0].add_shared_reader(listener.fileno(), lambda: None)
+    for each in loops:
+        each.remove_reader(listener.fileno())
+        each.close()
+    listener.close()

@@ -12,7 +12,12 @@ from hbloop.cli.errors import EXIT_OK, UsageError, fail
 from hbloop.cli.parser import parse
 from hbloop.cli.security import server_security
 from hbloop.cli.settings import AUTH_EXPIRY_CLOSE, ServeSettings, changed, flags
-from hbloop.net.sockets import default_max_connections, raise_open_files_limit
+from hbloop.net.sockets import (
+    adopt_listener,
+    default_max_connections,
+    raise_open_files_limit,
+    systemd_listen_fd,
+)
 from hbloop.ops import logs
 from hbloop.ops.metrics import Report, StartError, serve_metrics
 from hbloop.ops.stats import StatsReporter
@@ -50,6 +55,12 @@ def echo(peer: Peer, data: bytes) -> None:
 
 def run(settings: ServeSettings) -> int:
     """One server process, or the supervisor of ``--workers``."""
+    try:
+        activated = systemd_listen_fd()
+    except ValueError as exc:
+        return fail(str(exc))
+    if activated is not None and settings.fd is None:
+        settings = dataclasses.replace(settings, fd=activated)
     if settings.redis is not None and settings.redis_required:
         problem = check_redis(settings.redis, settings.redis_prefix)
         if problem is not None:
@@ -80,6 +91,8 @@ def reread(current: ServeSettings) -> ServeSettings | None:
         new = parse(current.command_line, raise_errors=True)
         assert isinstance(new, ServeSettings)
         server_security(new)
+        # The inherited socket is the process's, whatever the command line says.
+        new = dataclasses.replace(new, fd=current.fd)
     except (UsageError, ConfigError) as exc:
         log.error("SIGHUP: %s; nothing changed", exc)
         return None
@@ -185,6 +198,10 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         )
     tls_context, authenticator = server_security(settings)
     port = settings.port if worker is None else worker.port
+    try:
+        listener = None if settings.fd is None else adopt_listener(settings.fd)
+    except ValueError as exc:
+        return fail(f"--fd: {exc}")
     server = Server(
         settings.host,
         port,
@@ -193,6 +210,7 @@ def serve(settings: ServeSettings, worker: WorkerLink | None = None) -> int:
         loop=settings.event_loop(),
         backlog=settings.backlog,
         reuse_port=worker is not None,
+        listener=listener,
         tls_context=tls_context,
         tls_handshake_rate=settings.tls_handshake_rate,
         authenticator=authenticator,

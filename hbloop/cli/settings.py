@@ -219,6 +219,14 @@ class ServeSettings(LogSettings):
 
     host: str = option(DEFAULT_HOST, Text(), "address to listen on", metavar="H")
     port: int = option(DEFAULT_PORT, Port(), "TCP port (0: any free)")
+    fd: int | None = option(
+        None,
+        Count(least=0),
+        "serve the listening TCP socket inherited as this descriptor instead of binding "
+        "--host and --port, as uvicorn's --fd; systemd's socket activation (LISTEN_FDS) "
+        "sets it by itself",
+        in_file=False,
+    )
     interval: float = option(
         DEFAULT_INTERVAL,
         Number(),

@@ -125,7 +125,8 @@ class Acceptor:
     ``farewell`` and reports each batch to ``on_shed(count)``; ``log`` (with ``label``
     before its messages) gets the counts shed, per reason, once per SHED_LOG_PERIOD.
     With ``limiter`` (the accept rate's bucket), it stops accepting while the bucket is
-    empty."""
+    empty. A ``shared`` listener (inherited: other processes accept from it too) wakes
+    one of them per connection (``EventLoop.add_shared_reader``)."""
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class Acceptor:
         log: logging.Logger,
         label: str = "",
         limiter: HandshakeLimiter | None = None,
+        shared: bool = False,
     ) -> None:
         self.loop = loop
         self.listener = listener
@@ -155,7 +157,8 @@ class Acceptor:
         self._shed_log: Timer | None = None
         # A connection accepted when the bucket was empty: adopted at the next token.
         self._held: tuple[socket.socket, tuple[str, int]] | None = None
-        loop.add_reader(listener.fileno(), self._accept)
+        self._watch = loop.add_shared_reader if shared else loop.add_reader
+        self._watch(listener.fileno(), self._accept)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -259,7 +262,7 @@ class Acceptor:
             except OSError:
                 self.loop.call_later(ACCEPT_PAUSE, self._resume)
                 return
-        self.loop.add_reader(self.listener.fileno(), self._accept)
+        self._watch(self.listener.fileno(), self._accept)
         if self._held is not None:
             self._accept()  # the listener may have nothing more to wake it for
 

@@ -235,6 +235,9 @@ class _Epoll:
 
     READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
     WRITABLE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+    # A reader that other processes' epolls watch too: the kernel wakes one of the
+    # waiting ones (EPOLLEXCLUSIVE, Linux 4.5), which takes no EPOLLRDHUP (EINVAL).
+    SHARED_READABLE = select.EPOLLIN | select.EPOLLEXCLUSIVE
 
     def __init__(self) -> None:
         self._ep = select.epoll()
@@ -370,6 +373,20 @@ class EventLoop:
 
     def remove_reader(self, fd: int) -> None:
         self._change(fd, self._readers, None)
+
+    def add_shared_reader(self, fd: int, callback: Callback) -> None:
+        """``add_reader`` for a listening socket that other processes watch as well (one
+        inherited from systemd or a supervisor): a connection wakes one of their loops
+        that waits, not all of them only for all but one to find accept() empty.
+        ``remove_reader`` and ``forget_fd`` undo it; the fd takes no writer meanwhile."""
+        if self._interest(fd):
+            raise ValueError(f"fd {fd} is watched already")
+        self._readers[fd] = callback
+        try:
+            self._backend.set_interest(fd, 0, self._backend.SHARED_READABLE)
+        except OSError:
+            del self._readers[fd]
+            raise
 
     def add_writer(self, fd: int, callback: Callback) -> None:
         self._change(fd, self._writers, callback)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
+from collections.abc import MutableMapping
 
 from hbloop.core.policy import RESERVED_FDS, TcpKeepalive
 
@@ -63,6 +65,53 @@ def make_listener(host: str, port: int, backlog: int, reuse_port: bool = False) 
     except BaseException:
         sock.close()
         raise
+    return sock
+
+
+# systemd's socket activation (sd_listen_fds(3), "File Descriptor Passing" in
+# systemd.socket(5)): the sockets passed start at descriptor 3, LISTEN_FDS says how
+# many there are and LISTEN_PID which process they are for (a child that inherited the
+# environment must not take them as its own).
+SD_LISTEN_FDS_START = 3
+SD_ENVIRONMENT = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def systemd_listen_fd(environ: MutableMapping[str, str] | None = None) -> int | None:
+    """The descriptor systemd's socket activation passed to this process, or None if
+    it passed none. Its variables are removed from ``environ`` (``os.environ`` by
+    default), as ``sd_listen_fds(1)`` does, so that no child process reads them.
+    Raises ValueError if systemd passed more than one socket: hbloop serves one port."""
+    env = os.environ if environ is None else environ
+    pid, count = env.get("LISTEN_PID"), env.get("LISTEN_FDS")
+    for name in SD_ENVIRONMENT:
+        env.pop(name, None)
+    if pid != str(os.getpid()) or count is None:
+        return None
+    if count != "1":
+        raise ValueError(
+            f"socket activation passed LISTEN_FDS={count} sockets; hbloop serves one "
+            "(give the socket unit a single ListenStream=)"
+        )
+    return SD_LISTEN_FDS_START
+
+
+def adopt_listener(fd: int) -> socket.socket:
+    """The listening TCP socket a parent passed as descriptor ``fd`` (systemd, a
+    supervisor, ``--fd``), made non-blocking. Raises ValueError, naming the
+    descriptor, if it is not one: closed, not a socket, not TCP, or not listening."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"descriptor {fd}: {exc.strerror or exc}") from None
+    problem = None
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        problem = "not a TCP socket"
+    elif not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        problem = "a TCP socket that does not listen"
+    if problem is not None:
+        sock.detach()  # the descriptor stays the parent's to close
+        raise ValueError(f"descriptor {fd}: {problem}")
+    sock.setblocking(False)
     return sock
 
 

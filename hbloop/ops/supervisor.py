@@ -11,7 +11,12 @@ across the workers. The supervisor does nothing on the data path. It
   start and split the clients with the first. Without it, binding fails with
   EADDRINUSE whenever anything listens on the port, while this supervisor's own
   workers (SO_REUSEPORT, bound after it) may still share the port, because a bound
-  socket that does not listen only conflicts with listeners;
+  socket that does not listen only conflicts with listeners. Given a listening socket
+  instead (``fd``: systemd's socket activation, ``--fd``), it reserves nothing: it
+  keeps the socket open and passes it to every worker, which accepts from it beside
+  the others, woken one at a time (``EventLoop.add_shared_reader``); the socket then
+  outlives the server, and connections made while none runs (a full restart) wait in
+  its backlog instead of being refused;
 * starts the workers, each as ``python -m hbloop.ops.supervisor`` reading its target
   function, its settings and its ``WorkerLink`` (pickled) from a pipe on stdin, and
   calling ``target(settings, link)``, as uvicorn's ``Multiprocess(config, target,
@@ -75,7 +80,7 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from hbloop.net.loop import EventLoop, Timer
-from hbloop.net.sockets import bind_socket
+from hbloop.net.sockets import adopt_listener, bind_socket
 from hbloop.ops.metrics import MetricsEndpoint, Report, StartError, serve_metrics
 from hbloop.ops.stats import SAMPLE_PERIOD, Snapshot, Ticker, combine, retired, summary
 from hbloop.presence.node import NodeRemover, node_id
@@ -154,7 +159,15 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Settings that belong to the supervisor itself (its port reservation, its worker
 # count, its /metrics and stats line): a SIGHUP reload keeps their old values.
-SUPERVISOR_SETTINGS = ("host", "port", "workers", "metrics_host", "metrics_port", "stats_interval")
+SUPERVISOR_SETTINGS = (
+    "host",
+    "port",
+    "fd",
+    "workers",
+    "metrics_host",
+    "metrics_port",
+    "stats_interval",
+)
 
 
 class SupervisorSettings(Protocol):
@@ -164,6 +177,8 @@ class SupervisorSettings(Protocol):
     def host(self) -> str: ...
     @property
     def port(self) -> int: ...
+    @property
+    def fd(self) -> int | None: ...
     @property
     def workers(self) -> int: ...
     @property
@@ -397,12 +412,18 @@ class Supervisor(Generic[S]):
     def start(self) -> None:
         """Reserve the port and open /metrics; raises StartError if either fails."""
         host, port = self.settings.host, self.settings.port
-        try:
-            # Bound, never listening: the kernel queues no connection on it. Without
-            # SO_REUSEPORT, so that it fails on a port in use (see the module's doc).
-            self._reservation = bind_socket(host, port)
-        except OSError as exc:
-            raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        if self.settings.fd is not None:
+            try:  # the workers' listener: held open here, so that it outlives them
+                self._reservation = adopt_listener(self.settings.fd)
+            except ValueError as exc:
+                raise StartError(f"--fd: {exc}") from None
+        else:
+            try:
+                # Bound, never listening: the kernel queues no connection on it. Without
+                # SO_REUSEPORT, so that it fails on a port in use (see the module's doc).
+                self._reservation = bind_socket(host, port)
+            except OSError as exc:
+                raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.port = self._reservation.getsockname()[1]
         if self.settings.metrics_port is not None:
             self._endpoint = serve_metrics(
@@ -502,7 +523,7 @@ class Supervisor(Generic[S]):
         worker.process = subprocess.Popen(
             [sys.executable, "-m", "hbloop.ops.supervisor"],
             stdin=subprocess.PIPE,
-            pass_fds=(write_fd,),
+            pass_fds=(write_fd,) if self.settings.fd is None else (write_fd, self.settings.fd),
             process_group=0,
         )
         os.close(write_fd)
