@@ -386,6 +386,7 @@ class Supervisor(Generic[S]):
         self.restart_needed = restart_needed
         self.loop = EventLoop()
         self.workers = [_Worker(index) for index in range(1, settings.workers + 1)]
+        self.host = settings.host  # an inherited listener's, once started
         self.port = settings.port
         self.restarts = 0
         self.stopping = False
@@ -417,6 +418,7 @@ class Supervisor(Generic[S]):
                 self._reservation = adopt_listener(self.settings.fd)
             except ValueError as exc:
                 raise StartError(f"--fd: {exc}") from None
+            self.host = self._reservation.getsockname()[0]
         else:
             try:
                 # Bound, never listening: the kernel queues no connection on it. Without
@@ -573,7 +575,7 @@ class Supervisor(Generic[S]):
             pids = " ".join(str(w.process.pid) for w in self.workers if w.process)
             log.info(
                 "listening on %s:%d workers=%d pids=%s",
-                self.settings.host,
+                self.host,
                 self.port,
                 len(self.workers),
                 pids,
