@@ -68,3 +68,41 @@ def test_a_storms_refused_reconnects_keep_one_client_per_index():
             worker.stop()
             worker.loop.close()
             theirs.close()
+
+
+def test_a_storms_reconnects_wait_for_the_generators_connect_slots():
+    """Five clients dropped at once with two connect slots: two connect, three wait,
+    and each connect answered (here refused) lets the next one go."""
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        plan = WorkerPlan(
+            worker=0,
+            target=closed_port.getsockname(),
+            indices=range(5),
+            interval=1.0,
+            connect_rate=1.0,
+            max_in_flight=2,
+            sources=[],
+            epoch=time.monotonic(),
+            zombies=0,
+            reconnect=True,
+        )
+        ours, theirs = multiprocessing.Pipe()
+        worker = Worker(plan, ours)
+        most: list[int] = []
+
+        def every_one_tried() -> bool:
+            most.append(worker.in_flight)
+            return worker.counts.connect_failures >= len(plan.indices)
+
+        try:
+            for index in plan.indices:
+                worker.reconnect(index)
+            assert (worker.in_flight, list(worker.queued)) == (2, [2, 3, 4])
+            assert worker.loop.run_until(every_one_tried, WAIT_TIMEOUT)
+            assert max(most) == plan.max_in_flight
+            assert sorted(worker.clients) == list(plan.indices)
+        finally:
+            worker.stop()
+            worker.loop.close()
+            theirs.close()

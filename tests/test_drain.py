@@ -275,3 +275,24 @@ def test_c4_no_old_worker_drains_while_another_still_accepts(serve, tmp_path: Pa
             os.kill(old_pids[1], signal.SIGCONT)
         fleet.close()
     _closed_once_each(fleet, server)
+
+
+def test_c4_a_full_restart_on_a_held_socket_closes_each_client_once(serve) -> None:
+    """SIGTERM to --workers: every worker stops accepting before any closes a peer, so
+    no client reconnects into a worker about to close it; on a socket the test holds
+    (as systemd's socket activation does), the clients wait in its backlog for the
+    next server, which welcomes every one."""
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        fd = str(held.fileno())
+        argv = (*TIMERS, "--workers", "2", "--fd", fd, "--drain-period", f"{RESTART_PERIOD:g}")
+        first = serve(*argv, pass_fds=(held.fileno(),))
+        fleet = Fleet(held.getsockname()[1])
+        try:
+            fleet.run_until(lambda: fleet.connected(1), WAIT_TIMEOUT)
+            first.signal(signal.SIGTERM)
+            fleet.run_until(lambda: first.proc.poll() is not None, 2 * WAIT_TIMEOUT)
+            serve(*argv, pass_fds=(held.fileno(),))
+            fleet.run_until(lambda: fleet.connected(2), 2 * WAIT_TIMEOUT)
+        finally:
+            fleet.close()
+    _closed_once_each(fleet, first)

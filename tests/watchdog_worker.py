@@ -36,6 +36,7 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 0
+    fd: int | None = None  # no inherited listener
     workers: int = 2
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None

@@ -27,6 +27,9 @@ across the workers. The supervisor does nothing on the data path. It
 * puts each worker in its own process group, so that a terminal's Ctrl-C reaches the
   supervisor only, and forwards SIGTERM and SIGINT (a second one too, which makes the
   workers stop at once), each followed by SIGCONT so that a stopped worker acts on it.
+  The first is forwarded as a rolling restart retires workers (below): every worker
+  stops accepting first, and only once all have said so do they close their peers,
+  so that no client one worker closes reconnects to another about to close it again.
   A worker still running STOP_MARGIN after its ``--shutdown-grace`` is killed; the
   supervisor exits 0 once every worker is gone, as the stop was requested;
 * restarts a worker that dies, after min(cap, base x 2^n) seconds for the n-th quick
@@ -365,6 +368,14 @@ class _Worker:
         self.node = ""  # its presence node's id
 
 
+def _resume(worker: _Worker) -> None:
+    """SIGCONT to a worker's process group: a stopped worker (SIGSTOP, a debugger)
+    keeps a signal pending until it is continued."""
+    if worker.process is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.process.pid, signal.SIGCONT)
+
+
 class Supervisor(Generic[S]):
     """Runs ``settings.workers`` processes, each calling ``target(settings, link)``,
     until signalled. On SIGHUP, ``reload(settings)`` gives the settings of the new
@@ -393,6 +404,7 @@ class Supervisor(Generic[S]):
         self.stop_signal = ""  # the first stop signal's name, once stopping
         self.starting = True  # until every worker has listened once
         self.failed = False
+        self._stragglers: Timer | None = None  # the kill of workers past their stop time
         self._retired = combine([])  # counters of workers that have exited
         self._peak = 0
         self._reservation: socket.socket | None = None
@@ -402,9 +414,11 @@ class Supervisor(Generic[S]):
         # takes the old one's places), and replaced workers still closing their peers.
         self._incoming: list[_Worker] = []
         self._retiring: list[_Worker] = []
-        # Retiring workers told to stop accepting, not yet to drain, and the deadline
-        # after which they drain anyway (RETIRE_TIMEOUT).
+        # Workers told to stop accepting (retiring, or all of them at a stop), not yet
+        # to close their peers; what to do once they have all said so, and the deadline
+        # after which it is done anyway (RETIRE_TIMEOUT).
         self._quiescing: list[_Worker] = []
+        self._after_quiesce: Callable[[list[_Worker]], None] = self._drain_retiring
         self._quiesce_deadline: Timer | None = None
         self.watchdog = Watchdog()
 
@@ -464,16 +478,20 @@ class Supervisor(Generic[S]):
         return 0
 
     def stop(self, signum: int) -> None:
-        """Forward ``signum`` to every worker; stop once they are all gone. The first
-        time, arm the kill of workers that outlive their grace (STOP_MARGIN). Workers
-        retiring after a rolling restart are stopping already: only a second signal,
-        which stops every worker at once, reaches them."""
+        """Stop every worker with ``signum``; stop once they are all gone.
+
+        The first time, the workers that report are first told to stop accepting
+        (``_quiesce``), and get ``signum`` once all of them have said so: with it each
+        closes its peers over its drain period, and a client closed by one can no
+        longer reconnect to another that closes it again (in a restart of 200,000
+        clients over 13 workers, 89 were closed twice when SIGTERM went to all at once).
+        A worker yet to report gets it at once (it may not yet handle
+        STOP_ACCEPTING_SIGNAL, whose default action kills). Workers retiring after a
+        rolling restart are stopping already: only a second signal, which stops every
+        worker at once, reaches them; it is forwarded at once, the first with it if
+        that still waits."""
         name = signal.Signals(signum).name
         first = not self.stopping
-        if first:
-            self.stopping = True
-            self.stop_signal = name
-            self.loop.call_later(self._stop_time(), self._kill_stragglers)
         log.info("%s: stopping %d workers", name, len(self._running()))
         for worker in self.workers:
             if worker.restart is not None:
@@ -481,13 +499,29 @@ class Supervisor(Generic[S]):
                 worker.restart = None
         quiescing = self._quiescing  # retiring, but not yet told to stop
         self._stop_quiescing()
-        for worker in self._running():
-            assert worker.process is not None
-            if not (first and worker in self._retiring and worker not in quiescing):
+        targets = [
+            w for w in self._running() if not (first and w in self._retiring and w not in quiescing)
+        ]
+        if not first:
+            self._forward(signum, targets)
+            return
+        self.stopping = True
+        self.stop_signal = name
+        reported = [w for w in targets if w.snapshot is not None]
+        self._forward(signum, [w for w in targets if w.snapshot is None])
+        self._quiesce(reported, partial(self._forward, signum))
+        for worker in reported:
+            _resume(worker)
+
+    def _forward(self, signum: int, workers: list[_Worker]) -> None:
+        """Send ``signum`` to ``workers`` still running, each followed by SIGCONT; the
+        first time, arm the kill of workers that outlive their grace (STOP_MARGIN)."""
+        if self._stragglers is None:
+            self._stragglers = self.loop.call_later(self._stop_time(), self._kill_stragglers)
+        for worker in workers:
+            if worker.process is not None:
                 worker.process.send_signal(signum)
-            # A stopped worker keeps the signal pending until it is continued.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.process.pid, signal.SIGCONT)
+                _resume(worker)
         self._stop_if_done()
 
     def _stop_time(self) -> float:
@@ -559,7 +593,7 @@ class Supervisor(Generic[S]):
                 worker.snapshot = Snapshot.decode(lines[-1])
                 self._note_peak()
                 if self._quiescing and worker.snapshot.server.draining:
-                    self._drain_if_quiesced()
+                    self._check_quiesced()
 
     def _listening(self, worker: _Worker) -> None:
         assert worker.process is not None
@@ -650,7 +684,7 @@ class Supervisor(Generic[S]):
             self._retiring.remove(worker)
             log.info("worker %d (pid %d) retired: exited with %s", worker.index, pid, how)
             if self._quiescing:
-                self._drain_if_quiesced()
+                self._check_quiesced()
             return
         if worker in self._incoming:
             self._incoming.remove(worker)
@@ -666,6 +700,8 @@ class Supervisor(Generic[S]):
             return
         if self.stopping:
             log.info("worker %d (pid %d) exited with %s", worker.index, pid, how)
+            if self._quiescing:
+                self._check_quiesced()
             return
         if self.starting and not listened:
             log.error("worker %d failed to start (%s); stopping", worker.index, how)
@@ -716,8 +752,8 @@ class Supervisor(Generic[S]):
 
     def _replace_generation(self) -> None:
         """Every replacement listens: each takes its position, and the old workers all
-        retire: first they stop accepting, then (``_drain_if_quiesced``) they close
-        their peers."""
+        retire: first they stop accepting, then (``_drain_retiring``) they close their
+        peers."""
         incoming, self._incoming = self._incoming, []
         retiring = []
         for new in incoming:
@@ -735,28 +771,37 @@ class Supervisor(Generic[S]):
                 )
                 retiring.append(old)
         self._retiring += retiring
-        self._quiescing = retiring
-        for old in retiring:
-            assert old.process is not None
-            old.process.send_signal(STOP_ACCEPTING_SIGNAL)
-        self._quiesce_deadline = self.loop.call_later(RETIRE_TIMEOUT, self._drain_retiring)
-        self._drain_if_quiesced()
+        self._quiesce(retiring, self._drain_retiring)
 
-    def _drain_if_quiesced(self) -> None:
-        """Once no retiring worker accepts any more (each reported it, or is gone),
-        they may close their peers: a client they close can only reconnect to a new
-        worker."""
+    def _quiesce(self, workers: list[_Worker], then: Callable[[list[_Worker]], None]) -> None:
+        """Tell ``workers`` to stop accepting; ``then(workers)`` once each has reported
+        it or is gone (``_check_quiesced``), or RETIRE_TIMEOUT has passed."""
+        self._quiescing = workers
+        self._after_quiesce = then
+        for worker in workers:
+            assert worker.process is not None
+            worker.process.send_signal(STOP_ACCEPTING_SIGNAL)
+        self._quiesce_deadline = self.loop.call_later(RETIRE_TIMEOUT, self._quiesced)
+        self._check_quiesced()
+
+    def _check_quiesced(self) -> None:
+        """Once none of the workers told to stop accepting accepts any more (each
+        reported it, or is gone), they may close their peers: a client they close can
+        only reconnect elsewhere."""
         if all(
             w.process is None or (w.snapshot is not None and w.snapshot.server.draining)
             for w in self._quiescing
         ):
-            self._drain_retiring()
+            self._quiesced()
 
-    def _drain_retiring(self) -> None:
+    def _quiesced(self) -> None:
+        workers, then = self._quiescing, self._after_quiesce
+        self._stop_quiescing()
+        then(workers)
+
+    def _drain_retiring(self, quiescing: list[_Worker]) -> None:
         """SIGTERM to the retiring workers told to stop accepting: each closes its
         peers spread over its drain period, then exits."""
-        quiescing = self._quiescing
-        self._stop_quiescing()
         for old in quiescing:
             if old.process is None:
                 continue
