@@ -30,6 +30,23 @@ def test_any_ramps_worth_of_clients_spreads_over_the_whole_interval(connected):
     assert max(gaps) < GAP_BOUND / connected
 
 
+def _reconnecting(target: tuple[str, int], clients: int, slots: int) -> WorkerPlan:
+    """A storm's plan (clients reconnect) of ``clients`` clients, ``slots`` of them
+    connecting at once."""
+    return WorkerPlan(
+        worker=0,
+        target=target,
+        indices=range(clients),
+        interval=1.0,
+        connect_rate=1.0,
+        max_in_flight=slots,
+        sources=[],
+        epoch=time.monotonic(),
+        zombies=0,
+        reconnect=True,
+    )
+
+
 # Refused reconnects a storm's client makes before the test is satisfied: with the
 # generator's back-off (0.2 s doubling, full jitter) three take at most 1.4 s.
 REFUSED_ATTEMPTS = 3
@@ -39,19 +56,7 @@ def test_a_storms_refused_reconnects_keep_one_client_per_index():
     # A port bound but not listening refuses every connect at once (loopback only).
     with socket.socket() as closed_port:
         closed_port.bind(("127.0.0.1", 0))
-        target = closed_port.getsockname()
-        plan = WorkerPlan(
-            worker=0,
-            target=target,
-            indices=range(2),
-            interval=1.0,
-            connect_rate=1.0,
-            max_in_flight=2,
-            sources=[],
-            epoch=time.monotonic(),
-            zombies=0,
-            reconnect=True,
-        )
+        plan = _reconnecting(closed_port.getsockname(), clients=2, slots=2)
         ours, theirs = multiprocessing.Pipe()
         worker = Worker(plan, ours)
         try:
@@ -75,18 +80,7 @@ def test_a_storms_reconnects_wait_for_the_generators_connect_slots():
     and each connect answered (here refused) lets the next one go."""
     with socket.socket() as closed_port:
         closed_port.bind(("127.0.0.1", 0))
-        plan = WorkerPlan(
-            worker=0,
-            target=closed_port.getsockname(),
-            indices=range(5),
-            interval=1.0,
-            connect_rate=1.0,
-            max_in_flight=2,
-            sources=[],
-            epoch=time.monotonic(),
-            zombies=0,
-            reconnect=True,
-        )
+        plan = _reconnecting(closed_port.getsockname(), clients=5, slots=2)
         ours, theirs = multiprocessing.Pipe()
         worker = Worker(plan, ours)
         most: list[int] = []
