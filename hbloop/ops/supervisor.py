@@ -488,8 +488,9 @@ class Supervisor(Generic[S]):
         A worker yet to report gets it at once (it may not yet handle
         STOP_ACCEPTING_SIGNAL, whose default action kills). Workers retiring after a
         rolling restart are stopping already: only a second signal, which stops every
-        worker at once, reaches them; it is forwarded at once, the first with it if
-        that still waits."""
+        worker at once, reaches them. A second signal is forwarded to every worker at
+        once; one that the first had not yet reached takes it as its first, and
+        drains."""
         name = signal.Signals(signum).name
         first = not self.stopping
         log.info("%s: stopping %d workers", name, len(self._running()))
