@@ -96,7 +96,6 @@ def test_a_full_restart_on_an_inherited_socket_refuses_no_connect(serve, workers
         argv += ("--host", "127.0.0.2")
         first = serve(*argv, pass_fds=(fd,))
         assert first.address == address  # the socket's, not --host and --port's
-        assert first.address == address
         for name in ("before", "between"):
             # "between": no server runs as it connects: queued, not refused.
             with RawPeer(address) as peer:
