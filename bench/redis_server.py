@@ -8,6 +8,7 @@ with its data.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -32,11 +33,14 @@ class RedisNotInstalled(RuntimeError):
 class RedisProcess:
     """redis-server listening on ``directory/redis.sock`` (no TCP port)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, nice: int = 0) -> None:
         self.binary = self.find_binary()
         self.directory = directory
         self.socket_path = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
+        self.nice = nice
+        #: Whether the process runs at ``nice`` (lowering it takes root: CAP_SYS_NICE).
+        self.niced = nice == 0
         self.start()
 
     @staticmethod
@@ -60,6 +64,12 @@ class RedisProcess:
         argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(self.directory), "--loglevel", "warning"]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        if self.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.process.pid, self.nice)
+                self.niced = True
+            except PermissionError:
+                self.niced = False
         deadline = time.monotonic() + START_TIMEOUT
         while not self._answers():
             if time.monotonic() > deadline or self.process.poll() is not None:

@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
             if args.storm is not None:
                 redis = None
                 if args.redis:
-                    redis = RedisProcess(Path(scratch))
+                    redis = RedisProcess(Path(scratch), nice=storm.REDIS_NICE)
                     stack.callback(redis.stop)
+                    print(storm.redis_priority(redis), flush=True)
                 setup = storm.Setup(args.storm, Path(scratch), redis)
 
             least = STORM_WORKERS if setup else 1
