@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
             def extra() -> tuple[str, ...]:
                 return config.server_args + sized + (setup.server_args() if setup else ())
 
+            def held() -> socket.socket | None:
+                return setup.held(args.host) if setup else None
+
             def struck(result: RunResult) -> RunResult:
                 if setup is not None:
                     setup.count_flaps(result)
@@ -100,18 +104,12 @@ def run(args: argparse.Namespace) -> int:
                     extra(),
                     tls=tls,
                     connect_rate=args.connect_rate,
-                    held=setup.held(args.host) if setup else None,
+                    held=held(),
                 )
                 main_result = struck(run_and_stop(config, server, Path(scratch)))
             references = []
             if tls is not None:
-                server = spawn_hbloop(
-                    args.host,
-                    args.interval,
-                    args.timeout,
-                    extra(),
-                    held=setup.held(args.host) if setup else None,
-                )
+                server = spawn_hbloop(args.host, args.interval, args.timeout, extra(), held=held())
                 plain = struck(run_and_stop(config, server, Path(scratch)))
                 references.append(plain)
             for loop in args.against:
